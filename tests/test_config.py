@@ -1,0 +1,97 @@
+import dataclasses
+
+import pytest
+
+from wavenet.config import (
+    PRESETS,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+    preset,
+    resolve_config,
+)
+from wavenet.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_round_trip_through_yaml(name):
+    cfg = preset(name)
+    assert ExperimentConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_bench_preset_is_the_paper_sized_model():
+    m = preset("bench").model
+    assert m.dilations == tuple(2**i for i in range(10)) * 2
+    assert (m.residual_channels, m.gate_channels, m.skip_channels, m.quantization_channels) == (64, 64, 256, 256)
+    assert m.receptive_field == 2 * 1023 + 1
+    assert preset("bench").audio.sample_rate == 16000
+
+
+def test_receptive_field_is_derived():
+    m = ModelConfig(stacks=3, layers_per_stack=4, kernel_size=3)
+    assert m.receptive_field == 2 * 3 * (1 + 2 + 4 + 8) + 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.receptive_field = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stacks": 0}, "model.stacks must be an integer >= 1. Received: model.stacks=0"),
+    ({"kernel_size": 1}, "Received: model.kernel_size=1"),
+    ({"quantization_channels": 512}, "Received: model.quantization_channels=512"),
+    ({"residual_channels": 8.5}, "Received: model.residual_channels=8.5"),
+    ({"num_classes": -1}, "Received: model.num_classes=-1"),
+])
+def test_model_validation_names_field_and_value(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        ModelConfig(**kwargs)
+
+
+def test_train_validation():
+    with pytest.raises(ConfigError, match=r"train\.precision must be one of"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match=r"Received: train\.learning_rate=-1"):
+        TrainConfig(learning_rate=-1)
+
+
+def test_quantization_channels_must_agree():
+    with pytest.raises(ConfigError, match="must equal audio.quantization_channels"):
+        ExperimentConfig(model=ModelConfig(quantization_channels=128))
+
+
+def test_unknown_yaml_field_is_named():
+    with pytest.raises(ConfigError, match=r"unknown config field model\.residual_chanels"):
+        ExperimentConfig.from_yaml("model:\n  residual_chanels: 3\n")
+
+
+def test_yaml_file_overrides_preset(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("preset: tiny\ntrain:\n  steps: 7\n  learning_rate: 1e-4\n")
+    cfg = load_config(p)
+    assert cfg.train.steps == 7 and cfg.train.learning_rate == 1e-4
+    assert cfg.model == preset("tiny").model
+
+
+def test_bad_yaml_file_error_names_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  steps: -3\n")
+    with pytest.raises(ConfigError, match=rf"{p}: train\.steps must be"):
+        load_config(p)
+
+
+def test_overrides_parse_values():
+    cfg = resolve_config("tiny", None, ["model.stacks=2", "train.precision=float32", "generate.seconds=1.5"])
+    assert cfg.model.stacks == 2 and cfg.generate.seconds == 1.5
+    with pytest.raises(ConfigError, match="unknown config field in override. Received: model.nope"):
+        resolve_config("tiny", None, ["model.nope=1"])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="Received: preset='huge'"):
+        preset("huge")
+
+
+def test_flat_params():
+    flat = preset("tiny").flat()
+    assert flat["model.stacks"] == 1 and flat["audio.sample_rate"] == 16000
+    assert all("." in k or k in ("name", "preset") for k in flat)

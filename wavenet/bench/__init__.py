@@ -1,0 +1,72 @@
+"""Benchmarks (`wavenet bench ...`, `make bench`): one JSON object per run.
+
+Shared measurements live here so every benchmark reports the machine's own
+single-thread matmul speed and peak memory next to its figures, and targets
+can be judged as ratios within one run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+
+__all__ = ["pin_threads", "matmul_gflops", "peak_rss_mb", "machine"]
+
+
+def pin_threads(n: int = 1) -> None:
+    """Limit BLAS/OpenMP and TensorFlow to ``n`` threads (call before heavy imports run ops)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:
+        pass  # already initialised: the caller pinned earlier
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """Single-thread float32 matmul GFLOP/s, measured with TensorFlow (oneDNN/Eigen).
+
+    TensorFlow must be pinned to one thread first (:func:`pin_threads`).
+    """
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    mm = tf.function(lambda a, b: tf.matmul(a, b))
+    mm(a, b).numpy()
+    reps, start = 0, time.perf_counter()
+    while True:
+        mm(a, b).numpy()
+        reps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and reps >= 3:
+            break
+    return 2.0 * n**3 * reps / elapsed / 1e9
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (and of waited-for children), MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024.0
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__}

@@ -1,0 +1,229 @@
+"""The `wavenet` command line: one subcommand per verb, each a thin call into the library.
+
+Errors meant for the user (:class:`wavenet.errors.WavenetError`) print as one
+line, ``error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from wavenet.errors import WavenetError
+
+
+def _quiet_tensorflow() -> None:
+    # Read at the edge: TensorFlow's C++ start-up chatter hides our own output.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", default=None, help="named preset: tiny, demo, bench, large (default demo)")
+    g.add_argument("--config", default=None, metavar="FILE", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.stacks=3 (repeatable)")
+
+
+def _config(args: argparse.Namespace):
+    from wavenet.config import resolve_config
+
+    return resolve_config(args.preset, args.config, args.overrides)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# -- config -------------------------------------------------------------------
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="print the resolved config as YAML")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_config)
+
+
+def _cmd_config(args) -> int:
+    cfg = _config(args)
+    print(cfg.to_yaml(), end="")
+    print(f"# receptive_field: {cfg.model.receptive_field}")
+    return 0
+
+
+# -- demo-data ----------------------------------------------------------------
+
+def _add_demo_data(sub) -> None:
+    p = sub.add_parser("demo-data", help="synthesise a small deterministic music corpus")
+    p.add_argument("dst", help="output folder (one sub-folder per genre)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="seconds of audio per genre (default: the corpus's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo_data)
+
+
+def _cmd_demo_data(args) -> int:
+    from wavenet.demo import make_demo_corpus
+
+    kwargs = {"seed": args.seed}
+    if args.seconds is not None:
+        kwargs["seconds_per_genre"] = args.seconds
+    paths = make_demo_corpus(args.dst, **kwargs)
+    print(f"wrote {len(paths)} tracks to {args.dst}")
+    return 0
+
+
+# -- preprocess ---------------------------------------------------------------
+
+def _add_preprocess(sub) -> None:
+    p = sub.add_parser("preprocess", help="audio files -> TFRecord shards + manifest.json")
+    p.add_argument("src", help="folder or gs://bucket/prefix, searched recursively")
+    p.add_argument("dst", help="output folder or gs:// prefix for shards and manifest")
+    p.add_argument("--processes", type=int, default=None, help="worker processes (default: cores)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_preprocess)
+
+
+def _cmd_preprocess(args) -> int:
+    from wavenet.preprocess import preprocess
+
+    manifest = preprocess(args.src, args.dst, _config(args), processes=args.processes,
+                          progress=not args.no_progress)
+    print(f"{manifest['summary']['processed']} processed, {manifest['summary']['skipped']} skipped "
+          f"-> {args.dst}")
+    return 0
+
+
+# -- train --------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a WaveNet on preprocessed shards")
+    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints and the final model")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1)")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: config name)")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from wavenet.train import train
+
+    result = train(args.data, args.out, _config(args), workers=args.workers, steps=args.steps,
+                   tracking_uri=args.tracking_uri, experiment=args.experiment,
+                   run_name=args.run_name, progress=not args.no_progress)
+    _print_json(result.summary)
+    return 0
+
+
+# -- evaluate -----------------------------------------------------------------
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="held-out bits/sample vs baselines; optionally gate")
+    p.add_argument("model", help=".keras file, MLflow model URI, or models:/NAME@champion")
+    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards")
+    p.add_argument("--out", default=None, metavar="DIR", help="where metrics.json goes")
+    p.add_argument("--gate", action="store_true",
+                   help="compare with the @champion model and promote when better")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--experiment", default=None)
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from wavenet.evaluate import evaluate
+
+    result = evaluate(args.model, args.data, _config(args), out_dir=args.out, gate=args.gate,
+                      tracking_uri=args.tracking_uri, experiment=args.experiment)
+    _print_json(result)
+    return 0
+
+
+# -- generate -----------------------------------------------------------------
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="sample clips: WAVs, spectrograms, HTML listening report")
+    p.add_argument("model", help=".keras file, MLflow model URI, or models:/NAME@champion")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--data", default=None, help="shards folder: validation audio for priming and "
+                   "the spectral distance")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--experiment", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args) -> int:
+    from wavenet.samples import generate_samples
+
+    result = generate_samples(args.model, args.out, _config(args), data_dir=args.data,
+                              tracking_uri=args.tracking_uri, experiment=args.experiment,
+                              progress=not args.no_progress)
+    _print_json(result)
+    return 0
+
+
+# -- bench --------------------------------------------------------------------
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks; print one JSON object")
+    p.add_argument("what", choices=["generate", "preprocess", "train"])
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    import importlib
+
+    module = importlib.import_module(f"wavenet.bench.{args.what}")
+    preset_name = args.preset or ("bench" if not args.config else None)
+    from wavenet.config import resolve_config
+
+    cfg = resolve_config(preset_name, args.config, args.overrides)
+    result = module.run(cfg, quick=args.quick)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        _print_json(result)
+    return 0
+
+
+_COMMANDS: list[Callable] = [_add_config, _add_demo_data, _add_preprocess, _add_train,
+                             _add_evaluate, _add_generate, _add_bench]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wavenet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WavenetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

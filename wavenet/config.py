@@ -1,0 +1,521 @@
+"""One typed configuration for every stage.
+
+`ExperimentConfig` holds frozen dataclasses for audio, data, model, training,
+generation and evaluation. The same object builds the training model and the
+fast generator, is saved with every checkpoint and model, and is logged to
+MLflow as flattened params, so runs describe themselves.
+
+Presets (`tiny`, `demo`, `bench`, `large`) are plain functions looked up by
+name; YAML files and ``key=value`` overrides are applied on top of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wavenet.errors import ConfigError
+
+__all__ = [
+    "AudioConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "GenerateConfig",
+    "EvaluateConfig",
+    "ExperimentConfig",
+    "PRESETS",
+    "preset",
+    "load_config",
+    "resolve_config",
+]
+
+
+def _require(cond: bool, name: str, value: Any, what: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name} must be {what}. Received: {name}={value!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How raw audio becomes codes and back."""
+
+    # 16 kHz is the paper's rate for music and speech experiments.
+    sample_rate: int = 16000
+    # 8-bit mu-law (mu = 255): the paper's quantisation, a 256-way softmax.
+    quantization_channels: int = 256
+    # Leading and trailing audio quieter than this (dBFS, frame RMS) is trimmed.
+    silence_threshold_db: float = -50.0
+    # Tracks are peak-normalised to this level (dBFS) before mu-law encoding,
+    # so quiet recordings still use the full code range.
+    normalize_peak_db: float = -1.0
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.sample_rate) and 1000 <= self.sample_rate <= 192000,
+                 "audio.sample_rate", self.sample_rate, "an integer in [1000, 192000]")
+        _require(_is_int(self.quantization_channels) and 2 <= self.quantization_channels <= 256,
+                 "audio.quantization_channels", self.quantization_channels,
+                 "an integer in [2, 256] (codes are stored as uint8)")
+        _require(_is_number(self.silence_threshold_db) and self.silence_threshold_db < 0,
+                 "audio.silence_threshold_db", self.silence_threshold_db, "a negative number (dBFS)")
+        _require(_is_number(self.normalize_peak_db) and self.normalize_peak_db <= 0,
+                 "audio.normalize_peak_db", self.normalize_peak_db, "a number <= 0 (dBFS)")
+
+    @property
+    def mu(self) -> int:
+        return self.quantization_channels - 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How preprocessed codes are sharded and split."""
+
+    # At least the number of training workers (FILE auto-sharding needs one per worker).
+    num_shards: int = 4
+    # Fraction of tracks (by hash of their path) held out for validation.
+    validation_fraction: float = 0.1
+    # Long tracks are cut into examples of at most this length, so shards balance.
+    chunk_seconds: float = 30.0
+    # Worker processes for preprocessing; 0 means one per CPU core.
+    processes: int = 0
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.num_shards) and self.num_shards >= 1,
+                 "data.num_shards", self.num_shards, "an integer >= 1")
+        _require(_is_number(self.validation_fraction) and 0.0 <= self.validation_fraction < 1.0,
+                 "data.validation_fraction", self.validation_fraction, "a number in [0, 1)")
+        _require(_is_number(self.chunk_seconds) and self.chunk_seconds > 0,
+                 "data.chunk_seconds", self.chunk_seconds, "a positive number")
+        _require(_is_int(self.processes) and self.processes >= 0,
+                 "data.processes", self.processes, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The WaveNet architecture (van den Oord et al. 2016, section 2)."""
+
+    # Dilations 1, 2, ..., 2**(layers_per_stack - 1), repeated `stacks` times.
+    stacks: int = 2
+    layers_per_stack: int = 10
+    # Kernel 2 as in the paper; larger kernels are supported but unusual.
+    kernel_size: int = 2
+    residual_channels: int = 64
+    # Channels of each half of the gate: the dilated conv emits 2 * gate_channels
+    # (filter for tanh, gate for sigmoid).
+    gate_channels: int = 64
+    skip_channels: int = 256
+    quantization_channels: int = 256
+    # 0: unconditioned. >0: a label embedding is added inside every gate
+    # (global conditioning, paper section 2.5).
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("stacks", "layers_per_stack", "residual_channels", "gate_channels",
+                     "skip_channels"):
+            v = getattr(self, name)
+            _require(_is_int(v) and v >= 1, f"model.{name}", v, "an integer >= 1")
+        _require(_is_int(self.kernel_size) and self.kernel_size >= 2,
+                 "model.kernel_size", self.kernel_size, "an integer >= 2")
+        _require(_is_int(self.quantization_channels) and 2 <= self.quantization_channels <= 256,
+                 "model.quantization_channels", self.quantization_channels,
+                 "an integer in [2, 256]")
+        _require(_is_int(self.num_classes) and self.num_classes >= 0,
+                 "model.num_classes", self.num_classes, "an integer >= 0")
+
+    @property
+    def dilations(self) -> tuple[int, ...]:
+        return tuple(2**i for _ in range(self.stacks) for i in range(self.layers_per_stack))
+
+    @property
+    def num_layers(self) -> int:
+        return self.stacks * self.layers_per_stack
+
+    @property
+    def receptive_field(self) -> int:
+        """Number of input samples (the current one included) that one output sees."""
+        return (self.kernel_size - 1) * sum(self.dilations) + 1
+
+    @property
+    def conditioned(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def flops_per_sample(self) -> int:
+        """Multiply-adds x 2 to produce one output sample's logits (inference)."""
+        r, g, s, q, k = (self.residual_channels, self.gate_channels, self.skip_channels,
+                         self.quantization_channels, self.kernel_size)
+        per_layer = k * r * 2 * g + g * r + g * s  # dilated conv, residual 1x1, skip 1x1
+        head = s * s + s * q
+        return 2 * (self.num_layers * per_layer + head)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    # Fixed whatever the number of workers: each worker gets batch / workers.
+    global_batch_size: int = 8
+    # Predicted samples per crop; crops hold receptive_field + window codes.
+    window: int = 4096
+    steps: int = 2000
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    # Cosine decay from learning_rate to learning_rate * min_lr_ratio.
+    min_lr_ratio: float = 0.05
+    gradient_clip_norm: float = 1.0
+    # Exponential moving average of weights for generation; 0 disables it.
+    ema_decay: float = 0.0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    # Validation bits/sample every N steps (0: only at the end).
+    validate_every: int = 500
+    validation_batches: int = 8
+    seed: int = 0
+    # "auto": bfloat16 on GPU, float32 on CPU. Or "float32", "mixed_bfloat16", "mixed_float16".
+    precision: str = "auto"
+    # "auto": XLA on GPU only. Or "on"/"off".
+    jit_compile: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("global_batch_size", "window", "steps", "checkpoint_every",
+                     "keep_checkpoints", "log_every"):
+            v = getattr(self, name)
+            _require(_is_int(v) and v >= 1, f"train.{name}", v, "an integer >= 1")
+        for name in ("warmup_steps", "validate_every", "validation_batches", "seed"):
+            v = getattr(self, name)
+            _require(_is_int(v) and v >= 0, f"train.{name}", v, "an integer >= 0")
+        _require(_is_number(self.learning_rate) and self.learning_rate > 0,
+                 "train.learning_rate", self.learning_rate, "a positive number")
+        _require(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+                 "train.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        _require(_is_number(self.gradient_clip_norm) and self.gradient_clip_norm >= 0,
+                 "train.gradient_clip_norm", self.gradient_clip_norm, "a number >= 0 (0: off)")
+        _require(_is_number(self.ema_decay) and 0 <= self.ema_decay < 1,
+                 "train.ema_decay", self.ema_decay, "a number in [0, 1)")
+        _require(self.precision in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+                 "train.precision", self.precision,
+                 "one of 'auto', 'float32', 'mixed_bfloat16', 'mixed_float16'")
+        _require(self.jit_compile in ("auto", "on", "off"),
+                 "train.jit_compile", self.jit_compile, "one of 'auto', 'on', 'off'")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Sampling audio from a trained model."""
+
+    num_clips: int = 4
+    seconds: float = 4.0
+    # Softmax temperature; 1.0 samples the model's distribution.
+    temperature: float = 1.0
+    # Seconds of validation audio fed in before sampling starts (0: start from silence).
+    prime_seconds: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.num_clips) and self.num_clips >= 1,
+                 "generate.num_clips", self.num_clips, "an integer >= 1")
+        _require(_is_number(self.seconds) and self.seconds > 0,
+                 "generate.seconds", self.seconds, "a positive number")
+        _require(_is_number(self.temperature) and self.temperature > 0,
+                 "generate.temperature", self.temperature, "a positive number")
+        _require(_is_number(self.prime_seconds) and self.prime_seconds >= 0,
+                 "generate.prime_seconds", self.prime_seconds, "a number >= 0")
+        _require(_is_int(self.seed) and self.seed >= 0, "generate.seed", self.seed,
+                 "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Held-out evaluation and gating against the champion."""
+
+    registered_model_name: str = "wavenet"
+    # A new model replaces the champion only if its validation bits/sample is
+    # lower by at least this much.
+    promotion_margin_bits: float = 0.01
+    # Additive smoothing of the bigram baseline's counts.
+    bigram_smoothing: float = 0.5
+    # Predicted samples per evaluation crop (the receptive field is added in front).
+    window: int = 16000
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.registered_model_name, str) and self.registered_model_name.strip() != "",
+                 "evaluate.registered_model_name", self.registered_model_name, "a non-empty string")
+        _require(_is_number(self.promotion_margin_bits) and self.promotion_margin_bits >= 0,
+                 "evaluate.promotion_margin_bits", self.promotion_margin_bits, "a number >= 0")
+        _require(_is_number(self.bigram_smoothing) and self.bigram_smoothing > 0,
+                 "evaluate.bigram_smoothing", self.bigram_smoothing, "a positive number")
+        _require(_is_int(self.window) and self.window >= 1, "evaluate.window", self.window,
+                 "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run needs; saved with every model and logged to MLflow."""
+
+    name: str = "wavenet"
+    preset: str = "custom"
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and self.name.strip() != "", "name", self.name,
+                 "a non-empty string")
+        if self.model.quantization_channels != self.audio.quantization_channels:
+            raise ConfigError(
+                "model.quantization_channels must equal audio.quantization_channels. Received: "
+                f"model.quantization_channels={self.model.quantization_channels!r}, "
+                f"audio.quantization_channels={self.audio.quantization_channels!r}")
+
+    # -- derived ---------------------------------------------------------------
+    @property
+    def crop_length(self) -> int:
+        """Codes per training crop: full context for every one of `window` predictions."""
+        return self.model.receptive_field + self.train.window
+
+    # -- (de)serialisation -----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        return _from_dict(cls, d, "")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> ExperimentConfig:
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config is not valid YAML: {e}") from None
+        if d is None:
+            d = {}
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"config must be a mapping. Received: {type(d).__name__}")
+        return cls.from_dict(d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from wavenet.storage import write_text_atomic
+
+        write_text_atomic(str(path), self.to_yaml())
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened ``section.field -> value`` (MLflow params)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, d: Mapping[str, Any]) -> None:
+            for k, v in d.items():
+                if isinstance(v, Mapping):
+                    walk(f"{prefix}{k}.", v)
+                else:
+                    out[f"{prefix}{k}"] = v
+
+        walk("", self.to_dict())
+        return out
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
+        """Return a copy with dotted-key overrides, e.g. ``{"model.stacks": 3}``."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            parts = key.split(".")
+            node = d
+            for p in parts[:-1]:
+                if p not in node or not isinstance(node[p], dict):
+                    raise ConfigError(f"unknown config section in override. Received: {key}")
+                node = node[p]
+            if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+                raise ConfigError(f"unknown config field in override. Received: {key}")
+            node[parts[-1]] = value
+        return ExperimentConfig.from_dict(d)
+
+
+def _from_dict(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping. Received: {d!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown config field {prefix}{unknown[0]}. Known fields of "
+            f"{prefix.rstrip('.') or 'config'}: {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        sub = _SECTIONS.get(name) if cls is ExperimentConfig else None
+        if sub is not None:
+            kwargs[name] = _from_dict(sub, value or {}, f"{prefix}{name}.")
+        else:
+            default = known[name].default
+            # YAML reads 1e-3 as a string; accept numbers written that way.
+            if isinstance(default, float) and isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            if isinstance(default, float) and _is_int(value):
+                value = float(value)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+_SECTIONS: dict[str, type] = {
+    "audio": AudioConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "generate": GenerateConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+# -- presets -----------------------------------------------------------------
+
+def tiny() -> ExperimentConfig:
+    """Seconds-scale model for tests: receptive field 16."""
+    return ExperimentConfig(
+        preset="tiny",
+        data=DataConfig(num_shards=2, chunk_seconds=2.0, validation_fraction=0.25),
+        model=ModelConfig(stacks=1, layers_per_stack=4, residual_channels=8, gate_channels=8,
+                          skip_channels=16),
+        train=TrainConfig(global_batch_size=4, window=256, steps=30, learning_rate=3e-3,
+                          warmup_steps=5, checkpoint_every=10, log_every=5, validate_every=10,
+                          validation_batches=2),
+        generate=GenerateConfig(num_clips=2, seconds=0.25),
+        evaluate=EvaluateConfig(window=1024),
+    )
+
+
+def demo() -> ExperimentConfig:
+    """The default `make run`: learns audible structure in minutes on 2 CPU cores."""
+    return ExperimentConfig(
+        preset="demo",
+        data=DataConfig(num_shards=4, chunk_seconds=10.0),
+        # Receptive field 511 samples (32 ms at 16 kHz): a couple of pitch periods.
+        model=ModelConfig(stacks=2, layers_per_stack=8, residual_channels=32, gate_channels=32,
+                          skip_channels=64),
+        train=TrainConfig(global_batch_size=8, window=2048, steps=300, learning_rate=2e-3,
+                          warmup_steps=30, checkpoint_every=50, log_every=10, validate_every=100,
+                          validation_batches=4),
+        generate=GenerateConfig(num_clips=3, seconds=2.0),
+        evaluate=EvaluateConfig(window=8192),
+    )
+
+
+def bench() -> ExperimentConfig:
+    """The paper-sized benchmark model: 2 stacks x 10 layers (dilations 1..512)."""
+    return ExperimentConfig(
+        preset="bench",
+        model=ModelConfig(stacks=2, layers_per_stack=10, residual_channels=64, gate_channels=64,
+                          skip_channels=256),
+        train=TrainConfig(global_batch_size=4, window=4096),
+    )
+
+
+def large() -> ExperimentConfig:
+    """A GPU-sized model: 4 stacks x 10 layers, receptive field 4093 (256 ms)."""
+    return ExperimentConfig(
+        preset="large",
+        data=DataConfig(num_shards=32),
+        model=ModelConfig(stacks=4, layers_per_stack=10, residual_channels=128, gate_channels=128,
+                          skip_channels=512),
+        train=TrainConfig(global_batch_size=32, window=8000, steps=200_000, learning_rate=1e-3,
+                          warmup_steps=1000, checkpoint_every=1000, log_every=100,
+                          validate_every=2000, ema_decay=0.9999),
+        generate=GenerateConfig(num_clips=8, seconds=10.0),
+    )
+
+
+PRESETS: dict[str, Callable[[], ExperimentConfig]] = {
+    "tiny": tiny,
+    "demo": demo,
+    "bench": bench,
+    "large": large,
+}
+
+
+def preset(name: str) -> ExperimentConfig:
+    """Look up a named preset."""
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown preset. Known presets: {', '.join(PRESETS)}. Received: preset={name!r}"
+        ) from None
+
+
+def load_config(path: str | os.PathLike) -> ExperimentConfig:
+    """Load a YAML config file; a ``preset:`` key names the base it overrides."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    try:
+        d = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"config file {p} must hold a mapping. Received: {type(d).__name__}")
+    base = preset(d["preset"]) if d.get("preset") in PRESETS else ExperimentConfig()
+    merged = _deep_merge(base.to_dict(), d)
+    try:
+        return ExperimentConfig.from_dict(merged)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.field=value`` (value read as YAML: numbers, bools, strings)."""
+    if "=" not in text:
+        raise ConfigError(f"override must look like section.field=value. Received: {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def resolve_config(preset_name: str | None = None, config_file: str | None = None,
+                   overrides: list[str] | Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """The config a command runs with: a preset or a YAML file, then overrides."""
+    if config_file:
+        cfg = load_config(config_file)
+    else:
+        cfg = preset(preset_name or "demo")
+    if overrides:
+        if isinstance(overrides, Mapping):
+            pairs = dict(overrides)
+        else:
+            pairs = dict(parse_override(o) for o in overrides)
+        cfg = cfg.with_overrides(pairs)
+    return cfg

@@ -1,0 +1,298 @@
+"""WaveNet in Keras 3 (van den Oord et al. 2016).
+
+Codes ``x_1..x_T`` are embedded, pass through a stack of residual blocks, each
+a causal dilated convolution (kernel 2, dilation 2^i) with a gated activation
+``tanh(W_f * x) * sigmoid(W_g * x)`` and 1x1 residual and skip outputs; the sum
+of skips goes through ReLU-1x1-ReLU-1x1 to logits over the quantisation
+channels. The logits at position t are the distribution of code t+1.
+
+Global conditioning (paper section 2.5) adds a per-layer label embedding
+``V^T h`` inside both halves of every gate.
+
+Training objective: targets are the inputs shifted by one sample, and only
+positions whose whole receptive field lies inside the crop contribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import keras
+from keras import ops
+
+from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig
+from wavenet.errors import WavenetError
+
+__all__ = [
+    "ResidualBlock",
+    "WaveNet",
+    "build_model",
+    "split_crop",
+    "per_example_bits",
+    "save_model",
+    "load_model",
+]
+
+LN2 = math.log(2.0)
+
+
+def _shift_right(x, shift: int):
+    """Delay a (B, T, C) sequence by ``shift`` steps, zero-filling the start (causal)."""
+    if shift == 0:
+        return x
+    padded = ops.pad(x, [[0, 0], [shift, 0], [0, 0]])
+    return padded[:, :-shift, :]
+
+
+@keras.saving.register_keras_serializable(package="wavenet")
+class ResidualBlock(keras.layers.Layer):
+    """One WaveNet layer: causal dilated conv -> gate -> 1x1 residual and 1x1 skip.
+
+    Args:
+        dilation: dilation of the causal convolution.
+        residual_channels: channels of the residual stream (input and output).
+        gate_channels: channels of each gate half (tanh filter, sigmoid gate).
+        skip_channels: channels of the skip output.
+        kernel_size: taps of the dilated convolution (2 in the paper).
+        num_classes: labels for global conditioning; 0 disables it.
+
+    Call args:
+        x: (B, T, residual_channels).
+        labels: (B,) int labels, required when ``num_classes > 0``.
+
+    Returns:
+        ``(residual_out, skip)``: (B, T, residual_channels), (B, T, skip_channels).
+    """
+
+    def __init__(self, dilation: int, residual_channels: int, gate_channels: int,
+                 skip_channels: int, kernel_size: int = 2, num_classes: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        for name, v, lo in (("dilation", dilation, 1), ("residual_channels", residual_channels, 1),
+                            ("gate_channels", gate_channels, 1), ("skip_channels", skip_channels, 1),
+                            ("kernel_size", kernel_size, 2), ("num_classes", num_classes, 0)):
+            if not isinstance(v, int) or v < lo:
+                raise ValueError(f"`{name}` must be an integer >= {lo}. Received: {name}={v!r}")
+        self.dilation = dilation
+        self.residual_channels = residual_channels
+        self.gate_channels = gate_channels
+        self.skip_channels = skip_channels
+        self.kernel_size = kernel_size
+        self.num_classes = num_classes
+
+    def build(self, input_shape=None):
+        r, g, s, k = self.residual_channels, self.gate_channels, self.skip_channels, self.kernel_size
+        # Tap j of the kernel multiplies x[t - (k - 1 - j) * dilation], as in
+        # keras.layers.Conv1D(padding="causal"): the last tap is the current sample.
+        self.filter_gate_kernel = self.add_weight(
+            name="filter_gate_kernel", shape=(k, r, 2 * g), initializer="glorot_uniform")
+        self.filter_gate_bias = self.add_weight(
+            name="filter_gate_bias", shape=(2 * g,), initializer="zeros")
+        self.residual_kernel = self.add_weight(
+            name="residual_kernel", shape=(g, r), initializer="glorot_uniform")
+        self.residual_bias = self.add_weight(name="residual_bias", shape=(r,), initializer="zeros")
+        self.skip_kernel = self.add_weight(
+            name="skip_kernel", shape=(g, s), initializer="glorot_uniform")
+        self.skip_bias = self.add_weight(name="skip_bias", shape=(s,), initializer="zeros")
+        if self.num_classes:
+            self.condition_embedding = self.add_weight(
+                name="condition_embedding", shape=(self.num_classes, 2 * g),
+                initializer=keras.initializers.RandomNormal(stddev=0.1))
+        self.built = True
+
+    def call(self, x, labels=None):
+        k, d, r, g = self.kernel_size, self.dilation, self.residual_channels, self.gate_channels
+        # All taps in one matmul: concat delayed copies on channels, (B, T, k*r) @ (k*r, 2g).
+        taps = [_shift_right(x, (k - 1 - j) * d) for j in range(k)]
+        stacked = ops.concatenate(taps, axis=-1)
+        kernel = ops.reshape(ops.cast(self.filter_gate_kernel, x.dtype), (k * r, 2 * g))
+        z = ops.matmul(stacked, kernel) + ops.cast(self.filter_gate_bias, x.dtype)  # (B, T, 2g)
+        if self.num_classes:
+            if labels is None:
+                raise ValueError("this block is conditioned: `labels` is required. Received: None")
+            cond = ops.take(ops.cast(self.condition_embedding, x.dtype),
+                            ops.cast(labels, "int32"), axis=0)  # (B, 2g)
+            z = z + cond[:, None, :]
+        h = ops.tanh(z[..., :g]) * ops.sigmoid(z[..., g:])  # (B, T, g)
+        residual = ops.matmul(h, ops.cast(self.residual_kernel, x.dtype)) + ops.cast(
+            self.residual_bias, x.dtype)
+        skip = ops.matmul(h, ops.cast(self.skip_kernel, x.dtype)) + ops.cast(
+            self.skip_bias, x.dtype)
+        return x + residual, skip
+
+    def compute_output_shape(self, input_shape):
+        return input_shape, (*input_shape[:-1], self.skip_channels)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "dilation": self.dilation,
+            "residual_channels": self.residual_channels,
+            "gate_channels": self.gate_channels,
+            "skip_channels": self.skip_channels,
+            "kernel_size": self.kernel_size,
+            "num_classes": self.num_classes,
+        }
+
+
+@keras.saving.register_keras_serializable(package="wavenet")
+class WaveNet(keras.Model):
+    """The full network, built from a :class:`ModelConfig`.
+
+    Call with codes ``(B, T)`` int, or a dict ``{"codes": (B, T), "labels": (B,)}``
+    for a conditioned model. Returns float32 logits ``(B, T, quantization_channels)``;
+    position t holds the distribution of code t+1.
+
+    The audio config travels with the model so a saved model alone can turn
+    its codes back into sound at the right rate.
+    """
+
+    def __init__(self, model_config: ModelConfig | dict, audio_config: AudioConfig | dict | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(model_config, dict):
+            model_config = ModelConfig(**model_config)
+        if audio_config is None:
+            audio_config = AudioConfig(quantization_channels=model_config.quantization_channels)
+        elif isinstance(audio_config, dict):
+            audio_config = AudioConfig(**audio_config)
+        self.config = model_config
+        self.audio_config = audio_config
+        c = model_config
+        self.embedding = keras.layers.Embedding(c.quantization_channels, c.residual_channels,
+                                                name="embedding")
+        self.blocks = [
+            ResidualBlock(d, c.residual_channels, c.gate_channels, c.skip_channels,
+                          kernel_size=c.kernel_size, num_classes=c.num_classes, name=f"block_{i}")
+            for i, d in enumerate(c.dilations)
+        ]
+        self.head_hidden = keras.layers.Dense(c.skip_channels, name="head_hidden")
+        # Logits stay float32 under mixed precision for a stable softmax.
+        self.head_logits = keras.layers.Dense(c.quantization_channels, name="head_logits",
+                                              dtype="float32")
+
+    @property
+    def receptive_field(self) -> int:
+        return self.config.receptive_field
+
+    def build(self, input_shape=None):
+        c = self.config
+        self.embedding.build((None, None))
+        for block in self.blocks:
+            block.build((None, None, c.residual_channels))
+        self.head_hidden.build((None, None, c.skip_channels))
+        self.head_logits.build((None, None, c.skip_channels))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        codes, labels = _unpack(inputs)
+        if self.config.conditioned and labels is None:
+            raise ValueError("this WaveNet is conditioned on labels: call it with "
+                             "{'codes': ..., 'labels': ...}. Received: codes only")
+        x = self.embedding(ops.cast(codes, "int32"))  # (B, T, R)
+        skips = None
+        for block in self.blocks:
+            x, skip = block(x, labels if self.config.conditioned else None)
+            skips = skip if skips is None else skips + skip  # (B, T, S)
+        h = self.head_hidden(ops.relu(skips))
+        return self.head_logits(ops.relu(h))  # (B, T, Q)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "model_config": dataclasses.asdict(self.config),
+            "audio_config": dataclasses.asdict(self.audio_config),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _unpack(inputs):
+    if isinstance(inputs, dict):
+        return inputs["codes"], inputs.get("labels")
+    return inputs, None
+
+
+def build_model(config: ExperimentConfig) -> WaveNet:
+    """A built WaveNet (weights created) for ``config``."""
+    model = WaveNet(config.model, config.audio, name="wavenet")
+    model.build()
+    return model
+
+
+def split_crop(crop, receptive_field: int):
+    """Teacher forcing: a crop of R + W codes -> inputs (R + W - 1) and targets (W).
+
+    The logits at input position t predict code t+1; positions t >= R - 1 see
+    a full receptive field, and their targets are ``crop[:, R:]``.
+    """
+    return crop[:, :-1], crop[:, receptive_field:]
+
+
+def per_example_bits(model: WaveNet, crop, labels=None, training: bool = False):
+    """Mean negative log-likelihood, in bits per predicted sample, per example.
+
+    Args:
+        model: a WaveNet.
+        crop: (B, receptive_field + W) int codes.
+        labels: (B,) int labels for a conditioned model.
+
+    Returns:
+        (B,) float32 bits per sample over the W fully-contexted positions.
+    """
+    rf = model.receptive_field
+    inputs, targets = split_crop(crop, rf)
+    x = {"codes": inputs, "labels": labels} if model.config.conditioned else inputs
+    logits = model(x, training=training)[:, rf - 1:, :]  # (B, W, Q)
+    nats = keras.losses.sparse_categorical_crossentropy(
+        ops.cast(targets, "int32"), logits, from_logits=True)  # (B, W)
+    return ops.mean(nats, axis=-1) / LN2
+
+
+def save_model(model: WaveNet, path: str) -> None:
+    """Save a ``.keras`` file atomically (local path, or ``gs://`` via upload)."""
+    from wavenet import storage
+
+    if not path.endswith(".keras"):
+        raise WavenetError(f"model path must end with .keras. Received: {path}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "model.keras")
+        model.save(local)
+        if storage.is_gcs(path):
+            with open(local, "rb") as f:
+                storage.write_bytes_atomic(path, f.read())
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        staged = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+        shutil.copyfile(local, staged)
+        os.replace(staged, path)
+
+
+def load_model(path: str) -> WaveNet:
+    """Load a WaveNet saved by :func:`save_model` (safe mode: no arbitrary code)."""
+    from wavenet import storage
+
+    if not storage.exists(path):
+        raise WavenetError(f"model file not found: {path}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = storage.local_copy(path, tmp)
+        try:
+            model = keras.models.load_model(local, safe_mode=True, compile=False)
+        except Exception as e:  # noqa: BLE001 - keras raises many types; report one line
+            raise WavenetError(f"cannot load model {path}: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(model, WaveNet):
+        raise WavenetError(f"{path} is not a WaveNet model. Received: {type(model).__name__}")
+    return model
+
+
+def config_from_model(model: WaveNet) -> dict[str, Any]:
+    return {"model": dataclasses.asdict(model.config), "audio": dataclasses.asdict(model.audio_config)}
