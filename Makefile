@@ -28,8 +28,11 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check wavenet components pipelines tests
 
+# Each benchmark prints one JSON object (see README, Benchmarks).
 bench: install
 	$(VENV)/bin/wavenet bench generate --json
+	$(VENV)/bin/wavenet bench preprocess --json
+	$(VENV)/bin/wavenet bench train --json
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
