@@ -113,12 +113,18 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
     ds = ds.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.filter(lambda codes, label: tf.shape(codes)[0] >= crop)
 
-    def random_crop(codes, label):
-        # Seeded per element through the dataset's own seed sequence.
-        start = tf.random.uniform([], 0, tf.shape(codes)[0] - crop + 1, dtype=tf.int32)
+    def random_crop(index, example):
+        # Stateless: the start depends only on (seed, element index), so crops
+        # are reproducible even though the map runs in parallel (a stateful
+        # tf.random op would hand out its numbers in thread order).
+        codes, label = example
+        start = tf.random.stateless_uniform(
+            [], seed=tf.stack([tf.cast(seed, tf.int64), index]), minval=0,
+            maxval=tf.shape(codes)[0] - crop + 1, dtype=tf.int32)
         return codes[start:start + crop], label
 
-    ds = ds.shuffle(256, seed=seed + 1).map(random_crop, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.shuffle(256, seed=seed + 1).enumerate().map(
+        random_crop, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)
     options = tf.data.Options()
     # Sharding is done above by file; tell tf.distribute not to shard again.
