@@ -63,9 +63,10 @@ def test_two_workers_reach_the_weights_of_one_process(tiny_shards, tmp_path):
     allow 1e-5, which is 100x what we observe and far below the ~1e-2 the
     weights actually move in those steps (checked below, so the test can fail).
     """
-    from wavenet.model import build_model, load_model
-    from wavenet.config import preset
     import keras
+
+    from wavenet.config import preset
+    from wavenet.model import build_model, load_model
 
     common = ["--preset", "tiny", "--steps", "10", "--no-progress", "--set",
               "train.input_sharding=batch"]
@@ -76,7 +77,7 @@ def test_two_workers_reach_the_weights_of_one_process(tiny_shards, tmp_path):
                      "--tracking-uri", f"sqlite:///{tmp_path}/{name}.db", *common),
             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (_out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     one, two = (json.loads(out) for out, _ in results)
     assert (one["workers"], two["workers"]) == (1, 2)

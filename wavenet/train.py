@@ -621,6 +621,7 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
         "run_id": run_id,
         "model_path": model_path,
         "data_manifest_sha256": data_hash,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
     if final_val is not None:
         buffer.log({"val_bits_per_sample": final_val}, step, flush=False)
@@ -651,6 +652,12 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
     if storage.exists(pending_path) and not storage.is_gcs(pending_path):
         os.remove(pending_path)
     return TrainResult(model_path=model_path, summary=summary, run_id=run_id, out_dir=out)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def _probe_gradients(model, cfg: ExperimentConfig) -> list:
