@@ -604,6 +604,14 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
     if not is_chief:
         return TrainResult(model_path=storage.join(out, MODEL_FILE),
                            summary={"worker": True, "steps": step}, run_id=None, out_dir=out)
+    summary_path = storage.join(out, SUMMARY_FILE)
+    pending_path = storage.join(out, PENDING_FILE)
+    if step == start_step and storage.exists(summary_path) and not storage.exists(pending_path):
+        done = json.loads(storage.read_text(summary_path))
+        if done.get("steps") == step and done.get("model_uri") and done.get("run_id") == run_id:
+            # Re-running a finished, fully logged run: nothing to train or log again.
+            return TrainResult(model_path=done["model_path"], summary=done, run_id=run_id,
+                               out_dir=out)
     keras.mixed_precision.set_global_policy("float32")
     export = build_model(cfg)
     export.set_weights(weights)
@@ -640,9 +648,7 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
     except Exception as e:  # noqa: BLE001 - an outage must not lose the local results
         error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     summary["model_uri"] = model_uri
-    summary_path = storage.join(out, SUMMARY_FILE)
     storage.write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    pending_path = storage.join(out, PENDING_FILE)
     if ok and error is None:
         try:
             tracking.set_tags({"model_path": model_path})
