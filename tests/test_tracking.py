@@ -25,17 +25,26 @@ def test_resolve_tracking_uri_order(tmp_path):
     assert tracking.resolve_tracking_uri(None, {}).startswith("sqlite:///")
 
 
-def test_start_run_continues_a_run_and_nests_under_kfp_parent(tmp_path):
+def test_start_run_continues_a_run_and_nests_under_kfp_parent(tmp_path, monkeypatch):
+    import os
+
     from mlflow import MlflowClient
 
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with tracking.start_run("exp", run_name="parent", tracking_uri=uri, environ={}) as parent:
+    with tracking.start_run("exp", run_name="parent", tracking_uri=uri) as parent:
         parent_id = parent.info.run_id
-    env = {"MLFLOW_RUN_ID": parent_id}
-    with tracking.start_run("exp", run_name="child", tracking_uri=uri, environ=env,
+    # As KFP injects it: in the real process environment (mlflow's own
+    # start_run would resume this run instead of nesting under it).
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent_id)
+    with tracking.start_run("exp", run_name="child", tracking_uri=uri,
                             params={"a": 1, "b": None}, tags={"t": "1"}) as run:
         child_id = run.info.run_id
-    with tracking.start_run("exp", tracking_uri=uri, environ=env, run_id=child_id,
+    assert child_id != parent_id
+    assert os.environ["MLFLOW_RUN_ID"] == parent_id
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ  # no global state left for later runs
+    with tracking.start_run("exp", tracking_uri=uri, run_id=child_id,
                             params={"a": 2}, tags={"t": "2"}) as again:
         assert again.info.run_id == child_id
     client = MlflowClient(uri)

@@ -105,25 +105,36 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
         The active ``mlflow.ActiveRun``.
     """
     import mlflow
+    from mlflow import MlflowClient
 
     env = os.environ if environ is None else environ
     uri = resolve_tracking_uri(tracking_uri, env)
     check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     parent = env.get("MLFLOW_RUN_ID")
-    if run_id is None:
-        mlflow.set_experiment(experiment) if not env.get("MLFLOW_EXPERIMENT_ID") else \
-            mlflow.set_experiment(experiment_id=env["MLFLOW_EXPERIMENT_ID"])
     all_tags = dict(tags or {})
-    if parent and run_id is None and parent != run_id:
+    if parent and run_id is None:
         all_tags["mlflow.parentRunId"] = parent
     system = log_system_metrics and importlib.util.find_spec("psutil") is not None
     if system:
         # Sampling every 10 s costs well under 1% of a core.
         mlflow.set_system_metrics_sampling_interval(10)
+    # The run is created through the client and only then made active: the
+    # fluent mlflow.start_run() without a run id would *resume* a run named by
+    # MLFLOW_RUN_ID (the KFP parent) instead of nesting under it, and
+    # mlflow.set_experiment() writes MLFLOW_EXPERIMENT_ID into os.environ,
+    # which would steer later runs of this process into the wrong store.
     try:
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
-                               tags=all_tags or None, log_system_metrics=system or None)
+        client = MlflowClient(uri)
+        if run_id is None:
+            experiment_id = env.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, experiment)
+            target = client.create_run(experiment_id, run_name=run_name,
+                                       tags=all_tags or None).info.run_id
+        else:
+            target = run_id
+        run = mlflow.start_run(run_id=target, log_system_metrics=system or None)
+    except TrackingError:
+        raise
     except Exception as e:  # noqa: BLE001 - mlflow raises many types; report one line
         what = f"continue run {run_id}" if run_id else "start a run"
         raise TrackingError(f"cannot {what} on MLflow at {uri}: {_one_line(e)}") from None
@@ -135,20 +146,48 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
         yield run
     except BaseException:
         try:
-            with contextlib.redirect_stdout(sys.stderr):
-                mlflow.end_run(status="FAILED")
+            _end_run("FAILED")
         except Exception:  # noqa: BLE001 - the original error matters more
             pass
         raise
     else:
         try:
-            # mlflow prints "View run ... at: URL" on stdout; commands print
-            # their JSON results there, so the link goes to stderr.
-            with contextlib.redirect_stdout(sys.stderr):
-                mlflow.end_run()
+            _end_run("FINISHED")
         except Exception as e:  # noqa: BLE001
             raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {uri}: "
                                 f"{_one_line(e)}") from None
+
+
+def _end_run(status: str) -> None:
+    import mlflow
+
+    # mlflow.end_run() unsets MLFLOW_RUN_ID in os.environ; that variable is
+    # KFP's (the parent run of every stage), so it is put back for the next
+    # stage in this process. And mlflow prints "View run ... at: URL" on
+    # stdout, where commands print their JSON results: it goes to stderr.
+    parent = os.environ.get("MLFLOW_RUN_ID")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            mlflow.end_run(status=status)
+    finally:
+        if parent is not None:
+            os.environ["MLFLOW_RUN_ID"] = parent
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it or use another name")
+    return exp.experiment_id
 
 
 def run_exists(run_id: str, tracking_uri: str) -> bool:

@@ -400,7 +400,13 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
     manager = tf.train.CheckpointManager(ckpt, write_dir, max_to_keep=t.keep_checkpoints)
     latest = tf.train.latest_checkpoint(chief_dir)
     if latest:
-        ckpt.restore(latest).assert_existing_objects_matched()
+        try:
+            ckpt.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot resume from {latest}: it does not match this config "
+                              f"({first[:200]}); use a new --out or the run's own "
+                              f"{CONFIG_FILE}") from None
     start_step = int(step_var.numpy())
 
     # A fresh data order per resume: the same seed would replay the batches
