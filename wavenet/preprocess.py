@@ -454,7 +454,11 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         if status == "skipped":
             skipped.append({"path": r["path"], "reason": r["reason"]})
         elif status == "unchanged" and r["sha256"] in old_tracks:
-            unchanged += 1
+            first = old_tracks[r["sha256"]]["path"]
+            if first == r["path"]:
+                unchanged += 1
+            else:  # a copy (or a moved file): the content is in DST already, under its first path
+                skipped.append({"path": r["path"], "reason": f"same content as {first}"})
         elif status == "unchanged":
             skipped.append({"path": r["path"], "reason": "reported unchanged but its codes are not in "
                             "DST/tracks: run again to process it"})
