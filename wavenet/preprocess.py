@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from wavenet import storage
-from wavenet.audio import mu_law_encode, to_mono
+from wavenet.audio import mu_law_encode
 from wavenet.config import ExperimentConfig
 from wavenet.data import MANIFEST, TFRecordWriter, serialize_example
 from wavenet.errors import DataError
@@ -210,11 +210,23 @@ def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return x, info
 
 
+def _downmix(x: np.ndarray) -> np.ndarray:
+    """(frames, channels) float32 -> (frames,) float32, the mean of the channels."""
+    if x.shape[1] == 1:
+        return x[:, 0]
+    # Column by column: NumPy's mean over a short axis 1 is several times slower.
+    mono = x[:, 0].copy()
+    for c in range(1, x.shape[1]):
+        mono += x[:, c]
+    mono *= np.float32(1.0 / x.shape[1])
+    return mono
+
+
 def _encode(x: np.ndarray, sample_rate_in: int, config: ExperimentConfig) -> np.ndarray:
     import soxr
 
     audio = config.audio
-    mono = to_mono(x)
+    mono = _downmix(x)
     if sample_rate_in != audio.sample_rate:
         mono = soxr.resample(mono, sample_rate_in, audio.sample_rate, quality="HQ")
     trimmed = trim_silence(mono, audio.sample_rate, audio.silence_threshold_db)
@@ -583,6 +595,27 @@ def _collect_garbage(dst: str, manifest: dict[str, Any]) -> None:
 
 # -- the whole run ---------------------------------------------------------------------
 
+def _pool_context():
+    """fork when it is safe, else spawn.
+
+    fork starts workers in milliseconds. It is unsafe when native threads may
+    hold locks at the moment of the fork (TensorFlow's thread pools) or when
+    Python threads other than daemons (tqdm's monitor) are running; then
+    spawn starts fresh interpreters (which import NumPy, soundfile and soxr,
+    never TensorFlow). forkserver is not used: its server keeps the
+    environment of its first start (e.g. a stale STORAGE_EMULATOR_HOST).
+    """
+    import multiprocessing as mp
+    import sys
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if ("tensorflow" not in sys.modules and all(t.daemon for t in others)
+            and "fork" in mp.get_all_start_methods()):
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
 def _process_partition_star(args):
     return process_partition(*args)
 
@@ -636,11 +669,9 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
                 partials.append(process_partition(*job))
                 bar.update(len(job[0]))
         else:
-            import multiprocessing as mp
-
-            # spawn: the parent may hold TensorFlow threads or a GCS client that
-            # must not be forked; workers import only NumPy, soundfile and soxr.
-            with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+            # Forked workers must not share the parent's bucket connections.
+            with ProcessPoolExecutor(n, mp_context=_pool_context(),
+                                     initializer=storage.reset_clients) as pool:
                 futures = {pool.submit(_process_partition_star, job): len(job[0]) for job in jobs}
                 for fut in as_completed(futures):
                     partials.append(fut.result())
