@@ -333,3 +333,15 @@ def test_manifest_records_codes_histogram_and_checksums(tmp_path):
             assert hashlib.sha256(fh.read()).hexdigest() == f["sha256"]
     with pytest.raises(DataError, match="not a folder"):
         list_audio(os.path.join(src, "drums", "drums-00.wav"))
+
+
+def test_a_new_audio_config_reprocesses_everything(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "out")
+    make_demo_corpus(src, seconds_per_genre=2.0)
+    preprocess(src, dst, CFG, processes=1, progress=False)
+    cfg = CFG.with_overrides({"audio.sample_rate": 8000})
+    m = preprocess(src, dst, cfg, processes=1, progress=False)
+    assert (m["summary"]["processed"], m["summary"]["tracks"]) == (3, 3)
+    assert m["audio"]["sample_rate"] == 8000
+    assert all(f["samples"] == pytest.approx(f["duration_out_s"] * 8000, abs=1) for f in m["files"])
+    assert len(os.listdir(os.path.join(dst, "tracks"))) == 3 and check_dataset(dst) == []

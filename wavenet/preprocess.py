@@ -10,11 +10,12 @@ channels to mono, resample to ``audio.sample_rate`` with soxr (HQ), trim
 leading and trailing 10 ms frames whose RMS is below
 ``audio.silence_threshold_db`` dBFS, peak-normalise to
 ``audio.normalize_peak_db`` and mu-law encode to uint8. The codes go to
-``WORK/tracks/<sha256>.npy``; the outcome of every file (or the one-line
+``WORK/tracks/<sha256>-<audio>.npy`` (``<audio>``: 8 hex digits of a hash
+of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
 
 ``merge_manifests`` then, in one process: copies new codes to
-``DST/tracks/<sha256>.npy`` (kept so later runs can rewrite shards with old and
+``DST/tracks/`` (kept so later runs can rewrite shards with old and
 new tracks), assigns each new track to train or validation, cuts tracks into
 chunks of at most ``data.chunk_seconds``, writes ``data.num_shards`` shards per
 split, writes ``manifest.json`` last, then deletes files of earlier runs that
@@ -253,7 +254,7 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
         codes = _encode(x, info["sample_rate_in"], config)
         buf = io.BytesIO()
         np.save(buf, codes, allow_pickle=False)
-        rel_codes = f"{TRACKS}/{digest}.npy"
+        rel_codes = track_codes_path(digest, config)
         storage.write_bytes_atomic(os.path.join(work_dir, rel_codes), buf.getvalue())
         record.update(info)
         record.update({
@@ -274,13 +275,20 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
         return {**record, "status": "skipped", "reason": f"unexpected error: {type(e).__name__}: {msg}"}
 
 
+def track_codes_path(digest: str, config: ExperimentConfig) -> str:
+    """``tracks/<sha256>-<audio>.npy``: where a track's codes live, relative to a work dir or DST."""
+    audio = json.dumps(config.to_dict()["audio"], sort_keys=True)
+    return f"{TRACKS}/{digest}-{hashlib.sha256(audio.encode()).hexdigest()[:8]}.npy"
+
+
 def known_tracks(dst: str) -> dict[str, dict[str, Any]]:
     """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256."""
     manifest = _read_manifest_or_none(dst)
     if manifest is None:
         return {}
     present = {os.path.basename(p) for p in storage.list_files(storage.join(dst, TRACKS))}
-    return {f["sha256"]: f for f in manifest.get("files", []) if f"{f['sha256']}.npy" in present}
+    return {f["sha256"]: f for f in manifest.get("files", [])
+            if f["codes"].rsplit("/", 1)[-1] in present}
 
 
 def process_partition(files: Sequence[str], work_dir: str, config: ExperimentConfig,
@@ -290,7 +298,7 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
 
     Args:
         files: audio paths or ``gs://`` URIs (e.g. one list of :func:`partition`).
-        work_dir: a local folder; codes go to ``work_dir/tracks/<sha256>.npy``,
+        work_dir: a local folder; codes go to ``work_dir/tracks/<sha256>-<audio>.npy``,
             the partial manifest to ``work_dir/partials/``.
         config: audio settings and ``crop_length`` (shorter tracks are skipped).
         src: the folder the files were listed from; train/validation is decided
@@ -478,7 +486,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
             skipped.append({"path": r["path"], "reason": f"same content as {tracks[r['sha256']]['path']}"})
         else:
             entry = {k: v for k, v in r.items() if k not in ("status", "codes")}
-            entry["codes"] = f"{TRACKS}/{r['sha256']}.npy"
+            entry["codes"] = r["codes"]
             entry["split"] = None
             tracks[r["sha256"]] = entry
             new_codes[r["sha256"]] = os.path.join(work_dir, r["codes"])
@@ -497,7 +505,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
 
     # New codes first: the old manifest does not name them, so a crash here is harmless.
     for h, local in new_codes.items():
-        storage.write_bytes_atomic(storage.join(dst, TRACKS, f"{h}.npy"), _read_local(local))
+        storage.write_bytes_atomic(storage.join(dst, tracks[h]["codes"]), _read_local(local))
 
     sr = config.audio.sample_rate
     chunk = max(config.crop_length, int(round(config.data.chunk_seconds * sr)))
@@ -506,7 +514,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     shard_sets = {s: _ShardSet(dst, s, config.data.num_shards, tmp_dir) for s in SPLITS}
     try:
         for t in ordered:
-            codes = _load_codes(t["sha256"], new_codes, dst)
+            codes = _load_codes(t, new_codes, dst)
             if codes.size != t["samples"]:
                 raise DataError(f"{storage.join(dst, t['codes'])} holds {codes.size} codes, the manifest "
                                 f"says {t['samples']}: remove {dst} and preprocess again")
@@ -563,10 +571,10 @@ def _read_local(path: str) -> bytes:
         return f.read()
 
 
-def _load_codes(digest: str, new_codes: dict[str, str], dst: str) -> np.ndarray:
-    if digest in new_codes:
-        return np.load(new_codes[digest], allow_pickle=False)
-    path = storage.join(dst, TRACKS, f"{digest}.npy")
+def _load_codes(track: dict[str, Any], new_codes: dict[str, str], dst: str) -> np.ndarray:
+    if track["sha256"] in new_codes:
+        return np.load(new_codes[track["sha256"]], allow_pickle=False)
+    path = storage.join(dst, track["codes"])
     try:
         return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
     except (OSError, ValueError) as e:
