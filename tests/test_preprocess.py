@@ -345,3 +345,41 @@ def test_a_new_audio_config_reprocesses_everything(tmp_path):
     assert m["audio"]["sample_rate"] == 8000
     assert all(f["samples"] == pytest.approx(f["duration_out_s"] * 8000, abs=1) for f in m["files"])
     assert len(os.listdir(os.path.join(dst, "tracks"))) == 3 and check_dataset(dst) == []
+
+
+UNREADABLE = textwrap.dedent("""
+    import json, os, sys
+    import soundfile, soxr  # imported while the interpreter's files are readable
+    from wavenet.config import preset
+    from wavenet.preprocess import process_partition
+    if os.getuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)  # root reads anything: drop to nobody for an honest permission error
+    part = process_partition(sys.argv[2:], sys.argv[1], preset("tiny"))
+    print(json.dumps(json.load(open(part))["records"]))
+""")
+
+
+def test_an_unreadable_file_is_skipped_with_permission_denied(tmp_path):
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="wavenet-perm-")  # outside pytest's 0700 tmp dirs
+    try:
+        os.chmod(root, 0o777)
+        ok = write(os.path.join(root, "g", "ok.wav"), tone(1.0, 16000), 16000)
+        locked = write(os.path.join(root, "g", "locked.wav"), tone(1.0, 16000), 16000)
+        os.chmod(os.path.dirname(ok), 0o755)
+        os.chmod(ok, 0o644)
+        os.chmod(locked, 0o000)
+        work = os.path.join(root, "work")
+        os.mkdir(work)
+        os.chmod(work, 0o777)
+        proc = subprocess.run([sys.executable, "-c", UNREADABLE, work, ok, locked], capture_output=True,
+                              text=True, timeout=60, cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        records = {os.path.basename(r["path"]): r for r in json.loads(proc.stdout)}
+        assert records["ok.wav"]["status"] == "processed"
+        assert records["locked.wav"] == {"path": locked, "relpath": locked, "status": "skipped",
+                                         "reason": "cannot read: Permission denied"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
