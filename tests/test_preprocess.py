@@ -383,3 +383,37 @@ def test_an_unreadable_file_is_skipped_with_permission_denied(tmp_path):
                                          "reason": "cannot read: Permission denied"}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+DECODER_CRASH = textwrap.dedent("""
+    import json, os, signal, sys
+    import wavenet.preprocess as P
+
+    real_decode = P._decode
+
+    def decode(data):  # stands in for a native decoder that segfaults on one file
+        if data.startswith(b"RIFF") and b"CRASHME" in data:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real_decode(data)
+
+    P._decode = decode  # forked workers inherit it
+    from wavenet.config import preset
+    m = P.preprocess(sys.argv[1], sys.argv[2], preset("tiny"), processes=2, progress=False)
+    print(json.dumps(m["summary"]), json.dumps(m["skipped"]), sep="\\n")
+""")
+
+
+def test_a_file_that_kills_its_worker_is_skipped_and_the_rest_kept(tmp_path):
+    src = tmp_path / "src"
+    for i in range(6):
+        write(src / "g" / f"t{i}.wav", tone(0.5, 16000, 200 + 50 * i), 16000)
+    with open(src / "g" / "t3.wav", "ab") as f:
+        f.write(b"CRASHME")  # trailing bytes after the data chunk: still a valid WAV
+    proc = subprocess.run([sys.executable, "-c", DECODER_CRASH, str(src), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary, skipped = (json.loads(line) for line in proc.stdout.strip().splitlines())
+    assert (summary["processed"], summary["skipped"]) == (5, 1)
+    assert skipped == [{"path": str(src / "g" / "t3.wav"), "reason": "decoder crashed (its worker process died)"}]
+    assert "worker process died on" in proc.stderr
+    assert check_dataset(str(tmp_path / "out")) == []

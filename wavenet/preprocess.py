@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -255,7 +256,7 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
         buf = io.BytesIO()
         np.save(buf, codes, allow_pickle=False)
         rel_codes = track_codes_path(digest, config)
-        storage.write_bytes_atomic(os.path.join(work_dir, rel_codes), buf.getvalue())
+        storage.write_bytes_atomic(storage.join(work_dir, rel_codes), buf.getvalue())
         record.update(info)
         record.update({
             "status": "processed",
@@ -298,7 +299,7 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
 
     Args:
         files: audio paths or ``gs://`` URIs (e.g. one list of :func:`partition`).
-        work_dir: a local folder; codes go to ``work_dir/tracks/<sha256>-<audio>.npy``,
+        work_dir: a folder or ``gs://`` prefix; codes go to ``work_dir/tracks/<sha256>-<audio>.npy``,
             the partial manifest to ``work_dir/partials/``.
         config: audio settings and ``crop_length`` (shorter tracks are skipped).
         src: the folder the files were listed from; train/validation is decided
@@ -316,7 +317,7 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
     known_set = frozenset(known)
     records = [_process_file(p, _relpath(p, src), work_dir, config, known_set) for p in files]
     tag = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()[:16]
-    out = os.path.join(work_dir, "partials", f"partial-{tag}.json")
+    out = storage.join(work_dir, "partials", f"partial-{tag}.json")
     storage.write_text_atomic(out, json.dumps({"src": src, "records": records}))
     return out
 
@@ -461,7 +462,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     for p in partial_paths:
         part = json.loads(storage.read_text(p))
         src = src if src is not None else part.get("src")
-        work_dir = os.path.dirname(os.path.dirname(p))
+        work_dir = p.rsplit("/", 2)[0]  # partials sit in WORK/partials/
         records.extend((r, work_dir) for r in part["records"])
     records.sort(key=lambda rw: rw[0]["path"])
 
@@ -489,7 +490,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
             entry["codes"] = r["codes"]
             entry["split"] = None
             tracks[r["sha256"]] = entry
-            new_codes[r["sha256"]] = os.path.join(work_dir, r["codes"])
+            new_codes[r["sha256"]] = storage.join(work_dir, r["codes"])
             processed += 1
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
@@ -505,7 +506,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
 
     # New codes first: the old manifest does not name them, so a crash here is harmless.
     for h, local in new_codes.items():
-        storage.write_bytes_atomic(storage.join(dst, tracks[h]["codes"]), _read_local(local))
+        storage.write_bytes_atomic(storage.join(dst, tracks[h]["codes"]), storage.read_bytes(local))
 
     sr = config.audio.sample_rate
     chunk = max(config.crop_length, int(round(config.data.chunk_seconds * sr)))
@@ -566,15 +567,8 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     return manifest
 
 
-def _read_local(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _load_codes(track: dict[str, Any], new_codes: dict[str, str], dst: str) -> np.ndarray:
-    if track["sha256"] in new_codes:
-        return np.load(new_codes[track["sha256"]], allow_pickle=False)
-    path = storage.join(dst, track["codes"])
+    path = new_codes.get(track["sha256"]) or storage.join(dst, track["codes"])
     try:
         return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -603,6 +597,14 @@ def _collect_garbage(dst: str, manifest: dict[str, Any]) -> None:
 
 # -- the whole run ---------------------------------------------------------------------
 
+def _cores() -> int:
+    # The CPUs this process may run on (a container's share), not the machine's.
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _pool_context():
     """fork when it is safe, else spawn.
 
@@ -626,6 +628,59 @@ def _pool_context():
 
 def _process_partition_star(args):
     return process_partition(*args)
+
+
+def _run_pool(jobs: list[tuple], n: int, bar) -> list[str]:
+    """Run ``process_partition`` jobs in ``n`` worker processes; survive workers that die.
+
+    A file that crashes its decoder (a segfault in a native library) kills its
+    worker and breaks the pool, which fails every job not finished yet. Those
+    jobs are split into one-file jobs and run again in a fresh pool. A round
+    that finishes nothing runs its first job alone in a pool of its own: if
+    that worker dies too, the file is skipped (``decoder crashed``). Every
+    round makes progress, and every other file's work is kept.
+    """
+    partials: list[str] = []
+    pending = list(jobs)
+    while pending:
+        finished, broken = _pool_round(pending, n, partials, bar)
+        if not broken:
+            break
+        pending = [(files, *job[1:]) for job in broken for files in ([p] for p in job[0])]
+        if not finished:
+            head = pending.pop(0)
+            if _pool_round([head], 1, partials, bar)[1]:
+                partials.append(_crash_partial(head))
+                bar.update(1)
+    return partials
+
+
+def _pool_round(jobs: list[tuple], n: int, partials: list[str], bar) -> tuple[int, list[tuple]]:
+    finished, broken = 0, []
+    # Forked workers must not share the parent's bucket connections.
+    with ProcessPoolExecutor(min(n, len(jobs)), mp_context=_pool_context(),
+                             initializer=storage.reset_clients) as pool:
+        futures = {pool.submit(_process_partition_star, job): job for job in jobs}
+        for fut in as_completed(futures):
+            try:
+                partials.append(fut.result())
+            except BrokenProcessPool:
+                broken.append(futures[fut])
+                continue
+            finished += 1
+            bar.update(len(futures[fut][0]))
+    return finished, broken
+
+
+def _crash_partial(job: tuple) -> str:
+    (path,), work_dir, _config, src = job[0], job[1], job[2], job[3]
+    record = {"path": path, "relpath": _relpath(path, src), "status": "skipped",
+              "reason": "decoder crashed (its worker process died)"}
+    tag = hashlib.sha256(("crash\n" + path).encode("utf-8")).hexdigest()[:16]
+    out = storage.join(work_dir, "partials", f"partial-{tag}.json")
+    storage.write_text_atomic(out, json.dumps({"src": src, "records": [record]}))
+    log.warning("worker process died on %s", path)
+    return out
 
 
 def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | None = None,
@@ -661,7 +716,7 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
             old = {}
     known = frozenset(old)
     n = processes if processes is not None else config.data.processes
-    n = n or os.cpu_count() or 1
+    n = n or _cores()
     n = max(1, min(n, len(files)))
     # Several small partitions per worker: balanced load and a live progress bar.
     parts = partition(files, n * 8 if n > 1 else len(files))
@@ -677,13 +732,7 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
                 partials.append(process_partition(*job))
                 bar.update(len(job[0]))
         else:
-            # Forked workers must not share the parent's bucket connections.
-            with ProcessPoolExecutor(n, mp_context=_pool_context(),
-                                     initializer=storage.reset_clients) as pool:
-                futures = {pool.submit(_process_partition_star, job): len(job[0]) for job in jobs}
-                for fut in as_completed(futures):
-                    partials.append(fut.result())
-                    bar.update(futures[fut])
+            partials = _run_pool(jobs, n, bar)
         bar.close()
         return merge_manifests(sorted(partials), dst, config, src=src)
     finally:
