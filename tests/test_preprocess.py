@@ -183,6 +183,11 @@ def test_rerun_processes_only_new_files(tmp_path):
     # Shards of earlier runs are gone; only the manifest's remain.
     on_disk = {f"{sp}/{n}" for sp in ("train", "validation") for n in os.listdir(os.path.join(dst, sp))}
     assert on_disk == {sh["path"] for sh in third["shards"]}
+    # Tracks are known by content and path relative to SRC: a moved SRC is still the same corpus.
+    moved = str(tmp_path / "moved")
+    os.rename(src, moved)
+    fourth = preprocess(moved, dst, CFG, processes=1, progress=False)
+    assert (fourth["summary"]["processed"], fourth["summary"]["unchanged"]) == (0, 4)
 
 
 CRASH = textwrap.dedent("""
@@ -327,6 +332,9 @@ def test_manifest_records_codes_histogram_and_checksums(tmp_path):
         data = open(os.path.join(dst, s["path"]), "rb").read()
         assert hashlib.sha256(data).hexdigest() == s["sha256"]
     for f in m["files"]:
+        # Examples: at most chunk_seconds, never shorter than one crop.
+        assert f["samples"] / f["chunks"] <= CFG.data.chunk_seconds * CFG.audio.sample_rate
+        assert f["samples"] // f["chunks"] >= CFG.crop_length
         assert f["duration_in_s"] == pytest.approx(4.0, abs=1e-3)
         assert 0 < f["duration_out_s"] < f["duration_in_s"]  # silence trimmed at both ends
         with open(f["path"], "rb") as fh:

@@ -282,14 +282,19 @@ def track_codes_path(digest: str, config: ExperimentConfig) -> str:
     return f"{TRACKS}/{digest}-{hashlib.sha256(audio.encode()).hexdigest()[:8]}.npy"
 
 
-def known_tracks(dst: str) -> dict[str, dict[str, Any]]:
-    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256."""
+def known_tracks(dst: str, config: ExperimentConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256.
+
+    With ``config``, only tracks whose codes were made with its ``audio``
+    settings (codes made with other settings must be made again).
+    """
     manifest = _read_manifest_or_none(dst)
     if manifest is None:
         return {}
-    present = {os.path.basename(p) for p in storage.list_files(storage.join(dst, TRACKS))}
+    present = {p.rsplit("/", 1)[-1] for p in storage.list_files(storage.join(dst, TRACKS))}
     return {f["sha256"]: f for f in manifest.get("files", [])
-            if f["codes"].rsplit("/", 1)[-1] in present}
+            if f["codes"].rsplit("/", 1)[-1] in present
+            and (config is None or f["codes"] == track_codes_path(f["sha256"], config))}
 
 
 def process_partition(files: Sequence[str], work_dir: str, config: ExperimentConfig,
@@ -313,7 +318,7 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
         file with ``status`` ``processed``, ``unchanged`` or ``skipped``.
     """
     if known is None:
-        known = known_tracks(dst).keys() if dst is not None else ()
+        known = known_tracks(dst, config).keys() if dst is not None else ()
     known_set = frozenset(known)
     records = [_process_file(p, _relpath(p, src), work_dir, config, known_set) for p in files]
     tag = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()[:16]
@@ -338,9 +343,12 @@ def _read_manifest_or_none(dst: str) -> dict[str, Any] | None:
     return manifest
 
 
-def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
-    """Split ``n`` samples into ``ceil(n / chunk)`` near-equal consecutive pieces."""
-    k = max(1, math.ceil(n / chunk))
+def _chunks(n: int, chunk: int, minimum: int) -> list[tuple[int, int]]:
+    """Split ``n`` samples into ``ceil(n / chunk)`` near-equal consecutive pieces.
+
+    Fewer pieces when that would make them shorter than ``minimum`` (one crop).
+    """
+    k = max(1, min(math.ceil(n / chunk), n // max(1, minimum)))
     base, extra = divmod(n, k)
     bounds, start = [], 0
     for i in range(k):
@@ -453,10 +461,11 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     started = time.time()
     old = _read_manifest_or_none(dst)
     audio_cfg = config.to_dict()["audio"]
-    old_tracks = known_tracks(dst) if old is not None else {}
-    if old is not None and old.get("audio") != audio_cfg:
-        log.warning("audio config differs from the one %s was made with: old tracks are dropped", dst)
-        old_tracks = {}
+    old_tracks = known_tracks(dst, config) if old is not None else {}
+    if old is not None and len(old_tracks) < len(old.get("files", [])):
+        log.warning("%d track(s) of %s were made with another audio config or lost their codes: "
+                    "they are dropped (and re-made if their files are in SRC)",
+                    len(old["files"]) - len(old_tracks), dst)
 
     records: list[tuple[dict[str, Any], str]] = []
     for p in partial_paths:
@@ -475,11 +484,11 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         if status == "skipped":
             skipped.append({"path": r["path"], "reason": r["reason"]})
         elif status == "unchanged" and r["sha256"] in old_tracks:
-            first = old_tracks[r["sha256"]]["path"]
-            if first == r["path"]:
+            first = old_tracks[r["sha256"]]
+            if first["relpath"] == r["relpath"]:
                 unchanged += 1
             else:  # a copy (or a moved file): the content is in DST already, under its first path
-                skipped.append({"path": r["path"], "reason": f"same content as {first}"})
+                skipped.append({"path": r["path"], "reason": f"same content as {first['path']}"})
         elif status == "unchanged":
             skipped.append({"path": r["path"], "reason": "reported unchanged but its codes are not in "
                             "DST/tracks: run again to process it"})
@@ -521,7 +530,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
                                 f"says {t['samples']}: remove {dst} and preprocess again")
             hists[t["split"]] += np.bincount(codes, minlength=hists[t["split"]].size)
             t["label_id"] = label_ids[t["label"]]
-            bounds = _chunks(codes.size, chunk)
+            bounds = _chunks(codes.size, chunk, config.crop_length)
             t["chunks"] = len(bounds)
             t["_shards"] = sorted({shard_sets[t["split"]].add(codes[a:b], t["label_id"], t["sha256"])
                                    for a, b in bounds})
@@ -709,12 +718,7 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
     files = list_audio(src)
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {src}")
-    old = known_tracks(dst)
-    if old:
-        manifest = _read_manifest_or_none(dst)
-        if manifest is not None and manifest.get("audio") != config.to_dict()["audio"]:
-            old = {}
-    known = frozenset(old)
+    known = frozenset(known_tracks(dst, config))
     n = processes if processes is not None else config.data.processes
     n = n or _cores()
     n = max(1, min(n, len(files)))
