@@ -146,3 +146,8 @@ def test_a_window_longer_than_every_example_is_refused(data_dir):
     fits = CFG.with_overrides({"train.window": longest - CFG.model.receptive_field})
     crops, _ = next(iter(train_dataset(data_dir, fits, batch_size=1)))
     assert crops.shape == (1, longest)
+
+
+def test_a_validation_window_longer_than_every_example_is_refused(data_dir):
+    with pytest.raises(DataError, match="every validation example is shorter"):
+        validation_dataset(data_dir, CFG, batch_size=2, window=10**7)

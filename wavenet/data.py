@@ -1,6 +1,8 @@
 """The shard format and the tf.data input pipeline.
 
-A shard is a TFRecord file of examples, one per track chunk:
+A shard is a TFRecord file of examples, one per track chunk (written by
+`wavenet.preprocess` without TensorFlow: :func:`serialize_example` and
+:class:`TFRecordWriter` produce the bytes TensorFlow reads):
 
     codes  bytes   uint8 mu-law codes of the chunk
     label  int64   index of the track's label in the manifest's vocabulary
@@ -337,13 +339,18 @@ def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
     Returns:
         A dataset of ``(crops (B, receptive_field + window) int32, labels (B,) int32)``.
     """
-    shards = _shards(read_manifest(data_dir), "validation")
+    manifest = read_manifest(data_dir)
+    shards = _shards(manifest, "validation")
     if not shards:
         raise DataError(f"{data_dir} has no validation shards with examples "
                         f"(data.validation_fraction is 0, or there was only one track)")
-    files = _localise(data_dir, shards, cache_dir)
     rf = config.model.receptive_field
     window = window or config.evaluate.window
+    longest = _longest_example(manifest, "validation", shards)
+    if longest < rf + window:
+        raise DataError(f"{data_dir}: every validation example is shorter than receptive_field + "
+                        f"window = {rf} + {window} codes (longest {longest}): use a smaller window")
+    files = _localise(data_dir, shards, cache_dir)
 
     import tensorflow as tf
 
