@@ -226,8 +226,10 @@ def test_a_killed_run_leaves_a_consistent_dataset(tmp_path, point):
     before = preprocess(src, dst, CFG, processes=1, progress=False)
     for i in range(3):
         write(os.path.join(src, "new", f"n{i}.wav"), tone(1.0, 16000, 200 + 100 * i), 16000)
+    # The killed run's scratch folder lands in tmp_path, not the system temp dir.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", CRASH, src, dst, point], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert proc.returncode == -9, proc.stderr
     # The old manifest still describes complete shards with matching checksums.
     assert json.load(open(os.path.join(dst, "manifest.json")))["shards"] == before["shards"]
