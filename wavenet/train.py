@@ -475,6 +475,15 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
 
     val_fn = tf_function_for(model, cfg)
 
+    if has_val:
+        try:
+            validation_dataset(data, cfg, g, window=t.window)
+        except DataError as e:
+            # Training can still go on; validation metrics are what is lost.
+            if is_chief:
+                print(f"warning: no validation metrics: {e}", file=sys.stderr)
+            has_val = False
+
     def validate(fn) -> float | None:
         if not has_val:
             return None
