@@ -153,3 +153,28 @@ def test_sigkilled_worker_then_rerun_resumes_from_the_last_checkpoint(tiny_shard
     assert steps[-1] == 120 and min(steps) == 5
     # Metrics of the interrupted part are kept, the resumed part continues the step axis.
     assert set(range(resume_from + 5, 121, 5)) <= set(steps)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker(tiny_shards, tmp_path):
+    argv = _wavenet("train", str(tiny_shards), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                    "--workers", "2", "--steps", "100000", "--no-progress",
+                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db")
+    launcher = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(psutil.Process(launcher.pid).children()) < 2:
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = psutil.Process(launcher.pid).children()
+        time.sleep(2)  # let them get into TensorFlow start-up / training
+        launcher.send_signal(signal.SIGINT)
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
