@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from wavenet.errors import TrackingError
@@ -127,7 +128,8 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
     try:
         client = MlflowClient(uri)
         if run_id is None:
-            experiment_id = env.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, experiment)
+            experiment_id = env.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, experiment,
+                                                                              uri)
             target = client.create_run(experiment_id, run_name=run_name,
                                        tags=all_tags or None).info.run_id
         else:
@@ -174,13 +176,23 @@ def _end_run(status: str) -> None:
             os.environ["MLFLOW_RUN_ID"] = parent
 
 
-def _experiment_id(client: Any, name: str) -> str:
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go next to its file (mlflow's default is ./mlruns of the cwd)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///"):]
+    if not os.path.isabs(db):
+        return None
+    return Path(os.path.dirname(db), "mlruns").as_uri()
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=_artifact_location(uri))
         except MlflowException:  # created concurrently by another process
             exp = client.get_experiment_by_name(name)
             if exp is None:
