@@ -91,7 +91,7 @@ def _train(data: str, cfg: ExperimentConfig, workdir: Path, name: str, workers: 
             str(cfg_path), "--workers", str(workers), "--threads", "1", "--steps", str(steps),
             "--no-progress", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
             "--experiment", "bench-train", *(extra or [])]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir)
     if done.returncode != 0:
         raise RuntimeError(f"bench training ({name}) failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout)
