@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -22,6 +23,7 @@ def make_model(kernel_size=2, num_classes=0, q=256, stacks=1, layers=4, seed=0):
                           residual_channels=8, gate_channels=6, skip_channels=12,
                           quantization_channels=q, num_classes=num_classes),
         train=base.train)
+    keras.utils.set_random_seed(seed)  # the kernels' initialisers
     model = build_model(cfg)
     rng = np.random.default_rng(seed)
     for v in model.weights:  # Keras initialises biases to zero

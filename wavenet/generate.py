@@ -213,8 +213,12 @@ def _sample_row(logits, inv_temp, u):
 @njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
 def _feed(seq, t0, record, params, state, logits, out_logits):
     """Feed seq (B, T) step by step from time t0; if record, keep every step's logits."""
+    # A contiguous copy of each column: _step then compiles once, for the same
+    # argument types as in _sample_steps, and both paths run the same code.
+    cur = np.empty(seq.shape[0], np.int32)
     for i in range(seq.shape[1]):
-        _step(seq[:, i], record, t0 + i, params, state, logits)
+        cur[:] = seq[:, i]
+        _step(cur, record, t0 + i, params, state, logits)
         if record:
             out_logits[:, i, :] = logits
 
