@@ -10,7 +10,7 @@ import pytest
 
 from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig, preset
 from wavenet.errors import WavenetError
-from wavenet.generate import FastGenerator, naive_generate, silence_code
+from wavenet.generate import FastGenerator, GenerateArgumentError, naive_generate, silence_code
 from wavenet.model import build_model
 
 
@@ -168,8 +168,11 @@ def test_errors_name_the_argument_and_what_was_received():
         (lambda: naive_generate(make_model(2, 3), 3, batch_size=1), "Received: labels=None"),
     ]
     for fn, pattern in cases:
-        with pytest.raises(WavenetError, match=pattern):
+        with pytest.raises(GenerateArgumentError, match=pattern):
             fn()
+    # The CLI prints WavenetErrors as one line; Python callers may catch ValueError.
+    assert issubclass(GenerateArgumentError, WavenetError)
+    assert issubclass(GenerateArgumentError, ValueError)
     assert plain.generate(0, seed=0).shape == (2, 0)
 
 

@@ -34,7 +34,11 @@ from numba import njit
 
 from wavenet.errors import WavenetError
 
-__all__ = ["FastGenerator", "naive_generate", "silence_code"]
+__all__ = ["FastGenerator", "GenerateArgumentError", "naive_generate", "silence_code"]
+
+
+class GenerateArgumentError(WavenetError, ValueError):
+    """A generation argument (labels, prime, batch, temperature) is unusable."""
 
 # Steps per kernel call between progress callbacks: long enough that the call
 # overhead vanishes, short enough for a responsive progress bar.
@@ -256,18 +260,18 @@ def _aligned_empty(n: int) -> np.ndarray:
 def _check_labels(config, labels, batch_size: int) -> np.ndarray | None:
     if not config.conditioned:
         if labels is not None:
-            raise WavenetError("this model is not conditioned (model.num_classes=0): pass no labels. "
+            raise GenerateArgumentError("this model is not conditioned (model.num_classes=0): pass no labels. "
                                f"Received: labels with shape {np.shape(labels)}")
         return None
     if labels is None:
-        raise WavenetError(f"this model is conditioned on {config.num_classes} classes: labels of "
+        raise GenerateArgumentError(f"this model is conditioned on {config.num_classes} classes: labels of "
                            f"shape ({batch_size},) are required. Received: labels=None")
     arr = np.asarray(labels)
     if arr.shape != (batch_size,) or not np.issubdtype(arr.dtype, np.integer):
-        raise WavenetError(f"labels must be integers of shape ({batch_size},). "
+        raise GenerateArgumentError(f"labels must be integers of shape ({batch_size},). "
                            f"Received: shape {arr.shape}, dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= config.num_classes):
-        raise WavenetError(f"labels must lie in [0, {config.num_classes}). "
+        raise GenerateArgumentError(f"labels must lie in [0, {config.num_classes}). "
                            f"Received: min {arr.min()}, max {arr.max()}")
     return arr.astype(np.int64)
 
@@ -275,22 +279,22 @@ def _check_labels(config, labels, batch_size: int) -> np.ndarray | None:
 def _check_codes(name: str, codes, batch_size: int, q: int) -> np.ndarray:
     arr = np.asarray(codes)
     if arr.ndim != 2 or arr.shape[0] != batch_size or arr.shape[1] < 1:
-        raise WavenetError(f"{name} must be int codes of shape ({batch_size}, T) with T >= 1. "
+        raise GenerateArgumentError(f"{name} must be int codes of shape ({batch_size}, T) with T >= 1. "
                            f"Received: shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
-        raise WavenetError(f"{name} must be integer codes. Received: dtype {arr.dtype}")
+        raise GenerateArgumentError(f"{name} must be integer codes. Received: dtype {arr.dtype}")
     if arr.min() < 0 or arr.max() >= q:
-        raise WavenetError(f"{name} codes must lie in [0, {q}). "
+        raise GenerateArgumentError(f"{name} codes must lie in [0, {q}). "
                            f"Received: min {arr.min()}, max {arr.max()}")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 def _check_common(num_samples, temperature) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
-        raise WavenetError(f"num_samples must be an integer >= 0. Received: {num_samples!r}")
+        raise GenerateArgumentError(f"num_samples must be an integer >= 0. Received: {num_samples!r}")
     if (isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating))
             or not math.isfinite(temperature) or temperature <= 0):
-        raise WavenetError(f"temperature must be a positive finite number. Received: {temperature!r}")
+        raise GenerateArgumentError(f"temperature must be a positive finite number. Received: {temperature!r}")
 
 
 # -- public API ----------------------------------------------------------------
@@ -312,9 +316,9 @@ class FastGenerator:
         from wavenet.model import WaveNet
 
         if not isinstance(model, WaveNet):
-            raise WavenetError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
+            raise GenerateArgumentError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise WavenetError(f"batch_size must be an integer >= 1. Received: {batch_size!r}")
+            raise GenerateArgumentError(f"batch_size must be an integer >= 1. Received: {batch_size!r}")
         if not model.built:
             model.build()
         c = model.config
@@ -326,8 +330,7 @@ class FastGenerator:
             return np.ascontiguousarray(np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=f32))
 
         blocks = model.blocks
-        k, r, g, s, q = c.kernel_size, c.residual_channels, c.gate_channels, c.skip_channels, \
-            c.quantization_channels
+        k, r, g = c.kernel_size, c.residual_channels, c.gate_channels
         self._emb = arr(model.embedding.embeddings)
         # All matmul weights in one buffer, in the order a step reads them, so
         # one sample's 3.5 MB (bench preset) streams through the cache sequentially.
@@ -356,7 +359,6 @@ class FastGenerator:
         lens = (k - 1) * self._dil
         self._qoff = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         self._qtotal = int(lens.sum())
-        del q, s
 
     # -- internals -------------------------------------------------------------
     def _fresh(self, labels: np.ndarray | None):
@@ -449,6 +451,10 @@ def naive_generate(model, num_samples: int, *, batch_size: int = 1, prime: np.nd
     Returns:
         (batch_size, num_samples) uint8 codes.
     """
+    from wavenet.model import WaveNet
+
+    if not isinstance(model, WaveNet):
+        raise GenerateArgumentError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
     c = model.config
     _check_common(num_samples, temperature)
     lab = _check_labels(c, labels, batch_size)
