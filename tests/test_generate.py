@@ -167,6 +167,9 @@ def test_errors_name_the_argument_and_what_was_received():
         (lambda: FastGenerator(make_model(2, 0), 0), "batch_size .* Received: 0"),
         (lambda: naive_generate(make_model(2, 3), 3, batch_size=1), "Received: labels=None"),
     ]
+    broken = make_model(2, 0)
+    broken.blocks[1].skip_bias.assign(np.full(12, np.nan, "float32"))
+    cases.append((lambda: FastGenerator(broken, 1), "block_1/skip_bias has NaN"))
     for fn, pattern in cases:
         with pytest.raises(GenerateArgumentError, match=pattern):
             fn()

@@ -74,7 +74,9 @@ def _exp32(x):
     n = np.floor(y)
     f = y - n
     p = _P0 + f * (_P1 + f * (_P2 + f * (_P3 + f * (_P4 + f * (_P5 + f * _P6)))))
-    return p * _POW2[np.uint32(np.int32(n) + 128)]
+    # Clamped index: even a NaN (whose int conversion is arbitrary) stays in the table.
+    i = min(max(np.int32(n) + np.int32(128), np.int32(0)), np.int32(255))
+    return p * _POW2[np.uint32(i)]
 
 
 @njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
@@ -332,6 +334,10 @@ class FastGenerator:
         blocks = model.blocks
         k, r, g = c.kernel_size, c.residual_channels, c.gate_channels
         self._emb = arr(model.embedding.embeddings)
+        for v in model.weights:
+            if not np.all(np.isfinite(v.numpy())):
+                raise GenerateArgumentError(f"model weight {v.path} has NaN or infinite values "
+                                            "(did training diverge?). Received: a model with non-finite weights")
         # All matmul weights in one buffer, in the order a step reads them, so
         # one sample's 3.5 MB (bench preset) streams through the cache sequentially.
         mats = []
