@@ -450,13 +450,9 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
     counts = training_code_counts(data_dir, net.config.quantization_channels)
     names = _label_names(manifest)
 
-    src_run = registry.source_run_id(model_uri) if model_uri else None
-    exp = experiment or (registry.run_experiment_name(src_run) if src_run else None) or config.name
-    tags = {"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
-            "wavenet.data": data_dir}
-    if src_run:
-        # Nest under the training run (a KFP-injected MLFLOW_RUN_ID takes precedence).
-        tags["mlflow.parentRunId"] = src_run
+    exp, tags = registry.run_placement(model_uri, experiment, config.name)
+    tags.update({"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
+                 "wavenet.data": data_dir})
     params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
               "eval.gate": gate}
     with start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,

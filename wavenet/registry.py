@@ -36,12 +36,14 @@ __all__ = [
     "register",
     "set_champion",
     "run_experiment_name",
+    "run_placement",
     "active_run_id",
     "log_metrics",
     "log_params",
     "set_tags",
     "log_dict",
     "log_artifacts",
+    "log_artifact_files",
     "metric_key",
 ]
 
@@ -212,6 +214,24 @@ def run_experiment_name(run_id: str) -> str | None:
         return None
 
 
+def run_placement(model_uri: str | None, experiment: str | None,
+                  default_experiment: str) -> tuple[str, dict[str, str]]:
+    """Where a stage run about ``model_uri`` goes: ``(experiment, tags)``.
+
+    A ``runs:/<id>/...`` model's evaluation or samples are nested under that
+    training run (tag ``mlflow.parentRunId``), in its experiment unless
+    ``experiment`` is given; :func:`wavenet.tracking.start_run` lets a
+    KFP-injected ``MLFLOW_RUN_ID`` take precedence as the parent.
+    """
+    src = source_run_id(model_uri) if model_uri else None
+    tags: dict[str, str] = {}
+    exp = experiment
+    if src:
+        tags["mlflow.parentRunId"] = src
+        exp = exp or run_experiment_name(src)
+    return exp or default_experiment, tags
+
+
 # -- run logging for evaluation and generation -------------------------------
 # evaluate.py and samples.py stay free of mlflow imports; they log through these.
 
@@ -258,3 +278,10 @@ def log_artifacts(local_dir: str, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifacts(local_dir, artifact_path)
+
+
+def log_artifact_files(paths: list[str], artifact_path: str | None = None) -> None:
+    import mlflow
+
+    for path in paths:
+        mlflow.log_artifact(path, artifact_path)
