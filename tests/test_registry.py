@@ -19,7 +19,8 @@ def tracking_uri(request, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return request.getfixturevalue("mlflow_server")
+    server = request.getfixturevalue("mlflow_server")
+    return getattr(server, "uri", server)  # the URI, or a server object carrying it
 
 
 def champion_version(uri, name):

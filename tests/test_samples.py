@@ -41,17 +41,18 @@ def test_generate_from_the_champion_writes_wavs_pngs_and_a_self_contained_report
         eval_data, trained_model_path, mlflow_server, tmp_path, monkeypatch):
     import mlflow
 
+    server_uri = getattr(mlflow_server, "uri", mlflow_server)  # the URI, or an object carrying it
     monkeypatch.chdir(tmp_path)
     name = "wavenet-samples-test"
     cfg = tiny_config().with_overrides({
         "evaluate.registered_model_name": name, "generate.num_clips": 3,
         "generate.seconds": 0.25, "generate.prime_seconds": 0.01, "generate.seed": 3})
-    assert evaluate(trained_model_path, eval_data, cfg, gate=True, tracking_uri=mlflow_server,
+    assert evaluate(trained_model_path, eval_data, cfg, gate=True, tracking_uri=server_uri,
                     experiment="samples-test")["promoted"]
 
     out = tmp_path / "samples"
     result = generate_samples(f"models:/{name}@champion", str(out), cfg, data_dir=eval_data,
-                              tracking_uri=mlflow_server, experiment="samples-test", progress=False)
+                              tracking_uri=server_uri, experiment="samples-test", progress=False)
 
     assert result["num_samples"] == 4000 and result["prime_samples"] == 160
     assert result["samples_per_second"] > 0
@@ -75,7 +76,7 @@ def test_generate_from_the_champion_writes_wavs_pngs_and_a_self_contained_report
     summary = json.loads((out / "samples.json").read_text())
     assert summary["clips"][1]["metrics"] == result["clips"][1]["metrics"]
 
-    client = mlflow.MlflowClient(mlflow_server)
+    client = mlflow.MlflowClient(server_uri)
     logged = {f.path for f in client.list_artifacts(result["run_id"], "samples")}
     assert {"samples/report.html", "samples/samples.json",
             f"samples/{result['clips'][0]['name']}.wav"} <= logged
