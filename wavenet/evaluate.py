@@ -156,9 +156,10 @@ def training_code_counts(data_dir: str, quantization_channels: int) -> CodeCount
     """Code statistics of every training shard of ``data_dir`` (read in full)."""
     import tensorflow as tf
 
-    from wavenet.data import parse_example, shard_paths
+    from wavenet.data import local_shard_paths, parse_example
 
-    files = shard_paths(data_dir, "train")
+    # Bucket shards are fetched (and checked against their sha256) into the local cache.
+    files = local_shard_paths(data_dir, "train")
     if not files:
         raise DataError(f"{data_dir} has no training shards with examples (baselines need them)")
     ds = tf.data.TFRecordDataset(files).map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)

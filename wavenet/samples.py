@@ -51,9 +51,9 @@ def read_validation_codes(data_dir: str, max_samples: int | None = None) -> list
     """Validation examples ``(codes uint8, label)`` in shard order, up to ``max_samples`` codes."""
     import tensorflow as tf
 
-    from wavenet.data import parse_example, shard_paths
+    from wavenet.data import local_shard_paths, parse_example
 
-    files = shard_paths(data_dir, "validation")
+    files = local_shard_paths(data_dir, "validation")
     if not files:
         raise DataError(f"{data_dir} has no validation shards with examples")
     out, total = [], 0
