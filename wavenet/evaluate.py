@@ -320,7 +320,8 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "new_bits": float, "champion_bits": float | None, "improvement_bits":
         float | None, "margin": float, "champion_version": str | None (the
         champion compared against), "new_version": str | None (registered when
-        promoted), "champion_uri": "models:/NAME@champion", "evaluation": the
+        promoted), "registered_uri": the MLflow model URI registered (None when
+        kept), "champion_uri": "models:/NAME@champion", "evaluation": the
         scores of the new model on the shared windows (see :func:`score_models`)}``.
     """
     from wavenet import registry
@@ -353,6 +354,8 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
             "evaluation_run_id": registry.active_run_id() or ""})
         registry.set_champion(name, ref.version)
         new_version = ref.version
+    else:
+        source = None
     decision = {
         "promoted": promoted,
         "reason": reason,
@@ -363,6 +366,7 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "margin": margin,
         "champion_version": champion.version if champion else None,
         "new_version": new_version,
+        "registered_uri": source,
         "champion_uri": f"models:/{name}@{registry.CHAMPION}",
     }
     if registry.active_run_id():
@@ -482,6 +486,12 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
                 t["bits_per_sample"]
             metrics[registry.metric_key("eval", "label", label, "samples")] = t["samples"]
         registry.log_metrics(metrics)
+        src_run = registry.model_run_id(model_uri) if model_uri else None
+        if src_run:
+            # The held-out score also lands on the training run, so training runs
+            # compare by it in the MLflow UI.
+            registry.log_metrics_to_run(src_run, {k: metrics[k] for k in (
+                "eval/bits_per_sample", "eval/baseline_unigram_bits", "eval/baseline_bigram_bits")})
         result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
         text = json.dumps(result, indent=2, sort_keys=True)
         if out_dir:

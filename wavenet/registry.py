@@ -29,6 +29,7 @@ __all__ = [
     "ModelRef",
     "is_mlflow_uri",
     "source_run_id",
+    "model_run_id",
     "use_tracking_uri",
     "load_wavenet",
     "log_wavenet",
@@ -39,6 +40,7 @@ __all__ = [
     "run_placement",
     "active_run_id",
     "log_metrics",
+    "log_metrics_to_run",
     "log_params",
     "set_tags",
     "log_dict",
@@ -76,6 +78,24 @@ def source_run_id(uri: str) -> str | None:
         return None
     run_id = uri[len("runs:/"):].split("/", 1)[0]
     return run_id or None
+
+
+def model_run_id(uri: str) -> str | None:
+    """The run that logged a model: from ``runs:/<id>/...``, or looked up for ``models:/m-<id>``.
+
+    Registry URIs (``models:/NAME/...``) and files give None. Needs the tracking
+    URI set (:func:`use_tracking_uri`) for the lookup.
+    """
+    run_id = source_run_id(uri)
+    if run_id or not str(uri).startswith("models:/m-"):
+        return run_id
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.get_logged_model(uri[len("models:/"):].split("/", 1)[0]).source_run_id
+    except MlflowException:
+        return None
 
 
 def _one_line(e: BaseException) -> str:
@@ -218,12 +238,12 @@ def run_placement(model_uri: str | None, experiment: str | None,
                   default_experiment: str) -> tuple[str, dict[str, str]]:
     """Where a stage run about ``model_uri`` goes: ``(experiment, tags)``.
 
-    A ``runs:/<id>/...`` model's evaluation or samples are nested under that
-    training run (tag ``mlflow.parentRunId``), in its experiment unless
+    A model logged by a run (``runs:/<id>/...`` or that run's ``models:/m-<id>``)
+    has its evaluation or samples nested under that training run (tag ``mlflow.parentRunId``), in its experiment unless
     ``experiment`` is given; :func:`wavenet.tracking.start_run` lets a
     KFP-injected ``MLFLOW_RUN_ID`` take precedence as the parent.
     """
-    src = source_run_id(model_uri) if model_uri else None
+    src = model_run_id(model_uri) if model_uri else None
     tags: dict[str, str] = {}
     exp = experiment
     if src:
@@ -254,6 +274,16 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+
+
+def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:
+    """Log metrics to another (possibly finished) run, e.g. the training run of a model."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    _client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
 def log_params(params: dict[str, Any]) -> None:
