@@ -226,8 +226,10 @@ def test_a_killed_run_leaves_a_consistent_dataset(tmp_path, point):
     before = preprocess(src, dst, CFG, processes=1, progress=False)
     for i in range(3):
         write(os.path.join(src, "new", f"n{i}.wav"), tone(1.0, 16000, 200 + 100 * i), 16000)
+    # The killed run's scratch folder lands in tmp_path, not the system temp dir.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", CRASH, src, dst, point], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert proc.returncode == -9, proc.stderr
     # The old manifest still describes complete shards with matching checksums.
     assert json.load(open(os.path.join(dst, "manifest.json")))["shards"] == before["shards"]
@@ -425,3 +427,15 @@ def test_a_file_that_kills_its_worker_is_skipped_and_the_rest_kept(tmp_path):
     assert skipped == [{"path": str(src / "g" / "t3.wav"), "reason": "decoder crashed (its worker process died)"}]
     assert "worker process died on" in proc.stderr
     assert check_dataset(str(tmp_path / "out")) == []
+
+
+def test_preprocessing_never_imports_tensorflow(tmp_path):
+    # Workers stay light: shards are written by wavenet.data's TF-free writer.
+    src = str(tmp_path / "src")
+    make_demo_corpus(src, seconds_per_genre=1.0)
+    code = ("import sys; from wavenet.config import preset; from wavenet.preprocess import preprocess; "
+            f"preprocess({src!r}, {str(tmp_path / 'out')!r}, preset('tiny'), processes=1, progress=False); "
+            "print('tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
