@@ -14,6 +14,14 @@ from wavenet.launch import free_ports
 from wavenet.train import learning_rate_at, resolve_jit_compile, resolve_precision, worker_role
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_mlflow_run(monkeypatch):
+    # KFP's variables, or ones mlflow.set_experiment() left in os.environ from
+    # other tests in this process, would steer these in-process runs elsewhere.
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
 def test_learning_rate_warms_up_then_decays_to_floor():
     t = preset("tiny").train  # lr 3e-3, warmup 5, 30 steps, floor 0.05
     lrs = [learning_rate_at(s, t) for s in range(t.steps)]

@@ -134,6 +134,10 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
                                        tags=all_tags or None).info.run_id
         else:
             target = run_id
+        # mlflow.start_run(run_id) refuses a run outside the process's active
+        # experiment (set by an earlier stage in this process): make the run's
+        # own experiment active, without leaving MLFLOW_EXPERIMENT_ID behind.
+        _set_active_experiment(client.get_run(target).info.experiment_id)
         run = mlflow.start_run(run_id=target, log_system_metrics=system or None)
     except TrackingError:
         raise
@@ -158,6 +162,22 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
         except Exception as e:  # noqa: BLE001
             raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {uri}: "
                                 f"{_one_line(e)}") from None
+
+
+def _set_active_experiment(experiment_id: str) -> None:
+    import mlflow
+
+    # mlflow.set_experiment() also writes MLFLOW_EXPERIMENT_ID into os.environ,
+    # which later runs of this process would read as a user setting: put the
+    # variable back as it was.
+    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    try:
+        mlflow.set_experiment(experiment_id=experiment_id)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = before
 
 
 def _end_run(status: str) -> None:
