@@ -1,0 +1,176 @@
+"""Plain helpers the component bodies call (no kfp import; tested directly).
+
+They turn pipeline parameters (strings, ints) into the typed config and names the
+library expects, and keep the bookkeeping that makes local and cluster runs
+identical: relative file lists, partition cache keys, data versions, run names and
+the MLflow environment handed to training pods.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from wavenet.config import PRESETS, ExperimentConfig, resolve_config
+from wavenet.errors import ConfigError
+
+# What KFP's MLflow integration and the user's tracking settings put in a step's
+# environment; passed on to TFJob pods so their runs nest under the pipeline's run.
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
+              "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_INSECURE_TLS")
+PARTIAL_POINTER = "_partial.json"
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def build_config(preset: str, overrides_yaml: str = "") -> ExperimentConfig:
+    """The run's config: a named preset, then YAML overrides.
+
+    Args:
+        preset: preset name (tiny, demo, bench, large).
+        overrides_yaml: YAML mapping, nested (``train: {steps: 50}``) or dotted
+            (``train.steps: 50``); empty for none.
+
+    Returns:
+        The typed config.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset. Known presets: {', '.join(PRESETS)}. "
+                          f"Received: preset={preset!r}")
+    try:
+        over = yaml.safe_load(overrides_yaml) if overrides_yaml and overrides_yaml.strip() else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config overrides are not valid YAML: {e}") from None
+    if over is None:
+        over = {}
+    if not isinstance(over, Mapping):
+        raise ConfigError(f"config overrides must be a YAML mapping. Received: {overrides_yaml!r}")
+    if "preset" in over:
+        raise ConfigError("config overrides must not set preset (use the preset parameter)")
+    return resolve_config(preset, None, _flatten(over))
+
+
+def cli_config_args(cfg: ExperimentConfig) -> list[str]:
+    """``--preset P --set k=v ...`` that rebuild ``cfg`` in a ``wavenet`` CLI process.
+
+    Used for TFJob pods: the command line carries the whole config, so no file
+    has to reach the pod before it starts.
+    """
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"config preset must be a named preset to pass to pods. "
+                          f"Received: preset={cfg.preset!r}")
+    base = PRESETS[cfg.preset]().flat()
+    args = ["--preset", cfg.preset]
+    for key, value in sorted(cfg.flat().items()):
+        if base.get(key) != value:
+            text = yaml.safe_dump(value, default_flow_style=True).strip()
+            if text.endswith("\n..."):
+                text = text[: -len("\n...")]
+            args += ["--set", f"{key}={text}"]
+    return args
+
+
+def relative_names(root: str, files: list[str]) -> list[str]:
+    """File paths relative to ``root`` (local folder or gs:// prefix), sorted."""
+    root_n = root.rstrip("/") + "/"
+    out = []
+    for f in files:
+        if f.startswith(root_n):
+            out.append(f[len(root_n):])
+        elif not root.startswith("gs://") and os.path.isabs(f):
+            out.append(os.path.relpath(f, root))
+        else:
+            out.append(f)
+    return sorted(out)
+
+
+def join_root(root: str, name: str) -> str:
+    """Inverse of :func:`relative_names` for one name."""
+    if name.startswith("gs://") or os.path.isabs(name):
+        return name
+    if root.startswith("gs://"):
+        return root.rstrip("/") + "/" + name
+    return os.path.join(root, name)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def partition_key(source_id: str, names: list[str], cfg: ExperimentConfig) -> str:
+    """Cache key of one preprocessed partition.
+
+    Same source, same file names and same audio/data settings -> same key, so a
+    persistent shards URI lets later runs reuse the work. File contents are not
+    hashed: a changed file under an unchanged name is not noticed (README).
+    """
+    return _digest({"source": source_id, "files": sorted(names),
+                    "audio": cfg.to_dict()["audio"], "data": cfg.to_dict()["data"]})[:20]
+
+
+def data_version(keys: list[str]) -> str:
+    """Short version of a shard set: a digest of its partition keys."""
+    return _digest(sorted(keys))[:10]
+
+
+def run_name(preset: str, version: str, when: _dt.datetime | None = None) -> str:
+    """``<preset>-d<data version>-<UTC start>``: tells runs apart in the MLflow UI."""
+    when = when or _dt.datetime.now(_dt.UTC)
+    return f"{preset}-d{version[:8]}-{when.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def data_location(path: str, uri: str, metadata: Mapping[str, Any], for_pods: bool = False) -> str:
+    """Where a shards artifact's data is.
+
+    Args:
+        path: the artifact's local path in this step.
+        uri: the artifact's URI (gs://... on a cluster).
+        metadata: the artifact's metadata; ``data_dir`` points at a persistent
+            shards location when one was used.
+        for_pods: the location is for other pods (TFJob workers): a bucket URI,
+            never this step's local path.
+    """
+    if metadata.get("data_dir"):
+        return str(metadata["data_dir"])
+    if for_pods:
+        if not uri.startswith("gs://"):
+            raise ConfigError(f"training on the cluster needs shards in a bucket (gs://); "
+                              f"this pipeline's root stores them at {uri!r}: set pipeline_root "
+                              f"or shards_uri to a gs:// prefix")
+        return uri
+    return path
+
+
+def mlflow_env(environ: Mapping[str, str], tracking_uri: str = "") -> dict[str, str]:
+    """The MLflow variables a training pod needs (KFP's run and experiment ids included)."""
+    env = {k: environ[k] for k in MLFLOW_ENV if environ.get(k)}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+def numeric_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten a result dict to the numbers a KFP Metrics artifact can show."""
+    out: dict[str, float] = {}
+    for k, v in result.items():
+        if isinstance(v, Mapping):
+            out.update(numeric_metrics(v, f"{prefix}{k}."))
+        elif isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+        elif isinstance(v, (int, float)) and v == v:  # NaN is not a metric
+            out[f"{prefix}{k}"] = float(v)
+    return out

@@ -1,0 +1,283 @@
+"""The components. Bodies import inside (KFP ships each body on its own) and stay thin.
+
+Artifacts between stages:
+``list_partitions`` -> audio (Dataset) + partitions (JSON lists of file names) ->
+``preprocess_partition`` (one per partition, in a ParallelFor) -> partial (Dataset) ->
+``merge_shards`` (Collected partials) -> shards (Dataset) + data version ->
+``train_model`` -> model (Model) + metrics -> ``evaluate_model`` -> promoted (bool) +
+metrics -> ``generate_samples`` -> samples (Artifact) + report (HTML).
+"""
+
+from typing import NamedTuple  # noqa: UP035 - KFP reads these annotations
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.images import WAVENET_IMAGE
+
+# The image already has kfp (a dependency of the package): no pip install at start-up.
+_COMMON = {"base_image": WAVENET_IMAGE, "install_kfp_package": False}
+
+
+@dsl.component(**_COMMON)
+def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: int,
+                    demo_seconds: float, audio: Output[Dataset]) -> list[str]:
+    """List the input audio and split it into partitions for parallel preprocessing.
+
+    Args:
+        source_uri: folder or gs:// prefix with audio; empty: synthesise the demo corpus
+            into ``audio``.
+        preset: config preset.
+        config_yaml: YAML overrides of the preset.
+        partitions: how many preprocessing tasks to fan out to (at most one per file).
+        demo_seconds: seconds of demo audio per genre (0: the corpus default).
+        audio: the audio root (the demo corpus itself, or a pointer to ``source_uri``).
+
+    Returns:
+        One JSON list of file names (relative to the audio root) per partition.
+    """
+    import json
+    import os
+
+    from wavenet.preprocess import list_audio, partition
+
+    from components import runtime
+    from wavenet.errors import DataError
+
+    cfg = runtime.build_config(preset, config_yaml)
+    os.makedirs(audio.path, exist_ok=True)
+    if source_uri:
+        root = source_uri
+        # The artifact records where the audio is; the audio stays where it is.
+        with open(os.path.join(audio.path, "source.json"), "w") as f:
+            json.dump({"source_uri": source_uri}, f)
+        audio.metadata["source_uri"] = source_uri
+    else:
+        from wavenet.demo import make_demo_corpus
+
+        kwargs = {"seconds_per_genre": demo_seconds} if demo_seconds > 0 else {}
+        make_demo_corpus(audio.path, seed=cfg.train.seed, **kwargs)
+        root = audio.path
+        audio.metadata["source_uri"] = ""
+    names = runtime.relative_names(root, list_audio(root))
+    if not names:
+        raise DataError(f"no audio files found under {root}")
+    audio.metadata["files"] = len(names)
+    audio.metadata["source_id"] = source_uri or f"demo:{demo_seconds}:{cfg.train.seed}"
+    parts = [p for p in partition(names, max(1, min(partitions, len(names)))) if p]
+    return [json.dumps(p) for p in parts]
+
+
+@dsl.component(**_COMMON)
+def preprocess_partition(audio: Input[Dataset], partition: str, preset: str, config_yaml: str,
+                         shards_uri: str, partial: Output[Dataset]):
+    """Decode, resample and mu-law encode one partition's files (a partial manifest).
+
+    With ``shards_uri`` set, the partial goes to ``<shards_uri>/partials/<key>`` and an
+    existing one with the same key (same files, same audio/data settings) is reused.
+    """
+    import json
+    import os
+
+    from wavenet.preprocess import process_partition
+
+    from components import runtime
+    from wavenet import storage
+
+    cfg = runtime.build_config(preset, config_yaml)
+    names = json.loads(partition)
+    root = audio.metadata.get("source_uri") or audio.path
+    files = [runtime.join_root(root, n) for n in names]
+    key = runtime.partition_key(audio.metadata.get("source_id", root), names, cfg)
+    partial.metadata.update({"key": key, "files": len(files)})
+    os.makedirs(partial.path, exist_ok=True)
+    if shards_uri:
+        work = storage.join(shards_uri, "partials", key)
+        pointer = storage.join(work, runtime.PARTIAL_POINTER)
+        if storage.exists(pointer):
+            manifest = json.loads(storage.read_text(pointer))["manifest"]
+            partial.metadata.update({"manifest_uri": manifest, "reused": True})
+            print(f"reusing preprocessed partition {key}: {manifest}")
+            return
+        manifest = process_partition(files, work, cfg)
+        storage.write_text_atomic(pointer, json.dumps({"manifest": manifest, "files": names}))
+        partial.metadata.update({"manifest_uri": manifest, "reused": False})
+    else:
+        manifest = process_partition(files, partial.path, cfg)
+        # Relative: a later step sees this artifact at its own local path.
+        partial.metadata["manifest"] = os.path.relpath(manifest, partial.path)
+
+
+@dsl.component(**_COMMON)
+def merge_shards(partials: Input[list[Dataset]], preset: str, config_yaml: str, shards_uri: str,
+                 shards: Output[Dataset]) -> str:
+    """Merge partial manifests into TFRecord shards + manifest.json.
+
+    Returns:
+        The data version (a digest of the partitions' cache keys); with ``shards_uri``
+        the shards live at ``<shards_uri>/data-<version>`` and are reused when present.
+    """
+    import json
+    import os
+    import shutil
+
+    from wavenet.preprocess import merge_manifests
+
+    from components import runtime
+    from wavenet import storage
+
+    cfg = runtime.build_config(preset, config_yaml)
+    paths = [p.metadata.get("manifest_uri") or os.path.join(p.path, p.metadata["manifest"])
+             for p in partials]
+    version = runtime.data_version([p.metadata["key"] for p in partials])
+    if shards_uri:
+        dst = storage.join(shards_uri, f"data-{version}")
+        if storage.exists(storage.join(dst, "manifest.json")):
+            print(f"reusing shards {dst}")
+            manifest = json.loads(storage.read_text(storage.join(dst, "manifest.json")))
+        else:
+            manifest = merge_manifests(paths, dst, cfg)
+        os.makedirs(shards.path, exist_ok=True)
+        # A copy of the manifest keeps lineage in the artifact store.
+        storage.write_text_atomic(os.path.join(shards.path, "manifest.json"), json.dumps(manifest))
+        shards.metadata["data_dir"] = dst
+    else:
+        if os.path.isdir(shards.path):
+            shutil.rmtree(shards.path)
+        manifest = merge_manifests(paths, shards.path, cfg)
+    summary = manifest.get("summary", {})
+    shards.metadata.update({"data_version": version, "shards": len(manifest.get("shards", [])),
+                            **runtime.numeric_metrics(summary, "summary.")})
+    return version
+
+
+@dsl.component(**_COMMON)
+def train_model(shards: Input[Dataset], data_version: str, preset: str, config_yaml: str,
+                workers: int, steps: int, on_cluster: bool, namespace: str, image: str,
+                gpus_per_worker: int, accelerator: str, cluster_run_root: str, warm_start: bool,
+                tracking_uri: str, experiment: str, model: Output[Model],
+                metrics: Output[Metrics]) -> str:
+    """Train with MultiWorkerMirroredStrategy: local worker processes, or a TFJob.
+
+    Args:
+        workers: worker processes (local) or Worker replicas (TFJob).
+        steps: training steps; 0 keeps the config's ``train.steps``.
+        on_cluster: run as a Kubeflow TFJob in ``namespace`` (GPU pods from ``image``).
+        gpus_per_worker: ``nvidia.com/gpu`` per Worker pod (0: CPU pods).
+        accelerator: node selector value for the accelerator type (empty: any GPU node).
+        cluster_run_root: gs:// prefix where TFJob pods write the run (model, checkpoints).
+        warm_start: start from the registered champion's weights.
+        tracking_uri: MLflow tracking URI (empty: $MLFLOW_TRACKING_URI, else ./mlflow.db).
+        experiment: MLflow experiment.
+
+    Returns:
+        The MLflow run id of the training run.
+    """
+    import json
+    import os
+
+    from components import runtime
+    from wavenet import storage
+
+    cfg = runtime.build_config(preset, config_yaml)
+    name = runtime.run_name(cfg.preset, data_version)
+    init_model = f"models:/{cfg.evaluate.registered_model_name}@champion" if warm_start else None
+    if not on_cluster:
+        from wavenet.train import train
+
+        kwargs = {"init_model": init_model} if init_model else {}
+        result = train(runtime.data_location(shards.path, shards.uri, shards.metadata), model.path,
+                       cfg, workers=workers, steps=steps or None, tracking_uri=tracking_uri or None,
+                       experiment=experiment or None, run_name=name, progress=False, **kwargs)
+        summary, run_id = dict(result.summary), result.run_id or ""
+    else:
+        from wavenet import tfjob
+
+        if not cluster_run_root.startswith("gs://"):
+            from wavenet.errors import ConfigError
+
+            raise ConfigError(f"cluster_run_root must be a gs:// prefix for TFJob pods. "
+                              f"Received: {cluster_run_root!r}")
+        job = tfjob.job_name("wavenet", name)
+        out = storage.join(cluster_run_root, job)
+        args = [runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True),
+                "--out", out, "--worker", "--run-name", name, "--no-progress",
+                *runtime.cli_config_args(cfg)]
+        if steps:
+            args += ["--steps", str(steps)]
+        if experiment:
+            args += ["--experiment", experiment]
+        if init_model:
+            args += ["--init-model", init_model]
+        rendered = tfjob.render_tfjob(
+            job, namespace, image, ["wavenet", "train"], args, workers=workers,
+            gpus_per_worker=gpus_per_worker, accelerator=accelerator,
+            env=runtime.mlflow_env(os.environ, tracking_uri),
+            labels={"wavenet/data-version": data_version[:63]},
+            template=tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
+        tfjob.run_tfjob(rendered)
+        os.makedirs(model.path, exist_ok=True)
+        for fname in ("model.keras", "config.yaml", "train_summary.json"):
+            storage.write_bytes_atomic(os.path.join(model.path, fname),
+                                       storage.read_bytes(storage.join(out, fname)))
+        summary = json.loads(storage.read_text(os.path.join(model.path, "train_summary.json")))
+        run_id = str(summary.get("run_id", ""))
+        model.metadata["cluster_run_dir"] = out
+    model.metadata.update({"run_name": name, "run_id": run_id, "data_version": data_version,
+                           "preset": cfg.preset})
+    for k, v in runtime.numeric_metrics(summary).items():
+        metrics.log_metric(k, v)
+    return run_id
+
+
+@dsl.component(**_COMMON)
+def evaluate_model(model: Input[Model], shards: Input[Dataset], preset: str, config_yaml: str,
+                   tracking_uri: str, experiment: str, metrics: Output[Metrics],
+                   evaluation: Output[Artifact]) -> NamedTuple("Gate", [("promoted", bool)]):
+    """Held-out bits/sample against baselines and the champion; promote when better.
+
+    Returns:
+        promoted: the model became the registered champion.
+    """
+    import os
+    from collections import namedtuple
+
+    from wavenet.evaluate import evaluate
+
+    from components import runtime
+
+    cfg = runtime.build_config(preset, config_yaml)
+    os.makedirs(evaluation.path, exist_ok=True)
+    result = evaluate(os.path.join(model.path, "model.keras"),
+                      runtime.data_location(shards.path, shards.uri, shards.metadata), cfg,
+                      out_dir=evaluation.path, gate=True, tracking_uri=tracking_uri or None,
+                      experiment=experiment or None)
+    for k, v in runtime.numeric_metrics(result).items():
+        metrics.log_metric(k, v)
+    promoted = bool(result.get("promoted", False))
+    evaluation.metadata["promoted"] = promoted
+    return namedtuple("Gate", ["promoted"])(promoted)
+
+
+@dsl.component(**_COMMON)
+def generate_samples(model: Input[Model], shards: Input[Dataset], preset: str, config_yaml: str,
+                     tracking_uri: str, experiment: str, samples: Output[Artifact],
+                     report: Output[HTML]):
+    """Sample clips from the model: WAVs, spectrograms and an HTML listening report."""
+    import os
+    import shutil
+
+    from wavenet.samples import generate_samples as _generate
+
+    from components import runtime
+
+    cfg = runtime.build_config(preset, config_yaml)
+    os.makedirs(samples.path, exist_ok=True)
+    result = _generate(os.path.join(model.path, "model.keras"), samples.path, cfg,
+                       data_dir=runtime.data_location(shards.path, shards.uri, shards.metadata),
+                       tracking_uri=tracking_uri or None, experiment=experiment or None,
+                       progress=False)
+    html = os.path.join(samples.path, "report.html")
+    if os.path.exists(html):
+        shutil.copyfile(html, report.path)
+    samples.metadata.update({k: v for k, v in runtime.numeric_metrics(result).items()})
