@@ -24,7 +24,6 @@ from wavenet.errors import ConfigError
 # environment; passed on to TFJob pods so their runs nest under the pipeline's run.
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
               "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_INSECURE_TLS")
-PARTIAL_POINTER = "_partial.json"
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -111,20 +110,35 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def partition_key(source_id: str, names: list[str], cfg: ExperimentConfig) -> str:
-    """Cache key of one preprocessed partition.
+def data_version(manifest: Mapping[str, Any]) -> str:
+    """Short content version of a shard set: a digest of its shards' sha256s (and sizes).
 
-    Same source, same file names and same audio/data settings -> same key, so a
-    persistent shards URI lets later runs reuse the work. File contents are not
-    hashed: a changed file under an unchanged name is not noticed (README).
+    Identical shards give the same version whichever run or machine wrote them.
     """
-    return _digest({"source": source_id, "files": sorted(names),
-                    "audio": cfg.to_dict()["audio"], "data": cfg.to_dict()["data"]})[:20]
+    return _digest(sorted((s["path"], s["sha256"], s.get("examples")) for s in manifest["shards"]))[:10]
 
 
-def data_version(keys: list[str]) -> str:
-    """Short version of a shard set: a digest of its partition keys."""
-    return _digest(sorted(keys))[:10]
+def known_track_ids(shards_uri: str, cfg: ExperimentConfig) -> frozenset[str]:
+    """Tracks (sha256) already preprocessed into ``shards_uri`` with the same audio settings.
+
+    Files with these contents are not decoded again; a shards folder made with other
+    audio settings counts as empty (its tracks are rebuilt).
+    """
+    from wavenet.preprocess import known_tracks
+
+    from wavenet import storage
+    from wavenet.data import MANIFEST
+
+    path = storage.join(shards_uri, MANIFEST)
+    if not storage.exists(path):
+        return frozenset()
+    try:
+        manifest = json.loads(storage.read_text(path))
+    except ValueError:
+        return frozenset()
+    if manifest.get("audio") != cfg.to_dict()["audio"]:
+        return frozenset()
+    return frozenset(known_tracks(shards_uri))
 
 
 def run_name(preset: str, version: str, when: _dt.datetime | None = None) -> str:

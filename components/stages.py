@@ -63,7 +63,6 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
     if not names:
         raise DataError(f"no audio files found under {root}")
     audio.metadata["files"] = len(names)
-    audio.metadata["source_id"] = source_uri or f"demo:{demo_seconds}:{cfg.train.seed}"
     parts = [p for p in partition(names, max(1, min(partitions, len(names)))) if p]
     return [json.dumps(p) for p in parts]
 
@@ -71,10 +70,10 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
 @dsl.component(**_COMMON)
 def preprocess_partition(audio: Input[Dataset], partition: str, preset: str, config_yaml: str,
                          shards_uri: str, partial: Output[Dataset]):
-    """Decode, resample and mu-law encode one partition's files (a partial manifest).
+    """Decode, resample and mu-law encode one partition's files into a partial manifest.
 
-    With ``shards_uri`` set, the partial goes to ``<shards_uri>/partials/<key>`` and an
-    existing one with the same key (same files, same audio/data settings) is reused.
+    With ``shards_uri`` (a persistent shards location from earlier runs), files whose
+    content is already there are reported unchanged instead of being decoded again.
     """
     import json
     import os
@@ -82,44 +81,32 @@ def preprocess_partition(audio: Input[Dataset], partition: str, preset: str, con
     from wavenet.preprocess import process_partition
 
     from components import runtime
-    from wavenet import storage
 
     cfg = runtime.build_config(preset, config_yaml)
     names = json.loads(partition)
     root = audio.metadata.get("source_uri") or audio.path
     files = [runtime.join_root(root, n) for n in names]
-    key = runtime.partition_key(audio.metadata.get("source_id", root), names, cfg)
-    partial.metadata.update({"key": key, "files": len(files)})
+    known = runtime.known_track_ids(shards_uri, cfg) if shards_uri else ()
     os.makedirs(partial.path, exist_ok=True)
-    if shards_uri:
-        work = storage.join(shards_uri, "partials", key)
-        pointer = storage.join(work, runtime.PARTIAL_POINTER)
-        if storage.exists(pointer):
-            manifest = json.loads(storage.read_text(pointer))["manifest"]
-            partial.metadata.update({"manifest_uri": manifest, "reused": True})
-            print(f"reusing preprocessed partition {key}: {manifest}")
-            return
-        manifest = process_partition(files, work, cfg)
-        storage.write_text_atomic(pointer, json.dumps({"manifest": manifest, "files": names}))
-        partial.metadata.update({"manifest_uri": manifest, "reused": False})
-    else:
-        manifest = process_partition(files, partial.path, cfg)
-        # Relative: a later step sees this artifact at its own local path.
-        partial.metadata["manifest"] = os.path.relpath(manifest, partial.path)
+    manifest = process_partition(files, partial.path, cfg, src=root, known=known)
+    # Relative: a later step sees this artifact at its own local path.
+    partial.metadata.update({"manifest": os.path.relpath(manifest, partial.path),
+                             "files": len(files), "known": len(known)})
 
 
 @dsl.component(**_COMMON)
-def merge_shards(partials: Input[list[Dataset]], preset: str, config_yaml: str, shards_uri: str,
+def merge_shards(partials: Input[List[Dataset]], preset: str, config_yaml: str, shards_uri: str,
                  shards: Output[Dataset]) -> str:
-    """Merge partial manifests into TFRecord shards + manifest.json.
+    """Merge the partial manifests into TFRecord shards + manifest.json.
+
+    With ``shards_uri`` the shards are (re)written there, old tracks included, and the
+    artifact keeps a copy of the manifest with ``data_dir`` pointing at them.
 
     Returns:
-        The data version (a digest of the partitions' cache keys); with ``shards_uri``
-        the shards live at ``<shards_uri>/data-<version>`` and are reused when present.
+        The data version: a digest of the shards' sha256s.
     """
     import json
     import os
-    import shutil
 
     from wavenet.preprocess import merge_manifests
 
@@ -127,27 +114,16 @@ def merge_shards(partials: Input[list[Dataset]], preset: str, config_yaml: str, 
     from wavenet import storage
 
     cfg = runtime.build_config(preset, config_yaml)
-    paths = [p.metadata.get("manifest_uri") or os.path.join(p.path, p.metadata["manifest"])
-             for p in partials]
-    version = runtime.data_version([p.metadata["key"] for p in partials])
+    paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
+    os.makedirs(shards.path, exist_ok=True)
+    manifest = merge_manifests(paths, shards_uri or shards.path, cfg)
     if shards_uri:
-        dst = storage.join(shards_uri, f"data-{version}")
-        if storage.exists(storage.join(dst, "manifest.json")):
-            print(f"reusing shards {dst}")
-            manifest = json.loads(storage.read_text(storage.join(dst, "manifest.json")))
-        else:
-            manifest = merge_manifests(paths, dst, cfg)
-        os.makedirs(shards.path, exist_ok=True)
         # A copy of the manifest keeps lineage in the artifact store.
         storage.write_text_atomic(os.path.join(shards.path, "manifest.json"), json.dumps(manifest))
-        shards.metadata["data_dir"] = dst
-    else:
-        if os.path.isdir(shards.path):
-            shutil.rmtree(shards.path)
-        manifest = merge_manifests(paths, shards.path, cfg)
-    summary = manifest.get("summary", {})
+        shards.metadata["data_dir"] = shards_uri
+    version = runtime.data_version(manifest)
     shards.metadata.update({"data_version": version, "shards": len(manifest.get("shards", [])),
-                            **runtime.numeric_metrics(summary, "summary.")})
+                            **runtime.numeric_metrics(manifest.get("summary", {}), "summary.")})
     return version
 
 
