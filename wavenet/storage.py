@@ -8,7 +8,9 @@ A GCS object upload is atomic by itself (the object appears whole or not at all)
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
@@ -25,7 +27,14 @@ __all__ = [
     "list_files",
     "makedirs",
     "local_copy",
+    "remove",
+    "upload_file",
+    "download_file",
 ]
+
+
+# mkstemp creates 0600 files; results are meant to be read by other users and pods.
+_FILE_MODE = 0o644
 
 
 def is_gcs(path: str) -> bool:
@@ -45,16 +54,22 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-@lru_cache(maxsize=1)
 def _client():
+    # One client per emulator address: tests start emulators on fresh ports,
+    # and a client built for an old address must not be reused.
+    return _client_for(os.environ.get("STORAGE_EMULATOR_HOST") or None,
+                       os.environ.get("GOOGLE_CLOUD_PROJECT") or None)
+
+
+@lru_cache(maxsize=4)
+def _client_for(emulator_host: str | None, project: str | None):
     from google.cloud import storage
 
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
+    if emulator_host:
         from google.auth.credentials import AnonymousCredentials
 
-        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "test")
-        return storage.Client(project=project, credentials=AnonymousCredentials())
-    return storage.Client()
+        return storage.Client(project=project or "test", credentials=AnonymousCredentials())
+    return storage.Client(project=project) if project else storage.Client()
 
 
 def _blob(uri: str):
@@ -86,6 +101,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -135,6 +151,72 @@ def list_files(root: str) -> Iterator[str]:
         dirnames.sort()
         for name in sorted(filenames):
             yield os.path.join(dirpath, name)
+
+
+def remove(path: str) -> None:
+    """Delete a file or object; a missing one is not an error."""
+    if is_gcs(path):
+        from google.api_core.exceptions import NotFound
+
+        try:
+            _blob(path).delete()
+        except NotFound:
+            pass
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def upload_file(local_path: str, path: str) -> None:
+    """Put the local file ``local_path`` at ``path`` atomically; the local file is consumed.
+
+    A local destination is reached by ``os.replace`` (a copy first when the two
+    are on different file systems); a ``gs://`` object upload is atomic by itself.
+    """
+    if is_gcs(path):
+        _blob(path).upload_from_filename(local_path)
+        os.unlink(local_path)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    os.chmod(local_path, _FILE_MODE)
+    try:
+        os.replace(local_path, path)
+    except OSError:
+        # Different file systems: copy to a temporary name beside the target, then rename.
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        os.unlink(local_path)
+
+
+def download_file(path: str, local_path: str) -> None:
+    """Copy ``path`` (local or ``gs://``) to ``local_path`` atomically."""
+    folder = os.path.dirname(os.path.abspath(local_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(local_path), dir=folder)
+    os.close(fd)
+    try:
+        if is_gcs(path):
+            _blob(path).download_to_filename(tmp)
+        else:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, local_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def local_copy(path: str, folder: str) -> str:

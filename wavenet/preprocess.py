@@ -1,0 +1,672 @@
+"""Audio files -> mu-law codes -> TFRecord shards + ``manifest.json``.
+
+``preprocess(src, dst, config)`` is ``list_audio`` -> ``partition`` ->
+``process_partition`` (in a process pool) -> ``merge_manifests``; a pipeline
+can run the same four steps with one pod per partition.
+
+Per track (``process_partition``, no TensorFlow import): read the bytes,
+sha256 them (the track's id), decode with soundfile (libsndfile), average the
+channels to mono, resample to ``audio.sample_rate`` with soxr (HQ), trim
+leading and trailing 10 ms frames whose RMS is below
+``audio.silence_threshold_db`` dBFS, peak-normalise to
+``audio.normalize_peak_db`` and mu-law encode to uint8. The codes go to
+``WORK/tracks/<sha256>.npy``; the outcome of every file (or the one-line
+reason it was skipped) goes to a partial manifest.
+
+``merge_manifests`` then, in one process: copies new codes to
+``DST/tracks/<sha256>.npy`` (kept so later runs can rewrite shards with old and
+new tracks), assigns each new track to train or validation, cuts tracks into
+chunks of at most ``data.chunk_seconds``, writes ``data.num_shards`` shards per
+split, writes ``manifest.json`` last, then deletes files of earlier runs that
+the new manifest no longer names.
+
+Crash safety: every file is written under a temporary name and renamed, and
+shard names carry a prefix of their own sha256, so a new shard never replaces
+one that the current manifest names. Until the new manifest is in place the
+old one stays valid (its shards and tracks are all still there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+import numpy as np
+
+from wavenet import storage
+from wavenet.audio import mu_law_encode, to_mono
+from wavenet.config import ExperimentConfig
+from wavenet.data import MANIFEST, TFRecordWriter, serialize_example
+from wavenet.errors import DataError
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "MANIFEST_VERSION",
+    "list_audio",
+    "partition",
+    "process_partition",
+    "merge_manifests",
+    "preprocess",
+    "check_dataset",
+    "split_of",
+    "trim_silence",
+    "peak_normalize",
+]
+
+log = logging.getLogger("wavenet.preprocess")
+
+# Extensions of formats libsndfile decodes (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF).
+# Other files under SRC (covers, notes) are ignored, not counted as skipped.
+AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+MANIFEST_VERSION = 1
+TRACKS = "tracks"
+SPLITS = ("train", "validation")
+# Silence is judged on 10 ms frames: short enough to keep note onsets, long
+# enough that one zero crossing does not count as silence.
+FRAME_SECONDS = 0.01
+
+
+# -- signal steps (pure functions) ------------------------------------------------
+
+def trim_silence(x: np.ndarray, sample_rate: int, threshold_db: float) -> np.ndarray:
+    """Drop leading and trailing frames whose RMS is below ``threshold_db`` dBFS.
+
+    Args:
+        x: float mono audio, shape (T,).
+        sample_rate: samples per second of ``x``.
+        threshold_db: frame RMS threshold in dBFS (negative).
+
+    Returns:
+        The slice of ``x`` from the first to the end of the last loud frame
+        (shape (T',), possibly empty when every frame is quiet).
+    """
+    frame = max(1, int(round(sample_rate * FRAME_SECONDS)))
+    n = math.ceil(len(x) / frame)
+    if n == 0:
+        return x[:0]
+    padded = np.zeros(n * frame, dtype=np.float64)
+    padded[:len(x)] = x
+    rms = np.sqrt(np.mean(padded.reshape(n, frame) ** 2, axis=1))
+    loud = np.flatnonzero(rms > 10.0 ** (threshold_db / 20.0))
+    if loud.size == 0:
+        return x[:0]
+    return x[loud[0] * frame:min(len(x), (loud[-1] + 1) * frame)]
+
+
+def peak_normalize(x: np.ndarray, peak_db: float) -> np.ndarray:
+    """Scale ``x`` so that its largest absolute sample is ``peak_db`` dBFS (float32)."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak == 0.0:
+        return x.astype(np.float32)
+    return (x * (10.0 ** (peak_db / 20.0) / peak)).astype(np.float32)
+
+
+def split_of(relpath: str, validation_fraction: float) -> str:
+    """``"validation"`` when the hash of ``relpath`` falls below the fraction, else ``"train"``."""
+    return "validation" if _unit_hash(relpath) < validation_fraction else "train"
+
+
+def _unit_hash(relpath: str) -> float:
+    # First 64 bits of sha256 as a number in [0, 1): stable across machines and Python runs.
+    return int(hashlib.sha256(relpath.encode("utf-8")).hexdigest()[:16], 16) / 2.0**64
+
+
+# -- listing and partitioning --------------------------------------------------------
+
+def list_audio(src: str) -> list[str]:
+    """Audio files under ``src`` (a folder or ``gs://bucket/prefix``), recursively, sorted.
+
+    Files are chosen by extension (:data:`AUDIO_EXTENSIONS`, case-insensitive);
+    whether they really hold audio is found out when they are processed.
+
+    Raises:
+        DataError: ``src`` is a local path that is not a folder.
+    """
+    if not storage.is_gcs(src) and not os.path.isdir(src):
+        raise DataError(f"{src} is not a folder (preprocess reads a folder or gs://bucket/prefix)")
+    return sorted(p for p in storage.list_files(src) if p.lower().endswith(AUDIO_EXTENSIONS))
+
+
+def partition(files: Sequence[str], n: int) -> list[list[str]]:
+    """Deal ``files`` (sorted first) round-robin into ``min(n, len(files))`` non-empty lists."""
+    if n < 1:
+        raise ValueError(f"partition count must be >= 1. Received: {n}")
+    ordered = sorted(files)
+    n = max(1, min(n, len(ordered)))
+    return [ordered[i::n] for i in range(n)] if ordered else []
+
+
+def _relpath(path: str, src: str | None) -> str:
+    if src is None:
+        return path
+    if storage.is_gcs(src):
+        base = src.rstrip("/") + "/"
+        return path[len(base):] if path.startswith(base) else path
+    return os.path.relpath(path, src).replace(os.sep, "/")
+
+
+def _label(path: str) -> str:
+    # The parent folder's name, e.g. SRC/jazz/take1.wav -> "jazz".
+    if storage.is_gcs(path):
+        parts = path[len("gs://"):].split("/")
+        return parts[-2] if len(parts) >= 2 else ""
+    return os.path.basename(os.path.dirname(os.path.abspath(path)))
+
+
+# -- one file ------------------------------------------------------------------------
+
+class _Skip(Exception):
+    """A file is not usable; the message is the one-line reason."""
+
+
+def _read(path: str) -> bytes:
+    if not storage.is_gcs(path):
+        try:
+            st = os.stat(path)  # follows symlinks: dangling ones and loops raise here
+        except OSError as e:
+            raise _Skip(f"cannot read: {e.strerror or e}") from None
+        if not stat.S_ISREG(st.st_mode):
+            # Opening a FIFO would block forever; devices and sockets are not audio files.
+            raise _Skip("not a regular file (FIFO, device or socket)")
+    try:
+        data = storage.read_bytes(path)
+    except OSError as e:
+        raise _Skip(f"cannot read: {e.strerror or e}") from None
+    except Exception as e:  # google-cloud-storage errors (NotFound, Forbidden, ...)
+        raise _Skip(f"cannot read: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not data:
+        raise _Skip("empty file (0 bytes)")
+    return data
+
+
+def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            info = {"sample_rate_in": int(f.samplerate), "channels_in": int(f.channels),
+                    "format": f.format, "subtype": f.subtype}
+            x = f.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise _Skip(f"not decodable audio: {e.error_string}") from None
+    except (RuntimeError, ValueError, TypeError, EOFError) as e:
+        raise _Skip(f"not decodable audio: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if x.shape[0] == 0:
+        raise _Skip("no audio frames")
+    if not np.isfinite(x).all():
+        raise _Skip("contains NaN or infinite samples")
+    return x, info
+
+
+def _encode(x: np.ndarray, sample_rate_in: int, config: ExperimentConfig) -> np.ndarray:
+    import soxr
+
+    audio = config.audio
+    mono = to_mono(x)
+    if sample_rate_in != audio.sample_rate:
+        mono = soxr.resample(mono, sample_rate_in, audio.sample_rate, quality="HQ")
+    trimmed = trim_silence(mono, audio.sample_rate, audio.silence_threshold_db)
+    if trimmed.size == 0:
+        raise _Skip(f"silent: no 10 ms frame louder than {audio.silence_threshold_db:g} dBFS RMS")
+    if trimmed.size < config.crop_length:
+        raise _Skip(f"too short: {trimmed.size} samples at {audio.sample_rate} Hz after trimming, "
+                    f"fewer than one training crop ({config.crop_length})")
+    return mu_law_encode(peak_normalize(trimmed, audio.normalize_peak_db),
+                         audio.quantization_channels)
+
+
+def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConfig,
+                  known: frozenset[str]) -> dict[str, Any]:
+    record: dict[str, Any] = {"path": path, "relpath": relpath}
+    try:
+        data = _read(path)
+        digest = hashlib.sha256(data).hexdigest()
+        record["sha256"] = digest
+        if digest in known:
+            return {**record, "status": "unchanged"}
+        x, info = _decode(data)
+        del data
+        codes = _encode(x, info["sample_rate_in"], config)
+        buf = io.BytesIO()
+        np.save(buf, codes, allow_pickle=False)
+        rel_codes = f"{TRACKS}/{digest}.npy"
+        storage.write_bytes_atomic(os.path.join(work_dir, rel_codes), buf.getvalue())
+        record.update(info)
+        record.update({
+            "status": "processed",
+            "label": _label(path),
+            "duration_in_s": round(x.shape[0] / info["sample_rate_in"], 6),
+            "duration_out_s": round(codes.size / config.audio.sample_rate, 6),
+            "samples": int(codes.size),
+            "codes": rel_codes,
+        })
+        return record
+    except _Skip as e:
+        return {**record, "status": "skipped", "reason": str(e)}
+    except MemoryError:
+        return {**record, "status": "skipped", "reason": "out of memory while decoding"}
+    except Exception as e:  # one bad file must never end the run
+        msg = str(e).splitlines()[0] if str(e) else ""
+        return {**record, "status": "skipped", "reason": f"unexpected error: {type(e).__name__}: {msg}"}
+
+
+def known_tracks(dst: str) -> dict[str, dict[str, Any]]:
+    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256."""
+    manifest = _read_manifest_or_none(dst)
+    if manifest is None:
+        return {}
+    present = {os.path.basename(p) for p in storage.list_files(storage.join(dst, TRACKS))}
+    return {f["sha256"]: f for f in manifest.get("files", []) if f"{f['sha256']}.npy" in present}
+
+
+def process_partition(files: Sequence[str], work_dir: str, config: ExperimentConfig,
+                      src: str | None = None, dst: str | None = None,
+                      known: Iterable[str] | None = None) -> str:
+    """Process ``files`` into ``work_dir``; return the path of the partial manifest.
+
+    Args:
+        files: audio paths or ``gs://`` URIs (e.g. one list of :func:`partition`).
+        work_dir: a local folder; codes go to ``work_dir/tracks/<sha256>.npy``,
+            the partial manifest to ``work_dir/partials/``.
+        config: audio settings and ``crop_length`` (shorter tracks are skipped).
+        src: the folder the files were listed from; train/validation is decided
+            by the path relative to it, so pass the same ``src`` everywhere.
+        dst: an earlier output folder: files whose content is already there are
+            reported ``unchanged`` instead of being decoded again.
+        known: sha256 ids to treat as already processed (instead of reading ``dst``).
+
+    Returns:
+        Path of a JSON file ``{"src": ..., "records": [...]}``, one record per
+        file with ``status`` ``processed``, ``unchanged`` or ``skipped``.
+    """
+    if known is None:
+        known = known_tracks(dst).keys() if dst is not None else ()
+    known_set = frozenset(known)
+    records = [_process_file(p, _relpath(p, src), work_dir, config, known_set) for p in files]
+    tag = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()[:16]
+    out = os.path.join(work_dir, "partials", f"partial-{tag}.json")
+    storage.write_text_atomic(out, json.dumps({"src": src, "records": records}))
+    return out
+
+
+# -- merging -------------------------------------------------------------------------
+
+def _read_manifest_or_none(dst: str) -> dict[str, Any] | None:
+    path = storage.join(dst, MANIFEST)
+    if not storage.exists(path):
+        return None
+    try:
+        manifest = json.loads(storage.read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}): remove it or choose a fresh DST") from None
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        raise DataError(f"{path} is not a version {MANIFEST_VERSION} manifest written by "
+                        f"`wavenet preprocess`: remove it or choose a fresh DST")
+    return manifest
+
+
+def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
+    """Split ``n`` samples into ``ceil(n / chunk)`` near-equal consecutive pieces."""
+    k = max(1, math.ceil(n / chunk))
+    base, extra = divmod(n, k)
+    bounds, start = [], 0
+    for i in range(k):
+        size = base + (1 if i < extra else 0)
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def _assign_splits(tracks: list[dict[str, Any]], fraction: float) -> None:
+    """Give new tracks (``split`` None) a split; keep at least one of each side when possible.
+
+    Rule: a track is in validation when the first 64 bits of sha256 of its path
+    relative to SRC, read as a fraction of 2**64, is below
+    ``data.validation_fraction``. Tracks keep the split they were first given.
+    With two or more tracks and a fraction > 0, if no track is in validation the
+    one with the smallest hash moves there, and if none is in train the one
+    with the largest hash moves there.
+    """
+    for t in tracks:
+        if t.get("split") is None:
+            t["split"] = split_of(t["relpath"], fraction)
+    if fraction <= 0 or len(tracks) < 2:
+        return
+    by_hash = sorted(tracks, key=lambda t: (_unit_hash(t["relpath"]), t["sha256"]))
+    if not any(t["split"] == "validation" for t in tracks):
+        by_hash[0]["split"] = "validation"
+    if not any(t["split"] == "train" for t in tracks):
+        by_hash[-1]["split"] = "train"
+
+
+class _ShardSet:
+    """``n`` shards of one split, written to temporary files then renamed to their final names."""
+
+    def __init__(self, dst: str, split: str, n: int, tmp_dir: str):
+        self.dst, self.split, self.n = dst, split, n
+        self.files, self.writers, self.tmp_paths = [], [], []
+        local_dir = tmp_dir if storage.is_gcs(dst) else os.path.join(dst, split)
+        os.makedirs(local_dir, exist_ok=True)
+        for i in range(n):
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-shard-{i:05d}-", suffix=".tfrecord", dir=local_dir)
+            f = os.fdopen(fd, "wb")
+            self.files.append(f)
+            self.tmp_paths.append(tmp)
+            self.writers.append(TFRecordWriter(f))
+        self.samples = [0] * n
+        # Greedy balance: every chunk goes to the shard with the fewest samples so far.
+        self._heap = [(0, i) for i in range(n)]
+
+    def add(self, codes: np.ndarray, label: int, track: str) -> int:
+        samples, i = heapq.heappop(self._heap)
+        self.writers[i].write(serialize_example(codes, label, track))
+        self.samples[i] += int(codes.size)
+        heapq.heappush(self._heap, (samples + int(codes.size), i))
+        return i
+
+    def final_name(self, i: int) -> str:
+        # A prefix of the content hash in the name: a rewritten shard never
+        # replaces a file the current manifest names.
+        return f"{self.split}/shard-{i:05d}-of-{self.n:05d}-{self.writers[i].sha256[:12]}.tfrecord"
+
+    def finish(self) -> list[dict[str, Any]]:
+        entries = []
+        for i, (f, w, tmp) in enumerate(zip(self.files, self.writers, self.tmp_paths)):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            name = self.final_name(i)
+            storage.upload_file(tmp, storage.join(self.dst, name))
+            entries.append({"path": name, "split": self.split, "examples": w.records,
+                            "samples": self.samples[i], "sha256": w.sha256})
+        return entries
+
+    def abort(self) -> None:
+        for f, tmp in zip(self.files, self.tmp_paths):
+            f.close()
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+def _code_stats(hist: np.ndarray) -> dict[str, Any]:
+    total = int(hist.sum())
+    p = hist[hist > 0] / max(total, 1)
+    mean = float((np.arange(hist.size) * hist).sum() / total) if total else None
+    return {"histogram": [int(v) for v in hist], "samples": total,
+            "entropy_bits": float(-(p * np.log2(p)).sum()) if total else None,
+            "mean_code": mean}
+
+
+def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentConfig,
+                    src: str | None = None) -> dict[str, Any]:
+    """Combine partial manifests with what ``dst`` already holds; write shards and the manifest.
+
+    Args:
+        partial_paths: files returned by :func:`process_partition` (codes are
+            looked up beside them, in ``<work_dir>/tracks``).
+        dst: output folder or ``gs://`` prefix.
+        config: audio settings (recorded), ``data.num_shards``,
+            ``data.validation_fraction`` and ``data.chunk_seconds``.
+        src: recorded in the manifest (default: the ``src`` of the partials).
+
+    Returns:
+        The manifest that was written to ``dst/manifest.json``.
+
+    Raises:
+        DataError: neither the partials nor ``dst`` hold a usable track.
+    """
+    started = time.time()
+    old = _read_manifest_or_none(dst)
+    audio_cfg = config.to_dict()["audio"]
+    old_tracks = known_tracks(dst) if old is not None else {}
+    if old is not None and old.get("audio") != audio_cfg:
+        log.warning("audio config differs from the one %s was made with: old tracks are dropped", dst)
+        old_tracks = {}
+
+    records: list[tuple[dict[str, Any], str]] = []
+    for p in partial_paths:
+        part = json.loads(storage.read_text(p))
+        src = src if src is not None else part.get("src")
+        work_dir = os.path.dirname(os.path.dirname(p))
+        records.extend((r, work_dir) for r in part["records"])
+    records.sort(key=lambda rw: rw[0]["path"])
+
+    tracks: dict[str, dict[str, Any]] = {h: dict(t) for h, t in old_tracks.items()}
+    new_codes: dict[str, str] = {}
+    skipped: list[dict[str, str]] = []
+    processed = unchanged = 0
+    for r, work_dir in records:
+        status = r["status"]
+        if status == "skipped":
+            skipped.append({"path": r["path"], "reason": r["reason"]})
+        elif status == "unchanged" and r["sha256"] in old_tracks:
+            unchanged += 1
+        elif status == "unchanged":
+            skipped.append({"path": r["path"], "reason": "reported unchanged but its codes are not in "
+                            "DST/tracks: run again to process it"})
+        elif r["sha256"] in tracks:
+            skipped.append({"path": r["path"], "reason": f"same content as {tracks[r['sha256']]['path']}"})
+        else:
+            entry = {k: v for k, v in r.items() if k not in ("status", "codes")}
+            entry["codes"] = f"{TRACKS}/{r['sha256']}.npy"
+            entry["split"] = None
+            tracks[r["sha256"]] = entry
+            new_codes[r["sha256"]] = os.path.join(work_dir, r["codes"])
+            processed += 1
+    for s in skipped:
+        log.warning("skipped %s: %s", s["path"], s["reason"])
+    if not tracks:
+        where = src if src is not None else "the input"
+        first = f" (e.g. {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise DataError(f"no usable audio in {where}: {len(skipped)} file(s) skipped{first}")
+
+    ordered = sorted(tracks.values(), key=lambda t: t["sha256"])
+    _assign_splits(ordered, config.data.validation_fraction)
+    labels = sorted({t["label"] for t in ordered})
+    label_ids = {name: i for i, name in enumerate(labels)}
+
+    # New codes first: the old manifest does not name them, so a crash here is harmless.
+    for h, local in new_codes.items():
+        storage.write_bytes_atomic(storage.join(dst, TRACKS, f"{h}.npy"), _read_local(local))
+
+    sr = config.audio.sample_rate
+    chunk = max(config.crop_length, int(round(config.data.chunk_seconds * sr)))
+    hists = {s: np.zeros(config.audio.quantization_channels, dtype=np.int64) for s in SPLITS}
+    tmp_dir = tempfile.mkdtemp(prefix="wavenet-shards-")
+    shard_sets = {s: _ShardSet(dst, s, config.data.num_shards, tmp_dir) for s in SPLITS}
+    try:
+        for t in ordered:
+            codes = _load_codes(t["sha256"], new_codes, dst)
+            if codes.size != t["samples"]:
+                raise DataError(f"{storage.join(dst, t['codes'])} holds {codes.size} codes, the manifest "
+                                f"says {t['samples']}: remove {dst} and preprocess again")
+            hists[t["split"]] += np.bincount(codes, minlength=hists[t["split"]].size)
+            t["label_id"] = label_ids[t["label"]]
+            bounds = _chunks(codes.size, chunk)
+            t["chunks"] = len(bounds)
+            t["_shards"] = sorted({shard_sets[t["split"]].add(codes[a:b], t["label_id"], t["sha256"])
+                                   for a, b in bounds})
+        shards: list[dict[str, Any]] = []
+        for s in SPLITS:
+            shards.extend(shard_sets[s].finish())
+    except BaseException:
+        for ss in shard_sets.values():
+            ss.abort()
+        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    for t in ordered:
+        t["shards"] = [shard_sets[t["split"]].final_name(i) for i in t.pop("_shards")]
+
+    split_tracks = {s: [t for t in ordered if t["split"] == s] for s in SPLITS}
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "src": src,
+        "audio": audio_cfg,
+        "data": config.to_dict()["data"],
+        "crop_length": config.crop_length,
+        "labels": labels,
+        "files": sorted(ordered, key=lambda t: t["relpath"]),
+        "skipped": skipped,
+        "shards": shards,
+        "code_stats": {s: _code_stats(hists[s]) for s in SPLITS},
+        "summary": {
+            "processed": processed,
+            "unchanged": unchanged,
+            "skipped": len(skipped),
+            "tracks": len(ordered),
+            "labels": len(labels),
+            **{f"{s}_tracks": len(split_tracks[s]) for s in SPLITS},
+            **{f"{s}_samples": int(sum(t["samples"] for t in split_tracks[s])) for s in SPLITS},
+            **{f"{s}_seconds": round(sum(t["samples"] for t in split_tracks[s]) / sr, 3) for s in SPLITS},
+            "merge_seconds": round(time.time() - started, 3),
+        },
+    }
+    storage.write_text_atomic(storage.join(dst, MANIFEST), json.dumps(manifest, indent=1))
+    _collect_garbage(dst, manifest)
+    return manifest
+
+
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _load_codes(digest: str, new_codes: dict[str, str], dst: str) -> np.ndarray:
+    if digest in new_codes:
+        return np.load(new_codes[digest], allow_pickle=False)
+    path = storage.join(dst, TRACKS, f"{digest}.npy")
+    try:
+        return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}: remove {dst} and preprocess again") from None
+
+
+def _collect_garbage(dst: str, manifest: dict[str, Any]) -> None:
+    """Delete shards, tracks and temporary files under ``dst`` that the manifest does not name.
+
+    Only our own names are touched (``shard-*.tfrecord``, ``.tmp-*``,
+    ``tracks/*.npy``), so other files a user keeps in DST survive.
+    """
+    def norm(p: str) -> str:
+        return p if storage.is_gcs(p) else os.path.normpath(p)
+
+    keep = {norm(storage.join(dst, s["path"])) for s in manifest["shards"]}
+    keep |= {norm(storage.join(dst, f["codes"])) for f in manifest["files"]}
+    for sub in (*SPLITS, TRACKS):
+        for path in list(storage.list_files(storage.join(dst, sub))):
+            name = path.rsplit("/", 1)[-1]
+            ours = (name.startswith(".tmp-") or (name.startswith("shard-") and name.endswith(".tfrecord"))
+                    or (sub == TRACKS and name.endswith(".npy")))
+            if ours and norm(path) not in keep:
+                storage.remove(path)
+
+
+# -- the whole run ---------------------------------------------------------------------
+
+def _process_partition_star(args):
+    return process_partition(*args)
+
+
+def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Turn every audio file under ``src`` into shards and a manifest under ``dst``.
+
+    Re-running into the same ``dst`` only decodes files whose content (sha256)
+    is not there yet; shards are rewritten with old and new tracks. Files
+    removed from ``src`` stay in ``dst`` (start a fresh ``dst`` to drop them).
+    One run per ``dst`` at a time.
+
+    Args:
+        src: folder or ``gs://bucket/prefix``, searched recursively.
+        dst: output folder or ``gs://`` prefix.
+        config: the experiment config (``audio`` and ``data`` sections).
+        processes: worker processes (default ``config.data.processes``; 0 or
+            None: one per CPU core; 1: no pool, in this process).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The manifest (also written to ``dst/manifest.json``); see README, Data.
+
+    Raises:
+        DataError: ``src`` has no audio files, or none of them is usable.
+    """
+    files = list_audio(src)
+    if not files:
+        raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {src}")
+    old = known_tracks(dst)
+    if old:
+        manifest = _read_manifest_or_none(dst)
+        if manifest is not None and manifest.get("audio") != config.to_dict()["audio"]:
+            old = {}
+    known = frozenset(old)
+    n = processes if processes is not None else config.data.processes
+    n = n or os.cpu_count() or 1
+    n = max(1, min(n, len(files)))
+    # Several small partitions per worker: balanced load and a live progress bar.
+    parts = partition(files, n * 8 if n > 1 else len(files))
+    work_dir = tempfile.mkdtemp(prefix="wavenet-preprocess-")
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress)
+        partials: list[str] = []
+        jobs = [(part, work_dir, config, src, None, known) for part in parts]
+        if n == 1:
+            for job in jobs:
+                partials.append(process_partition(*job))
+                bar.update(len(job[0]))
+        else:
+            import multiprocessing as mp
+
+            # spawn: the parent may hold TensorFlow threads or a GCS client that
+            # must not be forked; workers import only NumPy, soundfile and soxr.
+            with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_process_partition_star, job): len(job[0]) for job in jobs}
+                for fut in as_completed(futures):
+                    partials.append(fut.result())
+                    bar.update(futures[fut])
+        bar.close()
+        return merge_manifests(sorted(partials), dst, config, src=src)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def check_dataset(dst: str) -> list[str]:
+    """Problems with a preprocessed folder: missing shards or tracks, checksum mismatches.
+
+    Returns:
+        One line per problem; empty when every shard the manifest names exists
+        with its recorded sha256 and example count, and every track's codes exist.
+    """
+    manifest = _read_manifest_or_none(dst)
+    if manifest is None:
+        return [f"no {MANIFEST} in {dst}"]
+    problems = []
+    for s in manifest["shards"]:
+        path = storage.join(dst, s["path"])
+        if not storage.exists(path):
+            problems.append(f"missing shard {path}")
+            continue
+        data = storage.read_bytes(path)
+        if hashlib.sha256(data).hexdigest() != s["sha256"]:
+            problems.append(f"checksum mismatch {path}")
+    for f in manifest["files"]:
+        if not storage.exists(storage.join(dst, f["codes"])):
+            problems.append(f"missing track codes {storage.join(dst, f['codes'])}")
+    return problems
