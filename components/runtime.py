@@ -124,10 +124,9 @@ def known_track_ids(shards_uri: str, cfg: ExperimentConfig) -> frozenset[str]:
     Files with these contents are not decoded again; a shards folder made with other
     audio settings counts as empty (its tracks are rebuilt).
     """
-    from wavenet.preprocess import known_tracks
-
     from wavenet import storage
     from wavenet.data import MANIFEST
+    from wavenet.preprocess import known_tracks
 
     path = storage.join(shards_uri, MANIFEST)
     if not storage.exists(path):
@@ -188,3 +187,28 @@ def numeric_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, fl
         elif isinstance(v, (int, float)) and v == v:  # NaN is not a metric
             out[f"{prefix}{k}"] = float(v)
     return out
+
+
+def training_tfjob(cfg: ExperimentConfig, name: str, data_uri: str, out_uri: str, *, namespace: str,
+                   image: str, workers: int, gpus_per_worker: int, accelerator: str, run_name: str,
+                   steps: int = 0, experiment: str = "", init_model: str | None = None,
+                   env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+                   template: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The TFJob the train component creates: ``wavenet train`` in worker mode on every pod.
+
+    The command line carries the whole config (:func:`cli_config_args`) and the
+    Training Operator's ``TF_CONFIG`` tells each pod its place in the cluster.
+    """
+    from wavenet import tfjob
+
+    args = [data_uri, "--out", out_uri, "--worker", "--run-name", run_name, "--no-progress",
+            *cli_config_args(cfg)]
+    if steps:
+        args += ["--steps", str(steps)]
+    if experiment:
+        args += ["--experiment", experiment]
+    if init_model:
+        args += ["--init-model", init_model]
+    return tfjob.render_tfjob(name, namespace, image, ["wavenet", "train"], args, workers=workers,
+                              gpus_per_worker=gpus_per_worker, accelerator=accelerator,
+                              env=env, labels=labels, template=template)

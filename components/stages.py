@@ -8,7 +8,7 @@ Artifacts between stages:
 metrics -> ``generate_samples`` -> samples (Artifact) + report (HTML).
 """
 
-from typing import NamedTuple  # noqa: UP035 - KFP reads these annotations
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
@@ -39,10 +39,9 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
     import json
     import os
 
-    from wavenet.preprocess import list_audio, partition
-
     from components import runtime
     from wavenet.errors import DataError
+    from wavenet.preprocess import list_audio, partition
 
     cfg = runtime.build_config(preset, config_yaml)
     os.makedirs(audio.path, exist_ok=True)
@@ -78,9 +77,8 @@ def preprocess_partition(audio: Input[Dataset], partition: str, preset: str, con
     import json
     import os
 
-    from wavenet.preprocess import process_partition
-
     from components import runtime
+    from wavenet.preprocess import process_partition
 
     cfg = runtime.build_config(preset, config_yaml)
     names = json.loads(partition)
@@ -95,7 +93,7 @@ def preprocess_partition(audio: Input[Dataset], partition: str, preset: str, con
 
 
 @dsl.component(**_COMMON)
-def merge_shards(partials: Input[List[Dataset]], preset: str, config_yaml: str, shards_uri: str,
+def merge_shards(partials: Input[list[Dataset]], preset: str, config_yaml: str, shards_uri: str,
                  shards: Output[Dataset]) -> str:
     """Merge the partial manifests into TFRecord shards + manifest.json.
 
@@ -108,10 +106,9 @@ def merge_shards(partials: Input[List[Dataset]], preset: str, config_yaml: str, 
     import json
     import os
 
-    from wavenet.preprocess import merge_manifests
-
     from components import runtime
     from wavenet import storage
+    from wavenet.preprocess import merge_manifests
 
     cfg = runtime.build_config(preset, config_yaml)
     paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
@@ -176,18 +173,11 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
                               f"Received: {cluster_run_root!r}")
         job = tfjob.job_name("wavenet", name)
         out = storage.join(cluster_run_root, job)
-        args = [runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True),
-                "--out", out, "--worker", "--run-name", name, "--no-progress",
-                *runtime.cli_config_args(cfg)]
-        if steps:
-            args += ["--steps", str(steps)]
-        if experiment:
-            args += ["--experiment", experiment]
-        if init_model:
-            args += ["--init-model", init_model]
-        rendered = tfjob.render_tfjob(
-            job, namespace, image, ["wavenet", "train"], args, workers=workers,
-            gpus_per_worker=gpus_per_worker, accelerator=accelerator,
+        rendered = runtime.training_tfjob(
+            cfg, job, runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True),
+            out, namespace=namespace, image=image, workers=workers,
+            gpus_per_worker=gpus_per_worker, accelerator=accelerator, run_name=name, steps=steps,
+            experiment=experiment, init_model=init_model,
             env=runtime.mlflow_env(os.environ, tracking_uri),
             labels={"wavenet/data-version": data_version[:63]},
             template=tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))

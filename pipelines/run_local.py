@@ -128,25 +128,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _say(line: str = "") -> None:
+    # Not print(): kfp.local 2.17 can leave builtins.print patched with an indent after
+    # a ParallelFor, which would indent this summary.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def print_summary(s: dict[str, Any]) -> None:
-    print()
-    print(f"Pipeline finished in {s['wall_s']:.0f} s. Outputs under {s['run_dir']}:")
-    print(f"  shards    {s.get('shards')}")
-    print(f"  model     {s.get('model')}")
-    print(f"  metrics   {s.get('evaluation')}")
+    _say()
+    _say(f"Pipeline finished in {s['wall_s']:.0f} s. Outputs under {s['run_dir']}:")
+    _say(f"  shards    {s.get('shards')}")
+    _say(f"  model     {s.get('model')}")
+    _say(f"  metrics   {s.get('evaluation')}")
     gate = {True: "promoted: this model is now the registered champion",
             False: "rejected: the champion stays"}.get(s.get("promoted"), "unknown")
-    print(f"  gate      {gate}")
+    _say(f"  gate      {gate}")
     if s.get("samples"):
-        print(f"  samples   {len(s['wavs'])} WAV files in {s['samples']}")
-        print(f"  report    {s.get('report')}  (open it in a browser to listen)")
+        _say(f"  samples   {len(s['wavs'])} WAV files in {s['samples']}")
+        _say(f"  report    {s.get('report')}  (open it in a browser to listen)")
     else:
-        print("  samples   none (the gate rejected the model)")
-    print(f"MLflow: experiment '{s['experiment']}' at {s['tracking_uri']}")
+        _say("  samples   none (the gate rejected the model)")
+    _say(f"MLflow: experiment '{s['experiment']}' at {s['tracking_uri']}")
     if str(s["tracking_uri"]).startswith("sqlite:"):
-        print("  open the UI with `make ui`, then http://127.0.0.1:5000")
+        _say("  open the UI with `make ui`, then http://127.0.0.1:5000")
     else:
-        print(f"  open {s['tracking_uri']} in a browser")
+        _say(f"  open {s['tracking_uri']} in a browser")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(args)
     except WavenetError as e:
-        print(f"error: {e}", file=sys.stderr)
+        sys.stderr.write(f"error: {e}\n")
         return 2
     except RuntimeError as e:
         # kfp.local raises after a failed task; the task's own log above says why.
-        print(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e}", file=sys.stderr)
+        sys.stderr.write(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e}\n")
         return 1
     print_summary(summary)
     return 0

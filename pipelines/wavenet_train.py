@@ -15,8 +15,8 @@ import sys
 
 from kfp import compiler, dsl, kubernetes
 
-from components import (
-    WAVENET_GPU_IMAGE,
+from components.images import WAVENET_GPU_IMAGE
+from components.stages import (
     evaluate_model,
     generate_samples,
     list_partitions,
