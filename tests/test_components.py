@@ -73,7 +73,7 @@ def test_data_version_follows_shard_content_only():
 
 
 def test_run_names_tell_preset_data_version_and_start_time_apart():
-    when = dt.datetime(2026, 11, 25, 1, 2, 3, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2026, 11, 25, 1, 2, 3, tzinfo=dt.UTC)
     assert runtime.run_name("demo", "abcdef0123", when) == "demo-dabcdef01-20261125T010203Z"
 
 
