@@ -1,4 +1,156 @@
+"""Shared test fixtures: real servers on 127.0.0.1 and small real-format datasets."""
+
+import contextlib
+import hashlib
+import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 # Quiet TensorFlow's C++ logging in test output; set before TensorFlow loads.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# -- datasets -------------------------------------------------------------------
+
+def synthetic_codes(length: int, rng: np.random.Generator, quantization_channels: int = 256) -> np.ndarray:
+    """Mu-law codes of a noisy periodic signal: learnable structure plus entropy."""
+    from wavenet.audio import mu_law_encode
+
+    period = rng.integers(20, 80)
+    t = np.arange(length)
+    wave = 0.6 * np.sin(2 * np.pi * t / period) + 0.25 * np.sin(2 * np.pi * t / (period / 3.0))
+    wave += rng.normal(0.0, 0.05, length)
+    return mu_law_encode(np.clip(wave, -1, 1).astype(np.float32), quantization_channels)
+
+
+def write_shards(root, *, train_shards: int = 2, validation_shards: int = 1,
+                 examples_per_shard: int = 3, length: int = 4000, labels=("a", "b"),
+                 seed: int = 0) -> Path:
+    """Write a dataset in the real shard format (TFRecords + manifest.json) under ``root``.
+
+    Follows the contract of ``wavenet.data``: ``manifest["shards"]`` entries with
+    path (relative), split, examples, samples, sha256; ``labels``; ``summary``.
+    """
+    import tensorflow as tf
+
+    from wavenet.data import MANIFEST, serialize_example
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    shards = []
+    for split, count in (("train", train_shards), ("validation", validation_shards)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            rel = f"{split}/shard-{i:05d}-of-{count:05d}.tfrecord"
+            with tf.io.TFRecordWriter(str(root / rel)) as w:
+                for j in range(examples_per_shard):
+                    codes = synthetic_codes(length, rng)
+                    w.write(serialize_example(codes, j % len(labels), f"{split}-{i}-{j}"))
+            data = (root / rel).read_bytes()
+            shards.append({"path": rel, "split": split, "examples": examples_per_shard,
+                           "samples": examples_per_shard * length,
+                           "sha256": hashlib.sha256(data).hexdigest()})
+    manifest = {"shards": shards, "labels": list(labels),
+                "summary": {"processed": (train_shards + validation_shards) * examples_per_shard,
+                            "skipped": 0}}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """2 train shards + 1 validation shard of synthetic codes (read-only: copy to modify)."""
+    return write_shards(tmp_path_factory.mktemp("tiny_shards"))
+
+
+# -- MLflow server -------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MlflowServer:
+    """A running ``mlflow server``: ``uri`` is its tracking URI (http://127.0.0.1:PORT)."""
+
+    uri: str
+    port: int
+    backend_uri: str
+    artifacts_dir: Path
+    process: subprocess.Popen
+
+
+def _wait_healthy(uri: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"mlflow server at {uri} not healthy after {timeout} s")
+
+
+@contextlib.contextmanager
+def run_mlflow_server(folder, port: int | None = None, timeout: float = 90.0):
+    """Start a real ``mlflow server`` on 127.0.0.1 (SQLite store and artifacts in ``folder``).
+
+    Restarting with the same ``folder`` and ``port`` brings back the same store:
+    tests use that to simulate an outage.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    backend = f"sqlite:///{folder / 'mlflow.db'}"
+    artifacts = folder / "artifacts"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    log = open(folder / f"server-{port}.log", "ab")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", backend, "--artifacts-destination", str(artifacts)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(uri, proc, timeout)
+        yield MlflowServer(uri=uri, port=port, backend_uri=backend, artifacts_dir=artifacts,
+                           process=proc)
+    finally:
+        # The server forks workers: stop its whole process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One real ``mlflow server`` for the session (SQLite backend, served artifacts)."""
+    with run_mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+def copy_tree(src, dst) -> Path:
+    shutil.copytree(src, dst)
+    return Path(dst)

@@ -110,17 +110,30 @@ def _add_train(sub) -> None:
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: config name)")
     p.add_argument("--run-name", default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--worker", action="store_true",
+                   help="run as one worker of the cluster in $TF_CONFIG (TFJob pods; "
+                   "--workers is then ignored)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="TensorFlow threads per worker (default: TensorFlow's own in one process, "
+                   "cores / workers for local workers)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
+    from wavenet.tracking import FAST_FAIL_HTTP_ENV
     from wavenet.train import train
 
+    # The edge: MLflow's HTTP client reads these at each request; training
+    # retries through its own metrics buffer, so requests must fail fast.
+    for key, value in FAST_FAIL_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
     result = train(args.data, args.out, _config(args), workers=args.workers, steps=args.steps,
                    tracking_uri=args.tracking_uri, experiment=args.experiment,
-                   run_name=args.run_name, progress=not args.no_progress)
-    _print_json(result.summary)
+                   run_name=args.run_name, progress=not args.no_progress, worker=args.worker,
+                   threads=args.threads, environ=os.environ)
+    if result.run_id is not None:  # the chief (or the only process) reports
+        _print_json(result.summary)
     return 0
 
 

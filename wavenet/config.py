@@ -190,6 +190,13 @@ class TrainConfig:
     precision: str = "auto"
     # "auto": XLA on GPU only. Or "on"/"off".
     jit_compile: str = "auto"
+    # How workers split the input. "file": each worker reads its own subset of
+    # shard files (tf.distribute's FILE policy: no duplicate reads, needs
+    # data.num_shards >= workers). "batch": every worker reads all shards in
+    # the same order and keeps its slice of each global batch, so a run sees
+    # the same batches whatever the number of workers (reproducible across
+    # cluster sizes) at the price of each worker reading all the data.
+    input_sharding: str = "file"
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "window", "steps", "checkpoint_every",
@@ -212,6 +219,8 @@ class TrainConfig:
                  "one of 'auto', 'float32', 'mixed_bfloat16', 'mixed_float16'")
         _require(self.jit_compile in ("auto", "on", "off"),
                  "train.jit_compile", self.jit_compile, "one of 'auto', 'on', 'off'")
+        _require(self.input_sharding in ("file", "batch"),
+                 "train.input_sharding", self.input_sharding, "one of 'file', 'batch'")
 
 
 @dataclass(frozen=True)

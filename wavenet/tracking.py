@@ -2,14 +2,22 @@
 
 Every stage logs through here so runs from a laptop and from a cluster share
 one experiment with identical param and metric names.
+
+Training logs metrics through :class:`MetricsBuffer`, which keeps whatever
+could not be sent (server restarting, network blip) and sends it again later,
+so a tracking outage never stops training and never loses a metric.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,12 +25,28 @@ from wavenet.errors import TrackingError
 
 __all__ = [
     "DEFAULT_STORE",
+    "FAST_FAIL_HTTP_ENV",
     "resolve_tracking_uri",
     "check_tracking_server",
     "start_run",
+    "run_exists",
+    "set_tags",
+    "log_artifacts",
+    "log_keras_model",
+    "MetricsBuffer",
 ]
 
 DEFAULT_STORE = "mlflow.db"
+
+# MLflow's HTTP client retries a failed request 7 times with exponential
+# backoff by default (minutes of blocking). Training retries through
+# MetricsBuffer instead, so the CLI edge sets these (as defaults) before any
+# request is made; mlflow reads them at each request.
+FAST_FAIL_HTTP_ENV: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 
 def resolve_tracking_uri(uri: str | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -50,14 +74,34 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"cannot reach MLflow tracking server at {uri}: {reason}") from None
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 @contextmanager
 def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | None = None,
               tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
-              run_id: str | None = None, environ: Mapping[str, str] | None = None) -> Iterator[Any]:
+              run_id: str | None = None, environ: Mapping[str, str] | None = None,
+              log_system_metrics: bool = False) -> Iterator[Any]:
     """Open an MLflow run (a new one, or ``run_id`` to continue one).
 
     When Kubeflow Pipelines injected ``MLFLOW_RUN_ID`` (its MLflow integration
     creates one run per pipeline run), the stage's run is nested under it.
+
+    Args:
+        experiment: experiment name (ignored when ``MLFLOW_EXPERIMENT_ID`` is set).
+        run_name: name of a new run.
+        tracking_uri: see :func:`resolve_tracking_uri`.
+        tags: tags of a new run (set again on a continued run).
+        params: params of a new run (a continued run keeps its own).
+        run_id: continue this run instead of starting one.
+        environ: the environment to read ``MLFLOW_*`` from (default ``os.environ``).
+        log_system_metrics: sample CPU/memory with mlflow's system-metrics
+            monitor (needs psutil; silently off without it).
+
+    Yields:
+        The active ``mlflow.ActiveRun``.
     """
     import mlflow
 
@@ -70,16 +114,168 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
         mlflow.set_experiment(experiment) if not env.get("MLFLOW_EXPERIMENT_ID") else \
             mlflow.set_experiment(experiment_id=env["MLFLOW_EXPERIMENT_ID"])
     all_tags = dict(tags or {})
-    if parent and run_id is None:
+    if parent and run_id is None and parent != run_id:
         all_tags["mlflow.parentRunId"] = parent
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
-                           tags=all_tags or None)
+    system = log_system_metrics and importlib.util.find_spec("psutil") is not None
+    if system:
+        # Sampling every 10 s costs well under 1% of a core.
+        mlflow.set_system_metrics_sampling_interval(10)
     try:
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                               tags=all_tags or None, log_system_metrics=system or None)
+    except Exception as e:  # noqa: BLE001 - mlflow raises many types; report one line
+        what = f"continue run {run_id}" if run_id else "start a run"
+        raise TrackingError(f"cannot {what} on MLflow at {uri}: {_one_line(e)}") from None
+    try:
+        if run_id is not None and all_tags:
+            mlflow.set_tags(all_tags)
         if params and run_id is None:
             mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
         yield run
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        try:
+            mlflow.end_run(status="FAILED")
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
         raise
     else:
-        mlflow.end_run()
+        try:
+            mlflow.end_run()
+        except Exception as e:  # noqa: BLE001
+            raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {uri}: "
+                                f"{_one_line(e)}") from None
+
+
+def run_exists(run_id: str, tracking_uri: str) -> bool:
+    """Whether ``run_id`` exists (and is not deleted) in the store at ``tracking_uri``."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return run.info.lifecycle_stage != "deleted"
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Set tags on the active run."""
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_artifacts(paths: Sequence[str], artifact_path: str | None = None) -> None:
+    """Log local files to the active run."""
+    import mlflow
+
+    for p in paths:
+        mlflow.log_artifact(p, artifact_path=artifact_path)
+
+
+def log_keras_model(model: Any, name: str = "model") -> str:
+    """Log a Keras 3 model with the ``mlflow.keras`` flavour; returns its model URI.
+
+    ``mlflow.keras.load_model(uri)`` loads it back once the module defining its
+    custom layers (``wavenet.model``) has been imported.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow.keras
+
+    # Naming the requirements skips mlflow's inference, which reloads the
+    # model in a subprocess (about 20 s) and cannot resolve our custom layers.
+    reqs = []
+    for pkg in ("keras", "tensorflow", "wavenet-pipelines"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            pass
+    info = mlflow.keras.log_model(model, name=name, pip_requirements=reqs)
+    return info.model_uri
+
+
+class MetricsBuffer:
+    """Metrics waiting to be sent to an MLflow run; survives tracking outages.
+
+    ``log`` queues values with their step and wall-clock time; ``flush`` sends
+    everything queued in one ``log_batch`` call per 1000 metrics. When sending
+    fails the metrics stay queued and the next flush (at most every
+    ``retry_after_s`` seconds unless forced) tries again, so training never
+    waits long on a dead server and nothing logged is lost. What is still
+    queued at the end can be saved with :meth:`to_json` and reloaded.
+
+    Args:
+        run_id: the MLflow run to log to.
+        tracking_uri: its tracking URI.
+        retry_after_s: after a failed send, skip unforced flushes this long.
+        pending: metrics saved by a previous :meth:`to_json`, to send first.
+        clock: seconds, monotonic (tests may pass their own).
+        warn: where one-line warnings go (default: stderr).
+    """
+
+    BATCH = 1000  # MLflow's log_batch limit on metrics per request
+
+    def __init__(self, run_id: str, tracking_uri: str, retry_after_s: float = 30.0,
+                 pending: Sequence[Mapping[str, Any]] = (),
+                 clock: Callable[[], float] = time.monotonic,
+                 warn: Callable[[str], None] | None = None):
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        self.retry_after_s = retry_after_s
+        self._pending: list[dict[str, Any]] = [dict(m) for m in pending]
+        self._clock = clock
+        self._failed_at: float | None = None
+        self._warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+        self._client = None
+        self.sent = 0
+        self.failures = 0
+
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Metrics not yet sent: dicts with key, value, step, timestamp (ms)."""
+        return list(self._pending)
+
+    def log(self, metrics: Mapping[str, float], step: int, flush: bool = True) -> bool:
+        """Queue ``metrics`` at ``step``; send now unless in a retry pause. True if all sent."""
+        now_ms = int(time.time() * 1000)
+        for k, v in metrics.items():
+            self._pending.append({"key": k, "value": float(v), "step": int(step),
+                                  "timestamp": now_ms})
+        return self.flush() if flush else not self._pending
+
+    def flush(self, force: bool = False) -> bool:
+        """Send queued metrics. Returns True when nothing is left queued."""
+        if not self._pending:
+            return True
+        if (not force and self._failed_at is not None
+                and self._clock() - self._failed_at < self.retry_after_s):
+            return False
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        while self._pending:
+            chunk = self._pending[:self.BATCH]
+            try:
+                self._client.log_batch(self.run_id, metrics=[
+                    Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in chunk])
+            except Exception as e:  # noqa: BLE001 - any failure: keep the metrics, retry later
+                self.failures += 1
+                if self._failed_at is None:
+                    self._warn(f"MLflow at {self.tracking_uri} unreachable ({_one_line(e)}); "
+                               f"{len(self._pending)} metrics kept, retrying every "
+                               f"{self.retry_after_s:g} s")
+                self._failed_at = self._clock()
+                return False
+            del self._pending[:len(chunk)]
+            self.sent += len(chunk)
+        if self._failed_at is not None:
+            self._warn(f"MLflow at {self.tracking_uri} reachable again; queued metrics sent")
+        self._failed_at = None
+        return True
+
+    def to_json(self) -> str:
+        """The queued metrics as JSON (for ``pending=json.loads(...)`` later)."""
+        return json.dumps(self._pending)

@@ -1,0 +1,216 @@
+"""Local worker processes for multi-worker training on one machine.
+
+`wavenet train --workers N` runs N copies of the worker command
+(``python -m wavenet.cli train ... --worker``) on 127.0.0.1, each with its own
+``TF_CONFIG`` naming all N addresses, exactly as the Kubeflow training
+operator does for the pods of a TFJob. Worker 0 is the chief: its output
+(progress bar, warnings) streams to our stderr; the others stay quiet and only
+the tail of their output is kept, to be shown if they fail.
+
+When any worker fails, the others are stopped (MultiWorkerMirroredStrategy
+cannot continue without a peer; they would block in the next all-reduce) and
+the command fails with that worker's error. Ctrl-C stops all of them, and
+workers die with this process (Linux parent-death signal) even when it is
+killed outright.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from wavenet.errors import WavenetError
+
+__all__ = ["WorkerError", "free_ports", "tf_config", "run_local_workers"]
+
+_TAIL_BYTES = 16384
+_TAIL_LINES = 20
+
+
+class WorkerError(WavenetError):
+    """A training worker process failed."""
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` right now (the OS picks them)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tf_config(addresses: Sequence[str], index: int) -> dict:
+    """The ``TF_CONFIG`` of worker ``index`` in a cluster of ``addresses`` (worker 0 is chief)."""
+    return {"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}}
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    # PR_SET_PDEATHSIG (1): the kernel sends SIGKILL to the worker when the
+    # launcher dies, so a killed launcher never leaves orphans holding ports.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Pump(threading.Thread):
+    """Reads one worker's stderr: keeps its tail, optionally forwards it live.
+
+    Forwarded output holds back complete lines that start with ``error: ``
+    (the worker's own one-line error), because the launcher re-raises that
+    message itself; everything else (progress bars, warnings) passes through.
+    """
+
+    def __init__(self, stream: IO[bytes], forward: IO[bytes] | None):
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.forward = forward
+        self.tail = bytearray()
+
+    def run(self) -> None:
+        held = b""
+        fd = self.stream.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.tail += chunk
+            del self.tail[:-_TAIL_BYTES]
+            if self.forward is None:
+                continue
+            held += chunk
+            out = bytearray()
+            while b"\n" in held:
+                line, held = held.split(b"\n", 1)
+                if not line.lstrip(b"\r").startswith(b"error: "):
+                    out += line + b"\n"
+            if held and not b"error: ".startswith(held.lstrip(b"\r")[:7]):
+                out += held
+                held = b""
+            if out:
+                try:
+                    self.forward.write(bytes(out))
+                    self.forward.flush()
+                except (OSError, ValueError):
+                    self.forward = None
+        if held and self.forward is not None and not held.startswith(b"error: "):
+            try:
+                self.forward.write(held)
+                self.forward.flush()
+            except (OSError, ValueError):
+                pass
+
+    def lines(self) -> list[str]:
+        text = self.tail.decode("utf-8", "replace").replace("\r", "\n")
+        return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 5.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _describe(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"
+
+
+def run_local_workers(commands: Sequence[Sequence[str]], environ: Mapping[str, str],
+                      host: str = "127.0.0.1", poll_s: float = 0.2,
+                      stderr: IO[bytes] | None = None) -> None:
+    """Run one worker process per command as a MultiWorkerMirroredStrategy cluster.
+
+    Args:
+        commands: argv of worker 0 (the chief), worker 1, ...; each gets
+            ``TF_CONFIG`` for its index in its environment.
+        environ: the environment the workers start from.
+        host: address the workers listen on.
+        poll_s: how often worker exit codes are checked.
+        stderr: where the chief's output goes (default: this process's stderr).
+
+    Raises:
+        WorkerError: a worker failed; its one-line ``error:`` message, or a
+            note that its last output was printed above. The other workers
+            have been stopped by then.
+    """
+    forward = stderr if stderr is not None else sys.stderr.buffer
+    n = len(commands)
+    addresses = [f"{host}:{p}" for p in free_ports(n, host)]
+    procs: list[subprocess.Popen] = []
+    pumps: list[_Pump] = []
+    try:
+        for i, argv in enumerate(commands):
+            env = dict(environ)
+            env["TF_CONFIG"] = json.dumps(tf_config(addresses, i))
+            p = subprocess.Popen(list(argv), env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            procs.append(p)
+            pump = _Pump(p.stderr, forward if i == 0 else None)
+            pump.start()
+            pumps.append(pump)
+        failed: int | None = None
+        while failed is None:
+            codes = [p.poll() for p in procs]
+            bad = [i for i, rc in enumerate(codes) if rc not in (None, 0)]
+            if bad:
+                failed = bad[0]
+            elif all(rc == 0 for rc in codes):
+                break
+            else:
+                time.sleep(poll_s)
+    except BaseException:
+        _stop(procs, grace_s=2.0)
+        raise
+    if failed is None:
+        for pump in pumps:
+            pump.join(timeout=5)
+        return
+    _stop(procs)
+    for pump in pumps:
+        pump.join(timeout=5)
+    rc = procs[failed].returncode
+    lines = pumps[failed].lines()
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    if errors:
+        raise WorkerError(f"worker {failed} {_describe(rc)}: {errors[-1][len('error: '):]}")
+    if lines and failed != 0:
+        print(f"--- last output of worker {failed} ---", file=sys.stderr)
+        for ln in lines[-_TAIL_LINES:]:
+            print(f"worker {failed}| {ln}", file=sys.stderr)
+    raise WorkerError(f"worker {failed} {_describe(rc)}"
+                      + (" (its last output is above)" if lines else ""))
