@@ -234,8 +234,13 @@ class GenerateConfig:
     # Seconds of validation audio fed in before sampling starts (0: start from silence).
     prime_seconds: float = 0.0
     seed: int = 0
+    # Seconds of validation audio (at most) averaged into the reference log-mel
+    # spectrum that generated clips are compared with (quality.log_mel_distance_db).
+    reference_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        _require(_is_number(self.reference_seconds) and self.reference_seconds > 0,
+                 "generate.reference_seconds", self.reference_seconds, "a positive number")
         _require(_is_int(self.num_clips) and self.num_clips >= 1,
                  "generate.num_clips", self.num_clips, "an integer >= 1")
         _require(_is_number(self.seconds) and self.seconds > 0,
@@ -260,8 +265,17 @@ class EvaluateConfig:
     bigram_smoothing: float = 0.5
     # Predicted samples per evaluation crop (the receptive field is added in front).
     window: int = 16000
+    # Additive smoothing of the unigram baseline's counts (same role as above:
+    # a code never seen in training still gets a finite cost).
+    unigram_smoothing: float = 0.5
+    # Evaluation crops scored per forward pass; memory grows with batch x window.
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
+        _require(_is_number(self.unigram_smoothing) and self.unigram_smoothing > 0,
+                 "evaluate.unigram_smoothing", self.unigram_smoothing, "a positive number")
+        _require(_is_int(self.batch_size) and self.batch_size >= 1, "evaluate.batch_size",
+                 self.batch_size, "an integer >= 1")
         _require(isinstance(self.registered_model_name, str) and self.registered_model_name.strip() != "",
                  "evaluate.registered_model_name", self.registered_model_name, "a non-empty string")
         _require(_is_number(self.promotion_margin_bits) and self.promotion_margin_bits >= 0,

@@ -1,0 +1,189 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import EVAL_LABELS, tiny_config
+
+from wavenet.errors import DataError
+from wavenet.evaluate import (
+    baseline_bits,
+    count_codes,
+    decide,
+    evaluate,
+    smoothed_log2_probs,
+)
+
+Q = 256
+
+
+@pytest.fixture(autouse=True)
+def fresh_mlflow_env(monkeypatch):
+    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID into os.environ; each test
+    # uses its own store, so an id left by an earlier test must not leak in.
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+def expected_smoothed_bits(count: float, total: float, a: float, q: int = Q) -> float:
+    return -math.log2((count + a) / (total + q * a))
+
+
+def test_constant_signal_baselines_are_near_zero_exactly_as_smoothing_predicts():
+    train = [np.full(1000, 7), np.full(500, 7)]
+    counts = count_codes(train, Q)
+    assert counts.unigram[7] == 1500 and counts.unigram.sum() == 1500
+    assert counts.bigram[7, 7] == 999 + 499 and counts.bigram.sum() == 1498  # not joined across examples
+    prev, targets = np.full(300, 7), np.full(300, 7)
+    got = baseline_bits(counts, prev, targets, unigram_smoothing=0.25, bigram_smoothing=0.5)
+    assert got["uniform"] == 8.0
+    assert got["unigram"] == pytest.approx(expected_smoothed_bits(1500, 1500, 0.25), rel=1e-12)
+    assert got["bigram"] == pytest.approx(expected_smoothed_bits(1498, 1498, 0.5), rel=1e-12)
+    assert got["unigram"] < 0.2 and got["bigram"] < 0.2
+
+
+def test_iid_uniform_codes_cost_about_eight_bits():
+    rng = np.random.default_rng(0)
+    counts = count_codes([rng.integers(0, Q, 1_000_000)], Q)
+    held_out = rng.integers(0, Q, 200_001)
+    got = baseline_bits(counts, held_out[:-1], held_out[1:], unigram_smoothing=0.5,
+                        bigram_smoothing=0.5)
+    assert got["uniform"] == 8.0
+    assert got["unigram"] == pytest.approx(8.0, abs=0.01)
+    # ~15 counts per bigram cell: estimation noise costs a few hundredths of a bit.
+    assert got["bigram"] == pytest.approx(8.0, abs=0.1)
+    assert got["bigram"] >= got["unigram"] - 1e-3
+
+
+def test_alternating_signal_unigram_one_bit_bigram_near_zero():
+    train = np.tile([10, 200], 2000)  # 4000 codes: 2000 each; 3999 transitions
+    counts = count_codes([train], Q)
+    held_out = np.tile([10, 200], 100)
+    a_uni, a_bi = 0.5, 0.5
+    got = baseline_bits(counts, held_out[:-1], held_out[1:], unigram_smoothing=a_uni,
+                        bigram_smoothing=a_bi)
+    assert got["unigram"] == pytest.approx(expected_smoothed_bits(2000, 4000, a_uni), rel=1e-12)
+    assert got["unigram"] == pytest.approx(1.0, abs=0.1)
+    # 10 -> 200 seen 2000 times (of 2000 transitions from 10), 200 -> 10 seen 1999 times.
+    n_from_10, n_from_200 = 2000, 1999
+    # held-out pairs: 100 of (10 -> 200), 99 of (200 -> 10)
+    want = (100 * expected_smoothed_bits(n_from_10, n_from_10, a_bi)
+            + 99 * expected_smoothed_bits(n_from_200, n_from_200, a_bi)) / 199
+    assert got["bigram"] == pytest.approx(want, rel=1e-12)
+    assert got["bigram"] < 0.1
+
+
+def test_smoothed_probabilities_normalise_and_keep_unseen_codes_finite():
+    counts = np.zeros((3, Q))
+    counts[0, 5] = 10
+    lp = smoothed_log2_probs(counts, 0.5)
+    np.testing.assert_allclose(np.exp2(lp).sum(axis=-1), 1.0)
+    assert np.all(np.isfinite(lp))
+    np.testing.assert_allclose(lp[1], -8.0)  # an unseen row is uniform
+    with pytest.raises(ValueError, match="smoothing"):
+        smoothed_log2_probs(counts, 0)
+
+
+def test_count_codes_rejects_codes_outside_the_quantisation():
+    with pytest.raises(DataError, match=r"code 300 outside \[0, 256\)"):
+        count_codes([np.array([1, 300])], Q)
+
+
+def test_decide_needs_the_margin():
+    assert decide(3.0, None, 0.01)[0] is True
+    assert decide(2.9, 3.0, 0.05)[0] is True
+    promoted, reason = decide(2.99, 3.0, 0.05)
+    assert promoted is False and "margin" in reason
+    assert decide(3.1, 3.0, 0.0)[0] is False
+    assert decide(3.0, 3.0, 0.0)[0] is False  # a tie never replaces the champion
+
+
+def independent_baselines(data_dir, config, receptive_field):
+    """Baselines computed here from the shards directly, windows cut by hand."""
+    import tensorflow as tf
+
+    from wavenet.data import parse_example, shard_paths
+
+    def read(split):
+        ds = tf.data.TFRecordDataset(shard_paths(data_dir, split)).map(parse_example)
+        return [(c, int(lab)) for c, lab in ds.as_numpy_iterator()]
+
+    counts = count_codes([c for c, _ in read("train")], Q)
+    w, rf = config.evaluate.window, receptive_field
+    prev, targets, per_label = [], [], {}
+    for codes, label in read("validation"):
+        for k in range((len(codes) - rf) // w):
+            seg = codes[k * w: k * w + rf + w]
+            prev.append(seg[rf - 1:-1])
+            targets.append(seg[rf:])
+            per_label[label] = per_label.get(label, 0) + w
+    kw = dict(unigram_smoothing=config.evaluate.unigram_smoothing,
+              bigram_smoothing=config.evaluate.bigram_smoothing)
+    return baseline_bits(counts, np.concatenate(prev), np.concatenate(targets), **kw), per_label
+
+
+def test_briefly_trained_model_beats_uniform_and_reports_everything(
+        eval_data, trained_model_path, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)  # the SQLite store's artifacts land in ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config()
+    out = tmp_path / "eval"
+    result = evaluate(trained_model_path, eval_data, cfg, out_dir=str(out), tracking_uri=uri,
+                      experiment="eval-test")
+
+    assert result["bits_per_sample"] < result["baselines"]["uniform"] == 8.0
+    want, label_samples = independent_baselines(eval_data, cfg, result["receptive_field"])
+    for name in ("uniform", "unigram", "bigram"):
+        assert result["baselines"][name] == pytest.approx(want[name], rel=1e-9)
+    assert result["samples"] == sum(label_samples.values()) == 2 * 3 * cfg.evaluate.window  # 0.2 s: 3 windows per label
+    assert set(result["per_label"]) == set(EVAL_LABELS)
+    for i, name in enumerate(EVAL_LABELS):
+        t = result["per_label"][name]
+        assert t["label_id"] == i and t["samples"] == label_samples[i]
+        assert 0 < t["bits_per_sample"] < 8
+    weighted = sum(t["bits_per_sample"] * t["samples"] for t in result["per_label"].values())
+    assert weighted / result["samples"] == pytest.approx(result["bits_per_sample"], rel=1e-9)
+    assert "gate" not in result
+
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["bits_per_sample"] == result["bits_per_sample"]
+    assert not list(out.glob(".tmp-*"))
+
+    run = mlflow.MlflowClient(uri).get_run(result["run_id"])
+    assert run.data.metrics["eval/bits_per_sample"] == pytest.approx(result["bits_per_sample"])
+    assert run.data.metrics["eval/baseline_bigram_bits"] == pytest.approx(want["bigram"])
+    assert run.data.metrics["eval/label/high/samples"] == label_samples[1]
+    assert run.data.params["model.num_classes"] == "2"
+
+
+def test_evaluate_rejects_a_model_with_too_few_labels(eval_data, tmp_path, monkeypatch):
+    from wavenet.model import build_model, save_model
+
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / "one-label.keras")
+    save_model(build_model(tiny_config(num_classes=1)), path)
+    with pytest.raises(DataError, match="conditioned on 1 labels but the data has 2"):
+        evaluate(path, eval_data, tiny_config(), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+
+
+def test_cli_evaluate_prints_json_and_reports_bad_input_in_one_line(
+        eval_data, trained_model_path, tmp_path, monkeypatch, capsys):
+    from wavenet.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main(["evaluate", trained_model_path, eval_data, "--preset", "tiny", "--tracking-uri", uri,
+               "--out", str(tmp_path / "o")])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["bits_per_sample"] < 8 and (tmp_path / "o" / "metrics.json").exists()
+
+    rc = main(["evaluate", str(tmp_path / "missing.keras"), eval_data, "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: model file not found") and err.count("\n") == 1
+    rc = main(["evaluate", trained_model_path, str(tmp_path / "nodata"), "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no manifest.json" in err and err.count("\n") == 1
+

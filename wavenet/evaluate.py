@@ -1,0 +1,496 @@
+"""Held-out evaluation: bits per sample against baselines, and gating against the champion.
+
+The model's score is the negative log-likelihood of the validation split in
+bits per predicted sample (``-log2 p(x_t | x_<t)``, averaged), over every
+window that :func:`wavenet.data.validation_dataset` cuts, so it is
+deterministic. On exactly the same predicted samples three baselines are
+scored, so a number means something on its own:
+
+* uniform: ``log2(Q)`` bits (8 for 256 codes), a model that learnt nothing;
+* unigram: the code histogram of the training split, additively smoothed;
+* bigram: the code given the previous code, from the training split,
+  additively smoothed (``evaluate.bigram_smoothing``).
+
+A WaveNet should beat the bigram baseline clearly; one that only matches the
+unigram has learnt the amplitude distribution and nothing about time.
+
+Gating (``evaluate(..., gate=True)``): the new model and the registered
+model's ``champion`` are scored in one pass over the same validation windows;
+the new model is registered and becomes champion only when it is better by
+``evaluate.promotion_margin_bits`` (the first model becomes champion).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wavenet import storage
+from wavenet.config import ExperimentConfig
+from wavenet.errors import DataError
+
+__all__ = [
+    "CodeCounts",
+    "count_codes",
+    "smoothed_log2_probs",
+    "baseline_log2_probs",
+    "baseline_bits",
+    "training_code_counts",
+    "score_models",
+    "decide",
+    "gate",
+    "evaluate",
+]
+
+METRICS_FILE = "metrics.json"
+BASELINES = ("uniform", "unigram", "bigram")
+
+
+# -- baselines: pure functions ---------------------------------------------------
+
+@dataclass(frozen=True)
+class CodeCounts:
+    """Code statistics of a split.
+
+    Attributes:
+        unigram: (Q,) how often each code occurs.
+        bigram: (Q, Q) ``bigram[a, b]`` = how often code b directly follows code a
+            (within one example; examples are not joined).
+    """
+
+    unigram: np.ndarray
+    bigram: np.ndarray
+
+    @property
+    def quantization_channels(self) -> int:
+        return int(self.unigram.shape[0])
+
+
+def count_codes(sequences: Iterable[np.ndarray], quantization_channels: int) -> CodeCounts:
+    """Unigram and bigram counts of code sequences.
+
+    Args:
+        sequences: 1-D integer code arrays (one per example).
+        quantization_channels: Q; every code must be in [0, Q).
+
+    Returns:
+        :class:`CodeCounts` with int64 counts.
+    """
+    q = quantization_channels
+    unigram = np.zeros(q, np.int64)
+    bigram = np.zeros(q * q, np.int64)
+    for seq in sequences:
+        codes = np.asarray(seq).reshape(-1).astype(np.int64)
+        if codes.size == 0:
+            continue
+        if codes.min() < 0 or codes.max() >= q:
+            raise DataError(f"code {int(codes.max())} outside [0, {q}): the data was quantised "
+                            f"with more channels than the model")
+        unigram += np.bincount(codes, minlength=q)
+        if codes.size > 1:
+            bigram += np.bincount(codes[:-1] * q + codes[1:], minlength=q * q)
+    return CodeCounts(unigram=unigram, bigram=bigram.reshape(q, q))
+
+
+def smoothed_log2_probs(counts: np.ndarray, smoothing: float) -> np.ndarray:
+    """Additively smoothed log2 probabilities along the last axis.
+
+    ``p(c) = (n_c + a) / (sum_c' n_c' + Q a)``: every code keeps a finite cost.
+
+    Args:
+        counts: (..., Q) non-negative counts.
+        smoothing: a > 0.
+
+    Returns:
+        (..., Q) float64 log2 probabilities.
+    """
+    if smoothing <= 0:
+        raise ValueError(f"smoothing must be > 0. Received: {smoothing}")
+    c = np.asarray(counts, dtype=np.float64) + smoothing
+    return np.log2(c) - np.log2(c.sum(axis=-1, keepdims=True))
+
+
+def baseline_log2_probs(counts: CodeCounts, unigram_smoothing: float,
+                        bigram_smoothing: float) -> tuple[np.ndarray, np.ndarray]:
+    """The unigram (Q,) and bigram (Q, Q) ``log2 p`` tables of the baselines."""
+    return (smoothed_log2_probs(counts.unigram, unigram_smoothing),
+            smoothed_log2_probs(counts.bigram, bigram_smoothing))
+
+
+def baseline_bits(counts: CodeCounts, prev: np.ndarray, targets: np.ndarray, *,
+                  unigram_smoothing: float, bigram_smoothing: float) -> dict[str, float]:
+    """Mean bits per sample of the three baselines on given predictions.
+
+    Args:
+        counts: training-split statistics.
+        prev: (N,) the code before each predicted sample.
+        targets: (N,) the predicted codes.
+        unigram_smoothing: additive smoothing of the unigram counts.
+        bigram_smoothing: additive smoothing of each bigram row.
+
+    Returns:
+        ``{"uniform": log2 Q, "unigram": ..., "bigram": ...}`` in bits per sample.
+    """
+    prev = np.asarray(prev).reshape(-1).astype(np.int64)
+    targets = np.asarray(targets).reshape(-1).astype(np.int64)
+    if prev.shape != targets.shape or targets.size == 0:
+        raise ValueError(f"prev and targets must be equal-length and non-empty. Received: "
+                         f"{prev.shape}, {targets.shape}")
+    uni, bi = baseline_log2_probs(counts, unigram_smoothing, bigram_smoothing)
+    return {
+        "uniform": math.log2(counts.quantization_channels),
+        "unigram": float(-uni[targets].mean()),
+        "bigram": float(-bi[prev, targets].mean()),
+    }
+
+
+def training_code_counts(data_dir: str, quantization_channels: int) -> CodeCounts:
+    """Code statistics of every training shard of ``data_dir`` (read in full)."""
+    import tensorflow as tf
+
+    from wavenet.data import parse_example, shard_paths
+
+    files = shard_paths(data_dir, "train")
+    if not files:
+        raise DataError(f"{data_dir} has no training shards with examples (baselines need them)")
+    ds = tf.data.TFRecordDataset(files).map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
+    try:
+        return count_codes((codes for codes, _ in ds.as_numpy_iterator()), quantization_channels)
+    except tf.errors.OpError as e:
+        raise DataError(f"cannot read training shards of {data_dir}: {e.message.splitlines()[0]}") \
+            from None
+
+
+# -- model scores -----------------------------------------------------------------
+
+def _sum_bits_fn(model, context: int):
+    """A compiled ``(crops, labels) -> (B,)`` summed bits of the last ``window`` codes.
+
+    Crops carry ``context >= receptive_field`` codes in front of the scored
+    window, so models with different receptive fields score the same samples.
+    """
+    import tensorflow as tf
+
+    conditioned = model.config.conditioned
+
+    @tf.function(reduce_retracing=True)
+    def fn(crops, labels):
+        inputs, targets = crops[:, :-1], crops[:, context:]
+        x = {"codes": inputs, "labels": labels} if conditioned else inputs
+        logits = tf.cast(model(x, training=False)[:, context - 1:, :], tf.float32)
+        nats = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        return tf.reduce_sum(tf.cast(nats, tf.float64), axis=-1) / math.log(2.0)
+
+    return fn
+
+
+def _check_model_fits_data(model, manifest: dict[str, Any], what: str) -> None:
+    labels = manifest.get("labels") or []
+    n = model.config.num_classes
+    if model.config.conditioned and len(labels) > n:
+        raise DataError(f"{what} is conditioned on {n} labels but the data has {len(labels)} "
+                        f"({', '.join(map(str, labels[:5]))}{', ...' if len(labels) > 5 else ''})")
+
+
+def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
+                 counts: CodeCounts, batch_size: int | None = None) -> dict[str, Any]:
+    """Score models and the baselines on the same validation windows, in one pass.
+
+    The crops carry the largest receptive field of ``models`` as context, so
+    every model (and baseline) predicts exactly the same samples.
+
+    Args:
+        models: WaveNets with the data's quantisation.
+        data_dir: folder with manifest.json and validation shards.
+        config: supplies ``evaluate.window``, smoothing and batch size.
+        counts: training-split code statistics (:func:`training_code_counts`).
+        batch_size: crops per step (default ``evaluate.batch_size``).
+
+    Returns:
+        ``{"context", "window", "samples", "windows", "models": [bits per sample],
+        "baselines": {name: bits}, "per_label": {label_id: {"samples", "windows",
+        "models": [...], "baselines": {...}}}}``.
+    """
+    from wavenet.data import validation_dataset
+
+    if not models:
+        raise ValueError("score_models needs at least one model")
+    q = counts.quantization_channels
+    for m in models:
+        if m.config.quantization_channels != q:
+            raise DataError(f"model has {m.config.quantization_channels} quantisation channels but "
+                            f"the baselines were counted with {q}")
+    widest = max(models, key=lambda m: m.receptive_field)
+    ecfg = dataclasses.replace(config, model=widest.config, audio=widest.audio_config)
+    context, window = widest.receptive_field, config.evaluate.window
+    uni, bi = baseline_log2_probs(counts, config.evaluate.unigram_smoothing,
+                                  config.evaluate.bigram_smoothing)
+    fns = [_sum_bits_fn(m, context) for m in models]
+    ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size)
+    per_label: dict[int, dict[str, Any]] = {}
+    for crops, labels in ds:
+        c = crops.numpy().astype(np.int64)
+        lab = labels.numpy()
+        targets, prev = c[:, context:], c[:, context - 1:-1]
+        base = {"uniform": np.full(len(c), math.log2(q) * window),
+                "unigram": -uni[targets].sum(axis=1),
+                "bigram": -bi[prev, targets].sum(axis=1)}
+        model_bits = [fn(crops, labels).numpy() for fn in fns]
+        for i, label in enumerate(lab.tolist()):
+            t = per_label.setdefault(int(label), {
+                "samples": 0, "windows": 0, "models": [0.0] * len(models),
+                "baselines": dict.fromkeys(BASELINES, 0.0)})
+            t["samples"] += window
+            t["windows"] += 1
+            for j, b in enumerate(model_bits):
+                t["models"][j] += float(b[i])
+            for name in BASELINES:
+                t["baselines"][name] += float(base[name][i])
+    if not per_label:
+        raise DataError(f"no validation example in {data_dir} is long enough to score: each needs "
+                        f"receptive_field + evaluate.window = {context} + {window} codes")
+    samples = sum(t["samples"] for t in per_label.values())
+    result: dict[str, Any] = {
+        "context": context, "window": window, "samples": samples,
+        "windows": sum(t["windows"] for t in per_label.values()),
+        "models": [sum(t["models"][j] for t in per_label.values()) / samples
+                   for j in range(len(models))],
+        "baselines": {n: sum(t["baselines"][n] for t in per_label.values()) / samples
+                      for n in BASELINES},
+        "per_label": {},
+    }
+    for label, t in sorted(per_label.items()):
+        result["per_label"][label] = {
+            "samples": t["samples"], "windows": t["windows"],
+            "models": [b / t["samples"] for b in t["models"]],
+            "baselines": {n: v / t["samples"] for n, v in t["baselines"].items()},
+        }
+    return result
+
+
+# -- gating -------------------------------------------------------------------------
+
+def decide(new_bits: float, champion_bits: float | None, margin: float) -> tuple[bool, str]:
+    """Promote or keep: lower bits are better, by at least ``margin``.
+
+    Returns:
+        ``(promoted, reason)``.
+    """
+    if champion_bits is None:
+        return True, "no champion yet: the first evaluated model becomes champion"
+    improvement = champion_bits - new_bits
+    if improvement > 0 and improvement >= margin:
+        return True, (f"better than the champion by {improvement:.4f} bits/sample "
+                      f"({new_bits:.4f} vs {champion_bits:.4f}; margin {margin})")
+    return False, (f"not better than the champion by the margin: {new_bits:.4f} vs "
+                   f"{champion_bits:.4f} bits/sample (improvement {improvement:.4f}, margin {margin})")
+
+
+def _is_champion_uri(uri: str | None, name: str, champion_version: str) -> bool:
+    return uri in (f"models:/{name}@champion", f"models:/{name}/{champion_version}")
+
+
+def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | None = None,
+         counts: CodeCounts | None = None, data_label: str | None = None) -> dict[str, Any]:
+    """Score ``model`` against the registered champion; promote it when it is better.
+
+    Runs inside an active MLflow run (:func:`evaluate` opens one): the decision
+    and both scores are logged there. A model that is not yet an MLflow model
+    (a local ``.keras``) is logged to that run first, then registered.
+
+    Args:
+        model: the new WaveNet.
+        data_dir: folder with manifest.json and shards.
+        config: ``evaluate.registered_model_name`` and ``promotion_margin_bits``.
+        model_uri: where ``model`` came from (``runs:/``, ``models:/`` or a path).
+        counts: training code counts (computed when omitted).
+        data_label: how the data is named in reports (default ``data_dir``).
+
+    Returns:
+        ``{"promoted": bool, "reason": str, "registered_model": name,
+        "new_bits": float, "champion_bits": float | None, "improvement_bits":
+        float | None, "margin": float, "champion_version": str | None (the
+        champion compared against), "new_version": str | None (registered when
+        promoted), "champion_uri": "models:/NAME@champion", "evaluation": the
+        scores of the new model on the shared windows (see :func:`score_models`)}``.
+    """
+    from wavenet import registry
+    from wavenet.data import read_manifest
+
+    name = config.evaluate.registered_model_name
+    margin = float(config.evaluate.promotion_margin_bits)
+    counts = counts or training_code_counts(data_dir, model.config.quantization_channels)
+    champion = registry.get_champion(name)
+    champion_model = None
+    if champion is not None:
+        champion_model = registry.load_wavenet(champion.uri)
+        _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}")
+    models = [model] if champion_model is None else [model, champion_model]
+    scores = score_models(models, data_dir, config, counts)
+    new_bits = scores["models"][0]
+    champion_bits = scores["models"][1] if champion_model is not None else None
+    if champion is not None and _is_champion_uri(model_uri, name, champion.version):
+        promoted, reason = False, f"the evaluated model is the champion (version {champion.version})"
+    else:
+        promoted, reason = decide(new_bits, champion_bits, margin)
+    new_version = None
+    if promoted:
+        source = model_uri if model_uri and (model_uri.startswith("runs:/")
+                                             or model_uri.startswith("models:/m-")) else None
+        if source is None:
+            source = registry.log_wavenet(model, name="model")
+        ref = registry.register(source, name, tags={
+            "validation_bits_per_sample": f"{new_bits:.6f}", "data": data_label or data_dir,
+            "evaluation_run_id": registry.active_run_id() or ""})
+        registry.set_champion(name, ref.version)
+        new_version = ref.version
+    decision = {
+        "promoted": promoted,
+        "reason": reason,
+        "registered_model": name,
+        "new_bits": new_bits,
+        "champion_bits": champion_bits,
+        "improvement_bits": None if champion_bits is None else champion_bits - new_bits,
+        "margin": margin,
+        "champion_version": champion.version if champion else None,
+        "new_version": new_version,
+        "champion_uri": f"models:/{name}@{registry.CHAMPION}",
+    }
+    if registry.active_run_id():
+        registry.log_metrics({"gate/new_bits": new_bits, "gate/champion_bits": champion_bits,
+                              "gate/improvement_bits": decision["improvement_bits"],
+                              "gate/promoted": float(promoted)})
+        registry.set_tags({"gate.decision": "promoted" if promoted else "kept",
+                           "gate.reason": reason, "gate.registered_model": name,
+                           "gate.champion_version": decision["champion_version"] or "",
+                           "gate.new_version": new_version or ""})
+        registry.log_dict(decision, "gate.json")
+    decision["evaluation"] = scores
+    return decision
+
+
+# evaluate() takes a `gate` flag, which shadows the function inside it.
+_gate = gate
+
+
+# -- the verb -------------------------------------------------------------------
+
+def _label_names(manifest: dict[str, Any]) -> list[str]:
+    return [str(x) for x in (manifest.get("labels") or [])]
+
+
+def _report(scores: dict[str, Any], index: int, names: list[str]) -> dict[str, Any]:
+    """The result dict of one model from :func:`score_models` output."""
+    bits = scores["models"][index]
+    base = scores["baselines"]
+    per_label = {}
+    for label, t in scores["per_label"].items():
+        key = names[label] if label < len(names) else str(label)
+        per_label[key] = {"label_id": label, "bits_per_sample": t["models"][index],
+                          "samples": t["samples"], "windows": t["windows"],
+                          "baselines": t["baselines"]}
+    return {
+        "bits_per_sample": bits,
+        "baselines": base,
+        "improvement_over_bigram_bits": base["bigram"] - bits,
+        "improvement_over_unigram_bits": base["unigram"] - bits,
+        "samples": scores["samples"],
+        "windows": scores["windows"],
+        "context": scores["context"],
+        "window": scores["window"],
+        "per_label": per_label,
+    }
+
+
+def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | None = None,
+             gate: bool = False, tracking_uri: str | None = None, experiment: str | None = None,
+             run_name: str | None = None) -> dict[str, Any]:
+    """Validation bits per sample next to baselines; optionally gate against the champion.
+
+    Args:
+        model: a ``.keras`` path, an MLflow model URI (``runs:/ID/model``,
+            ``models:/NAME@champion``), or a loaded WaveNet.
+        data_dir: folder (local or gs://) with manifest.json and shards.
+        config: the experiment config (the model's own architecture is used,
+            whatever ``config.model`` says).
+        out_dir: where ``metrics.json`` is written (atomic); optional.
+        gate: also compare with the champion and promote (see :func:`gate`).
+        tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db).
+        experiment: MLflow experiment (default: the training run's for a
+            ``runs:/`` model, else ``config.name``).
+        run_name: MLflow run name (default "evaluate").
+
+    Returns:
+        ``{"model", "data", "bits_per_sample", "baselines": {"uniform",
+        "unigram", "bigram"}, "improvement_over_bigram_bits",
+        "improvement_over_unigram_bits", "samples", "windows", "context",
+        "window", "per_label": {name: {"label_id", "bits_per_sample", "samples",
+        "windows", "baselines"}}, "conditioned", "receptive_field", "run_id",
+        "metrics_path"}`` plus ``"gate"`` (see :func:`gate`, without
+        ``evaluation``) and ``"promoted"`` when ``gate`` is true. Bits are per
+        predicted sample.
+    """
+    from wavenet import registry
+    from wavenet.data import read_manifest
+    from wavenet.tracking import start_run
+
+    model_uri = model if isinstance(model, str) else None
+    manifest = read_manifest(data_dir)
+    net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
+    _check_model_fits_data(net, manifest, model_uri or "the model")
+    ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
+    counts = training_code_counts(data_dir, net.config.quantization_channels)
+    names = _label_names(manifest)
+
+    src_run = registry.source_run_id(model_uri) if model_uri else None
+    exp = experiment or (registry.run_experiment_name(src_run) if src_run else None) or config.name
+    tags = {"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
+            "wavenet.data": data_dir}
+    if src_run:
+        # Nest under the training run (a KFP-injected MLFLOW_RUN_ID takes precedence).
+        tags["mlflow.parentRunId"] = src_run
+    params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
+              "eval.gate": gate}
+    with start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
+                   params=params) as run:
+        if gate:
+            decision = _gate(net, data_dir, ecfg, model_uri=model_uri, counts=counts)
+            scores = decision.pop("evaluation")
+        else:
+            decision = None
+            scores = score_models([net], data_dir, ecfg, counts)
+        result: dict[str, Any] = {"model": model_uri or "<in memory>", "data": data_dir,
+                                  **_report(scores, 0, names),
+                                  "conditioned": net.config.conditioned,
+                                  "receptive_field": net.receptive_field,
+                                  "run_id": run.info.run_id}
+        if decision is not None:
+            result["gate"] = decision
+            result["promoted"] = decision["promoted"]
+        metrics = {"eval/bits_per_sample": result["bits_per_sample"],
+                   "eval/samples": result["samples"], "eval/windows": result["windows"],
+                   "eval/improvement_over_bigram_bits": result["improvement_over_bigram_bits"]}
+        for n, v in result["baselines"].items():
+            metrics[f"eval/baseline_{n}_bits"] = v
+        for label, t in result["per_label"].items():
+            metrics[registry.metric_key("eval", "label", label, "bits_per_sample")] = \
+                t["bits_per_sample"]
+            metrics[registry.metric_key("eval", "label", label, "samples")] = t["samples"]
+        registry.log_metrics(metrics)
+        result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
+        text = json.dumps(result, indent=2, sort_keys=True)
+        if out_dir:
+            storage.write_text_atomic(result["metrics_path"], text)
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, METRICS_FILE), "w") as f:
+                f.write(text)
+            registry.log_artifacts(tmp, "evaluation")
+    return result
