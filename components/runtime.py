@@ -191,7 +191,7 @@ def numeric_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, fl
 
 def training_tfjob(cfg: ExperimentConfig, name: str, data_uri: str, out_uri: str, *, namespace: str,
                    image: str, workers: int, gpus_per_worker: int, accelerator: str, run_name: str,
-                   steps: int = 0, experiment: str = "", init_model: str | None = None,
+                   steps: int = 0, experiment: str = "",
                    env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
                    template: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The TFJob the train component creates: ``wavenet train`` in worker mode on every pod.
@@ -207,8 +207,6 @@ def training_tfjob(cfg: ExperimentConfig, name: str, data_uri: str, out_uri: str
         args += ["--steps", str(steps)]
     if experiment:
         args += ["--experiment", experiment]
-    if init_model:
-        args += ["--init-model", init_model]
     return tfjob.render_tfjob(name, namespace, image, ["wavenet", "train"], args, workers=workers,
                               gpus_per_worker=gpus_per_worker, accelerator=accelerator,
                               env=env, labels=labels, template=template)

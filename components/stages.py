@@ -154,14 +154,19 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
 
     cfg = runtime.build_config(preset, config_yaml)
     name = runtime.run_name(cfg.preset, data_version)
-    init_model = f"models:/{cfg.evaluate.registered_model_name}@champion" if warm_start else None
+    if warm_start:
+        from wavenet.errors import ConfigError
+
+        # wavenet.train resumes from its own checkpoints only; it cannot start from
+        # another model's weights yet (README: what is left).
+        raise ConfigError("warm_start=True is not supported yet: wavenet.train cannot initialise "
+                          "from the champion's weights; run with warm_start=False")
     if not on_cluster:
         from wavenet.train import train
 
-        kwargs = {"init_model": init_model} if init_model else {}
         result = train(runtime.data_location(shards.path, shards.uri, shards.metadata), model.path,
                        cfg, workers=workers, steps=steps or None, tracking_uri=tracking_uri or None,
-                       experiment=experiment or None, run_name=name, progress=False, **kwargs)
+                       experiment=experiment or None, run_name=name, progress=False)
         summary, run_id = dict(result.summary), result.run_id or ""
     else:
         from wavenet import tfjob
@@ -177,7 +182,7 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
             cfg, job, runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True),
             out, namespace=namespace, image=image, workers=workers,
             gpus_per_worker=gpus_per_worker, accelerator=accelerator, run_name=name, steps=steps,
-            experiment=experiment, init_model=init_model,
+            experiment=experiment,
             env=runtime.mlflow_env(os.environ, tracking_uri),
             labels={"wavenet/data-version": data_version[:63]},
             template=tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
@@ -190,7 +195,7 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
         run_id = str(summary.get("run_id", ""))
         model.metadata["cluster_run_dir"] = out
     model.metadata.update({"run_name": name, "run_id": run_id, "data_version": data_version,
-                           "preset": cfg.preset})
+                           "preset": cfg.preset, "model_uri": summary.get("model_uri") or ""})
     for k, v in runtime.numeric_metrics(summary).items():
         metrics.log_metric(k, v)
     return run_id
@@ -208,16 +213,18 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], preset: str, con
     import os
     from collections import namedtuple
 
-    from wavenet.evaluate import evaluate
-
     from components import runtime
+    from wavenet.evaluate import evaluate
 
     cfg = runtime.build_config(preset, config_yaml)
     os.makedirs(evaluation.path, exist_ok=True)
-    result = evaluate(os.path.join(model.path, "model.keras"),
-                      runtime.data_location(shards.path, shards.uri, shards.metadata), cfg,
+    # The MLflow model of the training run when it was logged (the registry then links
+    # the version to that run), else the .keras file of the artifact.
+    model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
+    result = evaluate(model_uri, runtime.data_location(shards.path, shards.uri, shards.metadata), cfg,
                       out_dir=evaluation.path, gate=True, tracking_uri=tracking_uri or None,
-                      experiment=experiment or None)
+                      experiment=experiment or None,
+                      run_name=f"{model.metadata.get('run_name') or 'model'}-evaluate")
     for k, v in runtime.numeric_metrics(result).items():
         metrics.log_metric(k, v)
     promoted = bool(result.get("promoted", False))
