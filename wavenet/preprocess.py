@@ -10,11 +10,12 @@ channels to mono, resample to ``audio.sample_rate`` with soxr (HQ), trim
 leading and trailing 10 ms frames whose RMS is below
 ``audio.silence_threshold_db`` dBFS, peak-normalise to
 ``audio.normalize_peak_db`` and mu-law encode to uint8. The codes go to
-``WORK/tracks/<sha256>.npy``; the outcome of every file (or the one-line
+``WORK/tracks/<sha256>-<audio>.npy`` (``<audio>``: 8 hex digits of a hash
+of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
 
 ``merge_manifests`` then, in one process: copies new codes to
-``DST/tracks/<sha256>.npy`` (kept so later runs can rewrite shards with old and
+``DST/tracks/`` (kept so later runs can rewrite shards with old and
 new tracks), assigns each new track to train or validation, cuts tracks into
 chunks of at most ``data.chunk_seconds``, writes ``data.num_shards`` shards per
 split, writes ``manifest.json`` last, then deletes files of earlier runs that
@@ -46,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from wavenet import storage
-from wavenet.audio import mu_law_encode, to_mono
+from wavenet.audio import mu_law_encode
 from wavenet.config import ExperimentConfig
 from wavenet.data import MANIFEST, TFRecordWriter, serialize_example
 from wavenet.errors import DataError
@@ -210,11 +211,23 @@ def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return x, info
 
 
+def _downmix(x: np.ndarray) -> np.ndarray:
+    """(frames, channels) float32 -> (frames,) float32, the mean of the channels."""
+    if x.shape[1] == 1:
+        return x[:, 0]
+    # Column by column: NumPy's mean over a short axis 1 is several times slower.
+    mono = x[:, 0].copy()
+    for c in range(1, x.shape[1]):
+        mono += x[:, c]
+    mono *= np.float32(1.0 / x.shape[1])
+    return mono
+
+
 def _encode(x: np.ndarray, sample_rate_in: int, config: ExperimentConfig) -> np.ndarray:
     import soxr
 
     audio = config.audio
-    mono = to_mono(x)
+    mono = _downmix(x)
     if sample_rate_in != audio.sample_rate:
         mono = soxr.resample(mono, sample_rate_in, audio.sample_rate, quality="HQ")
     trimmed = trim_silence(mono, audio.sample_rate, audio.silence_threshold_db)
@@ -241,7 +254,7 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
         codes = _encode(x, info["sample_rate_in"], config)
         buf = io.BytesIO()
         np.save(buf, codes, allow_pickle=False)
-        rel_codes = f"{TRACKS}/{digest}.npy"
+        rel_codes = track_codes_path(digest, config)
         storage.write_bytes_atomic(os.path.join(work_dir, rel_codes), buf.getvalue())
         record.update(info)
         record.update({
@@ -262,13 +275,20 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
         return {**record, "status": "skipped", "reason": f"unexpected error: {type(e).__name__}: {msg}"}
 
 
+def track_codes_path(digest: str, config: ExperimentConfig) -> str:
+    """``tracks/<sha256>-<audio>.npy``: where a track's codes live, relative to a work dir or DST."""
+    audio = json.dumps(config.to_dict()["audio"], sort_keys=True)
+    return f"{TRACKS}/{digest}-{hashlib.sha256(audio.encode()).hexdigest()[:8]}.npy"
+
+
 def known_tracks(dst: str) -> dict[str, dict[str, Any]]:
     """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256."""
     manifest = _read_manifest_or_none(dst)
     if manifest is None:
         return {}
     present = {os.path.basename(p) for p in storage.list_files(storage.join(dst, TRACKS))}
-    return {f["sha256"]: f for f in manifest.get("files", []) if f"{f['sha256']}.npy" in present}
+    return {f["sha256"]: f for f in manifest.get("files", [])
+            if f["codes"].rsplit("/", 1)[-1] in present}
 
 
 def process_partition(files: Sequence[str], work_dir: str, config: ExperimentConfig,
@@ -278,7 +298,7 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
 
     Args:
         files: audio paths or ``gs://`` URIs (e.g. one list of :func:`partition`).
-        work_dir: a local folder; codes go to ``work_dir/tracks/<sha256>.npy``,
+        work_dir: a local folder; codes go to ``work_dir/tracks/<sha256>-<audio>.npy``,
             the partial manifest to ``work_dir/partials/``.
         config: audio settings and ``crop_length`` (shorter tracks are skipped).
         src: the folder the files were listed from; train/validation is decided
@@ -454,7 +474,11 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         if status == "skipped":
             skipped.append({"path": r["path"], "reason": r["reason"]})
         elif status == "unchanged" and r["sha256"] in old_tracks:
-            unchanged += 1
+            first = old_tracks[r["sha256"]]["path"]
+            if first == r["path"]:
+                unchanged += 1
+            else:  # a copy (or a moved file): the content is in DST already, under its first path
+                skipped.append({"path": r["path"], "reason": f"same content as {first}"})
         elif status == "unchanged":
             skipped.append({"path": r["path"], "reason": "reported unchanged but its codes are not in "
                             "DST/tracks: run again to process it"})
@@ -462,7 +486,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
             skipped.append({"path": r["path"], "reason": f"same content as {tracks[r['sha256']]['path']}"})
         else:
             entry = {k: v for k, v in r.items() if k not in ("status", "codes")}
-            entry["codes"] = f"{TRACKS}/{r['sha256']}.npy"
+            entry["codes"] = r["codes"]
             entry["split"] = None
             tracks[r["sha256"]] = entry
             new_codes[r["sha256"]] = os.path.join(work_dir, r["codes"])
@@ -481,7 +505,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
 
     # New codes first: the old manifest does not name them, so a crash here is harmless.
     for h, local in new_codes.items():
-        storage.write_bytes_atomic(storage.join(dst, TRACKS, f"{h}.npy"), _read_local(local))
+        storage.write_bytes_atomic(storage.join(dst, tracks[h]["codes"]), _read_local(local))
 
     sr = config.audio.sample_rate
     chunk = max(config.crop_length, int(round(config.data.chunk_seconds * sr)))
@@ -490,7 +514,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     shard_sets = {s: _ShardSet(dst, s, config.data.num_shards, tmp_dir) for s in SPLITS}
     try:
         for t in ordered:
-            codes = _load_codes(t["sha256"], new_codes, dst)
+            codes = _load_codes(t, new_codes, dst)
             if codes.size != t["samples"]:
                 raise DataError(f"{storage.join(dst, t['codes'])} holds {codes.size} codes, the manifest "
                                 f"says {t['samples']}: remove {dst} and preprocess again")
@@ -547,10 +571,10 @@ def _read_local(path: str) -> bytes:
         return f.read()
 
 
-def _load_codes(digest: str, new_codes: dict[str, str], dst: str) -> np.ndarray:
-    if digest in new_codes:
-        return np.load(new_codes[digest], allow_pickle=False)
-    path = storage.join(dst, TRACKS, f"{digest}.npy")
+def _load_codes(track: dict[str, Any], new_codes: dict[str, str], dst: str) -> np.ndarray:
+    if track["sha256"] in new_codes:
+        return np.load(new_codes[track["sha256"]], allow_pickle=False)
+    path = storage.join(dst, track["codes"])
     try:
         return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -578,6 +602,27 @@ def _collect_garbage(dst: str, manifest: dict[str, Any]) -> None:
 
 
 # -- the whole run ---------------------------------------------------------------------
+
+def _pool_context():
+    """fork when it is safe, else spawn.
+
+    fork starts workers in milliseconds. It is unsafe when native threads may
+    hold locks at the moment of the fork (TensorFlow's thread pools) or when
+    Python threads other than daemons (tqdm's monitor) are running; then
+    spawn starts fresh interpreters (which import NumPy, soundfile and soxr,
+    never TensorFlow). forkserver is not used: its server keeps the
+    environment of its first start (e.g. a stale STORAGE_EMULATOR_HOST).
+    """
+    import multiprocessing as mp
+    import sys
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if ("tensorflow" not in sys.modules and all(t.daemon for t in others)
+            and "fork" in mp.get_all_start_methods()):
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
 
 def _process_partition_star(args):
     return process_partition(*args)
@@ -632,11 +677,9 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
                 partials.append(process_partition(*job))
                 bar.update(len(job[0]))
         else:
-            import multiprocessing as mp
-
-            # spawn: the parent may hold TensorFlow threads or a GCS client that
-            # must not be forked; workers import only NumPy, soundfile and soxr.
-            with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+            # Forked workers must not share the parent's bucket connections.
+            with ProcessPoolExecutor(n, mp_context=_pool_context(),
+                                     initializer=storage.reset_clients) as pool:
                 futures = {pool.submit(_process_partition_star, job): len(job[0]) for job in jobs}
                 for fut in as_completed(futures):
                     partials.append(fut.result())

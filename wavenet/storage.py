@@ -30,6 +30,7 @@ __all__ = [
     "remove",
     "upload_file",
     "download_file",
+    "reset_clients",
 ]
 
 
@@ -70,6 +71,11 @@ def _client_for(emulator_host: str | None, project: str | None):
 
         return storage.Client(project=project or "test", credentials=AnonymousCredentials())
     return storage.Client(project=project) if project else storage.Client()
+
+
+def reset_clients() -> None:
+    """Forget cached bucket clients (call first thing in a forked worker process)."""
+    _client_for.cache_clear()
 
 
 def _blob(uri: str):

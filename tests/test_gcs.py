@@ -1,0 +1,118 @@
+"""gs:// end to end against a real GCS emulator process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from wavenet import storage
+from wavenet.config import preset
+from wavenet.demo import make_demo_corpus
+from wavenet.preprocess import check_dataset, list_audio, preprocess
+
+CFG = preset("tiny")
+BUCKET = "wavenet-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
+    assert exe, "gcp-storage-emulator is a dev dependency"
+    port = _free_port()
+    proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+                             "--default-bucket", BUCKET, "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"GCS emulator did not start: {proc.stderr.read().decode()}") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def gcs(emulator, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+    return f"gs://{BUCKET}"
+
+
+def test_storage_round_trip(gcs):
+    uri = f"{gcs}/misc/a b/ü.bin"
+    storage.write_bytes_atomic(uri, b"hello")
+    assert storage.exists(uri) and storage.read_bytes(uri) == b"hello"
+    assert list(storage.list_files(f"{gcs}/misc")) == [uri]
+    storage.remove(uri)
+    storage.remove(uri)  # missing is fine
+    assert not storage.exists(uri)
+
+
+def test_preprocess_bucket_to_bucket_and_train_from_it(gcs, tmp_path):
+    import tensorflow as tf
+
+    from wavenet.data import train_dataset, validation_dataset
+
+    src, dst = f"{gcs}/corpus", f"{gcs}/shards"
+    written = make_demo_corpus(src, seconds_per_genre=4.0)
+    assert all(p.startswith(src + "/") for p in written)
+    storage.write_bytes_atomic(f"{src}/drums/broken.wav", b"RIFF not really")
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.sin(np.arange(32000) * 0.1), 16000, format="FLAC")
+    storage.write_bytes_atomic(f"{src}/organ/extra.flac", buf.getvalue())
+    assert len(list_audio(src)) == 5
+
+    m = preprocess(src, dst, CFG, processes=2, progress=False)
+    assert (m["summary"]["processed"], m["summary"]["skipped"]) == (4, 1)
+    assert m["skipped"][0]["path"] == f"{src}/drums/broken.wav"
+    assert {f["relpath"] for f in m["files"]} >= {"drums/drums-00.wav", "organ/extra.flac"}
+    assert m["labels"] == ["drums", "organ", "strings"]
+    assert check_dataset(dst) == []
+
+    cache = str(tmp_path / "cache")
+    crops, labels = next(iter(train_dataset(dst, CFG, batch_size=4, cache_dir=cache)))
+    assert crops.shape == (4, CFG.crop_length) and crops.dtype == tf.int32
+    assert set(labels.numpy().tolist()) <= set(range(3))
+    val = list(validation_dataset(dst, CFG, batch_size=4, window=256, cache_dir=cache))
+    assert val and val[0][0].shape[1] == CFG.model.receptive_field + 256
+    # Cached shards are named by checksum and match the bucket's bytes.
+    names = sorted(os.listdir(cache))
+    assert names and all(n.endswith(".tfrecord") for n in names)
+    assert {n[:-len(".tfrecord")] for n in names} <= {s["sha256"] for s in m["shards"]}
+
+    again = preprocess(src, dst, CFG, processes=1, progress=False)
+    assert (again["summary"]["processed"], again["summary"]["unchanged"]) == (0, 4)
+    storage.remove(f"{src}/drums/broken.wav")
+    make_demo_corpus(f"{src}/more", seconds_per_genre=2.0, seed=5)
+    third = preprocess(src, dst, CFG, processes=2, progress=False)
+    assert (third["summary"]["processed"], third["summary"]["tracks"]) == (3, 7)
+    assert check_dataset(dst) == []
+    # Only the current manifest's shards are left in the bucket.
+    shards = {p for sp in ("train", "validation") for p in storage.list_files(f"{dst}/{sp}")}
+    assert shards == {f"{dst}/{s['path']}" for s in third["shards"]}

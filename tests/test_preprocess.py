@@ -1,0 +1,385 @@
+"""Preprocessing: bad input, incremental runs, crash safety, splits, signal quality."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from wavenet.audio import mu_law_decode
+from wavenet.cli import main
+from wavenet.config import preset
+from wavenet.demo import make_demo_corpus
+from wavenet.errors import DataError
+from wavenet.preprocess import (
+    check_dataset,
+    list_audio,
+    merge_manifests,
+    partition,
+    peak_normalize,
+    preprocess,
+    process_partition,
+    split_of,
+    trim_silence,
+)
+
+CFG = preset("tiny")  # crop_length 272 samples at 16 kHz
+
+
+def tone(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.5, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    x = amp * np.sin(2 * np.pi * freq * t)
+    return np.stack([x * (1 - 0.1 * c) for c in range(channels)], axis=1) if channels > 1 else x
+
+
+def write(path, x, sr, **kw) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, x, sr, **kw)
+    return str(path)
+
+
+def load_codes(dst: str, entry: dict) -> np.ndarray:
+    return np.load(os.path.join(dst, entry["codes"]))
+
+
+# -- bad input ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """A folder with good files, every kind of bad file, and non-audio files; preprocessed once."""
+    root = tmp_path_factory.mktemp("messy")
+    src, dst = root / "src", str(root / "out")
+    write(src / "good" / "a.wav", tone(1.0, 22050), 22050)
+    write(src / "good" / "b.flac", tone(1.0, 44100, 330), 44100)
+    good = (src / "good" / "a.wav").read_bytes()
+    bad = src / "bad"
+    bad.mkdir()
+    (bad / "truncated.wav").write_bytes(good[: len(good) // 2])
+    write(bad / "whole.flac", tone(1.0, 22050, 550), 22050)
+    flac = (bad / "whole.flac").read_bytes()
+    (bad / "whole.flac").unlink()
+    rng = np.random.default_rng(0)
+    (bad / "corrupt.flac").write_bytes(flac[:64] + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "text.wav").write_text("this is not audio\n" * 20)
+    write(bad / "silent.wav", np.zeros(22050), 22050)
+    write(bad / "short.wav", tone(0.01, 16000), 16000)  # 160 samples < crop_length 272
+    nan = tone(1.0, 16000).astype(np.float32)
+    nan[100] = np.nan
+    write(bad / "nan.wav", nan, 16000, subtype="FLOAT")
+    os.symlink("does-not-exist.wav", bad / "dangling.wav")  # a file gone before it is read
+    os.symlink("self.wav", bad / "self.wav")  # a symlink loop: ELOOP
+    os.mkfifo(bad / "fifo.wav")  # reading would block forever
+    write(src / "surround" / "six.wav", tone(1.0, 96000, channels=6), 96000, subtype="PCM_24")
+    write(src / "formats" / "u8.wav", tone(1.0, 8000), 8000, subtype="PCM_U8")
+    write(src / "formats" / "f32.wav", tone(1.0, 48000, amp=1.5), 48000, subtype="FLOAT")
+    write(src / "dir with spaces" / "ñandú é.wav", tone(1.0, 16000), 16000)
+    os.symlink("..", src / "formats" / "loop")  # a folder loop: must not recurse forever
+    (src / "good" / "notes.txt").write_text("not audio")
+    (src / "good" / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    manifest = preprocess(str(src), dst, CFG, processes=2, progress=False)
+    return src, dst, manifest
+
+
+def test_bad_files_are_skipped_with_reasons_and_good_ones_kept(messy):
+    src, dst, m = messy
+    done = {f["relpath"]: f for f in m["files"]}
+    skipped = {os.path.relpath(s["path"], src): s["reason"] for s in m["skipped"]}
+    for rel in ("good/a.wav", "good/b.flac", "surround/six.wav", "formats/u8.wav", "formats/f32.wav",
+                "dir with spaces/ñandú é.wav"):
+        assert rel in done, (rel, skipped.get(rel))
+    assert skipped["bad/empty.wav"] == "empty file (0 bytes)"
+    assert skipped["bad/text.wav"].startswith("not decodable audio")
+    assert skipped["bad/corrupt.flac"].startswith("not decodable audio")
+    assert skipped["bad/silent.wav"].startswith("silent")
+    assert skipped["bad/short.wav"].startswith("too short: 160 samples")
+    assert skipped["bad/nan.wav"] == "contains NaN or infinite samples"
+    assert skipped["bad/dangling.wav"] == "cannot read: No such file or directory"
+    assert skipped["bad/self.wav"] == "cannot read: Too many levels of symbolic links"
+    assert skipped["bad/fifo.wav"].startswith("not a regular file")
+    # A truncated WAV holds half its frames: libsndfile decodes what is there.
+    assert done["bad/truncated.wav"]["duration_in_s"] == pytest.approx(0.5, abs=0.01)
+    # Every reason is one line; non-audio files are ignored, not skipped.
+    assert all("\n" not in r for r in skipped.values())
+    assert not any(p.endswith((".txt", ".jpg")) for p in skipped)
+    assert m["summary"]["processed"] == len(done) == 7
+    assert m["summary"]["skipped"] == len(skipped) == 9
+    assert check_dataset(dst) == []
+
+
+def test_decoded_properties_are_recorded(messy):
+    _, dst, m = messy
+    done = {f["relpath"]: f for f in m["files"]}
+    six = done["surround/six.wav"]
+    assert (six["channels_in"], six["sample_rate_in"]) == (6, 96000)
+    assert six["duration_in_s"] == pytest.approx(1.0)
+    assert six["samples"] == pytest.approx(16000, abs=200)
+    assert done["formats/u8.wav"]["subtype"] == "PCM_U8"
+    # A float WAV beyond full scale is peak-normalised, not clipped.
+    codes = load_codes(dst, done["formats/f32.wav"])
+    peak = np.abs(mu_law_decode(codes)).max()
+    assert 20 * np.log10(peak) == pytest.approx(CFG.audio.normalize_peak_db, abs=0.2)
+    assert done["dir with spaces/ñandú é.wav"]["label"] == "dir with spaces"
+    assert m["labels"] == sorted({f["label"] for f in m["files"]})
+
+
+def test_the_cli_fails_with_one_line_only_when_nothing_is_usable(tmp_path, capsys):
+    (tmp_path / "src" / "x").mkdir(parents=True)
+    (tmp_path / "src" / "x" / "text.wav").write_text("nope")
+    (tmp_path / "src" / "x" / "empty.flac").write_bytes(b"")
+    assert main(["preprocess", str(tmp_path / "src"), str(tmp_path / "out"), "--preset", "tiny",
+                 "--processes", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: no usable audio in ") and "2 file(s) skipped" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    (tmp_path / "src" / "x" / "text.wav").unlink()
+    (tmp_path / "src" / "x" / "empty.flac").unlink()
+    (tmp_path / "src" / "x" / "readme.txt").write_text("no audio here")
+    assert main(["preprocess", str(tmp_path / "src"), str(tmp_path / "out"), "--preset", "tiny"]) == 2
+    assert "error: no audio files" in capsys.readouterr().err
+    assert main(["preprocess", str(tmp_path / "missing"), str(tmp_path / "out"), "--preset", "tiny"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_a_file_removed_after_listing_is_skipped(tmp_path):
+    write(tmp_path / "src" / "g" / "a.wav", tone(1.0, 16000), 16000)
+    files = list_audio(str(tmp_path / "src")) + [str(tmp_path / "src" / "g" / "gone.wav")]
+    part = process_partition(files, str(tmp_path / "work"), CFG, src=str(tmp_path / "src"))
+    m = merge_manifests([part], str(tmp_path / "out"), CFG)
+    assert [f["relpath"] for f in m["files"]] == ["g/a.wav"]
+    assert m["skipped"] == [{"path": files[1], "reason": "cannot read: No such file or directory"}]
+
+
+# -- incremental runs and crash safety ------------------------------------------------
+
+def test_rerun_processes_only_new_files(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "out")
+    make_demo_corpus(src, seconds_per_genre=2.0)
+    first = preprocess(src, dst, CFG, processes=2, progress=False)
+    assert first["summary"]["processed"] == 3
+    again = preprocess(src, dst, CFG, processes=1, progress=False)
+    assert (again["summary"]["processed"], again["summary"]["unchanged"]) == (0, 3)
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in first["shards"]]
+    write(os.path.join(src, "organ", "extra.wav"), tone(1.5, 22050, 262), 22050)
+    shutil.copy(os.path.join(src, "drums", "drums-00.wav"), os.path.join(src, "drums", "copy.wav"))
+    third = preprocess(src, dst, CFG, processes=2, progress=False)
+    s = third["summary"]
+    assert (s["processed"], s["unchanged"], s["tracks"]) == (1, 3, 4)
+    assert third["skipped"] == [{"path": os.path.join(src, "drums", "copy.wav"),
+                                 "reason": f"same content as {os.path.join(src, 'drums', 'drums-00.wav')}"}]
+    # Old tracks keep their split; shards hold every track's codes exactly once.
+    old_split = {f["sha256"]: f["split"] for f in first["files"]}
+    assert all(f["split"] == old_split[f["sha256"]] for f in third["files"] if f["sha256"] in old_split)
+    assert sum(sh["samples"] for sh in third["shards"]) == sum(f["samples"] for f in third["files"])
+    assert check_dataset(dst) == []
+    # Shards of earlier runs are gone; only the manifest's remain.
+    on_disk = {f"{sp}/{n}" for sp in ("train", "validation") for n in os.listdir(os.path.join(dst, sp))}
+    assert on_disk == {sh["path"] for sh in third["shards"]}
+
+
+CRASH = textwrap.dedent("""
+    import os, signal, sys
+    from wavenet import storage
+    from wavenet.config import preset
+    from wavenet.preprocess import preprocess
+
+    point, calls = sys.argv[3], []
+    real_upload, real_write = storage.upload_file, storage.write_bytes_atomic
+
+    def upload(local, path):
+        real_upload(local, path)
+        if point == "shard":  # one new shard renamed into place, the others not yet
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def write(path, data):
+        if point == "track" and "/tracks/" in path:
+            calls.append(path)
+            if len(calls) == 2:  # a crash with one new track's codes half-written
+                tmp = os.path.join(os.path.dirname(path), ".tmp-crash-" + os.path.basename(path))
+                with open(tmp, "wb") as f:
+                    f.write(data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+        real_write(path, data)
+
+    storage.upload_file, storage.write_bytes_atomic = upload, write
+    preprocess(sys.argv[1], sys.argv[2], preset("tiny"), processes=1, progress=False)
+""")
+
+
+@pytest.mark.parametrize("point", ["track", "shard"])
+def test_a_killed_run_leaves_a_consistent_dataset(tmp_path, point):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "out")
+    make_demo_corpus(src, seconds_per_genre=2.0)
+    before = preprocess(src, dst, CFG, processes=1, progress=False)
+    for i in range(3):
+        write(os.path.join(src, "new", f"n{i}.wav"), tone(1.0, 16000, 200 + 100 * i), 16000)
+    proc = subprocess.run([sys.executable, "-c", CRASH, src, dst, point], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    # The old manifest still describes complete shards with matching checksums.
+    assert json.load(open(os.path.join(dst, "manifest.json")))["shards"] == before["shards"]
+    assert check_dataset(dst) == []
+    after = preprocess(src, dst, CFG, processes=1, progress=False)
+    assert (after["summary"]["processed"], after["summary"]["tracks"]) == (3, 6)
+    assert check_dataset(dst) == []
+    leftovers = [n for _, _, names in os.walk(dst) for n in names if n.startswith(".tmp-")]
+    assert leftovers == []
+
+
+# -- splits ---------------------------------------------------------------------------
+
+def test_split_is_a_deterministic_function_of_the_relative_path(tmp_path):
+    names = [f"g{i % 3}/track-{i}.wav" for i in range(400)]
+    splits = [split_of(n, 0.25) for n in names]
+    assert splits == [split_of(n, 0.25) for n in names]
+    assert 0.18 < splits.count("validation") / len(names) < 0.32
+    assert all(split_of(n, 0.0) == "train" for n in names)
+    # Same corpus, two destinations and worker counts: identical splits and shard bytes.
+    src = str(tmp_path / "src")
+    make_demo_corpus(src, seconds_per_genre=4.0)
+    a = preprocess(src, str(tmp_path / "a"), CFG, processes=1, progress=False)
+    b = preprocess(src, str(tmp_path / "b"), CFG, processes=2, progress=False)
+    assert [(f["relpath"], f["split"]) for f in a["files"]] == [(f["relpath"], f["split"]) for f in b["files"]]
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    # Only the "at least one of each side" rule may override the hash (for one track).
+    moved = [f for f in a["files"] if f["split"] != split_of(f["relpath"], CFG.data.validation_fraction)]
+    assert len(moved) <= 1
+    assert {f["split"] for f in a["files"]} == {"train", "validation"}
+    for f in a["files"]:
+        assert f["shards"] and all(p.startswith(f["split"] + "/") for p in f["shards"])
+
+
+def test_at_least_one_validation_track_when_possible(tmp_path):
+    src = tmp_path / "src"
+    write(src / "x" / "one.wav", tone(1.0, 16000), 16000)
+    write(src / "x" / "two.wav", tone(1.0, 16000, 300), 16000)
+    cfg = CFG.with_overrides({"data.validation_fraction": 0.001})
+    assert all(split_of(r, 0.001) == "train" for r in ("x/one.wav", "x/two.wav"))
+    m = preprocess(str(src), str(tmp_path / "out"), cfg, processes=1, progress=False)
+    assert sorted(f["split"] for f in m["files"]) == ["train", "validation"]
+    alone = preprocess(str(src / "x"), str(tmp_path / "out1"),
+                       CFG.with_overrides({"data.validation_fraction": 0.0}), processes=1, progress=False)
+    assert [f["split"] for f in alone["files"]] == ["train", "train"]
+
+
+def test_partition_is_deterministic_and_complete():
+    files = [f"f{i:03d}.wav" for i in range(10)]
+    parts = partition(list(reversed(files)), 3)
+    assert parts == partition(files, 3)
+    assert sorted(sum(parts, [])) == files and len(parts) == 3
+    assert partition(files[:2], 5) == [["f000.wav"], ["f001.wav"]]
+
+
+# -- signal quality and statistics ----------------------------------------------------
+
+def test_resampling_keeps_frequency_and_level(tmp_path):
+    src = tmp_path / "src"
+    write(src / "sine" / "a.wav", tone(2.0, 44100, freq=1000.0, amp=0.5, channels=2), 44100,
+          subtype="PCM_24")
+    cfg = CFG.with_overrides({"audio.normalize_peak_db": -6.0})
+    m = preprocess(str(src), str(tmp_path / "out"), cfg, processes=1, progress=False)
+    (f,) = m["files"]
+    x = mu_law_decode(load_codes(str(tmp_path / "out"), f)).astype(np.float64)
+    assert x.size == pytest.approx(32000, abs=16)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    freqs = np.fft.rfftfreq(x.size, 1 / 16000)
+    assert freqs[np.argmax(spectrum)] == pytest.approx(1000.0, abs=1.0)
+    near = np.abs(freqs - 1000.0) < 20
+    purity_db = 10 * np.log10((spectrum[~near] ** 2).sum() / (spectrum[near] ** 2).sum())
+    assert purity_db < -30  # mu-law quantisation noise, no aliasing or images
+    # Level: peak at the configured -6 dBFS, a sine's RMS 3 dB below its peak.
+    rms_db = 20 * np.log10(np.sqrt(np.mean(x[1000:-1000] ** 2)))
+    assert rms_db == pytest.approx(-6.0 - 3.01, abs=0.3)
+
+
+def test_trim_and_normalize():
+    sr = 1000
+    x = np.concatenate([np.zeros(500), 0.1 * np.ones(300), 1e-4 * np.ones(200)])
+    y = trim_silence(x, sr, -50.0)
+    assert y.size == 300 and np.all(y == 0.1)
+    assert trim_silence(np.zeros(100), sr, -50.0).size == 0
+    assert np.abs(peak_normalize(np.array([0.1, -0.2]), -6.0)).max() == pytest.approx(10 ** (-6 / 20), rel=1e-6)
+
+
+def test_manifest_records_codes_histogram_and_checksums(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "out")
+    make_demo_corpus(src, seconds_per_genre=4.0)
+    m = preprocess(src, dst, CFG, processes=2, progress=False)
+    assert m == json.load(open(os.path.join(dst, "manifest.json")))
+    assert m["audio"] == CFG.to_dict()["audio"] and m["labels"] == ["drums", "organ", "strings"]
+    for split in ("train", "validation"):
+        stats = m["code_stats"][split]
+        assert len(stats["histogram"]) == 256
+        assert stats["samples"] == sum(stats["histogram"]) == m["summary"][f"{split}_samples"] > 0
+        codes = np.concatenate([load_codes(dst, f) for f in m["files"] if f["split"] == split])
+        assert stats["histogram"] == np.bincount(codes, minlength=256).tolist()
+        assert 0 < stats["entropy_bits"] <= 8
+    assert len(m["shards"]) == 2 * CFG.data.num_shards
+    for s in m["shards"]:
+        data = open(os.path.join(dst, s["path"]), "rb").read()
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+    for f in m["files"]:
+        assert f["duration_in_s"] == pytest.approx(4.0, abs=1e-3)
+        assert 0 < f["duration_out_s"] < f["duration_in_s"]  # silence trimmed at both ends
+        with open(f["path"], "rb") as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == f["sha256"]
+    with pytest.raises(DataError, match="not a folder"):
+        list_audio(os.path.join(src, "drums", "drums-00.wav"))
+
+
+def test_a_new_audio_config_reprocesses_everything(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "out")
+    make_demo_corpus(src, seconds_per_genre=2.0)
+    preprocess(src, dst, CFG, processes=1, progress=False)
+    cfg = CFG.with_overrides({"audio.sample_rate": 8000})
+    m = preprocess(src, dst, cfg, processes=1, progress=False)
+    assert (m["summary"]["processed"], m["summary"]["tracks"]) == (3, 3)
+    assert m["audio"]["sample_rate"] == 8000
+    assert all(f["samples"] == pytest.approx(f["duration_out_s"] * 8000, abs=1) for f in m["files"])
+    assert len(os.listdir(os.path.join(dst, "tracks"))) == 3 and check_dataset(dst) == []
+
+
+UNREADABLE = textwrap.dedent("""
+    import json, os, sys
+    import soundfile, soxr  # imported while the interpreter's files are readable
+    from wavenet.config import preset
+    from wavenet.preprocess import process_partition
+    if os.getuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)  # root reads anything: drop to nobody for an honest permission error
+    part = process_partition(sys.argv[2:], sys.argv[1], preset("tiny"))
+    print(json.dumps(json.load(open(part))["records"]))
+""")
+
+
+def test_an_unreadable_file_is_skipped_with_permission_denied(tmp_path):
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="wavenet-perm-")  # outside pytest's 0700 tmp dirs
+    try:
+        os.chmod(root, 0o777)
+        ok = write(os.path.join(root, "g", "ok.wav"), tone(1.0, 16000), 16000)
+        locked = write(os.path.join(root, "g", "locked.wav"), tone(1.0, 16000), 16000)
+        os.chmod(os.path.dirname(ok), 0o755)
+        os.chmod(ok, 0o644)
+        os.chmod(locked, 0o000)
+        work = os.path.join(root, "work")
+        os.mkdir(work)
+        os.chmod(work, 0o777)
+        proc = subprocess.run([sys.executable, "-c", UNREADABLE, work, ok, locked], capture_output=True,
+                              text=True, timeout=60, cwd=root)
+        assert proc.returncode == 0, proc.stderr
+        records = {os.path.basename(r["path"]): r for r in json.loads(proc.stdout)}
+        assert records["ok.wav"]["status"] == "processed"
+        assert records["locked.wav"] == {"path": locked, "relpath": locked, "status": "skipped",
+                                         "reason": "cannot read: Permission denied"}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,102 @@
+import pytest
+from conftest import tiny_config
+
+from wavenet import registry
+from wavenet.errors import TrackingError, WavenetError
+from wavenet.evaluate import evaluate
+from wavenet.model import load_model
+
+
+@pytest.fixture(autouse=True)
+def fresh_mlflow_env(monkeypatch):
+    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; stores differ between tests.
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def tracking_uri(request, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return request.getfixturevalue("mlflow_server")
+
+
+def champion_version(uri, name):
+    import mlflow
+
+    return str(mlflow.MlflowClient(uri).get_model_version_by_alias(name, "champion").version)
+
+
+def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one(
+        eval_data, trained_model_path, untrained_model_path, tracking_uri, tmp_path, request):
+    import mlflow
+
+    name = f"wavenet-gate-{request.node.callspec.id}"
+    cfg = tiny_config().with_overrides({"evaluate.registered_model_name": name,
+                                        "evaluate.promotion_margin_bits": 0.05})
+    kw = dict(gate=True, tracking_uri=tracking_uri, experiment="gate-test")
+
+    # 1. No champion yet: the (untrained) model becomes champion, logged to MLflow first.
+    first = evaluate(untrained_model_path, eval_data, cfg, out_dir=str(tmp_path / "e1"), **kw)
+    g1 = first["gate"]
+    assert first["promoted"] is True and g1["champion_bits"] is None and g1["new_version"] == "1"
+    assert g1["new_bits"] == pytest.approx(first["bits_per_sample"])
+    assert champion_version(tracking_uri, name) == "1"
+
+    # 2. A trained model, logged by a "training" run as runs:/ID/model, beats it.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("train-test")
+    with mlflow.start_run() as train_run:
+        registry.log_wavenet(load_model(trained_model_path), name="model")
+    runs_uri = f"runs:/{train_run.info.run_id}/model"
+    second = evaluate(runs_uri, eval_data, cfg, **kw)
+    g2 = second["gate"]
+    assert g2["promoted"] is True and g2["champion_version"] == "1" and g2["new_version"] == "2"
+    assert g2["champion_bits"] == pytest.approx(g1["new_bits"])  # same samples, same model
+    assert g2["new_bits"] < g2["champion_bits"] - 0.05
+    assert champion_version(tracking_uri, name) == "2"
+    client = mlflow.MlflowClient(tracking_uri)
+    assert client.get_model_version(name, "2").run_id == train_run.info.run_id
+    eval_run = client.get_run(second["run_id"])
+    assert eval_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id  # nested
+    assert eval_run.data.tags["gate.decision"] == "promoted"
+    assert eval_run.data.metrics["gate/promoted"] == 1.0
+
+    # 3. The untrained model again: worse than the champion, nothing registered.
+    third = evaluate(untrained_model_path, eval_data, cfg, **kw)
+    g3 = third["gate"]
+    assert g3["promoted"] is False and g3["new_version"] is None and g3["champion_version"] == "2"
+    assert "margin" in g3["reason"]
+    assert g3["champion_bits"] == pytest.approx(g2["new_bits"])
+    assert champion_version(tracking_uri, name) == "2"
+    assert len(client.search_model_versions(f"name='{name}'")) == 2
+    run3 = client.get_run(third["run_id"])
+    assert run3.data.tags["gate.decision"] == "kept"
+    assert run3.data.metrics["gate/champion_bits"] == pytest.approx(g3["champion_bits"])
+
+    # 4. The champion, by its alias, evaluates like the model it was registered from.
+    champ = evaluate(f"models:/{name}@champion", eval_data, cfg, **kw)
+    assert champ["bits_per_sample"] == pytest.approx(g2["new_bits"])
+    assert champ["promoted"] is False and "is the champion" in champ["gate"]["reason"]
+
+
+def test_load_wavenet_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(TrackingError, match="cannot download model models:/nothing@champion") as e:
+        registry.load_wavenet("models:/nothing@champion", uri)
+    assert "\n" not in str(e.value)
+    with pytest.raises(WavenetError, match="model file not found"):
+        registry.load_wavenet(str(tmp_path / "none.keras"))
+    with pytest.raises(TrackingError, match="cannot reach MLflow tracking server"):
+        registry.load_wavenet("models:/x@champion", "http://127.0.0.1:9")
+
+
+def test_uri_helpers():
+    assert registry.is_mlflow_uri("runs:/abc/model") and registry.is_mlflow_uri("models:/n@champion")
+    assert not registry.is_mlflow_uri("/tmp/model.keras")
+    assert not registry.is_mlflow_uri("gs://bucket/model.keras")
+    assert registry.source_run_id("runs:/abc123/model") == "abc123"
+    assert registry.source_run_id("models:/x/1") is None
+    assert registry.metric_key("eval", "label", "jazz & blues?") == "eval/label/jazz _ blues_"

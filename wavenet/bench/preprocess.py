@@ -1,0 +1,136 @@
+"""Preprocessing throughput: seconds of input audio per wall-clock second.
+
+Input: demo-corpus music synthesised at 44.1 kHz stereo and encoded as OGG
+Vorbis (the usual format of a downloaded music collection, and the slowest
+common format to decode). The whole `preprocess` run is timed (listing,
+decode, resample, trim, mu-law, writing shards and the manifest; process
+pool start-up included) with 1 process (no pool) and with 2, each into a
+fresh output folder. Decoding alone is timed as well, to show where the time
+goes, and CPU seconds (this process plus its workers) are reported next
+to wall seconds, because on a shared machine wall time includes waiting
+for a core.
+
+Targets: >= 250x real time with one process; 2 processes >= 1.7x one.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import resource
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from wavenet.bench import machine
+from wavenet.config import ExperimentConfig
+
+SAMPLE_RATE = 44100
+
+
+def make_input(folder: str, files: int, seconds: float) -> float:
+    """Write ``files`` distinct stereo OGG Vorbis tracks; return the total seconds of audio."""
+    import soundfile as sf
+
+    from wavenet.demo import GENRES, synthesize
+
+    total = 0.0
+    for i in range(files):
+        genre = GENRES[i % len(GENRES)]
+        left = synthesize(genre, seconds, seed=100 + i, track=i, sample_rate=SAMPLE_RATE)
+        # A cheap, different right channel: a 10 ms echo mixed in.
+        right = 0.8 * left + 0.2 * np.roll(left, SAMPLE_RATE // 100)
+        path = os.path.join(folder, genre, f"{genre}-{i:03d}.ogg")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        stereo = np.stack([left, right], axis=1)
+        # Vorbis is written one second at a time: libvorbis overflows its stack
+        # when libsndfile hands it a long buffer in one call
+        # (libsndfile/libsndfile#1095, bastibe/python-soundfile#426).
+        with sf.SoundFile(path, "w", SAMPLE_RATE, 2, format="OGG", subtype="VORBIS") as f:
+            for start in range(0, stereo.shape[0], SAMPLE_RATE):
+                f.write(stereo[start:start + SAMPLE_RATE])
+        total += left.size / SAMPLE_RATE
+    return total
+
+
+def _cpu_seconds() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _decode_seconds(folder: str) -> float:
+    import soundfile as sf
+
+    start = time.perf_counter()
+    for path in sorted(glob.glob(os.path.join(folder, "*", "*.ogg"))):
+        sf.read(path, dtype="float32", always_2d=True)
+    return time.perf_counter() - start
+
+
+def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
+    """Time ``preprocess`` on synthesised 44.1 kHz stereo OGG Vorbis music.
+
+    Args:
+        cfg: the experiment config (audio and data sections are used).
+        quick: a few seconds of audio (smoke test) instead of 16 minutes.
+
+    Returns:
+        ``realtime_factor_1proc`` / ``_2proc`` (input seconds per wall second),
+        ``speedup_2proc``, ``decode_realtime_factor``, input size, and ``machine``.
+    """
+    from wavenet.preprocess import preprocess
+
+    files, seconds = (2, 3.0) if quick else (16, 60.0)
+    repeats = 1 if quick else 2
+    root = tempfile.mkdtemp(prefix="wavenet-bench-preprocess-")
+    try:
+        src = os.path.join(root, "src")
+        t0 = time.perf_counter()
+        input_seconds = make_input(src, files, seconds)
+        synth_s = time.perf_counter() - t0
+        decode_s = _decode_seconds(src)
+        walls: dict[int, float] = {}
+        cpus: dict[int, float] = {}
+        manifest = None
+        for procs in (1, 2):
+            best = (float("inf"), 0.0)
+            for r in range(repeats):
+                dst = os.path.join(root, f"out-{procs}-{r}")
+                cpu0 = _cpu_seconds()
+                start = time.perf_counter()
+                manifest = preprocess(src, dst, cfg, processes=procs, progress=False)
+                best = min(best, (time.perf_counter() - start, _cpu_seconds() - cpu0))
+                shutil.rmtree(dst)
+            walls[procs], cpus[procs] = best
+        assert manifest is not None and manifest["summary"]["processed"] == files
+        rtf1, rtf2 = input_seconds / walls[1], input_seconds / walls[2]
+        return {
+            "benchmark": "preprocess",
+            "quick": quick,
+            "input": f"{files} x {seconds:g} s, {SAMPLE_RATE} Hz stereo OGG Vorbis",
+            "files": files,
+            "input_seconds": round(input_seconds, 3),
+            "output_sample_rate": cfg.audio.sample_rate,
+            "realtime_factor_1proc": round(rtf1, 1),
+            "realtime_factor_2proc": round(rtf2, 1),
+            "speedup_2proc": round(rtf2 / rtf1, 3),
+            "wall_seconds_1proc": round(walls[1], 3),
+            "wall_seconds_2proc": round(walls[2], 3),
+            # CPU seconds of this process and its workers: on a shared machine
+            # wall time includes waiting for a core; this does not.
+            "cpu_seconds_1proc": round(cpus[1], 3),
+            "cpu_seconds_2proc": round(cpus[2], 3),
+            "realtime_factor_per_cpu_second": round(input_seconds / cpus[1], 1),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "decode_realtime_factor": round(input_seconds / decode_s, 1),
+            "synthesis_seconds": round(synth_s, 2),
+            "repeats": repeats,
+            "target_realtime_factor_1proc": 250.0,
+            "target_speedup_2proc": 1.7,
+            "machine": machine(),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
