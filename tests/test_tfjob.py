@@ -176,3 +176,119 @@ def test_job_names_are_valid_dns_labels(prefix, suffix):
     name = tfjob.job_name(prefix, suffix)
     assert len(name) <= 45
     tfjob.render_tfjob(name, "ns", "img", ["wavenet"])  # raises if the name is invalid
+
+
+# -- run_tfjob against a loopback stand-in for the API endpoints it calls --------------------
+# Not a cluster: a small HTTP server answering the five requests the launcher makes (create,
+# read the job, read the pod, follow its log, delete), so the real kubernetes client's
+# requests, the wait loop, log streaming and clean-up are exercised up to the HTTP boundary.
+
+import http.server  # noqa: E402
+import json  # noqa: E402
+import threading  # noqa: E402
+
+
+class _FakeApi(http.server.ThreadingHTTPServer):
+    def __init__(self, outcome, polls_before_outcome=2, fail_create=False):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.outcome, self.polls, self.fail_create = outcome, polls_before_outcome, fail_create
+        self.requests, self.job = [], None
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, obj=None, text=None):
+        body = text.encode() if text is not None else json.dumps(obj or {}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain" if text is not None else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        srv.requests.append(("POST", self.path))
+        if srv.fail_create:
+            return self._send(403, {"kind": "Status", "reason": "Forbidden", "code": 403})
+        srv.job = body
+        self._send(201, body)
+
+    def do_GET(self):  # noqa: N802
+        srv = self.server
+        srv.requests.append(("GET", self.path))
+        if "/pods/" in self.path and self.path.split("?")[0].endswith("/log"):
+            return self._send(200, text="step 10 bits 7.9\nstep 20 bits 7.1\n")
+        if "/pods/" in self.path:
+            return self._send(200, {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p"},
+                                    "status": {"phase": "Running"}})
+        gets = sum(1 for m, p in srv.requests if m == "GET" and "/tfjobs/" in p)
+        job = dict(srv.job)
+        conds = [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]
+        if srv.outcome and gets > srv.polls:
+            conds.append({"type": srv.outcome, "status": "True",
+                          "message": "worker 0 exited with code 2" if srv.outcome == "Failed" else ""})
+        job["status"] = {"conditions": conds}
+        self._send(200, job)
+
+    def do_DELETE(self):  # noqa: N802
+        self.server.requests.append(("DELETE", self.path))
+        self._send(200, {"kind": "Status", "status": "Success"})
+
+
+@pytest.fixture
+def fake_api(request):
+    servers = []
+
+    def start(**kw):
+        srv = _FakeApi(**kw)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        from kubernetes import client
+
+        conf = client.Configuration()
+        conf.host = f"http://127.0.0.1:{srv.server_address[1]}"
+        return srv, client.ApiClient(conf)
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_run_tfjob_creates_waits_streams_worker0_and_deletes(fake_api):
+    srv, api = fake_api(outcome="Succeeded")
+    job = _render(namespace="ml")
+    lines = []
+    final = tfjob.run_tfjob(job, poll_seconds=0.05, log=lines.append, api_client=api)
+    assert tfjob.tfjob_outcome(final) == "Succeeded"
+    base = "/apis/kubeflow.org/v1/namespaces/ml/tfjobs"
+    assert srv.requests[0] == ("POST", base)
+    assert srv.job == job
+    assert ("DELETE", f"{base}/wavenet-demo-x") in srv.requests
+    assert any(p.startswith("/api/v1/namespaces/ml/pods/wavenet-demo-x-worker-0/log") and
+               "container=tensorflow" in p for _, p in srv.requests)
+    assert "step 20 bits 7.1" in lines
+
+
+def test_run_tfjob_failure_raises_with_the_operators_message_and_still_deletes(fake_api):
+    srv, api = fake_api(outcome="Failed")
+    with pytest.raises(tfjob.TFJobError, match="failed: worker 0 exited with code 2"):
+        tfjob.run_tfjob(_render(), poll_seconds=0.05, log=lambda _: None, api_client=api)
+    assert srv.requests[-1][0] == "DELETE"
+
+
+def test_run_tfjob_times_out_and_deletes(fake_api):
+    srv, api = fake_api(outcome=None)
+    with pytest.raises(tfjob.TFJobError, match="did not finish within"):
+        tfjob.run_tfjob(_render(), poll_seconds=0.05, timeout_s=0.3, log=lambda _: None, api_client=api)
+    assert srv.requests[-1][0] == "DELETE"
+
+
+def test_run_tfjob_refused_creation_is_one_line(fake_api):
+    srv, api = fake_api(outcome="Succeeded", fail_create=True)
+    with pytest.raises(tfjob.TFJobError, match="cannot create TFJob ml/wavenet-demo-x: 403"):
+        tfjob.run_tfjob(_render(), poll_seconds=0.05, log=lambda _: None, api_client=api)
+    assert not any(m == "DELETE" for m, _ in srv.requests)

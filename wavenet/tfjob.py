@@ -248,10 +248,17 @@ def _follow_log(core, namespace: str, pod: str, stop: threading.Event,
                 continue
             resp = core.read_namespaced_pod_log(pod, namespace, container=CONTAINER, follow=True,
                                                 _preload_content=False)
-            for line in resp.stream():
-                log(line.decode("utf-8", "replace").rstrip("\n"))
+            pending = ""
+            # The stream yields chunks of bytes, not lines: split and keep the tail.
+            for chunk in resp.stream():
+                pending += chunk.decode("utf-8", "replace")
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    log(line)
                 if stop.is_set():
                     break
+            if pending:
+                log(pending)
             return
         except ApiException as e:
             if e.status != 404:
