@@ -128,7 +128,7 @@ def merge_shards(partials: Input[list[Dataset]], preset: str, config_yaml: str, 
 def train_model(shards: Input[Dataset], data_version: str, preset: str, config_yaml: str,
                 workers: int, steps: int, on_cluster: bool, namespace: str, image: str,
                 gpus_per_worker: int, accelerator: str, cluster_run_root: str, warm_start: bool,
-                tracking_uri: str, experiment: str, model: Output[Model],
+                tracking_uri: str, experiment: str, kfp_run_id: str, model: Output[Model],
                 metrics: Output[Metrics]) -> str:
     """Train with MultiWorkerMirroredStrategy: local worker processes, or a TFJob.
 
@@ -142,6 +142,7 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
         warm_start: start from the registered champion's weights.
         tracking_uri: MLflow tracking URI (empty: $MLFLOW_TRACKING_URI, else ./mlflow.db).
         experiment: MLflow experiment.
+        kfp_run_id: the pipeline run's id, tagged on the MLflow run (``kfp.run_id``).
 
     Returns:
         The MLflow run id of the training run.
@@ -166,7 +167,8 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
 
         result = train(runtime.data_location(shards.path, shards.uri, shards.metadata), model.path,
                        cfg, workers=workers, steps=steps or None, tracking_uri=tracking_uri or None,
-                       experiment=experiment or None, run_name=name, progress=False)
+                       experiment=experiment or None, run_name=name, progress=False,
+                       environ={**os.environ, "KFP_RUN_ID": kfp_run_id})
         summary, run_id = dict(result.summary), result.run_id or ""
     else:
         from wavenet import tfjob
@@ -183,7 +185,7 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
             out, namespace=namespace, image=image, workers=workers,
             gpus_per_worker=gpus_per_worker, accelerator=accelerator, run_name=name, steps=steps,
             experiment=experiment,
-            env=runtime.mlflow_env(os.environ, tracking_uri),
+            env={**runtime.mlflow_env(os.environ, tracking_uri), "KFP_RUN_ID": kfp_run_id},
             labels={"wavenet/data-version": data_version[:63]},
             template=tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
         tfjob.run_tfjob(rendered)

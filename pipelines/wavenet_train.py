@@ -106,7 +106,8 @@ def wavenet_train(
         on_cluster=train_on_cluster, namespace=namespace, image=train_image,
         gpus_per_worker=gpus_per_worker, accelerator=accelerator,
         cluster_run_root=cluster_run_root, warm_start=warm_start,
-        tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment)
+        tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     trained.set_display_name("train").set_caching_options(False)
     _mlflow_credentials(trained)
 

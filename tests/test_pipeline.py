@@ -92,6 +92,7 @@ def test_training_settings_are_pipeline_parameters_passed_through(ir):
                      "cluster_run_root": "cluster_run_root", "tracking_uri": "mlflow_tracking_uri",
                      "experiment": "mlflow_experiment", "steps": "train_steps"}
     assert train["inputs"]["parameters"]["data_version"]["taskOutputParameter"]["producerTask"] == "merge-shards"
+    assert train["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
 def test_every_step_runs_on_the_project_image_without_installing_kfp(ir):
@@ -257,6 +258,7 @@ def test_full_pipeline_runs_locally_and_leaves_model_samples_and_mlflow_runs(tmp
     assert train.info.run_id == summary["train_run_id"]
     assert train.data.params["train.steps"] == "30" and "model.stacks" in train.data.params
     assert "val_bits_per_sample" in train.data.metrics
+    assert train.data.tags.get("kfp.run_id")  # the pipeline run it came from
     assert any(r.info.run_name == f"{train.info.run_name}-evaluate" for r in runs)
     versions = client.search_model_versions("name='wavenet'")
     assert any("champion" in v.aliases for v in versions)
