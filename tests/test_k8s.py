@@ -65,8 +65,10 @@ def test_network_policy_admits_only_the_pipeline_namespace(objects):
     pol = objects[("NetworkPolicy", "mlflow-ingress")]
     assert pol["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
     (rule,) = pol["spec"]["ingress"]
-    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {
-        "kubernetes.io/metadata.name": objects[("Namespace", "wavenet")]["metadata"]["name"]}}}]
+    # A bare podSelector (no namespaceSelector) admits pods of the policy's namespace only.
+    assert rule["from"] == [{"podSelector": {}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5000}]
+    assert pol["spec"]["policyTypes"] == ["Ingress"]
 
 
 @pytest.fixture
