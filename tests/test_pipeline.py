@@ -260,5 +260,5 @@ def test_full_pipeline_runs_locally_and_leaves_model_samples_and_mlflow_runs(tmp
     assert "val_bits_per_sample" in train.data.metrics
     assert train.data.tags.get("kfp.run_id")  # the pipeline run it came from
     assert any(r.info.run_name == f"{train.info.run_name}-evaluate" for r in runs)
-    versions = client.search_model_versions("name='wavenet'")
-    assert any("champion" in v.aliases for v in versions)
+    champion = client.get_model_version_by_alias("wavenet", "champion")
+    assert champion.run_id in {r.info.run_id for r in runs}
