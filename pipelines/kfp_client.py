@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,15 @@ from wavenet.errors import ConfigError
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # Runs use the launcher's service account (k8s/rbac.yaml): it may create TFJobs.
 DEFAULT_SERVICE_ACCOUNT = "wavenet-launcher"
+
+
+def one_line(e: BaseException) -> str:
+    """The last line of an exception's message (urllib3 and kfp_server_api nest theirs)."""
+    text = str(e).strip() or type(e).__name__
+    reason = getattr(e, "reason", None)
+    if reason is not None and not isinstance(reason, str):
+        text = str(reason)
+    return text.splitlines()[-1][:300]
 
 
 def resolve_token(environ: Mapping[str, str], sa_token_path: str = SA_TOKEN) -> str | None:
@@ -40,7 +50,10 @@ def make_client(host: str, namespace: str, environ: Mapping[str, str]):
     if not host:
         raise ConfigError("KFP host is not set: pass --host or set KFP_HOST "
                           "(e.g. http://localhost:8080 after kubectl port-forward)")
-    return kfp.Client(host=host, namespace=namespace, existing_token=resolve_token(environ))
+    with warnings.catch_warnings():
+        # kfp warns on every construction that it needs a v2 backend; that is our requirement.
+        warnings.simplefilter("ignore", FutureWarning)
+        return kfp.Client(host=host, namespace=namespace, existing_token=resolve_token(environ))
 
 
 def pipeline_parameters() -> dict[str, Any]:

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     except WavenetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the CLI edge: the server's answer in one line
+        host = args.host or env.get("KFP_HOST", "")
+        print(f"error: Kubeflow Pipelines at {host}: {kfp_client.one_line(e)}", file=sys.stderr)
+        return 1
     print(f"scheduled {args.name!r} ({job.recurring_run_id}): cron '{cron}', "
           f"one run at a time, no catch-up")
     return 0

@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except WavenetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the CLI edge: the server's answer in one line
+        host = args.host or env.get("KFP_HOST", "")
+        print(f"error: Kubeflow Pipelines at {host}: {kfp_client.one_line(e)}", file=sys.stderr)
+        return 1
     print(f"started run {run.run_id} ({name}) in experiment {args.experiment!r}")
     if args.wait:
         done = client.wait_for_run_completion(run.run_id, timeout=args.wait)

@@ -180,6 +180,25 @@ def test_submit_without_a_host_fails_in_one_line(capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("error: KFP host is not set")
 
 
+def _closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_and_schedule_report_an_unreachable_kfp_in_one_line(capsys, tmp_path):
+    from pipelines import submit
+
+    host = f"http://127.0.0.1:{_closed_port()}"
+    assert submit.main(["--host", host]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: Kubeflow Pipelines at {host}: ")
+    assert schedule.main(["--host", host, "--cron", "0 3 * * *"]) == 1
+    assert "Connection refused" in capsys.readouterr().err
+
+
 def test_run_local_turns_set_flags_into_the_pipelines_yaml_overrides():
     text = run_local.overrides_yaml(["train.steps=12", "model.stacks=2"])
     assert yaml.safe_load(text) == {"train.steps": 12, "model.stacks": 2}
