@@ -135,3 +135,19 @@ def test_missing_or_foreign_manifest_is_a_data_error(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(DataError, match="is not valid JSON"):
         read_manifest(str(tmp_path))
+
+
+def test_a_window_longer_than_every_example_is_refused(data_dir):
+    m = read_manifest(data_dir)
+    longest = max(-(-f["samples"] // f["chunks"]) for f in m["files"] if f["split"] == "train")
+    too_long = CFG.with_overrides({"train.window": longest})  # crop = receptive field + window > longest
+    with pytest.raises(DataError, match="no training example of at least"):
+        train_dataset(data_dir, too_long, batch_size=2)
+    fits = CFG.with_overrides({"train.window": longest - CFG.model.receptive_field})
+    crops, _ = next(iter(train_dataset(data_dir, fits, batch_size=1)))
+    assert crops.shape == (1, longest)
+
+
+def test_a_validation_window_longer_than_every_example_is_refused(data_dir):
+    with pytest.raises(DataError, match="every validation example is shorter"):
+        validation_dataset(data_dir, CFG, batch_size=2, window=10**7)

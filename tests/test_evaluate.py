@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 from conftest import EVAL_LABELS, tiny_config
+from test_gcs import BUCKET, emulator  # noqa: F401 - the real GCS emulator fixture
 
 from wavenet.errors import DataError
 from wavenet.evaluate import (
@@ -187,3 +188,36 @@ def test_cli_evaluate_prints_json_and_reports_bad_input_in_one_line(
     err = capsys.readouterr().err
     assert rc == 2 and "no manifest.json" in err and err.count("\n") == 1
 
+
+
+def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
+        eval_data, trained_model_path, tmp_path, monkeypatch, request):
+    from pathlib import Path
+
+    from wavenet import storage
+    from wavenet.samples import generate_samples
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("emulator"))
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+    monkeypatch.chdir(tmp_path)
+    bucket = f"gs://{BUCKET}/eval-test"
+    for f in sorted(Path(eval_data).rglob("*")):
+        if f.is_file():
+            storage.write_bytes_atomic(f"{bucket}/data/{f.relative_to(eval_data)}", f.read_bytes())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config().with_overrides({"generate.num_clips": 2, "generate.seconds": 0.1})
+
+    local = evaluate(trained_model_path, eval_data, cfg, tracking_uri=uri)
+    remote = evaluate(trained_model_path, f"{bucket}/data", cfg, out_dir=f"{bucket}/eval",
+                      tracking_uri=uri)
+    assert remote["bits_per_sample"] == pytest.approx(local["bits_per_sample"], rel=1e-9)
+    assert remote["baselines"] == pytest.approx(local["baselines"])
+    on_bucket = json.loads(storage.read_text(f"{bucket}/eval/metrics.json"))
+    assert on_bucket["bits_per_sample"] == remote["bits_per_sample"]
+
+    result = generate_samples(trained_model_path, f"{bucket}/samples", cfg,
+                              data_dir=f"{bucket}/data", tracking_uri=uri, progress=False)
+    assert storage.exists(f"{bucket}/samples/report.html")
+    for clip in result["clips"]:
+        assert clip["wav"].startswith(f"{bucket}/samples/")
+        assert storage.read_bytes(clip["wav"])[:4] == b"RIFF"

@@ -116,3 +116,20 @@ def test_preprocess_bucket_to_bucket_and_train_from_it(gcs, tmp_path):
     # Only the current manifest's shards are left in the bucket.
     shards = {p for sp in ("train", "validation") for p in storage.list_files(f"{dst}/{sp}")}
     assert shards == {f"{dst}/{s['path']}" for s in third["shards"]}
+
+
+def test_fan_out_with_a_bucket_work_dir(gcs):
+    """The pipeline's shape: one process_partition per pod, work in the bucket, one merge."""
+    from wavenet.preprocess import merge_manifests, partition, process_partition
+
+    src, work, dst = f"{gcs}/fan/src", f"{gcs}/fan/work", f"{gcs}/fan/out"
+    make_demo_corpus(src, seconds_per_genre=2.0, seed=3)
+    parts = partition(list_audio(src), 2)
+    partials = [process_partition(files, f"{work}/{i}", CFG, src=src, dst=dst) for i, files in enumerate(parts)]
+    assert all(p.startswith(f"{work}/") and storage.exists(p) for p in partials)
+    m = merge_manifests(partials, dst, CFG)
+    assert (m["summary"]["processed"], m["src"]) == (3, src)
+    assert check_dataset(dst) == []
+    # A second fan-out over the same files finds them in DST and decodes nothing.
+    again = [process_partition(files, f"{work}/again-{i}", CFG, src=src, dst=dst) for i, files in enumerate(parts)]
+    assert merge_manifests(again, dst, CFG)["summary"]["unchanged"] == 3

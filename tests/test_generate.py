@@ -4,12 +4,13 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
 from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig, preset
 from wavenet.errors import WavenetError
-from wavenet.generate import FastGenerator, naive_generate, silence_code
+from wavenet.generate import FastGenerator, GenerateArgumentError, naive_generate, silence_code
 from wavenet.model import build_model
 
 
@@ -22,6 +23,7 @@ def make_model(kernel_size=2, num_classes=0, q=256, stacks=1, layers=4, seed=0):
                           residual_channels=8, gate_channels=6, skip_channels=12,
                           quantization_channels=q, num_classes=num_classes),
         train=base.train)
+    keras.utils.set_random_seed(seed)  # the kernels' initialisers
     model = build_model(cfg)
     rng = np.random.default_rng(seed)
     for v in model.weights:  # Keras initialises biases to zero
@@ -165,9 +167,15 @@ def test_errors_name_the_argument_and_what_was_received():
         (lambda: FastGenerator(make_model(2, 0), 0), "batch_size .* Received: 0"),
         (lambda: naive_generate(make_model(2, 3), 3, batch_size=1), "Received: labels=None"),
     ]
+    broken = make_model(2, 0)
+    broken.blocks[1].skip_bias.assign(np.full(12, np.nan, "float32"))
+    cases.append((lambda: FastGenerator(broken, 1), "block_1/skip_bias has NaN"))
     for fn, pattern in cases:
-        with pytest.raises(WavenetError, match=pattern):
+        with pytest.raises(GenerateArgumentError, match=pattern):
             fn()
+    # The CLI prints WavenetErrors as one line; Python callers may catch ValueError.
+    assert issubclass(GenerateArgumentError, WavenetError)
+    assert issubclass(GenerateArgumentError, ValueError)
     assert plain.generate(0, seed=0).shape == (2, 0)
 
 

@@ -183,6 +183,11 @@ def test_rerun_processes_only_new_files(tmp_path):
     # Shards of earlier runs are gone; only the manifest's remain.
     on_disk = {f"{sp}/{n}" for sp in ("train", "validation") for n in os.listdir(os.path.join(dst, sp))}
     assert on_disk == {sh["path"] for sh in third["shards"]}
+    # Tracks are known by content and path relative to SRC: a moved SRC is still the same corpus.
+    moved = str(tmp_path / "moved")
+    os.rename(src, moved)
+    fourth = preprocess(moved, dst, CFG, processes=1, progress=False)
+    assert (fourth["summary"]["processed"], fourth["summary"]["unchanged"]) == (0, 4)
 
 
 CRASH = textwrap.dedent("""
@@ -221,8 +226,10 @@ def test_a_killed_run_leaves_a_consistent_dataset(tmp_path, point):
     before = preprocess(src, dst, CFG, processes=1, progress=False)
     for i in range(3):
         write(os.path.join(src, "new", f"n{i}.wav"), tone(1.0, 16000, 200 + 100 * i), 16000)
+    # The killed run's scratch folder lands in tmp_path, not the system temp dir.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", CRASH, src, dst, point], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert proc.returncode == -9, proc.stderr
     # The old manifest still describes complete shards with matching checksums.
     assert json.load(open(os.path.join(dst, "manifest.json")))["shards"] == before["shards"]
@@ -327,6 +334,9 @@ def test_manifest_records_codes_histogram_and_checksums(tmp_path):
         data = open(os.path.join(dst, s["path"]), "rb").read()
         assert hashlib.sha256(data).hexdigest() == s["sha256"]
     for f in m["files"]:
+        # Examples: at most chunk_seconds, never shorter than one crop.
+        assert f["samples"] / f["chunks"] <= CFG.data.chunk_seconds * CFG.audio.sample_rate
+        assert f["samples"] // f["chunks"] >= CFG.crop_length
         assert f["duration_in_s"] == pytest.approx(4.0, abs=1e-3)
         assert 0 < f["duration_out_s"] < f["duration_in_s"]  # silence trimmed at both ends
         with open(f["path"], "rb") as fh:
@@ -383,3 +393,49 @@ def test_an_unreadable_file_is_skipped_with_permission_denied(tmp_path):
                                          "reason": "cannot read: Permission denied"}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+DECODER_CRASH = textwrap.dedent("""
+    import json, os, signal, sys
+    import wavenet.preprocess as P
+
+    real_decode = P._decode
+
+    def decode(data):  # stands in for a native decoder that segfaults on one file
+        if data.startswith(b"RIFF") and b"CRASHME" in data:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real_decode(data)
+
+    P._decode = decode  # forked workers inherit it
+    from wavenet.config import preset
+    m = P.preprocess(sys.argv[1], sys.argv[2], preset("tiny"), processes=2, progress=False)
+    print(json.dumps(m["summary"]), json.dumps(m["skipped"]), sep="\\n")
+""")
+
+
+def test_a_file_that_kills_its_worker_is_skipped_and_the_rest_kept(tmp_path):
+    src = tmp_path / "src"
+    for i in range(6):
+        write(src / "g" / f"t{i}.wav", tone(0.5, 16000, 200 + 50 * i), 16000)
+    with open(src / "g" / "t3.wav", "ab") as f:
+        f.write(b"CRASHME")  # trailing bytes after the data chunk: still a valid WAV
+    proc = subprocess.run([sys.executable, "-c", DECODER_CRASH, str(src), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary, skipped = (json.loads(line) for line in proc.stdout.strip().splitlines())
+    assert (summary["processed"], summary["skipped"]) == (5, 1)
+    assert skipped == [{"path": str(src / "g" / "t3.wav"), "reason": "decoder crashed (its worker process died)"}]
+    assert "worker process died on" in proc.stderr
+    assert check_dataset(str(tmp_path / "out")) == []
+
+
+def test_preprocessing_never_imports_tensorflow(tmp_path):
+    # Workers stay light: shards are written by wavenet.data's TF-free writer.
+    src = str(tmp_path / "src")
+    make_demo_corpus(src, seconds_per_genre=1.0)
+    code = ("import sys; from wavenet.config import preset; from wavenet.preprocess import preprocess; "
+            f"preprocess({src!r}, {str(tmp_path / 'out')!r}, preset('tiny'), processes=1, progress=False); "
+            "print('tensorflow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"

@@ -19,7 +19,8 @@ def tracking_uri(request, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'mlflow.db'}"
-    return request.getfixturevalue("mlflow_server")
+    server = request.getfixturevalue("mlflow_server")
+    return getattr(server, "uri", server)  # the URI, or a server object carrying it
 
 
 def champion_version(uri, name):
@@ -48,7 +49,9 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("train-test")
     with mlflow.start_run() as train_run:
-        registry.log_wavenet(load_model(trained_model_path), name="model")
+        logged_uri = registry.log_wavenet(load_model(trained_model_path), name="model")
+    assert logged_uri.startswith("models:/m-")
+    assert registry.model_run_id(logged_uri) == train_run.info.run_id
     runs_uri = f"runs:/{train_run.info.run_id}/model"
     second = evaluate(runs_uri, eval_data, cfg, **kw)
     g2 = second["gate"]
@@ -62,11 +65,16 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     assert eval_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id  # nested
     assert eval_run.data.tags["gate.decision"] == "promoted"
     assert eval_run.data.metrics["gate/promoted"] == 1.0
+    assert g2["registered_uri"] == runs_uri
+    # The held-out score is also on the training run, for comparing training runs.
+    train_metrics = client.get_run(train_run.info.run_id).data.metrics
+    assert train_metrics["eval/bits_per_sample"] == pytest.approx(second["bits_per_sample"])
 
     # 3. The untrained model again: worse than the champion, nothing registered.
     third = evaluate(untrained_model_path, eval_data, cfg, **kw)
     g3 = third["gate"]
     assert g3["promoted"] is False and g3["new_version"] is None and g3["champion_version"] == "2"
+    assert g3["registered_uri"] is None
     assert "margin" in g3["reason"]
     assert g3["champion_bits"] == pytest.approx(g2["new_bits"])
     assert champion_version(tracking_uri, name) == "2"

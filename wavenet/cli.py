@@ -92,8 +92,10 @@ def _cmd_preprocess(args) -> int:
 
     manifest = preprocess(args.src, args.dst, _config(args), processes=args.processes,
                           progress=not args.no_progress)
-    print(f"{manifest['summary']['processed']} processed, {manifest['summary']['skipped']} skipped "
-          f"-> {args.dst}")
+    summary = manifest["summary"]
+    print(f"{summary['processed']} processed, {summary.get('unchanged', 0)} unchanged, "
+          f"{summary['skipped']} skipped -> {args.dst} ({summary.get('tracks', 0)} tracks, "
+          f"{len(manifest.get('labels', []))} labels)")
     return 0
 
 

@@ -1,6 +1,8 @@
 """The shard format and the tf.data input pipeline.
 
-A shard is a TFRecord file of examples, one per track chunk:
+A shard is a TFRecord file of examples, one per track chunk (written by
+`wavenet.preprocess` without TensorFlow: :func:`serialize_example` and
+:class:`TFRecordWriter` produce the bytes TensorFlow reads):
 
     codes  bytes   uint8 mu-law codes of the chunk
     label  int64   index of the track's label in the manifest's vocabulary
@@ -177,6 +179,14 @@ def _shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
     return [s for s in manifest["shards"] if s["split"] == split and s["examples"] > 0]
 
 
+def _longest_example(manifest: dict[str, Any], split: str, shards: list[dict[str, Any]]) -> int:
+    files = [f for f in manifest.get("files", []) if f.get("split") == split and f.get("chunks")]
+    if files:
+        # Tracks are cut into `chunks` near-equal pieces: the longest is ceil(samples / chunks).
+        return max(-(-int(f["samples"]) // int(f["chunks"])) for f in files)
+    return max((int(s["samples"]) for s in shards), default=0)
+
+
 def shard_paths(data_dir: str, split: str) -> list[str]:
     """Shard files of ``split`` ("train" or "validation") that hold examples, as listed in the manifest.
 
@@ -270,9 +280,12 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
             f"workers: each worker needs at least one shard (re-run preprocess with "
             f"data.num_shards >= {num_pipelines})")
     crop = config.crop_length
-    if not any(s["samples"] >= crop for s in shards):
+    # Examples shorter than a crop are dropped; if all were, the endless
+    # dataset would read forever without yielding, so refuse up front.
+    if _longest_example(manifest, "train", shards) < crop:
         raise DataError(f"{data_dir} has no training example of at least {crop} codes "
-                        f"(receptive_field + train.window): use longer tracks or a smaller window")
+                        f"(receptive_field + train.window): use longer tracks, a larger "
+                        f"data.chunk_seconds or a smaller train.window")
     # FILE sharding, done before any download so a worker fetches only its own files.
     files = _localise(data_dir, shards[pipeline_id::num_pipelines], cache_dir)
 
@@ -326,13 +339,18 @@ def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
     Returns:
         A dataset of ``(crops (B, receptive_field + window) int32, labels (B,) int32)``.
     """
-    shards = _shards(read_manifest(data_dir), "validation")
+    manifest = read_manifest(data_dir)
+    shards = _shards(manifest, "validation")
     if not shards:
         raise DataError(f"{data_dir} has no validation shards with examples "
                         f"(data.validation_fraction is 0, or there was only one track)")
-    files = _localise(data_dir, shards, cache_dir)
     rf = config.model.receptive_field
     window = window or config.evaluate.window
+    longest = _longest_example(manifest, "validation", shards)
+    if longest < rf + window:
+        raise DataError(f"{data_dir}: every validation example is shorter than receptive_field + "
+                        f"window = {rf} + {window} codes (longest {longest}): use a smaller window")
+    files = _localise(data_dir, shards, cache_dir)
 
     import tensorflow as tf
 

@@ -156,9 +156,10 @@ def training_code_counts(data_dir: str, quantization_channels: int) -> CodeCount
     """Code statistics of every training shard of ``data_dir`` (read in full)."""
     import tensorflow as tf
 
-    from wavenet.data import parse_example, shard_paths
+    from wavenet.data import local_shard_paths, parse_example
 
-    files = shard_paths(data_dir, "train")
+    # Bucket shards are fetched (and checked against their sha256) into the local cache.
+    files = local_shard_paths(data_dir, "train")
     if not files:
         raise DataError(f"{data_dir} has no training shards with examples (baselines need them)")
     ds = tf.data.TFRecordDataset(files).map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -319,7 +320,8 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "new_bits": float, "champion_bits": float | None, "improvement_bits":
         float | None, "margin": float, "champion_version": str | None (the
         champion compared against), "new_version": str | None (registered when
-        promoted), "champion_uri": "models:/NAME@champion", "evaluation": the
+        promoted), "registered_uri": the MLflow model URI registered (None when
+        kept), "champion_uri": "models:/NAME@champion", "evaluation": the
         scores of the new model on the shared windows (see :func:`score_models`)}``.
     """
     from wavenet import registry
@@ -352,6 +354,8 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
             "evaluation_run_id": registry.active_run_id() or ""})
         registry.set_champion(name, ref.version)
         new_version = ref.version
+    else:
+        source = None
     decision = {
         "promoted": promoted,
         "reason": reason,
@@ -362,6 +366,7 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "margin": margin,
         "champion_version": champion.version if champion else None,
         "new_version": new_version,
+        "registered_uri": source,
         "champion_uri": f"models:/{name}@{registry.CHAMPION}",
     }
     if registry.active_run_id():
@@ -450,13 +455,9 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
     counts = training_code_counts(data_dir, net.config.quantization_channels)
     names = _label_names(manifest)
 
-    src_run = registry.source_run_id(model_uri) if model_uri else None
-    exp = experiment or (registry.run_experiment_name(src_run) if src_run else None) or config.name
-    tags = {"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
-            "wavenet.data": data_dir}
-    if src_run:
-        # Nest under the training run (a KFP-injected MLFLOW_RUN_ID takes precedence).
-        tags["mlflow.parentRunId"] = src_run
+    exp, tags = registry.run_placement(model_uri, experiment, config.name)
+    tags.update({"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
+                 "wavenet.data": data_dir})
     params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
               "eval.gate": gate}
     with start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
@@ -485,6 +486,12 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
                 t["bits_per_sample"]
             metrics[registry.metric_key("eval", "label", label, "samples")] = t["samples"]
         registry.log_metrics(metrics)
+        src_run = registry.model_run_id(model_uri) if model_uri else None
+        if src_run:
+            # The held-out score also lands on the training run, so training runs
+            # compare by it in the MLflow UI.
+            registry.log_metrics_to_run(src_run, {k: metrics[k] for k in (
+                "eval/bits_per_sample", "eval/baseline_unigram_bits", "eval/baseline_bigram_bits")})
         result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
         text = json.dumps(result, indent=2, sort_keys=True)
         if out_dir:

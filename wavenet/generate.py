@@ -34,7 +34,11 @@ from numba import njit
 
 from wavenet.errors import WavenetError
 
-__all__ = ["FastGenerator", "naive_generate", "silence_code"]
+__all__ = ["FastGenerator", "GenerateArgumentError", "naive_generate", "silence_code"]
+
+
+class GenerateArgumentError(WavenetError, ValueError):
+    """A generation argument (labels, prime, batch, temperature) is unusable."""
 
 # Steps per kernel call between progress callbacks: long enough that the call
 # overhead vanishes, short enough for a responsive progress bar.
@@ -70,7 +74,9 @@ def _exp32(x):
     n = np.floor(y)
     f = y - n
     p = _P0 + f * (_P1 + f * (_P2 + f * (_P3 + f * (_P4 + f * (_P5 + f * _P6)))))
-    return p * _POW2[np.uint32(np.int32(n) + 128)]
+    # Clamped index: even a NaN (whose int conversion is arbitrary) stays in the table.
+    i = min(max(np.int32(n) + np.int32(128), np.int32(0)), np.int32(255))
+    return p * _POW2[np.uint32(i)]
 
 
 @njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
@@ -115,19 +121,23 @@ def _matmul_acc(x, w, out):
 def _step(codes, want_logits, t, params, state, logits):
     """Advance every stream by one input code (B,) and, if asked, fill logits (B, Q).
 
-    params: (emb (Q,R), wfg (L,kR,2G), bfg (L,B,2G) bias plus label embedding,
-             wres (L,G,R), bres (L,R), wskip (L,G,S), bskip (S,) summed over layers,
-             wh (S,S), bh (S,), wo (S,Q), bo (Q,), dil (L,), qoff (L,))
+    params: (emb (Q,R), flat weights, woff (L+1, 3) offsets of each layer's
+             filter-gate (kR,2G), skip (G,S) and residual (G,R) kernels in flat (last
+             row: head_hidden (S,S) and head_logits (S,Q)), bfg (L,B,2G) bias plus
+             label embedding, bres (L,R), bskip (S,) summed over layers, bh (S,),
+             bo (Q,), dil (L,), qoff (L,))
     state:  (queue (sum_l (k-1)*d_l, B, R), x (B,R), xin (B,kR), z (B,2G), h (B,G),
              skip (B,S), hid (B,S))
     """
-    emb, wfg, bfg, wres, bres, wskip, bskip, wh, bh, wo, bo, dil, qoff = params
+    emb, flat, woff, bfg, bres, bskip, bh, bo, dil, qoff = params
     queue, x, xin, z, h, skip, hid = state
     nb, nr = x.shape
-    nl = wfg.shape[0]
-    kr = wfg.shape[1]
+    nl = dil.shape[0]
+    kr = xin.shape[1]
     k = kr // nr
     ng = h.shape[1]
+    ns = skip.shape[1]
+    nq = logits.shape[1]
     for b in range(nb):
         x[b, :] = emb[codes[b]]
         skip[b, :] = bskip
@@ -149,7 +159,8 @@ def _step(codes, want_logits, t, params, state, logits):
             row[b, :] = x[b]
         for b in range(nb):
             z[b, :] = bfg[layer, b]
-        _matmul_acc(xin, wfg[layer], z)
+        o = woff[layer, 0]
+        _matmul_acc(xin, flat[o:o + kr * 2 * ng].reshape((kr, 2 * ng)), z)
         for b in range(nb):
             zb = z[b]
             hb = h[b]
@@ -160,22 +171,26 @@ def _step(codes, want_logits, t, params, state, logits):
                 g = min(max(zb[ng + c], _F32(-40.0)), _F32(40.0))
                 hb[c] = (_F32(1.0) - _F32(2.0) / (_exp32(_F32(2.0) * f) + _F32(1.0))) / (
                     _F32(1.0) + _exp32(-g))
-        _matmul_acc(h, wskip[layer], skip)
+        o = woff[layer, 1]
+        _matmul_acc(h, flat[o:o + ng * ns].reshape((ng, ns)), skip)
         if layer + 1 < nl:  # the last layer's residual output feeds nothing
             for b in range(nb):
                 x[b, :] += bres[layer]
-            _matmul_acc(h, wres[layer], x)
+            o = woff[layer, 2]
+            _matmul_acc(h, flat[o:o + ng * nr].reshape((ng, nr)), x)
     if want_logits:
         for b in range(nb):
             for c in range(skip.shape[1]):
                 skip[b, c] = max(skip[b, c], 0.0)
             hid[b, :] = bh
-        _matmul_acc(skip, wh, hid)
+        o = woff[nl, 0]
+        _matmul_acc(skip, flat[o:o + ns * ns].reshape((ns, ns)), hid)
         for b in range(nb):
             for c in range(hid.shape[1]):
                 hid[b, c] = max(hid[b, c], 0.0)
             logits[b, :] = bo
-        _matmul_acc(hid, wo, logits)
+        o = woff[nl, 1]
+        _matmul_acc(hid, flat[o:o + ns * nq].reshape((ns, nq)), logits)
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -204,8 +219,12 @@ def _sample_row(logits, inv_temp, u):
 @njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
 def _feed(seq, t0, record, params, state, logits, out_logits):
     """Feed seq (B, T) step by step from time t0; if record, keep every step's logits."""
+    # A contiguous copy of each column: _step then compiles once, for the same
+    # argument types as in _sample_steps, and both paths run the same code.
+    cur = np.empty(seq.shape[0], np.int32)
     for i in range(seq.shape[1]):
-        _step(seq[:, i], record, t0 + i, params, state, logits)
+        cur[:] = seq[:, i]
+        _step(cur, record, t0 + i, params, state, logits)
         if record:
             out_logits[:, i, :] = logits
 
@@ -225,23 +244,36 @@ def _sample_steps(cur, t0, uniforms, inv_temp, params, state, logits, out):
             cur[b] = c
 
 
+def _aligned_empty(n: int) -> np.ndarray:
+    """float32 (n,) starting on a 2 MiB boundary of an allocation of at least 4 MiB.
+
+    NumPy asks Linux for transparent huge pages on allocations of 4 MiB and more;
+    huge pages spare the TLB misses of streaming megabytes of weights per sample.
+    """
+    align = 2 << 20
+    nbytes = max(n * 4 + align, 4 << 20)
+    raw = np.empty(nbytes + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + n * 4].view(np.float32)
+
+
 # -- argument checks -----------------------------------------------------------
 
 def _check_labels(config, labels, batch_size: int) -> np.ndarray | None:
     if not config.conditioned:
         if labels is not None:
-            raise WavenetError("this model is not conditioned (model.num_classes=0): pass no labels. "
+            raise GenerateArgumentError("this model is not conditioned (model.num_classes=0): pass no labels. "
                                f"Received: labels with shape {np.shape(labels)}")
         return None
     if labels is None:
-        raise WavenetError(f"this model is conditioned on {config.num_classes} classes: labels of "
+        raise GenerateArgumentError(f"this model is conditioned on {config.num_classes} classes: labels of "
                            f"shape ({batch_size},) are required. Received: labels=None")
     arr = np.asarray(labels)
     if arr.shape != (batch_size,) or not np.issubdtype(arr.dtype, np.integer):
-        raise WavenetError(f"labels must be integers of shape ({batch_size},). "
+        raise GenerateArgumentError(f"labels must be integers of shape ({batch_size},). "
                            f"Received: shape {arr.shape}, dtype {arr.dtype}")
     if arr.size and (arr.min() < 0 or arr.max() >= config.num_classes):
-        raise WavenetError(f"labels must lie in [0, {config.num_classes}). "
+        raise GenerateArgumentError(f"labels must lie in [0, {config.num_classes}). "
                            f"Received: min {arr.min()}, max {arr.max()}")
     return arr.astype(np.int64)
 
@@ -249,22 +281,22 @@ def _check_labels(config, labels, batch_size: int) -> np.ndarray | None:
 def _check_codes(name: str, codes, batch_size: int, q: int) -> np.ndarray:
     arr = np.asarray(codes)
     if arr.ndim != 2 or arr.shape[0] != batch_size or arr.shape[1] < 1:
-        raise WavenetError(f"{name} must be int codes of shape ({batch_size}, T) with T >= 1. "
+        raise GenerateArgumentError(f"{name} must be int codes of shape ({batch_size}, T) with T >= 1. "
                            f"Received: shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.integer):
-        raise WavenetError(f"{name} must be integer codes. Received: dtype {arr.dtype}")
+        raise GenerateArgumentError(f"{name} must be integer codes. Received: dtype {arr.dtype}")
     if arr.min() < 0 or arr.max() >= q:
-        raise WavenetError(f"{name} codes must lie in [0, {q}). "
+        raise GenerateArgumentError(f"{name} codes must lie in [0, {q}). "
                            f"Received: min {arr.min()}, max {arr.max()}")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
 def _check_common(num_samples, temperature) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
-        raise WavenetError(f"num_samples must be an integer >= 0. Received: {num_samples!r}")
+        raise GenerateArgumentError(f"num_samples must be an integer >= 0. Received: {num_samples!r}")
     if (isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating))
             or not math.isfinite(temperature) or temperature <= 0):
-        raise WavenetError(f"temperature must be a positive finite number. Received: {temperature!r}")
+        raise GenerateArgumentError(f"temperature must be a positive finite number. Received: {temperature!r}")
 
 
 # -- public API ----------------------------------------------------------------
@@ -286,9 +318,9 @@ class FastGenerator:
         from wavenet.model import WaveNet
 
         if not isinstance(model, WaveNet):
-            raise WavenetError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
+            raise GenerateArgumentError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise WavenetError(f"batch_size must be an integer >= 1. Received: {batch_size!r}")
+            raise GenerateArgumentError(f"batch_size must be an integer >= 1. Received: {batch_size!r}")
         if not model.built:
             model.build()
         c = model.config
@@ -300,27 +332,39 @@ class FastGenerator:
             return np.ascontiguousarray(np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=f32))
 
         blocks = model.blocks
-        k, r, g, s, q = c.kernel_size, c.residual_channels, c.gate_channels, c.skip_channels, \
-            c.quantization_channels
+        k, r, g = c.kernel_size, c.residual_channels, c.gate_channels
         self._emb = arr(model.embedding.embeddings)
-        self._wfg = np.stack([arr(bl.filter_gate_kernel).reshape(k * r, 2 * g) for bl in blocks])
+        for v in model.weights:
+            if not np.all(np.isfinite(v.numpy())):
+                raise GenerateArgumentError(f"model weight {v.path} has NaN or infinite values "
+                                            "(did training diverge?). Received: a model with non-finite weights")
+        # All matmul weights in one buffer, in the order a step reads them, so
+        # one sample's 3.5 MB (bench preset) streams through the cache sequentially.
+        mats = []
+        for bl in blocks:
+            mats += [arr(bl.filter_gate_kernel).reshape(k * r, 2 * g), arr(bl.skip_kernel),
+                     arr(bl.residual_kernel)]
+        mats += [arr(model.head_hidden.kernel), arr(model.head_logits.kernel)]
+        sizes = [m.size for m in mats]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self._flat = _aligned_empty(int(sum(sizes)))
+        for st, m in zip(starts, mats):
+            self._flat[st:st + m.size] = m.ravel()
+        self._woff = np.zeros((len(blocks) + 1, 3), np.int64)
+        self._woff[:-1] = starts[:-2].reshape(len(blocks), 3)
+        self._woff[-1, :2] = starts[-2:]
         self._bfg = np.stack([arr(bl.filter_gate_bias) for bl in blocks])  # (L, 2G)
         self._cond = (np.stack([arr(bl.condition_embedding) for bl in blocks])
                       if c.conditioned else None)  # (L, C, 2G)
-        self._wres = np.stack([arr(bl.residual_kernel) for bl in blocks])
         self._bres = np.stack([arr(bl.residual_bias) for bl in blocks])
-        self._wskip = np.stack([arr(bl.skip_kernel) for bl in blocks])
         self._bskip = np.ascontiguousarray(np.sum([arr(bl.skip_bias) for bl in blocks], axis=0,
                                                   dtype=f32))
-        self._wh = arr(model.head_hidden.kernel)
         self._bh = arr(model.head_hidden.bias)
-        self._wo = arr(model.head_logits.kernel)
         self._bo = arr(model.head_logits.bias)
         self._dil = np.asarray(c.dilations, dtype=np.int64)
         lens = (k - 1) * self._dil
         self._qoff = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         self._qtotal = int(lens.sum())
-        del q, s
 
     # -- internals -------------------------------------------------------------
     def _fresh(self, labels: np.ndarray | None):
@@ -329,9 +373,8 @@ class FastGenerator:
         bfg = np.repeat(self._bfg[:, None, :], nb, axis=1)  # (L, B, 2G)
         if labels is not None:
             bfg = bfg + self._cond[:, labels, :]
-        params = (self._emb, self._wfg, np.ascontiguousarray(bfg, dtype=np.float32), self._wres,
-                  self._bres, self._wskip, self._bskip, self._wh, self._bh, self._wo, self._bo,
-                  self._dil, self._qoff)
+        params = (self._emb, self._flat, self._woff, np.ascontiguousarray(bfg, dtype=np.float32),
+                  self._bres, self._bskip, self._bh, self._bo, self._dil, self._qoff)
         r, g, s, k = c.residual_channels, c.gate_channels, c.skip_channels, c.kernel_size
         z32 = np.zeros
         state = (z32((self._qtotal, nb, r), np.float32), z32((nb, r), np.float32),
@@ -414,6 +457,10 @@ def naive_generate(model, num_samples: int, *, batch_size: int = 1, prime: np.nd
     Returns:
         (batch_size, num_samples) uint8 codes.
     """
+    from wavenet.model import WaveNet
+
+    if not isinstance(model, WaveNet):
+        raise GenerateArgumentError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
     c = model.config
     _check_common(num_samples, temperature)
     lab = _check_labels(c, labels, batch_size)

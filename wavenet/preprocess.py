@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -255,7 +256,7 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
         buf = io.BytesIO()
         np.save(buf, codes, allow_pickle=False)
         rel_codes = track_codes_path(digest, config)
-        storage.write_bytes_atomic(os.path.join(work_dir, rel_codes), buf.getvalue())
+        storage.write_bytes_atomic(storage.join(work_dir, rel_codes), buf.getvalue())
         record.update(info)
         record.update({
             "status": "processed",
@@ -281,14 +282,19 @@ def track_codes_path(digest: str, config: ExperimentConfig) -> str:
     return f"{TRACKS}/{digest}-{hashlib.sha256(audio.encode()).hexdigest()[:8]}.npy"
 
 
-def known_tracks(dst: str) -> dict[str, dict[str, Any]]:
-    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256."""
+def known_tracks(dst: str, config: ExperimentConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256.
+
+    With ``config``, only tracks whose codes were made with its ``audio``
+    settings (codes made with other settings must be made again).
+    """
     manifest = _read_manifest_or_none(dst)
     if manifest is None:
         return {}
-    present = {os.path.basename(p) for p in storage.list_files(storage.join(dst, TRACKS))}
+    present = {p.rsplit("/", 1)[-1] for p in storage.list_files(storage.join(dst, TRACKS))}
     return {f["sha256"]: f for f in manifest.get("files", [])
-            if f["codes"].rsplit("/", 1)[-1] in present}
+            if f["codes"].rsplit("/", 1)[-1] in present
+            and (config is None or f["codes"] == track_codes_path(f["sha256"], config))}
 
 
 def process_partition(files: Sequence[str], work_dir: str, config: ExperimentConfig,
@@ -298,7 +304,7 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
 
     Args:
         files: audio paths or ``gs://`` URIs (e.g. one list of :func:`partition`).
-        work_dir: a local folder; codes go to ``work_dir/tracks/<sha256>-<audio>.npy``,
+        work_dir: a folder or ``gs://`` prefix; codes go to ``work_dir/tracks/<sha256>-<audio>.npy``,
             the partial manifest to ``work_dir/partials/``.
         config: audio settings and ``crop_length`` (shorter tracks are skipped).
         src: the folder the files were listed from; train/validation is decided
@@ -312,11 +318,11 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
         file with ``status`` ``processed``, ``unchanged`` or ``skipped``.
     """
     if known is None:
-        known = known_tracks(dst).keys() if dst is not None else ()
+        known = known_tracks(dst, config).keys() if dst is not None else ()
     known_set = frozenset(known)
     records = [_process_file(p, _relpath(p, src), work_dir, config, known_set) for p in files]
     tag = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()[:16]
-    out = os.path.join(work_dir, "partials", f"partial-{tag}.json")
+    out = storage.join(work_dir, "partials", f"partial-{tag}.json")
     storage.write_text_atomic(out, json.dumps({"src": src, "records": records}))
     return out
 
@@ -337,9 +343,12 @@ def _read_manifest_or_none(dst: str) -> dict[str, Any] | None:
     return manifest
 
 
-def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
-    """Split ``n`` samples into ``ceil(n / chunk)`` near-equal consecutive pieces."""
-    k = max(1, math.ceil(n / chunk))
+def _chunks(n: int, chunk: int, minimum: int) -> list[tuple[int, int]]:
+    """Split ``n`` samples into ``ceil(n / chunk)`` near-equal consecutive pieces.
+
+    Fewer pieces when that would make them shorter than ``minimum`` (one crop).
+    """
+    k = max(1, min(math.ceil(n / chunk), n // max(1, minimum)))
     base, extra = divmod(n, k)
     bounds, start = [], 0
     for i in range(k):
@@ -452,16 +461,17 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     started = time.time()
     old = _read_manifest_or_none(dst)
     audio_cfg = config.to_dict()["audio"]
-    old_tracks = known_tracks(dst) if old is not None else {}
-    if old is not None and old.get("audio") != audio_cfg:
-        log.warning("audio config differs from the one %s was made with: old tracks are dropped", dst)
-        old_tracks = {}
+    old_tracks = known_tracks(dst, config) if old is not None else {}
+    if old is not None and len(old_tracks) < len(old.get("files", [])):
+        log.warning("%d track(s) of %s were made with another audio config or lost their codes: "
+                    "they are dropped (and re-made if their files are in SRC)",
+                    len(old["files"]) - len(old_tracks), dst)
 
     records: list[tuple[dict[str, Any], str]] = []
     for p in partial_paths:
         part = json.loads(storage.read_text(p))
         src = src if src is not None else part.get("src")
-        work_dir = os.path.dirname(os.path.dirname(p))
+        work_dir = p.rsplit("/", 2)[0]  # partials sit in WORK/partials/
         records.extend((r, work_dir) for r in part["records"])
     records.sort(key=lambda rw: rw[0]["path"])
 
@@ -474,11 +484,11 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         if status == "skipped":
             skipped.append({"path": r["path"], "reason": r["reason"]})
         elif status == "unchanged" and r["sha256"] in old_tracks:
-            first = old_tracks[r["sha256"]]["path"]
-            if first == r["path"]:
+            first = old_tracks[r["sha256"]]
+            if first["relpath"] == r["relpath"]:
                 unchanged += 1
             else:  # a copy (or a moved file): the content is in DST already, under its first path
-                skipped.append({"path": r["path"], "reason": f"same content as {first}"})
+                skipped.append({"path": r["path"], "reason": f"same content as {first['path']}"})
         elif status == "unchanged":
             skipped.append({"path": r["path"], "reason": "reported unchanged but its codes are not in "
                             "DST/tracks: run again to process it"})
@@ -489,7 +499,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
             entry["codes"] = r["codes"]
             entry["split"] = None
             tracks[r["sha256"]] = entry
-            new_codes[r["sha256"]] = os.path.join(work_dir, r["codes"])
+            new_codes[r["sha256"]] = storage.join(work_dir, r["codes"])
             processed += 1
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
@@ -505,7 +515,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
 
     # New codes first: the old manifest does not name them, so a crash here is harmless.
     for h, local in new_codes.items():
-        storage.write_bytes_atomic(storage.join(dst, tracks[h]["codes"]), _read_local(local))
+        storage.write_bytes_atomic(storage.join(dst, tracks[h]["codes"]), storage.read_bytes(local))
 
     sr = config.audio.sample_rate
     chunk = max(config.crop_length, int(round(config.data.chunk_seconds * sr)))
@@ -520,7 +530,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
                                 f"says {t['samples']}: remove {dst} and preprocess again")
             hists[t["split"]] += np.bincount(codes, minlength=hists[t["split"]].size)
             t["label_id"] = label_ids[t["label"]]
-            bounds = _chunks(codes.size, chunk)
+            bounds = _chunks(codes.size, chunk, config.crop_length)
             t["chunks"] = len(bounds)
             t["_shards"] = sorted({shard_sets[t["split"]].add(codes[a:b], t["label_id"], t["sha256"])
                                    for a, b in bounds})
@@ -566,15 +576,8 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     return manifest
 
 
-def _read_local(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _load_codes(track: dict[str, Any], new_codes: dict[str, str], dst: str) -> np.ndarray:
-    if track["sha256"] in new_codes:
-        return np.load(new_codes[track["sha256"]], allow_pickle=False)
-    path = storage.join(dst, track["codes"])
+    path = new_codes.get(track["sha256"]) or storage.join(dst, track["codes"])
     try:
         return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -603,6 +606,14 @@ def _collect_garbage(dst: str, manifest: dict[str, Any]) -> None:
 
 # -- the whole run ---------------------------------------------------------------------
 
+def _cores() -> int:
+    # The CPUs this process may run on (a container's share), not the machine's.
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _pool_context():
     """fork when it is safe, else spawn.
 
@@ -626,6 +637,59 @@ def _pool_context():
 
 def _process_partition_star(args):
     return process_partition(*args)
+
+
+def _run_pool(jobs: list[tuple], n: int, bar) -> list[str]:
+    """Run ``process_partition`` jobs in ``n`` worker processes; survive workers that die.
+
+    A file that crashes its decoder (a segfault in a native library) kills its
+    worker and breaks the pool, which fails every job not finished yet. Those
+    jobs are split into one-file jobs and run again in a fresh pool. A round
+    that finishes nothing runs its first job alone in a pool of its own: if
+    that worker dies too, the file is skipped (``decoder crashed``). Every
+    round makes progress, and every other file's work is kept.
+    """
+    partials: list[str] = []
+    pending = list(jobs)
+    while pending:
+        finished, broken = _pool_round(pending, n, partials, bar)
+        if not broken:
+            break
+        pending = [(files, *job[1:]) for job in broken for files in ([p] for p in job[0])]
+        if not finished:
+            head = pending.pop(0)
+            if _pool_round([head], 1, partials, bar)[1]:
+                partials.append(_crash_partial(head))
+                bar.update(1)
+    return partials
+
+
+def _pool_round(jobs: list[tuple], n: int, partials: list[str], bar) -> tuple[int, list[tuple]]:
+    finished, broken = 0, []
+    # Forked workers must not share the parent's bucket connections.
+    with ProcessPoolExecutor(min(n, len(jobs)), mp_context=_pool_context(),
+                             initializer=storage.reset_clients) as pool:
+        futures = {pool.submit(_process_partition_star, job): job for job in jobs}
+        for fut in as_completed(futures):
+            try:
+                partials.append(fut.result())
+            except BrokenProcessPool:
+                broken.append(futures[fut])
+                continue
+            finished += 1
+            bar.update(len(futures[fut][0]))
+    return finished, broken
+
+
+def _crash_partial(job: tuple) -> str:
+    (path,), work_dir, _config, src = job[0], job[1], job[2], job[3]
+    record = {"path": path, "relpath": _relpath(path, src), "status": "skipped",
+              "reason": "decoder crashed (its worker process died)"}
+    tag = hashlib.sha256(("crash\n" + path).encode("utf-8")).hexdigest()[:16]
+    out = storage.join(work_dir, "partials", f"partial-{tag}.json")
+    storage.write_text_atomic(out, json.dumps({"src": src, "records": [record]}))
+    log.warning("worker process died on %s", path)
+    return out
 
 
 def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | None = None,
@@ -654,14 +718,9 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
     files = list_audio(src)
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {src}")
-    old = known_tracks(dst)
-    if old:
-        manifest = _read_manifest_or_none(dst)
-        if manifest is not None and manifest.get("audio") != config.to_dict()["audio"]:
-            old = {}
-    known = frozenset(old)
+    known = frozenset(known_tracks(dst, config))
     n = processes if processes is not None else config.data.processes
-    n = n or os.cpu_count() or 1
+    n = n or _cores()
     n = max(1, min(n, len(files)))
     # Several small partitions per worker: balanced load and a live progress bar.
     parts = partition(files, n * 8 if n > 1 else len(files))
@@ -677,13 +736,7 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
                 partials.append(process_partition(*job))
                 bar.update(len(job[0]))
         else:
-            # Forked workers must not share the parent's bucket connections.
-            with ProcessPoolExecutor(n, mp_context=_pool_context(),
-                                     initializer=storage.reset_clients) as pool:
-                futures = {pool.submit(_process_partition_star, job): len(job[0]) for job in jobs}
-                for fut in as_completed(futures):
-                    partials.append(fut.result())
-                    bar.update(futures[fut])
+            partials = _run_pool(jobs, n, bar)
         bar.close()
         return merge_manifests(sorted(partials), dst, config, src=src)
     finally:

@@ -29,6 +29,7 @@ __all__ = [
     "ModelRef",
     "is_mlflow_uri",
     "source_run_id",
+    "model_run_id",
     "use_tracking_uri",
     "load_wavenet",
     "log_wavenet",
@@ -36,12 +37,15 @@ __all__ = [
     "register",
     "set_champion",
     "run_experiment_name",
+    "run_placement",
     "active_run_id",
     "log_metrics",
+    "log_metrics_to_run",
     "log_params",
     "set_tags",
     "log_dict",
     "log_artifacts",
+    "log_artifact_files",
     "metric_key",
 ]
 
@@ -74,6 +78,24 @@ def source_run_id(uri: str) -> str | None:
         return None
     run_id = uri[len("runs:/"):].split("/", 1)[0]
     return run_id or None
+
+
+def model_run_id(uri: str) -> str | None:
+    """The run that logged a model: from ``runs:/<id>/...``, or looked up for ``models:/m-<id>``.
+
+    Registry URIs (``models:/NAME/...``) and files give None. Needs the tracking
+    URI set (:func:`use_tracking_uri`) for the lookup.
+    """
+    run_id = source_run_id(uri)
+    if run_id or not str(uri).startswith("models:/m-"):
+        return run_id
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.get_logged_model(uri[len("models:/"):].split("/", 1)[0]).source_run_id
+    except MlflowException:
+        return None
 
 
 def _one_line(e: BaseException) -> str:
@@ -212,6 +234,24 @@ def run_experiment_name(run_id: str) -> str | None:
         return None
 
 
+def run_placement(model_uri: str | None, experiment: str | None,
+                  default_experiment: str) -> tuple[str, dict[str, str]]:
+    """Where a stage run about ``model_uri`` goes: ``(experiment, tags)``.
+
+    A model logged by a run (``runs:/<id>/...`` or that run's ``models:/m-<id>``)
+    has its evaluation or samples nested under that training run (tag ``mlflow.parentRunId``), in its experiment unless
+    ``experiment`` is given; :func:`wavenet.tracking.start_run` lets a
+    KFP-injected ``MLFLOW_RUN_ID`` take precedence as the parent.
+    """
+    src = model_run_id(model_uri) if model_uri else None
+    tags: dict[str, str] = {}
+    exp = experiment
+    if src:
+        tags["mlflow.parentRunId"] = src
+        exp = exp or run_experiment_name(src)
+    return exp or default_experiment, tags
+
+
 # -- run logging for evaluation and generation -------------------------------
 # evaluate.py and samples.py stay free of mlflow imports; they log through these.
 
@@ -236,6 +276,16 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
 
 
+def log_metrics_to_run(run_id: str, metrics: dict[str, float]) -> None:
+    """Log metrics to another (possibly finished) run, e.g. the training run of a model."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    _client().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
 def log_params(params: dict[str, Any]) -> None:
     import mlflow
 
@@ -258,3 +308,10 @@ def log_artifacts(local_dir: str, artifact_path: str | None = None) -> None:
     import mlflow
 
     mlflow.log_artifacts(local_dir, artifact_path)
+
+
+def log_artifact_files(paths: list[str], artifact_path: str | None = None) -> None:
+    import mlflow
+
+    for path in paths:
+        mlflow.log_artifact(path, artifact_path)

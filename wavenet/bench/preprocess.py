@@ -124,6 +124,11 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
             "cpu_seconds_1proc": round(cpus[1], 3),
             "cpu_seconds_2proc": round(cpus[2], 3),
             "realtime_factor_per_cpu_second": round(input_seconds / cpus[1], 1),
+            # Share of the 2-process CPU time that 1 process also needs: the rest is
+            # pool start-up and coordination.
+            "cpu_efficiency_2proc": round(cpus[1] / cpus[2], 3),
+            # The serial tail (codes -> shards -> manifest) of the last run.
+            "merge_seconds": manifest["summary"]["merge_seconds"],
             "load_average_1min": round(os.getloadavg()[0], 2),
             "decode_realtime_factor": round(input_seconds / decode_s, 1),
             "synthesis_seconds": round(synth_s, 2),

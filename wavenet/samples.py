@@ -1,0 +1,256 @@
+"""The generate verb: sample clips, write WAVs and spectrograms, and a listening report.
+
+``generate_samples`` draws ``generate.num_clips`` clips of ``generate.seconds``
+with the cached :class:`wavenet.generate.FastGenerator` (all clips in one
+batch), optionally primed with validation audio, one label per clip for a
+conditioned model. Each clip is measured with :mod:`wavenet.quality`; WAVs
+(16-bit PCM), spectrogram PNGs, ``report.html`` and ``samples.json`` go to
+the output folder and, as artifacts, to an MLflow run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from wavenet import storage
+from wavenet.config import ExperimentConfig
+from wavenet.errors import ConfigError, DataError
+
+__all__ = ["REPORT_FILE", "SUMMARY_FILE", "clip_labels", "read_validation_codes",
+           "prime_codes", "reference_log_mel", "generate_samples"]
+
+REPORT_FILE = "report.html"
+SUMMARY_FILE = "samples.json"
+
+
+def clip_labels(num_clips: int, num_classes: int, vocabulary: list[str] | None = None
+                ) -> tuple[np.ndarray | None, list[str | None]]:
+    """Label ids and names per clip: cycle through the classes (None when unconditioned).
+
+    Returns:
+        ``(ids (num_clips,) int32 or None, names)``; names come from the data's
+        vocabulary when given, else the id as text.
+    """
+    if num_classes == 0:
+        return None, [None] * num_clips
+    ids = np.arange(num_clips, dtype=np.int32) % num_classes
+    vocab = vocabulary or []
+    return ids, [vocab[i] if i < len(vocab) else str(i) for i in ids.tolist()]
+
+
+def read_validation_codes(data_dir: str, max_samples: int | None = None) -> list[tuple[np.ndarray, int]]:
+    """Validation examples ``(codes uint8, label)`` in shard order, up to ``max_samples`` codes."""
+    import tensorflow as tf
+
+    from wavenet.data import local_shard_paths, parse_example
+
+    files = local_shard_paths(data_dir, "validation")
+    if not files:
+        raise DataError(f"{data_dir} has no validation shards with examples")
+    out, total = [], 0
+    try:
+        for codes, label in tf.data.TFRecordDataset(files).map(parse_example).as_numpy_iterator():
+            out.append((codes.astype(np.uint8), int(label)))
+            total += len(codes)
+            if max_samples is not None and total >= max_samples:
+                break
+    except tf.errors.OpError as e:
+        raise DataError(f"cannot read validation shards of {data_dir}: "
+                        f"{e.message.splitlines()[0]}") from None
+    return out
+
+
+def prime_codes(examples: list[tuple[np.ndarray, int]], length: int,
+                labels: np.ndarray | None, num_clips: int) -> np.ndarray:
+    """(num_clips, length) priming codes: the start of validation examples, same label when possible.
+
+    Clip i takes the i-th long-enough example of its label (cycling), or of
+    any label when none of its own is long enough.
+    """
+    long_enough = [(c, lab) for c, lab in examples if len(c) >= length]
+    if not long_enough:
+        raise DataError(f"no validation example has the {length} codes that generate.prime_seconds "
+                        f"asks for")
+    rows, used = [], {}
+    for i in range(num_clips):
+        key = None if labels is None else int(labels[i])
+        pool = [e for e in long_enough if e[1] == key] if key is not None else long_enough
+        pool = pool or long_enough
+        k = used.get(key, 0)
+        used[key] = k + 1
+        rows.append(pool[k % len(pool)][0][:length])
+    return np.stack(rows).astype(np.int32)
+
+
+def reference_log_mel(examples: list[tuple[np.ndarray, int]], sample_rate: int,
+                      quantization_channels: int) -> np.ndarray:
+    """Average log-mel spectrum of validation audio (decoded codes, concatenated)."""
+    from wavenet.audio import mu_law_decode
+    from wavenet.quality import average_log_mel
+
+    audio = np.concatenate([mu_law_decode(c, quantization_channels) for c, _ in examples])
+    return average_log_mel(audio, sample_rate)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:40] or "x"
+
+
+def _stage_dir(out_dir: str) -> tuple[str, bool]:
+    if storage.is_gcs(out_dir):
+        return tempfile.mkdtemp(prefix="wavenet-samples-"), True
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir, False
+
+
+def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir: str | None = None,
+                     tracking_uri: str | None = None, experiment: str | None = None,
+                     progress: bool = True, run_name: str | None = None) -> dict[str, Any]:
+    """Sample clips from a model; write WAVs, spectrograms, an HTML report; log to MLflow.
+
+    Args:
+        model: a ``.keras`` path, an MLflow model URI (``runs:/ID/model``,
+            ``models:/NAME@champion``), or a loaded WaveNet.
+        out_dir: output folder (local or gs://).
+        config: ``config.generate`` sets clips, seconds, temperature, priming,
+            seed; the model's own architecture and sample rate are used.
+        data_dir: shards folder: label names, priming audio and the reference
+            spectrum for ``log_mel_distance_db`` (optional unless priming).
+        tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db).
+        experiment: MLflow experiment (default: the training run's for a
+            ``runs:/`` model, else ``config.name``).
+        progress: show a tqdm bar with samples/s.
+        run_name: MLflow run name (default "generate").
+
+    Returns:
+        ``{"model", "data", "out_dir", "report" (path of report.html),
+        "summary" (path of samples.json), "sample_rate", "num_samples" (per
+        clip), "prime_samples", "temperature", "seed", "samples_per_second"
+        (all clips together), "generation_seconds", "clips": [{"index", "name",
+        "label", "label_id", "wav", "png", "metrics", "warnings"}], "warnings"
+        (every clip's, prefixed with the clip name), "run_id"}``.
+    """
+    from tqdm.auto import tqdm
+
+    from wavenet import registry
+    from wavenet.audio import mu_law_decode
+    from wavenet.data import read_manifest
+    from wavenet.generate import FastGenerator
+    from wavenet.quality import analyze
+    from wavenet.report import render_html, spectrogram_png, wav_bytes
+    from wavenet.tracking import start_run
+
+    g = config.generate
+    model_uri = model if isinstance(model, str) else None
+    net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
+    sr, q = net.audio_config.sample_rate, net.config.quantization_channels
+    ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
+    num_samples = max(1, int(round(g.seconds * sr)))
+    prime_len = int(round(g.prime_seconds * sr))
+    if prime_len and not data_dir:
+        raise ConfigError(f"generate.prime_seconds={g.prime_seconds} primes with validation audio: "
+                          f"pass the data folder (--data)")
+
+    vocabulary, examples, reference = None, [], None
+    if data_dir:
+        vocabulary = [str(x) for x in (read_manifest(data_dir).get("labels") or [])]
+        examples = read_validation_codes(
+            data_dir, max(int(g.reference_seconds * sr), prime_len * g.num_clips))
+        reference = reference_log_mel(examples, sr, q)
+    label_ids, label_names = clip_labels(g.num_clips, net.config.num_classes, vocabulary)
+    prime = prime_codes(examples, prime_len, label_ids, g.num_clips) if prime_len else None
+
+    generator = FastGenerator(net, batch_size=g.num_clips)
+    total = num_samples * g.num_clips
+    with tqdm(total=total, unit="sample", unit_scale=True, desc="generate", disable=not progress,
+              dynamic_ncols=True) as bar:
+        seen = [0]
+
+        def on_progress(done: int) -> None:
+            # The generator reports samples done per stream; the bar counts all streams.
+            bar.update((done - seen[0]) * g.num_clips)
+            seen[0] = done
+
+        start = time.perf_counter()
+        codes = generator.generate(num_samples, prime=prime, labels=label_ids,
+                                   temperature=g.temperature, seed=g.seed, progress=on_progress)
+        elapsed = time.perf_counter() - start
+
+    local_dir, staged = _stage_dir(out_dir)
+    clips, report_clips, all_warnings, written = [], [], [], [REPORT_FILE, SUMMARY_FILE]
+    for i in range(g.num_clips):
+        name = f"clip-{i:02d}" + (f"-{_slug(label_names[i])}" if label_names[i] is not None else "")
+        audio = mu_law_decode(codes[i], q)
+        wav, png = wav_bytes(audio, sr), spectrogram_png(
+            audio, sr, title=name if label_names[i] is None else f"{name} ({label_names[i]})")
+        storage.write_bytes_atomic(os.path.join(local_dir, name + ".wav"), wav)
+        storage.write_bytes_atomic(os.path.join(local_dir, name + ".png"), png)
+        written += [name + ".wav", name + ".png"]
+        quality = analyze(audio, sr, codes=codes[i], reference_log_mel=reference)
+        all_warnings += [f"{name}: {w}" for w in quality["warnings"]]
+        clips.append({"index": i, "name": name, "label": label_names[i],
+                      "label_id": None if label_ids is None else int(label_ids[i]),
+                      "wav": storage.join(out_dir, name + ".wav"),
+                      "png": storage.join(out_dir, name + ".png"),
+                      "metrics": quality["metrics"], "warnings": quality["warnings"]})
+        report_clips.append({"name": name, "label": label_names[i], "wav": wav,
+                             "wav_file": name + ".wav", "png": png, "png_file": name + ".png",
+                             "metrics": quality["metrics"], "warnings": quality["warnings"]})
+
+    exp, tags = registry.run_placement(model_uri, experiment, config.name)
+    tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
+                 "wavenet.data": data_dir or ""})
+    params = {**ecfg.flat(), "generate.model": model_uri or "<in memory>",
+              "generate.data": data_dir or ""}
+    with start_run(exp, run_name=run_name or "generate", tracking_uri=tracking_uri, tags=tags,
+                   params=params) as run:
+        result: dict[str, Any] = {
+            "model": model_uri or "<in memory>", "data": data_dir, "out_dir": out_dir,
+            "report": storage.join(out_dir, REPORT_FILE),
+            "summary": storage.join(out_dir, SUMMARY_FILE),
+            "sample_rate": sr, "num_samples": num_samples, "prime_samples": prime_len,
+            "temperature": g.temperature, "seed": g.seed,
+            "samples_per_second": total / elapsed if elapsed > 0 else float("inf"),
+            "generation_seconds": elapsed, "clips": clips, "warnings": all_warnings,
+            "run_id": run.info.run_id,
+        }
+        info = {"model": result["model"], "data": data_dir or "(none)",
+                "MLflow run": run.info.run_id, "clips": g.num_clips,
+                "seconds per clip": num_samples / sr, "sample rate": sr,
+                "primed with (s)": prime_len / sr, "temperature": g.temperature, "seed": g.seed,
+                "receptive field": net.receptive_field,
+                "generator": f"FastGenerator, {result['samples_per_second']:.0f} samples/s "
+                             f"({g.num_clips} streams)"}
+        html = render_html(f"WaveNet samples: {result['model']}", report_clips, info,
+                           config_yaml=ecfg.to_yaml())
+        storage.write_text_atomic(os.path.join(local_dir, REPORT_FILE), html)
+        storage.write_text_atomic(os.path.join(local_dir, SUMMARY_FILE),
+                                  json.dumps(result, indent=2, sort_keys=True))
+        metrics: dict[str, float] = {"generate/samples_per_second": result["samples_per_second"],
+                                     "generate/warnings": float(len(all_warnings))}
+        for clip in clips:
+            for k, v in clip["metrics"].items():
+                metrics[registry.metric_key("quality", clip["name"], k)] = v
+        for k in clips[0]["metrics"]:
+            metrics[registry.metric_key("quality", "mean", k)] = float(
+                np.mean([c["metrics"][k] for c in clips]))
+        registry.log_metrics(metrics)
+        registry.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
+        registry.log_artifact_files([os.path.join(local_dir, f) for f in written], "samples")
+    if staged:
+        try:
+            for fname in written:
+                with open(os.path.join(local_dir, fname), "rb") as f:
+                    storage.write_bytes_atomic(storage.join(out_dir, fname), f.read())
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+    return result
