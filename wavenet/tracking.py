@@ -10,6 +10,7 @@ so a tracking outage never stops training and never loses a metric.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -134,13 +135,17 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
         yield run
     except BaseException:
         try:
-            mlflow.end_run(status="FAILED")
+            with contextlib.redirect_stdout(sys.stderr):
+                mlflow.end_run(status="FAILED")
         except Exception:  # noqa: BLE001 - the original error matters more
             pass
         raise
     else:
         try:
-            mlflow.end_run()
+            # mlflow prints "View run ... at: URL" on stdout; commands print
+            # their JSON results there, so the link goes to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                mlflow.end_run()
         except Exception as e:  # noqa: BLE001
             raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {uri}: "
                                 f"{_one_line(e)}") from None

@@ -537,7 +537,7 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
     interval_norms: list[float] = []
     interval_time, interval_timed = 0.0, 0
     timed_steps, timed_seconds = 0, 0.0
-    last_bits = None
+    last_bits = last_norm = None
     try:
         while step < t.steps:
             t0 = time.perf_counter()
@@ -553,7 +553,7 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
                 interval_timed += 1
             interval_bits.append(bits)
             interval_norms.append(gnorm)
-            last_bits = bits
+            last_bits, last_norm = bits, gnorm
             if not math.isfinite(bits) and precision != "mixed_float16":
                 raise WavenetError(f"training diverged at step {step}: loss is {bits} "
                                    "(lower train.learning_rate or train.gradient_clip_norm)")
@@ -608,6 +608,7 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
         "steps": step,
         "start_step": start_step,
         "train_bits_per_sample": last_bits,
+        "grad_norm": last_norm,
         "val_bits_per_sample": final_val,
         "samples_per_s": (samples_per_step * timed_steps / timed_seconds) if timed_seconds else None,
         "wall_time_s": round(wall, 3),
@@ -620,6 +621,7 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
         "run_id": run_id,
         "model_path": model_path,
         "data_manifest_sha256": data_hash,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
     }
     if final_val is not None:
         buffer.log({"val_bits_per_sample": final_val}, step, flush=False)
@@ -650,6 +652,12 @@ def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator,
     if storage.exists(pending_path) and not storage.is_gcs(pending_path):
         os.remove(pending_path)
     return TrainResult(model_path=model_path, summary=summary, run_id=run_id, out_dir=out)
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def _probe_gradients(model, cfg: ExperimentConfig) -> list:

@@ -1,0 +1,155 @@
+"""Real multi-process MultiWorkerMirroredStrategy on 127.0.0.1: maths, failures, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from wavenet.launch import WorkerError, run_local_workers, tf_config
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.pop("TF_CONFIG", None)
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def _wavenet(*args):
+    return [sys.executable, "-m", "wavenet.cli", *args]
+
+
+def test_launcher_fails_with_the_failing_workers_error_and_stops_the_rest(tmp_path):
+    marker = tmp_path / "survivor-started"
+    survivor = [sys.executable, "-c",
+                f"import pathlib, time; pathlib.Path({str(marker)!r}).touch(); time.sleep(120)"]
+    failing = [sys.executable, "-c",
+               "import json, os, sys, time; time.sleep(1);"
+               "assert json.loads(os.environ['TF_CONFIG'])['task']['index'] == 1;"
+               "print('some log line', file=sys.stderr);"
+               "print('error: shard gs://b/x.tfrecord is corrupt', file=sys.stderr); sys.exit(2)"]
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as info:
+        run_local_workers([survivor, failing], _env())
+    assert str(info.value) == "worker 1 exited with status 2: shard gs://b/x.tfrecord is corrupt"
+    assert marker.exists()
+    assert time.monotonic() - start < 30  # the sleeping survivor was stopped, not waited for
+
+
+def test_tf_config_names_every_worker():
+    cfg = tf_config(["127.0.0.1:1", "127.0.0.1:2"], 1)
+    assert cfg == {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                   "task": {"type": "worker", "index": 1}}
+
+
+@pytest.mark.slow
+def test_two_workers_reach_the_weights_of_one_process(tiny_shards, tmp_path):
+    """Same global batch, seed and data: 2 workers == 1 process, up to float32 rounding.
+
+    With ``train.input_sharding=batch`` both runs see identical global batches
+    (crops are stateless-seeded). What may differ is only summation order: one
+    process sums 4 per-example losses and their gradients in one batch; two
+    workers sum 2 + 2 and all-reduce. That perturbs gradients by a few float32
+    ulps (relative ~1e-7); Adam's normalised update then moves each weight by
+    at most ~lr per step, so K=10 steps at lr <= 3e-3 can separate the runs by
+    ~K * lr * 1e-6 plus weight rounding (~1e-7 for weights of order 1): we
+    allow 1e-5, which is 100x what we observe and far below the ~1e-2 the
+    weights actually move in those steps (checked below, so the test can fail).
+    """
+    import keras
+
+    from wavenet.config import preset
+    from wavenet.model import build_model, load_model
+
+    common = ["--preset", "tiny", "--steps", "10", "--no-progress", "--set",
+              "train.input_sharding=batch"]
+    procs = []
+    for name, workers in (("one", "1"), ("two", "2")):
+        procs.append(subprocess.Popen(
+            _wavenet("train", str(tiny_shards), "--out", str(tmp_path / name), "--workers", workers,
+                     "--tracking-uri", f"sqlite:///{tmp_path}/{name}.db", *common),
+            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [p.communicate(timeout=400) for p in procs]
+    for p, (_out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    one, two = (json.loads(out) for out, _ in results)
+    assert (one["workers"], two["workers"]) == (1, 2)
+    assert two["replicas"] == 2
+    # Loss and gradient norm of the last step agree: the loss is averaged over
+    # the global batch, not the per-replica one (a per-replica mean would
+    # double the gradient norm here).
+    assert two["train_bits_per_sample"] == pytest.approx(one["train_bits_per_sample"], abs=1e-5)
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+
+    w1 = load_model(str(tmp_path / "one" / "model.keras")).get_weights()
+    w2 = load_model(str(tmp_path / "two" / "model.keras")).get_weights()
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2))
+    assert diff < 1e-5, diff
+    keras.utils.set_random_seed(0)
+    init = build_model(preset("tiny")).get_weights()
+    moved = max(float(np.max(np.abs(a - b))) for a, b in zip(w1, init))
+    assert moved > 1e-3, moved
+
+
+def _checkpoint_step(run_dir) -> int:
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_then_rerun_resumes_from_the_last_checkpoint(tiny_shards, tmp_path,
+                                                                     mlflow_server):
+    from mlflow import MlflowClient
+
+    out = tmp_path / "run"
+    argv = _wavenet("train", str(tiny_shards), "--out", str(out), "--preset", "tiny", "--workers",
+                    "2", "--steps", "120", "--no-progress", "--tracking-uri", mlflow_server.uri,
+                    "--experiment", "test-resume")
+    launcher = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _checkpoint_step(out) < 20 and launcher.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.1)
+        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+        workers = {json.loads(p.environ()["TF_CONFIG"])["task"]["index"]: p
+                   for p in psutil.Process(launcher.pid).children()}
+        killed_after = _checkpoint_step(out)
+        workers[1].send_signal(signal.SIGKILL)
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 2, err[-3000:]
+    assert "error: worker 1 was killed by SIGKILL" in err
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                   for p in workers.values())
+    resume_from = _checkpoint_step(out)
+    assert resume_from >= killed_after >= 20
+    run_id = (out / "mlflow_run_id").read_text().strip()
+
+    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["start_step"] == resume_from and summary["steps"] == 120
+    assert summary["run_id"] == run_id
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("test-resume")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train_bits_per_sample")]
+    assert steps[-1] == 120 and min(steps) == 5
+    # Metrics of the interrupted part are kept, the resumed part continues the step axis.
+    assert set(range(resume_from + 5, 121, 5)) <= set(steps)

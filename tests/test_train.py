@@ -1,0 +1,145 @@
+"""Training in one process: schedule maths, input checks, MLflow contents, loss goes down."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import write_shards
+
+from wavenet.cli import main
+from wavenet.config import preset
+from wavenet.errors import ConfigError
+from wavenet.launch import free_ports
+from wavenet.train import learning_rate_at, resolve_jit_compile, resolve_precision, worker_role
+
+
+def test_learning_rate_warms_up_then_decays_to_floor():
+    t = preset("tiny").train  # lr 3e-3, warmup 5, 30 steps, floor 0.05
+    lrs = [learning_rate_at(s, t) for s in range(t.steps)]
+    assert lrs[0] == pytest.approx(t.learning_rate / t.warmup_steps)
+    assert lrs[t.warmup_steps - 1] == pytest.approx(t.learning_rate)
+    assert lrs[t.warmup_steps] == pytest.approx(t.learning_rate)
+    assert all(a >= b for a, b in zip(lrs[t.warmup_steps:], lrs[t.warmup_steps + 1:]))
+    assert learning_rate_at(t.steps, t) == pytest.approx(t.learning_rate * t.min_lr_ratio)
+    # Half-way through the cosine: the mean of peak and floor.
+    mid = t.warmup_steps + (t.steps - t.warmup_steps) / 2
+    assert learning_rate_at(mid, t) == pytest.approx(t.learning_rate * (1 + t.min_lr_ratio) / 2)
+
+
+def test_precision_and_xla_resolve_by_device():
+    t = preset("tiny").train
+    assert resolve_precision(t, has_gpu=True) == "mixed_bfloat16"
+    assert resolve_precision(t, has_gpu=False) == "float32"
+    assert resolve_jit_compile(t, has_gpu=True) and not resolve_jit_compile(t, has_gpu=False)
+
+
+def test_worker_role_from_tf_config():
+    assert worker_role(None) == (0, 1, True)
+    two = {"cluster": {"worker": ["a:1", "b:2"]}}
+    assert worker_role({**two, "task": {"type": "worker", "index": 1}}) == (1, 2, False)
+    with_chief = {"cluster": {"chief": ["c:0"], "worker": ["a:1"]}}
+    assert worker_role({**with_chief, "task": {"type": "chief", "index": 0}}) == (0, 2, True)
+    assert worker_role({**with_chief, "task": {"type": "worker", "index": 0}}) == (1, 2, False)
+    with pytest.raises(ConfigError, match="TF_CONFIG task type"):
+        worker_role({**two, "task": {"type": "ps", "index": 0}})
+
+
+def _one_line_error(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_unreachable_tracking_server_fails_before_training(tiny_shards, tmp_path, capsys):
+    (port,) = free_ports(1)  # free now, so nothing listens there
+    out = tmp_path / "run"
+    line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(out), "--preset", "tiny",
+                                    "--tracking-uri", f"http://127.0.0.1:{port}"])
+    assert f"cannot reach MLflow tracking server at http://127.0.0.1:{port}" in line
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_fewer_shards_than_workers_is_one_line(tiny_shards, tmp_path, capsys):
+    line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
+                                    "--preset", "tiny", "--workers", "4",
+                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert "has 2 training shards but training uses 4 workers" in line
+
+
+def test_global_batch_must_divide_among_workers(tiny_shards, tmp_path, capsys):
+    line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
+                                    "--preset", "tiny", "--workers", "2", "--set",
+                                    "train.global_batch_size=5",
+                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert "train.global_batch_size must be divisible by the number of replicas (2)" in line
+
+
+def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_server, capsys):
+    import keras
+    import mlflow.keras
+    from mlflow import MlflowClient
+
+    import wavenet.model  # noqa: F401 - registers the custom layers for loading
+    from wavenet.model import load_model
+
+    data = write_shards(tmp_path / "data", train_shards=2, examples_per_shard=4, seed=1)
+    out = tmp_path / "run"
+    rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--no-progress",
+               "--tracking-uri", mlflow_server.uri, "--experiment", "test-train-single",
+               "--set", "train.ema_decay=0.9"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    cfg = preset("tiny")
+    assert summary["steps"] == cfg.train.steps and summary["workers"] == 1
+    assert json.loads((out / "train_summary.json").read_text()) == summary
+    assert (out / "mlflow_run_id").read_text().strip() == summary["run_id"]
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("test-train-single")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["run_id"]]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    flat = cfg.with_overrides({"train.ema_decay": 0.9}).flat()
+    assert set(flat) <= set(run.data.params)
+    assert run.data.params["model.layers_per_stack"] == "4"
+    assert run.data.params["train.ema_decay"] == "0.9"
+    assert run.data.tags["preset"] == "tiny" and run.data.tags["workers"] == "1"
+    manifest_hash = run.data.tags["data.manifest_sha256"]
+    assert len(manifest_hash) == 64 and run.info.run_name.startswith(f"tiny-{manifest_hash[:8]}-")
+
+    history = client.get_metric_history(run.info.run_id, "train_bits_per_sample")
+    steps = [m.step for m in history]
+    assert steps == list(range(cfg.train.log_every, cfg.train.steps + 1, cfg.train.log_every))
+    bits = [m.value for m in history]
+    # A uniform guess costs log2(256) = 8 bits; the periodic data is far more
+    # predictable, and 30 steps must already have learnt some of that.
+    assert bits[0] > 7.8 and bits[-1] < bits[0] - 0.1, bits
+    val = client.get_metric_history(run.info.run_id, "val_bits_per_sample")
+    assert [m.step for m in val] == [10, 20, 30]
+    assert val[-1].value < 8.0 - 0.1
+    lrs = client.get_metric_history(run.info.run_id, "learning_rate")
+    assert lrs[-1].value == pytest.approx(learning_rate_at(cfg.train.steps - 1, cfg.train), rel=1e-6)
+    for key in ("grad_norm", "samples_per_s", "step_time_s"):
+        assert all(math.isfinite(m.value) and m.value > 0
+                   for m in client.get_metric_history(run.info.run_id, key))
+
+    local = load_model(str(out / "model.keras"))
+    logged = mlflow.keras.load_model(summary["model_uri"])
+    codes = np.random.default_rng(0).integers(0, 256, size=(2, 64)).astype("int32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(logged(codes)),
+                               keras.ops.convert_to_numpy(local(codes)), atol=1e-6)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "train_summary.json"} <= artifacts
+
+    # Re-running the finished command trains nothing more and keeps one run.
+    rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--no-progress",
+               "--tracking-uri", mlflow_server.uri, "--experiment", "test-train-single",
+               "--set", "train.ema_decay=0.9"])
+    again = json.loads(capsys.readouterr().out)
+    assert rc == 0 and again["start_step"] == again["steps"] == cfg.train.steps
+    assert again["run_id"] == summary["run_id"]
+    assert len(client.search_runs([exp.experiment_id])) == 1
