@@ -242,17 +242,20 @@ def generate_samples(model: Input[Model], shards: Input[Dataset], preset: str, c
     import os
     import shutil
 
-    from wavenet.samples import generate_samples as _generate
-
     from components import runtime
+    from wavenet.samples import generate_samples as _generate
 
     cfg = runtime.build_config(preset, config_yaml)
     os.makedirs(samples.path, exist_ok=True)
-    result = _generate(os.path.join(model.path, "model.keras"), samples.path, cfg,
+    # As in evaluate_model: the training run's MLflow model when logged (the samples run
+    # then joins that run's experiment), else the .keras file.
+    model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
+    result = _generate(model_uri, samples.path, cfg,
                        data_dir=runtime.data_location(shards.path, shards.uri, shards.metadata),
                        tracking_uri=tracking_uri or None, experiment=experiment or None,
-                       progress=False)
-    html = os.path.join(samples.path, "report.html")
-    if os.path.exists(html):
-        shutil.copyfile(html, report.path)
-    samples.metadata.update({k: v for k, v in runtime.numeric_metrics(result).items()})
+                       progress=False,
+                       run_name=f"{model.metadata.get('run_name') or 'model'}-generate")
+    if result.get("report") and os.path.exists(result["report"]):
+        shutil.copyfile(result["report"], report.path)
+    samples.metadata.update({"clips": len(result.get("clips", [])), "run_id": result.get("run_id") or "",
+                             "samples_per_second": result.get("samples_per_second") or 0.0})
