@@ -2,8 +2,9 @@
 
 They turn pipeline parameters (strings, ints) into the typed config and names the
 library expects, and keep the bookkeeping that makes local and cluster runs
-identical: relative file lists, partition cache keys, data versions, run names and
-the MLflow environment handed to training pods.
+identical: relative file lists, known tracks of a persistent shards folder, data
+versions, run names, the TFJob of the train step and the MLflow environment handed
+to training pods.
 """
 
 from __future__ import annotations

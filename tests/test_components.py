@@ -72,6 +72,22 @@ def test_data_version_follows_shard_content_only():
     assert runtime.data_version(changed) != v
 
 
+def test_known_tracks_count_only_when_the_audio_settings_match(tmp_path):
+    cfg = preset("tiny")
+    assert runtime.known_track_ids(str(tmp_path / "none"), cfg) == frozenset()
+    (tmp_path / "tracks").mkdir()
+    (tmp_path / "tracks" / f"{'a' * 64}.npy").write_bytes(b"")
+    entry = {"sha256": "a" * 64, "codes": f"tracks/{'a' * 64}.npy", "path": "x.wav"}
+    from wavenet.preprocess import MANIFEST_VERSION
+
+    manifest = {"version": MANIFEST_VERSION, "audio": cfg.to_dict()["audio"], "files": [entry],
+                "shards": []}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert runtime.known_track_ids(str(tmp_path), cfg) == {"a" * 64}
+    other = cfg.with_overrides({"audio.sample_rate": 8000})
+    assert runtime.known_track_ids(str(tmp_path), other) == frozenset()
+
+
 def test_run_names_tell_preset_data_version_and_start_time_apart():
     when = dt.datetime(2026, 11, 25, 1, 2, 3, tzinfo=dt.UTC)
     assert runtime.run_name("demo", "abcdef0123", when) == "demo-dabcdef01-20261125T010203Z"
