@@ -31,7 +31,10 @@ def test_precision_and_xla_resolve_by_device():
     t = preset("tiny").train
     assert resolve_precision(t, has_gpu=True) == "mixed_bfloat16"
     assert resolve_precision(t, has_gpu=False) == "float32"
-    assert resolve_jit_compile(t, has_gpu=True) and not resolve_jit_compile(t, has_gpu=False)
+    assert resolve_jit_compile(t, has_gpu=True) and resolve_jit_compile(t, has_gpu=False)
+    assert not resolve_jit_compile(t.__class__(jit_compile="off"), has_gpu=True)
+    # YAML reads unquoted on/off as booleans.
+    assert preset("tiny").with_overrides({"train.jit_compile": True}).train.jit_compile == "on"
 
 
 def test_worker_role_from_tf_config():

@@ -123,6 +123,9 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
                                       seconds=1.0 if quick else 4.0)
         one = _train(data, cfg, workdir, "one", 1, steps)
         two = _train(data, cfg, workdir, "two", 2, steps)
+        # The same 1-worker run without XLA, to show what train.jit_compile buys.
+        plain = None if quick else _train(data, cfg.with_overrides({"train.jit_compile": "off"}),
+                                          workdir, "one-no-xla", 1, steps)
         demo_cfg = preset("demo").with_overrides({"train.validate_every": 0,
                                                   "train.validation_batches": 1})
         demo_data = data if quick else write_synthetic_shards(
@@ -140,6 +143,8 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
         "receptive_field": m.receptive_field,
         "samples_per_s_1worker": round(sps1, 1),
         "samples_per_s_2workers": round(sps2, 1),
+        "jit_compile": one["jit_compile"],
+        "samples_per_s_1worker_no_xla": round(plain["samples_per_s"], 1) if plain else None,
         "speedup_2workers": round(sps2 / sps1, 3),
         "flops_per_sample": useful,
         "executed_flops_per_sample": round(executed),
