@@ -1,0 +1,261 @@
+"""The components. Bodies import inside (KFP ships each body on its own) and stay thin.
+
+Artifacts between stages:
+``list_partitions`` -> audio (Dataset) + partitions (JSON lists of file names) ->
+``preprocess_partition`` (one per partition, in a ParallelFor) -> partial (Dataset) ->
+``merge_shards`` (Collected partials) -> shards (Dataset) + data version ->
+``train_model`` -> model (Model) + metrics -> ``evaluate_model`` -> promoted (bool) +
+metrics -> ``generate_samples`` -> samples (Artifact) + report (HTML).
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.images import WAVENET_IMAGE
+
+# The image already has kfp (a dependency of the package): no pip install at start-up.
+_COMMON = {"base_image": WAVENET_IMAGE, "install_kfp_package": False}
+
+
+@dsl.component(**_COMMON)
+def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: int,
+                    demo_seconds: float, audio: Output[Dataset]) -> list[str]:
+    """List the input audio and split it into partitions for parallel preprocessing.
+
+    Args:
+        source_uri: folder or gs:// prefix with audio; empty: synthesise the demo corpus
+            into ``audio``.
+        preset: config preset.
+        config_yaml: YAML overrides of the preset.
+        partitions: how many preprocessing tasks to fan out to (at most one per file).
+        demo_seconds: seconds of demo audio per genre (0: the corpus default).
+        audio: the audio root (the demo corpus itself, or a pointer to ``source_uri``).
+
+    Returns:
+        One JSON list of file names (relative to the audio root) per partition.
+    """
+    import json
+    import os
+
+    from components import runtime
+    from wavenet.errors import DataError
+    from wavenet.preprocess import list_audio, partition
+
+    cfg = runtime.build_config(preset, config_yaml)
+    os.makedirs(audio.path, exist_ok=True)
+    if source_uri:
+        root = source_uri
+        # The artifact records where the audio is; the audio stays where it is.
+        with open(os.path.join(audio.path, "source.json"), "w") as f:
+            json.dump({"source_uri": source_uri}, f)
+        audio.metadata["source_uri"] = source_uri
+    else:
+        from wavenet.demo import make_demo_corpus
+
+        kwargs = {"seconds_per_genre": demo_seconds} if demo_seconds > 0 else {}
+        make_demo_corpus(audio.path, seed=cfg.train.seed, **kwargs)
+        root = audio.path
+        audio.metadata["source_uri"] = ""
+    names = runtime.relative_names(root, list_audio(root))
+    if not names:
+        raise DataError(f"no audio files found under {root}")
+    audio.metadata["files"] = len(names)
+    parts = [p for p in partition(names, max(1, min(partitions, len(names)))) if p]
+    return [json.dumps(p) for p in parts]
+
+
+@dsl.component(**_COMMON)
+def preprocess_partition(audio: Input[Dataset], partition: str, preset: str, config_yaml: str,
+                         shards_uri: str, partial: Output[Dataset]):
+    """Decode, resample and mu-law encode one partition's files into a partial manifest.
+
+    With ``shards_uri`` (a persistent shards location from earlier runs), files whose
+    content is already there are reported unchanged instead of being decoded again.
+    """
+    import json
+    import os
+
+    from components import runtime
+    from wavenet.preprocess import process_partition
+
+    cfg = runtime.build_config(preset, config_yaml)
+    names = json.loads(partition)
+    root = audio.metadata.get("source_uri") or audio.path
+    files = [runtime.join_root(root, n) for n in names]
+    known = runtime.known_track_ids(shards_uri, cfg) if shards_uri else ()
+    os.makedirs(partial.path, exist_ok=True)
+    manifest = process_partition(files, partial.path, cfg, src=root, known=known)
+    # Relative: a later step sees this artifact at its own local path.
+    partial.metadata.update({"manifest": os.path.relpath(manifest, partial.path),
+                             "files": len(files), "known": len(known)})
+
+
+@dsl.component(**_COMMON)
+def merge_shards(partials: Input[list[Dataset]], preset: str, config_yaml: str, shards_uri: str,
+                 shards: Output[Dataset]) -> str:
+    """Merge the partial manifests into TFRecord shards + manifest.json.
+
+    With ``shards_uri`` the shards are (re)written there, old tracks included, and the
+    artifact keeps a copy of the manifest with ``data_dir`` pointing at them.
+
+    Returns:
+        The data version: a digest of the shards' sha256s.
+    """
+    import json
+    import os
+
+    from components import runtime
+    from wavenet import storage
+    from wavenet.preprocess import merge_manifests
+
+    cfg = runtime.build_config(preset, config_yaml)
+    paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
+    os.makedirs(shards.path, exist_ok=True)
+    manifest = merge_manifests(paths, shards_uri or shards.path, cfg)
+    if shards_uri:
+        # A copy of the manifest keeps lineage in the artifact store.
+        storage.write_text_atomic(os.path.join(shards.path, "manifest.json"), json.dumps(manifest))
+        shards.metadata["data_dir"] = shards_uri
+    version = runtime.data_version(manifest)
+    shards.metadata.update({"data_version": version, "shards": len(manifest.get("shards", [])),
+                            **runtime.numeric_metrics(manifest.get("summary", {}), "summary.")})
+    return version
+
+
+@dsl.component(**_COMMON)
+def train_model(shards: Input[Dataset], data_version: str, preset: str, config_yaml: str,
+                workers: int, steps: int, on_cluster: bool, namespace: str, image: str,
+                gpus_per_worker: int, accelerator: str, cluster_run_root: str, warm_start: bool,
+                tracking_uri: str, experiment: str, kfp_run_id: str, model: Output[Model],
+                metrics: Output[Metrics]) -> str:
+    """Train with MultiWorkerMirroredStrategy: local worker processes, or a TFJob.
+
+    Args:
+        workers: worker processes (local) or Worker replicas (TFJob).
+        steps: training steps; 0 keeps the config's ``train.steps``.
+        on_cluster: run as a Kubeflow TFJob in ``namespace`` (GPU pods from ``image``).
+        gpus_per_worker: ``nvidia.com/gpu`` per Worker pod (0: CPU pods).
+        accelerator: node selector value for the accelerator type (empty: any GPU node).
+        cluster_run_root: gs:// prefix where TFJob pods write the run (model, checkpoints).
+        warm_start: start from the registered champion's weights.
+        tracking_uri: MLflow tracking URI (empty: $MLFLOW_TRACKING_URI, else ./mlflow.db).
+        experiment: MLflow experiment.
+        kfp_run_id: the pipeline run's id, tagged on the MLflow run (``kfp.run_id``).
+
+    Returns:
+        The MLflow run id of the training run.
+    """
+    import json
+    import os
+
+    from components import runtime
+    from wavenet import storage
+
+    cfg = runtime.build_config(preset, config_yaml)
+    name = runtime.run_name(cfg.preset, data_version)
+    if warm_start:
+        from wavenet.errors import ConfigError
+
+        # wavenet.train resumes from its own checkpoints only; it cannot start from
+        # another model's weights yet (README: what is left).
+        raise ConfigError("warm_start=True is not supported yet: wavenet.train cannot initialise "
+                          "from the champion's weights; run with warm_start=False")
+    if not on_cluster:
+        from wavenet.train import train
+
+        result = train(runtime.data_location(shards.path, shards.uri, shards.metadata), model.path,
+                       cfg, workers=workers, steps=steps or None, tracking_uri=tracking_uri or None,
+                       experiment=experiment or None, run_name=name, progress=False,
+                       environ={**os.environ, "KFP_RUN_ID": kfp_run_id})
+        summary, run_id = dict(result.summary), result.run_id or ""
+    else:
+        from wavenet import tfjob
+
+        if not cluster_run_root.startswith("gs://"):
+            from wavenet.errors import ConfigError
+
+            raise ConfigError(f"cluster_run_root must be a gs:// prefix for TFJob pods. "
+                              f"Received: {cluster_run_root!r}")
+        job = tfjob.job_name("wavenet", name)
+        out = storage.join(cluster_run_root, job)
+        rendered = runtime.training_tfjob(
+            cfg, job, runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True),
+            out, namespace=namespace, image=image, workers=workers,
+            gpus_per_worker=gpus_per_worker, accelerator=accelerator, run_name=name, steps=steps,
+            experiment=experiment,
+            env={**runtime.mlflow_env(os.environ, tracking_uri), "KFP_RUN_ID": kfp_run_id},
+            labels={"wavenet/data-version": data_version[:63]},
+            template=tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
+        tfjob.run_tfjob(rendered)
+        os.makedirs(model.path, exist_ok=True)
+        for fname in ("model.keras", "config.yaml", "train_summary.json"):
+            storage.write_bytes_atomic(os.path.join(model.path, fname),
+                                       storage.read_bytes(storage.join(out, fname)))
+        summary = json.loads(storage.read_text(os.path.join(model.path, "train_summary.json")))
+        run_id = str(summary.get("run_id", ""))
+        model.metadata["cluster_run_dir"] = out
+    model.metadata.update({"run_name": name, "run_id": run_id, "data_version": data_version,
+                           "preset": cfg.preset, "model_uri": summary.get("model_uri") or ""})
+    for k, v in runtime.numeric_metrics(summary).items():
+        metrics.log_metric(k, v)
+    return run_id
+
+
+@dsl.component(**_COMMON)
+def evaluate_model(model: Input[Model], shards: Input[Dataset], preset: str, config_yaml: str,
+                   tracking_uri: str, experiment: str, metrics: Output[Metrics],
+                   evaluation: Output[Artifact]) -> NamedTuple("Gate", [("promoted", bool)]):
+    """Held-out bits/sample against baselines and the champion; promote when better.
+
+    Returns:
+        promoted: the model became the registered champion.
+    """
+    import os
+    from collections import namedtuple
+
+    from components import runtime
+    from wavenet.evaluate import evaluate
+
+    cfg = runtime.build_config(preset, config_yaml)
+    os.makedirs(evaluation.path, exist_ok=True)
+    # The MLflow model of the training run when it was logged (the registry then links
+    # the version to that run), else the .keras file of the artifact.
+    model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
+    result = evaluate(model_uri, runtime.data_location(shards.path, shards.uri, shards.metadata), cfg,
+                      out_dir=evaluation.path, gate=True, tracking_uri=tracking_uri or None,
+                      experiment=experiment or None,
+                      run_name=f"{model.metadata.get('run_name') or 'model'}-evaluate")
+    for k, v in runtime.numeric_metrics(result).items():
+        metrics.log_metric(k, v)
+    promoted = bool(result.get("promoted", False))
+    evaluation.metadata["promoted"] = promoted
+    return namedtuple("Gate", ["promoted"])(promoted)
+
+
+@dsl.component(**_COMMON)
+def generate_samples(model: Input[Model], shards: Input[Dataset], preset: str, config_yaml: str,
+                     tracking_uri: str, experiment: str, samples: Output[Artifact],
+                     report: Output[HTML]):
+    """Sample clips from the model: WAVs, spectrograms and an HTML listening report."""
+    import os
+    import shutil
+
+    from components import runtime
+    from wavenet.samples import generate_samples as _generate
+
+    cfg = runtime.build_config(preset, config_yaml)
+    os.makedirs(samples.path, exist_ok=True)
+    # As in evaluate_model: the training run's MLflow model when logged (the samples run
+    # then joins that run's experiment), else the .keras file.
+    model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
+    result = _generate(model_uri, samples.path, cfg,
+                       data_dir=runtime.data_location(shards.path, shards.uri, shards.metadata),
+                       tracking_uri=tracking_uri or None, experiment=experiment or None,
+                       progress=False,
+                       run_name=f"{model.metadata.get('run_name') or 'model'}-generate")
+    if result.get("report") and os.path.exists(result["report"]):
+        shutil.copyfile(result["report"], report.path)
+    samples.metadata.update({"clips": len(result.get("clips", [])), "run_id": result.get("run_id") or "",
+                             "samples_per_second": result.get("samples_per_second") or 0.0})

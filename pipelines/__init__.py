@@ -1,0 +1,1 @@
+"""Pipeline definitions and their entry points: compile, run locally, submit, schedule, validate k8s."""

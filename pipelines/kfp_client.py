@@ -1,0 +1,123 @@
+"""Shared by ``submit`` and ``schedule``: the KFP client, arguments, and the uploaded pipeline.
+
+Authentication: ``KFP_TOKEN`` (a bearer token, e.g. ``gcloud auth print-identity-token``
+or a Dex/OIDC token), else the in-cluster service-account token when running in a pod
+(a Kubeflow notebook), else none (a port-forwarded, unauthenticated KFP).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wavenet.errors import ConfigError
+
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# Runs use the launcher's service account (k8s/rbac.yaml): it may create TFJobs.
+DEFAULT_SERVICE_ACCOUNT = "wavenet-launcher"
+
+
+def one_line(e: BaseException) -> str:
+    """The last line of an exception's message (urllib3 and kfp_server_api nest theirs)."""
+    text = str(e).strip() or type(e).__name__
+    reason = getattr(e, "reason", None)
+    if reason is not None and not isinstance(reason, str):
+        text = str(reason)
+    return text.splitlines()[-1][:300]
+
+
+def resolve_token(environ: Mapping[str, str], sa_token_path: str = SA_TOKEN) -> str | None:
+    """The bearer token for KFP: ``KFP_TOKEN``, else the pod's service-account token."""
+    if environ.get("KFP_TOKEN"):
+        return environ["KFP_TOKEN"]
+    p = Path(sa_token_path)
+    if p.is_file():
+        return p.read_text().strip() or None
+    return None
+
+
+def make_client(host: str, namespace: str, environ: Mapping[str, str]):
+    """A ``kfp.Client`` for ``host`` (e.g. https://kubeflow.example.com/pipeline)."""
+    import kfp
+
+    if not host:
+        raise ConfigError("KFP host is not set: pass --host or set KFP_HOST "
+                          "(e.g. http://localhost:8080 after kubectl port-forward)")
+    with warnings.catch_warnings():
+        # kfp warns on every construction that it needs a v2 backend; that is our requirement.
+        warnings.simplefilter("ignore", FutureWarning)
+        return kfp.Client(host=host, namespace=namespace, existing_token=resolve_token(environ))
+
+
+def pipeline_parameters() -> dict[str, Any]:
+    """Names and defaults of the ``wavenet-train`` pipeline's parameters."""
+    from pipelines.wavenet_train import wavenet_train
+
+    return {name: spec.default for name, spec in wavenet_train.component_spec.inputs.items()}
+
+
+def load_arguments(path: str | None) -> dict[str, Any]:
+    """Pipeline arguments from a YAML mapping; unknown names are an error naming the file."""
+    if not path:
+        return {}
+    try:
+        d = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read arguments file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"arguments file {path} is not valid YAML: {e}") from None
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"arguments file {path} must hold a mapping of pipeline parameters")
+    known = pipeline_parameters()
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"{path}: unknown pipeline parameter {unknown[0]!r}. "
+                          f"Known: {', '.join(sorted(known))}")
+    # config_yaml may be written as a nested mapping in the file: the pipeline takes a string.
+    if isinstance(d.get("config_yaml"), Mapping):
+        d = {**d, "config_yaml": yaml.safe_dump(dict(d["config_yaml"]), sort_keys=True)}
+    return dict(d)
+
+
+def compile_to_temp() -> str:
+    """Compile the pipeline into a temporary YAML file; returns its path."""
+    from pipelines.wavenet_train import compile_pipeline
+
+    fd, path = tempfile.mkstemp(prefix="wavenet-train-", suffix=".yaml")
+    os.close(fd)
+    return compile_pipeline(path)
+
+
+def upload(client, package: str, name: str) -> tuple[str, str]:
+    """Upload ``package`` as a version of pipeline ``name`` (created if new).
+
+    The version is named after the package's digest, so uploading an unchanged
+    pipeline twice reuses the existing version.
+
+    Returns:
+        (pipeline_id, version_id)
+    """
+    digest = hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]
+    version_name = f"{name}-{digest}"
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        pipeline = client.upload_pipeline(package, pipeline_name=name)
+        pipeline_id = pipeline.pipeline_id
+    versions = client.list_pipeline_versions(pipeline_id, page_size=100).pipeline_versions or []
+    for v in versions:
+        if v.display_name == version_name:
+            return pipeline_id, v.pipeline_version_id
+    version = client.upload_pipeline_version(package, version_name, pipeline_id=pipeline_id)
+    return pipeline_id, version.pipeline_version_id
+
+
+def experiment_id(client, name: str, namespace: str) -> str:
+    """The KFP experiment ``name`` (created if missing)."""
+    return client.create_experiment(name, namespace=namespace).experiment_id

@@ -1,0 +1,250 @@
+"""Components: the helpers their bodies call, and real kfp.local runs of the data stages."""
+
+import datetime as dt
+import json
+import os
+
+import pytest
+import yaml
+from kfp import dsl, local
+
+from components import runtime
+from wavenet import cli
+from wavenet.config import preset
+from wavenet.errors import ConfigError
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def test_config_from_preset_and_nested_or_dotted_yaml_overrides():
+    cfg = runtime.build_config("tiny", "train:\n  steps: 7\nmodel.stacks: 2\n")
+    assert cfg.preset == "tiny" and cfg.train.steps == 7 and cfg.model.stacks == 2
+    assert cfg.train.window == preset("tiny").train.window
+    assert runtime.build_config("demo", "") == preset("demo")
+    assert runtime.build_config("demo", "  \n") == preset("demo")
+
+
+@pytest.mark.parametrize("preset_name, text, match", [
+    ("nope", "", "unknown preset"),
+    ("tiny", "train: [1, 2", "not valid YAML"),
+    ("tiny", "- 1\n- 2\n", "must be a YAML mapping"),
+    ("tiny", "train: {stepz: 3}", "stepz"),
+    ("tiny", "preset: demo", "must not set preset"),
+    ("tiny", "train: {steps: -1}", "train.steps"),
+])
+def test_bad_config_parameters_are_one_line_config_errors(preset_name, text, match):
+    with pytest.raises(ConfigError, match=match):
+        runtime.build_config(preset_name, text)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"train.steps": 1234, "model.stacks": 3, "train.learning_rate": 0.00025},
+    {"train.precision": "mixed_bfloat16", "generate.temperature": 0.9, "evaluate.registered_model_name": "w 2"},
+])
+def test_cli_config_args_rebuild_the_same_config_in_the_wavenet_cli(overrides):
+    cfg = preset("demo").with_overrides(overrides)
+    argv = ["train", "shards", "--out", "run", *runtime.cli_config_args(cfg)]
+    args = cli.build_parser().parse_args(argv)
+    assert cli._config(args) == cfg
+    assert argv.count("--set") == len(overrides)
+
+
+def test_relative_names_and_join_root_round_trip_for_folders_and_buckets(tmp_path):
+    root = str(tmp_path)
+    files = [os.path.join(root, "b", "x.wav"), os.path.join(root, "a.flac")]
+    names = runtime.relative_names(root, files)
+    assert names == ["a.flac", os.path.join("b", "x.wav")]
+    assert sorted(runtime.join_root(root, n) for n in names) == sorted(files)
+    gs = ["gs://bkt/music/a.wav", "gs://bkt/music/sub/b.wav"]
+    assert runtime.relative_names("gs://bkt/music/", gs) == ["a.wav", "sub/b.wav"]
+    assert runtime.join_root("gs://bkt/music", "sub/b.wav") == "gs://bkt/music/sub/b.wav"
+
+
+def test_data_version_follows_shard_content_only():
+    m = {"shards": [{"path": "train/shard-a", "sha256": "1" * 64, "examples": 3},
+                    {"path": "validation/shard-b", "sha256": "2" * 64, "examples": 1}],
+         "created": "now"}
+    v = runtime.data_version(m)
+    assert len(v) == 10
+    assert runtime.data_version({**m, "created": "later", "shards": m["shards"][::-1]}) == v
+    changed = {"shards": [dict(m["shards"][0], sha256="3" * 64), m["shards"][1]]}
+    assert runtime.data_version(changed) != v
+
+
+def test_known_tracks_count_only_when_the_audio_settings_match(tmp_path):
+    cfg = preset("tiny")
+    assert runtime.known_track_ids(str(tmp_path / "none"), cfg) == frozenset()
+    (tmp_path / "tracks").mkdir()
+    (tmp_path / "tracks" / f"{'a' * 64}.npy").write_bytes(b"")
+    entry = {"sha256": "a" * 64, "codes": f"tracks/{'a' * 64}.npy", "path": "x.wav"}
+    from wavenet.preprocess import MANIFEST_VERSION
+
+    manifest = {"version": MANIFEST_VERSION, "audio": cfg.to_dict()["audio"], "files": [entry],
+                "shards": []}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert runtime.known_track_ids(str(tmp_path), cfg) == {"a" * 64}
+    other = cfg.with_overrides({"audio.sample_rate": 8000})
+    assert runtime.known_track_ids(str(tmp_path), other) == frozenset()
+
+
+def test_run_names_tell_preset_data_version_and_start_time_apart():
+    when = dt.datetime(2026, 11, 25, 1, 2, 3, tzinfo=dt.UTC)
+    assert runtime.run_name("demo", "abcdef0123", when) == "demo-dabcdef01-20261125T010203Z"
+
+
+def test_data_location_prefers_persistent_shards_and_needs_a_bucket_for_pods():
+    assert runtime.data_location("/local/p", "/local/p", {}) == "/local/p"
+    assert runtime.data_location("/gcs/b/p", "gs://b/p", {}, for_pods=True) == "gs://b/p"
+    assert runtime.data_location("/x", "/x", {"data_dir": "gs://b/shards"}, for_pods=True) == "gs://b/shards"
+    with pytest.raises(ConfigError, match="gs://"):
+        runtime.data_location("/x", "/x", {}, for_pods=True)
+
+
+def test_mlflow_env_passes_kfp_run_and_tracking_settings_only():
+    env = {"MLFLOW_RUN_ID": "r1", "MLFLOW_EXPERIMENT_ID": "7", "MLFLOW_TRACKING_URI": "http://a",
+           "HOME": "/root", "MLFLOW_TRACKING_PASSWORD": "s3cret", "MLFLOW_EXPERIMENT_NAME": ""}
+    assert runtime.mlflow_env(env) == {"MLFLOW_RUN_ID": "r1", "MLFLOW_EXPERIMENT_ID": "7",
+                                       "MLFLOW_TRACKING_URI": "http://a"}
+    assert runtime.mlflow_env(env, "http://b")["MLFLOW_TRACKING_URI"] == "http://b"
+
+
+def test_numeric_metrics_flatten_and_drop_what_kfp_cannot_show():
+    got = runtime.numeric_metrics({"bits": 3.5, "n": 2, "ok": True, "name": "x", "nan": float("nan"),
+                                   "base": {"unigram": 7.0, "tag": "t"}})
+    assert got == {"bits": 3.5, "n": 2.0, "ok": 1.0, "base.unigram": 7.0}
+
+
+# -- the data stages, run by kfp.local ------------------------------------------------------
+
+from components.stages import list_partitions, merge_shards, preprocess_partition  # noqa: E402
+
+
+@dsl.pipeline(name="data-stages")
+def data_stages(source_uri: str, shards_uri: str, demo_seconds: float) -> dsl.Dataset:
+    listed = list_partitions(source_uri=source_uri, preset="tiny", config_yaml="", partitions=2,
+                             demo_seconds=demo_seconds)
+    with dsl.ParallelFor(listed.outputs["Output"]) as part:
+        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, preset="tiny",
+                                   config_yaml="", shards_uri=shards_uri)
+    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), preset="tiny",
+                          config_yaml="", shards_uri=shards_uri)
+    return merged.outputs["shards"]
+
+
+@pytest.fixture
+def local_root(tmp_path):
+    root = tmp_path / "pipeline-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               raise_on_error=True)
+    return root
+
+
+def test_demo_corpus_is_listed_preprocessed_in_parallel_and_merged(local_root):
+    shards = data_stages(source_uri="", shards_uri="", demo_seconds=2.0).outputs["Output"]
+    manifest = json.loads(open(os.path.join(shards.path, "manifest.json")).read())
+    assert manifest["summary"]["processed"] == 3 and manifest["summary"]["skipped"] == 0
+    for s in manifest["shards"]:
+        assert os.path.exists(os.path.join(shards.path, s["path"]))
+    assert sum(s["examples"] for s in manifest["shards"] if s["split"] == "train") > 0
+    assert shards.metadata["data_version"] == runtime.data_version(manifest)
+    # Two partitions ran as two ParallelFor iterations.
+    iterations = [p for p in local_root.rglob("preprocess-partition") if p.is_dir()]
+    assert len(iterations) == 2
+
+
+def test_persistent_shards_uri_reuses_earlier_preprocessing(local_root, tmp_path):
+    audio = tmp_path / "music"
+    from wavenet.demo import make_demo_corpus
+
+    make_demo_corpus(str(audio), seconds_per_genre=2.0)
+    store = str(tmp_path / "shards")
+    first = data_stages(source_uri=str(audio), shards_uri=store, demo_seconds=0.0).outputs["Output"]
+    assert first.metadata["data_dir"] == store
+    assert first.metadata["summary.processed"] == 3
+    second = data_stages(source_uri=str(audio), shards_uri=store, demo_seconds=0.0).outputs["Output"]
+    assert second.metadata["summary.processed"] == 0 and second.metadata["summary.unchanged"] == 3
+    assert second.metadata["data_version"] == first.metadata["data_version"]
+    on_disk = json.loads(open(os.path.join(store, "manifest.json")).read())
+    assert runtime.data_version(on_disk) == second.metadata["data_version"]
+
+
+def test_empty_source_folder_fails_the_list_step_with_a_clear_message(local_root, tmp_path, capfd):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError, match="list-partitions"):
+        data_stages(source_uri=str(tmp_path / "empty"), shards_uri="", demo_seconds=0.0)
+    assert "no audio files found under" in capfd.readouterr().out
+
+
+def test_overrides_reach_the_components(local_root):
+    # num_shards from the YAML overrides decides how many shards the merge writes.
+    @dsl.pipeline(name="overrides")
+    def p() -> dsl.Dataset:
+        listed = list_partitions(source_uri="", preset="tiny", config_yaml="data: {num_shards: 1}",
+                                 partitions=1, demo_seconds=2.0)
+        with dsl.ParallelFor(listed.outputs["Output"]) as part:
+            pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, preset="tiny",
+                                       config_yaml="data: {num_shards: 1}", shards_uri="")
+        return merge_shards(partials=dsl.Collected(pre.outputs["partial"]), preset="tiny",
+                            config_yaml=yaml.safe_dump({"data": {"num_shards": 1}}),
+                            shards_uri="").outputs["shards"]
+
+    shards = p().outputs["Output"]
+    manifest = json.loads(open(os.path.join(shards.path, "manifest.json")).read())
+    assert {s["split"] for s in manifest["shards"]} == {"train", "validation"}
+    assert len(manifest["shards"]) == 2
+
+
+# -- the same stages on gs:// (a real GCS emulator process on 127.0.0.1) ----------------------
+
+@pytest.fixture
+def gcs_bucket(monkeypatch):
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
+    assert exe, "gcp-storage-emulator is a dev dependency"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+                             "--default-bucket", "pipe-test", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "GCS emulator did not start"
+                time.sleep(0.1)
+        # Pipeline steps are subprocesses: they inherit these.
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+        yield "gs://pipe-test"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_bucket_source_and_persistent_bucket_shards(local_root, gcs_bucket):
+    from wavenet import storage
+    from wavenet.demo import make_demo_corpus
+
+    make_demo_corpus(f"{gcs_bucket}/music", seconds_per_genre=2.0)
+    store = f"{gcs_bucket}/shards/v1"
+    first = data_stages(source_uri=f"{gcs_bucket}/music", shards_uri=store, demo_seconds=0.0).outputs["Output"]
+    assert first.metadata["data_dir"] == store and first.metadata["summary.processed"] == 3
+    manifest = json.loads(storage.read_text(f"{store}/manifest.json"))
+    assert all(storage.exists(f"{store}/{s['path']}") for s in manifest["shards"])
+    assert runtime.data_location(first.path, first.uri, first.metadata, for_pods=True) == store
+    second = data_stages(source_uri=f"{gcs_bucket}/music", shards_uri=store, demo_seconds=0.0).outputs["Output"]
+    assert second.metadata["summary.unchanged"] == 3 and second.metadata["summary.processed"] == 0

@@ -1,0 +1,290 @@
+"""The wavenet-train pipeline: compiled IR, submission helpers, images, and a full kfp.local run."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.images import WAVENET_GPU_IMAGE, WAVENET_IMAGE
+from pipelines import kfp_client, run_local, schedule
+from pipelines.wavenet_train import MLFLOW_CLIENT_SECRET, PREPROCESS_PARALLELISM, compile_pipeline
+from wavenet.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "pipelines" / "wavenet-train.yaml"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ir") / "wavenet-train.yaml"
+    compile_pipeline(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ir(compiled):
+    docs = list(yaml.safe_load_all(compiled.read_text()))
+    return {"spec": docs[0], "platform": docs[1] if len(docs) > 1 else {}}
+
+
+def _root_tasks(ir):
+    return ir["spec"]["root"]["dag"]["tasks"]
+
+
+def _component_tasks(ir, name):
+    return ir["spec"]["components"][name]["dag"]["tasks"]
+
+
+def _without_sdk_version(text):
+    # A kfp patch release changes only this line.
+    return re.sub(r"^sdkVersion: .*$", "", text, flags=re.MULTILINE)
+
+
+def test_committed_ir_is_what_the_code_compiles_to(compiled):
+    assert _without_sdk_version(COMMITTED.read_text()) == _without_sdk_version(compiled.read_text()), \
+        "run `make compile` and commit the result"
+
+
+def test_pipeline_parameters_cover_data_training_cluster_and_mlflow(ir):
+    params = ir["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {"source_uri", "demo_seconds", "preset", "config_yaml", "partitions",
+                           "shards_uri", "num_workers", "train_steps", "train_on_cluster",
+                           "namespace", "train_image", "gpus_per_worker", "accelerator",
+                           "cluster_run_root", "warm_start", "mlflow_tracking_uri",
+                           "mlflow_experiment", "generate_if_rejected"}
+    assert params["train_image"]["defaultValue"] == WAVENET_GPU_IMAGE
+    assert params["train_on_cluster"]["defaultValue"] is False
+
+
+def test_preprocessing_fans_out_over_partitions_and_merge_collects_them(ir):
+    tasks = _root_tasks(ir)
+    (loop_name,) = [n for n, t in tasks.items() if "parameterIterator" in t]
+    loop = tasks[loop_name]
+    items = loop["parameterIterator"]["items"]["inputParameter"]
+    assert "list-partitions-Output" in items
+    assert loop["iteratorPolicy"]["parallelismLimit"] == PREPROCESS_PARALLELISM
+    inner = _component_tasks(ir, loop["componentRef"]["name"])
+    assert inner["preprocess-partition"]["componentRef"]["name"] == "comp-preprocess-partition"
+    merge_in = tasks["merge-shards"]["inputs"]["artifacts"]["partials"]
+    assert merge_in["taskOutputArtifact"]["producerTask"] == loop_name
+    assert ir["spec"]["components"]["comp-merge-shards"]["inputDefinitions"]["artifacts"][
+        "partials"]["isArtifactList"] is True
+
+
+def test_samples_are_generated_only_when_promoted_or_asked_for(ir):
+    tasks = _root_tasks(ir)
+    (branches,) = [t for n, t in tasks.items() if n.startswith("condition-branches")]
+    comp = _component_tasks(ir, branches["componentRef"]["name"])
+    conditions = sorted(t["triggerPolicy"]["condition"] for t in comp.values())
+    assert len(conditions) == 2
+    promoted = "inputs.parameter_values['pipelinechannel--evaluate-model-promoted'] == true"
+    assert conditions[1] == promoted
+    assert conditions[0].startswith(f"!({promoted})") and "generate_if_rejected" in conditions[0]
+    for t in comp.values():
+        (gen,) = _component_tasks(ir, t["componentRef"]["name"]).values()
+        assert gen["componentRef"]["name"].startswith("comp-generate-samples")
+        assert gen["inputs"]["artifacts"]["model"]["componentInputArtifact"] == "pipelinechannel--train-model-model"
+
+
+def test_training_settings_are_pipeline_parameters_passed_through(ir):
+    train = _root_tasks(ir)["train-model"]
+    wired = {k: v.get("componentInputParameter") for k, v in train["inputs"]["parameters"].items()}
+    assert wired == {**wired, "workers": "num_workers", "gpus_per_worker": "gpus_per_worker",
+                     "accelerator": "accelerator", "on_cluster": "train_on_cluster",
+                     "namespace": "namespace", "image": "train_image",
+                     "cluster_run_root": "cluster_run_root", "tracking_uri": "mlflow_tracking_uri",
+                     "experiment": "mlflow_experiment", "steps": "train_steps"}
+    assert train["inputs"]["parameters"]["data_version"]["taskOutputParameter"]["producerTask"] == "merge-shards"
+    assert train["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_every_step_runs_on_the_project_image_without_installing_kfp(ir):
+    executors = ir["spec"]["deploymentSpec"]["executors"]
+    # generate-samples appears once per branch of the condition.
+    assert set(executors) == {"exec-list-partitions", "exec-preprocess-partition", "exec-merge-shards",
+                              "exec-train-model", "exec-evaluate-model", "exec-generate-samples",
+                              "exec-generate-samples-2"}
+    for name, ex in executors.items():
+        c = ex["container"]
+        assert c["image"] == WAVENET_IMAGE, name
+        assert "pip install" not in " ".join(c.get("command", [])), name
+
+
+def test_caching_is_off_where_inputs_do_not_capture_the_world(ir):
+    tasks = _root_tasks(ir)
+    for name in ("list-partitions", "train-model", "evaluate-model"):
+        assert not tasks[name]["cachingOptions"].get("enableCache"), name
+    loop = next(t for t in tasks.values() if "parameterIterator" in t)
+    pre = _component_tasks(ir, loop["componentRef"]["name"])["preprocess-partition"]
+    assert pre["cachingOptions"]["enableCache"] is True
+
+
+def test_logging_steps_get_mlflow_credentials_from_an_optional_secret(ir):
+    executors = ir["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    with_secret = {n for n, e in executors.items()
+                   if any(s["secretName"] == MLFLOW_CLIENT_SECRET and s["optional"]
+                          for s in e.get("secretAsEnv", []))}
+    assert {"exec-train-model", "exec-evaluate-model", "exec-generate-samples"} <= with_secret
+    for e in executors.values():
+        for s in e.get("secretAsEnv", []):
+            assert {kv["envVar"] for kv in s["keyToEnv"]} == {"MLFLOW_TRACKING_USERNAME",
+                                                              "MLFLOW_TRACKING_PASSWORD"}
+
+
+# -- submission helpers (no KFP server here: the calls stop at kfp.Client) ------------------
+
+def test_arguments_file_is_checked_against_pipeline_parameters(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("source_uri: gs://bucket/music\ntrain_on_cluster: true\nconfig_yaml:\n  train: {steps: 5000}\n")
+    args = kfp_client.load_arguments(str(f))
+    assert args["train_on_cluster"] is True
+    assert yaml.safe_load(args["config_yaml"]) == {"train": {"steps": 5000}}
+    f.write_text("source_url: gs://typo\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: unknown pipeline parameter 'source_url'"):
+        kfp_client.load_arguments(str(f))
+    with pytest.raises(ConfigError, match="cannot read arguments file"):
+        kfp_client.load_arguments(str(tmp_path / "missing.yaml"))
+
+
+def test_token_comes_from_the_environment_then_the_service_account(tmp_path):
+    sa = tmp_path / "token"
+    assert kfp_client.resolve_token({}, str(sa)) is None
+    sa.write_text("pod-token\n")
+    assert kfp_client.resolve_token({}, str(sa)) == "pod-token"
+    assert kfp_client.resolve_token({"KFP_TOKEN": "user-token"}, str(sa)) == "user-token"
+    with pytest.raises(ConfigError, match="KFP host is not set"):
+        kfp_client.make_client("", "kubeflow", {})
+
+
+@pytest.mark.parametrize("expr, expected", [
+    ("0 3 * * 1", "0 0 3 * * 1"),
+    ("30 0 3 * * 1", "30 0 3 * * 1"),
+])
+def test_cron_expressions_become_kfp_six_field_form(expr, expected):
+    assert schedule.normalize_cron(expr) == expected
+
+
+def test_bad_cron_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="5 or 6 fields"):
+        schedule.normalize_cron("daily")
+
+
+def test_submit_without_a_host_fails_in_one_line(capsys, monkeypatch):
+    from pipelines import submit
+
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    assert submit.main([]) == 2
+    assert capsys.readouterr().err.startswith("error: KFP host is not set")
+
+
+def _closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_submit_and_schedule_report_an_unreachable_kfp_in_one_line(capsys, tmp_path):
+    from pipelines import submit
+
+    host = f"http://127.0.0.1:{_closed_port()}"
+    assert submit.main(["--host", host]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: Kubeflow Pipelines at {host}: ")
+    assert schedule.main(["--host", host, "--cron", "0 3 * * *"]) == 1
+    assert "Connection refused" in capsys.readouterr().err
+
+
+def test_run_local_turns_set_flags_into_the_pipelines_yaml_overrides():
+    text = run_local.overrides_yaml(["train.steps=12", "model.stacks=2"])
+    assert yaml.safe_load(text) == {"train.steps": 12, "model.stacks": 2}
+    assert run_local.overrides_yaml([]) == ""
+
+
+def test_run_local_rejects_a_missing_data_folder_in_one_line(capsys, tmp_path):
+    assert run_local.main(["--data", str(tmp_path / "nope"), "--root", str(tmp_path / "r")]) == 2
+    assert "--data must be a folder" in capsys.readouterr().err
+
+
+# -- images ---------------------------------------------------------------------------------
+
+def _dockerfile(name):
+    return (ROOT / "docker" / name).read_text()
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu", "Dockerfile.mlflow"])
+def test_images_are_pinned_non_root_and_without_build_secrets(name):
+    text = _dockerfile(name)
+    (base,) = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
+    tag = base.rsplit(":", 1)[-1]
+    assert ":" in base and tag != "latest" and re.search(r"\d+\.\d+", tag), base
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert users and not users[-1].startswith(("root", "0")), users
+    assert not re.search(r"^(ARG|ENV)\s+\S*(TOKEN|PASSWORD|SECRET|KEY)", text, re.MULTILINE | re.IGNORECASE)
+    assert "--mount=type=secret" not in text
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_project_images_install_the_package_like_the_readme(name):
+    text = _dockerfile(name)
+    assert re.search(r"^RUN pip install \.(\s|$)", text, re.MULTILINE)
+    for src in ("wavenet", "components", "pipelines", "k8s", "pyproject.toml"):
+        assert re.search(rf"^COPY .*\b{re.escape(src)}\b", text, re.MULTILINE), src
+    assert "WAVENET_TFJOB_TEMPLATE=/opt/wavenet/k8s/tfjob-template.yaml" in text
+
+
+def test_gpu_image_is_tensorflow_2_21_gpu():
+    assert re.search(r"^FROM tensorflow/tensorflow:2\.21\.\d+-gpu$", _dockerfile("Dockerfile.gpu"), re.MULTILINE)
+
+
+def test_makefile_builds_the_images_the_pipeline_names():
+    make = (ROOT / "Makefile").read_text()
+    assert f"IMAGE ?= {WAVENET_IMAGE}" in make and f"GPU_IMAGE ?= {WAVENET_GPU_IMAGE}" in make
+    mlflow_image = yaml.safe_load_all((ROOT / "k8s" / "mlflow.yaml").read_text())
+    dep = next(d for d in mlflow_image if d["kind"] == "Deployment")
+    assert f"MLFLOW_IMAGE ?= {dep['spec']['template']['spec']['containers'][0]['image']}" in make
+
+
+# -- the whole pipeline, locally ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_full_pipeline_runs_locally_and_leaves_model_samples_and_mlflow_runs(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    # Every step runs in this folder: MLflow's local artifact store lands here too.
+    monkeypatch.chdir(tmp_path)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = run_local.main(["--preset", "tiny", "--demo-seconds", "4", "--workers", "2",
+                         "--root", str(tmp_path / "runs"), "--tracking-uri", uri,
+                         "--experiment", "pipeline-test"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    summary = run_local.summarize(Path(re.search(r"Outputs under (\S+):", out).group(1)))
+    assert summary["model"] and os.path.getsize(summary["model"]) > 0
+    assert summary["promoted"] is True  # the first model of a fresh registry is the champion
+    assert summary["wavs"], "no WAV files generated"
+    assert all(os.path.getsize(w) > 44 for w in summary["wavs"])
+    assert summary["report"] and "make ui" in out
+    manifest = json.loads((Path(summary["shards"]) / "manifest.json").read_text())
+    assert manifest["summary"]["processed"] == 3
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("pipeline-test")
+    runs = client.search_runs([exp.experiment_id])
+    train_runs = [r for r in runs if re.fullmatch(r"tiny-d[0-9a-f]{8}-\d{8}T\d{6}Z", r.info.run_name)]
+    assert len(train_runs) == 1, [r.info.run_name for r in runs]
+    train = train_runs[0]
+    assert train.info.run_id == summary["train_run_id"]
+    assert train.data.params["train.steps"] == "30" and "model.stacks" in train.data.params
+    assert "val_bits_per_sample" in train.data.metrics
+    assert train.data.tags.get("kfp.run_id")  # the pipeline run it came from
+    names = {r.info.run_name for r in runs}
+    assert {f"{train.info.run_name}-evaluate", f"{train.info.run_name}-generate"} <= names, names
+    champion = client.get_model_version_by_alias("wavenet", "champion")
+    assert champion.run_id in {r.info.run_id for r in runs}

@@ -1,0 +1,347 @@
+"""The Kubernetes edge: train on a cluster as a Kubeflow TFJob (kubeflow.org/v1).
+
+The only core module that imports ``kubernetes``. Two halves:
+
+- :func:`render_tfjob` is pure: template + settings -> the TFJob object (a dict).
+  Every replica is a ``Worker``; the Training Operator writes ``TF_CONFIG``
+  into each pod, and ``MultiWorkerMirroredStrategy`` treats worker 0 as chief.
+- :func:`run_tfjob` creates the job, streams worker 0's log, waits for a
+  ``Succeeded`` or ``Failed`` condition and deletes the job (its pods go with it).
+
+The template lives in ``k8s/tfjob-template.yaml`` (validated by ``make k8s-validate``
+against ``k8s/schemas/tfjob.schema.json``); the container image copies it to
+``/opt/wavenet/k8s`` and names it in ``WAVENET_TFJOB_TEMPLATE``, which the caller
+(the train component) reads and passes in.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wavenet.errors import ConfigError, WavenetError
+
+__all__ = [
+    "GROUP",
+    "VERSION",
+    "PLURAL",
+    "CONTAINER",
+    "TFJobError",
+    "default_template_path",
+    "load_template",
+    "job_name",
+    "render_tfjob",
+    "tfjob_outcome",
+    "run_tfjob",
+]
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
+# The Training Operator finds the TensorFlow container by this name (it sets TF_CONFIG
+# and the default port on it).
+CONTAINER = "tensorflow"
+GPU_RESOURCE = "nvidia.com/gpu"
+# GKE's node label for the accelerator type; other clusters use e.g.
+# NVIDIA GPU feature discovery's ``nvidia.com/gpu.product``.
+DEFAULT_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+
+_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class TFJobError(WavenetError):
+    """The TFJob could not be created, failed, or timed out."""
+
+
+def default_template_path() -> Path:
+    """``k8s/tfjob-template.yaml`` next to the package in a source checkout."""
+    return Path(__file__).resolve().parents[1] / "k8s" / "tfjob-template.yaml"
+
+
+def load_template(path: str | Path | None = None) -> dict[str, Any]:
+    """Read the TFJob template (YAML).
+
+    Args:
+        path: template file; None means :func:`default_template_path`.
+
+    Returns:
+        The template as a dict.
+    """
+    p = Path(path) if path else default_template_path()
+    try:
+        d = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read TFJob template {p}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"TFJob template {p} is not valid YAML: {e}") from None
+    if not isinstance(d, dict) or d.get("kind") != "TFJob":
+        raise ConfigError(f"TFJob template {p} must hold one object of kind TFJob")
+    return d
+
+
+def job_name(prefix: str, suffix: str) -> str:
+    """A DNS-1035 name of at most 45 characters (room for ``-worker-NN`` pod names)."""
+    raw = re.sub(r"[^a-z0-9-]+", "-", f"{prefix}-{suffix}".lower()).strip("-")
+    raw = raw[:45].rstrip("-")
+    if not raw or not raw[0].isalpha():
+        raw = ("j-" + raw)[:45].rstrip("-")
+    return raw
+
+
+def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
+                 args: Sequence[str] = (), *, workers: int = 1, gpus_per_worker: int = 0,
+                 accelerator: str = "", accelerator_label: str = DEFAULT_ACCELERATOR_LABEL,
+                 env: Mapping[str, str] | None = None, backoff_limit: int | None = None,
+                 ttl_seconds_after_finished: int | None = None, clean_pod_policy: str | None = None,
+                 restart_policy: str | None = None, service_account: str | None = None,
+                 labels: Mapping[str, str] | None = None,
+                 template: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Render the TFJob the launcher creates. Pure: no cluster, no environment.
+
+    Args:
+        name: job name (DNS-1035 label, at most 45 characters).
+        namespace: namespace the job runs in.
+        image: container image (the GPU image for GPU workers).
+        command: container command, e.g. ``["wavenet", "train"]``.
+        args: container arguments.
+        workers: Worker replicas (one TensorFlow process each; worker 0 is chief).
+        gpus_per_worker: ``nvidia.com/gpu`` limit per pod; 0 trains on CPU and drops the
+            GPU node selector and tolerations.
+        accelerator: accelerator type for the node selector (e.g. ``nvidia-l4``);
+            empty: any GPU node.
+        accelerator_label: node label that carries the accelerator type.
+        env: extra container environment (MLflow URI and KFP's MLflow run, ...).
+        backoff_limit: ``runPolicy.backoffLimit``; None keeps the template's.
+        ttl_seconds_after_finished: ``runPolicy.ttlSecondsAfterFinished``; None keeps the template's.
+        clean_pod_policy: ``runPolicy.cleanPodPolicy`` (None, Running, All); None keeps the template's.
+        restart_policy: Worker ``restartPolicy`` (OnFailure, ExitCode, Never, Always).
+        service_account: pod service account; None keeps the template's.
+        labels: extra labels on the job and its pods.
+        template: the TFJob template; None loads ``k8s/tfjob-template.yaml``.
+
+    Returns:
+        The TFJob object, ready for ``create_namespaced_custom_object``.
+    """
+    if not isinstance(name, str) or len(name) > 45 or not _NAME_RE.match(name):
+        raise ConfigError(f"TFJob name must be a DNS-1035 label of at most 45 characters. "
+                          f"Received: name={name!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
+    if not isinstance(gpus_per_worker, int) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
+        raise ConfigError(f"gpus_per_worker must be an integer >= 0. Received: "
+                          f"gpus_per_worker={gpus_per_worker!r}")
+    if not command:
+        raise ConfigError("TFJob command must not be empty")
+    if clean_pod_policy is not None and clean_pod_policy not in ("None", "Running", "All"):
+        raise ConfigError(f"clean_pod_policy must be one of None, Running, All. "
+                          f"Received: {clean_pod_policy!r}")
+    if restart_policy is not None and restart_policy not in ("OnFailure", "ExitCode", "Never", "Always"):
+        raise ConfigError(f"restart_policy must be one of OnFailure, ExitCode, Never, Always. "
+                          f"Received: {restart_policy!r}")
+
+    job = copy.deepcopy(dict(template if template is not None else load_template()))
+    meta = job.setdefault("metadata", {})
+    meta["name"] = name
+    meta["namespace"] = namespace
+    meta.setdefault("labels", {}).update(dict(labels or {}))
+
+    spec = job.setdefault("spec", {})
+    run_policy = spec.setdefault("runPolicy", {})
+    if backoff_limit is not None:
+        run_policy["backoffLimit"] = int(backoff_limit)
+    if ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = int(ttl_seconds_after_finished)
+    if clean_pod_policy is not None:
+        run_policy["cleanPodPolicy"] = clean_pod_policy
+
+    replicas = spec.setdefault("tfReplicaSpecs", {})
+    worker = replicas.get("Worker")
+    if worker is None:
+        raise ConfigError("TFJob template must define spec.tfReplicaSpecs.Worker")
+    # MultiWorkerMirroredStrategy: peers only; a Chief or PS replica would change TF_CONFIG.
+    for role in [r for r in replicas if r != "Worker"]:
+        del replicas[role]
+    worker["replicas"] = workers
+    if restart_policy is not None:
+        worker["restartPolicy"] = restart_policy
+
+    pod = worker.setdefault("template", {})
+    pod.setdefault("metadata", {}).setdefault("labels", {}).update(
+        {**meta["labels"], "wavenet/job": name})
+    pod_spec = pod.setdefault("spec", {})
+    if service_account is not None:
+        pod_spec["serviceAccountName"] = service_account
+    containers = pod_spec.get("containers") or []
+    matching = [c for c in containers if c.get("name") == CONTAINER]
+    if not matching:
+        raise ConfigError(f"TFJob template's Worker must have a container named {CONTAINER!r}")
+    c = matching[0]
+    c["image"] = image
+    c["command"] = list(command)
+    c["args"] = [str(a) for a in args]
+    if env:
+        existing = [e for e in c.get("env", []) if e.get("name") not in env]
+        c["env"] = existing + [{"name": k, "value": str(v)} for k, v in sorted(env.items())]
+
+    resources = c.setdefault("resources", {})
+    limits = resources.setdefault("limits", {})
+    requests = resources.setdefault("requests", {})
+    if gpus_per_worker > 0:
+        # Extended resources are limits only; Kubernetes copies them to requests.
+        limits[GPU_RESOURCE] = gpus_per_worker
+        requests.pop(GPU_RESOURCE, None)
+        selector = pod_spec.setdefault("nodeSelector", {})
+        if accelerator:
+            selector[accelerator_label] = accelerator
+        else:
+            selector.pop(accelerator_label, None)
+        if not selector:
+            pod_spec.pop("nodeSelector")
+    else:
+        limits.pop(GPU_RESOURCE, None)
+        requests.pop(GPU_RESOURCE, None)
+        if "nodeSelector" in pod_spec:
+            pod_spec["nodeSelector"].pop(accelerator_label, None)
+            if not pod_spec["nodeSelector"]:
+                del pod_spec["nodeSelector"]
+        pod_spec["tolerations"] = [t for t in pod_spec.get("tolerations", [])
+                                   if t.get("key") != GPU_RESOURCE]
+        if not pod_spec["tolerations"]:
+            del pod_spec["tolerations"]
+    return job
+
+
+def tfjob_outcome(obj: Mapping[str, Any]) -> str | None:
+    """``"Succeeded"`` or ``"Failed"`` once the job has that condition, else None.
+
+    The Training Operator appends conditions (Created, Running, Restarting,
+    Succeeded, Failed); a terminal one with status "True" decides.
+    """
+    for cond in reversed((obj.get("status") or {}).get("conditions") or []):
+        if cond.get("status") == "True" and cond.get("type") in ("Succeeded", "Failed"):
+            return cond["type"]
+    return None
+
+
+def _condition_message(obj: Mapping[str, Any]) -> str:
+    for cond in reversed((obj.get("status") or {}).get("conditions") or []):
+        if cond.get("type") == "Failed":
+            return cond.get("message") or cond.get("reason") or ""
+    return ""
+
+
+def _follow_log(core, namespace: str, pod: str, stop: threading.Event,
+                log: Callable[[str], None]) -> None:
+    """Stream one pod's container log until it ends or ``stop`` is set."""
+    from kubernetes.client.rest import ApiException
+
+    while not stop.is_set():
+        try:
+            p = core.read_namespaced_pod(pod, namespace)
+            if p.status.phase not in ("Running", "Succeeded", "Failed"):
+                stop.wait(3)
+                continue
+            resp = core.read_namespaced_pod_log(pod, namespace, container=CONTAINER, follow=True,
+                                                _preload_content=False)
+            pending = ""
+            # The stream yields chunks of bytes, not lines: split and keep the tail.
+            for chunk in resp.stream():
+                pending += chunk.decode("utf-8", "replace")
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    log(line)
+                if stop.is_set():
+                    break
+            if pending:
+                log(pending)
+            return
+        except ApiException as e:
+            if e.status != 404:
+                log(f"[log] cannot read {pod}: {e.reason}")
+                return
+            stop.wait(3)
+        except Exception as e:  # noqa: BLE001 - a broken log stream must not stop the wait
+            log(f"[log] stream of {pod} ended: {e}")
+            return
+
+
+def run_tfjob(job: Mapping[str, Any], *, poll_seconds: float = 10.0, timeout_s: float | None = None,
+              delete: bool = True, log: Callable[[str], None] = print,
+              api_client: Any = None) -> dict[str, Any]:
+    """Create the TFJob, stream worker 0's log, wait for the outcome, clean up.
+
+    Args:
+        job: a rendered TFJob (:func:`render_tfjob`).
+        poll_seconds: seconds between status reads.
+        timeout_s: give up (and delete the job) after this long; None waits forever.
+        delete: delete the job when done (pods are garbage-collected with it).
+        log: where log lines and progress go.
+        api_client: a ``kubernetes.client.ApiClient``; None loads the in-cluster
+            service-account config, else ``~/.kube/config``.
+
+    Returns:
+        The job's last observed object (status included).
+
+    Raises:
+        TFJobError: creation refused, the job failed, or the timeout passed.
+    """
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    if api_client is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            try:
+                config.load_kube_config()
+            except (config.ConfigException, OSError) as e:
+                raise TFJobError(f"no Kubernetes configuration (in-cluster or kubeconfig): {e}") from None
+        api_client = client.ApiClient()
+    custom = client.CustomObjectsApi(api_client)
+    core = client.CoreV1Api(api_client)
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, dict(job))
+    except ApiException as e:
+        raise TFJobError(f"cannot create TFJob {namespace}/{name}: {e.status} {e.reason}") from None
+    log(f"created TFJob {namespace}/{name}")
+
+    stop = threading.Event()
+    follower = threading.Thread(target=_follow_log,
+                                args=(core, namespace, f"{name}-worker-0", stop, log), daemon=True)
+    follower.start()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    obj: dict[str, Any] = dict(job)
+    try:
+        while True:
+            try:
+                obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            except ApiException as e:
+                raise TFJobError(f"cannot read TFJob {namespace}/{name}: {e.status} {e.reason}") from None
+            outcome = tfjob_outcome(obj)
+            if outcome == "Succeeded":
+                log(f"TFJob {namespace}/{name} succeeded")
+                return obj
+            if outcome == "Failed":
+                raise TFJobError(f"TFJob {namespace}/{name} failed: {_condition_message(obj)}")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TFJobError(f"TFJob {namespace}/{name} did not finish within {timeout_s:.0f} s")
+            time.sleep(poll_seconds)
+    finally:
+        stop.set()
+        follower.join(timeout=5)
+        if delete:
+            try:
+                custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name,
+                    body=client.V1DeleteOptions(propagation_policy="Foreground"))
+                log(f"deleted TFJob {namespace}/{name}")
+            except ApiException as e:
+                if e.status != 404:
+                    log(f"could not delete TFJob {namespace}/{name}: {e.status} {e.reason}")
