@@ -190,9 +190,30 @@ def numeric_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, fl
     return out
 
 
+def champion_uri(cfg: ExperimentConfig, tracking_uri: str = "") -> str | None:
+    """Warm start: the champion's model URI when it has this config's architecture, else None.
+
+    The first run of a schedule has no champion, and a changed architecture
+    cannot reuse its weights: both train from scratch (and say so).
+    """
+    from wavenet import registry
+
+    registry.use_tracking_uri(tracking_uri or None)
+    champion = registry.get_champion(cfg.evaluate.registered_model_name)
+    if champion is None:
+        print(f"warm start: no champion of {cfg.evaluate.registered_model_name!r} yet; "
+              "training from scratch")
+        return None
+    model = registry.load_wavenet(champion.uri)
+    if model.config != cfg.model:
+        print(f"warm start: champion {champion.uri} has another architecture; training from scratch")
+        return None
+    return champion.uri
+
+
 def training_tfjob(cfg: ExperimentConfig, name: str, data_uri: str, out_uri: str, *, namespace: str,
                    image: str, workers: int, gpus_per_worker: int, accelerator: str, run_name: str,
-                   steps: int = 0, experiment: str = "",
+                   steps: int = 0, experiment: str = "", init_model: str = "",
                    env: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
                    template: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The TFJob the train component creates: ``wavenet train`` in worker mode on every pod.
@@ -208,6 +229,8 @@ def training_tfjob(cfg: ExperimentConfig, name: str, data_uri: str, out_uri: str
         args += ["--steps", str(steps)]
     if experiment:
         args += ["--experiment", experiment]
+    if init_model:
+        args += ["--init-model", init_model]
     return tfjob.render_tfjob(name, namespace, image, ["wavenet", "train"], args, workers=workers,
                               gpus_per_worker=gpus_per_worker, accelerator=accelerator,
                               env=env, labels=labels, template=template)

@@ -139,7 +139,8 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
         gpus_per_worker: ``nvidia.com/gpu`` per Worker pod (0: CPU pods).
         accelerator: node selector value for the accelerator type (empty: any GPU node).
         cluster_run_root: gs:// prefix where TFJob pods write the run (model, checkpoints).
-        warm_start: start from the registered champion's weights.
+        warm_start: start a new run from the registered champion's weights (when a
+            champion exists and has this run's architecture; otherwise from scratch).
         tracking_uri: MLflow tracking URI (empty: $MLFLOW_TRACKING_URI, else ./mlflow.db).
         experiment: MLflow experiment.
         kfp_run_id: the pipeline run's id, tagged on the MLflow run (``kfp.run_id``).
@@ -155,20 +156,14 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
 
     cfg = runtime.build_config(preset, config_yaml)
     name = runtime.run_name(cfg.preset, data_version)
-    if warm_start:
-        from wavenet.errors import ConfigError
-
-        # wavenet.train resumes from its own checkpoints only; it cannot start from
-        # another model's weights yet (README: what is left).
-        raise ConfigError("warm_start=True is not supported yet: wavenet.train cannot initialise "
-                          "from the champion's weights; run with warm_start=False")
+    init_model = runtime.champion_uri(cfg, tracking_uri) if warm_start else None
     if not on_cluster:
         from wavenet.train import train
 
         result = train(runtime.data_location(shards.path, shards.uri, shards.metadata), model.path,
                        cfg, workers=workers, steps=steps or None, tracking_uri=tracking_uri or None,
                        experiment=experiment or None, run_name=name, progress=False,
-                       environ={**os.environ, "KFP_RUN_ID": kfp_run_id})
+                       init_model=init_model, environ={**os.environ, "KFP_RUN_ID": kfp_run_id})
         summary, run_id = dict(result.summary), result.run_id or ""
     else:
         from wavenet import tfjob
@@ -180,11 +175,16 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
                               f"Received: {cluster_run_root!r}")
         job = tfjob.job_name("wavenet", name)
         out = storage.join(cluster_run_root, job)
+        if init_model:
+            # Pods open a file, not a registry URI: resolve the champion once, here.
+            from wavenet.train import prepare_init_model
+
+            init_model = prepare_init_model(init_model, out, cfg, tracking_uri or None)
         rendered = runtime.training_tfjob(
             cfg, job, runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True),
             out, namespace=namespace, image=image, workers=workers,
             gpus_per_worker=gpus_per_worker, accelerator=accelerator, run_name=name, steps=steps,
-            experiment=experiment,
+            experiment=experiment, init_model=init_model or "",
             env={**runtime.mlflow_env(os.environ, tracking_uri), "KFP_RUN_ID": kfp_run_id},
             labels={"wavenet/data-version": data_version[:63]},
             template=tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))

@@ -248,3 +248,26 @@ def test_bucket_source_and_persistent_bucket_shards(local_root, gcs_bucket):
     assert runtime.data_location(first.path, first.uri, first.metadata, for_pods=True) == store
     second = data_stages(source_uri=f"{gcs_bucket}/music", shards_uri=store, demo_seconds=0.0).outputs["Output"]
     assert second.metadata["summary.unchanged"] == 3 and second.metadata["summary.processed"] == 0
+
+
+def test_warm_start_takes_the_champion_only_when_it_fits(eval_data, untrained_model_path, tmp_path,
+                                                         monkeypatch, capsys):
+    from conftest import tiny_config
+
+    from wavenet.evaluate import evaluate
+
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config().with_overrides({"evaluate.registered_model_name": "warm-test"})
+    # The first scheduled run: no champion yet, so training starts from scratch.
+    assert runtime.champion_uri(cfg, db) is None
+    assert "no champion of 'warm-test' yet" in capsys.readouterr().out
+    gate = evaluate(untrained_model_path, str(eval_data), cfg, gate=True, tracking_uri=db,
+                    experiment="warm-test")
+    assert gate["promoted"]
+    assert runtime.champion_uri(cfg, db) == "models:/warm-test/1"
+    # A changed architecture cannot reuse the champion's weights.
+    wider = cfg.with_overrides({"model.residual_channels": 16})
+    assert runtime.champion_uri(wider, db) is None
+    assert "has another architecture" in capsys.readouterr().out

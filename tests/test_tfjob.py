@@ -141,6 +141,7 @@ def test_the_train_components_tfjob_is_valid_and_carries_the_whole_config():
         cfg, name, "gs://bucket/shards", f"gs://bucket/runs/{name}", namespace="wavenet",
         image="reg/gpu:1", workers=4, gpus_per_worker=1, accelerator="nvidia-l4",
         run_name="demo-d01234567-20260101T000000Z", experiment="wavenet",
+        init_model=f"gs://bucket/runs/{name}/init_model.keras",
         env={"MLFLOW_TRACKING_URI": "http://mlflow.wavenet:5000"}, labels={"wavenet/data-version": "0123"})
     validate_tfjob(job, SCHEMA)
     assert len(name) <= 45 and name.startswith("wavenet-demo-d01234567-")
@@ -149,6 +150,8 @@ def test_the_train_components_tfjob_is_valid_and_carries_the_whole_config():
     assert args[:3] == ["gs://bucket/shards", "--out", f"gs://bucket/runs/{name}"]
     assert "--worker" in args and args[args.index("--experiment") + 1] == "wavenet"
     assert args[args.index("--preset") + 1] == "demo"
+    # Warm start: every pod opens the champion's weights resolved into the run folder.
+    assert args[args.index("--init-model") + 1] == f"gs://bucket/runs/{name}/init_model.keras"
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     assert sorted(sets) == ["model.stacks=3", "train.steps=1234"]
     assert _worker(job)["replicas"] == 4

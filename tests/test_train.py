@@ -154,3 +154,43 @@ def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_ser
     assert rc == 0 and again == summary
     assert len(client.search_runs([exp.experiment_id])) == 1
     assert len(client.get_metric_history(run.info.run_id, "val_bits_per_sample")) == 3
+
+
+def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from wavenet.model import load_model
+
+    db = f"sqlite:///{tmp_path}/m.db"
+    common = ["--preset", "tiny", "--no-progress", "--tracking-uri", db]
+
+    def run(out, *extra):
+        rc = main(["train", str(tiny_shards), "--out", str(tmp_path / out), *common, *extra])
+        assert rc == 0
+        return json.loads(capsys.readouterr().out)
+
+    def weights(out):
+        return load_model(str(tmp_path / out / "model.keras")).get_weights()
+
+    first = run("first", "--steps", "10")
+    # A learning rate of ~0 keeps whatever the run starts from: the warm run must
+    # end where the first one ended, a cold one where fresh weights are.
+    frozen = ["--steps", "2", "--set", "train.learning_rate=1e-12", "--set", "train.warmup_steps=0"]
+    run("warm", *frozen, "--init-model", first["model_uri"])
+    run("cold", *frozen)
+    trained, warm, cold = weights("first"), weights("warm"), weights("cold")
+    assert max(np.max(np.abs(a - b)) for a, b in zip(trained, warm)) < 1e-6
+    assert max(np.max(np.abs(a - b)) for a, b in zip(trained, cold)) > 1e-3
+    # The MLflow model was resolved once into the run folder, and the run says where from.
+    assert (tmp_path / "warm" / "init_model.keras").exists()
+    warm_run = MlflowClient(db).get_run((tmp_path / "warm" / "mlflow_run_id").read_text().strip())
+    assert warm_run.data.tags["warm_start"] == str(tmp_path / "warm" / "init_model.keras")
+
+    # Another architecture cannot take these weights: one line, before training.
+    rc = main(["train", str(tiny_shards), "--out", str(tmp_path / "wide"), *common, "--steps", "1",
+               "--set", "model.residual_channels=16", "--init-model",
+               str(tmp_path / "first" / "model.keras")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(f"error: cannot warm start from {tmp_path / 'first' / 'model.keras'}: "
+                             "its model config differs")

@@ -115,6 +115,9 @@ def _add_train(sub) -> None:
     p.add_argument("--worker", action="store_true",
                    help="run as one worker of the cluster in $TF_CONFIG (TFJob pods; "
                    "--workers is then ignored)")
+    p.add_argument("--init-model", default=None, metavar="MODEL",
+                   help="warm start a new run from this model's weights: a .keras file or an "
+                   "MLflow URI such as models:/wavenet@champion (same architecture)")
     p.add_argument("--threads", type=int, default=0,
                    help="TensorFlow threads per worker (default: TensorFlow's own in one process, "
                    "cores / workers for local workers)")
@@ -133,7 +136,7 @@ def _cmd_train(args) -> int:
     result = train(args.data, args.out, _config(args), workers=args.workers, steps=args.steps,
                    tracking_uri=args.tracking_uri, experiment=args.experiment,
                    run_name=args.run_name, progress=not args.no_progress, worker=args.worker,
-                   threads=args.threads, environ=os.environ)
+                   threads=args.threads, init_model=args.init_model, environ=os.environ)
     if result.run_id is not None:  # the chief (or the only process) reports
         _print_json(result.summary)
     return 0

@@ -188,7 +188,8 @@ def _check_batch(cfg: ExperimentConfig, replicas: int) -> None:
 def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1, steps: int | None = None,
           tracking_uri: str | None = None, experiment: str | None = None,
           run_name: str | None = None, progress: bool = True, worker: bool = False,
-          threads: int = 0, environ: Mapping[str, str] | None = None) -> TrainResult:
+          threads: int = 0, init_model: str | None = None,
+          environ: Mapping[str, str] | None = None) -> TrainResult:
     """Train (or resume training) a WaveNet on the shards in ``data``.
 
     Args:
@@ -206,6 +207,10 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1, steps
             ``environ`` (a TFJob pod); ``workers`` is then ignored.
         threads: TensorFlow intra/inter-op threads per worker (0: TensorFlow's
             default in one process, cores / workers for local workers).
+        init_model: warm start: a ``.keras`` path or MLflow model URI (e.g.
+            ``models:/wavenet@champion``) whose weights initialise a new run.
+            Its architecture must equal ``cfg.model``; a run that already has
+            checkpoints resumes from them instead.
         environ: environment to read ``TF_CONFIG``, ``MLFLOW_*`` and
             ``KFP_RUN_ID`` from (default ``os.environ``).
 
@@ -231,18 +236,26 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1, steps
             tf_config = json.loads(raw)
         except json.JSONDecodeError as e:
             raise ConfigError(f"TF_CONFIG is not valid JSON: {e}") from None
+        if init_model and init_model.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+            raise ConfigError("--worker reads --init-model as a .keras path (local or gs://) that "
+                              "every worker can open; resolve MLflow URIs before starting the "
+                              f"workers. Received: init_model={init_model!r}")
         return train_worker(data, out, cfg, tf_config=tf_config, tracking_uri=uri,
                             experiment=experiment, run_name=run_name, progress=progress,
-                            threads=threads, kfp_run_id=env.get("KFP_RUN_ID"), environ=env)
+                            threads=threads, kfp_run_id=env.get("KFP_RUN_ID"),
+                            init_model=init_model, environ=env)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
     _check_batch(cfg, workers)
     _check_data(data, cfg, workers)
     tracking.check_tracking_server(uri)
+    if init_model:
+        init_model = prepare_init_model(init_model, out, cfg, uri)
     if workers == 1:
         return train_worker(data, out, cfg, tf_config=None, tracking_uri=uri,
                             experiment=experiment, run_name=run_name, progress=progress,
-                            threads=threads, kfp_run_id=env.get("KFP_RUN_ID"), environ=env)
+                            threads=threads, kfp_run_id=env.get("KFP_RUN_ID"),
+                            init_model=init_model, environ=env)
 
     from wavenet.launch import run_local_workers
 
@@ -256,6 +269,8 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1, steps
         base += ["--experiment", experiment]
     if run_name:
         base += ["--run-name", run_name]
+    if init_model:
+        base += ["--init-model", init_model]
     commands = [base + ([] if progress and i == 0 else ["--no-progress"]) for i in range(workers)]
     from wavenet.tracking import FAST_FAIL_HTTP_ENV
 
@@ -265,6 +280,34 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1, steps
     summary = json.loads(storage.read_text(storage.join(out, SUMMARY_FILE)))
     return TrainResult(model_path=summary["model_path"], summary=summary,
                        run_id=summary.get("run_id"), out_dir=out)
+
+
+INIT_MODEL_FILE = "init_model.keras"
+
+
+def _check_same_architecture(source: str, found, cfg: ExperimentConfig) -> None:
+    if found != cfg.model:
+        raise ConfigError(f"cannot warm start from {source}: its model config differs from this "
+                          f"run's. Received: {found}, expected: {cfg.model}")
+
+
+def prepare_init_model(init_model: str, out: str, cfg: ExperimentConfig, tracking_uri: str) -> str:
+    """Check a warm-start model and return a ``.keras`` path every worker can read.
+
+    MLflow URIs are resolved once, here, and the model is saved into the run
+    directory (workers and resumed runs then read that file).
+    """
+    from wavenet import registry
+    from wavenet.model import save_model
+
+    source = registry.load_wavenet(init_model, tracking_uri)
+    _check_same_architecture(init_model, source.config, cfg)
+    if not registry.is_mlflow_uri(init_model):
+        return init_model
+    path = storage.join(out, INIT_MODEL_FILE)
+    storage.makedirs(out)
+    save_model(source, path)
+    return path
 
 
 # -- one worker ----------------------------------------------------------------
@@ -335,6 +378,7 @@ def _read_optional(path: str) -> str | None:
 def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, Any] | None,
                  tracking_uri: str, experiment: str | None = None, run_name: str | None = None,
                  progress: bool = True, threads: int = 0, kfp_run_id: str | None = None,
+                 init_model: str | None = None,
                  environ: Mapping[str, str] | None = None) -> TrainResult:
     """Run one worker of a training cluster (or the only one when ``tf_config`` is None).
 
@@ -353,6 +397,8 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
         progress: show a progress bar (chief only).
         threads: TensorFlow intra/inter-op threads (0: default).
         kfp_run_id: Kubeflow Pipelines run id, tagged on the MLflow run.
+        init_model: a ``.keras`` file whose weights start a new run (warm start);
+            ignored when the run resumes from its own checkpoint.
         environ: environment for :func:`wavenet.tracking.start_run` (MLFLOW_RUN_ID nesting).
 
     Returns:
@@ -408,6 +454,13 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
                               f"({first[:200]}); use a new --out or the run's own "
                               f"{CONFIG_FILE}") from None
     start_step = int(step_var.numpy())
+    if init_model and not latest:
+        from wavenet.model import load_model
+
+        # Every worker reads the same file, so replicas start identical.
+        source = load_model(init_model)
+        _check_same_architecture(init_model, source.config, cfg)
+        model.set_weights(source.get_weights())
 
     # A fresh data order per resume: the same seed would replay the batches
     # already trained on; seed + step continues with new ones.
@@ -509,6 +562,8 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
                 "workers": str(num_workers), "replicas": str(replicas), "precision": precision}
         if kfp_run_id:
             tags["kfp.run_id"] = kfp_run_id
+        if init_model and not latest:
+            tags["warm_start"] = init_model
         name = run_name or default_run_name(cfg, data_hash, datetime.datetime.now(datetime.UTC))
         run_ctx = tracking.start_run(experiment or cfg.name, run_name=name, tracking_uri=tracking_uri,
                                      tags=tags, params=cfg.flat(), run_id=prior, environ=environ,
