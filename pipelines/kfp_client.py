@@ -11,7 +11,8 @@ import hashlib
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,54 @@ def upload(client, package: str, name: str) -> tuple[str, str]:
 def experiment_id(client, name: str, namespace: str) -> str:
     """The KFP experiment ``name`` (created if missing)."""
     return client.create_experiment(name, namespace=namespace).experiment_id
+
+
+# -- the command-line edge shared by submit and schedule ----------------------------------------
+
+def add_target_args(p) -> None:
+    """Arguments naming where and what to submit: host, namespace, experiment, arguments, account."""
+    p.add_argument("--host", default=None, help="KFP API endpoint (default $KFP_HOST)")
+    p.add_argument("--namespace", default=None,
+                   help="Kubeflow profile namespace (default $KFP_NAMESPACE, else kubeflow)")
+    p.add_argument("--experiment", default="wavenet", help="KFP experiment (default wavenet)")
+    p.add_argument("--args", dest="args_file", default=None, metavar="FILE.yaml",
+                   help="pipeline arguments (YAML mapping)")
+    p.add_argument("--service-account", default=DEFAULT_SERVICE_ACCOUNT,
+                   help=f"service account of the run's pods (default {DEFAULT_SERVICE_ACCOUNT})")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A connected client with the pipeline uploaded and the experiment in place."""
+
+    client: Any
+    arguments: dict[str, Any]
+    pipeline_id: str
+    version_id: str
+    experiment_id: str
+
+
+def prepare(args, environ: Mapping[str, str], pipeline_name: str) -> Target:
+    """Read the arguments file, connect, upload the compiled pipeline, find the experiment."""
+    namespace = args.namespace or environ.get("KFP_NAMESPACE", "kubeflow")
+    arguments = load_arguments(args.args_file)
+    client = make_client(args.host or environ.get("KFP_HOST", ""), namespace, environ)
+    pipeline_id, version_id = upload(client, compile_to_temp(), pipeline_name)
+    return Target(client, arguments, pipeline_id, version_id,
+                  experiment_id(client, args.experiment, namespace))
+
+
+def run_cli(action: Callable[[], int], host: str) -> int:
+    """Run ``action``; our errors exit 2 and the server's exit 1, each as one line."""
+    import sys
+
+    from wavenet.errors import WavenetError
+
+    try:
+        return action()
+    except WavenetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the CLI edge: the server's answer in one line
+        print(f"error: Kubeflow Pipelines at {host}: {one_line(e)}", file=sys.stderr)
+        return 1

@@ -35,42 +35,26 @@ def normalize_cron(expr: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.schedule", description=__doc__.splitlines()[0])
     p.add_argument("--cron", required=True, help='e.g. "0 0 3 * * 1" (Mondays 03:00)')
-    p.add_argument("--host", default=None, help="KFP API endpoint (default $KFP_HOST)")
-    p.add_argument("--namespace", default=None, help="profile namespace (default $KFP_NAMESPACE)")
-    p.add_argument("--experiment", default="wavenet")
     p.add_argument("--name", default=f"{PIPELINE_NAME}-retrain", help="recurring run name")
-    p.add_argument("--args", dest="args_file", default=None, metavar="FILE.yaml")
-    p.add_argument("--service-account", default=kfp_client.DEFAULT_SERVICE_ACCOUNT)
+    kfp_client.add_target_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from wavenet.errors import WavenetError
 
-    env = os.environ
-    namespace = args.namespace or env.get("KFP_NAMESPACE", "kubeflow")
-    try:
+    def schedule() -> int:
         cron = normalize_cron(args.cron)
-        arguments = kfp_client.load_arguments(args.args_file)
-        client = kfp_client.make_client(args.host or env.get("KFP_HOST", ""), namespace, env)
-        package = kfp_client.compile_to_temp()
-        pipeline_id, version_id = kfp_client.upload(client, package, PIPELINE_NAME)
-        exp_id = kfp_client.experiment_id(client, args.experiment, namespace)
-        job = client.create_recurring_run(
-            exp_id, args.name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-            pipeline_id=pipeline_id, version_id=version_id, params=arguments,
-            service_account=args.service_account, enabled=True)
-    except WavenetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - the CLI edge: the server's answer in one line
-        host = args.host or env.get("KFP_HOST", "")
-        print(f"error: Kubeflow Pipelines at {host}: {kfp_client.one_line(e)}", file=sys.stderr)
-        return 1
-    print(f"scheduled {args.name!r} ({job.recurring_run_id}): cron '{cron}', "
-          f"one run at a time, no catch-up")
-    return 0
+        target = kfp_client.prepare(args, os.environ, PIPELINE_NAME)
+        job = target.client.create_recurring_run(
+            target.experiment_id, args.name, cron_expression=cron, max_concurrency=1,
+            no_catchup=True, pipeline_id=target.pipeline_id, version_id=target.version_id,
+            params=target.arguments, service_account=args.service_account, enabled=True)
+        print(f"scheduled {args.name!r} ({job.recurring_run_id}): cron '{cron}', "
+              f"one run at a time, no catch-up")
+        return 0
+
+    return kfp_client.run_cli(schedule, args.host or os.environ.get("KFP_HOST", ""))
 
 
 if __name__ == "__main__":

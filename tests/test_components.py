@@ -199,40 +199,13 @@ def test_overrides_reach_the_components(local_root):
 
 @pytest.fixture
 def gcs_bucket(monkeypatch):
-    import shutil
-    import socket
-    import subprocess
-    import sys
-    import time
+    from conftest import run_gcs_emulator
 
-    exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
-    assert exe, "gcp-storage-emulator is a dev dependency"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                             "--default-bucket", "pipe-test", "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "GCS emulator did not start"
-                time.sleep(0.1)
+    with run_gcs_emulator("pipe-test") as url:
         # Pipeline steps are subprocesses: they inherit these.
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
         monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
         yield "gs://pipe-test"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_bucket_source_and_persistent_bucket_shards(local_root, gcs_bucket):

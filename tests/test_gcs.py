@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import run_gcs_emulator
 
 from wavenet import storage
 from wavenet.config import preset
@@ -23,38 +19,10 @@ CFG = preset("tiny")
 BUCKET = "wavenet-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def emulator():
-    exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
-    assert exe, "gcp-storage-emulator is a dev dependency"
-    port = _free_port()
-    proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                             "--default-bucket", BUCKET, "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"GCS emulator did not start: {proc.stderr.read().decode()}") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with run_gcs_emulator(BUCKET) as url:
+        yield url
 
 
 @pytest.fixture
