@@ -194,3 +194,14 @@ def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, 
     assert rc == 2 and len(err) == 1
     assert err[0].startswith(f"error: cannot warm start from {tmp_path / 'first' / 'model.keras'}: "
                              "its model config differs")
+
+
+def test_workers_need_a_file_to_warm_start_from(tiny_shards, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
+                                    "--preset", "tiny", "--worker", "--init-model",
+                                    "models:/wavenet@champion",
+                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert "--worker reads --init-model as a .keras path" in line
+    assert "Received: init_model='models:/wavenet@champion'" in line

@@ -236,7 +236,9 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1, steps
             tf_config = json.loads(raw)
         except json.JSONDecodeError as e:
             raise ConfigError(f"TF_CONFIG is not valid JSON: {e}") from None
-        if init_model and init_model.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        from wavenet.registry import is_mlflow_uri
+
+        if init_model and is_mlflow_uri(init_model):
             raise ConfigError("--worker reads --init-model as a .keras path (local or gs://) that "
                               "every worker can open; resolve MLflow URIs before starting the "
                               f"workers. Received: init_model={init_model!r}")
