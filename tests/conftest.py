@@ -79,9 +79,9 @@ def tiny_shards(tmp_path_factory) -> Path:
 # -- MLflow server -------------------------------------------------------------
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from wavenet.launch import free_ports
+
+    return free_ports(1)[0]
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import tempfile
 from typing import Any
 
@@ -265,15 +264,7 @@ def save_model(model: WaveNet, path: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "model.keras")
         model.save(local)
-        if storage.is_gcs(path):
-            with open(local, "rb") as f:
-                storage.write_bytes_atomic(path, f.read())
-            return
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        staged = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-        shutil.copyfile(local, staged)
-        os.replace(staged, path)
+        storage.upload_file(local, path)
 
 
 def load_model(path: str) -> WaveNet:

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
 __all__ = [
@@ -94,27 +94,42 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
+@contextlib.contextmanager
+def _staged(path: str) -> Iterator[str]:
+    """A temporary file beside local ``path``, renamed onto it when the block succeeds.
+
+    Yields the temporary path (an empty file); on any error it is removed and
+    ``path`` is left as it was.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_synced(dst: str, chunks: Iterable[bytes]) -> None:
+    with open(dst, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` so that readers see the old file or the new one, never half."""
     if is_gcs(path):
         _blob(path).upload_from_string(data)
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with _staged(path) as tmp:
+        _write_synced(tmp, [data])
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -192,37 +207,18 @@ def upload_file(local_path: str, path: str) -> None:
         os.replace(local_path, path)
     except OSError:
         # Different file systems: copy to a temporary name beside the target, then rename.
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as out, open(local_path, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, _FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with _staged(path) as tmp, open(local_path, "rb") as src:
+            _write_synced(tmp, iter(lambda: src.read(1 << 20), b""))
         os.unlink(local_path)
 
 
 def download_file(path: str, local_path: str) -> None:
     """Copy ``path`` (local or ``gs://``) to ``local_path`` atomically."""
-    folder = os.path.dirname(os.path.abspath(local_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(local_path), dir=folder)
-    os.close(fd)
-    try:
+    with _staged(local_path) as tmp:
         if is_gcs(path):
             _blob(path).download_to_filename(tmp)
         else:
             shutil.copyfile(path, tmp)
-        os.replace(tmp, local_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def local_copy(path: str, folder: str) -> str:
