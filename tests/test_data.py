@@ -16,6 +16,7 @@ from wavenet.data import (
     read_manifest,
     serialize_example,
     shard_paths,
+    track_parts,
     train_dataset,
     validation_dataset,
 )
@@ -69,9 +70,43 @@ def data_dir(tmp_path_factory):
 
 
 def track_codes(data_dir: str, split: str) -> dict[str, tuple[np.ndarray, int]]:
+    """The codes each track has in ``split`` (a held-out tail's track: its head or its tail)."""
     m = read_manifest(data_dir)
-    return {f["sha256"]: (np.load(os.path.join(data_dir, f["codes"])).astype(np.int32), f["label_id"])
-            for f in m["files"] if f["split"] == split}
+    return {f["sha256"]: (np.load(os.path.join(data_dir, f["codes"])).astype(np.int32)[a:b], f["label_id"])
+            for f in m["files"] for s, a, b in track_parts(f) if s == split}
+
+
+def split_examples(data_dir: str, split: str) -> list[tuple[bytes, np.ndarray, int]]:
+    m = read_manifest(data_dir)
+    out = []
+    for s in m["shards"]:
+        if s["split"] == split and s["examples"]:
+            for r in tf.data.TFRecordDataset(os.path.join(data_dir, s["path"])):
+                ex = tf.train.Example.FromString(r.numpy()).features.feature
+                out.append((ex["track"].bytes_list.value[0].decode(), parse_example(r)[0].numpy(),
+                            int(ex["label"].int64_list.value[0])))
+    return out
+
+
+def test_single_track_labels_hold_out_their_tails_and_no_sample_is_on_both_sides(data_dir):
+    # The demo corpus at 4 s per genre has one track per label: each holds out its tail.
+    m = read_manifest(data_dir)
+    assert {f["split"] for f in m["files"]} == {"tail"} and m["summary"]["labels_without_validation"] == []
+    for split in ("train", "validation"):
+        expected = track_codes(data_dir, split)
+        got = {}
+        for track, codes, label in split_examples(data_dir, split):
+            part = expected[track][0]
+            assert label == expected[track][1]
+            # Chunks of a track are spread over shards: place each by where it matches.
+            at = [i for i in np.flatnonzero(part[: part.size - codes.size + 1] == codes[0])
+                  if np.array_equal(part[i:i + codes.size], codes)]
+            got.setdefault(track, []).append((at[0], codes))
+        # The examples of a split are exactly the track's part in it, each sample once.
+        assert {t: np.concatenate([c for _, c in sorted(v, key=lambda x: x[0])]).tolist()
+                for t, v in got.items()} == {t: c.tolist() for t, (c, _) in expected.items()}
+    labels = {lab for _, _, lab in split_examples(data_dir, "validation")}
+    assert labels == set(range(len(m["labels"])))
 
 
 def test_train_batches_are_crops_of_training_tracks_with_their_labels(data_dir):
@@ -108,6 +143,14 @@ def test_validation_is_deterministic_and_covers_every_window(data_dir):
     assert crops.shape == (expected, rf + window)
     labels = {lab for _, lab in track_codes(data_dir, "validation").values()}
     assert set(np.concatenate([b[1].numpy() for b in batches]).tolist()) == labels
+    # split="all": the windows of every example of both splits, train shards first.
+    every = list(validation_dataset(data_dir, CFG, batch_size=5, window=window, split="all"))
+    all_crops = np.concatenate([b[0].numpy() for b in every])
+    train_windows = sum((len(c) - rf) // window for _, c, _ in split_examples(data_dir, "train"))
+    assert all_crops.shape == (train_windows + expected, rf + window)
+    np.testing.assert_array_equal(all_crops[train_windows:], crops)
+    with pytest.raises(DataError, match="split must be one of validation, all. Received: split='test'"):
+        validation_dataset(data_dir, CFG, batch_size=5, split="test")
 
 
 def test_workers_read_disjoint_shards_and_too_few_shards_is_a_clear_error(data_dir):
@@ -139,7 +182,8 @@ def test_missing_or_foreign_manifest_is_a_data_error(tmp_path):
 
 def test_a_window_longer_than_every_example_is_refused(data_dir):
     m = read_manifest(data_dir)
-    longest = max(-(-f["samples"] // f["chunks"]) for f in m["files"] if f["split"] == "train")
+    longest = max(-(-(p["end"] - p["start"]) // p["chunks"]) for f in m["files"] for p in f["parts"]
+                  if p["split"] == "train")
     too_long = CFG.with_overrides({"train.window": longest})  # crop = receptive field + window > longest
     with pytest.raises(DataError, match="no training example of at least"):
         train_dataset(data_dir, too_long, batch_size=2)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -17,9 +19,11 @@ import soundfile as sf
 from wavenet.audio import mu_law_decode
 from wavenet.cli import main
 from wavenet.config import preset
+from wavenet.data import track_parts
 from wavenet.demo import make_demo_corpus
 from wavenet.errors import DataError
 from wavenet.preprocess import (
+    assign_splits,
     check_dataset,
     list_audio,
     merge_manifests,
@@ -176,8 +180,10 @@ def test_rerun_processes_only_new_files(tmp_path):
     assert third["skipped"] == [{"path": os.path.join(src, "drums", "copy.wav"),
                                  "reason": f"same content as {os.path.join(src, 'drums', 'drums-00.wav')}"}]
     # Old tracks keep their split; shards hold every track's codes exactly once.
-    old_split = {f["sha256"]: f["split"] for f in first["files"]}
-    assert all(f["split"] == old_split[f["sha256"]] for f in third["files"] if f["sha256"] in old_split)
+    old_split = {f["sha256"]: (f["split"], f.get("validation_start")) for f in first["files"]}
+    assert all((f["split"], f.get("validation_start")) == old_split[f["sha256"]]
+               for f in third["files"] if f["sha256"] in old_split)
+    assert third["summary"]["labels_without_validation"] == [] and third["summary"]["tail_tracks"] == 3
     assert sum(sh["samples"] for sh in third["shards"]) == sum(f["samples"] for f in third["files"])
     assert check_dataset(dst) == []
     # Shards of earlier runs are gone; only the manifest's remain.
@@ -256,12 +262,71 @@ def test_split_is_a_deterministic_function_of_the_relative_path(tmp_path):
     b = preprocess(src, str(tmp_path / "b"), CFG, processes=2, progress=False)
     assert [(f["relpath"], f["split"]) for f in a["files"]] == [(f["relpath"], f["split"]) for f in b["files"]]
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
-    # Only the "at least one of each side" rule may override the hash (for one track).
-    moved = [f for f in a["files"] if f["split"] != split_of(f["relpath"], CFG.data.validation_fraction)]
-    assert len(moved) <= 1
-    assert {f["split"] for f in a["files"]} == {"train", "validation"}
+    # One track per genre: each holds out its tail, so every label is in both splits.
+    assert {f["split"] for f in a["files"]} == {"tail"}
     for f in a["files"]:
-        assert f["shards"] and all(p.startswith(f["split"] + "/") for p in f["shards"])
+        assert {p.split("/")[0] for p in f["shards"]} == {"train", "validation"}
+
+
+def entries(spec):
+    """Manifest-like track entries (label = folder), not yet split."""
+    return [{"relpath": r, "sha256": hashlib.sha256(r.encode()).hexdigest(), "label": r.split("/")[0],
+             "samples": n, "split": None} for r, n in spec]
+
+
+def splits_by_label(tracks):
+    out = {}
+    for t in tracks:
+        out.setdefault(t["label"], []).append(t["split"])
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_every_label_gets_whole_validation_tracks_or_a_held_out_tail():
+    spec = ([(f"many/t{i:02d}.wav", 10_000) for i in range(30)] + [("pair/a.wav", 10_000), ("pair/b.wav", 10_000)]
+            + [("solo/only.wav", 10_000), ("short/only.wav", 1_200)])
+    tracks = entries(spec)
+    assign_splits(tracks, 0.1, min_tail=800, min_head=500)
+    by = splits_by_label(tracks)
+    # Several tracks: whole tracks, at least one on each side, the hash rule moved at most one.
+    assert "validation" in by["many"] and "train" in by["many"] and "tail" not in by["many"]
+    moved = [t for t in tracks if t["label"] == "many" and t["split"] != split_of(t["relpath"], 0.1)]
+    assert len(moved) <= 1
+    assert by["pair"] == ["train", "validation"]
+    # One track: its last max(ceil(0.1 * n), min_tail) samples are held out.
+    solo = next(t for t in tracks if t["label"] == "solo")
+    assert solo["split"] == "tail" and solo["validation_start"] == 10_000 - 1_000
+    assert track_parts(solo) == [("train", 0, 9_000), ("validation", 9_000, 10_000)]
+    # Too short for a head of min_head after a tail of min_tail: it trains, the label has no validation.
+    assert by["short"] == ["train"]
+    longer = entries([("solo/only.wav", 10_000)])
+    assign_splits(longer, 0.02, min_tail=800, min_head=500)
+    assert longer[0]["validation_start"] == 10_000 - 800  # min_tail wins over 2%
+    # Deterministic: the order tracks come in does not matter.
+    shuffled = entries(spec)
+    random.Random(1).shuffle(shuffled)
+    assign_splits(shuffled, 0.1, min_tail=800, min_head=500)
+    assert {t["relpath"]: t["split"] for t in shuffled} == {t["relpath"]: t["split"] for t in tracks}
+    # No validation wanted: everything trains.
+    none = entries(spec)
+    assign_splits(none, 0.0, min_tail=800, min_head=500)
+    assert {t["split"] for t in none} == {"train"}
+
+
+def test_tracks_keep_their_split_when_new_tracks_and_labels_arrive():
+    first = entries([("solo/a.wav", 10_000), ("pair/x.wav", 10_000), ("pair/y.wav", 10_000)])
+    assign_splits(first, 0.1, min_tail=800, min_head=500)
+    before = {t["relpath"]: (t["split"], t.get("validation_start")) for t in first}
+    # A label whose tracks all trained in an earlier run (e.g. a manifest from before this rule).
+    legacy = [{**t, "split": "train"} for t in entries([("legacy/p.wav", 10_000), ("legacy/q.wav", 10_000)])]
+    later = [dict(t) for t in first] + legacy + entries(
+        [("solo/b.wav", 10_000), ("pair/z.wav", 10_000), ("legacy/r.wav", 10_000), ("fresh/c.wav", 10_000)])
+    assign_splits(later, 0.1, min_tail=800, min_head=500)
+    after = {t["relpath"]: (t["split"], t.get("validation_start")) for t in later}
+    assert all(after[r] == v for r, v in before.items())  # old tracks never move
+    assert after["legacy/p.wav"][0] == after["legacy/q.wav"][0] == "train"
+    assert after["legacy/r.wav"][0] == "validation"  # the label's validation comes from its new track
+    assert after["fresh/c.wav"] == ("tail", 9_000)  # a new label of one track
+    assert after["solo/a.wav"][0] == "tail"  # solo gained a track; its tail stays held out
 
 
 def test_at_least_one_validation_track_when_possible(tmp_path):
@@ -326,7 +391,8 @@ def test_manifest_records_codes_histogram_and_checksums(tmp_path):
         stats = m["code_stats"][split]
         assert len(stats["histogram"]) == 256
         assert stats["samples"] == sum(stats["histogram"]) == m["summary"][f"{split}_samples"] > 0
-        codes = np.concatenate([load_codes(dst, f) for f in m["files"] if f["split"] == split])
+        codes = np.concatenate([load_codes(dst, f)[a:b] for f in m["files"]
+                                for s, a, b in track_parts(f) if s == split])
         assert stats["histogram"] == np.bincount(codes, minlength=256).tolist()
         assert 0 < stats["entropy_bits"] <= 8
     assert len(m["shards"]) == 2 * CFG.data.num_shards
@@ -335,8 +401,15 @@ def test_manifest_records_codes_histogram_and_checksums(tmp_path):
         assert hashlib.sha256(data).hexdigest() == s["sha256"]
     for f in m["files"]:
         # Examples: at most chunk_seconds, never shorter than one crop.
-        assert f["samples"] / f["chunks"] <= CFG.data.chunk_seconds * CFG.audio.sample_rate
-        assert f["samples"] // f["chunks"] >= CFG.crop_length
+        assert [(p["split"], p["start"], p["end"]) for p in f["parts"]] == track_parts(f)
+        assert f["chunks"] == sum(p["chunks"] for p in f["parts"])
+        for p in f["parts"]:
+            assert (p["end"] - p["start"]) / p["chunks"] <= CFG.data.chunk_seconds * CFG.audio.sample_rate
+            assert (p["end"] - p["start"]) // p["chunks"] >= CFG.crop_length
+        # One track per genre: the tail is max(ceil(fraction * n), receptive_field + evaluate.window).
+        tail = max(math.ceil(CFG.data.validation_fraction * f["samples"]),
+                   CFG.model.receptive_field + CFG.evaluate.window)
+        assert f["split"] == "tail" and f["validation_start"] == f["samples"] - tail
         assert f["duration_in_s"] == pytest.approx(4.0, abs=1e-3)
         assert 0 < f["duration_out_s"] < f["duration_in_s"]  # silence trimmed at both ends
         with open(f["path"], "rb") as fh:

@@ -151,6 +151,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="where metrics.json goes")
     p.add_argument("--gate", action="store_true",
                    help="compare with the @champion model and promote when better")
+    p.add_argument("--split", default="validation", choices=["validation", "all"],
+                   help="score the validation split (default), or every example of DATA (a test "
+                   "folder preprocessed on its own; baselines are then counted on it too)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default=None)
     _add_config_args(p)
@@ -161,7 +164,7 @@ def _cmd_evaluate(args) -> int:
     from wavenet.evaluate import evaluate
 
     result = evaluate(args.model, args.data, _config(args), out_dir=args.out, gate=args.gate,
-                      tracking_uri=args.tracking_uri, experiment=args.experiment)
+                      tracking_uri=args.tracking_uri, experiment=args.experiment, split=args.split)
     _print_json(result)
     return 0
 

@@ -37,11 +37,16 @@ __all__ = [
     "local_shard_paths",
     "default_cache_dir",
     "read_manifest",
+    "track_parts",
     "train_dataset",
     "validation_dataset",
+    "EVAL_SPLITS",
 ]
 
 MANIFEST = "manifest.json"
+# What evaluation can score: the held-out split, or every example of a folder
+# (a test set preprocessed on its own).
+EVAL_SPLITS = ("validation", "all")
 
 
 # -- writing without TensorFlow ------------------------------------------------
@@ -179,11 +184,29 @@ def _shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
     return [s for s in manifest["shards"] if s["split"] == split and s["examples"] > 0]
 
 
+def track_parts(entry: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """``(split, start, end)`` sample ranges of one manifest track.
+
+    A whole track is one range in its split; a track with a held-out tail
+    (``split`` ``"tail"``, see :func:`wavenet.preprocess.assign_splits`) is its
+    head in train and, from ``validation_start``, its tail in validation.
+    """
+    n = int(entry["samples"])
+    if entry["split"] == "tail":
+        b = int(entry["validation_start"])
+        return [("train", 0, b), ("validation", b, n)]
+    return [(entry["split"], 0, n)]
+
+
 def _longest_example(manifest: dict[str, Any], split: str, shards: list[dict[str, Any]]) -> int:
-    files = [f for f in manifest.get("files", []) if f.get("split") == split and f.get("chunks")]
-    if files:
-        # Tracks are cut into `chunks` near-equal pieces: the longest is ceil(samples / chunks).
-        return max(-(-int(f["samples"]) // int(f["chunks"])) for f in files)
+    # Parts are cut into `chunks` near-equal pieces: the longest is ceil(length / chunks).
+    parts = [(p["end"] - p["start"], p["chunks"]) for f in manifest.get("files", [])
+             for p in f.get("parts", []) if p["split"] == split and p["chunks"]]
+    # Manifests written before parts were recorded: one part per track.
+    parts += [(f["samples"], f["chunks"]) for f in manifest.get("files", [])
+              if "parts" not in f and f.get("split") == split and f.get("chunks")]
+    if parts:
+        return max(-(-int(n) // int(k)) for n, k in parts)
     return max((int(s["samples"]) for s in shards), default=0)
 
 
@@ -320,13 +343,14 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
 
 
 def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
-                       window: int | None = None, cache_dir: str | None = None):
-    """Deterministic, finite batches covering the validation split.
+                       window: int | None = None, cache_dir: str | None = None,
+                       split: str = "validation"):
+    """Deterministic, finite batches covering the validation split (or every example).
 
-    Each validation example is cut into consecutive, non-overlapping windows of
+    Each example is cut into consecutive, non-overlapping windows of
     ``window`` predicted samples, each with ``receptive_field`` codes of context
-    in front, so every validation sample after the first receptive field is
-    scored exactly once. Shards and examples are read in manifest order, so two
+    in front, so every sample after the first receptive field is scored
+    exactly once. Shards and examples are read in manifest order, so two
     calls give identical batches.
 
     Args:
@@ -335,21 +359,28 @@ def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
         batch_size: crops per batch (the last batch may be smaller).
         window: predicted samples per crop (default ``config.evaluate.window``).
         cache_dir: where shards of a ``gs://`` data_dir are cached.
+        split: ``"validation"``, or ``"all"`` for the examples of both splits
+            (a test folder preprocessed on its own).
 
     Returns:
         A dataset of ``(crops (B, receptive_field + window) int32, labels (B,) int32)``.
     """
+    if split not in EVAL_SPLITS:
+        raise DataError(f"split must be one of {', '.join(EVAL_SPLITS)}. Received: split={split!r}")
     manifest = read_manifest(data_dir)
-    shards = _shards(manifest, "validation")
+    splits = ("train", "validation") if split == "all" else (split,)
+    shards = [s for s in manifest["shards"] if s["split"] in splits and s["examples"] > 0]
     if not shards:
-        raise DataError(f"{data_dir} has no validation shards with examples "
-                        f"(data.validation_fraction is 0, or there was only one track)")
+        raise DataError(f"{data_dir} has no {'' if split == 'all' else split + ' '}shards with examples"
+                        + (" (data.validation_fraction is 0: score a test folder with --split all)"
+                           if split == "validation" else ""))
     rf = config.model.receptive_field
     window = window or config.evaluate.window
-    longest = _longest_example(manifest, "validation", shards)
+    longest = max(_longest_example(manifest, s, [x for x in shards if x["split"] == s]) for s in splits)
     if longest < rf + window:
-        raise DataError(f"{data_dir}: every validation example is shorter than receptive_field + "
-                        f"window = {rf} + {window} codes (longest {longest}): use a smaller window")
+        raise DataError(f"{data_dir}: every {'' if split == 'all' else split + ' '}example is shorter than "
+                        f"receptive_field + window = {rf} + {window} codes (longest {longest}): use a "
+                        f"smaller window")
     files = _localise(data_dir, shards, cache_dir)
 
     import tensorflow as tf

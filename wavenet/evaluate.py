@@ -152,16 +152,17 @@ def baseline_bits(counts: CodeCounts, prev: np.ndarray, targets: np.ndarray, *,
     }
 
 
-def training_code_counts(data_dir: str, quantization_channels: int) -> CodeCounts:
-    """Code statistics of every training shard of ``data_dir`` (read in full)."""
+def training_code_counts(data_dir: str, quantization_channels: int,
+                         splits: Sequence[str] = ("train",)) -> CodeCounts:
+    """Code statistics of every shard of ``splits`` (default the training split) of ``data_dir``."""
     import tensorflow as tf
 
     from wavenet.data import local_shard_paths, parse_example
 
     # Bucket shards are fetched (and checked against their sha256) into the local cache.
-    files = local_shard_paths(data_dir, "train")
+    files = [f for split in splits for f in local_shard_paths(data_dir, split)]
     if not files:
-        raise DataError(f"{data_dir} has no training shards with examples (baselines need them)")
+        raise DataError(f"{data_dir} has no {' or '.join(splits)} shards with examples (baselines need them)")
     ds = tf.data.TFRecordDataset(files).map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
     try:
         return count_codes((codes for codes, _ in ds.as_numpy_iterator()), quantization_channels)
@@ -202,7 +203,8 @@ def _check_model_fits_data(model, manifest: dict[str, Any], what: str) -> None:
 
 
 def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
-                 counts: CodeCounts, batch_size: int | None = None) -> dict[str, Any]:
+                 counts: CodeCounts, batch_size: int | None = None,
+                 split: str = "validation") -> dict[str, Any]:
     """Score models and the baselines on the same validation windows, in one pass.
 
     The crops carry the largest receptive field of ``models`` as context, so
@@ -214,6 +216,8 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         config: supplies ``evaluate.window``, smoothing and batch size.
         counts: training-split code statistics (:func:`training_code_counts`).
         batch_size: crops per step (default ``evaluate.batch_size``).
+        split: ``"validation"``, or ``"all"`` to score every example of the
+            folder (:func:`wavenet.data.validation_dataset`).
 
     Returns:
         ``{"context", "window", "samples", "windows", "models": [bits per sample],
@@ -235,7 +239,7 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
     uni, bi = baseline_log2_probs(counts, config.evaluate.unigram_smoothing,
                                   config.evaluate.bigram_smoothing)
     fns = [_sum_bits_fn(m, context) for m in models]
-    ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size)
+    ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size, split=split)
     per_label: dict[int, dict[str, Any]] = {}
     for crops, labels in ds:
         c = crops.numpy().astype(np.int64)
@@ -256,7 +260,7 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
             for name in BASELINES:
                 t["baselines"][name] += float(base[name][i])
     if not per_label:
-        raise DataError(f"no validation example in {data_dir} is long enough to score: each needs "
+        raise DataError(f"no {split} example in {data_dir} is long enough to score: each needs "
                         f"receptive_field + evaluate.window = {context} + {window} codes")
     samples = sum(t["samples"] for t in per_label.values())
     result: dict[str, Any] = {
@@ -300,7 +304,8 @@ def _is_champion_uri(uri: str | None, name: str, champion_version: str) -> bool:
 
 
 def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | None = None,
-         counts: CodeCounts | None = None, data_label: str | None = None) -> dict[str, Any]:
+         counts: CodeCounts | None = None, data_label: str | None = None,
+         split: str = "validation") -> dict[str, Any]:
     """Score ``model`` against the registered champion; promote it when it is better.
 
     Runs inside an active MLflow run (:func:`evaluate` opens one): the decision
@@ -314,6 +319,7 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         model_uri: where ``model`` came from (``runs:/``, ``models:/`` or a path).
         counts: training code counts (computed when omitted).
         data_label: how the data is named in reports (default ``data_dir``).
+        split: which examples both models are scored on (see :func:`score_models`).
 
     Returns:
         ``{"promoted": bool, "reason": str, "registered_model": name,
@@ -336,7 +342,7 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         champion_model = registry.load_wavenet(champion.uri)
         _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}")
     models = [model] if champion_model is None else [model, champion_model]
-    scores = score_models(models, data_dir, config, counts)
+    scores = score_models(models, data_dir, config, counts, split=split)
     new_bits = scores["models"][0]
     champion_bits = scores["models"][1] if champion_model is not None else None
     if champion is not None and _is_champion_uri(model_uri, name, champion.version):
@@ -392,6 +398,20 @@ def _label_names(manifest: dict[str, Any]) -> list[str]:
     return [str(x) for x in (manifest.get("labels") or [])]
 
 
+def holdout_kinds(manifest: dict[str, Any]) -> dict[str, str]:
+    """How each label's validation audio was held out: ``"tracks"``, ``"tail"`` or ``"tracks+tail"``.
+
+    Whole validation tracks were never heard in training; a held-out tail
+    (a label with one track) shares its recording with training audio, so its
+    score is optimistic. Labels without validation audio are absent.
+    """
+    kinds: dict[str, set[str]] = {}
+    for f in manifest.get("files", []):
+        if f.get("split") in ("validation", "tail"):
+            kinds.setdefault(str(f["label"]), set()).add("tracks" if f["split"] == "validation" else "tail")
+    return {label: "+".join(sorted(k, reverse=True)) for label, k in kinds.items()}
+
+
 def _report(scores: dict[str, Any], index: int, names: list[str]) -> dict[str, Any]:
     """The result dict of one model from :func:`score_models` output."""
     bits = scores["models"][index]
@@ -417,7 +437,7 @@ def _report(scores: dict[str, Any], index: int, names: list[str]) -> dict[str, A
 
 def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | None = None,
              gate: bool = False, tracking_uri: str | None = None, experiment: str | None = None,
-             run_name: str | None = None) -> dict[str, Any]:
+             run_name: str | None = None, split: str = "validation") -> dict[str, Any]:
     """Validation bits per sample next to baselines; optionally gate against the champion.
 
     Args:
@@ -432,9 +452,16 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         experiment: MLflow experiment (default: the training run's for a
             ``runs:/`` model, else ``config.name``).
         run_name: MLflow run name (default "evaluate").
+        split: ``"validation"`` (the held-out split; baselines counted on the
+            training split), or ``"all"``: every example of ``data_dir``, e.g. a
+            test folder preprocessed on its own; the baselines are then counted
+            on the same examples they score (in-sample, so harder to beat).
 
     Returns:
-        ``{"model", "data", "bits_per_sample", "baselines": {"uniform",
+        ``{"model", "data", "split", "baselines_counted_on", "holdout" (per
+        label: "tracks", "tail", "tracks+tail"; "all" for split all),
+        "labels_not_scored" (vocabulary labels without a scored window),
+        "bits_per_sample", "baselines": {"uniform",
         "unigram", "bigram"}, "improvement_over_bigram_bits",
         "improvement_over_unigram_bits", "samples", "windows", "context",
         "window", "per_label": {name: {"label_id", "bits_per_sample", "samples",
@@ -444,32 +471,41 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         predicted sample.
     """
     from wavenet import registry
-    from wavenet.data import read_manifest
+    from wavenet.data import EVAL_SPLITS, read_manifest
     from wavenet.tracking import start_run
 
+    if split not in EVAL_SPLITS:
+        raise DataError(f"split must be one of {', '.join(EVAL_SPLITS)}. Received: split={split!r}")
     model_uri = model if isinstance(model, str) else None
     manifest = read_manifest(data_dir)
     net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
     _check_model_fits_data(net, manifest, model_uri or "the model")
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
-    counts = training_code_counts(data_dir, net.config.quantization_channels)
+    count_splits = ("train", "validation") if split == "all" else ("train",)
+    counts = training_code_counts(data_dir, net.config.quantization_channels, count_splits)
     names = _label_names(manifest)
 
     exp, tags = registry.run_placement(model_uri, experiment, config.name)
     tags.update({"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
                  "wavenet.data": data_dir})
     params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
-              "eval.gate": gate}
+              "eval.gate": gate, "eval.split": split}
     with start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
                    params=params) as run:
         if gate:
-            decision = _gate(net, data_dir, ecfg, model_uri=model_uri, counts=counts)
+            decision = _gate(net, data_dir, ecfg, model_uri=model_uri, counts=counts, split=split)
             scores = decision.pop("evaluation")
         else:
             decision = None
-            scores = score_models([net], data_dir, ecfg, counts)
+            scores = score_models([net], data_dir, ecfg, counts, split=split)
+        report = _report(scores, 0, names)
+        holdout = holdout_kinds(manifest) if split == "validation" else {}
+        for label, t in report["per_label"].items():
+            t["holdout"] = holdout.get(label, split)
         result: dict[str, Any] = {"model": model_uri or "<in memory>", "data": data_dir,
-                                  **_report(scores, 0, names),
+                                  "split": split, "baselines_counted_on": "+".join(count_splits),
+                                  "labels_not_scored": [n for n in names if n not in report["per_label"]],
+                                  **report,
                                   "conditioned": net.config.conditioned,
                                   "receptive_field": net.receptive_field,
                                   "run_id": run.info.run_id}
@@ -486,6 +522,8 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
                 t["bits_per_sample"]
             metrics[registry.metric_key("eval", "label", label, "samples")] = t["samples"]
         registry.log_metrics(metrics)
+        registry.set_tags({"eval.split": split,
+                           "eval.labels_not_scored": ", ".join(result["labels_not_scored"]) or "none"})
         src_run = registry.model_run_id(model_uri) if model_uri else None
         if src_run:
             # The held-out score also lands on the training run, so training runs

@@ -50,7 +50,7 @@ import numpy as np
 from wavenet import storage
 from wavenet.audio import mu_law_encode
 from wavenet.config import ExperimentConfig
-from wavenet.data import MANIFEST, TFRecordWriter, serialize_example
+from wavenet.data import MANIFEST, TFRecordWriter, serialize_example, track_parts
 from wavenet.errors import DataError
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "merge_manifests",
     "preprocess",
     "check_dataset",
+    "assign_splits",
     "split_of",
     "trim_silence",
     "peak_normalize",
@@ -116,7 +117,11 @@ def peak_normalize(x: np.ndarray, peak_db: float) -> np.ndarray:
 
 
 def split_of(relpath: str, validation_fraction: float) -> str:
-    """``"validation"`` when the hash of ``relpath`` falls below the fraction, else ``"train"``."""
+    """``"validation"`` when the hash of ``relpath`` falls below the fraction, else ``"train"``.
+
+    The whole-track rule of :func:`assign_splits`, which also makes sure that
+    every label has validation audio.
+    """
     return "validation" if _unit_hash(relpath) < validation_fraction else "train"
 
 
@@ -358,26 +363,70 @@ def _chunks(n: int, chunk: int, minimum: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _assign_splits(tracks: list[dict[str, Any]], fraction: float) -> None:
-    """Give new tracks (``split`` None) a split; keep at least one of each side when possible.
+def assign_splits(tracks: list[dict[str, Any]], fraction: float, min_tail: int, min_head: int) -> None:
+    """Give new tracks (``split`` None) a split, label by label; a track that has one keeps it.
 
-    Rule: a track is in validation when the first 64 bits of sha256 of its path
-    relative to SRC, read as a fraction of 2**64, is below
-    ``data.validation_fraction``. Tracks keep the split they were first given.
-    With two or more tracks and a fraction > 0, if no track is in validation the
-    one with the smallest hash moves there, and if none is in train the one
-    with the largest hash moves there.
+    Evaluation needs held-out audio of every label, without leaking the
+    training audio into it, with the same answer on every machine, and with
+    every track staying where it is when new tracks arrive. So, per label:
+
+    * **Two or more tracks: whole tracks.** A new track is in validation when
+      the first 64 bits of sha256 of its path relative to SRC, read as a
+      fraction of 2**64, is below ``fraction`` (:func:`split_of`). If the label
+      then has no validation audio, its new track with the smallest hash moves
+      there; if it has no training audio, its new track with the largest hash
+      moves to train. A validation track is a recording the model never heard
+      (no leakage), at the price that a label with few tracks gives up more
+      than ``fraction`` of its audio (one of three tracks).
+    * **One track: a held-out tail** (``split`` ``"tail"``). A label of one
+      recording cannot lose it to validation without losing it from training,
+      so its last ``max(ceil(fraction * samples), min_tail)`` samples are held
+      out and the rest trains (the boundary is kept in
+      ``validation_start``). The tail shares the recording, so its score is
+      optimistic: evaluation reports which labels were scored on tails. When
+      the head would be shorter than ``min_head`` the track stays in train and
+      the label has no validation audio.
+
+    Tracks that already have a split (from the manifest of an earlier run) are
+    never moved: a track the champion trained on never becomes validation.
+    ``fraction <= 0`` puts every new track in train.
+
+    Args:
+        tracks: manifest entries with ``relpath``, ``sha256``, ``label``,
+            ``samples`` and ``split`` (None for new tracks); changed in place
+            (``split``, and ``validation_start`` for tails).
+        fraction: ``data.validation_fraction``.
+        min_tail: the shortest tail worth holding out (one evaluation window
+            with its context: ``receptive_field + evaluate.window``).
+        min_head: the shortest head worth training on (``crop_length``).
     """
-    for t in tracks:
-        if t.get("split") is None:
-            t["split"] = split_of(t["relpath"], fraction)
-    if fraction <= 0 or len(tracks) < 2:
+    new = [t for t in tracks if t.get("split") is None]
+    if fraction <= 0:
+        for t in new:
+            t["split"] = "train"
         return
-    by_hash = sorted(tracks, key=lambda t: (_unit_hash(t["relpath"]), t["sha256"]))
-    if not any(t["split"] == "validation" for t in tracks):
-        by_hash[0]["split"] = "validation"
-    if not any(t["split"] == "train" for t in tracks):
-        by_hash[-1]["split"] = "train"
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for t in tracks:
+        by_label.setdefault(t["label"], []).append(t)
+    for group in by_label.values():
+        fresh = sorted((t for t in group if t.get("split") is None),
+                       key=lambda t: (_unit_hash(t["relpath"]), t["sha256"]))
+        if not fresh:
+            continue
+        if len(group) == 1:
+            t = group[0]
+            tail = max(math.ceil(fraction * t["samples"]), min_tail)
+            if t["samples"] - tail >= min_head:
+                t["split"], t["validation_start"] = "tail", int(t["samples"] - tail)
+            else:
+                t["split"] = "train"
+            continue
+        for t in fresh:
+            t["split"] = split_of(t["relpath"], fraction)
+        if not any(t["split"] in ("validation", "tail") for t in group):
+            fresh[0]["split"] = "validation"
+        if not any(t["split"] in ("train", "tail") for t in group):
+            fresh[-1]["split"] = "train"
 
 
 class _ShardSet:
@@ -509,7 +558,9 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         raise DataError(f"no usable audio in {where}: {len(skipped)} file(s) skipped{first}")
 
     ordered = sorted(tracks.values(), key=lambda t: t["sha256"])
-    _assign_splits(ordered, config.data.validation_fraction)
+    assign_splits(ordered, config.data.validation_fraction,
+                  min_tail=config.model.receptive_field + config.evaluate.window,
+                  min_head=config.crop_length)
     labels = sorted({t["label"] for t in ordered})
     label_ids = {name: i for i, name in enumerate(labels)}
 
@@ -528,12 +579,16 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
             if codes.size != t["samples"]:
                 raise DataError(f"{storage.join(dst, t['codes'])} holds {codes.size} codes, the manifest "
                                 f"says {t['samples']}: remove {dst} and preprocess again")
-            hists[t["split"]] += np.bincount(codes, minlength=hists[t["split"]].size)
             t["label_id"] = label_ids[t["label"]]
-            bounds = _chunks(codes.size, chunk, config.crop_length)
-            t["chunks"] = len(bounds)
-            t["_shards"] = sorted({shard_sets[t["split"]].add(codes[a:b], t["label_id"], t["sha256"])
-                                   for a, b in bounds})
+            t["parts"], t["_shards"] = [], set()
+            # A whole track is one part; a held-out tail's track is two (head: train, tail: validation).
+            for split, a, b in track_parts(t):
+                hists[split] += np.bincount(codes[a:b], minlength=hists[split].size)
+                bounds = _chunks(b - a, chunk, config.crop_length)
+                t["parts"].append({"split": split, "start": a, "end": b, "chunks": len(bounds)})
+                t["_shards"] |= {(split, shard_sets[split].add(codes[a + c:a + d], t["label_id"], t["sha256"]))
+                                 for c, d in bounds}
+            t["chunks"] = sum(p["chunks"] for p in t["parts"])
         shards: list[dict[str, Any]] = []
         for s in SPLITS:
             shards.extend(shard_sets[s].finish())
@@ -544,9 +599,15 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     for t in ordered:
-        t["shards"] = [shard_sets[t["split"]].final_name(i) for i in t.pop("_shards")]
+        t["shards"] = sorted(shard_sets[s].final_name(i) for s, i in t.pop("_shards"))
 
-    split_tracks = {s: [t for t in ordered if t["split"] == s] for s in SPLITS}
+    in_split = {s: [(t, p) for t in ordered for p in t["parts"] if p["split"] == s] for s in SPLITS}
+    split_samples = {s: int(sum(p["end"] - p["start"] for _, p in in_split[s])) for s in SPLITS}
+    uncovered = sorted({t["label"] for t in ordered} - {t["label"] for t, _ in in_split["validation"]})
+    if uncovered and config.data.validation_fraction > 0:
+        log.warning("no validation audio for label(s) %s: evaluation cannot score them (tracks keep their "
+                    "split from earlier runs, or a single track is too short for a held-out tail)",
+                    ", ".join(uncovered))
     manifest = {
         "version": MANIFEST_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -565,9 +626,12 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
             "skipped": len(skipped),
             "tracks": len(ordered),
             "labels": len(labels),
-            **{f"{s}_tracks": len(split_tracks[s]) for s in SPLITS},
-            **{f"{s}_samples": int(sum(t["samples"] for t in split_tracks[s])) for s in SPLITS},
-            **{f"{s}_seconds": round(sum(t["samples"] for t in split_tracks[s]) / sr, 3) for s in SPLITS},
+            # Tracks with audio in the split (a held-out tail's track counts in both).
+            **{f"{s}_tracks": len({t["sha256"] for t, _ in in_split[s]}) for s in SPLITS},
+            **{f"{s}_samples": split_samples[s] for s in SPLITS},
+            **{f"{s}_seconds": round(split_samples[s] / sr, 3) for s in SPLITS},
+            "tail_tracks": sum(t["split"] == "tail" for t in ordered),
+            "labels_without_validation": uncovered,
             "merge_seconds": round(time.time() - started, 3),
         },
     }
