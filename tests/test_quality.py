@@ -98,3 +98,172 @@ def test_log_mel_distance_grows_with_spectral_difference():
     assert quality.log_mel_distance_db(a, b) > quality.MEL_DISTANCE_DB
     with pytest.raises(ValueError, match="same shape"):
         quality.log_mel_distance_db(a, b[:10])
+
+
+# -- calibrated features against plain references ------------------------------------
+
+def test_band_energy_ratio_of_two_tones_and_of_white_noise():
+    t = np.arange(SR) / SR
+    x = 0.1 * np.sin(2 * np.pi * 6000 * t) + 0.5 * np.sin(2 * np.pi * 500 * t)
+    assert quality.band_energy_ratio_db(x, SR) == pytest.approx(20 * np.log10(0.1 / 0.5), abs=0.2)
+    noise = np.random.default_rng(0).normal(size=4 * SR)
+    # 4 kHz of band against 1 kHz (less the DC bin): 10 log10(4) = 6 dB.
+    assert quality.band_energy_ratio_db(noise, SR) == pytest.approx(6.0, abs=0.5)
+    with pytest.raises(ValueError, match="band without FFT bins"):
+        quality.band_energy_ratio_db(noise, 8000, high=(5000.0, 8000.0))
+
+
+def yin_reference(frame, max_lag):
+    """YIN eqs. 6 and 8, one lag at a time."""
+    w = len(frame) - max_lag
+    d = np.array([np.sum((frame[:w] - frame[tau:tau + w]) ** 2) for tau in range(max_lag + 1)])
+    out = np.ones(max_lag + 1)
+    for tau in range(1, max_lag + 1):
+        out[tau] = d[tau] * tau / np.sum(d[1:tau + 1])
+    return out
+
+
+def test_yin_difference_matches_the_definition():
+    frames = np.random.default_rng(1).normal(size=(3, 200))
+    np.testing.assert_allclose(quality.yin_difference(frames, 60),
+                               np.stack([yin_reference(f, 60) for f in frames]), rtol=1e-9, atol=1e-9)
+    t = np.arange(400)
+    d = quality.yin_difference(np.sin(2 * np.pi * t / 50.0)[None, :], 120)[0]
+    assert d[50] < 1e-6 and d[100] < 1e-6 and d[25] > 1.0  # zero at the period, high at half of it
+
+
+def test_harmonicity_separates_tones_from_noise_and_ignores_offsets():
+    rng = np.random.default_rng(2)
+    t = np.arange(2 * SR) / SR
+    assert quality.harmonicity(0.3 * np.sin(2 * np.pi * 220 * t), SR) > 0.95
+    white = rng.normal(size=2 * SR)
+    brown = np.cumsum(rng.normal(size=2 * SR))
+    assert quality.harmonicity(0.3 * white / white.std(), SR) < 0.2
+    # Smooth noise has a small difference at short lags; the running-mean normalisation discounts it.
+    assert quality.harmonicity(0.3 * brown / brown.std(), SR) < 0.2
+    assert quality.harmonicity(np.full(2 * SR, 0.2), SR) == 0.0  # a constant is not a pitch
+    assert quality.harmonicity(np.zeros(2 * SR), SR) == 0.0
+    assert quality.harmonicity(np.zeros(100), SR) == 0.0  # shorter than one frame
+
+
+def test_onsets_are_found_at_note_attacks_and_not_in_steady_sounds():
+    rng = np.random.default_rng(3)
+    x = np.zeros(3 * SR)
+    times = [0.25, 0.8, 1.3, 1.9, 2.4]
+    for t0 in times:  # plucked notes, each ringing on under the next
+        i = int(t0 * SR)
+        t = np.arange(x.size - i) / SR
+        x[i:] += 0.3 * np.exp(-8 * t) * np.sin(2 * np.pi * 330 * t)
+    found = quality.onset_times(x, SR)
+    assert len(found) == len(times)
+    np.testing.assert_allclose(found, times, atol=0.035)  # within about two 16 ms frames
+    assert quality.onset_rate(x, SR) == pytest.approx(len(times) / 3.0)
+    assert quality.onset_rate(0.3 * rng.normal(size=3 * SR), SR) == 0.0  # stationary noise
+    assert quality.onset_rate(0.3 * np.sin(2 * np.pi * 220 * np.arange(3 * SR) / SR), SR) == 0.0
+    assert quality.onset_rate(np.zeros(3 * SR), SR) == 0.0
+
+
+def test_reference_windows_are_spread_over_signals_and_never_span_two():
+    signals = [np.arange(0, 1000), np.arange(10_000, 10_400), np.arange(20_000, 20_050)]
+    every = quality.reference_windows(signals, 100)  # hop 50
+    assert len(every) == 19 + 7
+    assert all(w.size == 100 and w[-1] - w[0] == 99 for w in every)  # contiguous: one signal each
+    spread = quality.reference_windows(signals, 100, count=5)
+    assert len(spread) == 5 and spread[0][0] == 0 and spread[-1][0] == 10_300
+    assert {w[0] // 10_000 for w in spread} == {0, 1}
+    short = quality.reference_windows(signals, 2000)
+    assert [w.size for w in short] == [1000, 400, 50]  # nothing long enough: whole signals
+
+
+def test_a_check_widens_its_range_by_its_tolerance():
+    add = quality.Check("x", "x", "dB", "add", 6.0)
+    assert add.widen(-30.0, -10.0) == (-36.0, -4.0) and add.describe() == "+-6 dB"
+    factor = quality.Check("y", "y", "", "factor", 2.0, floor=1e-3)
+    assert factor.widen(1e-5, 0.01) == (5e-4, 0.02) and factor.describe() == "x/ 2"
+    upper = quality.Check("z", "z", "", "factor", 2.0, upper_only=True, floor=1e-3)
+    assert upper.widen(0.0, 0.004) == (None, 0.008)
+
+
+def test_calibration_ranges_are_percentiles_over_windows_widened():
+    x = music(6.0) + 0.01 * np.random.default_rng(4).normal(size=6 * SR)
+    cal = quality.calibrate([x], SR, SR, label="chords")
+    windows = quality.reference_windows([x], SR)
+    assert cal["windows"] == len(windows) == 11 and cal["window_seconds"] == 1.0
+    for check in quality.CHECKS:
+        if check.metric == "log_mel_distance_db":
+            continue
+        values = [quality.clip_features(w, SR)[check.metric] for w in windows]
+        lo, hi = np.percentile(values, quality.REFERENCE_PERCENTILES)
+        r = cal["ranges"][check.metric]
+        assert (r["reference_low"], r["reference_high"]) == pytest.approx((lo, hi))
+        assert (r["low"], r["high"]) == pytest.approx(check.widen(lo, hi))
+    results, warnings = quality.check_ranges(quality.analyze(x[:SR], SR)["metrics"], cal)
+    assert warnings == [] and all(r["passed"] for r in results)
+    assert quality.calibrate([x], SR, SR, max_windows=4)["windows"] == 4
+
+
+# -- the checks on real (demo) music and on failure cases -------------------------------
+
+CLIP = 2 * SR  # the demo preset's clips: 2 s
+
+
+def demo_track(genre, track, seconds=14.0):
+    """A demo-corpus track at 16 kHz as preprocessing leaves it (trimmed, normalised, mu-law)."""
+    from wavenet.demo import synthesize
+    from wavenet.preprocess import peak_normalize, trim_silence
+
+    x = trim_silence(synthesize(genre, seconds, track=track, sample_rate=SR), SR, -50.0)
+    return mu_law_decode(mu_law_encode(peak_normalize(x, -1.0)))
+
+
+@pytest.fixture(scope="module")
+def demo_calibrations():
+    """Per genre: ranges from two tracks, and a third track they never saw."""
+    from wavenet.demo import GENRES
+
+    out = {}
+    for genre in GENRES:
+        cal = quality.calibrate([demo_track(genre, 1), demo_track(genre, 2)], SR, CLIP, label=genre,
+                                max_windows=30)
+        out[genre] = (cal, demo_track(genre, 0))
+    return out
+
+
+def coloured_noise(exponent, seed=5):
+    """Gaussian noise with power spectrum ~ 1 / f**exponent (0 white, 1 pink, 2 brown), 0.3 RMS."""
+    rng = np.random.default_rng(seed)
+    f = np.fft.rfftfreq(CLIP, 1.0 / SR)
+    f[0] = f[1]
+    x = np.fft.irfft(np.fft.rfft(rng.normal(size=CLIP)) / f ** (exponent / 2.0), CLIP)
+    return np.clip(0.3 * x / x.std(), -1, 1)
+
+
+def test_real_demo_music_of_a_track_the_ranges_never_saw_passes(demo_calibrations):
+    for genre, (cal, unseen) in demo_calibrations.items():
+        for i in range(0, unseen.size - CLIP + 1, CLIP // 2):
+            r = quality.analyze(unseen[i:i + CLIP], SR, codes=mu_law_encode(unseen[i:i + CLIP]),
+                                calibration=cal)
+            assert r["warnings"] == [], (genre, i / SR, r["warnings"])
+            assert len(r["checks"]) == len(quality.CHECKS) and all(c["passed"] for c in r["checks"])
+
+
+FAILURES = {
+    # name: (audio, warnings every label's checks must raise)
+    "white noise": (lambda: coloured_noise(0), {"white noise", "band energy", "harmonicity"}),
+    "pink noise": (lambda: coloured_noise(1), {"harmonicity", "spectral flatness"}),
+    "brown noise": (lambda: coloured_noise(2), {"harmonicity", "spectral flatness", "dc offset"}),
+    "silence": (lambda: np.zeros(CLIP), {"silence", "level", "harmonicity"}),
+    "stuck value": (lambda: np.full(CLIP, 0.05), {"stuck value", "dc offset", "harmonicity"}),
+}
+
+
+@pytest.mark.parametrize("case", FAILURES)
+def test_each_failure_case_is_flagged_against_every_label(demo_calibrations, case):
+    make, expected = FAILURES[case]
+    audio = mu_law_decode(mu_law_encode(make()))
+    for genre, (cal, _) in demo_calibrations.items():
+        r = quality.analyze(audio, SR, codes=mu_law_encode(audio), calibration=cal)
+        assert expected <= set(kinds(r)), (genre, r["warnings"])
+        failed = [c for c in r["checks"] if not c["passed"]]
+        assert failed and all(genre in w for w in r["warnings"] if w.split(":")[0] in
+                              {c["name"] for c in failed})

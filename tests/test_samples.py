@@ -5,7 +5,7 @@ from html import escape as html_escape
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import EVAL_LABELS, tiny_config
+from conftest import EVAL_LABELS, tiny_config, train_briefly
 
 from wavenet.errors import ConfigError, DataError
 from wavenet.evaluate import evaluate
@@ -112,3 +112,55 @@ def test_cli_generate_unprimed_from_a_keras_file(trained_model_path, tmp_path, m
     assert [c["label"] for c in printed["clips"]] == ["0", "1"]  # no data: label ids
     assert all(sf.info(c["wav"]).frames == 4000 for c in printed["clips"])
     assert "log_mel_distance_db" not in printed["clips"][0]["metrics"]  # no reference without data
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory):
+    """The demo corpus (one 12 s track per genre) preprocessed with the tiny preset."""
+    from wavenet.demo import make_demo_corpus
+    from wavenet.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("demo-shards")
+    make_demo_corpus(str(root / "src"), seconds_per_genre=12.0)
+    preprocess(str(root / "src"), str(root / "out"), tiny_config(3), processes=1, progress=False)
+    return str(root / "out")
+
+
+def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_is_not(
+        demo_shards, tmp_path, monkeypatch):
+    from wavenet.audio import mu_law_decode
+    from wavenet.quality import CHECKS, analyze
+    from wavenet.samples import read_validation_codes
+
+    monkeypatch.chdir(tmp_path)
+    # 1.5 s clips: the tiny preset cuts tracks into examples of at most 2 s (data.chunk_seconds).
+    cfg = tiny_config(3).with_overrides({"generate.num_clips": 3, "generate.seconds": 1.5})
+    model = train_briefly(demo_shards, cfg, steps=60)
+    result = generate_samples(model, str(tmp_path / "s"), cfg, data_dir=demo_shards,
+                              tracking_uri=f"sqlite:///{tmp_path}/m.db", progress=False)
+    labels = ["drums", "organ", "strings"]
+    assert [c["label"] for c in result["clips"]] == labels
+    for clip in result["clips"]:
+        # Each clip is judged against training audio of its own label, on every calibrated check.
+        assert clip["reference"] == clip["label"]
+        assert [c["metric"] for c in clip["checks"]] == [c.metric for c in CHECKS]
+        failed = [c for c in clip["checks"] if not c["passed"]]
+        assert failed, (clip["label"], clip["metrics"])
+        assert {c["name"] for c in failed} <= {w.split(":")[0] for w in clip["warnings"]}
+    # The same ranges pass real audio the calibration never saw: each label's held-out validation tail.
+    n = result["num_samples"]
+    tails = read_validation_codes(demo_shards)
+    assert sorted({label for _, label in tails}) == [0, 1, 2]
+    for codes, label in tails:
+        for i in range(0, len(codes) - n + 1, n // 2):
+            r = analyze(mu_law_decode(codes[i:i + n]), 16000, codes=codes[i:i + n],
+                        calibration=result["reference"][labels[label]])
+            assert r["warnings"] == [], (labels[label], r["warnings"])
+    # samples.json shows each range, its tolerance and the thresholds that need no data.
+    summary = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert set(summary["reference"]) == {*labels, "all labels"}
+    organ = summary["reference"]["organ"]
+    assert organ["windows"] >= 4 and organ["window_seconds"] == 1.5 and organ["percentiles"] == [2.5, 97.5]
+    assert organ["ranges"]["harmonicity"]["tolerance"] == "+-0.15"
+    assert summary["thresholds"]["white noise"] == {"spectral_flatness_above": 0.35}
+    assert summary["clips"][0]["checks"] == result["clips"][0]["checks"]

@@ -358,13 +358,18 @@ def onset_strength(x: np.ndarray, sample_rate: int, compression: float = 10.0) -
 
     ``sum_k max(0, L(t, k) - L(t - 1, k))`` with ``L = log(1 + compression |X|)``
     (the logarithmic spectral flux of Klapuri 1999 and Böck et al. 2012), over
-    Hann frames of about 64 ms with a 16 ms hop. Frame 0 is 0.
+    whole Hann frames of about 64 ms with a 16 ms hop. Frame 0 is 0.
 
     Returns:
         (N,) onset strength per frame.
     """
     n_fft, hop = _onset_frame(sample_rate)
-    frames = frame_signal(x, n_fft, hop) * np.hanning(n_fft)[None, :]
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    # Whole frames only: a zero-padded last frame ends in a step, whose splatter looks like an onset.
+    count = (len(x) - n_fft) // hop + 1 if len(x) >= n_fft else 0
+    if count < 2:
+        return np.zeros(max(count, 1))
+    frames = frame_signal(x[:(count - 1) * hop + n_fft], n_fft, hop) * np.hanning(n_fft)[None, :]
     log_mag = np.log1p(compression * np.abs(np.fft.rfft(frames, axis=-1)))
     flux = np.maximum(log_mag[1:] - log_mag[:-1], 0.0).sum(axis=1)
     return np.concatenate([[0.0], flux])
@@ -372,7 +377,7 @@ def onset_strength(x: np.ndarray, sample_rate: int, compression: float = 10.0) -
 
 def onset_times(x: np.ndarray, sample_rate: int, relative_threshold: float = 0.5,
                 pre_max: float = 0.03, average: float = 0.1, wait: float = 0.03,
-                floor: float = 0.01) -> np.ndarray:
+                floor: float = 0.01, min_strength: float = 1.0) -> np.ndarray:
     """Onsets (seconds): peaks of :func:`onset_strength`.
 
     The peak-picking rules of Böck, Krebs and Schedl 2012 ("Evaluating the
@@ -381,13 +386,15 @@ def onset_times(x: np.ndarray, sample_rate: int, relative_threshold: float = 0.5
     is an onset when its strength is the maximum of the ``pre_max`` seconds
     before it and the frame after, at least ``1 + relative_threshold`` times
     the mean over +-``average`` seconds, at least ``floor`` times the clip's
-    largest strength, and more than ``wait`` seconds after the previous onset.
+    largest strength and ``min_strength`` (the leakage ripple of a steady tone
+    is about 0.02; a note's attack at -40 dBFS is above 10), and more than
+    ``wait`` seconds after the previous onset.
     The relative threshold makes stationary sounds (noise, a drone) give no
     onsets whatever their level: their flux is steady, while a note's attack
     stands well above its surroundings.
 
     Returns:
-        (K,) onset times in seconds.
+        (K,) onset times in seconds (centres of the onset frames).
     """
     from numpy.lib.stride_tricks import sliding_window_view
 
@@ -405,13 +412,15 @@ def onset_times(x: np.ndarray, sample_rate: int, relative_threshold: float = 0.5
     lo, hi = np.maximum(0, idx - half), np.minimum(env.size, idx + half + 1)
     local_mean = (csum[hi] - csum[lo]) / (hi - lo)
     candidates = np.flatnonzero((env >= local_max) & (env >= (1.0 + relative_threshold) * local_mean)
-                                & (env >= floor * top) & (env > 0.0))
+                                & (env >= floor * top) & (env >= min_strength))
     onsets, last = [], -np.inf
     for t in candidates.tolist():
         if t - last > gap:
             onsets.append(t)
             last = t
-    return np.asarray(onsets, dtype=np.float64) / fps
+    n_fft, _ = _onset_frame(sample_rate)
+    # Frame t spans samples t * hop .. t * hop + n_fft: report its centre.
+    return (np.asarray(onsets, dtype=np.float64) * hop + n_fft / 2.0) / sample_rate
 
 
 def onset_rate(x: np.ndarray, sample_rate: int) -> float:

@@ -3,7 +3,8 @@
 ``generate_samples`` draws ``generate.num_clips`` clips of ``generate.seconds``
 with the cached :class:`wavenet.generate.FastGenerator` (all clips in one
 batch), optionally primed with validation audio, one label per clip for a
-conditioned model. Each clip is measured with :mod:`wavenet.quality`; WAVs
+conditioned model. Each clip is measured with :mod:`wavenet.quality`, with
+data against the range training audio of its label spans; WAVs
 (16-bit PCM), spectrogram PNGs, ``report.html`` and ``samples.json`` go to
 the output folder and, as artifacts, to an MLflow run.
 """
@@ -25,8 +26,8 @@ from wavenet import storage
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError, DataError
 
-__all__ = ["REPORT_FILE", "SUMMARY_FILE", "clip_labels", "read_validation_codes",
-           "prime_codes", "reference_log_mel", "generate_samples"]
+__all__ = ["REPORT_FILE", "SUMMARY_FILE", "clip_labels", "read_examples", "read_validation_codes",
+           "prime_codes", "calibrate_labels", "generate_samples"]
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "samples.json"
@@ -47,26 +48,41 @@ def clip_labels(num_clips: int, num_classes: int, vocabulary: list[str] | None =
     return ids, [vocab[i] if i < len(vocab) else str(i) for i in ids.tolist()]
 
 
-def read_validation_codes(data_dir: str, max_samples: int | None = None) -> list[tuple[np.ndarray, int]]:
-    """Validation examples ``(codes uint8, label)`` in shard order, up to ``max_samples`` codes."""
+def read_examples(data_dir: str, split: str, max_samples_per_label: int | None = None
+                  ) -> list[tuple[np.ndarray, int]]:
+    """Examples ``(codes uint8, label)`` of ``split`` in shard order, up to a number of codes per label.
+
+    Reading stops once every label of the manifest has ``max_samples_per_label``
+    codes (an example that crosses the limit is kept whole).
+    """
     import tensorflow as tf
 
-    from wavenet.data import local_shard_paths, parse_example
+    from wavenet.data import local_shard_paths, parse_example, read_manifest
 
-    files = local_shard_paths(data_dir, "validation")
+    files = local_shard_paths(data_dir, split)
     if not files:
-        raise DataError(f"{data_dir} has no validation shards with examples")
-    out, total = [], 0
+        raise DataError(f"{data_dir} has no {split} shards with examples")
+    wanted = max(1, len(read_manifest(data_dir).get("labels") or []))
+    out, totals = [], {}
     try:
         for codes, label in tf.data.TFRecordDataset(files).map(parse_example).as_numpy_iterator():
-            out.append((codes.astype(np.uint8), int(label)))
-            total += len(codes)
-            if max_samples is not None and total >= max_samples:
-                break
+            label = int(label)
+            if max_samples_per_label is not None and totals.get(label, 0) >= max_samples_per_label:
+                if len(totals) >= wanted and min(totals.values()) >= max_samples_per_label:
+                    break
+                continue
+            out.append((codes.astype(np.uint8), label))
+            totals[label] = totals.get(label, 0) + len(codes)
     except tf.errors.OpError as e:
-        raise DataError(f"cannot read validation shards of {data_dir}: "
+        raise DataError(f"cannot read {split} shards of {data_dir}: "
                         f"{e.message.splitlines()[0]}") from None
     return out
+
+
+def read_validation_codes(data_dir: str, max_samples_per_label: int | None = None
+                          ) -> list[tuple[np.ndarray, int]]:
+    """Validation examples ``(codes uint8, label)`` (see :func:`read_examples`)."""
+    return read_examples(data_dir, "validation", max_samples_per_label)
 
 
 def prime_codes(examples: list[tuple[np.ndarray, int]], length: int,
@@ -91,14 +107,37 @@ def prime_codes(examples: list[tuple[np.ndarray, int]], length: int,
     return np.stack(rows).astype(np.int32)
 
 
-def reference_log_mel(examples: list[tuple[np.ndarray, int]], sample_rate: int,
-                      quantization_channels: int) -> np.ndarray:
-    """Average log-mel spectrum of validation audio (decoded codes, concatenated)."""
-    from wavenet.audio import mu_law_decode
-    from wavenet.quality import average_log_mel
+def calibrate_labels(examples: list[tuple[np.ndarray, int]], sample_rate: int, quantization_channels: int,
+                     window: int, max_windows: int, names: list[str | None] | None = None
+                     ) -> dict[int | None, dict[str, Any]]:
+    """Sanity-check ranges per label (:func:`wavenet.quality.calibrate`) from decoded examples.
 
-    audio = np.concatenate([mu_law_decode(c, quantization_channels) for c, _ in examples])
-    return average_log_mel(audio, sample_rate)
+    Args:
+        examples: ``(codes, label)`` pairs (training examples).
+        sample_rate, quantization_channels: of the codes.
+        window: the length of the clips to be checked (samples).
+        max_windows: windows per label, spread over its examples.
+        names: label names by id (shown in warnings).
+
+    Returns:
+        ``{label_id: calibration}`` for every label with examples, plus
+        ``None``: the calibration over every label's examples together.
+    """
+    from wavenet.audio import mu_law_decode
+    from wavenet.quality import calibrate
+
+    names = names or []
+    by_label: dict[int, list[np.ndarray]] = {}
+    for codes, label in examples:
+        by_label.setdefault(label, []).append(mu_law_decode(codes, quantization_channels))
+    out: dict[int | None, dict[str, Any]] = {
+        label: calibrate(signals, sample_rate, window, label=names[label] if label < len(names) else str(label),
+                         max_windows=max_windows)
+        for label, signals in sorted(by_label.items())}
+    # Every label's windows together, spread the same way.
+    out[None] = calibrate([s for _, signals in sorted(by_label.items()) for s in signals], sample_rate,
+                          window, label=None, max_windows=max_windows)
+    return out
 
 
 def _slug(text: str) -> str:
@@ -123,8 +162,10 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         out_dir: output folder (local or gs://).
         config: ``config.generate`` sets clips, seconds, temperature, priming,
             seed; the model's own architecture and sample rate are used.
-        data_dir: shards folder: label names, priming audio and the reference
-            spectrum for ``log_mel_distance_db`` (optional unless priming).
+        data_dir: shards folder: label names, priming audio (validation) and
+            the audio the sanity checks are calibrated on (training audio of
+            each clip's label, ``generate.reference_seconds`` of it per label);
+            optional unless priming.
         tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db).
         experiment: MLflow experiment (default: the training run's for a
             ``runs:/`` model, else ``config.name``).
@@ -136,8 +177,12 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         "summary" (path of samples.json), "sample_rate", "num_samples" (per
         clip), "prime_samples", "temperature", "seed", "samples_per_second"
         (all clips together), "generation_seconds", "clips": [{"index", "name",
-        "label", "label_id", "wav", "png", "metrics", "warnings"}], "warnings"
-        (every clip's, prefixed with the clip name), "run_id"}``.
+        "label", "label_id", "wav", "png", "metrics", "checks" (calibrated:
+        value, range, passed), "reference" (the label whose audio calibrated
+        them, or "all labels"), "warnings"}], "warnings" (every clip's,
+        prefixed with the clip name), "reference" ({label: calibration}: the
+        ranges, percentiles, tolerances and how much audio), "thresholds"
+        (of the checks that need no data), "run_id"}``.
     """
     from tqdm.auto import tqdm
 
@@ -145,7 +190,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     from wavenet.audio import mu_law_decode
     from wavenet.data import read_manifest
     from wavenet.generate import FastGenerator
-    from wavenet.quality import analyze
+    from wavenet.quality import absolute_thresholds, analyze
     from wavenet.report import render_html, spectrogram_png, wav_bytes
     from wavenet.tracking import start_run
 
@@ -160,12 +205,18 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         raise ConfigError(f"generate.prime_seconds={g.prime_seconds} primes with validation audio: "
                           f"pass the data folder (--data)")
 
-    vocabulary, examples, reference = None, [], None
+    vocabulary, examples, calibrations = None, [], {}
     if data_dir:
         vocabulary = [str(x) for x in (read_manifest(data_dir).get("labels") or [])]
-        examples = read_validation_codes(
-            data_dir, max(int(g.reference_seconds * sr), prime_len * g.num_clips))
-        reference = reference_log_mel(examples, sr, q)
+        if prime_len:
+            examples = read_validation_codes(data_dir, prime_len * g.num_clips)
+        # The checks are calibrated on training audio: it spans every track of a
+        # label, where validation may hold one track, whose range rejects most
+        # windows of the label's other tracks (README, Sanity checks).
+        reference = int(g.reference_seconds * sr)
+        windows = max(8, int(round(reference / num_samples)))
+        calibrations = calibrate_labels(read_examples(data_dir, "train", 8 * max(reference, num_samples)),
+                                        sr, q, window=num_samples, max_windows=windows, names=vocabulary)
     label_ids, label_names = clip_labels(g.num_clips, net.config.num_classes, vocabulary)
     prime = prime_codes(examples, prime_len, label_ids, g.num_clips) if prime_len else None
 
@@ -195,16 +246,22 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         storage.write_bytes_atomic(os.path.join(local_dir, name + ".wav"), wav)
         storage.write_bytes_atomic(os.path.join(local_dir, name + ".png"), png)
         written += [name + ".wav", name + ".png"]
-        quality = analyze(audio, sr, codes=codes[i], reference_log_mel=reference)
+        label_id = None if label_ids is None else int(label_ids[i])
+        # The clip's label's range; all labels together for an unconditioned
+        # model or a label without training audio.
+        calibration = calibrations.get(label_id, calibrations.get(None))
+        quality = analyze(audio, sr, codes=codes[i], calibration=calibration)
+        reference_name = None if calibration is None else (calibration["label"] or "all labels")
         all_warnings += [f"{name}: {w}" for w in quality["warnings"]]
-        clips.append({"index": i, "name": name, "label": label_names[i],
-                      "label_id": None if label_ids is None else int(label_ids[i]),
+        clips.append({"index": i, "name": name, "label": label_names[i], "label_id": label_id,
                       "wav": storage.join(out_dir, name + ".wav"),
                       "png": storage.join(out_dir, name + ".png"),
-                      "metrics": quality["metrics"], "warnings": quality["warnings"]})
+                      "metrics": quality["metrics"], "checks": quality["checks"],
+                      "reference": reference_name, "warnings": quality["warnings"]})
         report_clips.append({"name": name, "label": label_names[i], "wav": wav,
                              "wav_file": name + ".wav", "png": png, "png_file": name + ".png",
-                             "metrics": quality["metrics"], "warnings": quality["warnings"]})
+                             "metrics": quality["metrics"], "checks": quality["checks"],
+                             "warnings": quality["warnings"]})
 
     exp, tags = registry.run_placement(model_uri, experiment, config.name)
     tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
@@ -221,6 +278,8 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             "temperature": g.temperature, "seed": g.seed,
             "samples_per_second": total / elapsed if elapsed > 0 else float("inf"),
             "generation_seconds": elapsed, "clips": clips, "warnings": all_warnings,
+            "reference": {(c["label"] or "all labels"): c for c in calibrations.values()},
+            "thresholds": absolute_thresholds(),
             "run_id": run.info.run_id,
         }
         info = {"model": result["model"], "data": data_dir or "(none)",
@@ -240,6 +299,9 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         for clip in clips:
             for k, v in clip["metrics"].items():
                 metrics[registry.metric_key("quality", clip["name"], k)] = v
+            if clip["checks"]:
+                metrics[registry.metric_key("quality", clip["name"], "checks_failed")] = float(
+                    sum(not c["passed"] for c in clip["checks"]))
         for k in clips[0]["metrics"]:
             metrics[registry.metric_key("quality", "mean", k)] = float(
                 np.mean([c["metrics"][k] for c in clips]))
