@@ -190,6 +190,79 @@ def test_cli_evaluate_prints_json_and_reports_bad_input_in_one_line(
 
 
 
+def labelled_folder(root, seconds=1.0):
+    """Audio files in one folder per label of the trained model (tones: real WAV files)."""
+    import soundfile as sf
+    from conftest import _tone
+
+    for i, label in enumerate(EVAL_LABELS):
+        for k in range(2):
+            path = root / label / f"take{k}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, _tone(seconds, 220.0 * 1.5 ** i * (1 + 0.03 * k), 16000, 0.7 * k), 16000)
+    return root
+
+
+def test_every_label_is_scored_and_says_how_it_was_held_out(trained_model_path, tmp_path, monkeypatch):
+    from wavenet.preprocess import preprocess
+
+    monkeypatch.chdir(tmp_path)
+    src = labelled_folder(tmp_path / "src")
+    (src / "high" / "take1.wav").unlink()  # "high" has one track: it holds out a tail
+    cfg = tiny_config()
+    m = preprocess(str(src), str(tmp_path / "data"), cfg, processes=1, progress=False)
+    assert {f["relpath"]: f["split"] for f in m["files"]}["high/take0.wav"] == "tail"
+    result = evaluate(trained_model_path, str(tmp_path / "data"), cfg,
+                      tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    assert result["split"] == "validation" and result["labels_not_scored"] == []
+    assert {k: t["holdout"] for k, t in result["per_label"].items()} == {"low": "tracks", "high": "tail"}
+
+
+def test_a_test_folder_is_scored_whole_with_split_all(trained_model_path, tmp_path, monkeypatch, capsys):
+    import tensorflow as tf
+
+    from wavenet.cli import main
+    from wavenet.data import parse_example, shard_paths
+    from wavenet.preprocess import preprocess
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config().with_overrides({"data.validation_fraction": 0.0})
+    preprocess(str(labelled_folder(tmp_path / "test")), str(tmp_path / "shards"), cfg, processes=1,
+               progress=False)
+    # Without --split all there is nothing to score, and the error says what to do.
+    rc = main(["evaluate", trained_model_path, str(tmp_path / "shards"), "--preset", "tiny",
+               "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 2 and "score a test folder with --split all" in err and err.count("\n") == 1
+    rc = main(["evaluate", trained_model_path, str(tmp_path / "shards"), "--preset", "tiny",
+               "--tracking-uri", uri, "--split", "all"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    # Every window of every example, counted here from the shards.
+    rf, w = result["receptive_field"], cfg.evaluate.window
+    examples = [(c, int(lab)) for split in ("train", "validation") for path in shard_paths(str(tmp_path / "shards"), split)
+                for c, lab in tf.data.TFRecordDataset(path).map(parse_example).as_numpy_iterator()]
+    per_label = {}
+    for codes, label in examples:
+        per_label[EVAL_LABELS[label]] = per_label.get(EVAL_LABELS[label], 0) + (len(codes) - rf) // w * w
+    assert result["samples"] == sum(per_label.values()) > 0
+    assert {k: t["samples"] for k, t in result["per_label"].items()} == per_label
+    assert {t["holdout"] for t in result["per_label"].values()} == {"all"}
+    assert result["split"] == "all" and result["baselines_counted_on"] == "train+validation"
+    # The baselines were counted on the scored examples themselves.
+    counts = count_codes([c for c, _ in examples], Q)
+    segs = [c[k * w: k * w + rf + w] for c, _ in examples for k in range((len(c) - rf) // w)]
+    want = baseline_bits(counts, np.concatenate([g[rf - 1:-1] for g in segs]),
+                         np.concatenate([g[rf:] for g in segs]),
+                         unigram_smoothing=cfg.evaluate.unigram_smoothing,
+                         bigram_smoothing=cfg.evaluate.bigram_smoothing)
+    assert result["baselines"] == pytest.approx(want, rel=1e-9)
+    with pytest.raises(SystemExit):
+        main(["evaluate", trained_model_path, str(tmp_path / "shards"), "--split", "test"])
+    assert "invalid choice: 'test'" in capsys.readouterr().err
+
+
 def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
         eval_data, trained_model_path, tmp_path, monkeypatch, request):
     from pathlib import Path

@@ -37,6 +37,21 @@ def test_prime_codes_take_same_label_examples():
         prime_codes(examples, 11, None, 1)
 
 
+def test_calibrate_labels_per_label_and_all_labels_only_where_needed():
+    from wavenet.audio import mu_law_encode
+    from wavenet.samples import calibrate_labels
+
+    t = np.arange(8000) / 16000
+    examples = [(mu_law_encode(0.3 * np.sin(2 * np.pi * f * t)), label)
+                for label, f in ((0, 220.0), (0, 230.0), (1, 880.0))]
+    cals = calibrate_labels(examples, 16000, 256, window=4000, max_windows=8, names=["low", "high"])
+    assert set(cals) == {0, 1, None} and cals[0]["label"] == "low" and cals[None]["label"] is None
+    assert cals[0]["windows"] == 6 and cals[1]["windows"] == 3 and cals[None]["windows"] == 8
+    # A label without examples is judged against every label together.
+    assert set(calibrate_labels(examples, 16000, 256, 4000, 8, wanted=[1, 2])) == {1, None}
+    assert set(calibrate_labels(examples, 16000, 256, 4000, 8, wanted=[0, 1])) == {0, 1}
+
+
 def test_generate_from_the_champion_writes_wavs_pngs_and_a_self_contained_report(
         eval_data, trained_model_path, mlflow_server, tmp_path, monkeypatch):
     import mlflow
@@ -158,7 +173,7 @@ def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_
             assert r["warnings"] == [], (labels[label], r["warnings"])
     # samples.json shows each range, its tolerance and the thresholds that need no data.
     summary = json.loads((tmp_path / "s" / "samples.json").read_text())
-    assert set(summary["reference"]) == {*labels, "all labels"}
+    assert set(summary["reference"]) == set(labels)  # no clip needed all labels together
     organ = summary["reference"]["organ"]
     assert organ["windows"] >= 4 and organ["window_seconds"] == 1.5 and organ["percentiles"] == [2.5, 97.5]
     assert organ["ranges"]["harmonicity"]["tolerance"] == "+-0.15"

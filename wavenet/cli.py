@@ -175,8 +175,8 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="sample clips: WAVs, spectrograms, HTML listening report")
     p.add_argument("model", help=".keras file, MLflow model URI, or models:/NAME@champion")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--data", default=None, help="shards folder: validation audio for priming and "
-                   "the spectral distance")
+    p.add_argument("--data", default=None, help="shards folder: validation audio for priming, and "
+                   "training audio of each label that calibrates the sanity checks")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default=None)
     p.add_argument("--no-progress", action="store_true")

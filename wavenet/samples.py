@@ -108,8 +108,8 @@ def prime_codes(examples: list[tuple[np.ndarray, int]], length: int,
 
 
 def calibrate_labels(examples: list[tuple[np.ndarray, int]], sample_rate: int, quantization_channels: int,
-                     window: int, max_windows: int, names: list[str | None] | None = None
-                     ) -> dict[int | None, dict[str, Any]]:
+                     window: int, max_windows: int, names: list[str] | None = None,
+                     wanted: list[int | None] | None = None) -> dict[int | None, dict[str, Any]]:
     """Sanity-check ranges per label (:func:`wavenet.quality.calibrate`) from decoded examples.
 
     Args:
@@ -118,10 +118,13 @@ def calibrate_labels(examples: list[tuple[np.ndarray, int]], sample_rate: int, q
         window: the length of the clips to be checked (samples).
         max_windows: windows per label, spread over its examples.
         names: label names by id (shown in warnings).
+        wanted: the label ids to calibrate (None in the list: every label's
+            examples together); default every label and None.
 
     Returns:
-        ``{label_id: calibration}`` for every label with examples, plus
-        ``None``: the calibration over every label's examples together.
+        ``{label_id: calibration}`` for the wanted labels that have examples,
+        and ``None`` (every label together) when it is wanted or a wanted
+        label has no examples.
     """
     from wavenet.audio import mu_law_decode
     from wavenet.quality import calibrate
@@ -130,13 +133,15 @@ def calibrate_labels(examples: list[tuple[np.ndarray, int]], sample_rate: int, q
     by_label: dict[int, list[np.ndarray]] = {}
     for codes, label in examples:
         by_label.setdefault(label, []).append(mu_law_decode(codes, quantization_channels))
+    wanted = [*sorted(by_label), None] if wanted is None else wanted
     out: dict[int | None, dict[str, Any]] = {
-        label: calibrate(signals, sample_rate, window, label=names[label] if label < len(names) else str(label),
-                         max_windows=max_windows)
-        for label, signals in sorted(by_label.items())}
-    # Every label's windows together, spread the same way.
-    out[None] = calibrate([s for _, signals in sorted(by_label.items()) for s in signals], sample_rate,
-                          window, label=None, max_windows=max_windows)
+        label: calibrate(by_label[label], sample_rate, window,
+                         label=names[label] if label < len(names) else str(label), max_windows=max_windows)
+        for label in sorted({w for w in wanted if w in by_label})}
+    if by_label and any(w not in out for w in wanted):
+        # Every label's examples together, spread the same way.
+        out[None] = calibrate([s for _, signals in sorted(by_label.items()) for s in signals], sample_rate,
+                              window, label=None, max_windows=max_windows)
     return out
 
 
@@ -208,16 +213,18 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     vocabulary, examples, calibrations = None, [], {}
     if data_dir:
         vocabulary = [str(x) for x in (read_manifest(data_dir).get("labels") or [])]
+    label_ids, label_names = clip_labels(g.num_clips, net.config.num_classes, vocabulary)
+    if data_dir:
         if prime_len:
             examples = read_validation_codes(data_dir, prime_len * g.num_clips)
         # The checks are calibrated on training audio: it spans every track of a
         # label, where validation may hold one track, whose range rejects most
         # windows of the label's other tracks (README, Sanity checks).
         reference = int(g.reference_seconds * sr)
-        windows = max(8, int(round(reference / num_samples)))
-        calibrations = calibrate_labels(read_examples(data_dir, "train", 8 * max(reference, num_samples)),
-                                        sr, q, window=num_samples, max_windows=windows, names=vocabulary)
-    label_ids, label_names = clip_labels(g.num_clips, net.config.num_classes, vocabulary)
+        calibrations = calibrate_labels(
+            read_examples(data_dir, "train", 8 * max(reference, num_samples)), sr, q, window=num_samples,
+            max_windows=max(8, int(round(reference / num_samples))), names=vocabulary,
+            wanted=[None] if label_ids is None else sorted(set(label_ids.tolist())))
     prime = prime_codes(examples, prime_len, label_ids, g.num_clips) if prime_len else None
 
     generator = FastGenerator(net, batch_size=g.num_clips)
