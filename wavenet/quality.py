@@ -353,6 +353,18 @@ def _onset_frame(sample_rate: int) -> tuple[int, int]:
     return n_fft, n_fft // 4
 
 
+def _log_magnitudes(x: np.ndarray, sample_rate: int, compression: float) -> np.ndarray:
+    """(N, F) ``log(1 + compression |X|)`` over whole Hann frames of about 64 ms, 16 ms apart."""
+    n_fft, hop = _onset_frame(sample_rate)
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    # Whole frames only: a zero-padded last frame ends in a step, whose splatter looks like an onset.
+    count = (len(x) - n_fft) // hop + 1 if len(x) >= n_fft else 0
+    if count < 1:
+        return np.zeros((1, n_fft // 2 + 1))
+    frames = frame_signal(x[:(count - 1) * hop + n_fft], n_fft, hop) * np.hanning(n_fft)[None, :]
+    return np.log1p(compression * np.abs(np.fft.rfft(frames, axis=-1)))
+
+
 def onset_strength(x: np.ndarray, sample_rate: int, compression: float = 10.0) -> np.ndarray:
     """Spectral flux: per frame, the summed increase of log-compressed magnitudes.
 
@@ -363,21 +375,13 @@ def onset_strength(x: np.ndarray, sample_rate: int, compression: float = 10.0) -
     Returns:
         (N,) onset strength per frame.
     """
-    n_fft, hop = _onset_frame(sample_rate)
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    # Whole frames only: a zero-padded last frame ends in a step, whose splatter looks like an onset.
-    count = (len(x) - n_fft) // hop + 1 if len(x) >= n_fft else 0
-    if count < 2:
-        return np.zeros(max(count, 1))
-    frames = frame_signal(x[:(count - 1) * hop + n_fft], n_fft, hop) * np.hanning(n_fft)[None, :]
-    log_mag = np.log1p(compression * np.abs(np.fft.rfft(frames, axis=-1)))
-    flux = np.maximum(log_mag[1:] - log_mag[:-1], 0.0).sum(axis=1)
-    return np.concatenate([[0.0], flux])
+    log_mag = _log_magnitudes(x, sample_rate, compression)
+    return np.concatenate([[0.0], np.maximum(log_mag[1:] - log_mag[:-1], 0.0).sum(axis=1)])
 
 
 def onset_times(x: np.ndarray, sample_rate: int, relative_threshold: float = 0.5,
                 pre_max: float = 0.03, average: float = 0.1, wait: float = 0.03,
-                floor: float = 0.01, min_strength: float = 1.0) -> np.ndarray:
+                floor: float = 0.01, min_new: float = 0.1) -> np.ndarray:
     """Onsets (seconds): peaks of :func:`onset_strength`.
 
     The peak-picking rules of Böck, Krebs and Schedl 2012 ("Evaluating the
@@ -386,23 +390,24 @@ def onset_times(x: np.ndarray, sample_rate: int, relative_threshold: float = 0.5
     is an onset when its strength is the maximum of the ``pre_max`` seconds
     before it and the frame after, at least ``1 + relative_threshold`` times
     the mean over +-``average`` seconds, at least ``floor`` times the clip's
-    largest strength and ``min_strength`` (the leakage ripple of a steady tone
-    is about 0.02; a note's attack at -40 dBFS is above 10), and more than
-    ``wait`` seconds after the previous onset.
-    The relative threshold makes stationary sounds (noise, a drone) give no
-    onsets whatever their level: their flux is steady, while a note's attack
-    stands well above its surroundings.
+    largest strength and at least ``min_new`` of the frame's summed log
+    magnitude (the leakage ripple of a steady tone is at most 0.05 of it; a
+    note's attack 0.13 and more), and more than ``wait`` seconds after the
+    previous onset. The relative threshold makes stationary sounds (noise, a
+    drone) give no onsets whatever their level: their flux is steady, while a
+    note's attack stands well above its surroundings.
 
     Returns:
         (K,) onset times in seconds (centres of the onset frames).
     """
     from numpy.lib.stride_tricks import sliding_window_view
 
-    env = onset_strength(x, sample_rate)
-    top = float(env.max()) if env.size else 0.0
+    log_mag = _log_magnitudes(x, sample_rate, 10.0)
+    env = np.concatenate([[0.0], np.maximum(log_mag[1:] - log_mag[:-1], 0.0).sum(axis=1)])
+    top = float(env.max())
     if top <= 0.0:
         return np.zeros(0)
-    _, hop = _onset_frame(sample_rate)
+    n_fft, hop = _onset_frame(sample_rate)
     fps = sample_rate / hop
     before, half, gap = (max(1, int(round(s * fps))) for s in (pre_max, average, wait))
     padded = np.concatenate([np.full(before, -np.inf), env, [-np.inf]])
@@ -412,13 +417,12 @@ def onset_times(x: np.ndarray, sample_rate: int, relative_threshold: float = 0.5
     lo, hi = np.maximum(0, idx - half), np.minimum(env.size, idx + half + 1)
     local_mean = (csum[hi] - csum[lo]) / (hi - lo)
     candidates = np.flatnonzero((env >= local_max) & (env >= (1.0 + relative_threshold) * local_mean)
-                                & (env >= floor * top) & (env >= min_strength))
+                                & (env >= floor * top) & (env > min_new * log_mag.sum(axis=1)))
     onsets, last = [], -np.inf
     for t in candidates.tolist():
         if t - last > gap:
             onsets.append(t)
             last = t
-    n_fft, _ = _onset_frame(sample_rate)
     # Frame t spans samples t * hop .. t * hop + n_fft: report its centre.
     return (np.asarray(onsets, dtype=np.float64) * hop + n_fft / 2.0) / sample_rate
 
@@ -454,7 +458,8 @@ def clip_features(audio: np.ndarray, sample_rate: int) -> dict[str, float]:
         "rms_dbfs": rms_dbfs(audio),
         "band_energy_ratio_db": band_energy_ratio_db(audio, sample_rate, high, low),
         "spectral_flatness": spectral_flatness(audio),
-        "harmonicity": harmonicity(audio, sample_rate),
+        # Pitches up to 1 kHz (a quarter of the sample rate below 4 kHz).
+        "harmonicity": harmonicity(audio, sample_rate, fmax=min(1000.0, sample_rate / 4.0)),
         "onset_rate": onset_rate(audio, sample_rate),
         "dc_offset": dc_offset(audio),
     }
