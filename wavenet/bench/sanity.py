@@ -9,15 +9,18 @@ training examples per label -> :func:`wavenet.samples.calibrate_labels` ->
                                    [--music /usr/share/scummvm/drascula/audio]
 
 * **Real audio, demo corpus:** the demo corpus (3 genres x 3 tracks) is
-  preprocessed with the ``demo`` preset; the checks are calibrated on each
-  label's training split and every clip-long window (non-overlapping) of the
-  validation tracks is checked: music the calibration never saw.
+  preprocessed with the ``demo`` preset; each track is held out once, the
+  checks calibrated on its label's other tracks (as ``wavenet generate``
+  calibrates on a training split), and every clip-long window of it checked:
+  music the calibration never saw.
 * **Real audio, ``--music DIR``:** the same for any folder (e.g. Debian's
   ``drascula-music``; never committed).
 * **A model's clips, ``--samples DIR``:** the verdict recorded in
-  ``samples.json`` by ``wavenet generate`` (e.g. ``make run``'s).
+  ``samples.json`` by ``wavenet generate`` (e.g. ``make run``'s), and the
+  clips' WAVs checked against each demo label's ranges.
 * **Failure cases:** white, pink and brown noise (0.3 RMS), silence and a
-  stuck value (code 160, +0.035), each checked against every label's ranges.
+  stuck value (code 160, +0.035), each checked against every label's ranges
+  (calibrated on all of the label's tracks).
 """
 
 from __future__ import annotations
@@ -63,45 +66,59 @@ def _range(check: dict[str, Any]) -> str:
     return f"{low}..{check['high']:.3g}"
 
 
-def real_audio(src: str, work: str, name: str) -> tuple[dict[str, Any], dict]:
-    """Preprocess ``src`` (demo preset), calibrate on train, check every validation window."""
+def real_audio(src: str, work: str, name: str, folds: int = 5) -> tuple[dict[str, Any], dict]:
+    """Preprocess ``src`` (demo preset); per label, hold out each track once (k-fold over tracks).
+
+    Fold ``i`` of a label holds its tracks ``i, i + k, ...`` (sorted by path,
+    ``k = min(folds, tracks)``); the checks are calibrated on the label's
+    other tracks exactly as ``wavenet generate`` calibrates on a training
+    split (:func:`wavenet.samples.calibrate_labels`), and every clip-long
+    window (non-overlapping) of the held-out tracks is checked. A label of
+    one track cannot be held out and is left out.
+
+    Returns:
+        ``({label: {"tracks", "windows", "passed", "failed": {check: windows}}},
+        {label_id: calibration from all the label's tracks} (for the failure cases))``.
+    """
     from wavenet.audio import mu_law_decode
     from wavenet.config import preset
-    from wavenet.data import track_parts
     from wavenet.preprocess import preprocess
     from wavenet.quality import analyze
-    from wavenet.samples import calibrate_labels, read_examples
+    from wavenet.samples import calibrate_labels
 
     cfg = preset("demo")
     sr, q = cfg.audio.sample_rate, cfg.audio.quantization_channels
     dst = os.path.join(work, name)
     manifest = preprocess(src, dst, cfg, progress=False)
     n = int(CLIP_SECONDS * sr)
-    reference = int(cfg.generate.reference_seconds * sr)
+    windows = max(8, round(cfg.generate.reference_seconds * sr / n))
     names = manifest["labels"]
-    calibrations = calibrate_labels(read_examples(dst, "train", 8 * max(reference, n)), sr, q, window=n,
-                                    max_windows=max(8, round(reference / n)), names=names)
-    rows = {}
-    for f in manifest["files"]:
-        codes = np.load(os.path.join(dst, f["codes"]))
-        for split, a, b in track_parts(f):
-            if split != "validation":
-                continue
-            row = rows.setdefault(f["label"], {"windows": 0, "passed": 0, "failed": {}, "tracks": 0,
-                                               "holdout": set()})
-            row["tracks"] += 1
-            row["holdout"].add("tail" if f["split"] == "tail" else "tracks")
-            cal = calibrations[f["label_id"]]
-            for i in range(a, b - n + 1, n):
-                r = analyze(mu_law_decode(codes[i:i + n], q), sr, codes=codes[i:i + n], calibration=cal)
-                row["windows"] += 1
-                failed = _failed(r)
-                row["passed"] += not failed
-                for k in failed:
-                    row["failed"][k] = row["failed"].get(k, 0) + 1
-    for row in rows.values():
-        row["holdout"] = "+".join(sorted(row["holdout"], reverse=True))
-    return rows, calibrations
+    tracks = sorted(manifest["files"], key=lambda f: f["relpath"])
+    codes = {f["sha256"]: np.load(os.path.join(dst, f["codes"])) for f in tracks}
+    rows: dict[str, Any] = {}
+    for label_id, label in enumerate(names):
+        own = [f for f in tracks if f["label_id"] == label_id]
+        k = min(folds, len(own))
+        if k < 2:
+            continue
+        row = rows.setdefault(label, {"tracks": len(own), "folds": k, "windows": 0, "passed": 0, "failed": {}})
+        for i in range(k):
+            held = own[i::k]
+            reference = [(codes[f["sha256"]], label_id) for f in own if f not in held]
+            cal = calibrate_labels(reference, sr, q, window=n, max_windows=windows, names=names,
+                                   wanted=[label_id])[label_id]
+            for f in held:
+                c = codes[f["sha256"]]
+                for j in range(0, len(c) - n + 1, n):
+                    r = analyze(mu_law_decode(c[j:j + n], q), sr, codes=c[j:j + n], calibration=cal)
+                    failed = _failed(r)
+                    row["windows"] += 1
+                    row["passed"] += not failed
+                    for x in failed:
+                        row["failed"][x] = row["failed"].get(x, 0) + 1
+    every = calibrate_labels([(codes[f["sha256"]], f["label_id"]) for f in tracks], sr, q, window=n,
+                             max_windows=windows, names=names, wanted=list(range(len(names))))
+    return rows, every
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,23 +146,31 @@ def main(argv: list[str] | None = None) -> int:
             out[title] = rows
             for label, r in sorted(rows.items()):
                 failed = ", ".join(f"{k} ({v})" for k, v in sorted(r["failed"].items())) or "-"
-                lines.append(f"| {title}, {r['tracks']} held-out {'tail' if r['holdout'] == 'tail' else 'track'}"
-                             f"(s) | {label} | {r['windows']} | {r['passed']} ({r['passed'] / r['windows']:.0%}) "
-                             f"| {failed} |")
+                lines.append(f"| {title} ({r['tracks']} tracks, {r['folds']} folds) | {label} | {r['windows']} | "
+                             f"{r['passed']} ({r['passed'] / r['windows']:.0%}) | {failed} |")
         if args.samples:
+            import soundfile as sf
+
             summary = json.load(open(os.path.join(args.samples, "samples.json")))
+            demo = {c["label"]: c for k, c in all_cals["demo corpus"].items() if k is not None}
             out["samples"] = []
-            lines += ["", "| model clip | label | failed checks (value; accepted range) |", "|---|---|---|"]
+            lines += ["", "| model clip (label) | verdict in samples.json (value; accepted range) | "
+                      + " | ".join(f"vs demo {lab}" for lab in demo) + " |", "|---|---|" + "---|" * len(demo)]
             for clip in summary["clips"]:
                 failed = [f"{c['name']} {c['value']:.3g} ({_range(c)})" for c in clip["checks"] if not c["passed"]]
                 failed += [w.split(":")[0] for w in clip["warnings"]
                            if w.split(":")[0] in ("silence", "white noise", "stuck value", "clipping")]
-                out["samples"].append({"clip": clip["name"], "label": clip["label"], "failed": failed})
-                lines.append(f"| {clip['name']} | {clip['label']} | {'; '.join(failed) or 'none: passes'} |")
+                audio, sr = sf.read(os.path.join(args.samples, os.path.basename(clip["wav"])), dtype="float64")
+                per_label = {lab: _failed(analyze(audio, sr, calibration=cal)) for lab, cal in demo.items()}
+                out["samples"].append({"clip": clip["name"], "label": clip["label"], "reference": clip["reference"],
+                                       "failed": failed, "per_label": per_label})
+                lines.append(f"| {clip['name']} ({clip['label'] or 'unconditioned'}; vs {clip['reference']}) | "
+                             f"{'; '.join(failed) or 'none: passes'} | "
+                             + " | ".join(", ".join(v) or "**passes**" for v in per_label.values()) + " |")
         lines += ["", "| failure case | " + " | ".join(f"{t}: {lab}" for t, cals in all_cals.items()
                                                   for lab in [c["label"] for k, c in cals.items() if k is not None])
                   + " |"]
-        lines.append("|---|" + "---|" * sum(len(c) - 1 for c in all_cals.values()))
+        lines.append("|---|" + "---|" * sum(k is not None for c in all_cals.values() for k in c))
         sr = 16000
         out["failures"] = {}
         for case, audio in failure_cases(int(CLIP_SECONDS * sr), sr).items():
