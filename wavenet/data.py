@@ -41,6 +41,7 @@ __all__ = [
     "train_dataset",
     "validation_dataset",
     "EVAL_SPLITS",
+    "eval_shards",
 ]
 
 MANIFEST = "manifest.json"
@@ -342,6 +343,23 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+def eval_shards(manifest: dict[str, Any], data_dir: str, split: str) -> list[dict[str, Any]]:
+    """The manifest's shards with examples that evaluation of ``split`` (:data:`EVAL_SPLITS`) reads.
+
+    Raises:
+        DataError: an unknown split, or no such shard (the message says what to do).
+    """
+    if split not in EVAL_SPLITS:
+        raise DataError(f"split must be one of {', '.join(EVAL_SPLITS)}. Received: split={split!r}")
+    splits = ("train", "validation") if split == "all" else (split,)
+    shards = [s for s in manifest["shards"] if s["split"] in splits and s["examples"] > 0]
+    if not shards:
+        raise DataError(f"{data_dir} has no {'' if split == 'all' else split + ' '}shards with examples"
+                        + (" (data.validation_fraction is 0: score a test folder with --split all)"
+                           if split == "validation" else ""))
+    return shards
+
+
 def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
                        window: int | None = None, cache_dir: str | None = None,
                        split: str = "validation"):
@@ -365,15 +383,9 @@ def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
     Returns:
         A dataset of ``(crops (B, receptive_field + window) int32, labels (B,) int32)``.
     """
-    if split not in EVAL_SPLITS:
-        raise DataError(f"split must be one of {', '.join(EVAL_SPLITS)}. Received: split={split!r}")
     manifest = read_manifest(data_dir)
+    shards = eval_shards(manifest, data_dir, split)
     splits = ("train", "validation") if split == "all" else (split,)
-    shards = [s for s in manifest["shards"] if s["split"] in splits and s["examples"] > 0]
-    if not shards:
-        raise DataError(f"{data_dir} has no {'' if split == 'all' else split + ' '}shards with examples"
-                        + (" (data.validation_fraction is 0: score a test folder with --split all)"
-                           if split == "validation" else ""))
     rf = config.model.receptive_field
     window = window or config.evaluate.window
     longest = max(_longest_example(manifest, s, [x for x in shards if x["split"] == s]) for s in splits)

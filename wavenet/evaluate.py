@@ -471,13 +471,12 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         predicted sample.
     """
     from wavenet import registry
-    from wavenet.data import EVAL_SPLITS, read_manifest
+    from wavenet.data import eval_shards, read_manifest
     from wavenet.tracking import start_run
 
-    if split not in EVAL_SPLITS:
-        raise DataError(f"split must be one of {', '.join(EVAL_SPLITS)}. Received: split={split!r}")
     model_uri = model if isinstance(model, str) else None
     manifest = read_manifest(data_dir)
+    eval_shards(manifest, data_dir, split)  # a bad split or nothing to score: one line, before any run
     net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
     _check_model_fits_data(net, manifest, model_uri or "the model")
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
@@ -501,7 +500,8 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         report = _report(scores, 0, names)
         holdout = holdout_kinds(manifest) if split == "validation" else {}
         for label, t in report["per_label"].items():
-            t["holdout"] = holdout.get(label, split)
+            # "unknown": a manifest without per-track entries.
+            t["holdout"] = holdout.get(label, "unknown") if split == "validation" else split
         result: dict[str, Any] = {"model": model_uri or "<in memory>", "data": data_dir,
                                   "split": split, "baselines_counted_on": "+".join(count_splits),
                                   "labels_not_scored": [n for n in names if n not in report["per_label"]],
