@@ -48,8 +48,12 @@ bench: install
 	$(VENV)/bin/wavenet bench preprocess --json
 	$(VENV)/bin/wavenet bench train --json
 
+# The MLflow UI over a local store: ./mlflow.db (make run), or MLFLOW_STORE=<folder> with
+# mlflow.db and mlartifacts/ (make run-containers prints its folder).
+MLFLOW_STORE ?= $(CURDIR)
 ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_STORE))/mlflow.db \
+	  --artifacts-destination $(abspath $(MLFLOW_STORE))/mlartifacts --host 127.0.0.1 --port 5000
 
 # -- images and the cluster (README: Images, registries and the cluster) ---------------------
 # One setting names every image: IMAGE_REGISTRY and IMAGE_TAG flow into make image, push,

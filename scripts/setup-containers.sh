@@ -81,6 +81,12 @@ if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$want" ]; then
   [ -f "$conf" ] && ! grep -q "scripts/setup-containers.sh" "$conf" && cp "$conf" "$conf.orig"
   printf '%s\n' "$want" > "$conf"
   say "wrote $conf (runc, nofile=$nofile, nproc=$nproc)"
+  # A service started by this script before the change would keep the old settings.
+  pidfile="$(dirname "$PODMAN_SOCKET")/service.pid"
+  if [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null; then
+    say "stopped the podman service started with the old settings"
+    sleep 1
+  fi
 fi
 
 # 3. the local base image ------------------------------------------------------------------------
@@ -122,6 +128,7 @@ else
   done
   curl -sf --unix-socket "$PODMAN_SOCKET" http://d/_ping >/dev/null \
     || { echo "setup-containers: error: podman system service did not answer on $PODMAN_SOCKET" >&2; exit 1; }
+  echo $! > "$(dirname "$PODMAN_SOCKET")/service.pid"
   say "started podman's Docker API on $PODMAN_SOCKET (pid $!)"
 fi
 say "ready: DOCKER_HOST=unix://$PODMAN_SOCKET"
