@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from wavenet.launch import free_ports
 
     client = containers.client()
+    # kfp.local's DockerRunner connects with docker.from_env(): point it at the same engine.
+    os.environ["DOCKER_HOST"] = containers.docker_host()
     for image in (WAVENET_IMAGE, MLFLOW_IMAGE):
         containers.require_image(client, image)
     if args.tracking_uri:

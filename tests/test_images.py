@@ -176,7 +176,10 @@ def test_cpu_image_runs_non_root_on_a_read_only_root(engine, cpu_image):
 @pytest.mark.slow
 def test_generate_runs_as_uid_1000_on_a_read_only_root(engine, cpu_image, trained_model_path, tmp_path):
     """The crash found in the old image: Numba 'cannot cache function ... no locator available'."""
-    model = Path(trained_model_path)
+    # pytest's folders are private to root: the model goes where uid 1000 may read it.
+    model = give_to_containers(tmp_path / "model") / "trained.keras"
+    shutil.copyfile(trained_model_path, model)
+    model.chmod(0o644)
     out = give_to_containers(tmp_path / "out")
     volumes = {str(model.parent): {"bind": "/model", "mode": "ro"}, str(out): {"bind": "/out", "mode": "rw"}}
     cmd = ["wavenet", "generate", f"/model/{model.name}", "--out", "/out/samples", "--preset", "tiny",
@@ -190,7 +193,8 @@ def test_generate_runs_as_uid_1000_on_a_read_only_root(engine, cpu_image, traine
     # Control: the same container without a writable home for Numba's cache is the old crash,
     # so this test would catch an image that loses its /scratch settings.
     status, log = run_container(engine, cpu_image, cmd, volumes=volumes,
-                                environment={"NUMBA_CACHE_DIR": "", "HOME": "/nonexistent"})
+                                environment={"NUMBA_CACHE_DIR": "", "HOME": "/nonexistent",
+                                             "XDG_CACHE_HOME": "/nonexistent/.cache"})
     assert status != 0 and "no locator available" in log, log[-3000:]
 
 

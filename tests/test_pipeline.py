@@ -276,3 +276,41 @@ def test_full_pipeline_runs_locally_and_leaves_model_samples_and_mlflow_runs(tmp
     assert {f"{train.info.run_name}-evaluate", f"{train.info.run_name}-generate"} <= names, names
     champion = client.get_model_version_by_alias("wavenet", "champion")
     assert champion.run_id in {r.info.run_id for r in runs}
+
+
+@pytest.mark.slow
+def test_full_pipeline_runs_in_containers_of_the_images(engine, cpu_image, mlflow_image, tmp_path, capsys):
+    """`make run-containers`: every step a container of the CPU image (uid 1000, read-only root,
+    only the pipeline root and /scratch writable), logging to an MLflow server in the MLflow image
+    and writing the shards to a bucket on the GCS emulator, both on 127.0.0.1."""
+    import mlflow
+
+    from pipelines import run_containers
+
+    root = tmp_path / "runs"
+    rc = run_containers.main(["--preset", "tiny", "--demo-seconds", "4", "--workers", "2",
+                              "--root", str(root), "--experiment", "containers-test"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-5000:]
+    run_dir = Path(re.search(r"Outputs under (\S+):", out).group(1))
+    summary = run_local.summarize(run_dir)
+    assert summary["model"] and summary["promoted"] is True and summary["wavs"] and summary["report"]
+    assert f"make ui MLFLOW_STORE={root / 'mlflow'}" in out
+    # Every file the steps wrote belongs to uid 1000, the images' user (we run as root).
+    owners = {p.stat().st_uid for p in run_dir.rglob("*")}
+    assert owners == {1000}, owners
+    # The shards went to the bucket; the artifact keeps the manifest and points there.
+    manifest = json.loads((Path(summary["shards"]) / "manifest.json").read_text())
+    assert manifest["summary"]["processed"] == 3
+    assert all(s["path"].endswith(".tfrecord") for s in manifest["shards"])
+    assert (root / "gcs").is_dir() and any((root / "gcs").rglob("*.tfrecord"))
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("containers-test").experiment_id])
+    train = [r for r in runs if r.info.run_id == summary["train_run_id"]][0]
+    assert train.data.tags["workers"] == "2" and "val_bits_per_sample" in train.data.metrics
+    names = {r.info.run_name for r in runs}
+    assert {f"{train.info.run_name}-evaluate", f"{train.info.run_name}-generate"} <= names
+    assert train.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert any((root / "mlflow" / "mlartifacts").rglob("model.keras")) or \
+        any((root / "mlflow" / "mlartifacts").rglob("*.keras"))
