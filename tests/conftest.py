@@ -111,7 +111,7 @@ def _wait_healthy(uri: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def run_mlflow_server(folder, port: int | None = None, timeout: float = 120.0):
+def run_mlflow_server(folder, port: int | None = None, timeout: float = 300.0):
     """Start a real ``mlflow server`` on 127.0.0.1 (SQLite store and artifacts in ``folder``).
 
     Restarting with the same ``folder`` and ``port`` brings back the same store:

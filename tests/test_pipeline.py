@@ -279,6 +279,7 @@ def test_full_pipeline_runs_locally_and_leaves_model_samples_and_mlflow_runs(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_full_pipeline_runs_in_containers_of_the_images(engine, cpu_image, mlflow_image, tmp_path, capsys):
     """`make run-containers`: every step a container of the CPU image (uid 1000, read-only root,
     only the pipeline root and /scratch writable), logging to an MLflow server in the MLflow image
