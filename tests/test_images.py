@@ -1,6 +1,7 @@
 """The images: the lock they install from, how `make image` picks an engine, and the built
 images run as a cluster runs them (uid 1000, read-only root, a writable /scratch only)."""
 
+import base64
 import os
 import re
 import shutil
@@ -204,6 +205,9 @@ def test_mlflow_image_has_the_auth_app_postgres_and_gcs(engine, mlflow_image):
     assert status == 0 and out.startswith("ok 3."), out
 
 
+ADMIN_PASSWORD = "test-only-Passw0rd-4217"
+
+
 def test_mlflow_image_serves_with_basic_auth_on_a_read_only_root(engine, mlflow_image):
     from pipelines.containers import step_run_args
 
@@ -212,7 +216,9 @@ def test_mlflow_image_serves_with_basic_auth_on_a_read_only_root(engine, mlflow_
                                              "--port", str(port), "--workers", "1",
                                              "--backend-store-uri", "sqlite:////scratch/mlflow.db"],
                               detach=True, **step_run_args({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-                                                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only"}))
+                                                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only",
+                                                            "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+                                                            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}))
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
         deadline = time.monotonic() + 180
@@ -230,8 +236,10 @@ def test_mlflow_image_serves_with_basic_auth_on_a_read_only_root(engine, mlflow_
             except OSError:
                 assert time.monotonic() < deadline, c.logs().decode()[-3000:]
                 time.sleep(1)
-        # MLflow's basic-auth app seeds the admin user from its default ini file.
-        req = urllib.request.Request(url, headers={"Authorization": "Basic YWRtaW46cGFzc3dvcmQxMjM0"})
+        # The basic-auth app creates the admin user from MLFLOW_AUTH_ADMIN_* at first start
+        # (k8s/mlflow.yaml takes the password from the mlflow-auth Secret).
+        token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+        req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200
     finally:
