@@ -598,7 +598,25 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
             shutil.rmtree(write_dir, ignore_errors=True)
     if run_ctx is not None:
         run_ctx.__exit__(None, None, None)
+    if num_workers > 1:
+        # The other workers leave only once the chief has written the model and logged it: a
+        # worker that exits while the chief still works stops its heartbeats, and the chief's
+        # coordination service then aborts the chief ("tasks have crashed"; seen with a gs://
+        # run directory and a remote MLflow server, where the chief's final steps are long).
+        _final_barrier(strategy)
     return result
+
+
+def _final_barrier(strategy) -> None:
+    """Block until every worker of ``strategy`` gets here (one all-reduce of a scalar)."""
+    import tensorflow as tf
+
+    @tf.function
+    def barrier():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
+                               axis=None)
+
+    barrier()
 
 
 def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator, manager,
