@@ -222,12 +222,21 @@ def run_tfjob_in_containers(job: Mapping[str, Any], docker_client, *,
                         codes[i] = int(ctr.attrs["State"]["ExitCode"])
             bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
             if bad:
-                i = bad[0]
-                tail = started[i].logs(tail=20).decode("utf-8", "replace").strip().splitlines()
-                errors = [ln for ln in tail if ln.startswith("error: ")]
-                last = (errors or tail or ["(no output)"])[-1]
-                raise ContainerError(f"worker {i} of TFJob {job['metadata']['name']} exited with "
-                                     f"status {codes[i]}: {last}")
+                time.sleep(2)  # let a peer that fails with it exit too: name every failure
+                for j, ctr in enumerate(started):
+                    ctr.reload()
+                    if codes[j] is None and ctr.status == "exited":
+                        codes[j] = int(ctr.attrs["State"]["ExitCode"])
+                failures = []
+                for j in [k for k, c in enumerate(codes) if c not in (None, 0)]:
+                    tail = started[j].logs(tail=30).decode("utf-8", "replace").strip().splitlines()
+                    errors = [ln for ln in tail if ln.startswith("error: ")]
+                    failures.append(f"worker {j} exited with status {codes[j]}: "
+                                    f"{(errors or tail or ['(no output)'])[-1]}")
+                    if j != 0:
+                        for ln in tail[-15:]:
+                            log(f"worker {j}| {ln}")
+                raise ContainerError(f"TFJob {job['metadata']['name']}: " + "; ".join(failures))
             if time.monotonic() > deadline:
                 raise ContainerError(f"TFJob {job['metadata']['name']} did not finish within {timeout_s:.0f} s")
             time.sleep(poll_s)

@@ -300,6 +300,22 @@ def test_make_image_and_push_to_your_registry_then_pull_it_back(engine, mlflow_i
     engine.images.remove(name, force=True)
 
 
+def test_cpu_image_holds_this_checkouts_package(engine, cpu_image):
+    """The image's package is this checkout's source (else `make image` is due): a stale build
+    cache once shipped old code under a fresh image."""
+    import hashlib
+
+    status, out = run_container(engine, cpu_image, ["python", "-c",
+        "import hashlib, pathlib, wavenet; root = pathlib.Path(wavenet.__file__).parent; "
+        "print('\\n'.join(f'{p.relative_to(root)} {hashlib.sha256(p.read_bytes()).hexdigest()}' "
+        "for p in sorted(root.rglob('*.py'))))"])
+    assert status == 0, out
+    image = dict(line.split() for line in out.strip().splitlines())
+    here = {str(p.relative_to(ROOT / "wavenet")): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((ROOT / "wavenet").rglob("*.py"))}
+    assert image == here, sorted(k for k in here if image.get(k) != here[k])
+
+
 def test_cpu_image_holds_the_locked_versions(engine, cpu_image):
     """The image was built from this checkout's lock (else `make image` is due)."""
     status, out = run_container(engine, cpu_image, ["python", "-c",

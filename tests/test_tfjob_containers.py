@@ -97,9 +97,12 @@ def test_two_worker_containers_train_and_the_launcher_collects_the_model(
                                      experiment="tfjob-containers", env=env,
                                      template=tfjob.load_template())
         lines: list[str] = []
-        result = run_tfjob_in_containers(
-            job, engine, log=lines.append, timeout_s=900,
-            extra_env={"STORAGE_EMULATOR_HOST": emulator, "GOOGLE_CLOUD_PROJECT": "test"})
+        try:
+            result = run_tfjob_in_containers(
+                job, engine, log=lines.append, timeout_s=900,
+                extra_env={"STORAGE_EMULATOR_HOST": emulator, "GOOGLE_CLOUD_PROJECT": "test"})
+        except ContainerError as e:
+            pytest.fail(f"{e}\n" + "\n".join(lines[-60:]))
         assert result["exit_codes"] == [0, 0], "\n".join(lines[-40:])
         assert [json.loads(t)["task"]["index"] for t in result["tf_configs"]] == [0, 1]
         assert all(a.startswith("127.0.0.1:") for a in result["addresses"])
