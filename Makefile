@@ -1,20 +1,34 @@
 # The front door. `make run` and `make test` do all set-up on a fresh machine.
 SHELL := /bin/bash
+, := ,
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run test test-fast lint bench ui clean compile submit-pipeline schedule-pipeline image k8s-validate
+.PHONY: install lock run run-containers test test-fast lint bench ui clean compile submit-pipeline \
+	schedule-pipeline image push k8s-validate
 
-# Re-installs only when pyproject.toml changes (uv when available: minutes -> seconds).
+# Everything installs from uv.lock (one lock for make install, the images and CI). uv itself,
+# pinned here and in docker/Dockerfile, lives in .tools/ so that an exact sync of .venv keeps it.
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+# Re-installs only when pyproject.toml or uv.lock change; fails when they disagree (make lock).
 install: $(STAMP)
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip uv
-	@$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]' || $(PY) -m pip install -q -e '.[dev]'
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(UV) && [ "$$($(UV) --version | cut -d' ' -f2)" = "$(UV_VERSION)" ] || \
+	  $(PYTHON) -m pip install -q --disable-pip-version-check --target .tools --upgrade "uv==$(UV_VERSION)"
+	@test -x $(PY) || $(UV) venv -q --python $(PYTHON) $(VENV)
+	@$(UV) sync -q --locked --extra dev --python $(PY)
 	@touch $(STAMP)
+
+# Re-resolve uv.lock from PyPI after editing pyproject.toml (commit both).
+lock:
+	@test -x $(UV) || $(PYTHON) -m pip install -q --disable-pip-version-check --target .tools "uv==$(UV_VERSION)"
+	$(UV) lock
 
 run: install
 	$(PY) -m pipelines.run_local $(if $(DATA),--data $(DATA))
@@ -34,18 +48,65 @@ bench: install
 	$(VENV)/bin/wavenet bench preprocess --json
 	$(VENV)/bin/wavenet bench train --json
 
+# The MLflow UI over a local store: ./mlflow.db (make run), or MLFLOW_STORE=<folder> with
+# mlflow.db and mlartifacts/ (make run-containers prints its folder).
+MLFLOW_STORE ?= $(CURDIR)
 ui: install
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_STORE))/mlflow.db \
+	  --artifacts-destination $(abspath $(MLFLOW_STORE))/mlartifacts --host 127.0.0.1 --port 5000
 
-# -- the pipeline, the cluster (README: The Kubeflow pipeline, the cluster and MLflow) --------
-# Images of components/images.py (compiled pipelines name these).
-IMAGE ?= ghcr.io/wavenet-pipelines/wavenet:0.1.0
-GPU_IMAGE ?= ghcr.io/wavenet-pipelines/wavenet-gpu:0.1.0
-MLFLOW_IMAGE ?= ghcr.io/wavenet-pipelines/mlflow:3.17.2
+# -- images and the cluster (README: Images, registries and the cluster) ---------------------
+# One setting names every image: IMAGE_REGISTRY and IMAGE_TAG flow into make image, push,
+# compile, submit-pipeline and run-containers (components/images.py reads the same variables).
+IMAGE_REGISTRY ?= ghcr.io/wavenet-pipelines
+IMAGE_TAG ?= 0.1.0
+export IMAGE_REGISTRY IMAGE_TAG
+IMAGE_cpu := $(IMAGE_REGISTRY)/wavenet:$(IMAGE_TAG)
+IMAGE_gpu := $(IMAGE_REGISTRY)/wavenet-gpu:$(IMAGE_TAG)
+IMAGE_mlflow := $(IMAGE_REGISTRY)/mlflow:$(IMAGE_TAG)
+# Targets of docker/Dockerfile that `make image` and `make push` build and push.
+TARGETS ?= cpu gpu mlflow
 
-# KFP IR YAML, committed beside the pipeline (a test checks it matches the code).
+# docker where an engine answers, else podman, else buildah (evaluated once, when needed).
+ENGINE ?= $(eval ENGINE := $(shell \
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo docker; \
+  elif command -v podman >/dev/null 2>&1; then echo podman; \
+  elif command -v buildah >/dev/null 2>&1; then echo buildah; fi))$(ENGINE)
+# The base: the Dockerfile's pinned upstream image, or the local one that
+# scripts/setup-containers.sh bootstraps where nothing can be pulled. BASE_IMAGE=... overrides.
+LOCAL_BASE := localhost/wavenet-base/python:3.11-bookworm
+BASE_IMAGE ?= $(eval BASE_IMAGE := $(shell \
+  $(ENGINE) $(if $(filter buildah,$(ENGINE)),inspect --type image,image inspect) $(LOCAL_BASE) \
+  >/dev/null 2>&1 && echo $(LOCAL_BASE)))$(BASE_IMAGE)
+# The CA bundle pip and uv need to reach the index on this machine (build secret, never a layer).
+CA_BUNDLE ?= $(or $(PIP_CERT),$(SSL_CERT_FILE))
+# A plain-HTTP registry is only ever on loopback (the tests' docker-registry).
+PUSH_FLAGS ?= $(if $(and $(filter-out docker,$(ENGINE)),$(filter 127.0.0.1:% localhost:%,$(firstword $(subst /, ,$(IMAGE_REGISTRY))))),--tls-verify=false)
+
+image: $(addprefix image-,$(TARGETS))
+image-%:
+	@test -n "$(ENGINE)" || { echo "error: no container engine: install Docker, or run scripts/setup-containers.sh (podman)" >&2; exit 2; }
+	@echo "$(ENGINE): building $(IMAGE_$*) (target $*, base $(or $(BASE_IMAGE),the Dockerfile's default))"
+	@start=$$(date +%s); \
+	$(if $(filter buildah,$(ENGINE)),buildah build,$(if $(filter docker,$(ENGINE)),DOCKER_BUILDKIT=1 docker build,podman build)) \
+	  -f docker/Dockerfile --target $* -t $(IMAGE_$*) --build-arg UV_VERSION=$(UV_VERSION) \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  $(if $(wildcard $(CA_BUNDLE)),--secret id=ca$(,)src=$(CA_BUNDLE)) $(BUILD_FLAGS) . && \
+	echo "built $(IMAGE_$*) in $$(( $$(date +%s) - start )) s: $$($(ENGINE) image inspect --format '{{.Size}}' $(IMAGE_$*) | awk '{printf "%.0f MB", $$1/1e6}')"
+
+push: $(addprefix push-,$(TARGETS))
+push-%:
+	$(ENGINE) push $(PUSH_FLAGS) $(IMAGE_$*)
+
+# The wavenet-train pipeline with every step in its own container of the CPU image (README).
+run-containers: install image-cpu image-mlflow
+	$(PY) -m pipelines.run_containers $(if $(DATA),--data $(DATA))
+
+# KFP IR YAML, committed beside the pipeline with the default image names (a test checks it
+# matches the code); with your IMAGE_REGISTRY/IMAGE_TAG, write it elsewhere: COMPILED=my.yaml.
+COMPILED ?= pipelines/wavenet-train.yaml
 compile: install
-	$(PY) -m pipelines.wavenet_train pipelines/wavenet-train.yaml
+	$(PY) -m pipelines.wavenet_train $(COMPILED)
 
 # KFP_HOST=https://.../pipeline [KFP_TOKEN=...] make submit-pipeline ARGS=run.yaml
 submit-pipeline: install
@@ -55,17 +116,6 @@ submit-pipeline: install
 schedule-pipeline: install
 	@test -n "$(CRON)" || { echo 'error: set CRON, e.g. make schedule-pipeline CRON="0 0 3 * * 1"' >&2; exit 2; }
 	$(PY) -m pipelines.schedule --cron "$(CRON)" $(if $(KFP_HOST),--host $(KFP_HOST)) $(if $(ARGS),--args $(ARGS))
-
-image:
-	@if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
-	  echo "error: no Docker engine reachable here (docker info failed). On a machine with one run:" >&2; \
-	  echo "  docker build -f docker/Dockerfile -t $(IMAGE) ." >&2; \
-	  echo "  docker build -f docker/Dockerfile.gpu -t $(GPU_IMAGE) ." >&2; \
-	  echo "  docker build -f docker/Dockerfile.mlflow -t $(MLFLOW_IMAGE) ." >&2; \
-	  exit 2; fi
-	docker build -f docker/Dockerfile -t $(IMAGE) .
-	docker build -f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
-	docker build -f docker/Dockerfile.mlflow -t $(MLFLOW_IMAGE) .
 
 # Offline: Kubernetes schemas (kubernetes-validate), our TFJob schema, no committed secrets.
 k8s-validate: install

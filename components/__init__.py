@@ -2,7 +2,7 @@
 
 Each component is a lightweight ``@dsl.component`` whose body imports ``wavenet``
 and calls one library function. On a cluster the body runs in this project's
-image (``WAVENET_IMAGE``: the package installed with ``pip install .``, so kfp,
+image (``WAVENET_IMAGE``: the package installed from ``uv.lock``, so kfp,
 ``wavenet`` and ``components.runtime`` are all present); under
 ``kfp.local.SubprocessRunner`` it runs in the current Python. Training pods of a
 TFJob use ``WAVENET_GPU_IMAGE``.

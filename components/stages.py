@@ -148,7 +148,6 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
     Returns:
         The MLflow run id of the training run.
     """
-    import json
     import os
 
     from components import runtime
@@ -189,11 +188,7 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
             labels={"wavenet/data-version": data_version[:63]},
             template=tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
         tfjob.run_tfjob(rendered)
-        os.makedirs(model.path, exist_ok=True)
-        for fname in ("model.keras", "config.yaml", "train_summary.json"):
-            storage.write_bytes_atomic(os.path.join(model.path, fname),
-                                       storage.read_bytes(storage.join(out, fname)))
-        summary = json.loads(storage.read_text(os.path.join(model.path, "train_summary.json")))
+        summary = tfjob.collect_run(out, model.path)
         run_id = str(summary.get("run_id", ""))
         model.metadata["cluster_run_dir"] = out
     model.metadata.update({"run_name": name, "run_id": run_id, "data_version": data_version,

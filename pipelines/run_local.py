@@ -92,8 +92,14 @@ def _latest_run(root: Path, before: set[Path]) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the pipeline locally; returns :func:`summarize` of the run plus wall time."""
+def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
+    """Run the pipeline locally; returns :func:`summarize` of the run plus wall time.
+
+    Args:
+        args: the parsed command line.
+        runner: a ``kfp.local`` runner; None: ``SubprocessRunner(use_venv=False)``
+            (``pipelines.run_containers`` passes a ``DockerRunner``).
+    """
     from kfp import local
 
     from pipelines.wavenet_train import wavenet_train
@@ -112,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.glob("wavenet-train-*"))
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True)
     t0 = time.perf_counter()
     wavenet_train(source_uri=data, demo_seconds=args.demo_seconds, preset=args.preset,
@@ -151,18 +157,19 @@ def print_summary(s: dict[str, Any]) -> None:
         _say("  samples   none (the gate rejected the model)")
     _say(f"MLflow: experiment '{s['experiment']}' at {s['tracking_uri']}")
     if str(s["tracking_uri"]).startswith("sqlite:"):
-        _say("  open the UI with `make ui`, then http://127.0.0.1:5000")
+        _say(f"  open the UI with `{s.get('ui_command') or 'make ui'}`, then http://127.0.0.1:5000")
     else:
         _say(f"  open {s['tracking_uri']} in a browser")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
+         run_fn=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
+    args = (parser or build_parser()).parse_args(argv)
     from wavenet.errors import WavenetError
 
     try:
-        summary = run(args)
+        summary = (run_fn or run)(args)
     except WavenetError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

@@ -32,6 +32,15 @@ PREPROCESS_PARALLELISM = 8
 MLFLOW_CLIENT_SECRET = "mlflow-client"
 
 
+# The images run with a read-only root filesystem: HOME, TMPDIR and the caches are under
+# /scratch (docker/Dockerfile), a fresh emptyDir in every step's pod.
+SCRATCH_VOLUME, SCRATCH = "scratch", "/scratch"
+
+
+def _scratch(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    return kubernetes.empty_dir_mount(task, volume_name=SCRATCH_VOLUME, mount_path=SCRATCH)
+
+
 def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     # optional=True: a server without authentication needs no Secret.
     return kubernetes.use_secret_as_env(
@@ -89,16 +98,19 @@ def wavenet_train(
                              partitions=partitions, demo_seconds=demo_seconds)
     # The source may change under the same URI: always list it again.
     listed.set_caching_options(False).set_display_name("list audio")
+    _scratch(listed)
 
     with dsl.ParallelFor(listed.outputs["Output"], parallelism=PREPROCESS_PARALLELISM,
                          name="partitions") as part:
         pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, preset=preset,
                                    config_yaml=config_yaml, shards_uri=shards_uri)
         pre.set_display_name("preprocess partition").set_cpu_request("2").set_memory_limit("8G")
+        _scratch(pre)
 
     merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), preset=preset,
                           config_yaml=config_yaml, shards_uri=shards_uri)
     merged.set_display_name("merge into shards").set_memory_limit("8G")
+    _scratch(merged)
 
     trained = train_model(
         shards=merged.outputs["shards"], data_version=merged.outputs["Output"], preset=preset,
@@ -110,12 +122,14 @@ def wavenet_train(
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     trained.set_display_name("train").set_caching_options(False)
     _mlflow_credentials(trained)
+    _scratch(trained)
 
     gate = evaluate_model(model=trained.outputs["model"], shards=merged.outputs["shards"],
                           preset=preset, config_yaml=config_yaml, tracking_uri=mlflow_tracking_uri,
                           experiment=mlflow_experiment)
     gate.set_display_name("evaluate and gate").set_caching_options(False)
     _mlflow_credentials(gate)
+    _scratch(gate)
 
     def _generate(display: str) -> None:
         gen = generate_samples(model=trained.outputs["model"], shards=merged.outputs["shards"],
@@ -123,6 +137,7 @@ def wavenet_train(
                                tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment)
         gen.set_display_name(display).set_caching_options(False)
         _mlflow_credentials(gen)
+        _scratch(gen)
 
     with dsl.If(gate.outputs["promoted"] == True, name="promoted"):  # noqa: E712 - KFP condition
         _generate("generate samples (champion)")

@@ -111,7 +111,7 @@ def _wait_healthy(uri: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def run_mlflow_server(folder, port: int | None = None, timeout: float = 120.0):
+def run_mlflow_server(folder, port: int | None = None, timeout: float = 300.0):
     """Start a real ``mlflow server`` on 127.0.0.1 (SQLite store and artifacts in ``folder``).
 
     Restarting with the same ``folder`` and ``port`` brings back the same store:
@@ -308,4 +308,81 @@ def untrained_model_path(tmp_path_factory):
     keras.utils.set_random_seed(1)
     path = str(tmp_path_factory.mktemp("models") / "untrained.keras")
     save_model(build_model(tiny_config()), path)
+    return path
+
+
+# -- containers (the images, run as a cluster runs them) -----------------------------------------
+
+# CI sets this (.ci/run): there a missing engine or image fails the container tests instead of
+# skipping them. Elsewhere (a laptop without containers) they are skipped with the reason.
+REQUIRE_CONTAINERS = os.environ.get("WAVENET_REQUIRE_CONTAINERS") == "1"
+
+
+def _unavailable(reason: str):
+    if REQUIRE_CONTAINERS:
+        pytest.fail(f"{reason} (WAVENET_REQUIRE_CONTAINERS=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """A Docker API client (Docker, or podman's socket from scripts/setup-containers.sh)."""
+    from pipelines.containers import ContainerError, client
+
+    try:
+        c = client()
+    except ContainerError as e:
+        _unavailable(str(e))
+    yield c
+    c.close()
+
+
+def built_image(engine, target: str) -> str:
+    """The name of a docker/Dockerfile target's image, which `make image` must have built."""
+    from components.images import image_name
+    from pipelines.containers import ContainerError, require_image
+
+    name = image_name(target)
+    try:
+        require_image(engine, name)
+    except ContainerError as e:
+        _unavailable(str(e))
+    return name
+
+
+@pytest.fixture(scope="session")
+def cpu_image(engine):
+    return built_image(engine, "cpu")
+
+
+@pytest.fixture(scope="session")
+def mlflow_image(engine):
+    return built_image(engine, "mlflow")
+
+
+def run_container(engine, image, command, *, environment=None, volumes=None, entrypoint=None,
+                  timeout=600):
+    """Run ``command`` in ``image`` as a pod runs (pipelines.containers.step_run_args).
+
+    Returns:
+        (exit status, output text).
+    """
+    from pipelines.containers import step_run_args
+
+    c = engine.containers.run(image, command, detach=True, volumes=volumes or {},
+                              entrypoint=entrypoint, **step_run_args(environment))
+    try:
+        status = c.wait(timeout=timeout)["StatusCode"]
+        return status, c.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+    finally:
+        c.remove(force=True)
+
+
+def give_to_containers(path: Path) -> Path:
+    """A host folder the containers' uid 1000 may write (we run the tests as root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, 1000, 1000)
+    else:
+        path.chmod(0o777)
     return path

@@ -29,6 +29,7 @@ __all__ = [
     "local_copy",
     "remove",
     "upload_file",
+    "upload_file_copy",
     "download_file",
     "reset_clients",
 ]
@@ -210,6 +211,15 @@ def upload_file(local_path: str, path: str) -> None:
         with _staged(path) as tmp, open(local_path, "rb") as src:
             _write_synced(tmp, iter(lambda: src.read(1 << 20), b""))
         os.unlink(local_path)
+
+
+def upload_file_copy(local_path: str, path: str) -> None:
+    """Copy the local file ``local_path`` to ``path`` atomically; the local file stays."""
+    if is_gcs(path):
+        _blob(path).upload_from_filename(local_path)
+        return
+    with _staged(path) as tmp, open(local_path, "rb") as src:
+        _write_synced(tmp, iter(lambda: src.read(1 << 20), b""))
 
 
 def download_file(path: str, local_path: str) -> None:

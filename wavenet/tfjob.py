@@ -40,6 +40,8 @@ __all__ = [
     "render_tfjob",
     "tfjob_outcome",
     "run_tfjob",
+    "RUN_OUTPUTS",
+    "collect_run",
 ]
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
@@ -345,3 +347,26 @@ def run_tfjob(job: Mapping[str, Any], *, poll_seconds: float = 10.0, timeout_s: 
             except ApiException as e:
                 if e.status != 404:
                     log(f"could not delete TFJob {namespace}/{name}: {e.status} {e.reason}")
+
+
+# What a finished training run leaves in its run directory that the launcher collects.
+RUN_OUTPUTS = ("model.keras", "config.yaml", "train_summary.json")
+
+
+def collect_run(run_dir: str, dest: str) -> dict[str, Any]:
+    """Copy a finished run's model, config and summary from ``run_dir`` (gs://) into ``dest``.
+
+    What the train step does after its TFJob succeeded: the pods wrote the run to the
+    bucket; the step's Model artifact gets these files.
+
+    Returns:
+        The run's ``train_summary.json``.
+    """
+    import json
+
+    from wavenet import storage
+
+    storage.makedirs(dest)
+    for fname in RUN_OUTPUTS:
+        storage.write_bytes_atomic(storage.join(dest, fname), storage.read_bytes(storage.join(run_dir, fname)))
+    return json.loads(storage.read_text(storage.join(dest, "train_summary.json")))

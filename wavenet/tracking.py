@@ -242,11 +242,16 @@ def set_tags(tags: Mapping[str, Any]) -> None:
 
 
 def log_artifacts(paths: Sequence[str], artifact_path: str | None = None) -> None:
-    """Log local files to the active run."""
+    """Log files to the active run; ``gs://`` ones (a TFJob's run directory) are downloaded first."""
+    import tempfile
+
     import mlflow
 
-    for p in paths:
-        mlflow.log_artifact(p, artifact_path=artifact_path)
+    from wavenet import storage
+
+    with tempfile.TemporaryDirectory(prefix="wavenet-artifacts-") as tmp:
+        for p in paths:
+            mlflow.log_artifact(storage.local_copy(p, tmp), artifact_path=artifact_path)
 
 
 def log_keras_model(model: Any, name: str = "model") -> str:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wavenet import storage
+from wavenet.checkpoints import CheckpointStore, MirroringManager
 from wavenet.config import ExperimentConfig, TrainConfig
 from wavenet.errors import ConfigError, DataError, TrackingError, WavenetError
 
@@ -440,13 +441,16 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
         optimizer.build(model.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    chief_dir = storage.join(out, CHECKPOINTS)
+    # RUN_DIR/checkpoints, local or gs:// (mirrored through wavenet.storage, not TensorFlow's
+    # own GCS file system); every worker restores the chief's latest checkpoint.
+    store = CheckpointStore(storage.join(out, CHECKPOINTS))
+    latest = store.fetch_latest()
     # MultiWorkerMirroredStrategy needs every worker to save (saving may run
     # collectives); only the chief's copy is kept, the others write to
     # private temporary folders deleted at the end.
-    write_dir = chief_dir if is_chief else tempfile.mkdtemp(prefix=f"wavenet-worker{index}-ckpt-")
-    manager = tf.train.CheckpointManager(ckpt, write_dir, max_to_keep=t.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(chief_dir)
+    write_dir = store.local_dir if is_chief else tempfile.mkdtemp(prefix=f"wavenet-worker{index}-ckpt-")
+    manager = MirroringManager(tf.train.CheckpointManager(ckpt, write_dir, max_to_keep=t.keep_checkpoints),
+                               store, publish=is_chief)
     if latest:
         try:
             ckpt.restore(latest).assert_existing_objects_matched()
@@ -594,7 +598,25 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
             shutil.rmtree(write_dir, ignore_errors=True)
     if run_ctx is not None:
         run_ctx.__exit__(None, None, None)
+    if num_workers > 1:
+        # The other workers leave only once the chief has written the model and logged it: a
+        # worker that exits while the chief still works stops its heartbeats, and the chief's
+        # coordination service then aborts the chief ("tasks have crashed"; seen with a gs://
+        # run directory and a remote MLflow server, where the chief's final steps are long).
+        _final_barrier(strategy)
     return result
+
+
+def _final_barrier(strategy) -> None:
+    """Block until every worker of ``strategy`` gets here (one all-reduce of a scalar)."""
+    import tensorflow as tf
+
+    @tf.function
+    def barrier():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
+                               axis=None)
+
+    barrier()
 
 
 def _loop(t: TrainConfig, cfg: ExperimentConfig, out: str, train_step, iterator, manager,

@@ -1,0 +1,130 @@
+"""Run this project's images on one machine the way a cluster runs them.
+
+The container engine is reached through the Docker API (the ``docker`` Python client): a
+Docker engine, or podman's Docker API socket (``podman system service``, started by
+``scripts/setup-containers.sh``). Every container runs like a pod of ours on a cluster:
+
+* as uid 1000 (the image's user; ``runAsUser: 1000`` in the manifests),
+* with a read-only root filesystem (``readOnlyRootFilesystem``),
+* with a fresh writable ``/scratch`` (the ``emptyDir`` every manifest mounts there; the image
+  points HOME, TMPDIR and the caches at it),
+* with all capabilities dropped and no privilege escalation,
+* on the host's network, where the only services it is given addresses of listen on
+  127.0.0.1 (the tests' MLflow server and GCS emulator).
+
+:func:`step_run_args` are these settings as ``docker`` ``containers.run`` arguments (what
+``kfp.local.DockerRunner`` takes); :mod:`pipelines.tfjob_containers` derives the same from a
+rendered TFJob's pod spec.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+from wavenet.errors import WavenetError
+
+__all__ = ["ContainerError", "SCRATCH", "USER", "docker_host", "client", "require_image",
+           "step_run_args"]
+
+# The writable mount of every manifest (an emptyDir on a cluster, a tmpfs here).
+SCRATCH = "/scratch"
+# The image's user (docker/Dockerfile) and the manifests' runAsUser/runAsGroup.
+USER = "1000:1000"
+# Where podman's Docker API listens (root, then rootless).
+PODMAN_SOCKETS = ("/run/podman/podman.sock",)
+
+
+class ContainerError(WavenetError):
+    """No container engine, a missing image, or a container that failed."""
+
+
+def _answers(url: str) -> bool:
+    import docker
+
+    try:
+        c = docker.DockerClient(base_url=url, timeout=5)
+        try:
+            return bool(c.ping())
+        finally:
+            c.close()
+    except Exception:  # noqa: BLE001 - any failure means: not this one
+        return False
+
+
+def docker_host(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Docker API to use: ``DOCKER_HOST``, else Docker's socket, else podman's; None if none answers."""
+    env = os.environ if environ is None else environ
+    if env.get("DOCKER_HOST"):
+        return env["DOCKER_HOST"]
+    candidates = ["/var/run/docker.sock", *PODMAN_SOCKETS]
+    if env.get("XDG_RUNTIME_DIR"):
+        candidates.append(os.path.join(env["XDG_RUNTIME_DIR"], "podman", "podman.sock"))
+    for path in candidates:
+        if os.path.exists(path) and _answers(f"unix://{path}"):
+            return f"unix://{path}"
+    return None
+
+
+def client(environ: Mapping[str, str] | None = None):
+    """A ``docker.DockerClient`` for :func:`docker_host`; a one-line error when none answers."""
+    import docker
+
+    url = docker_host(environ)
+    if not url:
+        raise ContainerError("no container engine answers (no DOCKER_HOST, no Docker or podman "
+                             "socket): install Docker, or run scripts/setup-containers.sh as root")
+    try:
+        c = docker.DockerClient(base_url=url, timeout=600)
+        c.ping()
+    except Exception as e:  # noqa: BLE001 - the edge: one line naming the engine
+        raise ContainerError(f"container engine at {url} does not answer: {e}") from None
+    return c
+
+
+def require_image(docker_client, image: str) -> None:
+    """Fail in one line when ``image`` is not in the engine's local store (nothing is pulled)."""
+    import docker
+
+    try:
+        docker_client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise ContainerError(f"image {image} is not built here: run `make image` "
+                             "(same IMAGE_REGISTRY and IMAGE_TAG)") from None
+
+
+def step_run_args(environment: Mapping[str, str] | None = None, *, user: str = USER,
+                  scratch_size: str = "4g", network_mode: str = "host") -> dict[str, Any]:
+    """``containers.run`` arguments that run a container as our pods run on a cluster.
+
+    Args:
+        environment: extra environment (service addresses such as ``MLFLOW_TRACKING_URI``).
+        user: ``uid:gid`` to run as.
+        scratch_size: size of the writable ``/scratch`` tmpfs.
+        network_mode: ``host``: loopback services on this machine are reachable.
+
+    Returns:
+        Keyword arguments for ``docker``'s ``containers.run`` / ``kfp.local.DockerRunner``.
+    """
+    args: dict[str, Any] = {
+        "user": user,
+        "read_only": True,
+        # podman mounts writable tmpfs on /tmp and /var/tmp of a read-only container; a
+        # Kubernetes readOnlyRootFilesystem has none: read-only ones keep that difference out.
+        "tmpfs": {SCRATCH: f"size={scratch_size},mode=1777", "/tmp": "ro,size=64k",
+                  "/var/tmp": "ro,size=64k"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "network_mode": network_mode,
+    }
+    if environment:
+        args["environment"] = dict(environment)
+    return args
+
+
+def loopback_url(url: str) -> bool:
+    """Whether ``url`` points at this machine's loopback (what containers here may reach)."""
+    host = urllib.parse.urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")

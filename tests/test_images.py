@@ -1,0 +1,326 @@
+"""The images: the lock they install from, how `make image` picks an engine, and the built
+images run as a cluster runs them (uid 1000, read-only root, a writable /scratch only)."""
+
+import base64
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import free_port, give_to_containers, run_container
+
+from components.images import DEFAULT_REGISTRY, DEFAULT_TAG, image_name
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = (ROOT / "docker" / "Dockerfile").read_text()
+
+
+# -- the lock ---------------------------------------------------------------------------------
+
+def _lock_check(folder):
+    """`uv lock --check`: exit 0 only when uv.lock is what pyproject.toml resolves to."""
+    return subprocess.run([str(ROOT / ".tools" / "bin" / "uv"), "lock", "--check", "--offline"],
+                          cwd=folder, capture_output=True, text=True,
+                          env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
+
+
+def test_lock_agrees_with_pyproject():
+    r = _lock_check(ROOT)
+    assert r.returncode == 0, f"run `make lock` and commit uv.lock: {r.stderr}"
+
+
+def test_lock_check_fails_on_a_dependency_changed_without_relocking(tmp_path):
+    for name in ("pyproject.toml", "uv.lock", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    assert _lock_check(tmp_path).returncode == 0
+    text = (tmp_path / "pyproject.toml").read_text()
+    (tmp_path / "pyproject.toml").write_text(text.replace('"tqdm>=4.66,<5",', '"tqdm>=4.66,<5",\n    "six>=1.16",'))
+    assert _lock_check(tmp_path).returncode != 0
+
+
+def test_lock_resolves_from_pypi_only_with_hashes_and_pins_the_build_backend():
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    sources = {tuple(sorted(p["source"].items())) for p in lock["package"]}
+    assert sources == {(("registry", "https://pypi.org/simple"),), (("editable", "."),)}, sources
+    for p in lock["package"]:
+        for f in p.get("wheels", []) + ([p["sdist"]] if "sdist" in p else []):
+            assert f["url"].startswith("https://files.pythonhosted.org/"), f["url"]
+            assert re.fullmatch(r"sha256:[0-9a-f]{64}", f["hash"]), (p["name"], f)
+    names = {p["name"] for p in lock["package"]}
+    # The GPU image's CUDA wheels and the MLflow server's packages come from the same lock.
+    assert {"nvidia-cudnn-cu12", "flask-wtf", "psycopg2-binary", "google-cloud-storage"} <= names
+    pins = {c["name"]: c["specifier"] for c in lock["manifest"]["build-constraints"]}
+    assert set(pins) == {"setuptools", "wheel"} and all(v.startswith("==") for v in pins.values())
+
+
+def test_everything_installs_from_the_lock():
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"\$\(UV\) sync -q --locked --extra dev", make)
+    assert "pip install -e" not in make and "uv pip install" not in make
+    # Every image installs with `uv sync` under UV_FROZEN=1, never a bare pip install of packages.
+    assert "UV_FROZEN=1" in DOCKERFILE
+    assert len(re.findall(r"/opt/uv/bin/uv sync", DOCKERFILE)) == 5
+    assert not re.search(r"pip install (?!-q --no-cache-dir \"uv==)", DOCKERFILE)
+    uv_version = re.search(r"^UV_VERSION := (\S+)$", make, re.MULTILINE).group(1)
+    assert f"ARG UV_VERSION={uv_version}" in DOCKERFILE
+
+
+# -- the Dockerfile ---------------------------------------------------------------------------------
+
+def test_one_dockerfile_with_a_target_per_image():
+    targets = re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, re.MULTILINE)
+    assert {"cpu", "gpu", "mlflow"} <= set(targets)
+    assert not list((ROOT / "docker").glob("Dockerfile.*"))
+
+
+def test_base_image_is_a_build_argument_pinned_by_tag_and_digest():
+    (default,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", DOCKERFILE, re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", default), default
+    assert re.search(r"^FROM \$\{BASE_IMAGE\} AS base$", DOCKERFILE, re.MULTILINE)
+
+
+def test_images_run_as_uid_1000_with_writable_state_under_scratch():
+    for target in ("cpu", "gpu", "mlflow"):
+        stage = DOCKERFILE.split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "USER 1000:1000" in stage, target
+    for var in ("HOME", "TMPDIR", "NUMBA_CACHE_DIR", "MPLCONFIGDIR", "MLFLOW_DFS_TMP"):
+        assert re.search(rf"\b{var}=/scratch\b", DOCKERFILE), var
+
+
+def test_ca_bundle_is_a_build_secret_never_a_layer():
+    assert "--mount=type=secret,id=ca" in DOCKERFILE
+    assert not re.search(r"^(COPY|ADD)\b.*(\.crt|\.pem|ca-certificates)", DOCKERFILE, re.MULTILINE)
+    assert not re.search(r"^(ARG|ENV)\s+\S*(TOKEN|PASSWORD|SECRET)", DOCKERFILE, re.MULTILINE | re.I)
+
+
+def test_compilers_only_in_the_builder_stages():
+    for target in ("base", "cpu", "gpu", "mlflow"):
+        stage = DOCKERFILE.split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
+        assert "gcc" not in stage and "apt-get install" not in stage, target
+    builder = DOCKERFILE.split(" AS builder\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "gcc" in builder and "python3-dev" in builder
+
+
+# -- image names from one setting ---------------------------------------------------------------
+
+def test_image_names_come_from_image_registry_and_tag():
+    assert image_name("cpu", {}) == f"{DEFAULT_REGISTRY}/wavenet:{DEFAULT_TAG}"
+    env = {"IMAGE_REGISTRY": "127.0.0.1:5000/team", "IMAGE_TAG": "t1"}
+    assert [image_name(t, env) for t in ("cpu", "gpu", "mlflow")] == [
+        "127.0.0.1:5000/team/wavenet:t1", "127.0.0.1:5000/team/wavenet-gpu:t1",
+        "127.0.0.1:5000/team/mlflow:t1"]
+    with pytest.raises(ValueError, match="IMAGE_REGISTRY must be"):
+        image_name("cpu", {"IMAGE_REGISTRY": "Bad Registry"})
+    with pytest.raises(ValueError, match="IMAGE_TAG must be"):
+        image_name("cpu", {"IMAGE_TAG": "no/slash"})
+
+
+def _make(*args, env=None):
+    r = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True,
+                       text=True, env=env or os.environ)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_one_setting_flows_into_image_push_and_the_compiled_pipeline(tmp_path):
+    env = {**os.environ, "IMAGE_REGISTRY": "127.0.0.1:5999/team", "IMAGE_TAG": "t1", "ENGINE": "podman"}
+    built = _make("-n", "image", env=env)
+    for name in ("wavenet", "wavenet-gpu", "mlflow"):
+        assert f"-t 127.0.0.1:5999/team/{name}:t1" in built
+    pushed = _make("-n", "push", env=env)
+    assert "podman push --tls-verify=false 127.0.0.1:5999/team/mlflow:t1" in pushed
+    out = tmp_path / "p.yaml"
+    _make("compile", f"COMPILED={out}", env=env)
+    spec = next(yaml.safe_load_all(out.read_text()))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"127.0.0.1:5999/team/wavenet:t1"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["train_image"]["defaultValue"] == \
+        "127.0.0.1:5999/team/wavenet-gpu:t1"
+
+
+def _fake_docker(folder: Path, info_status: int) -> Path:
+    folder.mkdir()
+    exe = folder / "docker"
+    exe.write_text(f"#!/bin/sh\n[ \"$1\" = info ] && exit {info_status}\nexit 0\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return folder
+
+
+def test_make_image_uses_docker_only_where_an_engine_answers(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "ENGINE"}
+    no_engine = _fake_docker(tmp_path / "a", 1)  # the docker CLI without an engine, as here
+    out = _make("-n", "image-cpu", env={**env, "PATH": f"{no_engine}:{env['PATH']}"})
+    assert ("podman build" in out or "buildah build" in out) and "docker build" not in out
+    engine = _fake_docker(tmp_path / "b", 0)
+    out = _make("-n", "image-cpu", env={**env, "PATH": f"{engine}:{env['PATH']}"})
+    assert "DOCKER_BUILDKIT=1 docker build" in out and "--target cpu" in out
+
+
+# -- the built images, run as a cluster runs them ------------------------------------------------
+
+def test_cpu_image_runs_non_root_on_a_read_only_root(engine, cpu_image):
+    status, out = run_container(engine, cpu_image, ["sh", "-c",
+        "id -u; touch /opt/venv/x 2>/dev/null || echo ro-root; touch /tmp/x 2>/dev/null || echo ro-tmp; "
+        "touch /scratch/x && echo scratch-ok; python -c 'import wavenet.train, kfp, mlflow; print(\"imports-ok\")'"])
+    assert status == 0, out
+    assert out.split() == ["1000", "ro-root", "ro-tmp", "scratch-ok", "imports-ok"], out
+
+
+@pytest.mark.slow
+def test_generate_runs_as_uid_1000_on_a_read_only_root(engine, cpu_image, trained_model_path, tmp_path):
+    """The crash found in the old image: Numba 'cannot cache function ... no locator available'."""
+    # pytest's folders are private to root: the model goes where uid 1000 may read it.
+    model = give_to_containers(tmp_path / "model") / "trained.keras"
+    shutil.copyfile(trained_model_path, model)
+    model.chmod(0o644)
+    out = give_to_containers(tmp_path / "out")
+    volumes = {str(model.parent): {"bind": "/model", "mode": "ro"}, str(out): {"bind": "/out", "mode": "rw"}}
+    cmd = ["wavenet", "generate", f"/model/{model.name}", "--out", "/out/samples", "--preset", "tiny",
+           "--set", "model.num_classes=2", "--set", "generate.seconds=0.1", "--set", "generate.num_clips=2",
+           "--tracking-uri", "sqlite:////scratch/m.db", "--no-progress"]
+    status, log = run_container(engine, cpu_image, cmd, volumes=volumes)
+    assert status == 0, log[-3000:]
+    wavs = sorted((out / "samples").rglob("*.wav"))
+    assert len(wavs) == 2 and all(w.stat().st_size > 44 for w in wavs)
+    assert all(w.stat().st_uid == 1000 for w in wavs)
+    # Control: the same container without a writable home for Numba's cache is the old crash,
+    # so this test would catch an image that loses its /scratch settings.
+    status, log = run_container(engine, cpu_image, cmd, volumes=volumes,
+                                environment={"NUMBA_CACHE_DIR": "", "HOME": "/nonexistent",
+                                             "XDG_CACHE_HOME": "/nonexistent/.cache"})
+    assert status != 0 and "no locator available" in log, log[-3000:]
+
+
+def test_mlflow_image_has_the_auth_app_postgres_and_gcs(engine, mlflow_image):
+    status, out = run_container(engine, mlflow_image, ["-c", "import flask_wtf, psycopg2, google.cloud.storage, "
+                                "mlflow; print('ok', mlflow.__version__)"], entrypoint=["python"])
+    assert status == 0 and out.startswith("ok 3."), out
+
+
+ADMIN_PASSWORD = "test-only-Passw0rd-4217"
+
+
+def test_mlflow_image_serves_with_basic_auth_on_a_read_only_root(engine, mlflow_image):
+    from pipelines.containers import step_run_args
+
+    port = free_port()
+    c = engine.containers.run(mlflow_image, ["server", "--app-name", "basic-auth", "--host", "127.0.0.1",
+                                             "--port", str(port), "--workers", "1",
+                                             "--backend-store-uri", "sqlite:////scratch/mlflow.db"],
+                              detach=True, **step_run_args({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                                                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only",
+                                                            "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+                                                            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}))
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            c.reload()
+            assert c.status in ("created", "running"), c.logs().decode()[-3000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                urllib.request.urlopen(url, timeout=5)
+                raise AssertionError("anonymous request was not refused")
+            except urllib.error.HTTPError as e:
+                if e.code == 401:
+                    break
+                raise
+            except OSError:
+                assert time.monotonic() < deadline, c.logs().decode()[-3000:]
+                time.sleep(1)
+        # The basic-auth app creates the admin user from MLFLOW_AUTH_ADMIN_* at first start
+        # (k8s/mlflow.yaml takes the password from the mlflow-auth Secret).
+        token = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+        req = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+    finally:
+        c.remove(force=True)
+
+
+# -- push and pull through a real registry on 127.0.0.1 -----------------------------------------
+
+@pytest.fixture
+def registry(tmp_path):
+    exe = shutil.which("docker-registry")
+    if not exe:
+        from conftest import _unavailable
+
+        _unavailable("docker-registry is not installed (scripts/setup-containers.sh)")
+    port = free_port()
+    conf = tmp_path / "registry.yml"
+    conf.write_text(yaml.safe_dump({
+        "version": 0.1, "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "store")}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}"}}))
+    proc = subprocess.Popen([exe, "serve", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.slow
+def test_make_image_and_push_to_your_registry_then_pull_it_back(engine, mlflow_image, registry):
+    import json
+
+    env = {**os.environ, "IMAGE_REGISTRY": f"{registry}/wavenet-pipelines", "IMAGE_TAG": "push-test"}
+    name = f"{registry}/wavenet-pipelines/mlflow:push-test"
+    # The same build under the user's names (layers come from the cache), then make push.
+    _make("image", "push", "TARGETS=mlflow", env=env)
+    built = engine.images.get(name).id
+    with urllib.request.urlopen(f"http://{registry}/v2/wavenet-pipelines/mlflow/tags/list") as r:
+        assert json.load(r)["tags"] == ["push-test"]
+    engine.images.remove(name, force=True)
+    with pytest.raises(Exception):  # noqa: B017 - docker.errors.ImageNotFound
+        engine.images.get(name)
+    subprocess.run(["podman", "pull", "-q", "--tls-verify=false", name] if shutil.which("podman")
+                   else ["docker", "pull", "-q", name], check=True, capture_output=True)
+    assert engine.images.get(name).id == built
+    status, out = run_container(engine, name, ["--version"])
+    assert status == 0 and "mlflow" in out.lower(), out
+    engine.images.remove(name, force=True)
+
+
+def test_cpu_image_holds_this_checkouts_package(engine, cpu_image):
+    """The image's package is this checkout's source (else `make image` is due): a stale build
+    cache once shipped old code under a fresh image."""
+    import hashlib
+
+    status, out = run_container(engine, cpu_image, ["python", "-c",
+        "import hashlib, pathlib, wavenet; root = pathlib.Path(wavenet.__file__).parent; "
+        "print('\\n'.join(f'{p.relative_to(root)} {hashlib.sha256(p.read_bytes()).hexdigest()}' "
+        "for p in sorted(root.rglob('*.py'))))"])
+    assert status == 0, out
+    image = dict(line.split() for line in out.strip().splitlines())
+    here = {str(p.relative_to(ROOT / "wavenet")): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((ROOT / "wavenet").rglob("*.py"))}
+    assert image == here, sorted(k for k in here if image.get(k) != here[k])
+
+
+def test_cpu_image_holds_the_locked_versions(engine, cpu_image):
+    """The image was built from this checkout's lock (else `make image` is due)."""
+    status, out = run_container(engine, cpu_image, ["python", "-c",
+        "import importlib.metadata as m; print(m.version('tensorflow'), m.version('mlflow'), m.version('numba'))"])
+    assert status == 0, out
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    versions = {p["name"]: p["version"] for p in lock["package"] if p["name"] in ("tensorflow", "mlflow", "numba")}
+    assert out.split() == [versions["tensorflow"], versions["mlflow"], versions["numba"]]
