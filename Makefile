@@ -8,9 +8,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install run test test-fast lint bench ui clean compile submit-pipeline schedule-pipeline image k8s-validate
 
-# Re-installs only when pyproject.toml changes (uv when available: minutes -> seconds).
+# Re-installs only when the package definition or the C generation kernel changes (uv when
+# available: minutes -> seconds). The kernel needs a C compiler and Python's headers.
 install: $(STAMP)
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py wavenet/_fastgen.c wavenet/_fastgen_kernels.h
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip uv
 	@$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]' || $(PY) -m pip install -q -e '.[dev]'
