@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install run test test-fast lint bench ui clean compile submit-pipeline schedule-pipeline image k8s-validate
+.PHONY: install run test test-fast lint bench gpu-check ui clean compile submit-pipeline schedule-pipeline image k8s-validate
 
 # Re-installs only when the package definition or the C generation kernel changes (uv when
 # available: minutes -> seconds). The kernel needs a C compiler and Python's headers.
@@ -34,6 +34,12 @@ bench: install
 	$(VENV)/bin/wavenet bench generate --json
 	$(VENV)/bin/wavenet bench preprocess --json
 	$(VENV)/bin/wavenet bench train --json
+
+# On a machine with an NVIDIA GPU (README, Benchmarks): large-preset training (mixed bfloat16, XLA)
+# and many-stream generation, in one JSON file; installs TensorFlow's CUDA wheels if needed.
+# Without a GPU it says so and fails; ARGS=--quick runs a smoke version on the CPU.
+gpu-check: install
+	$(PY) -m wavenet.bench.gpu --out gpu-check.json $(ARGS)
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -10,5 +10,5 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "wavenet._fastgen", sources=["wavenet/_fastgen.c"], depends=["wavenet/_fastgen_kernels.h"],
-    extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"],
+    extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"], libraries=["m"],
 )])
