@@ -32,6 +32,7 @@ lint: install
 # Each benchmark prints one JSON object (see README, Benchmarks).
 bench: install
 	$(VENV)/bin/wavenet bench generate --json
+	$(VENV)/bin/wavenet bench generate --preset large --json
 	$(VENV)/bin/wavenet bench preprocess --json
 	$(VENV)/bin/wavenet bench train --json
 

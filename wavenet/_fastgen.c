@@ -20,7 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+/* FG_PORTABLE_ONLY builds only the portable kernels (what non-x86 machines get). */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(FG_PORTABLE_ONLY)
 #define FG_HAVE_AVX2_BUILD 1
 #include <immintrin.h>
 #else
@@ -95,14 +96,12 @@ static const fg_isa FG_AVX2_ISA = {"avx2", matmul_avx2, gate_avx2};
 #endif
 static const fg_isa *fg_active = &FG_GENERIC;
 
-static int fg_cpu_has_avx2(void) {
 #if FG_HAVE_AVX2_BUILD
+static int fg_cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
 }
+#endif
 
 /* -- the plan: dimensions, strides and offsets, one int64 array built in Python -- */
 enum {
