@@ -266,7 +266,7 @@ class FastGenerator:
         self.config = c
         self.batch_size = int(batch_size)
         self.weights = weights
-        self._run, self._sample = kernel.run, kernel.sample
+        self._run = kernel.run
         for v in model.weights:
             if not np.all(np.isfinite(v.numpy())):
                 raise GenerateArgumentError(f"model weight {v.path} has NaN or infinite values "

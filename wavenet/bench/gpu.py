@@ -253,15 +253,20 @@ def run(quick: bool = False, train_batch: int = 8, train_steps: int = 20,
         cfg = preset("large")
     out["preset"] = cfg.preset
     out["spec_bf16_tflops"] = spec_bf16_tflops(out["device"]) if gpus else None
+    phases = out["phase_seconds"] = {}
     with tf.device("/GPU:0" if gpus else "/CPU:0"):
         out["bf16_matmul_tflops"] = _bf16_matmul_tflops(512 if quick else 8192, 0.3 if quick else 3.0)
+    phases["matmul"] = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory(prefix="wavenet-gpu-check-") as tmp:
         remaining = BUDGET_S - (time.perf_counter() - start) - (30 if quick else 120)
+        t0 = time.perf_counter()
         summary = _train(cfg, Path(tmp), train_steps, train_batch, max(60.0, remaining))
+        phases["train"] = time.perf_counter() - t0
     useful = 3 * cfg.model.flops_per_sample
     train = {"global_batch": train_batch, "window": cfg.train.window, "steps": train_steps,
-             "precision": "mixed_bfloat16", "xla": True, "useful_flops_per_sample": useful}
+             "precision": summary.get("precision", "mixed_bfloat16"), "xla": summary.get("jit_compile", True),
+             "useful_flops_per_sample": useful}
     if "error" in summary:
         train["error"] = summary["error"]
     else:
@@ -271,9 +276,10 @@ def run(quick: bool = False, train_batch: int = 8, train_steps: int = 20,
         train["fraction_of_measured_bf16_matmul"] = train["useful_tflops"] / out["bf16_matmul_tflops"]
         if out["spec_bf16_tflops"]:
             train["fraction_of_spec_bf16_peak"] = train["useful_tflops"] / out["spec_bf16_tflops"]
-        train["peak_memory_mb"] = summary.get("peak_memory_mb") or summary.get("peak_rss_mb")
+        train["host_peak_rss_mb"] = summary.get("peak_rss_mb")
     out["train"] = train
 
+    gen_start = time.perf_counter()
     keras_model = build_model(cfg)
     gen = TFCachedGenerator(keras_model, "bfloat16")
     flops = cfg.model.flops_per_sample
@@ -295,6 +301,7 @@ def run(quick: bool = False, train_batch: int = 8, train_steps: int = 20,
             "samples_per_s": batch * gen_steps / dt, "per_stream_samples_per_s": gen_steps / dt,
             "tflops_float32_equivalent": batch * gen_steps * flops / dt / 1e12, "first_call_s": compile_s,
             "distinct_codes": int(len(np.unique(codes)))}
+    phases["generate"] = time.perf_counter() - gen_start
     out["seconds"] = time.perf_counter() - start
     return out
 
