@@ -229,7 +229,8 @@ def test_bench_generate_cli_quick_json():
     assert result["bfloat16_weight_bytes_per_sample"] == 2 * packed
     scales = 4 * (16 + 16) + 3 * 16 + 16 + 256  # one float per (padded) output column
     assert result["int8_weight_bytes_per_sample"] == packed + 4 * scales
-    assert result["fast_b1_samples_per_s"] == result["float32_b1_samples_per_s"]  # the configured precision
+    assert result["default_weights"] == preset("tiny").generate.weights == "int8"
+    assert result["fast_b1_samples_per_s"] == result["int8_b1_samples_per_s"]  # the configured precision
     assert result["fast_b1_samples_per_s"] > result["naive_b1_samples_per_s"] > 0
     assert set(result["meets_targets"]) == set(result["targets"]) and "agreement" not in result
 
@@ -238,12 +239,12 @@ def test_bench_generate_measures_agreement_of_a_trained_model(trained_model_path
     from wavenet.cli import main
 
     rc = main(["bench", "generate", "--quick", "--json", "--preset", "tiny", "--model", trained_model_path,
-               "--data", eval_data, "--set", "evaluate.window=256", "--set", "generate.weights=int8"])
+               "--data", eval_data, "--set", "evaluate.window=256", "--set", "generate.weights=bfloat16"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     agreement = result["agreement"]
-    assert result["model"] == trained_model_path and result["default_weights"] == "int8"
-    assert result["fast_b1_samples_per_s"] == result["int8_b1_samples_per_s"]
+    assert result["model"] == trained_model_path and result["default_weights"] == "bfloat16"
+    assert result["fast_b1_samples_per_s"] == result["bfloat16_b1_samples_per_s"]
     assert agreement["windows"] == 2 and agreement["window"] == 256
     assert 0 < agreement["keras_float32_bits"] < 8
     assert abs(agreement["float32"]["difference"]) < 1e-4
@@ -403,3 +404,14 @@ def test_cached_bits_agree_with_keras_on_a_trained_model(trained_model_path, eva
         diffs[precision] = abs(float(np.mean(gen.bits_per_sample(crops, labels))) - keras_bits)
     assert diffs["float32"] < 1e-4, diffs
     assert diffs["bfloat16"] < 0.02 and diffs["int8"] < 0.02, diffs
+
+
+@pytest.mark.parametrize("precision", WEIGHT_PRECISIONS)
+def test_the_last_blocks_residual_weights_are_never_read(precision):
+    model = make_model(2, 0)
+    codes = np.arange(30)[None] % 256
+    before = FastGenerator(model, 1, weights=precision).teacher_forced_logits(codes)
+    last = model.blocks[-1]
+    last.residual_kernel.assign(np.full(last.residual_kernel.shape, 1e6, "float32"))
+    last.residual_bias.assign(np.full(last.residual_bias.shape, -1e6, "float32"))
+    np.testing.assert_array_equal(before, FastGenerator(model, 1, weights=precision).teacher_forced_logits(codes))

@@ -99,12 +99,14 @@ static void FN(mv_bf16)(const fg_mat *m, const float *x, float *out) {
     }
 }
 
-/* Several streams at once: a tile of MB rows x 16 columns stays in registers
- * (2 MB accumulators), so each weight loaded (and widened) serves MB rows. */
+/* Several streams at once: a tile of MB rows x 16 columns (column block j) stays
+ * in registers (2 MB accumulators), so each weight loaded (and widened) serves MB
+ * rows; the caller runs every tile of rows over one block before the next, so a
+ * block's weights come from memory once per step and from L1 for the other tiles. */
 static inline __attribute__((always_inline)) void FN(tile_f32)(
-        const fg_mat *m, const float *x, int64_t ldx, float *out, int64_t ldo, const int MB) {
+        const fg_mat *m, int64_t j, const float *x, int64_t ldx, float *out, int64_t ldo, const int MB) {
     const int64_t P = m->Kp / 2;
-    for (int64_t j = 0; j < m->Np / 16; j++) {
+    {
         const float *w = (const float *)m->w + j * P * 32;
         __m256 acc[4][2];
         for (int r = 0; r < MB; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
@@ -128,9 +130,9 @@ static inline __attribute__((always_inline)) void FN(tile_f32)(
 }
 
 static inline __attribute__((always_inline)) void FN(tile_bf16)(
-        const fg_mat *m, const float *x, int64_t ldx, float *out, int64_t ldo, const int MB) {
+        const fg_mat *m, int64_t j, const float *x, int64_t ldx, float *out, int64_t ldo, const int MB) {
     const int64_t P = m->Kp / 2;
-    for (int64_t j = 0; j < m->Np / 16; j++) {
+    {
         const uint32_t *w = (const uint32_t *)m->w + j * P * 16;
         __m256 acc[4][2];
         for (int r = 0; r < MB; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
@@ -156,10 +158,10 @@ static inline __attribute__((always_inline)) void FN(tile_bf16)(
 
 /* int8: rows of MB int16 inputs; int32 sums flushed to float every FG_I8_FLUSH pairs. */
 static inline __attribute__((always_inline)) void FN(tile_i8)(
-        const fg_mat *m, const int16_t *xq, int64_t ldx, const float *xs, float *out, int64_t ldo,
+        const fg_mat *m, int64_t j, const int16_t *xq, int64_t ldx, const float *xs, float *out, int64_t ldo,
         const int MB) {
     const int64_t P = m->Kp / 2;
-    for (int64_t j = 0; j < m->Np / 16; j++) {
+    {
         const int8_t *w = (const int8_t *)m->w + j * P * 32;
         __m256 f[4][2];
         for (int r = 0; r < MB; r++) f[r][0] = f[r][1] = _mm256_setzero_ps();
@@ -198,9 +200,9 @@ static inline float FN(bf16_hi)(uint32_t u) { u &= 0xFFFF0000u; float f; memcpy(
 
 static void FN(rows_f32)(const fg_mat *m, const float *x, int64_t ldx, float *out, int64_t ldo, int nb) {
     const int64_t P = m->Kp / 2;
-    for (int r = 0; r < nb; r++) {
-        const float *xr = x + r * ldx;
-        for (int64_t j = 0; j < m->Np / 16; j++) {
+    for (int64_t j = 0; j < m->Np / 16; j++) { /* a block's weights stay in cache for every row */
+        for (int r = 0; r < nb; r++) {
+            const float *xr = x + r * ldx;
             const float *w = (const float *)m->w + j * P * 32;
             float acc[16] = {0};
             for (int64_t p = 0; p < P; p++, w += 32) {
@@ -214,9 +216,9 @@ static void FN(rows_f32)(const fg_mat *m, const float *x, int64_t ldx, float *ou
 
 static void FN(rows_bf16)(const fg_mat *m, const float *x, int64_t ldx, float *out, int64_t ldo, int nb) {
     const int64_t P = m->Kp / 2;
-    for (int r = 0; r < nb; r++) {
-        const float *xr = x + r * ldx;
-        for (int64_t j = 0; j < m->Np / 16; j++) {
+    for (int64_t j = 0; j < m->Np / 16; j++) {
+        for (int r = 0; r < nb; r++) {
+            const float *xr = x + r * ldx;
             const uint32_t *w = (const uint32_t *)m->w + j * P * 16;
             float acc[16] = {0};
             for (int64_t p = 0; p < P; p++, w += 16) {
@@ -231,9 +233,9 @@ static void FN(rows_bf16)(const fg_mat *m, const float *x, int64_t ldx, float *o
 static void FN(rows_i8)(const fg_mat *m, const int16_t *xq, int64_t ldx, const float *xs, float *out,
                         int64_t ldo, int nb) {
     const int64_t P = m->Kp / 2;
-    for (int r = 0; r < nb; r++) {
-        const int16_t *xr = xq + r * ldx;
-        for (int64_t j = 0; j < m->Np / 16; j++) {
+    for (int64_t j = 0; j < m->Np / 16; j++) {
+        for (int r = 0; r < nb; r++) {
+            const int16_t *xr = xq + r * ldx;
             const int8_t *w = (const int8_t *)m->w + j * P * 32;
             float f[16] = {0};
             for (int64_t p0 = 0; p0 < P; p0 += FG_I8_FLUSH) {
@@ -305,32 +307,29 @@ static void FN(matmul)(const fg_mat *m, int prec, const float *x, int64_t ldx, f
                        int nb, int16_t *xq, int64_t ldq, float *xs) {
     if (prec == FG_INT8) FN(quantize_rows)(x, ldx, nb, m->Kp, xq, ldq, xs);
 #if FG_AVX2
-    int r = 0;
     if (nb == 1) {
         if (prec == FG_FLOAT32) FN(mv_f32)(m, x, out);
         else if (prec == FG_BFLOAT16) FN(mv_bf16)(m, x, out);
-        else FN(tile_i8)(m, xq, ldq, xs, out, ldo, 1);
+        else for (int64_t j = 0; j < m->Np / 16; j++) FN(tile_i8)(m, j, xq, ldq, xs, out, ldo, 1);
         return;
     }
-    for (; r + 4 <= nb; r += 4) {
-        if (prec == FG_FLOAT32) FN(tile_f32)(m, x + r * ldx, ldx, out + r * ldo, ldo, 4);
-        else if (prec == FG_BFLOAT16) FN(tile_bf16)(m, x + r * ldx, ldx, out + r * ldo, ldo, 4);
-        else FN(tile_i8)(m, xq + r * ldq, ldq, xs + r, out + r * ldo, ldo, 4);
+#define FG_TILE(MB)                                                                                     \
+    do {                                                                                                \
+        if (prec == FG_FLOAT32) FN(tile_f32)(m, j, x + r * ldx, ldx, out + r * ldo, ldo, MB);            \
+        else if (prec == FG_BFLOAT16) FN(tile_bf16)(m, j, x + r * ldx, ldx, out + r * ldo, ldo, MB);     \
+        else FN(tile_i8)(m, j, xq + r * ldq, ldq, xs + r, out + r * ldo, ldo, MB);                        \
+    } while (0)
+    for (int64_t j = 0; j < m->Np / 16; j++) {
+        int r = 0;
+        for (; r + 4 <= nb; r += 4) FG_TILE(4);
+        switch (nb - r) {
+        case 3: FG_TILE(3); break;
+        case 2: FG_TILE(2); break;
+        case 1: FG_TILE(1); break;
+        default: break;
+        }
     }
-    const int rest = nb - r;
-    if (rest == 3) {
-        if (prec == FG_FLOAT32) FN(tile_f32)(m, x + r * ldx, ldx, out + r * ldo, ldo, 3);
-        else if (prec == FG_BFLOAT16) FN(tile_bf16)(m, x + r * ldx, ldx, out + r * ldo, ldo, 3);
-        else FN(tile_i8)(m, xq + r * ldq, ldq, xs + r, out + r * ldo, ldo, 3);
-    } else if (rest == 2) {
-        if (prec == FG_FLOAT32) FN(tile_f32)(m, x + r * ldx, ldx, out + r * ldo, ldo, 2);
-        else if (prec == FG_BFLOAT16) FN(tile_bf16)(m, x + r * ldx, ldx, out + r * ldo, ldo, 2);
-        else FN(tile_i8)(m, xq + r * ldq, ldq, xs + r, out + r * ldo, ldo, 2);
-    } else if (rest == 1) {
-        if (prec == FG_FLOAT32) FN(mv_f32)(m, x + r * ldx, out + r * ldo);
-        else if (prec == FG_BFLOAT16) FN(mv_bf16)(m, x + r * ldx, out + r * ldo);
-        else FN(tile_i8)(m, xq + r * ldq, ldq, xs + r, out + r * ldo, ldo, 1);
-    }
+#undef FG_TILE
 #else
     if (prec == FG_FLOAT32) FN(rows_f32)(m, x, ldx, out, ldo, nb);
     else if (prec == FG_BFLOAT16) FN(rows_bf16)(m, x, ldx, out, ldo, nb);

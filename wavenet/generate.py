@@ -314,7 +314,9 @@ class FastGenerator:
             return out
 
         base = [("emb", rows(arr(model.embedding.embeddings), ldr)),
-                ("bres", rows(np.stack([arr(bl.residual_bias) for bl in blocks]), ldr)),
+                # the last block's residual output feeds nothing: a zero row, never read
+                ("bres", rows(np.stack([arr(bl.residual_bias) for bl in blocks[:-1]]
+                                       + [np.zeros(r, np.float32)]), ldr)),
                 ("bskip", rows(np.sum([arr(bl.skip_bias) for bl in blocks], axis=0,
                                       dtype=np.float32)[None], lds)),
                 ("bh", rows(arr(model.head_hidden.bias)[None], lds)),
