@@ -6,13 +6,14 @@ One script, one JSON file, under 8 minutes. On a machine with an NVIDIA GPU it
    does not, installs TensorFlow's CUDA wheels (``tensorflow[and-cuda]`` of the
    installed version, from the configured index or ``--wheels DIR``) and
    starts itself again;
-2. measures the single-GPU bfloat16 matmul speed (an 8192^2 XLA matmul), the
-   yardstick of the fractions below, next to the spec-sheet peak when the GPU
-   is one of :data:`SPEC_BF16_TFLOPS`;
-3. trains the ``large`` preset through the real command (``wavenet train``:
-   mixed bfloat16, XLA) on synthetic shards for a few steps and reports
-   predicted samples/s (first step excluded) and useful training FLOP/s
-   (``3 x flops_per_sample`` per predicted sample) as a fraction of both peaks;
+2. trains the ``large`` preset through the real command (``wavenet train``:
+   mixed bfloat16, XLA) on synthetic shards for a few steps, in its own process
+   (first, while this one holds no GPU memory), and reports predicted samples/s
+   (first step excluded) and useful training FLOP/s (``3 x flops_per_sample``
+   per predicted sample) as a fraction of both peaks below;
+3. measures the single-GPU bfloat16 matmul speed (an 8192^2 XLA matmul), the
+   yardstick of those fractions, next to the spec-sheet peak when the GPU is
+   one of :data:`SPEC_BF16_TFLOPS`;
 4. generates with the cached algorithm on the GPU for many streams at once
    (:class:`TFCachedGenerator`: one XLA-compiled loop of bfloat16 steps) and
    reports samples/s per stream count.
@@ -242,6 +243,8 @@ def run(quick: bool = False, train_batch: int = 8, train_steps: int = 20,
 
     start = time.perf_counter()
     gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:  # take GPU memory as needed, not all of it at the first op
+        tf.config.experimental.set_memory_growth(gpu, True)
     names = _nvidia_gpus()
     out: dict = {"benchmark": "gpu-check", "quick": quick, "tensorflow": tf.__version__,
                  "device": names[0] if gpus and names else ("GPU" if gpus else "CPU (no GPU)"),
@@ -254,15 +257,16 @@ def run(quick: bool = False, train_batch: int = 8, train_steps: int = 20,
     out["preset"] = cfg.preset
     out["spec_bf16_tflops"] = spec_bf16_tflops(out["device"]) if gpus else None
     phases = out["phase_seconds"] = {}
-    with tf.device("/GPU:0" if gpus else "/CPU:0"):
-        out["bf16_matmul_tflops"] = _bf16_matmul_tflops(512 if quick else 8192, 0.3 if quick else 3.0)
-    phases["matmul"] = time.perf_counter() - start
-
+    # Training first, in its own process, while this one holds no GPU memory yet.
     with tempfile.TemporaryDirectory(prefix="wavenet-gpu-check-") as tmp:
-        remaining = BUDGET_S - (time.perf_counter() - start) - (30 if quick else 120)
+        remaining = BUDGET_S - (time.perf_counter() - start) - (30 if quick else 150)
         t0 = time.perf_counter()
         summary = _train(cfg, Path(tmp), train_steps, train_batch, max(60.0, remaining))
         phases["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with tf.device("/GPU:0" if gpus else "/CPU:0"):
+        out["bf16_matmul_tflops"] = _bf16_matmul_tflops(512 if quick else 8192, 0.3 if quick else 3.0)
+    phases["matmul"] = time.perf_counter() - t0
     useful = 3 * cfg.model.flops_per_sample
     train = {"global_batch": train_batch, "window": cfg.train.window, "steps": train_steps,
              "precision": summary.get("precision", "mixed_bfloat16"), "xla": summary.get("jit_compile", True),
