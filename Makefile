@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install lock run run-containers test test-fast lint bench ui clean compile submit-pipeline \
-	schedule-pipeline image push k8s-validate
+	schedule-pipeline image push k8s-validate gpu-check
 
 # Everything installs from uv.lock (one lock for make install, the images and CI). uv itself,
 # pinned here and in docker/Dockerfile, lives in .tools/ so that an exact sync of .venv keeps it.
@@ -16,9 +16,10 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 
-# Re-installs only when pyproject.toml or uv.lock change; fails when they disagree (make lock).
+# Re-installs only when pyproject.toml, uv.lock or the C generation kernel change; fails when
+# pyproject.toml and uv.lock disagree (make lock). The kernel needs a C compiler and Python's headers.
 install: $(STAMP)
-$(STAMP): pyproject.toml uv.lock
+$(STAMP): pyproject.toml uv.lock setup.py wavenet/_fastgen.c wavenet/_fastgen_kernels.h
 	@test -x $(UV) && [ "$$($(UV) --version | cut -d' ' -f2)" = "$(UV_VERSION)" ] || \
 	  $(PYTHON) -m pip install -q --disable-pip-version-check --target .tools --upgrade "uv==$(UV_VERSION)"
 	@test -x $(PY) || $(UV) venv -q --python $(PYTHON) $(VENV)
@@ -45,12 +46,19 @@ lint: install
 # Each benchmark prints one JSON object (see README, Benchmarks).
 bench: install
 	$(VENV)/bin/wavenet bench generate --json
+	$(VENV)/bin/wavenet bench generate --preset large --json
 	$(VENV)/bin/wavenet bench preprocess --json
 	$(VENV)/bin/wavenet bench train --json
 
 # The MLflow UI over a local store: ./mlflow.db (make run), or MLFLOW_STORE=<folder> with
 # mlflow.db and mlartifacts/ (make run-containers prints its folder).
 MLFLOW_STORE ?= $(CURDIR)
+# On a machine with an NVIDIA GPU (README, Benchmarks): large-preset training (mixed bfloat16, XLA)
+# and many-stream generation, in one JSON file; installs TensorFlow's CUDA wheels if needed.
+# Without a GPU it says so and fails; ARGS=--quick runs a smoke version on the CPU.
+gpu-check: install
+	$(PY) -m wavenet.bench.gpu --out gpu-check.json $(ARGS)
+
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_STORE))/mlflow.db \
 	  --artifacts-destination $(abspath $(MLFLOW_STORE))/mlartifacts --host 127.0.0.1 --port 5000

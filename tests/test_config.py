@@ -54,6 +54,16 @@ def test_train_validation():
         TrainConfig(learning_rate=-1)
 
 
+def test_generate_weights_precision_is_validated():
+    from wavenet.config import GenerateConfig
+
+    assert {GenerateConfig(weights=w).weights for w in ("float32", "bfloat16", "int8")} == {
+        "float32", "bfloat16", "int8"}
+    with pytest.raises(ConfigError, match=r"generate\.weights must be one of 'float32', 'bfloat16', 'int8'\. "
+                                          r"Received: generate\.weights='fp8'"):
+        preset("large").with_overrides({"generate.weights": "fp8"})
+
+
 def test_quantization_channels_must_agree():
     with pytest.raises(ConfigError, match="must equal audio.quantization_channels"):
         ExperimentConfig(model=ModelConfig(quantization_channels=128))

@@ -61,7 +61,8 @@ def test_generate_from_the_champion_writes_wavs_pngs_and_a_self_contained_report
     name = "wavenet-samples-test"
     cfg = tiny_config().with_overrides({
         "evaluate.registered_model_name": name, "generate.num_clips": 3,
-        "generate.seconds": 0.25, "generate.prime_seconds": 0.01, "generate.seed": 3})
+        "generate.seconds": 0.25, "generate.prime_seconds": 0.01, "generate.seed": 3,
+        "generate.weights": "bfloat16"})
     assert evaluate(trained_model_path, eval_data, cfg, gate=True, tracking_uri=server_uri,
                     experiment="samples-test")["promoted"]
 
@@ -90,12 +91,15 @@ def test_generate_from_the_champion_writes_wavs_pngs_and_a_self_contained_report
     assert f"models:/{name}@champion" in html and "temperature" in html
     summary = json.loads((out / "samples.json").read_text())
     assert summary["clips"][1]["metrics"] == result["clips"][1]["metrics"]
+    assert summary["weights"] == result["weights"] == "bfloat16" and "bfloat16 weights" in html
 
     client = mlflow.MlflowClient(server_uri)
     logged = {f.path for f in client.list_artifacts(result["run_id"], "samples")}
     assert {"samples/report.html", "samples/samples.json",
             f"samples/{result['clips'][0]['name']}.wav"} <= logged
-    metrics = client.get_run(result["run_id"]).data.metrics
+    run = client.get_run(result["run_id"])
+    assert run.data.params["generate.weights"] == "bfloat16"
+    metrics = run.data.metrics
     assert metrics["quality/mean/rms_dbfs"] == pytest.approx(
         np.mean([c["metrics"]["rms_dbfs"] for c in result["clips"]]))
 

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from wavenet.errors import WavenetError
+from wavenet.errors import ConfigError, WavenetError
 
 
 def _quiet_tensorflow() -> None:
@@ -201,6 +201,10 @@ def _add_bench(sub) -> None:
     p.add_argument("what", choices=["generate", "preprocess", "train"])
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    p.add_argument("--model", default=None,
+                   help="generate only: a trained model (.keras or MLflow URI) instead of random weights")
+    p.add_argument("--data", default=None,
+                   help="generate only, with --model: its shards; adds each weight precision's agreement")
     _add_config_args(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -213,7 +217,15 @@ def _cmd_bench(args) -> int:
     from wavenet.config import resolve_config
 
     cfg = resolve_config(preset_name, args.config, args.overrides)
-    result = module.run(cfg, quick=args.quick)
+    if args.what == "generate":
+        if args.data and not args.model:
+            raise ConfigError("bench generate --data needs --model (the trained model to compare). "
+                              f"Received: --data {args.data}")
+        result = module.run(cfg, quick=args.quick, model=args.model, data=args.data)
+    elif args.model or args.data:
+        raise ConfigError(f"--model and --data apply to `bench generate` only. Received: bench {args.what}")
+    else:
+        result = module.run(cfg, quick=args.quick)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

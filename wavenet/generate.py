@@ -8,10 +8,28 @@ step per layer, O(layers) instead of O(receptive field).
 
 :class:`FastGenerator` copies a trained :class:`wavenet.model.WaveNet`'s
 weights (the model's own ``.config`` sizes everything, so the two cannot
-drift) into a Numba-compiled kernel: one call runs thousands of steps for a
-batch of streams with no per-operation framework overhead. The queues are
-ring buffers of ``(kernel_size - 1) * dilation`` past inputs per layer, zero at
-the start, which is exactly the Keras model's causal zero padding.
+drift) into the layout of a compiled step kernel (``wavenet/_fastgen.c``): one
+call runs thousands of steps for a batch of streams with no per-operation
+framework overhead. The queues are ring buffers of ``(kernel_size - 1) *
+dilation`` past inputs per layer, zero at the start, which is exactly the Keras
+model's causal zero padding.
+
+**Weight precision** (``weights=``, ``generate.weights`` in the config). At
+batch 1 every weight is read once per sample, so the speed is set by the bytes
+of weights per sample and where they fit in the cache hierarchy:
+
+* ``float32``: the trained weights as they are (4 bytes each).
+* ``bfloat16``: each weight rounded to nearest-even bfloat16 (2 bytes); the
+  kernel widens it exactly to float32, so products and sums stay float32.
+* ``int8``: each matrix column (one output channel) scaled by ``max|w| / 127``
+  and rounded to int8 (1 byte, plus one float scale per column); the input of
+  each matrix product is rounded to int16 with its own scale ``max|x| /
+  32767``, and the products are summed exactly in integers (AVX2 ``vpmaddwd``),
+  then scaled back to float32.
+
+Biases, the label embedding and the input embedding stay float32 in every
+mode. :func:`effective_weights` gives the float32 values a precision computes
+with (tests run the Keras model on them).
 
 Sampling is inverse-CDF on ``softmax(logits / temperature)`` with one uniform
 number per stream and step from ``numpy.random.default_rng(seed)``, drawn in
@@ -30,21 +48,25 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from numba import njit
 
 from wavenet.errors import WavenetError
 
-__all__ = ["FastGenerator", "GenerateArgumentError", "naive_generate", "silence_code"]
+__all__ = ["FastGenerator", "GenerateArgumentError", "WEIGHT_PRECISIONS", "effective_weights",
+           "kernel_isa", "naive_generate", "pack_matrix", "quantize_int8", "silence_code",
+           "to_bfloat16"]
+
+WEIGHT_PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 class GenerateArgumentError(WavenetError, ValueError):
     """A generation argument (labels, prime, batch, temperature) is unusable."""
 
 
-# Steps per kernel call between progress callbacks: long enough that the call
-# overhead vanishes, short enough for a responsive progress bar.
-_CHUNK = 2048
-_F32 = np.float32
+# Floating-point work per kernel call between progress callbacks: long enough
+# that the call overhead vanishes, short enough (~0.1 s) for a responsive
+# progress bar and Ctrl-C, whatever the model and batch.
+_CHUNK_FLOPS = 2e9
+_CHUNK_MIN, _CHUNK_MAX = 8, 4096
 
 
 def silence_code(quantization_channels: int) -> int:
@@ -53,211 +75,115 @@ def silence_code(quantization_channels: int) -> int:
     return int(math.floor(mu / 2.0 + 0.5))
 
 
-# -- compiled kernel -----------------------------------------------------------
-# fastmath lets LLVM reassociate the sums into AVX-512 FMAs; the results differ
-# from TensorFlow's order of summation only by float32 rounding (~1e-6).
-# error_model="numpy" drops the zero-division checks that Python semantics
-# would put in every division, which otherwise stop LLVM from vectorising.
-
-# exp(x) = 2**n * 2**f with n = floor(x / ln 2) and f in [0, 1): 2**n from a table
-# and 2**f from a degree-6 polynomial (our least-squares fit on Chebyshev nodes,
-# relative error 1e-7, float32's own precision). Unlike a call to libm's expf,
-# this is plain arithmetic and a gather, so LLVM vectorises the gate loop.
-_POW2 = np.ldexp(np.float32(1.0), np.arange(-128, 128)).astype(np.float32)
-_LOG2E = np.float32(1.4426950408889634)
-_P0, _P1, _P2, _P3, _P4, _P5, _P6 = (np.float32(v) for v in (
-    1.000000002586889, 0.6931469286930299, 0.24023050204499088, 0.055480426325806506,
-    0.009684580452267774, 0.0012387821479581086, 0.00021877504767700738))
+def _kernel():
+    """The compiled step kernel (built by ``pip install`` / ``make install``)."""
+    try:
+        from wavenet import _fastgen
+    except ImportError as e:
+        raise WavenetError("the generation kernel wavenet._fastgen is not built: run `make install` "
+                           f"(it needs a C compiler and Python's headers). Received: {e}") from None
+    return _fastgen
 
 
-@njit(cache=True, fastmath=True, nogil=True, error_model="numpy", inline="always")
-def _exp32(x):
-    """exp(x) for float32 x in [-80, 80]."""
-    y = x * _LOG2E
-    n = np.floor(y)
-    f = y - n
-    p = _P0 + f * (_P1 + f * (_P2 + f * (_P3 + f * (_P4 + f * (_P5 + f * _P6)))))
-    # Clamped index: even a NaN (whose int conversion is arbitrary) stays in the table.
-    i = min(max(np.int32(n) + np.int32(128), np.int32(0)), np.int32(255))
-    return p * _POW2[np.uint32(i)]
+def kernel_isa() -> str:
+    """Which build of the matrix kernels runs on this CPU: ``"avx2"`` (AVX2 + FMA) or ``"generic"``."""
+    return _kernel().isa()
 
 
-@njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
-def _matmul_acc(x, w, out):
-    """out (B, N) += x (B, K) @ w (K, N), weight rows reused across the batch."""
-    nb, nk = x.shape
-    nn = w.shape[1]
-    k4 = nk - nk % 8
-    for i in range(0, k4, 8):
-        w0 = w[i]
-        w1 = w[i + 1]
-        w2 = w[i + 2]
-        w3 = w[i + 3]
-        w4 = w[i + 4]
-        w5 = w[i + 5]
-        w6 = w[i + 6]
-        w7 = w[i + 7]
-        for b in range(nb):
-            xb = x[b]
-            a0 = xb[i]
-            a1 = xb[i + 1]
-            a2 = xb[i + 2]
-            a3 = xb[i + 3]
-            a4 = xb[i + 4]
-            a5 = xb[i + 5]
-            a6 = xb[i + 6]
-            a7 = xb[i + 7]
-            o = out[b]
-            for c in range(nn):
-                o[c] += ((a0 * w0[c] + a1 * w1[c]) + (a2 * w2[c] + a3 * w3[c])) + (
-                    (a4 * w4[c] + a5 * w5[c]) + (a6 * w6[c] + a7 * w7[c]))
-    for i in range(k4, nk):
-        wi = w[i]
-        for b in range(nb):
-            a = x[b, i]
-            o = out[b]
-            for c in range(nn):
-                o[c] += a * wi[c]
+# -- weight precision: pure functions --------------------------------------------
 
+def to_bfloat16(w: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) of float32 ``w``, rounded to nearest even.
 
-@njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
-def _step(codes, want_logits, t, params, state, logits):
-    """Advance every stream by one input code (B,) and, if asked, fill logits (B, Q).
-
-    params: (emb (Q,R), flat weights, woff (L+1, 3) offsets of each layer's
-             filter-gate (kR,2G), skip (G,S) and residual (G,R) kernels in flat (last
-             row: head_hidden (S,S) and head_logits (S,Q)), bfg (L,B,2G) bias plus
-             label embedding, bres (L,R), bskip (S,) summed over layers, bh (S,),
-             bo (Q,), dil (L,), qoff (L,))
-    state:  (queue (sum_l (k-1)*d_l, B, R), x (B,R), xin (B,kR), z (B,2G), h (B,G),
-             skip (B,S), hid (B,S))
+    bfloat16 is the upper half of a float32 (8 exponent bits, 7 mantissa bits),
+    so it widens back exactly: ``(bits.astype(uint32) << 16).view(float32)``.
+    Finite inputs only (NaN payloads are not preserved).
     """
-    emb, flat, woff, bfg, bres, bskip, bh, bo, dil, qoff = params
-    queue, x, xin, z, h, skip, hid = state
-    nb, nr = x.shape
-    nl = dil.shape[0]
-    kr = xin.shape[1]
-    k = kr // nr
-    ng = h.shape[1]
-    ns = skip.shape[1]
-    nq = logits.shape[1]
-    for b in range(nb):
-        x[b, :] = emb[codes[b]]
-        skip[b, :] = bskip
-    for layer in range(nl):
-        d = dil[layer]
-        n = (k - 1) * d
-        base = qoff[layer]
-        # Gather the taps: tap j multiplies x[t - (k - 1 - j) * d]; the oldest
-        # one sits in the slot that the current input overwrites next.
-        for j in range(k - 1):
-            slot = (t - (k - 1 - j) * d) % n
-            row = queue[base + slot]
-            for b in range(nb):
-                xin[b, j * nr:(j + 1) * nr] = row[b]
-        slot = t % n
-        row = queue[base + slot]
-        for b in range(nb):
-            xin[b, (k - 1) * nr:] = x[b]
-            row[b, :] = x[b]
-        for b in range(nb):
-            z[b, :] = bfg[layer, b]
-        o = woff[layer, 0]
-        _matmul_acc(xin, flat[o:o + kr * 2 * ng].reshape((kr, 2 * ng)), z)
-        for b in range(nb):
-            zb = z[b]
-            hb = h[b]
-            for c in range(ng):
-                # tanh(f) = 1 - 2 / (exp(2f) + 1), sigmoid(g) = 1 / (1 + exp(-g)),
-                # with the exponents clamped so exp never overflows.
-                f = min(max(zb[c], _F32(-10.0)), _F32(10.0))
-                g = min(max(zb[ng + c], _F32(-40.0)), _F32(40.0))
-                hb[c] = (_F32(1.0) - _F32(2.0) / (_exp32(_F32(2.0) * f) + _F32(1.0))) / (
-                    _F32(1.0) + _exp32(-g))
-        o = woff[layer, 1]
-        _matmul_acc(h, flat[o:o + ng * ns].reshape((ng, ns)), skip)
-        if layer + 1 < nl:  # the last layer's residual output feeds nothing
-            for b in range(nb):
-                x[b, :] += bres[layer]
-            o = woff[layer, 2]
-            _matmul_acc(h, flat[o:o + ng * nr].reshape((ng, nr)), x)
-    if want_logits:
-        for b in range(nb):
-            for c in range(skip.shape[1]):
-                skip[b, c] = max(skip[b, c], 0.0)
-            hid[b, :] = bh
-        o = woff[nl, 0]
-        _matmul_acc(skip, flat[o:o + ns * ns].reshape((ns, ns)), hid)
-        for b in range(nb):
-            for c in range(hid.shape[1]):
-                hid[b, c] = max(hid[b, c], 0.0)
-            logits[b, :] = bo
-        o = woff[nl, 1]
-        _matmul_acc(hid, flat[o:o + ns * nq].reshape((ns, nq)), logits)
+    u = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+    rounded = u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
 
 
-@njit(cache=True, fastmath=False, nogil=True)
-def _sample_row(logits, inv_temp, u):
-    """Inverse-CDF sample of softmax(logits * inv_temp) with one uniform u in [0, 1)."""
-    q = logits.shape[0]
-    m = logits[0]
-    for c in range(1, q):
-        m = max(m, logits[c])
-    total = 0.0
-    for c in range(q):
-        total += math.exp((float(logits[c]) - float(m)) * inv_temp)
-    target = u * total
-    acc = 0.0
-    last = 0
-    for c in range(q):
-        p = math.exp((float(logits[c]) - float(m)) * inv_temp)
-        if p > 0.0:
-            last = c
-        acc += p
-        if acc > target:
-            return c
-    return last  # rounding left target above the sum: take the last possible code
+def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output channel: ``w[:, c] ~ q[:, c] * scale[c]``.
 
+    Args:
+        w: (K, N) float32, N output channels (columns).
 
-@njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
-def _feed(seq, t0, record, params, state, logits, out_logits):
-    """Feed seq (B, T) step by step from time t0; if record, keep every step's logits."""
-    # A contiguous copy of each column: _step then compiles once, for the same
-    # argument types as in _sample_steps, and both paths run the same code.
-    cur = np.empty(seq.shape[0], np.int32)
-    for i in range(seq.shape[1]):
-        cur[:] = seq[:, i]
-        _step(cur, record, t0 + i, params, state, logits)
-        if record:
-            out_logits[:, i, :] = logits
-
-
-@njit(cache=True, fastmath=True, nogil=True, error_model="numpy")
-def _sample_steps(cur, t0, uniforms, inv_temp, params, state, logits, out):
-    """From current inputs cur (B,) at time t0: step, sample, feed the sample back.
-
-    uniforms (n, B) give out (B, n); cur is updated in place to the last sample.
+    Returns:
+        ``(q (K, N) int8 in [-127, 127], scale (N,) float32 = max_k |w[k, c]| / 127)``;
+        an all-zero column gets scale 0 and zeros.
     """
-    nb = cur.shape[0]
-    for i in range(uniforms.shape[0]):
-        _step(cur, True, t0 + i, params, state, logits)
-        for b in range(nb):
-            c = _sample_row(logits[b], inv_temp, uniforms[i, b])
-            out[b, i] = c
-            cur[b] = c
+    w = np.asarray(w, dtype=np.float32)
+    scale = (np.abs(w).max(axis=0) / np.float32(127.0)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1.0))
+    q = np.clip(np.rint(w / safe), -127, 127).astype(np.int8)
+    return q, scale
 
 
-def _aligned_empty(n: int) -> np.ndarray:
-    """float32 (n,) starting on a 2 MiB boundary of an allocation of at least 4 MiB.
+def effective_weights(w: np.ndarray, precision: str) -> np.ndarray:
+    """The float32 values a matrix ``w`` (K, N) is multiplied with at ``precision``."""
+    w = np.asarray(w, dtype=np.float32)
+    if precision == "float32":
+        return w.copy()
+    if precision == "bfloat16":
+        return (to_bfloat16(w).astype(np.uint32) << np.uint32(16)).view(np.float32).reshape(w.shape)
+    if precision == "int8":
+        q, scale = quantize_int8(w)
+        return q.astype(np.float32) * scale
+    raise GenerateArgumentError(f"weights must be one of {', '.join(WEIGHT_PRECISIONS)}. "
+                                f"Received: weights={precision!r}")
+
+
+def _pad16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def pack_matrix(w: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """Lay a matrix out in the order the kernel reads it.
+
+    K (rows, inputs) is padded to Kp (even) and N (outputs) to Np (a multiple of
+    16) with zeros. The matrix is cut into column blocks of 16 outputs, each
+    holding its row pairs (2p, 2p + 1) one after another:
+
+    * float32: (Np/16, Kp/2, 2, 16) float32;
+    * bfloat16: (Np/16, Kp/2, 16) uint32, row 2p in the low 16 bits, 2p + 1 in the high;
+    * int8: (Np/16, Kp/2, 16, 2) int8, the two rows of a column side by side
+      (the operand order of ``vpmaddwd``), and scales (Np,) float32.
+
+    Returns:
+        ``(packed bytes (uint8), scales or None, Kp, Np)``.
+    """
+    k, n = w.shape
+    kp, np_ = k + k % 2, _pad16(n)
+    wp = np.zeros((kp, np_), np.float32)
+    wp[:k, :n] = w
+    blocks, pairs = np_ // 16, kp // 2
+    scales = None
+    if precision == "float32":
+        packed = wp.reshape(pairs, 2, blocks, 16).transpose(2, 0, 1, 3)
+    elif precision == "bfloat16":
+        b = to_bfloat16(wp).astype(np.uint32)
+        packed = (b[0::2] | (b[1::2] << np.uint32(16))).reshape(pairs, blocks, 16).transpose(1, 0, 2)
+    elif precision == "int8":
+        q, scales = quantize_int8(wp)
+        packed = q.reshape(pairs, 2, blocks, 16).transpose(2, 0, 3, 1)
+    else:
+        raise GenerateArgumentError(f"weights must be one of {', '.join(WEIGHT_PRECISIONS)}. "
+                                    f"Received: weights={precision!r}")
+    return np.ascontiguousarray(packed).view(np.uint8).reshape(-1), scales, kp, np_
+
+
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    """uint8 (nbytes,) starting on a 2 MiB boundary of an allocation of at least 4 MiB.
 
     NumPy asks Linux for transparent huge pages on allocations of 4 MiB and more;
     huge pages spare the TLB misses of streaming megabytes of weights per sample.
     """
     align = 2 << 20
-    nbytes = max(n * 4 + align, 4 << 20)
-    raw = np.empty(nbytes + align, np.uint8)
+    raw = np.empty(max(nbytes + align, 4 << 20) + align, np.uint8)
     start = (-raw.ctypes.data) % align
-    return raw[start:start + n * 4].view(np.float32)
+    return raw[start:start + nbytes]
 
 
 # -- argument checks -----------------------------------------------------------
@@ -311,80 +237,147 @@ class FastGenerator:
         model: a built :class:`wavenet.model.WaveNet`; its weights are copied, so
             later training of ``model`` does not change this generator.
         batch_size: number of streams generated together.
+        weights: precision of the matrix weights: ``"float32"`` (default),
+            ``"bfloat16"`` or ``"int8"`` (see the module docstring).
+
+    Attributes:
+        weight_bytes: bytes of matrix weights (and int8 scales) read per step,
+            for the whole batch at once.
 
     Example:
-        >>> gen = FastGenerator(model, batch_size=4)
+        >>> gen = FastGenerator(model, batch_size=4, weights="int8")
         >>> codes = gen.generate(16000, labels=np.array([0, 1, 2, 3]), seed=0)  # (4, 16000) uint8
     """
 
-    def __init__(self, model, batch_size: int):
+    def __init__(self, model, batch_size: int, weights: str = "float32"):
         from wavenet.model import WaveNet
 
         if not isinstance(model, WaveNet):
             raise GenerateArgumentError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise GenerateArgumentError(f"batch_size must be an integer >= 1. Received: {batch_size!r}")
+        if weights not in WEIGHT_PRECISIONS:
+            raise GenerateArgumentError(f"weights must be one of {', '.join(WEIGHT_PRECISIONS)}. "
+                                        f"Received: weights={weights!r}")
+        kernel = _kernel()
         if not model.built:
             model.build()
         c = model.config
         self.config = c
         self.batch_size = int(batch_size)
-        f32 = np.float32
-
-        def arr(v):
-            return np.ascontiguousarray(np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=f32))
-
-        blocks = model.blocks
-        k, r, g = c.kernel_size, c.residual_channels, c.gate_channels
-        self._emb = arr(model.embedding.embeddings)
+        self.weights = weights
+        self._run = kernel.run
         for v in model.weights:
             if not np.all(np.isfinite(v.numpy())):
                 raise GenerateArgumentError(f"model weight {v.path} has NaN or infinite values "
                                             "(did training diverge?). Received: a model with non-finite weights")
-        # All matmul weights in one buffer, in the order a step reads them, so
-        # one sample's 3.5 MB (bench preset) streams through the cache sequentially.
-        mats = []
-        for bl in blocks:
+
+        def arr(v):
+            return np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float32)
+
+        blocks, nl = model.blocks, c.num_layers
+        k, r, g, s, q, nb = (c.kernel_size, c.residual_channels, c.gate_channels, c.skip_channels,
+                             c.quantization_channels, self.batch_size)
+        # Row strides: every width padded to 16 floats (with zeros), which also
+        # covers each matrix's padded inputs (Kp) and outputs (Np).
+        ldr, ldin, ldz, ldh, lds, ldq = (_pad16(r), _pad16(k * r), _pad16(2 * g), _pad16(g),
+                                         _pad16(s), _pad16(q))
+        # Matrices in the order a step reads them, so one sample's weights stream
+        # through the cache sequentially. The last block's residual output feeds
+        # nothing: its matrix is not packed (an empty placeholder in the plan).
+        mats: list[np.ndarray | None] = []
+        for i, bl in enumerate(blocks):
             mats += [arr(bl.filter_gate_kernel).reshape(k * r, 2 * g), arr(bl.skip_kernel),
-                     arr(bl.residual_kernel)]
+                     arr(bl.residual_kernel) if i + 1 < nl else None]
         mats += [arr(model.head_hidden.kernel), arr(model.head_logits.kernel)]
-        sizes = [m.size for m in mats]
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        self._flat = _aligned_empty(int(sum(sizes)))
-        for st, m in zip(starts, mats):
-            self._flat[st:st + m.size] = m.ravel()
-        self._woff = np.zeros((len(blocks) + 1, 3), np.int64)
-        self._woff[:-1] = starts[:-2].reshape(len(blocks), 3)
-        self._woff[-1, :2] = starts[-2:]
+        packed, scales, fields, offset = [], [], [], 0
+        for m in mats:
+            if m is None:
+                fields.append((0, 0, 0, 0, 0, -1))
+                continue
+            data, sc, kp, np_ = pack_matrix(m, weights)
+            packed.append((offset, data))
+            scales.append(sc)
+            fields.append((m.shape[0], m.shape[1], kp, np_, offset, -1))
+            offset += -(-data.size // 64) * 64
+        self._wbuf = _aligned_empty(max(offset, 64))
+        for off, data in packed:
+            self._wbuf[off:off + data.size] = data
+        self.weight_bytes = int(sum(d.size for _, d in packed)
+                                + sum(sc.size * 4 for sc in scales if sc is not None))
+
+        # Read-only float parameters; the per-stream gate biases (bias + label
+        # embedding) are appended per call, as they depend on the labels.
+        def rows(a, width):
+            out = np.zeros((a.shape[0], width), np.float32)
+            out[:, :a.shape[1]] = a
+            return out
+
+        base = [("emb", rows(arr(model.embedding.embeddings), ldr)),
+                # the last block's residual output feeds nothing: a zero row, never read
+                ("bres", rows(np.stack([arr(bl.residual_bias) for bl in blocks[:-1]]
+                                       + [np.zeros(r, np.float32)]), ldr)),
+                ("bskip", rows(np.sum([arr(bl.skip_bias) for bl in blocks], axis=0,
+                                      dtype=np.float32)[None], lds)),
+                ("bh", rows(arr(model.head_hidden.bias)[None], lds)),
+                ("bo", rows(arr(model.head_logits.bias)[None], ldq))]
+        poff, pos = {}, 0
+        for name, a in base:
+            poff[name] = pos
+            pos += a.size
+        flat = [a.ravel() for _, a in base]
+        if weights == "int8":  # per-column scales follow the base parameters
+            packed_index = [i for i, m in enumerate(mats) if m is not None]
+            for i, sc in zip(packed_index, scales):
+                fields[i] = (*fields[i][:5], pos)
+                flat.append(sc)
+                pos += sc.size
+        poff["bfg"] = pos
+        self._params_base = np.concatenate(flat).astype(np.float32)
         self._bfg = np.stack([arr(bl.filter_gate_bias) for bl in blocks])  # (L, 2G)
         self._cond = (np.stack([arr(bl.condition_embedding) for bl in blocks])
                       if c.conditioned else None)  # (L, C, 2G)
-        self._bres = np.stack([arr(bl.residual_bias) for bl in blocks])
-        self._bskip = np.ascontiguousarray(np.sum([arr(bl.skip_bias) for bl in blocks], axis=0,
-                                                  dtype=f32))
-        self._bh = arr(model.head_hidden.bias)
-        self._bo = arr(model.head_logits.bias)
-        self._dil = np.asarray(c.dilations, dtype=np.int64)
-        lens = (k - 1) * self._dil
-        self._qoff = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-        self._qtotal = int(lens.sum())
+        self._ldz = ldz
+
+        dil = np.asarray(c.dilations, dtype=np.int64)
+        lens = (k - 1) * dil
+        qoff = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        qtotal = int(lens.sum())
+        sizes = [("queue", qtotal * nb * ldr), ("x", nb * ldr), ("xin", nb * ldin), ("z", nb * ldz),
+                 ("h", nb * ldh), ("skip", nb * lds), ("hid", nb * lds), ("logits", nb * ldq),
+                 ("xs", nb)]
+        soff, pos = {}, 0
+        for name, n in sizes:
+            soff[name] = pos
+            pos += -(-n // 16) * 16
+        self._state_size = pos
+        self._ldxq = _pad16(max(f[2] for f in fields))
+        header = [kernel.MAGIC, WEIGHT_PRECISIONS.index(weights), nb, r, g, s, q, k, nl,
+                  ldr, ldin, ldz, ldh, lds, ldq, self._ldxq, qtotal,
+                  poff["emb"], poff["bfg"], poff["bres"], poff["bskip"], poff["bh"], poff["bo"],
+                  *(soff[name] for name, _ in sizes)]
+        assert len(header) == kernel.HEADER
+        self._plan = np.array(header + dil.tolist() + qoff.tolist()
+                              + [v for f in fields for v in f], np.int64)
+        self._chunk = int(np.clip(_CHUNK_FLOPS / (c.flops_per_sample * nb), _CHUNK_MIN, _CHUNK_MAX))
 
     # -- internals -------------------------------------------------------------
     def _fresh(self, labels: np.ndarray | None):
-        """Kernel params and a zeroed state (empty queues = causal zero padding)."""
-        c, nb = self.config, self.batch_size
+        """Kernel buffers for a new set of streams: zeroed state (empty queues = causal zero padding)."""
+        nb = self.batch_size
         bfg = np.repeat(self._bfg[:, None, :], nb, axis=1)  # (L, B, 2G)
         if labels is not None:
             bfg = bfg + self._cond[:, labels, :]
-        params = (self._emb, self._flat, self._woff, np.ascontiguousarray(bfg, dtype=np.float32),
-                  self._bres, self._bskip, self._bh, self._bo, self._dil, self._qoff)
-        r, g, s, k = c.residual_channels, c.gate_channels, c.skip_channels, c.kernel_size
-        z32 = np.zeros
-        state = (z32((self._qtotal, nb, r), np.float32), z32((nb, r), np.float32),
-                 z32((nb, k * r), np.float32), z32((nb, 2 * g), np.float32),
-                 z32((nb, g), np.float32), z32((nb, s), np.float32), z32((nb, s), np.float32))
-        logits = np.zeros((nb, c.quantization_channels), np.float32)
-        return params, state, logits
+        padded = np.zeros((bfg.shape[0], nb, self._ldz), np.float32)
+        padded[:, :, :bfg.shape[2]] = bfg
+        params = np.concatenate([self._params_base, padded.ravel()])
+        state = np.zeros(self._state_size, np.float32)
+        xq = np.zeros(nb * self._ldxq, np.int16)
+        return params, state, xq
+
+    def _feed(self, buffers, seq: np.ndarray, t0: int, logits_out: np.ndarray | None) -> None:
+        params, state, xq = buffers
+        self._run(self._plan, self._wbuf, params, state, xq, t0, seq, logits_out, None, 1.0, None, 0)
 
     # -- public ----------------------------------------------------------------
     def teacher_forced_logits(self, codes: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -401,10 +394,35 @@ class FastGenerator:
         c = self.config
         lab = _check_labels(c, labels, self.batch_size)
         seq = _check_codes("codes", codes, self.batch_size, c.quantization_channels)
-        params, state, logits = self._fresh(lab)
         out = np.zeros((self.batch_size, seq.shape[1], c.quantization_channels), np.float32)
-        _feed(seq, 0, True, params, state, logits, out)
+        self._feed(self._fresh(lab), seq, 0, out)
         return out
+
+    def bits_per_sample(self, crops: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """Teacher-forced negative log-likelihood of crops, in bits per predicted sample.
+
+        The cached counterpart of :func:`wavenet.model.per_example_bits`: a crop of
+        ``receptive_field + W`` codes is fed step by step and the last W codes are
+        scored, each with a full receptive field of context.
+
+        Args:
+            crops: (B, receptive_field + W) int codes, W >= 1.
+            labels: (B,) int labels for a conditioned model, else None.
+
+        Returns:
+            (B,) float64 mean bits per predicted sample.
+        """
+        rf = self.config.receptive_field
+        crops = _check_codes("crops", crops, self.batch_size, self.config.quantization_channels)
+        if crops.shape[1] <= rf:
+            raise GenerateArgumentError(f"crops must hold receptive_field + W codes with W >= 1 "
+                                        f"(receptive_field={rf}). Received: shape {crops.shape}")
+        logits = self.teacher_forced_logits(crops[:, :-1], labels)[:, rf - 1:].astype(np.float64)
+        targets = crops[:, rf:]
+        m = logits.max(axis=-1, keepdims=True)
+        log_z = m[..., 0] + np.log(np.exp(logits - m).sum(axis=-1))
+        picked = np.take_along_axis(logits, targets[..., None].astype(np.int64), axis=-1)[..., 0]
+        return (log_z - picked).mean(axis=-1) / math.log(2.0)
 
     def generate(self, num_samples: int, *, prime: np.ndarray | None = None,
                  labels: np.ndarray | None = None, temperature: float = 1.0,
@@ -430,23 +448,33 @@ class FastGenerator:
             prime = np.full((nb, 1), silence_code(c.quantization_channels), np.int32)
         seq = _check_codes("prime", prime, nb, c.quantization_channels)
         rng = np.random.default_rng(seed)
-        params, state, logits = self._fresh(lab)
+        buffers = self._fresh(lab)
+        params, state, xq = buffers
         out = np.zeros((nb, num_samples), np.int32)
-        empty = np.zeros((nb, 0, c.quantization_channels), np.float32)
         # All but the last prime code only fill the queues: no head, no sampling.
-        _feed(seq[:, :-1], 0, False, params, state, logits, empty)
+        if seq.shape[1] > 1:
+            self._feed(buffers, np.ascontiguousarray(seq[:, :-1]), 0, None)
         cur = seq[:, -1].copy()
         t, done = seq.shape[1] - 1, 0
+        inv_temp = 1.0 / float(temperature)
         while done < num_samples:
-            n = min(_CHUNK, num_samples - done)
+            n = min(self._chunk, num_samples - done)
             uniforms = rng.random((n, nb))
-            _sample_steps(cur, t, uniforms, 1.0 / float(temperature), params, state, logits,
-                          out[:, done:done + n])
+            self._run(self._plan, self._wbuf, params, state, xq, t, cur, None, uniforms, inv_temp,
+                      out, done)
             t += n
             done += n
             if progress is not None:
                 progress(done)
         return out.astype(np.uint8)
+
+
+def _sample_rows(logits: np.ndarray, inv_temp: float, uniforms: np.ndarray) -> np.ndarray:
+    """The kernel's sampler on (B, Q) logits with (B,) uniforms: (B,) int32 codes."""
+    out = np.zeros(logits.shape[0], np.int32)
+    _kernel().sample(np.ascontiguousarray(logits, dtype=np.float32), inv_temp,
+                     np.ascontiguousarray(uniforms, dtype=np.float64), out)
+    return out
 
 
 def naive_generate(model, num_samples: int, *, batch_size: int = 1, prime: np.ndarray | None = None,
@@ -478,8 +506,7 @@ def naive_generate(model, num_samples: int, *, batch_size: int = 1, prime: np.nd
         window = seq[:, -rf:]
         x = {"codes": window, "labels": lab} if c.conditioned else window
         logits = np.asarray(model(x, training=False)[:, -1, :], dtype=np.float32)
-        u = rng.random((1, batch_size))[0]
-        nxt = np.array([_sample_row(logits[b], inv_temp, u[b]) for b in range(batch_size)], np.int32)
+        nxt = _sample_rows(logits, inv_temp, rng.random((1, batch_size))[0])
         out[:, i] = nxt
         seq = np.concatenate([seq[:, -(rf - 1):] if rf > 1 else seq[:, :0], nxt[:, None]], axis=1)
     return out.astype(np.uint8)

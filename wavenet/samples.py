@@ -180,8 +180,9 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     Returns:
         ``{"model", "data", "out_dir", "report" (path of report.html),
         "summary" (path of samples.json), "sample_rate", "num_samples" (per
-        clip), "prime_samples", "temperature", "seed", "samples_per_second"
-        (all clips together), "generation_seconds", "clips": [{"index", "name",
+        clip), "prime_samples", "temperature", "seed", "weights" (the
+        generator's weight precision), "samples_per_second" (all clips
+        together), "generation_seconds", "clips": [{"index", "name",
         "label", "label_id", "wav", "png", "metrics", "checks" (calibrated:
         value, range, passed), "reference" (the label whose audio calibrated
         them, or "all labels"), "warnings"}], "warnings" (every clip's,
@@ -227,7 +228,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             wanted=[None] if label_ids is None else sorted(set(label_ids.tolist())))
     prime = prime_codes(examples, prime_len, label_ids, g.num_clips) if prime_len else None
 
-    generator = FastGenerator(net, batch_size=g.num_clips)
+    generator = FastGenerator(net, batch_size=g.num_clips, weights=g.weights)
     total = num_samples * g.num_clips
     with tqdm(total=total, unit="sample", unit_scale=True, desc="generate", disable=not progress,
               dynamic_ncols=True) as bar:
@@ -282,7 +283,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             "report": storage.join(out_dir, REPORT_FILE),
             "summary": storage.join(out_dir, SUMMARY_FILE),
             "sample_rate": sr, "num_samples": num_samples, "prime_samples": prime_len,
-            "temperature": g.temperature, "seed": g.seed,
+            "temperature": g.temperature, "seed": g.seed, "weights": g.weights,
             "samples_per_second": total / elapsed if elapsed > 0 else float("inf"),
             "generation_seconds": elapsed, "clips": clips, "warnings": all_warnings,
             "reference": {(c["label"] or "all labels"): c for c in calibrations.values()},
@@ -294,8 +295,8 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
                 "seconds per clip": num_samples / sr, "sample rate": sr,
                 "primed with (s)": prime_len / sr, "temperature": g.temperature, "seed": g.seed,
                 "receptive field": net.receptive_field,
-                "generator": f"FastGenerator, {result['samples_per_second']:.0f} samples/s "
-                             f"({g.num_clips} streams)"}
+                "generator": f"FastGenerator, {g.weights} weights, "
+                             f"{result['samples_per_second']:.0f} samples/s ({g.num_clips} streams)"}
         html = render_html(f"WaveNet samples: {result['model']}", report_clips, info,
                            config_yaml=ecfg.to_yaml())
         storage.write_text_atomic(os.path.join(local_dir, REPORT_FILE), html)
