@@ -35,7 +35,7 @@ import numpy as np
 
 from wavenet import storage
 from wavenet.config import ExperimentConfig
-from wavenet.errors import DataError
+from wavenet.errors import DataError, one_line
 
 __all__ = [
     "CodeCounts",
@@ -166,8 +166,8 @@ def training_code_counts(data_dir: str, quantization_channels: int) -> CodeCount
     try:
         return count_codes((codes for codes, _ in ds.as_numpy_iterator()), quantization_channels)
     except tf.errors.OpError as e:
-        raise DataError(f"cannot read training shards of {data_dir}: {e.message.splitlines()[0]}") \
-            from None
+        raise DataError(f"cannot read training shards of {data_dir}: "
+                        f"{one_line(e, with_type=False)}") from None
 
 
 # -- model scores -----------------------------------------------------------------

@@ -25,7 +25,7 @@ import keras
 from keras import ops
 
 from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig
-from wavenet.errors import WavenetError
+from wavenet.errors import WavenetError, one_line
 
 __all__ = [
     "ResidualBlock",
@@ -278,8 +278,7 @@ def load_model(path: str) -> WaveNet:
         try:
             model = keras.models.load_model(local, safe_mode=True, compile=False)
         except Exception as e:  # noqa: BLE001 - keras raises many types; report one line
-            raise WavenetError(f"cannot load model {path}: {type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
+            raise WavenetError(f"cannot load model {path}: {one_line(e)}") from None
     if not isinstance(model, WaveNet):
         raise WavenetError(f"{path} is not a WaveNet model. Received: {type(model).__name__}")
     return model

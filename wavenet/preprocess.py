@@ -51,7 +51,7 @@ from wavenet import storage
 from wavenet.audio import mu_law_encode
 from wavenet.config import ExperimentConfig
 from wavenet.data import MANIFEST, TFRecordWriter, serialize_example
-from wavenet.errors import DataError
+from wavenet.errors import DataError, one_line
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -187,7 +187,7 @@ def _read(path: str) -> bytes:
     except OSError as e:
         raise _Skip(f"cannot read: {e.strerror or e}") from None
     except Exception as e:  # google-cloud-storage errors (NotFound, Forbidden, ...)
-        raise _Skip(f"cannot read: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise _Skip(f"cannot read: {one_line(e)}") from None
     if not data:
         raise _Skip("empty file (0 bytes)")
     return data
@@ -204,7 +204,7 @@ def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     except sf.LibsndfileError as e:
         raise _Skip(f"not decodable audio: {e.error_string}") from None
     except (RuntimeError, ValueError, TypeError, EOFError) as e:
-        raise _Skip(f"not decodable audio: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise _Skip(f"not decodable audio: {one_line(e, with_type=False)}") from None
     if x.shape[0] == 0:
         raise _Skip("no audio frames")
     if not np.isfinite(x).all():
@@ -272,8 +272,7 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
     except MemoryError:
         return {**record, "status": "skipped", "reason": "out of memory while decoding"}
     except Exception as e:  # one bad file must never end the run
-        msg = str(e).splitlines()[0] if str(e) else ""
-        return {**record, "status": "skipped", "reason": f"unexpected error: {type(e).__name__}: {msg}"}
+        return {**record, "status": "skipped", "reason": f"unexpected error: {one_line(e)}"}
 
 
 def track_codes_path(digest: str, config: ExperimentConfig) -> str:

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from wavenet.errors import TrackingError, WavenetError
+from wavenet.errors import TrackingError, WavenetError, one_line
 
 __all__ = [
     "CHAMPION",
@@ -98,11 +98,6 @@ def model_run_id(uri: str) -> str | None:
         return None
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(getattr(e, "message", None) or e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def use_tracking_uri(tracking_uri: str | None = None) -> str:
     """Point mlflow at the tracking (and registry) store; returns the URI used."""
     import mlflow
@@ -145,7 +140,7 @@ def load_wavenet(uri: str, tracking_uri: str | None = None):
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
         except (MlflowException, OSError) as e:
-            raise TrackingError(f"cannot download model {uri}: {_one_line(e)}") from None
+            raise TrackingError(f"cannot download model {uri}: {one_line(e, with_type=False)}") from None
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(local) for f in fs
                        if f.endswith(".keras"))
         if not files:
@@ -195,7 +190,7 @@ def get_champion(name: str) -> ModelRef | None:
         if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise TrackingError(f"cannot read the {CHAMPION} of registered model {name!r}: "
-                            f"{_one_line(e)}") from None
+                            f"{one_line(e, with_type=False)}") from None
     return ModelRef(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
 
 
@@ -208,7 +203,7 @@ def register(model_uri: str, name: str, tags: dict[str, Any] | None = None) -> M
         mv = mlflow.register_model(model_uri, name,
                                    tags={k: str(v) for k, v in (tags or {}).items()} or None)
     except MlflowException as e:
-        raise TrackingError(f"cannot register {model_uri} as {name!r}: {_one_line(e)}") from None
+        raise TrackingError(f"cannot register {model_uri} as {name!r}: {one_line(e, with_type=False)}") from None
     return ModelRef(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
 
 
@@ -220,7 +215,7 @@ def set_champion(name: str, version: str) -> None:
         _client().set_registered_model_alias(name, CHAMPION, str(version))
     except MlflowException as e:
         raise TrackingError(f"cannot set {CHAMPION} of {name!r} to version {version}: "
-                            f"{_one_line(e)}") from None
+                            f"{one_line(e, with_type=False)}") from None
 
 
 def run_experiment_name(run_id: str) -> str | None:

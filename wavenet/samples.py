@@ -23,7 +23,7 @@ import numpy as np
 
 from wavenet import storage
 from wavenet.config import ExperimentConfig
-from wavenet.errors import ConfigError, DataError
+from wavenet.errors import ConfigError, DataError, one_line
 
 __all__ = ["REPORT_FILE", "SUMMARY_FILE", "clip_labels", "read_validation_codes",
            "prime_codes", "reference_log_mel", "generate_samples"]
@@ -65,7 +65,7 @@ def read_validation_codes(data_dir: str, max_samples: int | None = None) -> list
                 break
     except tf.errors.OpError as e:
         raise DataError(f"cannot read validation shards of {data_dir}: "
-                        f"{e.message.splitlines()[0]}") from None
+                        f"{one_line(e, with_type=False)}") from None
     return out
 
 

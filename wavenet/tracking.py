@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from wavenet.errors import TrackingError
+from wavenet.errors import TrackingError, one_line
 
 __all__ = [
     "DEFAULT_STORE",
@@ -74,11 +74,6 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise TrackingError(f"cannot reach MLflow tracking server at {uri}: {reason}") from None
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 @contextmanager
@@ -143,7 +138,7 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
         raise
     except Exception as e:  # noqa: BLE001 - mlflow raises many types; report one line
         what = f"continue run {run_id}" if run_id else "start a run"
-        raise TrackingError(f"cannot {what} on MLflow at {uri}: {_one_line(e)}") from None
+        raise TrackingError(f"cannot {what} on MLflow at {uri}: {one_line(e)}") from None
     try:
         if run_id is not None and all_tags:
             mlflow.set_tags(all_tags)
@@ -161,7 +156,7 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
             _end_run("FINISHED")
         except Exception as e:  # noqa: BLE001
             raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {uri}: "
-                                f"{_one_line(e)}") from None
+                                f"{one_line(e)}") from None
 
 
 def _set_active_experiment(experiment_id: str) -> None:
@@ -340,7 +335,7 @@ class MetricsBuffer:
             except Exception as e:  # noqa: BLE001 - any failure: keep the metrics, retry later
                 self.failures += 1
                 if self._failed_at is None:
-                    self._warn(f"MLflow at {self.tracking_uri} unreachable ({_one_line(e)}); "
+                    self._warn(f"MLflow at {self.tracking_uri} unreachable ({one_line(e)}); "
                                f"{len(self._pending)} metrics kept, retrying every "
                                f"{self.retry_after_s:g} s")
                 self._failed_at = self._clock()
