@@ -264,7 +264,7 @@ def train_briefly(data_dir, config, steps: int = 60, seed: int = 0):
     import tensorflow as tf
 
     from wavenet.data import train_dataset
-    from wavenet.model import build_model, per_example_bits
+    from wavenet.model import bits_per_sample, build_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(config)
@@ -273,7 +273,7 @@ def train_briefly(data_dir, config, steps: int = 60, seed: int = 0):
     @tf.function
     def step(crops, labels):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(per_example_bits(model, crops, labels, training=True))
+            loss = tf.reduce_mean(bits_per_sample(model, crops, labels, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from wavenet.config import preset
 from wavenet.errors import WavenetError
-from wavenet.model import ResidualBlock, WaveNet, build_model, load_model, per_example_bits, save_model
+from wavenet.model import ResidualBlock, WaveNet, bits_per_sample, build_model, load_model, save_model
 
 
 def tiny(num_classes=0):
@@ -121,7 +121,7 @@ def test_load_errors_are_one_line(tmp_path):
 def test_untrained_loss_is_about_eight_bits():
     model = build_model(tiny())
     crop = np.random.default_rng(4).integers(0, 256, (4, tiny().crop_length))
-    bits = per_example_bits(model, crop).numpy()
+    bits = bits_per_sample(model, crop).numpy()
     assert bits.shape == (4,)
     assert np.all(np.abs(bits - 8.0) < 0.3)
 
@@ -146,7 +146,7 @@ def test_targets_are_shifted_inputs():
     @tf.function
     def step(crop):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(per_example_bits(model, crop, training=True))
+            loss = tf.reduce_mean(bits_per_sample(model, crop, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss

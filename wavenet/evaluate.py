@@ -36,6 +36,7 @@ import numpy as np
 from wavenet import storage
 from wavenet.config import ExperimentConfig
 from wavenet.errors import DataError, one_line
+from wavenet.model import bits_per_sample
 
 __all__ = [
     "CodeCounts",
@@ -172,25 +173,16 @@ def training_code_counts(data_dir: str, quantization_channels: int) -> CodeCount
 
 # -- model scores -----------------------------------------------------------------
 
-def _sum_bits_fn(model, context: int):
-    """A compiled ``(crops, labels) -> (B,)`` summed bits of the last ``window`` codes.
+def _bits_fn(model, context: int):
+    """A compiled ``(crops, labels) -> (B,)`` bits per sample of the last ``window`` codes.
 
     Crops carry ``context >= receptive_field`` codes in front of the scored
     window, so models with different receptive fields score the same samples.
     """
     import tensorflow as tf
 
-    conditioned = model.config.conditioned
-
-    @tf.function(reduce_retracing=True)
-    def fn(crops, labels):
-        inputs, targets = crops[:, :-1], crops[:, context:]
-        x = {"codes": inputs, "labels": labels} if conditioned else inputs
-        logits = tf.cast(model(x, training=False)[:, context - 1:, :], tf.float32)
-        nats = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-        return tf.reduce_sum(tf.cast(nats, tf.float64), axis=-1) / math.log(2.0)
-
-    return fn
+    return tf.function(lambda crops, labels: bits_per_sample(model, crops, labels, context=context),
+                       reduce_retracing=True)
 
 
 def _check_model_fits_data(model, manifest: dict[str, Any], what: str) -> None:
@@ -234,7 +226,7 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
     context, window = widest.receptive_field, config.evaluate.window
     uni, bi = baseline_log2_probs(counts, config.evaluate.unigram_smoothing,
                                   config.evaluate.bigram_smoothing)
-    fns = [_sum_bits_fn(m, context) for m in models]
+    fns = [_bits_fn(m, context) for m in models]
     ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size)
     per_label: dict[int, dict[str, Any]] = {}
     for crops, labels in ds:
@@ -244,7 +236,8 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         base = {"uniform": np.full(len(c), math.log2(q) * window),
                 "unigram": -uni[targets].sum(axis=1),
                 "bigram": -bi[prev, targets].sum(axis=1)}
-        model_bits = [fn(crops, labels).numpy() for fn in fns]
+        # Summed bits per window, in float64 so that thousands of windows add up exactly.
+        model_bits = [fn(crops, labels).numpy().astype(np.float64) * window for fn in fns]
         for i, label in enumerate(lab.tolist()):
             t = per_label.setdefault(int(label), {
                 "samples": 0, "windows": 0, "models": [0.0] * len(models),

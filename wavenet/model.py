@@ -32,7 +32,7 @@ __all__ = [
     "WaveNet",
     "build_model",
     "split_crop",
-    "per_example_bits",
+    "bits_per_sample",
     "save_model",
     "load_model",
 ]
@@ -226,30 +226,39 @@ def build_model(config: ExperimentConfig) -> WaveNet:
     return model
 
 
-def split_crop(crop, receptive_field: int):
-    """Teacher forcing: a crop of R + W codes -> inputs (R + W - 1) and targets (W).
+def split_crop(crop, context: int):
+    """Teacher forcing: a crop of C + W codes -> inputs (C + W - 1) and targets (W).
 
-    The logits at input position t predict code t+1; positions t >= R - 1 see
-    a full receptive field, and their targets are ``crop[:, R:]``.
+    The logits at input position t predict code t+1; positions t >= C - 1 see
+    at least C codes (a full receptive field when C is the model's), and their
+    targets are ``crop[:, C:]``.
     """
-    return crop[:, :-1], crop[:, receptive_field:]
+    return crop[:, :-1], crop[:, context:]
 
 
-def per_example_bits(model: WaveNet, crop, labels=None, training: bool = False):
-    """Mean negative log-likelihood, in bits per predicted sample, per example.
+def bits_per_sample(model: WaveNet, crop, labels=None, *, context: int | None = None,
+                    training: bool = False):
+    """Mean negative log-likelihood in bits per predicted sample, per example.
+
+    The one definition of the objective: training minimises it, validation
+    and evaluation report it.
 
     Args:
         model: a WaveNet.
-        crop: (B, receptive_field + W) int codes.
-        labels: (B,) int labels for a conditioned model.
+        crop: (B, context + W) int codes.
+        labels: (B,) int labels for a conditioned model (ignored otherwise).
+        context: codes in front of the W predicted ones; default the model's
+            receptive field. Evaluation passes the widest receptive field of
+            the models it compares, so that all of them score the same samples.
+        training: passed to the model.
 
     Returns:
-        (B,) float32 bits per sample over the W fully-contexted positions.
+        (B,) float32 bits per sample over the W predicted positions.
     """
-    rf = model.receptive_field
-    inputs, targets = split_crop(crop, rf)
+    context = model.receptive_field if context is None else context
+    inputs, targets = split_crop(crop, context)
     x = {"codes": inputs, "labels": labels} if model.config.conditioned else inputs
-    logits = model(x, training=training)[:, rf - 1:, :]  # (B, W, Q)
+    logits = model(x, training=training)[:, context - 1:, :]  # (B, W, Q)
     nats = keras.losses.sparse_categorical_crossentropy(
         ops.cast(targets, "int32"), logits, from_logits=True)  # (B, W)
     return ops.mean(nats, axis=-1) / LN2

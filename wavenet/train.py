@@ -421,7 +421,7 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
 
     from wavenet import tracking
     from wavenet.data import train_dataset, validation_dataset
-    from wavenet.model import build_model, per_example_bits
+    from wavenet.model import bits_per_sample, build_model
 
     replicas = strategy.num_replicas_in_sync
     _check_batch(cfg, replicas)
@@ -489,7 +489,7 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
 
     def forward_backward(crops, labels):
         with tf.GradientTape() as tape:
-            bits = per_example_bits(model, crops, labels if conditioned else None, training=True)
+            bits = bits_per_sample(model, crops, labels if conditioned else None, training=True)
             # Sum over this replica's examples / global batch: after the
             # all-reduce sum this is the mean over the global batch.
             loss = tf.nn.compute_average_loss(bits, global_batch_size=g)
@@ -749,12 +749,12 @@ def _probe_gradients(model, cfg: ExperimentConfig) -> list:
     """Gradients of a one-example loss (to find variables that never get one)."""
     import tensorflow as tf
 
-    from wavenet.model import per_example_bits
+    from wavenet.model import bits_per_sample
 
     crops = tf.zeros((1, cfg.crop_length), tf.int32)
     labels = tf.zeros((1,), tf.int32) if cfg.model.conditioned else None
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(per_example_bits(model, crops, labels))
+        loss = tf.reduce_sum(bits_per_sample(model, crops, labels))
     return tape.gradient(loss, model.trainable_variables)
 
 
@@ -762,8 +762,8 @@ def tf_function_for(model, cfg: ExperimentConfig):
     """A compiled ``(crops, labels) -> (B,) bits`` for ``model``."""
     import tensorflow as tf
 
-    from wavenet.model import per_example_bits
+    from wavenet.model import bits_per_sample
 
     conditioned = cfg.model.conditioned
-    return tf.function(lambda c, lab: per_example_bits(model, c, lab if conditioned else None),
+    return tf.function(lambda c, lab: bits_per_sample(model, c, lab if conditioned else None),
                        reduce_retracing=True)
