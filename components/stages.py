@@ -155,15 +155,17 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
     from wavenet import storage
 
     cfg = runtime.build_config(preset, config_yaml)
+    if steps:
+        cfg = cfg.with_overrides({"train.steps": steps})
     name = runtime.run_name(cfg.preset, data_version)
     init_model = runtime.champion_uri(cfg, tracking_uri) if warm_start else None
     if not on_cluster:
         from wavenet.train import train
 
         result = train(runtime.data_location(shards.path, shards.uri, shards.metadata), model.path,
-                       cfg, workers=workers, steps=steps or None, tracking_uri=tracking_uri or None,
+                       cfg, workers=workers, tracking_uri=tracking_uri or None,
                        experiment=experiment or None, run_name=name, progress=False,
-                       init_model=init_model, environ={**os.environ, "KFP_RUN_ID": kfp_run_id})
+                       init_model=init_model, kfp_run_id=kfp_run_id, environ=os.environ)
         summary, run_id = dict(result.summary), result.run_id or ""
     else:
         from wavenet import tfjob

@@ -11,6 +11,7 @@ so a tracking outage never stops training and never loses a metric.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
 import json
 import os
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_STORE",
     "FAST_FAIL_HTTP_ENV",
     "resolve_tracking_uri",
+    "run_name",
     "check_tracking_server",
     "start_run",
     "run_exists",
@@ -58,6 +60,18 @@ def resolve_tracking_uri(uri: str | None = None, environ: Mapping[str, str] | No
     if uri:
         return uri
     return "sqlite:///" + os.path.abspath(DEFAULT_STORE)
+
+
+def run_name(preset: str, data_id: str, when: datetime.datetime | None = None) -> str:
+    """``<preset>-<data id>-<UTC start>``: training runs tell themselves apart in the MLflow UI.
+
+    Args:
+        preset: the config's preset name.
+        data_id: a short name of the data (a hash prefix, or ``d<data version>``).
+        when: the start time (default now).
+    """
+    when = when or datetime.datetime.now(datetime.UTC)
+    return f"{preset}-{data_id}-{when.strftime('%Y%m%dT%H%M%SZ')}"
 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
