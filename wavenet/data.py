@@ -37,6 +37,7 @@ __all__ = [
     "local_shard_paths",
     "default_cache_dir",
     "read_manifest",
+    "data_version",
     "train_dataset",
     "validation_dataset",
 ]
@@ -173,6 +174,15 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
         raise DataError(f"{path} has no 'shards' list: not a manifest written by `wavenet preprocess`")
     return manifest
+
+
+def data_version(manifest: dict[str, Any]) -> str:
+    """Short content version of a shard set: a digest of its shards' sha256s (and sizes).
+
+    Identical shards give the same version whichever run or machine wrote them.
+    """
+    key = sorted((s["path"], s["sha256"], s.get("examples")) for s in manifest["shards"])
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _shards(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
