@@ -1,7 +1,7 @@
 import pytest
 from conftest import tiny_config
 
-from wavenet import registry
+from wavenet import registry, tracking
 from wavenet.errors import TrackingError, WavenetError
 from wavenet.evaluate import evaluate
 from wavenet.model import load_model
@@ -49,9 +49,9 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("train-test")
     with mlflow.start_run() as train_run:
-        logged_uri = registry.log_wavenet(load_model(trained_model_path), name="model")
+        logged_uri = tracking.log_model(load_model(trained_model_path), name="model")
     assert logged_uri.startswith("models:/m-")
-    assert registry.model_run_id(logged_uri) == train_run.info.run_id
+    assert tracking.model_run_id(logged_uri) == train_run.info.run_id
     runs_uri = f"runs:/{train_run.info.run_id}/model"
     second = evaluate(runs_uri, eval_data, cfg, **kw)
     g2 = second["gate"]
@@ -105,6 +105,6 @@ def test_uri_helpers():
     assert registry.is_mlflow_uri("runs:/abc/model") and registry.is_mlflow_uri("models:/n@champion")
     assert not registry.is_mlflow_uri("/tmp/model.keras")
     assert not registry.is_mlflow_uri("gs://bucket/model.keras")
-    assert registry.source_run_id("runs:/abc123/model") == "abc123"
-    assert registry.source_run_id("models:/x/1") is None
-    assert registry.metric_key("eval", "label", "jazz & blues?") == "eval/label/jazz _ blues_"
+    assert tracking.source_run_id("runs:/abc123/model") == "abc123"
+    assert tracking.source_run_id("models:/x/1") is None
+    assert tracking.metric_key("eval", "label", "jazz & blues?") == "eval/label/jazz _ blues_"

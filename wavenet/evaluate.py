@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from wavenet import storage
+from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
+from wavenet.data import read_manifest
 from wavenet.errors import DataError, one_line
 from wavenet.model import bits_per_sample
 
@@ -317,9 +318,6 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         kept), "champion_uri": "models:/NAME@champion", "evaluation": the
         scores of the new model on the shared windows (see :func:`score_models`)}``.
     """
-    from wavenet import registry
-    from wavenet.data import read_manifest
-
     name = config.evaluate.registered_model_name
     margin = float(config.evaluate.promotion_margin_bits)
     counts = counts or training_code_counts(data_dir, model.config.quantization_channels)
@@ -341,10 +339,10 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         source = model_uri if model_uri and (model_uri.startswith("runs:/")
                                              or model_uri.startswith("models:/m-")) else None
         if source is None:
-            source = registry.log_wavenet(model, name="model")
+            source = tracking.log_model(model, name="model")
         ref = registry.register(source, name, tags={
             "validation_bits_per_sample": f"{new_bits:.6f}", "data": data_label or data_dir,
-            "evaluation_run_id": registry.active_run_id() or ""})
+            "evaluation_run_id": tracking.active_run_id() or ""})
         registry.set_champion(name, ref.version)
         new_version = ref.version
     else:
@@ -362,15 +360,15 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "registered_uri": source,
         "champion_uri": f"models:/{name}@{registry.CHAMPION}",
     }
-    if registry.active_run_id():
-        registry.log_metrics({"gate/new_bits": new_bits, "gate/champion_bits": champion_bits,
+    if tracking.active_run_id():
+        tracking.log_metrics({"gate/new_bits": new_bits, "gate/champion_bits": champion_bits,
                               "gate/improvement_bits": decision["improvement_bits"],
                               "gate/promoted": float(promoted)})
-        registry.set_tags({"gate.decision": "promoted" if promoted else "kept",
+        tracking.set_tags({"gate.decision": "promoted" if promoted else "kept",
                            "gate.reason": reason, "gate.registered_model": name,
                            "gate.champion_version": decision["champion_version"] or "",
                            "gate.new_version": new_version or ""})
-        registry.log_dict(decision, "gate.json")
+        tracking.log_dict(decision, "gate.json")
     decision["evaluation"] = scores
     return decision
 
@@ -436,10 +434,6 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         ``evaluation``) and ``"promoted"`` when ``gate`` is true. Bits are per
         predicted sample.
     """
-    from wavenet import registry
-    from wavenet.data import read_manifest
-    from wavenet.tracking import start_run
-
     model_uri = model if isinstance(model, str) else None
     manifest = read_manifest(data_dir)
     net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
@@ -448,12 +442,12 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
     counts = training_code_counts(data_dir, net.config.quantization_channels)
     names = _label_names(manifest)
 
-    exp, tags = registry.run_placement(model_uri, experiment, config.name)
+    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
     tags.update({"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
                  "wavenet.data": data_dir})
     params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
               "eval.gate": gate}
-    with start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
+    with tracking.start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
                    params=params) as run:
         if gate:
             decision = _gate(net, data_dir, ecfg, model_uri=model_uri, counts=counts)
@@ -475,15 +469,15 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         for n, v in result["baselines"].items():
             metrics[f"eval/baseline_{n}_bits"] = v
         for label, t in result["per_label"].items():
-            metrics[registry.metric_key("eval", "label", label, "bits_per_sample")] = \
+            metrics[tracking.metric_key("eval", "label", label, "bits_per_sample")] = \
                 t["bits_per_sample"]
-            metrics[registry.metric_key("eval", "label", label, "samples")] = t["samples"]
-        registry.log_metrics(metrics)
-        src_run = registry.model_run_id(model_uri) if model_uri else None
+            metrics[tracking.metric_key("eval", "label", label, "samples")] = t["samples"]
+        tracking.log_metrics(metrics)
+        src_run = tracking.model_run_id(model_uri) if model_uri else None
         if src_run:
             # The held-out score also lands on the training run, so training runs
             # compare by it in the MLflow UI.
-            registry.log_metrics_to_run(src_run, {k: metrics[k] for k in (
+            tracking.log_metrics_to_run(src_run, {k: metrics[k] for k in (
                 "eval/bits_per_sample", "eval/baseline_unigram_bits", "eval/baseline_bigram_bits")})
         result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
         text = json.dumps(result, indent=2, sort_keys=True)
@@ -492,5 +486,5 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(tmp, METRICS_FILE), "w") as f:
                 f.write(text)
-            registry.log_artifacts(tmp, "evaluation")
+            tracking.log_artifacts([os.path.join(tmp, METRICS_FILE)], "evaluation")
     return result

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from wavenet import storage
+from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError, DataError, one_line
 
@@ -141,13 +141,11 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     """
     from tqdm.auto import tqdm
 
-    from wavenet import registry
     from wavenet.audio import mu_law_decode
     from wavenet.data import read_manifest
     from wavenet.generate import FastGenerator
     from wavenet.quality import analyze
     from wavenet.report import render_html, spectrogram_png, wav_bytes
-    from wavenet.tracking import start_run
 
     g = config.generate
     model_uri = model if isinstance(model, str) else None
@@ -206,12 +204,12 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
                              "wav_file": name + ".wav", "png": png, "png_file": name + ".png",
                              "metrics": quality["metrics"], "warnings": quality["warnings"]})
 
-    exp, tags = registry.run_placement(model_uri, experiment, config.name)
+    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
     tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
                  "wavenet.data": data_dir or ""})
     params = {**ecfg.flat(), "generate.model": model_uri or "<in memory>",
               "generate.data": data_dir or ""}
-    with start_run(exp, run_name=run_name or "generate", tracking_uri=tracking_uri, tags=tags,
+    with tracking.start_run(exp, run_name=run_name or "generate", tracking_uri=tracking_uri, tags=tags,
                    params=params) as run:
         result: dict[str, Any] = {
             "model": model_uri or "<in memory>", "data": data_dir, "out_dir": out_dir,
@@ -239,13 +237,13 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
                                      "generate/warnings": float(len(all_warnings))}
         for clip in clips:
             for k, v in clip["metrics"].items():
-                metrics[registry.metric_key("quality", clip["name"], k)] = v
+                metrics[tracking.metric_key("quality", clip["name"], k)] = v
         for k in clips[0]["metrics"]:
-            metrics[registry.metric_key("quality", "mean", k)] = float(
+            metrics[tracking.metric_key("quality", "mean", k)] = float(
                 np.mean([c["metrics"][k] for c in clips]))
-        registry.log_metrics(metrics)
-        registry.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
-        registry.log_artifact_files([os.path.join(local_dir, f) for f in written], "samples")
+        tracking.log_metrics(metrics)
+        tracking.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
+        tracking.log_artifacts([os.path.join(local_dir, f) for f in written], "samples")
     if staged:
         try:
             for fname in written:

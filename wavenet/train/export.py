@@ -127,7 +127,7 @@ def _log_outputs(model: WaveNet, summary: dict[str, Any], out: str, buffer: trac
     sent = buffer.flush(force=True)
     error = None
     try:
-        summary["model_uri"] = tracking.log_keras_model(model, name="model")
+        summary["model_uri"] = tracking.log_model(model, name="model")
     except Exception as e:  # noqa: BLE001 - any MLflow failure: keep the local results
         summary["model_uri"], error = None, one_line(e)
     storage.write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -7,7 +7,7 @@ into ``RUN_DIR/init_model.keras``, which every worker (or TFJob pod) opens.
 
 from __future__ import annotations
 
-from wavenet import registry, storage
+from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig, ModelConfig
 from wavenet.errors import ConfigError
 from wavenet.model import WaveNet, load_model, save_model
@@ -46,7 +46,7 @@ def champion_init_model(cfg: ExperimentConfig, tracking_uri: str | None) -> str 
     The first run of a schedule has no champion, and a changed architecture
     cannot reuse its weights: both train from scratch and say so.
     """
-    registry.use_tracking_uri(tracking_uri)
+    tracking.use_tracking_uri(tracking_uri)
     name = cfg.evaluate.registered_model_name
     champion = registry.get_champion(name)
     if champion is None:
