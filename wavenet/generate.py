@@ -125,10 +125,10 @@ def _step(codes, want_logits, t, params, state, logits):
     """Advance every stream by one input code (B,) and, if asked, fill logits (B, Q).
 
     params: (emb (Q,R), flat weights, woff (L+1, 3) offsets of each layer's
-             filter-gate (kR,2G), skip (G,S) and residual (G,R) kernels in flat (last
-             row: head_hidden (S,S) and head_logits (S,Q)), bfg (L,B,2G) bias plus
-             label embedding, bres (L,R), bskip (S,) summed over layers, bh (S,),
-             bo (Q,), dil (L,), qoff (L,))
+             filter-gate (kR,2G), skip (G,S) and residual (G,R) kernels in flat (the
+             last layer is skip-only; last row: head_hidden (S,S) and head_logits
+             (S,Q)), bfg (L,B,2G) bias plus label embedding, bres (L-1,R), bskip (S,)
+             summed over layers, bh (S,), bo (Q,), dil (L,), qoff (L,))
     state:  (queue (sum_l (k-1)*d_l, B, R), x (B,R), xin (B,kR), z (B,2G), h (B,G),
              skip (B,S), hid (B,S))
     """
@@ -176,7 +176,7 @@ def _step(codes, want_logits, t, params, state, logits):
                     _F32(1.0) + _exp32(-g))
         o = woff[layer, 1]
         _matmul_acc(h, flat[o:o + ng * ns].reshape((ng, ns)), skip)
-        if layer + 1 < nl:  # the last layer's residual output feeds nothing
+        if layer + 1 < nl:  # the last layer is skip-only (the model's, too)
             for b in range(nb):
                 x[b, :] += bres[layer]
             o = woff[layer, 2]
@@ -343,23 +343,23 @@ class FastGenerator:
                                             "(did training diverge?). Received: a model with non-finite weights")
         # All matmul weights in one buffer, in the order a step reads them, so
         # one sample's 3.5 MB (bench preset) streams through the cache sequentially.
-        mats = []
-        for bl in blocks:
-            mats += [arr(bl.filter_gate_kernel).reshape(k * r, 2 * g), arr(bl.skip_kernel),
-                     arr(bl.residual_kernel)]
-        mats += [arr(model.head_hidden.kernel), arr(model.head_logits.kernel)]
-        sizes = [m.size for m in mats]
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        rows = [[arr(bl.filter_gate_kernel).reshape(k * r, 2 * g), arr(bl.skip_kernel)]
+                + ([] if bl.skip_only else [arr(bl.residual_kernel)]) for bl in blocks]
+        rows.append([arr(model.head_hidden.kernel), arr(model.head_logits.kernel)])
+        sizes = [m.size for row in rows for m in row]
         self._flat = _aligned_empty(int(sum(sizes)))
-        for st, m in zip(starts, mats):
-            self._flat[st:st + m.size] = m.ravel()
         self._woff = np.zeros((len(blocks) + 1, 3), np.int64)
-        self._woff[:-1] = starts[:-2].reshape(len(blocks), 3)
-        self._woff[-1, :2] = starts[-2:]
+        start = 0
+        for i, row in enumerate(rows):
+            for j, m in enumerate(row):
+                self._flat[start:start + m.size] = m.ravel()
+                self._woff[i, j] = start
+                start += m.size
         self._bfg = np.stack([arr(bl.filter_gate_bias) for bl in blocks])  # (L, 2G)
         self._cond = (np.stack([arr(bl.condition_embedding) for bl in blocks])
                       if c.conditioned else None)  # (L, C, 2G)
-        self._bres = np.stack([arr(bl.residual_bias) for bl in blocks])
+        self._bres = np.asarray([arr(bl.residual_bias) for bl in blocks if not bl.skip_only],
+                                np.float32).reshape(-1, r)  # (L-1, R)
         self._bskip = np.ascontiguousarray(np.sum([arr(bl.skip_bias) for bl in blocks], axis=0,
                                                   dtype=f32))
         self._bh = arr(model.head_hidden.bias)

@@ -24,15 +24,6 @@ from wavenet.train.setup import Trainer
 __all__ = ["make_train_step", "bits_fn", "Validation"]
 
 
-def _probe_gradients(model, cfg: ExperimentConfig) -> list:
-    """Gradients of a one-example loss (to find variables that never get one)."""
-    crops = tf.zeros((1, cfg.crop_length), tf.int32)
-    labels = tf.zeros((1,), tf.int32) if cfg.model.conditioned else None
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(bits_per_sample(model, crops, labels))
-    return tape.gradient(loss, model.trainable_variables)
-
-
 def make_train_step(trainer: Trainer) -> Callable[[Iterator], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
     """A compiled step: ``iterator -> (bits per sample, gradient norm, learning rate)``.
 
@@ -55,16 +46,11 @@ def make_train_step(trainer: Trainer) -> Callable[[Iterator], tuple[tf.Tensor, t
     if trainer.jit:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
-    # The last block's residual output feeds nothing (only its skip does), so
-    # its residual weights get no gradient; leave them out of the update.
-    trained = [v for v, gr in zip(model.trainable_variables, _probe_gradients(model, trainer.cfg))
-               if gr is not None]
-
     def replica_step(crops, labels):
         loss, grads = forward_backward(crops, labels)
         # Dense gradients (the embedding's arrive as IndexedSlices): one fixed
         # all-reduce layout, and the same summation whatever the batch holds.
-        grads = [tf.convert_to_tensor(gr) for gr in grads if gr is not None]
+        grads = [tf.convert_to_tensor(gr) for gr in grads]
         ctx = tf.distribute.get_replica_context()
         reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [loss] + grads)
         loss, grads = reduced[0], reduced[1:]
@@ -75,7 +61,7 @@ def make_train_step(trainer: Trainer) -> Callable[[Iterator], tuple[tf.Tensor, t
             # clipping them at clip * scale is clipping the true ones at clip.
             grads, _ = tf.clip_by_global_norm(grads, t.gradient_clip_norm * scale, use_norm=norm)
         learning_rate = tf.cast(optimizer.learning_rate, tf.float32)  # for this update
-        optimizer.apply(grads, trained)
+        optimizer.apply(grads, model.trainable_variables)
         return loss, norm / scale, learning_rate
 
     @tf.function
