@@ -117,7 +117,6 @@ def merge_shards(partials: Input[list[Dataset]], config: str, shards_uri: str,
     from components import runtime
     from wavenet import storage
     from wavenet.config import ExperimentConfig
-    from wavenet.data import data_version
     from wavenet.preprocess import merge_manifests
 
     paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
@@ -125,11 +124,12 @@ def merge_shards(partials: Input[list[Dataset]], config: str, shards_uri: str,
     manifest = merge_manifests(paths, shards_uri or shards.path, ExperimentConfig.from_yaml(config))
     if shards_uri:
         # A copy of the manifest keeps lineage in the artifact store.
-        storage.write_text_atomic(os.path.join(shards.path, "manifest.json"), json.dumps(manifest))
+        storage.write_text_atomic(os.path.join(shards.path, "manifest.json"),
+                                  json.dumps(manifest.to_dict()))
         shards.metadata["data_dir"] = shards_uri
-    version = data_version(manifest)
-    shards.metadata.update({"data_version": version, "shards": len(manifest.get("shards", [])),
-                            **runtime.numeric_metrics(manifest.get("summary", {}), "summary.")})
+    version = manifest.data_version
+    shards.metadata.update({"data_version": version, "shards": len(manifest.shards),
+                            **runtime.numeric_metrics(manifest.to_dict()["summary"], "summary.")})
     return version
 
 

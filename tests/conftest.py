@@ -2,8 +2,6 @@
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import signal
@@ -38,35 +36,22 @@ def synthetic_codes(length: int, rng: np.random.Generator, quantization_channels
 def write_shards(root, *, train_shards: int = 2, validation_shards: int = 1,
                  examples_per_shard: int = 3, length: int = 4000, labels=("a", "b"),
                  seed: int = 0) -> Path:
-    """Write a dataset in the real shard format (TFRecords + manifest.json) under ``root``.
+    """Write a dataset in the real format under ``root``, through the library's one writer.
 
-    Follows the contract of ``wavenet.data``: ``manifest["shards"]`` entries with
-    path (relative), split, examples, samples, sha256; ``labels``; ``summary``.
+    ``train_shards`` training shards of ``examples_per_shard`` synthetic tracks
+    each, and ``validation_shards * examples_per_shard`` validation tracks (in as
+    many shards as training has: the writer uses one shard count for both splits).
     """
-    import tensorflow as tf
+    from wavenet.config import preset
+    from wavenet.shards import dataset_from_codes
 
-    from wavenet.data import MANIFEST, serialize_example
-
-    root = Path(root)
     rng = np.random.default_rng(seed)
-    shards = []
-    for split, count in (("train", train_shards), ("validation", validation_shards)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            rel = f"{split}/shard-{i:05d}-of-{count:05d}.tfrecord"
-            with tf.io.TFRecordWriter(str(root / rel)) as w:
-                for j in range(examples_per_shard):
-                    codes = synthetic_codes(length, rng)
-                    w.write(serialize_example(codes, j % len(labels), f"{split}-{i}-{j}"))
-            data = (root / rel).read_bytes()
-            shards.append({"path": rel, "split": split, "examples": examples_per_shard,
-                           "samples": examples_per_shard * length,
-                           "sha256": hashlib.sha256(data).hexdigest()})
-    manifest = {"shards": shards, "labels": list(labels),
-                "summary": {"processed": (train_shards + validation_shards) * examples_per_shard,
-                            "skipped": 0}}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return root
+    examples = [(synthetic_codes(length, rng), labels[j % len(labels)], split)
+                for split, count in (("train", train_shards), ("validation", validation_shards))
+                for _ in range(count) for j in range(examples_per_shard)]
+    cfg = preset("tiny").with_overrides({"data.num_shards": train_shards})
+    dataset_from_codes(str(root), cfg, examples, labels=list(labels))
+    return Path(root)
 
 
 @pytest.fixture(scope="session")
@@ -213,34 +198,21 @@ def _tone(seconds: float, f0: float, sr: int, phase: float) -> np.ndarray:
 
 def write_shard_dataset(root, config, labels=EVAL_LABELS, train_seconds=0.5, val_seconds=0.2,
                         train_examples=3, val_examples=1):
-    """Write manifest.json + train/validation TFRecord shards like `wavenet preprocess`."""
-    import tensorflow as tf
-
+    """A labelled dataset in the real format (one shard per split), through the library's one writer."""
     from wavenet.audio import mu_law_encode
-    from wavenet.data import MANIFEST, serialize_example
+    from wavenet.shards import dataset_from_codes
 
     sr, q = config.audio.sample_rate, config.audio.quantization_channels
-    shards = []
+    examples = []
     for split, seconds, count in (("train", train_seconds, train_examples),
                                   ("validation", val_seconds, val_examples)):
-        rel = f"{split}/shard-00000-of-00001.tfrecord"
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        samples = 0
-        with tf.io.TFRecordWriter(str(path)) as w:
-            for label, _ in enumerate(labels):
-                for i in range(count):
-                    f0 = 220.0 * (1.5 ** label) * (1 + 0.02 * i)
-                    codes = mu_law_encode(_tone(seconds, f0, sr, phase=0.3 * i + (split == "validation")), q)
-                    w.write(serialize_example(codes, label, f"{split}-{label}-{i}"))
-                    samples += len(codes)
-        shards.append({"path": rel, "split": split, "examples": count * len(labels),
-                       "samples": samples,
-                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    manifest = {"shards": shards, "labels": list(labels),
-                "summary": {"processed": len(labels) * (train_examples + val_examples), "skipped": 0},
-                "sample_rate": sr, "quantization_channels": q}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        for label, name in enumerate(labels):
+            for i in range(count):
+                f0 = 220.0 * (1.5 ** label) * (1 + 0.02 * i)
+                wave = _tone(seconds, f0, sr, phase=0.3 * i + (split == "validation"))
+                examples.append((mu_law_encode(wave, q), name, split))
+    dataset_from_codes(str(root), config.with_overrides({"data.num_shards": 1}), examples,
+                       labels=list(labels))
     return str(root)
 
 

@@ -4,6 +4,7 @@ import datetime as dt
 import json
 import os
 
+import numpy as np
 import pytest
 import yaml
 from kfp import dsl, local
@@ -11,9 +12,10 @@ from kfp import dsl, local
 from components import runtime
 from wavenet import cli
 from wavenet.config import overrides_from_yaml, preset, resolve_config
-from wavenet.data import data_version
 from wavenet.errors import ConfigError
-from wavenet.preprocess import known_tracks, track_codes_path
+from wavenet.manifest import Shard, read_manifest, shards_version
+from wavenet.preprocess import known_tracks
+from wavenet.shards import dataset_from_codes
 from wavenet.tracking import run_name
 from wavenet.train import champion_init_model, train_command
 
@@ -21,6 +23,7 @@ from wavenet.train import champion_init_model, train_command
 def build_config(preset_name, text):
     """What the first pipeline step does with its ``preset`` and ``config_yaml`` parameters."""
     return resolve_config(preset_name, overrides=overrides_from_yaml(text))
+
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -72,29 +75,21 @@ def test_relative_names_and_join_root_round_trip_for_folders_and_buckets(tmp_pat
 
 
 def test_data_version_follows_shard_content_only():
-    m = {"shards": [{"path": "train/shard-a", "sha256": "1" * 64, "examples": 3},
-                    {"path": "validation/shard-b", "sha256": "2" * 64, "examples": 1}],
-         "created": "now"}
-    v = data_version(m)
+    shards = [Shard("train/shard-a", "train", 3, 900, "1" * 64),
+              Shard("validation/shard-b", "validation", 1, 300, "2" * 64)]
+    v = shards_version(shards)
     assert len(v) == 10
-    assert data_version({**m, "created": "later", "shards": m["shards"][::-1]}) == v
-    changed = {"shards": [dict(m["shards"][0], sha256="3" * 64), m["shards"][1]]}
-    assert data_version(changed) != v
+    assert shards_version(shards[::-1]) == v  # order (and anything but the shards) does not count
+    changed = [Shard("train/shard-a", "train", 3, 900, "3" * 64), shards[1]]
+    assert shards_version(changed) != v
 
 
 def test_known_tracks_count_only_when_the_audio_settings_match(tmp_path):
     cfg = preset("tiny")
     assert frozenset(known_tracks(str(tmp_path / "none"), cfg)) == frozenset()
-    codes = track_codes_path("a" * 64, cfg)
-    (tmp_path / "tracks").mkdir()
-    (tmp_path / codes).write_bytes(b"")
-    entry = {"sha256": "a" * 64, "codes": codes, "path": "x.wav"}
-    from wavenet.preprocess import MANIFEST_VERSION
-
-    manifest = {"version": MANIFEST_VERSION, "audio": cfg.to_dict()["audio"], "files": [entry],
-                "shards": []}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert frozenset(known_tracks(str(tmp_path), cfg)) == {"a" * 64}
+    m = dataset_from_codes(str(tmp_path), cfg, [(np.full(4000, 7, np.uint8), "g", "train")])
+    (track,) = m.files
+    assert frozenset(known_tracks(str(tmp_path), cfg)) == {track.sha256}
     other = cfg.with_overrides({"audio.sample_rate": 8000})
     assert frozenset(known_tracks(str(tmp_path), other)) == frozenset()
 
@@ -158,7 +153,7 @@ def test_demo_corpus_is_listed_preprocessed_in_parallel_and_merged(local_root):
     for s in manifest["shards"]:
         assert os.path.exists(os.path.join(shards.path, s["path"]))
     assert sum(s["examples"] for s in manifest["shards"] if s["split"] == "train") > 0
-    assert shards.metadata["data_version"] == data_version(manifest)
+    assert shards.metadata["data_version"] == read_manifest(shards.path).data_version
     # Two partitions ran as two ParallelFor iterations.
     iterations = [p for p in local_root.rglob("preprocess-partition") if p.is_dir()]
     assert len(iterations) == 2
@@ -176,8 +171,7 @@ def test_persistent_shards_uri_reuses_earlier_preprocessing(local_root, tmp_path
     second = data_stages(source_uri=str(audio), shards_uri=store, demo_seconds=0.0).outputs["Output"]
     assert second.metadata["summary.processed"] == 0 and second.metadata["summary.unchanged"] == 3
     assert second.metadata["data_version"] == first.metadata["data_version"]
-    on_disk = json.loads(open(os.path.join(store, "manifest.json")).read())
-    assert data_version(on_disk) == second.metadata["data_version"]
+    assert read_manifest(store).data_version == second.metadata["data_version"]
 
 
 def test_empty_source_folder_fails_the_list_step_with_a_clear_message(local_root, tmp_path, capfd):

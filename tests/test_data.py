@@ -10,18 +10,12 @@ import pytest
 import tensorflow as tf
 
 from wavenet.config import preset
-from wavenet.data import (
-    TFRecordWriter,
-    parse_example,
-    read_manifest,
-    serialize_example,
-    shard_paths,
-    train_dataset,
-    validation_dataset,
-)
+from wavenet.data import parse_example, shard_paths, train_dataset, validation_dataset
 from wavenet.demo import make_demo_corpus
 from wavenet.errors import DataError
+from wavenet.manifest import read_manifest
 from wavenet.preprocess import preprocess
+from wavenet.shards import TFRecordWriter, serialize_example
 
 CFG = preset("tiny")
 
@@ -70,8 +64,8 @@ def data_dir(tmp_path_factory):
 
 def track_codes(data_dir: str, split: str) -> dict[str, tuple[np.ndarray, int]]:
     m = read_manifest(data_dir)
-    return {f["sha256"]: (np.load(os.path.join(data_dir, f["codes"])).astype(np.int32), f["label_id"])
-            for f in m["files"] if f["split"] == split}
+    return {f.sha256: (np.load(os.path.join(data_dir, f.codes)).astype(np.int32), f.label_id)
+            for f in m.files if f.split == split}
 
 
 def test_train_batches_are_crops_of_training_tracks_with_their_labels(data_dir):
@@ -100,9 +94,9 @@ def test_validation_is_deterministic_and_covers_every_window(data_dir):
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
     m = read_manifest(data_dir)
     expected = 0
-    for s in m["shards"]:
-        if s["split"] == "validation" and s["examples"]:
-            for r in tf.data.TFRecordDataset(os.path.join(data_dir, s["path"])):
+    for s in m.shards:
+        if s.split == "validation" and s.examples:
+            for r in tf.data.TFRecordDataset(os.path.join(data_dir, s.path)):
                 expected += (parse_example(r)[0].shape[0] - rf) // window
     crops = np.concatenate([b[0].numpy() for b in batches])
     assert crops.shape == (expected, rf + window)
@@ -119,13 +113,13 @@ def test_workers_read_disjoint_shards_and_too_few_shards_is_a_clear_error(data_d
     # FILE sharding: pipeline i reads only shard i, so its crops come from tracks with a chunk there.
     tracks = track_codes(data_dir, "train")
     m = read_manifest(data_dir)
-    files = [s["path"] for s in m["shards"] if s["split"] == "train" and s["examples"]]
+    files = [s.path for s in m.shards if s.split == "train" and s.examples]
     for i in range(3):
         ctx = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=i)
         crops = next(iter(train_dataset(data_dir, CFG, batch_size=4, input_context=ctx)))[0].numpy()
         owners = {h for h, (codes, _) in tracks.items() for c in crops
                   if any(np.array_equal(codes[j:j + c.size], c) for j in np.flatnonzero(codes == c[0]))}
-        allowed = {f["sha256"] for f in m["files"] if files[i] in f["shards"]}
+        allowed = {f.sha256 for f in m.files if files[i] in f.shards}
         assert owners and owners <= allowed
 
 
@@ -139,7 +133,7 @@ def test_missing_or_foreign_manifest_is_a_data_error(tmp_path):
 
 def test_a_window_longer_than_every_example_is_refused(data_dir):
     m = read_manifest(data_dir)
-    longest = max(-(-f["samples"] // f["chunks"]) for f in m["files"] if f["split"] == "train")
+    longest = max(-(-f.samples // f.chunks) for f in m.files if f.split == "train")
     too_long = CFG.with_overrides({"train.window": longest})  # crop = receptive field + window > longest
     with pytest.raises(DataError, match="no training example of at least"):
         train_dataset(data_dir, too_long, batch_size=2)

@@ -100,10 +100,9 @@ def _cmd_preprocess(args) -> int:
 
     manifest = preprocess(args.src, args.dst, _config(args), processes=args.processes,
                           progress=not args.no_progress)
-    summary = manifest["summary"]
-    print(f"{summary['processed']} processed, {summary.get('unchanged', 0)} unchanged, "
-          f"{summary['skipped']} skipped -> {args.dst} ({summary.get('tracks', 0)} tracks, "
-          f"{len(manifest.get('labels', []))} labels)")
+    s = manifest.summary
+    print(f"{s.processed} processed, {s.unchanged} unchanged, {s.skipped} skipped -> {args.dst} "
+          f"({s.tracks} tracks, {s.labels} labels)")
     return 0
 
 

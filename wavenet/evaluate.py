@@ -35,8 +35,8 @@ import numpy as np
 
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
-from wavenet.data import read_manifest
 from wavenet.errors import DataError, one_line
+from wavenet.manifest import Manifest, read_manifest
 from wavenet.model import bits_per_sample
 
 __all__ = [
@@ -186,8 +186,8 @@ def _bits_fn(model, context: int):
                        reduce_retracing=True)
 
 
-def _check_model_fits_data(model, manifest: dict[str, Any], what: str) -> None:
-    labels = manifest.get("labels") or []
+def _check_model_fits_data(model, manifest: Manifest, what: str) -> None:
+    labels = manifest.labels
     n = model.config.num_classes
     if model.config.conditioned and len(labels) > n:
         raise DataError(f"{what} is conditioned on {n} labels but the data has {len(labels)} "
@@ -379,8 +379,8 @@ _gate = gate
 
 # -- the verb -------------------------------------------------------------------
 
-def _label_names(manifest: dict[str, Any]) -> list[str]:
-    return [str(x) for x in (manifest.get("labels") or [])]
+def _label_names(manifest: Manifest) -> list[str]:
+    return [str(x) for x in manifest.labels]
 
 
 def _report(scores: dict[str, Any], index: int, names: list[str]) -> dict[str, Any]:

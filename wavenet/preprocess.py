@@ -14,12 +14,13 @@ leading and trailing 10 ms frames whose RMS is below
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
 
-``merge_manifests`` then, in one process: copies new codes to
-``DST/tracks/`` (kept so later runs can rewrite shards with old and
-new tracks), assigns each new track to train or validation, cuts tracks into
-chunks of at most ``data.chunk_seconds``, writes ``data.num_shards`` shards per
-split, writes ``manifest.json`` last, then deletes files of earlier runs that
-the new manifest no longer names.
+``merge_manifests`` then, in one process, assigns each new track to train or
+validation and hands old and new tracks to :func:`wavenet.shards.write_dataset`,
+which copies new codes to ``DST/tracks/`` (kept so later runs can rewrite
+shards with old and new tracks), cuts tracks into chunks of at most
+``data.chunk_seconds``, writes ``data.num_shards`` shards per split, writes
+``manifest.json`` last, then deletes files of earlier runs that the new
+manifest no longer names.
 
 Crash safety: every file is written under a temporary name and renamed, and
 shard names carry a prefix of their own sha256, so a new shard never replaces
@@ -29,8 +30,8 @@ old one stays valid (its shards and tracks are all still there).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import heapq
 import io
 import json
 import logging
@@ -50,15 +51,24 @@ import numpy as np
 from wavenet import storage
 from wavenet.audio import mu_law_encode
 from wavenet.config import ExperimentConfig
-from wavenet.data import MANIFEST, TFRecordWriter, serialize_example
 from wavenet.errors import DataError, one_line
+from wavenet.manifest import (
+    MANIFEST,
+    TRACKS,
+    Manifest,
+    Skipped,
+    Track,
+    read_manifest,
+    track_codes_path,
+)
+from wavenet.shards import write_dataset
 
 __all__ = [
     "AUDIO_EXTENSIONS",
-    "MANIFEST_VERSION",
     "list_audio",
     "partition",
     "process_partition",
+    "known_tracks",
     "merge_manifests",
     "preprocess",
     "check_dataset",
@@ -72,9 +82,6 @@ log = logging.getLogger("wavenet.preprocess")
 # Extensions of formats libsndfile decodes (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF).
 # Other files under SRC (covers, notes) are ignored, not counted as skipped.
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
-MANIFEST_VERSION = 1
-TRACKS = "tracks"
-SPLITS = ("train", "validation")
 # Silence is judged on 10 ms frames: short enough to keep note onsets, long
 # enough that one zero crossing does not count as silence.
 FRAME_SECONDS = 0.01
@@ -275,25 +282,21 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
         return {**record, "status": "skipped", "reason": f"unexpected error: {one_line(e)}"}
 
 
-def track_codes_path(digest: str, config: ExperimentConfig) -> str:
-    """``tracks/<sha256>-<audio>.npy``: where a track's codes live, relative to a work dir or DST."""
-    audio = json.dumps(config.to_dict()["audio"], sort_keys=True)
-    return f"{TRACKS}/{digest}-{hashlib.sha256(audio.encode()).hexdigest()[:8]}.npy"
-
-
-def known_tracks(dst: str, config: ExperimentConfig | None = None) -> dict[str, dict[str, Any]]:
-    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256.
-
-    With ``config``, only tracks whose codes were made with its ``audio``
-    settings (codes made with other settings must be made again).
-    """
-    manifest = _read_manifest_or_none(dst)
+def _known_tracks(dst: str, manifest: Manifest | None, config: ExperimentConfig) -> dict[str, Track]:
     if manifest is None:
         return {}
     present = {p.rsplit("/", 1)[-1] for p in storage.list_files(storage.join(dst, TRACKS))}
-    return {f["sha256"]: f for f in manifest.get("files", [])
-            if f["codes"].rsplit("/", 1)[-1] in present
-            and (config is None or f["codes"] == track_codes_path(f["sha256"], config))}
+    return {t.sha256: t for t in manifest.files
+            if t.codes.rsplit("/", 1)[-1] in present and t.codes == track_codes_path(t.sha256, config)}
+
+
+def known_tracks(dst: str, config: ExperimentConfig) -> dict[str, Track]:
+    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256.
+
+    Only tracks whose codes were made with ``config.audio`` count (codes made
+    with other settings must be made again).
+    """
+    return _known_tracks(dst, read_manifest(dst, missing_ok=True), config)
 
 
 def process_partition(files: Sequence[str], work_dir: str, config: ExperimentConfig,
@@ -328,35 +331,6 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
 
 # -- merging -------------------------------------------------------------------------
 
-def _read_manifest_or_none(dst: str) -> dict[str, Any] | None:
-    path = storage.join(dst, MANIFEST)
-    if not storage.exists(path):
-        return None
-    try:
-        manifest = json.loads(storage.read_text(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON ({e}): remove it or choose a fresh DST") from None
-    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
-        raise DataError(f"{path} is not a version {MANIFEST_VERSION} manifest written by "
-                        f"`wavenet preprocess`: remove it or choose a fresh DST")
-    return manifest
-
-
-def _chunks(n: int, chunk: int, minimum: int) -> list[tuple[int, int]]:
-    """Split ``n`` samples into ``ceil(n / chunk)`` near-equal consecutive pieces.
-
-    Fewer pieces when that would make them shorter than ``minimum`` (one crop).
-    """
-    k = max(1, min(math.ceil(n / chunk), n // max(1, minimum)))
-    base, extra = divmod(n, k)
-    bounds, start = [], 0
-    for i in range(k):
-        size = base + (1 if i < extra else 0)
-        bounds.append((start, start + size))
-        start += size
-    return bounds
-
-
 def _assign_splits(tracks: list[dict[str, Any]], fraction: float) -> None:
     """Give new tracks (``split`` None) a split; keep at least one of each side when possible.
 
@@ -379,68 +353,50 @@ def _assign_splits(tracks: list[dict[str, Any]], fraction: float) -> None:
         by_hash[-1]["split"] = "train"
 
 
-class _ShardSet:
-    """``n`` shards of one split, written to temporary files then renamed to their final names."""
-
-    def __init__(self, dst: str, split: str, n: int, tmp_dir: str):
-        self.dst, self.split, self.n = dst, split, n
-        self.files, self.writers, self.tmp_paths = [], [], []
-        local_dir = tmp_dir if storage.is_gcs(dst) else os.path.join(dst, split)
-        os.makedirs(local_dir, exist_ok=True)
-        for i in range(n):
-            fd, tmp = tempfile.mkstemp(prefix=f".tmp-shard-{i:05d}-", suffix=".tfrecord", dir=local_dir)
-            f = os.fdopen(fd, "wb")
-            self.files.append(f)
-            self.tmp_paths.append(tmp)
-            self.writers.append(TFRecordWriter(f))
-        self.samples = [0] * n
-        # Greedy balance: every chunk goes to the shard with the fewest samples so far.
-        self._heap = [(0, i) for i in range(n)]
-
-    def add(self, codes: np.ndarray, label: int, track: str) -> int:
-        samples, i = heapq.heappop(self._heap)
-        self.writers[i].write(serialize_example(codes, label, track))
-        self.samples[i] += int(codes.size)
-        heapq.heappush(self._heap, (samples + int(codes.size), i))
-        return i
-
-    def final_name(self, i: int) -> str:
-        # A prefix of the content hash in the name: a rewritten shard never
-        # replaces a file the current manifest names.
-        return f"{self.split}/shard-{i:05d}-of-{self.n:05d}-{self.writers[i].sha256[:12]}.tfrecord"
-
-    def finish(self) -> list[dict[str, Any]]:
-        entries = []
-        for i, (f, w, tmp) in enumerate(zip(self.files, self.writers, self.tmp_paths)):
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            name = self.final_name(i)
-            storage.upload_file(tmp, storage.join(self.dst, name))
-            entries.append({"path": name, "split": self.split, "examples": w.records,
-                            "samples": self.samples[i], "sha256": w.sha256})
-        return entries
-
-    def abort(self) -> None:
-        for f, tmp in zip(self.files, self.tmp_paths):
-            f.close()
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+def _read_partials(partial_paths: Sequence[str], src: str | None) -> tuple[list, str | None]:
+    records: list[tuple[dict[str, Any], str]] = []
+    for p in partial_paths:
+        part = json.loads(storage.read_text(p))
+        src = src if src is not None else part.get("src")
+        work_dir = p.rsplit("/", 2)[0]  # partials sit in WORK/partials/
+        records.extend((r, work_dir) for r in part["records"])
+    records.sort(key=lambda rw: rw[0]["path"])
+    return records, src
 
 
-def _code_stats(hist: np.ndarray) -> dict[str, Any]:
-    total = int(hist.sum())
-    p = hist[hist > 0] / max(total, 1)
-    mean = float((np.arange(hist.size) * hist).sum() / total) if total else None
-    return {"histogram": [int(v) for v in hist], "samples": total,
-            "entropy_bits": float(-(p * np.log2(p)).sum()) if total else None,
-            "mean_code": mean}
+def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, list[Skipped], int]:
+    """Partial records -> (new track entries, their codes in the work dirs, skipped, unchanged)."""
+    new: dict[str, dict[str, Any]] = {}
+    new_codes: dict[str, str] = {}
+    skipped: list[Skipped] = []
+    unchanged = 0
+    for r, work_dir in records:
+        status = r["status"]
+        if status == "skipped":
+            skipped.append(Skipped(r["path"], r["reason"]))
+        elif status == "unchanged" and r["sha256"] in old_tracks:
+            first = old_tracks[r["sha256"]]
+            if first.relpath == r["relpath"]:
+                unchanged += 1
+            else:  # a copy (or a moved file): the content is in DST already, under its first path
+                skipped.append(Skipped(r["path"], f"same content as {first.path}"))
+        elif status == "unchanged":
+            skipped.append(Skipped(r["path"], "reported unchanged but its codes are not in "
+                                   "DST/tracks: run again to process it"))
+        elif r["sha256"] in old_tracks or r["sha256"] in new:
+            first_path = (old_tracks[r["sha256"]].path if r["sha256"] in old_tracks
+                          else new[r["sha256"]]["path"])
+            skipped.append(Skipped(r["path"], f"same content as {first_path}"))
+        else:
+            entry = {k: v for k, v in r.items() if k != "status"}
+            entry.update(split=None, label_id=-1, chunks=0, shards=())
+            new[r["sha256"]] = entry
+            new_codes[r["sha256"]] = storage.join(work_dir, r["codes"])
+    return new, new_codes, skipped, unchanged
 
 
 def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentConfig,
-                    src: str | None = None) -> dict[str, Any]:
+                    src: str | None = None) -> Manifest:
     """Combine partial manifests with what ``dst`` already holds; write shards and the manifest.
 
     Args:
@@ -458,149 +414,34 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         DataError: neither the partials nor ``dst`` hold a usable track.
     """
     started = time.time()
-    old = _read_manifest_or_none(dst)
-    audio_cfg = config.to_dict()["audio"]
-    old_tracks = known_tracks(dst, config) if old is not None else {}
-    if old is not None and len(old_tracks) < len(old.get("files", [])):
+    old = read_manifest(dst, missing_ok=True)
+    old_tracks = _known_tracks(dst, old, config)
+    if old is not None and len(old_tracks) < len(old.files):
         log.warning("%d track(s) of %s were made with another audio config or lost their codes: "
                     "they are dropped (and re-made if their files are in SRC)",
-                    len(old["files"]) - len(old_tracks), dst)
-
-    records: list[tuple[dict[str, Any], str]] = []
-    for p in partial_paths:
-        part = json.loads(storage.read_text(p))
-        src = src if src is not None else part.get("src")
-        work_dir = p.rsplit("/", 2)[0]  # partials sit in WORK/partials/
-        records.extend((r, work_dir) for r in part["records"])
-    records.sort(key=lambda rw: rw[0]["path"])
-
-    tracks: dict[str, dict[str, Any]] = {h: dict(t) for h, t in old_tracks.items()}
-    new_codes: dict[str, str] = {}
-    skipped: list[dict[str, str]] = []
-    processed = unchanged = 0
-    for r, work_dir in records:
-        status = r["status"]
-        if status == "skipped":
-            skipped.append({"path": r["path"], "reason": r["reason"]})
-        elif status == "unchanged" and r["sha256"] in old_tracks:
-            first = old_tracks[r["sha256"]]
-            if first["relpath"] == r["relpath"]:
-                unchanged += 1
-            else:  # a copy (or a moved file): the content is in DST already, under its first path
-                skipped.append({"path": r["path"], "reason": f"same content as {first['path']}"})
-        elif status == "unchanged":
-            skipped.append({"path": r["path"], "reason": "reported unchanged but its codes are not in "
-                            "DST/tracks: run again to process it"})
-        elif r["sha256"] in tracks:
-            skipped.append({"path": r["path"], "reason": f"same content as {tracks[r['sha256']]['path']}"})
-        else:
-            entry = {k: v for k, v in r.items() if k not in ("status", "codes")}
-            entry["codes"] = r["codes"]
-            entry["split"] = None
-            tracks[r["sha256"]] = entry
-            new_codes[r["sha256"]] = storage.join(work_dir, r["codes"])
-            processed += 1
+                    len(old.files) - len(old_tracks), dst)
+    records, src = _read_partials(partial_paths, src)
+    new, new_codes, skipped, unchanged = _classify(records, old_tracks)
     for s in skipped:
-        log.warning("skipped %s: %s", s["path"], s["reason"])
-    if not tracks:
+        log.warning("skipped %s: %s", s.path, s.reason)
+    if not old_tracks and not new:
         where = src if src is not None else "the input"
-        first = f" (e.g. {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        first = f" (e.g. {skipped[0].path}: {skipped[0].reason})" if skipped else ""
         raise DataError(f"no usable audio in {where}: {len(skipped)} file(s) skipped{first}")
+    entries = [dataclasses.asdict(t) for t in old_tracks.values()] + list(new.values())
+    entries.sort(key=lambda t: t["sha256"])
+    _assign_splits(entries, config.data.validation_fraction)
+    tracks = [Track(**dict(t, shards=tuple(t["shards"]))) for t in entries]
 
-    ordered = sorted(tracks.values(), key=lambda t: t["sha256"])
-    _assign_splits(ordered, config.data.validation_fraction)
-    labels = sorted({t["label"] for t in ordered})
-    label_ids = {name: i for i, name in enumerate(labels)}
+    def codes(t: Track) -> np.ndarray:
+        path = new_codes.get(t.sha256) or storage.join(dst, t.codes)
+        try:
+            return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path}: {e}: remove {dst} and preprocess again") from None
 
-    # New codes first: the old manifest does not name them, so a crash here is harmless.
-    for h, local in new_codes.items():
-        storage.write_bytes_atomic(storage.join(dst, tracks[h]["codes"]), storage.read_bytes(local))
-
-    sr = config.audio.sample_rate
-    chunk = max(config.crop_length, int(round(config.data.chunk_seconds * sr)))
-    hists = {s: np.zeros(config.audio.quantization_channels, dtype=np.int64) for s in SPLITS}
-    tmp_dir = tempfile.mkdtemp(prefix="wavenet-shards-")
-    shard_sets = {s: _ShardSet(dst, s, config.data.num_shards, tmp_dir) for s in SPLITS}
-    try:
-        for t in ordered:
-            codes = _load_codes(t, new_codes, dst)
-            if codes.size != t["samples"]:
-                raise DataError(f"{storage.join(dst, t['codes'])} holds {codes.size} codes, the manifest "
-                                f"says {t['samples']}: remove {dst} and preprocess again")
-            hists[t["split"]] += np.bincount(codes, minlength=hists[t["split"]].size)
-            t["label_id"] = label_ids[t["label"]]
-            bounds = _chunks(codes.size, chunk, config.crop_length)
-            t["chunks"] = len(bounds)
-            t["_shards"] = sorted({shard_sets[t["split"]].add(codes[a:b], t["label_id"], t["sha256"])
-                                   for a, b in bounds})
-        shards: list[dict[str, Any]] = []
-        for s in SPLITS:
-            shards.extend(shard_sets[s].finish())
-    except BaseException:
-        for ss in shard_sets.values():
-            ss.abort()
-        raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    for t in ordered:
-        t["shards"] = [shard_sets[t["split"]].final_name(i) for i in t.pop("_shards")]
-
-    split_tracks = {s: [t for t in ordered if t["split"] == s] for s in SPLITS}
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "src": src,
-        "audio": audio_cfg,
-        "data": config.to_dict()["data"],
-        "crop_length": config.crop_length,
-        "labels": labels,
-        "files": sorted(ordered, key=lambda t: t["relpath"]),
-        "skipped": skipped,
-        "shards": shards,
-        "code_stats": {s: _code_stats(hists[s]) for s in SPLITS},
-        "summary": {
-            "processed": processed,
-            "unchanged": unchanged,
-            "skipped": len(skipped),
-            "tracks": len(ordered),
-            "labels": len(labels),
-            **{f"{s}_tracks": len(split_tracks[s]) for s in SPLITS},
-            **{f"{s}_samples": int(sum(t["samples"] for t in split_tracks[s])) for s in SPLITS},
-            **{f"{s}_seconds": round(sum(t["samples"] for t in split_tracks[s]) / sr, 3) for s in SPLITS},
-            "merge_seconds": round(time.time() - started, 3),
-        },
-    }
-    storage.write_text_atomic(storage.join(dst, MANIFEST), json.dumps(manifest, indent=1))
-    _collect_garbage(dst, manifest)
-    return manifest
-
-
-def _load_codes(track: dict[str, Any], new_codes: dict[str, str], dst: str) -> np.ndarray:
-    path = new_codes.get(track["sha256"]) or storage.join(dst, track["codes"])
-    try:
-        return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}: remove {dst} and preprocess again") from None
-
-
-def _collect_garbage(dst: str, manifest: dict[str, Any]) -> None:
-    """Delete shards, tracks and temporary files under ``dst`` that the manifest does not name.
-
-    Only our own names are touched (``shard-*.tfrecord``, ``.tmp-*``,
-    ``tracks/*.npy``), so other files a user keeps in DST survive.
-    """
-    def norm(p: str) -> str:
-        return p if storage.is_gcs(p) else os.path.normpath(p)
-
-    keep = {norm(storage.join(dst, s["path"])) for s in manifest["shards"]}
-    keep |= {norm(storage.join(dst, f["codes"])) for f in manifest["files"]}
-    for sub in (*SPLITS, TRACKS):
-        for path in list(storage.list_files(storage.join(dst, sub))):
-            name = path.rsplit("/", 1)[-1]
-            ours = (name.startswith(".tmp-") or (name.startswith("shard-") and name.endswith(".tfrecord"))
-                    or (sub == TRACKS and name.endswith(".npy")))
-            if ours and norm(path) not in keep:
-                storage.remove(path)
+    return write_dataset(dst, config, tracks, codes, new=new_codes.keys(), src=src,
+                         skipped=skipped, processed=len(new), unchanged=unchanged, started=started)
 
 
 # -- the whole run ---------------------------------------------------------------------
@@ -747,21 +588,19 @@ def check_dataset(dst: str) -> list[str]:
 
     Returns:
         One line per problem; empty when every shard the manifest names exists
-        with its recorded sha256 and example count, and every track's codes exist.
+        with its recorded sha256, and every track's codes exist.
     """
-    manifest = _read_manifest_or_none(dst)
+    manifest = read_manifest(dst, missing_ok=True)
     if manifest is None:
         return [f"no {MANIFEST} in {dst}"]
     problems = []
-    for s in manifest["shards"]:
-        path = storage.join(dst, s["path"])
+    for s in manifest.shards:
+        path = storage.join(dst, s.path)
         if not storage.exists(path):
             problems.append(f"missing shard {path}")
-            continue
-        data = storage.read_bytes(path)
-        if hashlib.sha256(data).hexdigest() != s["sha256"]:
+        elif hashlib.sha256(storage.read_bytes(path)).hexdigest() != s.sha256:
             problems.append(f"checksum mismatch {path}")
-    for f in manifest["files"]:
-        if not storage.exists(storage.join(dst, f["codes"])):
-            problems.append(f"missing track codes {storage.join(dst, f['codes'])}")
+    for t in manifest.files:
+        if not storage.exists(storage.join(dst, t.codes)):
+            problems.append(f"missing track codes {storage.join(dst, t.codes)}")
     return problems

@@ -24,6 +24,7 @@ import numpy as np
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError, DataError, one_line
+from wavenet.manifest import read_manifest
 
 __all__ = ["REPORT_FILE", "SUMMARY_FILE", "clip_labels", "read_validation_codes",
            "prime_codes", "reference_log_mel", "generate_samples"]
@@ -142,7 +143,6 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     from tqdm.auto import tqdm
 
     from wavenet.audio import mu_law_decode
-    from wavenet.data import read_manifest
     from wavenet.generate import FastGenerator
     from wavenet.quality import analyze
     from wavenet.report import render_html, spectrogram_png, wav_bytes
@@ -160,7 +160,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
 
     vocabulary, examples, reference = None, [], None
     if data_dir:
-        vocabulary = [str(x) for x in (read_manifest(data_dir).get("labels") or [])]
+        vocabulary = [str(x) for x in read_manifest(data_dir).labels]
         examples = read_validation_codes(
             data_dir, max(int(g.reference_seconds * sr), prime_len * g.num_clips))
         reference = reference_log_mel(examples, sr, q)

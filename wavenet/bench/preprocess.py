@@ -105,7 +105,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
                 best = min(best, (time.perf_counter() - start, _cpu_seconds() - cpu0))
                 shutil.rmtree(dst)
             walls[procs], cpus[procs] = best
-        assert manifest is not None and manifest["summary"]["processed"] == files
+        assert manifest is not None and manifest.summary.processed == files
         rtf1, rtf2 = input_seconds / walls[1], input_seconds / walls[2]
         return {
             "benchmark": "preprocess",
@@ -128,7 +128,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
             # pool start-up and coordination.
             "cpu_efficiency_2proc": round(cpus[1] / cpus[2], 3),
             # The serial tail (codes -> shards -> manifest) of the last run.
-            "merge_seconds": manifest["summary"]["merge_seconds"],
+            "merge_seconds": manifest.summary.merge_seconds,
             "load_average_1min": round(os.getloadavg()[0], 2),
             "decode_realtime_factor": round(input_seconds / decode_s, 1),
             "synthesis_seconds": round(synth_s, 2),

@@ -17,6 +17,7 @@ from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError
 from wavenet.launch import run_local_workers
+from wavenet.manifest import read_manifest
 from wavenet.train.export import TrainResult, read_result
 from wavenet.train.setup import check_batch, check_data
 from wavenet.train.warm_start import prepare_init_model
@@ -136,7 +137,7 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
     check_batch(cfg, workers)
-    check_data(data, cfg, workers)
+    check_data(data, read_manifest(data), cfg, workers)
     tracking.check_tracking_server(uri)
     if init_model:
         init_model = prepare_init_model(init_model, out, cfg, uri)

@@ -8,7 +8,6 @@ checkpoint storage is decided.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -22,8 +21,9 @@ import tensorflow as tf
 
 from wavenet import storage
 from wavenet.config import ExperimentConfig, TrainConfig
-from wavenet.data import MANIFEST, read_manifest, shard_paths, train_dataset
+from wavenet.data import train_dataset
 from wavenet.errors import ConfigError, DataError, one_line
+from wavenet.manifest import Manifest
 from wavenet.model import WaveNet, build_model
 from wavenet.train.schedule import WarmupCosine
 from wavenet.train.warm_start import load_init_weights
@@ -34,7 +34,6 @@ __all__ = [
     "parse_tf_config",
     "worker_role",
     "check_data",
-    "manifest_sha256",
     "resolve_precision",
     "resolve_jit_compile",
     "check_batch",
@@ -95,9 +94,9 @@ def worker_role(tf_config: Mapping[str, Any] | None) -> WorkerRole:
     return WorkerRole(index, n, index == 0)
 
 
-def check_data(data_dir: str, cfg: ExperimentConfig, workers: int) -> bool:
+def check_data(data_dir: str, manifest: Manifest, cfg: ExperimentConfig, workers: int) -> bool:
     """Fail in one line before training; returns whether a validation split exists."""
-    train_files = shard_paths(data_dir, "train")
+    train_files = manifest.shards_of("train")
     if not train_files:
         raise DataError(f"{data_dir} has no training shards with examples")
     if cfg.train.input_sharding == "file" and len(train_files) < workers:
@@ -105,13 +104,7 @@ def check_data(data_dir: str, cfg: ExperimentConfig, workers: int) -> bool:
             f"{data_dir} has {len(train_files)} training shards but training uses {workers} "
             f"workers: each worker needs at least one shard (re-run preprocess with "
             f"data.num_shards >= {workers}, or set train.input_sharding=batch)")
-    return bool(shard_paths(data_dir, "validation"))
-
-
-def manifest_sha256(data_dir: str) -> str:
-    """sha256 of the data's manifest.json bytes: the data version tag of a run."""
-    read_manifest(data_dir)  # a clear DataError when it is missing or broken
-    return hashlib.sha256(storage.read_bytes(storage.join(data_dir, MANIFEST))).hexdigest()
+    return bool(manifest.shards_of("validation"))
 
 
 def resolve_precision(train_cfg: TrainConfig, has_gpu: bool) -> str:
@@ -296,7 +289,7 @@ def set_up_worker(out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, An
                    started=started)
 
 
-def distributed_batches(trainer: Trainer, data: str) -> Iterator:
+def distributed_batches(trainer: Trainer, data: str, manifest: Manifest) -> Iterator:
     """The endless training input, split across replicas as ``train.input_sharding`` says."""
     cfg, t = trainer.cfg, trainer.cfg.train
     # A fresh data order per resume: the same seed would replay the batches
@@ -308,10 +301,11 @@ def distributed_batches(trainer: Trainer, data: str) -> Iterator:
     def dataset_fn(ctx: tf.distribute.InputContext):
         per_replica = ctx.get_per_replica_batch_size(g)
         if t.input_sharding == "file":
-            return train_dataset(data, cfg, per_replica, input_context=ctx, seed=data_seed)
+            return train_dataset(data, cfg, per_replica, input_context=ctx, seed=data_seed,
+                                 manifest=manifest)
         per_pipeline = g // ctx.num_input_pipelines
         lo = ctx.input_pipeline_id * per_pipeline
-        ds = train_dataset(data, cfg, g, input_context=None, seed=data_seed)
+        ds = train_dataset(data, cfg, g, input_context=None, seed=data_seed, manifest=manifest)
         ds = ds.map(lambda c, lab: (c[lo:lo + per_pipeline], lab[lo:lo + per_pipeline]))
         if per_pipeline != per_replica:
             ds = ds.unbatch().batch(per_replica, drop_remainder=True)

@@ -18,6 +18,7 @@ import tensorflow as tf
 from wavenet.config import ExperimentConfig
 from wavenet.data import validation_dataset
 from wavenet.errors import DataError
+from wavenet.manifest import Manifest
 from wavenet.model import WaveNet, bits_per_sample
 from wavenet.train.setup import Trainer
 
@@ -87,8 +88,9 @@ class Validation:
     validation metrics are lost (the chief says so once).
     """
 
-    def __init__(self, data: str, cfg: ExperimentConfig, *, has_split: bool, warn: bool):
-        self.data, self.cfg = data, cfg
+    def __init__(self, data: str, manifest: Manifest, cfg: ExperimentConfig, *, has_split: bool,
+                 warn: bool):
+        self.data, self.manifest, self.cfg = data, manifest, cfg
         self.available = has_split
         if has_split:
             try:
@@ -100,7 +102,8 @@ class Validation:
 
     def _dataset(self):
         t = self.cfg.train
-        return validation_dataset(self.data, self.cfg, t.global_batch_size, window=t.window)
+        return validation_dataset(self.data, self.cfg, t.global_batch_size, window=t.window,
+                                  manifest=self.manifest)
 
     def __call__(self, fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> float | None:
         """Score with ``fn`` (from :func:`bits_fn`); None without a validation split."""

@@ -16,13 +16,13 @@ from typing import Any
 
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
+from wavenet.manifest import read_manifest
 from wavenet.train.export import PENDING_FILE, RUN_ID_FILE, TrackedRun, TrainResult, export_run
 from wavenet.train.loop import Callbacks, MetricsReporter, ProgressBar, run_steps
 from wavenet.train.setup import (
     Trainer,
     check_data,
     distributed_batches,
-    manifest_sha256,
     set_up_worker,
     worker_role,
 )
@@ -111,15 +111,15 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
         A :class:`TrainResult` (full summary on the chief).
     """
     role = worker_role(tf_config)
-    has_validation = check_data(data, cfg, role.workers)
-    data_hash = manifest_sha256(data)
+    manifest = read_manifest(data)  # read once: the checks, the input and the run's tags use it
+    has_validation = check_data(data, manifest, cfg, role.workers)
     trainer = set_up_worker(out, cfg, tf_config=tf_config, role=role, threads=threads,
                             init_model=init_model)
     try:
-        iterator = distributed_batches(trainer, data)
+        iterator = distributed_batches(trainer, data, manifest)
         train_step = make_train_step(trainer)
-        validation = Validation(data, cfg, has_split=has_validation, warn=role.is_chief)
-        with _tracked_run(trainer, out, data_hash, tracking_uri=tracking_uri, experiment=experiment,
+        validation = Validation(data, manifest, cfg, has_split=has_validation, warn=role.is_chief)
+        with _tracked_run(trainer, out, manifest.sha256, tracking_uri=tracking_uri, experiment=experiment,
                           run_name=run_name, kfp_run_id=kfp_run_id, init_model=init_model,
                           environ=environ) as run:
             stats = run_steps(trainer, train_step, iterator,
