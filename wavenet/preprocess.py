@@ -5,11 +5,12 @@
 can run the same four steps with one pod per partition.
 
 Per track (``process_partition``, no TensorFlow import): read the bytes,
-sha256 them (the track's id), decode with soundfile (libsndfile), average the
-channels to mono, resample to ``audio.sample_rate`` with soxr (HQ), trim
-leading and trailing 10 ms frames whose RMS is below
-``audio.silence_threshold_db`` dBFS, peak-normalise to
-``audio.normalize_peak_db`` and mu-law encode to uint8. The codes go to
+sha256 them (the track's id), decode with soundfile (libsndfile), then the
+pure steps of :mod:`wavenet.audio`: average the channels to mono, resample to
+``audio.sample_rate`` with soxr (HQ), trim leading and trailing 10 ms frames
+whose RMS is below ``audio.silence_threshold_db`` dBFS, peak-normalise to
+``audio.normalize_peak_db`` and mu-law encode to uint8. This module handles
+the files; the signal maths is all in :mod:`wavenet.audio`. The codes go to
 ``WORK/tracks/<sha256>-<audio>.npy`` (``<audio>``: 8 hex digits of a hash
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
@@ -35,7 +36,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
 import stat
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from wavenet import storage
-from wavenet.audio import mu_law_encode
+from wavenet.audio import mu_law_encode, peak_normalize, resample, to_mono, trim_silence
 from wavenet.config import ExperimentConfig
 from wavenet.errors import DataError, one_line
 from wavenet.manifest import (
@@ -73,8 +73,6 @@ __all__ = [
     "preprocess",
     "check_dataset",
     "split_of",
-    "trim_silence",
-    "peak_normalize",
 ]
 
 log = logging.getLogger("wavenet.preprocess")
@@ -82,45 +80,9 @@ log = logging.getLogger("wavenet.preprocess")
 # Extensions of formats libsndfile decodes (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF).
 # Other files under SRC (covers, notes) are ignored, not counted as skipped.
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
-# Silence is judged on 10 ms frames: short enough to keep note onsets, long
-# enough that one zero crossing does not count as silence.
-FRAME_SECONDS = 0.01
 
 
-# -- signal steps (pure functions) ------------------------------------------------
-
-def trim_silence(x: np.ndarray, sample_rate: int, threshold_db: float) -> np.ndarray:
-    """Drop leading and trailing frames whose RMS is below ``threshold_db`` dBFS.
-
-    Args:
-        x: float mono audio, shape (T,).
-        sample_rate: samples per second of ``x``.
-        threshold_db: frame RMS threshold in dBFS (negative).
-
-    Returns:
-        The slice of ``x`` from the first to the end of the last loud frame
-        (shape (T',), possibly empty when every frame is quiet).
-    """
-    frame = max(1, int(round(sample_rate * FRAME_SECONDS)))
-    n = math.ceil(len(x) / frame)
-    if n == 0:
-        return x[:0]
-    padded = np.zeros(n * frame, dtype=np.float64)
-    padded[:len(x)] = x
-    rms = np.sqrt(np.mean(padded.reshape(n, frame) ** 2, axis=1))
-    loud = np.flatnonzero(rms > 10.0 ** (threshold_db / 20.0))
-    if loud.size == 0:
-        return x[:0]
-    return x[loud[0] * frame:min(len(x), (loud[-1] + 1) * frame)]
-
-
-def peak_normalize(x: np.ndarray, peak_db: float) -> np.ndarray:
-    """Scale ``x`` so that its largest absolute sample is ``peak_db`` dBFS (float32)."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak == 0.0:
-        return x.astype(np.float32)
-    return (x * (10.0 ** (peak_db / 20.0) / peak)).astype(np.float32)
-
+# -- splits ------------------------------------------------------------------------
 
 def split_of(relpath: str, validation_fraction: float) -> str:
     """``"validation"`` when the hash of ``relpath`` falls below the fraction, else ``"train"``."""
@@ -219,25 +181,10 @@ def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return x, info
 
 
-def _downmix(x: np.ndarray) -> np.ndarray:
-    """(frames, channels) float32 -> (frames,) float32, the mean of the channels."""
-    if x.shape[1] == 1:
-        return x[:, 0]
-    # Column by column: NumPy's mean over a short axis 1 is several times slower.
-    mono = x[:, 0].copy()
-    for c in range(1, x.shape[1]):
-        mono += x[:, c]
-    mono *= np.float32(1.0 / x.shape[1])
-    return mono
-
-
 def _encode(x: np.ndarray, sample_rate_in: int, config: ExperimentConfig) -> np.ndarray:
-    import soxr
-
+    """Decoded samples -> codes: the signal steps of :mod:`wavenet.audio`, in order."""
     audio = config.audio
-    mono = _downmix(x)
-    if sample_rate_in != audio.sample_rate:
-        mono = soxr.resample(mono, sample_rate_in, audio.sample_rate, quality="HQ")
+    mono = resample(to_mono(x), sample_rate_in, audio.sample_rate)
     trimmed = trim_silence(mono, audio.sample_rate, audio.silence_threshold_db)
     if trimmed.size == 0:
         raise _Skip(f"silent: no 10 ms frame louder than {audio.silence_threshold_db:g} dBFS RMS")
