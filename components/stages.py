@@ -162,13 +162,17 @@ def train_model(shards: Input[Dataset], data_version: str, config: str, workers:
     from wavenet import tfjob
     from wavenet.config import ExperimentConfig
     from wavenet.tracking import run_name
-    from wavenet.train import ClusterSettings, champion_init_model, train, train_on_cluster
+    from wavenet.train import ClusterSettings, train, train_on_cluster
 
     cfg = ExperimentConfig.from_yaml(config)
     name = run_name(cfg.preset, f"d{data_version[:8]}")
+    init_model = None
+    if warm_start:
+        from wavenet.train.warm_start import champion_init_model
+
+        init_model = champion_init_model(cfg, tracking_uri or None)
     common = {"tracking_uri": tracking_uri or None, "experiment": experiment or None,
-              "run_name": name, "kfp_run_id": kfp_run_id,
-              "init_model": champion_init_model(cfg, tracking_uri or None) if warm_start else None}
+              "run_name": name, "kfp_run_id": kfp_run_id, "init_model": init_model}
     if on_cluster:
         cluster = ClusterSettings(namespace, image, workers, gpus_per_worker, accelerator,
                                   cluster_run_root,

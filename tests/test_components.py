@@ -17,7 +17,8 @@ from wavenet.manifest import Shard, read_manifest, shards_version
 from wavenet.preprocess import known_tracks
 from wavenet.shards import dataset_from_codes
 from wavenet.tracking import run_name
-from wavenet.train import champion_init_model, train_command
+from wavenet.train import train_command
+from wavenet.train.warm_start import champion_init_model
 
 
 def build_config(preset_name, text):

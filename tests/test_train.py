@@ -11,7 +11,9 @@ from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.errors import ConfigError
 from wavenet.launch import free_ports
-from wavenet.train import learning_rate_at, resolve_jit_compile, resolve_precision, worker_role
+from wavenet.train import worker_role
+from wavenet.train.schedule import learning_rate_at
+from wavenet.train.setup import resolve_jit_compile, resolve_precision
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +35,18 @@ def test_learning_rate_warms_up_then_decays_to_floor():
     # Half-way through the cosine: the mean of peak and floor.
     mid = t.warmup_steps + (t.steps - t.warmup_steps) / 2
     assert learning_rate_at(mid, t) == pytest.approx(t.learning_rate * (1 + t.min_lr_ratio) / 2)
+
+
+def test_launchers_never_import_tensorflow():
+    """`wavenet train --workers N`, the train component and the TFJob launcher stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import wavenet.train, wavenet.train.launch, wavenet.train.cluster; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
 
 
 def test_the_optimizers_schedule_is_the_formula_at_warm_up_peak_and_end():

@@ -135,7 +135,7 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> int:
     from wavenet.tracking import FAST_FAIL_HTTP_ENV
     from wavenet.train import train
-    from wavenet.train.setup import parse_tf_config
+    from wavenet.train.checks import parse_tf_config
 
     # The edge: MLflow's HTTP client reads these at each request; training
     # retries through its own metrics buffer, so requests must fail fast.

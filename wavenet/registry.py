@@ -26,11 +26,11 @@ from mlflow.exceptions import MlflowException
 
 from wavenet.errors import TrackingError, WavenetError, one_line
 from wavenet.model import WaveNet, load_model
-from wavenet.tracking import use_tracking_uri
+from wavenet.tracking import MLFLOW_SCHEMES, is_mlflow_uri, use_tracking_uri
 
 __all__ = [
     "CHAMPION",
-    "MLFLOW_SCHEMES",
+    "MLFLOW_SCHEMES",  # from wavenet.tracking, with is_mlflow_uri
     "ModelRef",
     "is_mlflow_uri",
     "load_wavenet",
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 CHAMPION = "champion"
-MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,6 @@ class ModelRef:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
-
-
-def is_mlflow_uri(uri: str) -> bool:
-    """True for URIs MLflow resolves (``runs:/``, ``models:/``, ``mlflow-artifacts:/``)."""
-    return str(uri).startswith(MLFLOW_SCHEMES)
 
 
 def load_wavenet(uri: str, tracking_uri: str | None = None) -> WaveNet:

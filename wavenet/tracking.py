@@ -41,6 +41,8 @@ __all__ = [
     "resolve_tracking_uri",
     "check_tracking_server",
     "use_tracking_uri",
+    "MLFLOW_SCHEMES",
+    "is_mlflow_uri",
     "run_name",
     "start_run",
     "run_exists",
@@ -130,6 +132,14 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it or use another name")
     return exp.experiment_id
+
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+def is_mlflow_uri(uri: str) -> bool:
+    """True for URIs MLflow resolves (``runs:/``, ``models:/``, ``mlflow-artifacts:/``)."""
+    return str(uri).startswith(MLFLOW_SCHEMES)
 
 
 # -- runs ----------------------------------------------------------------------------

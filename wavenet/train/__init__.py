@@ -15,13 +15,19 @@ The modules, in the order a run uses them:
 * :mod:`~wavenet.train.launch`: :func:`train` (checks, then one of the three
   set-ups) and :func:`train_command`, the one builder of worker command lines;
 * :mod:`~wavenet.train.cluster`: the TFJob set-up;
+* :mod:`~wavenet.train.checks`, :mod:`~wavenet.train.outputs`: worker roles, the
+  checks before training, the run directory's files and result;
 * :mod:`~wavenet.train.warm_start`: starting from another model's weights;
-* :mod:`~wavenet.train.worker`: :func:`train_worker`, one worker start to finish;
+* :mod:`~wavenet.train.worker`: :func:`~wavenet.train.worker.train_worker`, one worker
+  start to finish;
 * :mod:`~wavenet.train.setup`: strategy, precision, model, optimizer, checkpoints, input;
 * :mod:`~wavenet.train.schedule`: the learning-rate schedule that drives the optimizer;
 * :mod:`~wavenet.train.step`: the distributed step and the validation score;
 * :mod:`~wavenet.train.loop`: the step loop, reporting through callbacks;
 * :mod:`~wavenet.train.export`: the generation model, summary and MLflow records.
+
+This package's namespace holds what launchers need: launch, cluster, checks
+and outputs load no TensorFlow; the worker's modules do, when imported.
 
 Fault tolerance: the chief checkpoints (model, optimizer, step) to
 ``RUN_DIR/checkpoints`` every ``train.checkpoint_every`` steps; re-running the
@@ -30,27 +36,17 @@ same command resumes from the latest one, with a fresh data order
 ``RUN_DIR/mlflow_run_id``).
 """
 
+from wavenet.train.checks import worker_role
 from wavenet.train.cluster import ClusterSettings, train_on_cluster, training_tfjob
-from wavenet.train.export import TrainResult
 from wavenet.train.launch import train, train_command
-from wavenet.train.schedule import WarmupCosine, learning_rate_at
-from wavenet.train.setup import resolve_jit_compile, resolve_precision, worker_role
-from wavenet.train.warm_start import champion_init_model, prepare_init_model
-from wavenet.train.worker import train_worker
+from wavenet.train.outputs import TrainResult
 
 __all__ = [
     "ClusterSettings",
     "TrainResult",
-    "WarmupCosine",
-    "champion_init_model",
-    "learning_rate_at",
-    "prepare_init_model",
-    "resolve_jit_compile",
-    "resolve_precision",
     "train",
     "train_command",
     "train_on_cluster",
-    "train_worker",
     "training_tfjob",
     "worker_role",
 ]

@@ -17,9 +17,8 @@ from typing import Any
 from wavenet import storage, tfjob
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError
-from wavenet.train.export import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, TrainResult, read_result
 from wavenet.train.launch import POD_PROGRAM, train_command
-from wavenet.train.warm_start import prepare_init_model
+from wavenet.train.outputs import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, TrainResult, read_result
 
 __all__ = ["ClusterSettings", "training_tfjob", "train_on_cluster"]
 
@@ -107,7 +106,10 @@ def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings,
     name = tfjob.job_name("wavenet", run_name)
     out = storage.join(cluster.run_root, name)
     if init_model:
-        # Pods open a file, not a registry URI: resolve the model once, here.
+        # Pods open a file, not a registry URI: resolve the model once, here (this
+        # loads Keras, which the launcher otherwise never needs).
+        from wavenet.train.warm_start import prepare_init_model
+
         init_model = prepare_init_model(init_model, out, cfg, tracking_uri)
     job = training_tfjob(cfg, name, data, out, cluster, run_name=run_name, experiment=experiment,
                          init_model=init_model, env=env, labels=labels)

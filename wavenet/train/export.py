@@ -1,10 +1,7 @@
 """A run's outputs: the generation model, its config, the summary, and their MLflow records.
 
-``RUN_DIR`` holds ``model.keras`` (float32 and, with ``train.ema_decay > 0``,
-the averaged weights; the raw ones stay in the checkpoints), ``config.yaml``,
-``train_summary.json``, ``mlflow_run_id`` (so a re-run continues the same
-MLflow run) and, when MLflow was unreachable at the end,
-``mlflow_pending_metrics.json`` (sent by the next run of the same command).
+The file names and :class:`~wavenet.train.outputs.TrainResult` are in
+:mod:`wavenet.train.outputs`.
 """
 
 from __future__ import annotations
@@ -24,36 +21,18 @@ from wavenet.config import ExperimentConfig
 from wavenet.errors import TrackingError, one_line
 from wavenet.model import WaveNet, build_model, save_model
 from wavenet.train.loop import LoopStats
+from wavenet.train.outputs import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    PENDING_FILE,
+    SUMMARY_FILE,
+    TrainResult,
+    read_result,
+)
 from wavenet.train.setup import Trainer
 from wavenet.train.step import Validation, bits_fn
 
-__all__ = ["RUN_ID_FILE", "PENDING_FILE", "SUMMARY_FILE", "MODEL_FILE", "CONFIG_FILE",
-           "TrainResult", "TrackedRun", "read_result", "export_run"]
-
-RUN_ID_FILE = "mlflow_run_id"
-PENDING_FILE = "mlflow_pending_metrics.json"
-SUMMARY_FILE = "train_summary.json"
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.yaml"
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced.
-
-    Attributes:
-        model_path: the saved generation model (``RUN_DIR/model.keras``).
-        summary: steps, final train/validation bits per sample, samples/s,
-            wall time, workers, MLflow run id, model path (also in
-            ``RUN_DIR/train_summary.json``).
-        run_id: the MLflow run (None on non-chief workers).
-        out_dir: the run directory.
-    """
-
-    model_path: str
-    summary: dict[str, Any]
-    run_id: str | None
-    out_dir: str
+__all__ = ["TrackedRun", "export_run"]
 
 
 @dataclass
@@ -63,13 +42,6 @@ class TrackedRun:
     run_id: str
     buffer: tracking.MetricsBuffer
     data_hash: str
-
-
-def read_result(out: str) -> TrainResult:
-    """The result of a finished run, from ``RUN_DIR/train_summary.json``."""
-    summary = json.loads(storage.read_text(storage.join(out, SUMMARY_FILE)))
-    return TrainResult(model_path=summary["model_path"], summary=summary,
-                       run_id=summary.get("run_id"), out_dir=out)
 
 
 def _finished(out: str, step: int, run_id: str) -> TrainResult | None:

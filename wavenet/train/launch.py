@@ -4,6 +4,10 @@
 built: for local worker processes, for the pods of a TFJob
 (:mod:`wavenet.train.cluster`) and for the benchmark. The config crosses that
 boundary in one form only, ``cfg.to_yaml()`` (``--config-yaml``).
+
+A launcher of worker processes never loads TensorFlow (seconds of start-up and
+hundreds of MB it would never use): this module imports none, and imports the
+worker (:mod:`wavenet.train.worker`) only when it trains in this process.
 """
 
 from __future__ import annotations
@@ -13,15 +17,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from wavenet import registry, storage, tracking
+from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError
 from wavenet.launch import run_local_workers
 from wavenet.manifest import read_manifest
-from wavenet.train.export import TrainResult, read_result
-from wavenet.train.setup import check_batch, check_data
-from wavenet.train.warm_start import prepare_init_model
-from wavenet.train.worker import train_worker
+from wavenet.train.checks import check_batch, check_data
+from wavenet.train.outputs import TrainResult, read_result
 
 __all__ = ["LOCAL_PROGRAM", "POD_PROGRAM", "train_command", "train"]
 
@@ -128,10 +130,12 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
     common = dict(tracking_uri=uri, experiment=experiment, run_name=run_name, progress=progress,
                   threads=threads, kfp_run_id=kfp_run_id)
     if tf_config is not None:
-        if init_model and registry.is_mlflow_uri(init_model):
+        if init_model and tracking.is_mlflow_uri(init_model):
             raise ConfigError("--worker reads --init-model as a .keras path (local or gs://) that "
                               "every worker can open; resolve MLflow URIs before starting the "
                               f"workers. Received: init_model={init_model!r}")
+        from wavenet.train.worker import train_worker  # this process trains: TensorFlow now
+
         return train_worker(data, out, cfg, tf_config=tf_config, init_model=init_model,
                             environ=environ, **common)
     if not isinstance(workers, int) or workers < 1:
@@ -140,8 +144,12 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
     check_data(data, read_manifest(data), cfg, workers)
     tracking.check_tracking_server(uri)
     if init_model:
+        from wavenet.train.warm_start import prepare_init_model  # loads a Keras model
+
         init_model = prepare_init_model(init_model, out, cfg, uri)
     if workers == 1:
+        from wavenet.train.worker import train_worker  # this process trains: TensorFlow now
+
         return train_worker(data, out, cfg, tf_config=None, init_model=init_model,
                             environ=environ, **common)
     return _train_local_workers(data, out, cfg, workers=workers, init_model=init_model,

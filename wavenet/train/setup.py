@@ -8,13 +8,12 @@ checkpoint storage is decided.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -22,21 +21,17 @@ import tensorflow as tf
 from wavenet import storage
 from wavenet.config import ExperimentConfig, TrainConfig
 from wavenet.data import train_dataset
-from wavenet.errors import ConfigError, DataError, one_line
+from wavenet.errors import ConfigError, one_line
 from wavenet.manifest import Manifest
 from wavenet.model import WaveNet, build_model
+from wavenet.train.checks import WorkerRole, check_batch
 from wavenet.train.schedule import WarmupCosine
 from wavenet.train.warm_start import load_init_weights
 
 __all__ = [
     "CHECKPOINTS",
-    "WorkerRole",
-    "parse_tf_config",
-    "worker_role",
-    "check_data",
     "resolve_precision",
     "resolve_jit_compile",
-    "check_batch",
     "make_strategy",
     "PreReducedAdam",
     "make_optimizer",
@@ -48,63 +43,6 @@ __all__ = [
 ]
 
 CHECKPOINTS = "checkpoints"
-
-
-class WorkerRole(NamedTuple):
-    """This process's place in the training cluster."""
-
-    index: int
-    workers: int
-    is_chief: bool
-
-
-def parse_tf_config(text: str | None) -> dict[str, Any]:
-    """The ``TF_CONFIG`` that the TFJob operator or :mod:`wavenet.launch` set, parsed."""
-    if not text:
-        raise ConfigError("--worker needs TF_CONFIG in the environment (set by the TFJob "
-                          "operator or wavenet.launch)")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"TF_CONFIG is not valid JSON: {e}") from None
-
-
-def worker_role(tf_config: Mapping[str, Any] | None) -> WorkerRole:
-    """``(index, number of workers, is_chief)`` from a TF_CONFIG dict (None: one process).
-
-    The chief is the ``chief`` task when the cluster has one, else worker 0
-    (the Kubeflow training operator and :mod:`wavenet.launch` both use the latter).
-    """
-    if not tf_config:
-        return WorkerRole(0, 1, True)
-    try:
-        cluster = tf_config["cluster"]
-        task_type = tf_config["task"]["type"]
-        task_index = int(tf_config["task"]["index"])
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError("TF_CONFIG must hold cluster and task {type, index}. "
-                          f"Received: {json.dumps(tf_config)[:200]}") from None
-    if task_type not in ("chief", "worker"):
-        raise ConfigError(f"TF_CONFIG task type must be chief or worker. Received: {task_type!r}")
-    chiefs = list(cluster.get("chief", []))
-    n = len(chiefs) + len(cluster.get("worker", []))
-    if task_type == "chief":
-        return WorkerRole(0, n, True)
-    index = task_index + len(chiefs)
-    return WorkerRole(index, n, index == 0)
-
-
-def check_data(data_dir: str, manifest: Manifest, cfg: ExperimentConfig, workers: int) -> bool:
-    """Fail in one line before training; returns whether a validation split exists."""
-    train_files = manifest.shards_of("train")
-    if not train_files:
-        raise DataError(f"{data_dir} has no training shards with examples")
-    if cfg.train.input_sharding == "file" and len(train_files) < workers:
-        raise DataError(
-            f"{data_dir} has {len(train_files)} training shards but training uses {workers} "
-            f"workers: each worker needs at least one shard (re-run preprocess with "
-            f"data.num_shards >= {workers}, or set train.input_sharding=batch)")
-    return bool(manifest.shards_of("validation"))
 
 
 def resolve_precision(train_cfg: TrainConfig, has_gpu: bool) -> str:
@@ -123,14 +61,6 @@ def resolve_jit_compile(train_cfg: TrainConfig) -> bool:
     (``wavenet bench train`` reports both).
     """
     return train_cfg.jit_compile in ("auto", "on")
-
-
-def check_batch(cfg: ExperimentConfig, replicas: int) -> None:
-    g = cfg.train.global_batch_size
-    if g % replicas:
-        raise ConfigError(
-            f"train.global_batch_size must be divisible by the number of replicas ({replicas}). "
-            f"Received: train.global_batch_size={g}")
 
 
 def _set_threads(threads: int) -> None:

@@ -17,15 +17,11 @@ from typing import Any
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.manifest import read_manifest
-from wavenet.train.export import PENDING_FILE, RUN_ID_FILE, TrackedRun, TrainResult, export_run
+from wavenet.train.checks import check_data, worker_role
+from wavenet.train.export import TrackedRun, export_run
 from wavenet.train.loop import Callbacks, MetricsReporter, ProgressBar, run_steps
-from wavenet.train.setup import (
-    Trainer,
-    check_data,
-    distributed_batches,
-    set_up_worker,
-    worker_role,
-)
+from wavenet.train.outputs import PENDING_FILE, RUN_ID_FILE, TrainResult
+from wavenet.train.setup import Trainer, distributed_batches, set_up_worker
 from wavenet.train.step import Validation, bits_fn, make_train_step
 
 __all__ = ["train_worker"]
