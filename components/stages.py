@@ -235,7 +235,7 @@ def generate_samples(model: Input[Model], shards: Input[Dataset], config: str, t
 
     from components import runtime
     from wavenet.config import ExperimentConfig
-    from wavenet.samples import generate_samples as _generate
+    from wavenet.generate_samples import generate_samples as _generate
 
     os.makedirs(samples.path, exist_ok=True)
     # As in evaluate_model: the training run's MLflow model when logged (the samples run

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Quiet TensorFlow's C++ logging in test output; set before TensorFlow loads.
+from wavenet.audio import mu_law_encode
+from wavenet.config import preset
+from wavenet.launch import free_ports
+from wavenet.shards import dataset_from_codes
+
+# Quiet TensorFlow's C++ logging in test output; set before TensorFlow loads (which
+# is why the helpers below that need TensorFlow import it inside).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -24,8 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def synthetic_codes(length: int, rng: np.random.Generator, quantization_channels: int = 256) -> np.ndarray:
     """Mu-law codes of a noisy periodic signal: learnable structure plus entropy."""
-    from wavenet.audio import mu_law_encode
-
     period = rng.integers(20, 80)
     t = np.arange(length)
     wave = 0.6 * np.sin(2 * np.pi * t / period) + 0.25 * np.sin(2 * np.pi * t / (period / 3.0))
@@ -42,9 +46,6 @@ def write_shards(root, *, train_shards: int = 2, validation_shards: int = 1,
     each, and ``validation_shards * examples_per_shard`` validation tracks (in as
     many shards as training has: the writer uses one shard count for both splits).
     """
-    from wavenet.config import preset
-    from wavenet.shards import dataset_from_codes
-
     rng = np.random.default_rng(seed)
     examples = [(synthetic_codes(length, rng), labels[j % len(labels)], split)
                 for split, count in (("train", train_shards), ("validation", validation_shards))
@@ -60,11 +61,22 @@ def tiny_shards(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("tiny_shards"))
 
 
-# -- MLflow server -------------------------------------------------------------
+# -- MLflow ----------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def clean_mlflow_env(monkeypatch):
+    """No MLflow run or experiment id leaks into a test.
+
+    KFP injects ``MLFLOW_RUN_ID``/``MLFLOW_EXPERIMENT_ID`` into a step's
+    environment, and ``mlflow.set_experiment()`` exports ``MLFLOW_EXPERIMENT_ID``
+    into ``os.environ``: either, left by the shell or by an earlier test in this
+    process, would steer a test's runs into another run or store.
+    """
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
 
 def free_port() -> int:
-    from wavenet.launch import free_ports
-
     return free_ports(1)[0]
 
 
@@ -199,9 +211,6 @@ def _tone(seconds: float, f0: float, sr: int, phase: float) -> np.ndarray:
 def write_shard_dataset(root, config, labels=EVAL_LABELS, train_seconds=0.5, val_seconds=0.2,
                         train_examples=3, val_examples=1):
     """A labelled dataset in the real format (one shard per split), through the library's one writer."""
-    from wavenet.audio import mu_law_encode
-    from wavenet.shards import dataset_from_codes
-
     sr, q = config.audio.sample_rate, config.audio.quantization_channels
     examples = []
     for split, seconds, count in (("train", train_seconds, train_examples),
@@ -217,8 +226,6 @@ def write_shard_dataset(root, config, labels=EVAL_LABELS, train_seconds=0.5, val
 
 
 def tiny_config(num_classes: int = len(EVAL_LABELS)):
-    from wavenet.config import preset
-
     cfg = preset("tiny")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
 

@@ -236,7 +236,6 @@ def test_warm_start_takes_the_champion_only_when_it_fits(eval_data, untrained_mo
     from wavenet.evaluate import evaluate
 
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": "warm-test"})
     # The first scheduled run: no champion yet, so training starts from scratch.

@@ -18,14 +18,6 @@ from wavenet.evaluate import (
 Q = 256
 
 
-@pytest.fixture(autouse=True)
-def fresh_mlflow_env(monkeypatch):
-    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID into os.environ; each test
-    # uses its own store, so an id left by an earlier test must not leak in.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-
-
 def expected_smoothed_bits(count: float, total: float, a: float, q: int = Q) -> float:
     return -math.log2((count + a) / (total + q * a))
 
@@ -194,8 +186,9 @@ def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
         eval_data, trained_model_path, tmp_path, monkeypatch, request):
     from pathlib import Path
 
-    from wavenet import storage
     from wavenet.samples import generate_samples
+
+    from wavenet import storage
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("emulator"))
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")

@@ -1,3 +1,4 @@
+import mlflow
 import pytest
 from conftest import tiny_config
 
@@ -5,13 +6,6 @@ from wavenet import registry, tracking
 from wavenet.errors import TrackingError, WavenetError
 from wavenet.evaluate import evaluate
 from wavenet.model import load_model
-
-
-@pytest.fixture(autouse=True)
-def fresh_mlflow_env(monkeypatch):
-    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; stores differ between tests.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
 
 
 @pytest.fixture(params=["sqlite", "server"])
@@ -24,15 +18,11 @@ def tracking_uri(request, tmp_path, monkeypatch):
 
 
 def champion_version(uri, name):
-    import mlflow
-
     return str(mlflow.MlflowClient(uri).get_model_version_by_alias(name, "champion").version)
 
 
 def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one(
         eval_data, trained_model_path, untrained_model_path, tracking_uri, tmp_path, request):
-    import mlflow
-
     name = f"wavenet-gate-{request.node.callspec.id}"
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": name,
                                         "evaluate.promotion_margin_bits": 0.05})

@@ -9,14 +9,7 @@ from conftest import EVAL_LABELS, tiny_config
 
 from wavenet.errors import ConfigError, DataError
 from wavenet.evaluate import evaluate
-from wavenet.samples import clip_labels, generate_samples, prime_codes
-
-
-@pytest.fixture(autouse=True)
-def fresh_mlflow_env(monkeypatch):
-    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; stores differ between tests.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+from wavenet.generate_samples import clip_labels, generate_samples, prime_codes
 
 
 def test_clip_labels_cycle_through_the_vocabulary():

@@ -2,26 +2,25 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
+import keras
+import mlflow.keras
 import numpy as np
 import pytest
 from conftest import write_shards
+from mlflow import MlflowClient
 
 from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.errors import ConfigError
 from wavenet.launch import free_ports
+from wavenet.model import load_model
 from wavenet.train import worker_role
-from wavenet.train.schedule import learning_rate_at
-from wavenet.train.setup import resolve_jit_compile, resolve_precision
-
-
-@pytest.fixture(autouse=True)
-def no_inherited_mlflow_run(monkeypatch):
-    # KFP's variables, or ones mlflow.set_experiment() left in os.environ from
-    # other tests in this process, would steer these in-process runs elsewhere.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+from wavenet.train.schedule import WarmupCosine, learning_rate_at
+from wavenet.train.setup import make_optimizer, resolve_jit_compile, resolve_precision
 
 
 def test_learning_rate_warms_up_then_decays_to_floor():
@@ -39,9 +38,6 @@ def test_learning_rate_warms_up_then_decays_to_floor():
 
 def test_launchers_never_import_tensorflow():
     """`wavenet train --workers N`, the train component and the TFJob launcher stay light."""
-    import subprocess
-    import sys
-
     code = ("import sys; import wavenet.train, wavenet.train.launch, wavenet.train.cluster; "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -51,11 +47,6 @@ def test_launchers_never_import_tensorflow():
 
 def test_the_optimizers_schedule_is_the_formula_at_warm_up_peak_and_end():
     """The schedule that drives Adam, read back from the optimizer, against the closed form."""
-    import keras
-
-    from wavenet.train.schedule import WarmupCosine
-    from wavenet.train.setup import make_optimizer
-
     t = preset("tiny").train  # lr 3e-3, warmup 5, 30 steps, floor 0.05
 
     def formula(i):  # linear warm-up, then half a cosine from the peak down to the floor
@@ -105,10 +96,6 @@ def test_pre_reduced_adam_does_not_sum_again():
     it as it is. If Keras renames ``_all_reduce_sum_gradients``, ours doubles too;
     if Keras stops summing there, the override is no longer needed.
     """
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", _DOUBLE_SUM_CHECK], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -175,13 +162,6 @@ def test_global_batch_must_divide_among_workers(tiny_shards, tmp_path, capsys):
 
 
 def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_server, capsys):
-    import keras
-    import mlflow.keras
-    from mlflow import MlflowClient
-
-    import wavenet.model  # noqa: F401 - registers the custom layers for loading
-    from wavenet.model import load_model
-
     data = write_shards(tmp_path / "data", train_shards=2, examples_per_shard=4, seed=1)
     out = tmp_path / "run"
     rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--no-progress",
@@ -243,10 +223,6 @@ def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_ser
 
 
 def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, capsys):
-    from mlflow import MlflowClient
-
-    from wavenet.model import load_model
-
     db = f"sqlite:///{tmp_path}/m.db"
     common = ["--preset", "tiny", "--no-progress", "--tracking-uri", db]
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from wavenet import storage
 from wavenet.errors import ConfigError
 
 __all__ = [
@@ -343,9 +344,7 @@ class ExperimentConfig:
         return cls.from_dict(d)
 
     def save(self, path: str | os.PathLike) -> None:
-        from wavenet.storage import write_text_atomic
-
-        write_text_atomic(str(path), self.to_yaml())
+        storage.write_text_atomic(str(path), self.to_yaml())
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``section.field -> value`` (MLflow params)."""

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
+from wavenet.data import local_shard_paths, parse_example, validation_dataset
 from wavenet.errors import DataError, one_line
 from wavenet.manifest import Manifest, read_manifest
 from wavenet.model import bits_per_sample
@@ -156,10 +158,6 @@ def baseline_bits(counts: CodeCounts, prev: np.ndarray, targets: np.ndarray, *,
 
 def training_code_counts(data_dir: str, quantization_channels: int) -> CodeCounts:
     """Code statistics of every training shard of ``data_dir`` (read in full)."""
-    import tensorflow as tf
-
-    from wavenet.data import local_shard_paths, parse_example
-
     # Bucket shards are fetched (and checked against their sha256) into the local cache.
     files = local_shard_paths(data_dir, "train")
     if not files:
@@ -180,8 +178,6 @@ def _bits_fn(model, context: int):
     Crops carry ``context >= receptive_field`` codes in front of the scored
     window, so models with different receptive fields score the same samples.
     """
-    import tensorflow as tf
-
     return tf.function(lambda crops, labels: bits_per_sample(model, crops, labels, context=context),
                        reduce_retracing=True)
 
@@ -213,8 +209,6 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         "baselines": {name: bits}, "per_label": {label_id: {"samples", "windows",
         "models": [...], "baselines": {...}}}}``.
     """
-    from wavenet.data import validation_dataset
-
     if not models:
         raise ValueError("score_models needs at least one model")
     q = counts.quantization_channels

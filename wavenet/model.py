@@ -21,11 +21,11 @@ import dataclasses
 import math
 import os
 import tempfile
-from typing import Any
 
 import keras
 from keras import ops
 
+from wavenet import storage
 from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig
 from wavenet.errors import WavenetError, one_line
 
@@ -290,8 +290,6 @@ def bits_per_sample(model: WaveNet, crop, labels=None, *, context: int | None = 
 
 def save_model(model: WaveNet, path: str) -> None:
     """Save a ``.keras`` file atomically (local path, or ``gs://`` via upload)."""
-    from wavenet import storage
-
     if not path.endswith(".keras"):
         raise WavenetError(f"model path must end with .keras. Received: {path}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,8 +300,6 @@ def save_model(model: WaveNet, path: str) -> None:
 
 def load_model(path: str) -> WaveNet:
     """Load a WaveNet saved by :func:`save_model` (safe mode: no arbitrary code)."""
-    from wavenet import storage
-
     if not storage.exists(path):
         raise WavenetError(f"model file not found: {path}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -315,7 +311,3 @@ def load_model(path: str) -> WaveNet:
     if not isinstance(model, WaveNet):
         raise WavenetError(f"{path} is not a WaveNet model. Received: {type(model).__name__}")
     return model
-
-
-def config_from_model(model: WaveNet) -> dict[str, Any]:
-    return {"model": dataclasses.asdict(model.config), "audio": dataclasses.asdict(model.audio_config)}

@@ -36,10 +36,13 @@ import hashlib
 import io
 import json
 import logging
+import multiprocessing as mp
 import os
 import shutil
 import stat
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,6 +50,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
 from wavenet import storage
 from wavenet.audio import mu_law_encode, peak_normalize, resample, to_mono, trim_silence
@@ -163,8 +168,6 @@ def _read(path: str) -> bytes:
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-    import soundfile as sf
-
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             info = {"sample_rate_in": int(f.samplerate), "channels_in": int(f.channels),
@@ -411,10 +414,6 @@ def _pool_context():
     never TensorFlow). forkserver is not used: its server keeps the
     environment of its first start (e.g. a stale STORAGE_EMULATOR_HOST).
     """
-    import multiprocessing as mp
-    import sys
-    import threading
-
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
     if ("tensorflow" not in sys.modules and all(t.daemon for t in others)
             and "fork" in mp.get_all_start_methods()):
@@ -513,8 +512,6 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
     parts = partition(files, n * 8 if n > 1 else len(files))
     work_dir = tempfile.mkdtemp(prefix="wavenet-preprocess-")
     try:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress)
         partials: list[str] = []
         jobs = [(part, work_dir, config, src, None, known) for part in parts]

@@ -8,6 +8,9 @@ The only core module that imports ``kubernetes``. Two halves:
 - :func:`run_tfjob` creates the job, streams worker 0's log, waits for a
   ``Succeeded`` or ``Failed`` condition and deletes the job (its pods go with it).
 
+``kubernetes`` is imported by :func:`run_tfjob` itself: rendering a job (every
+launcher, the tests, ``make compile``) needs only this module.
+
 The template lives in ``k8s/tfjob-template.yaml`` (validated by ``make k8s-validate``
 against ``k8s/schemas/tfjob.schema.json``); the container image copies it to
 ``/opt/wavenet/k8s`` and names it in ``WAVENET_TFJOB_TEMPLATE``, which the caller

@@ -55,9 +55,6 @@ def run(cfg, quick: bool = False) -> dict:
     Returns:
         A JSON-able dict of figures (see the module docstring and README).
     """
-    # A benchmark entry point pins its own threads before any heavy work (the
-    # one documented place where the library writes os.environ).
-    os.environ["NUMBA_NUM_THREADS"] = "1"
     from wavenet.bench import machine, matmul_gflops, peak_rss_mb, pin_threads
 
     pin_threads(1)
