@@ -139,23 +139,10 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
         DataError: no training shards, or fewer shards than input pipelines.
     """
     manifest = manifest or read_manifest(data_dir)
-    shards = manifest.shards_of("train")
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
-    if not shards:
-        raise DataError(f"{data_dir} has no training shards with examples")
-    if len(shards) < num_pipelines:
-        raise DataError(
-            f"{data_dir} has {len(shards)} training shards but training uses {num_pipelines} "
-            f"workers: each worker needs at least one shard (re-run preprocess with "
-            f"data.num_shards >= {num_pipelines})")
     crop = config.crop_length
-    # Examples shorter than a crop are dropped; if all were, the endless
-    # dataset would read forever without yielding, so refuse up front.
-    if manifest.longest_example("train") < crop:
-        raise DataError(f"{data_dir} has no training example of at least {crop} codes "
-                        f"(receptive_field + train.window): use longer tracks, a larger "
-                        f"data.chunk_seconds or a smaller train.window")
+    shards = _training_shards(data_dir, manifest, num_pipelines, crop)
     # FILE sharding, done before any download so a worker fetches only its own files.
     files = _localise(data_dir, shards[pipeline_id::num_pipelines], cache_dir)
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -166,7 +153,35 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
     ds = ds.filter(lambda codes, label: tf.shape(codes)[0] >= crop)
     # One int64 per example from a seeded stream: crops are reproducible without global state.
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed + 2)))
+    ds = ds.flat_map(_random_crops(crop, seed))
+    ds = ds.shuffle(1024, seed=seed + 1).batch(batch_size, drop_remainder=True)
+    options = tf.data.Options()
+    # Sharding is done above by file; tell tf.distribute not to shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
+
+def _training_shards(data_dir: str, manifest: Manifest, num_pipelines: int, crop: int) -> list[Shard]:
+    """The training shards, or a one-line DataError when they cannot feed ``num_pipelines``."""
+    shards = manifest.shards_of("train")
+    if not shards:
+        raise DataError(f"{data_dir} has no training shards with examples")
+    if len(shards) < num_pipelines:
+        raise DataError(
+            f"{data_dir} has {len(shards)} training shards but training uses {num_pipelines} "
+            f"workers: each worker needs at least one shard (re-run preprocess with "
+            f"data.num_shards >= {num_pipelines})")
+    # Examples shorter than a crop are dropped; if all were, the endless
+    # dataset would read forever without yielding, so refuse up front.
+    if manifest.longest_example("train") < crop:
+        raise DataError(f"{data_dir} has no training example of at least {crop} codes "
+                        f"(receptive_field + train.window): use longer tracks, a larger "
+                        f"data.chunk_seconds or a smaller train.window")
+    return shards
+
+
+def _random_crops(crop: int, seed: int):
+    """``((codes, label), crop_seed) -> max(1, len // crop)`` crops at stateless random offsets."""
     def random_crops(example, crop_seed):
         codes, label = example
         n = tf.shape(codes)[0]
@@ -178,12 +193,7 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
         crops = tf.cast(tf.gather(codes, idx), tf.int32)
         return tf.data.Dataset.from_tensor_slices((crops, tf.fill([k], label)))
 
-    ds = ds.flat_map(random_crops)
-    ds = ds.shuffle(1024, seed=seed + 1).batch(batch_size, drop_remainder=True)
-    options = tf.data.Options()
-    # Sharding is done above by file; tell tf.distribute not to shard again.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return random_crops
 
 
 def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,

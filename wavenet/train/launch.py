@@ -104,9 +104,9 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
         workers: local worker processes (>1: started by :mod:`wavenet.launch`).
         tf_config: run as one worker of this cluster (a TFJob pod's parsed
             ``TF_CONFIG``); ``workers`` is then ignored.
-        tracking_uri: MLflow URI (default ``MLFLOW_TRACKING_URI`` or ./mlflow.db).
-        experiment: MLflow experiment (default ``cfg.name``).
-        run_name: MLflow run name (default preset-datahash-starttime).
+        tracking_uri, experiment, run_name: the MLflow store (default
+            ``MLFLOW_TRACKING_URI``, else ./mlflow.db), experiment (default
+            ``cfg.name``) and run name (default :func:`wavenet.tracking.run_name`).
         progress: a progress bar on the chief.
         threads: TensorFlow intra/inter-op threads per worker (0: TensorFlow's
             default in one process, cores / workers for local workers).
@@ -119,25 +119,19 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
             (KFP's ``MLFLOW_RUN_ID`` becomes its parent) and what local worker
             processes inherit (default: this process's).
 
-    Returns:
-        A :class:`TrainResult`.
-
     Raises:
         ConfigError, DataError, TrackingError: bad input, found before training.
         wavenet.launch.WorkerError: a local worker failed.
     """
     uri = tracking.resolve_tracking_uri(tracking_uri, environ)
     common = dict(tracking_uri=uri, experiment=experiment, run_name=run_name, progress=progress,
-                  threads=threads, kfp_run_id=kfp_run_id)
+                  threads=threads, kfp_run_id=kfp_run_id, environ=environ)
     if tf_config is not None:
         if init_model and tracking.is_mlflow_uri(init_model):
             raise ConfigError("--worker reads --init-model as a .keras path (local or gs://) that "
                               "every worker can open; resolve MLflow URIs before starting the "
                               f"workers. Received: init_model={init_model!r}")
-        from wavenet.train.worker import train_worker  # this process trains: TensorFlow now
-
-        return train_worker(data, out, cfg, tf_config=tf_config, init_model=init_model,
-                            environ=environ, **common)
+        return _train_here(data, out, cfg, tf_config, init_model, common)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
     check_batch(cfg, workers)
@@ -148,9 +142,13 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
 
         init_model = prepare_init_model(init_model, out, cfg, uri)
     if workers == 1:
-        from wavenet.train.worker import train_worker  # this process trains: TensorFlow now
+        return _train_here(data, out, cfg, None, init_model, common)
+    return _train_local_workers(data, out, cfg, workers=workers, init_model=init_model, **common)
 
-        return train_worker(data, out, cfg, tf_config=None, init_model=init_model,
-                            environ=environ, **common)
-    return _train_local_workers(data, out, cfg, workers=workers, init_model=init_model,
-                                environ=environ, **common)
+
+def _train_here(data: str, out: str, cfg: ExperimentConfig, tf_config: Mapping[str, Any] | None,
+                init_model: str | None, common: dict[str, Any]) -> TrainResult:
+    """Train in this process (alone, or as one worker of ``tf_config``'s cluster)."""
+    from wavenet.train.worker import train_worker  # this process trains: TensorFlow now
+
+    return train_worker(data, out, cfg, tf_config=tf_config, init_model=init_model, **common)
