@@ -181,14 +181,12 @@ def test_cli_evaluate_prints_json_and_reports_bad_input_in_one_line(
     assert rc == 2 and "no manifest.json" in err and err.count("\n") == 1
 
 
-
 def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
         eval_data, trained_model_path, tmp_path, monkeypatch, request):
     from pathlib import Path
 
-    from wavenet.samples import generate_samples
-
     from wavenet import storage
+    from wavenet.generate_samples import generate_samples
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("emulator"))
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")

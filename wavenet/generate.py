@@ -176,7 +176,7 @@ def _step(codes, want_logits, t, params, state, logits):
                     _F32(1.0) + _exp32(-g))
         o = woff[layer, 1]
         _matmul_acc(h, flat[o:o + ng * ns].reshape((ng, ns)), skip)
-        if layer + 1 < nl:  # the last layer is skip-only (the model's, too)
+        if layer < bres.shape[0]:  # a layer with a residual output (all but the skip-only last)
             for b in range(nb):
                 x[b, :] += bres[layer]
             o = woff[layer, 2]
