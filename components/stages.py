@@ -24,8 +24,8 @@ _COMMON = {"base_image": WAVENET_IMAGE, "install_kfp_package": False}
 
 @dsl.component(**_COMMON)
 def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: int,
-                    demo_seconds: float, audio: Output[Dataset]
-                    ) -> NamedTuple("Listing", [("partitions", list), ("config", str)]):
+                    demo_seconds: float, audio: Output[Dataset],
+                    config: dsl.OutputPath(str)) -> list[str]:
     """Resolve the config, list the input audio and split it into partitions.
 
     Args:
@@ -36,14 +36,14 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
         partitions: how many preprocessing tasks to fan out to (at most one per file).
         demo_seconds: seconds of demo audio per genre (0: the corpus default).
         audio: the audio root (the demo corpus itself, or a pointer to ``source_uri``).
+        config: the resolved config as YAML (``cfg.to_yaml()``), for every later step.
 
     Returns:
-        partitions: one JSON list of file names (relative to the audio root) per partition.
-        config: the resolved config as YAML, for every later step.
+        One JSON list of file names (relative to the audio root) per partition (the
+        "Output" a ParallelFor iterates: kfp.local iterates only over that name).
     """
     import json
     import os
-    from collections import namedtuple
 
     from components import runtime
     from wavenet.config import overrides_from_yaml, resolve_config
@@ -70,8 +70,9 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
         raise DataError(f"no audio files found under {root}")
     audio.metadata["files"] = len(names)
     parts = [p for p in partition(names, max(1, min(partitions, len(names)))) if p]
-    return namedtuple("Listing", ["partitions", "config"])([json.dumps(p) for p in parts],
-                                                           cfg.to_yaml())
+    with open(config, "w") as f:
+        f.write(cfg.to_yaml())
+    return [json.dumps(p) for p in parts]
 
 
 @dsl.component(**_COMMON)

@@ -90,7 +90,7 @@ def wavenet_train(
     listed.set_caching_options(False).set_display_name("list audio")
 
     config = listed.outputs["config"]
-    with dsl.ParallelFor(listed.outputs["partitions"], parallelism=PREPROCESS_PARALLELISM,
+    with dsl.ParallelFor(listed.outputs["Output"], parallelism=PREPROCESS_PARALLELISM,
                          name="partitions") as part:
         pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, config=config,
                                    shards_uri=shards_uri)

@@ -131,7 +131,7 @@ from components.stages import list_partitions, merge_shards, preprocess_partitio
 def data_stages(source_uri: str, shards_uri: str, demo_seconds: float) -> dsl.Dataset:
     listed = list_partitions(source_uri=source_uri, preset="tiny", config_yaml="", partitions=2,
                              demo_seconds=demo_seconds)
-    with dsl.ParallelFor(listed.outputs["partitions"]) as part:
+    with dsl.ParallelFor(listed.outputs["Output"]) as part:
         pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
                                    config=listed.outputs["config"], shards_uri=shards_uri)
     merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]),
@@ -189,7 +189,7 @@ def test_overrides_reach_the_components(local_root):
         listed = list_partitions(source_uri="", preset="tiny",
                                  config_yaml=yaml.safe_dump({"data": {"num_shards": 1}}),
                                  partitions=1, demo_seconds=2.0)
-        with dsl.ParallelFor(listed.outputs["partitions"]) as part:
+        with dsl.ParallelFor(listed.outputs["Output"]) as part:
             pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
                                        config=listed.outputs["config"], shards_uri="")
         return merge_shards(partials=dsl.Collected(pre.outputs["partial"]),

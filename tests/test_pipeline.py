@@ -64,7 +64,7 @@ def test_preprocessing_fans_out_over_partitions_and_merge_collects_them(ir):
     (loop_name,) = [n for n, t in tasks.items() if "parameterIterator" in t]
     loop = tasks[loop_name]
     items = loop["parameterIterator"]["items"]["inputParameter"]
-    assert "list-partitions-partitions" in items
+    assert "list-partitions-Output" in items
     assert loop["iteratorPolicy"]["parallelismLimit"] == PREPROCESS_PARALLELISM
     inner = _component_tasks(ir, loop["componentRef"]["name"])
     assert inner["preprocess-partition"]["componentRef"]["name"] == "comp-preprocess-partition"
