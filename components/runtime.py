@@ -12,12 +12,19 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError
 
 # What KFP's MLflow integration and the user's tracking settings put in a step's
 # environment; passed on to TFJob pods so their runs nest under the pipeline's run.
 MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
               "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_INSECURE_TLS")
+
+
+def load_config(path: str) -> ExperimentConfig:
+    """The config a step received: the YAML file of the first step's ``config`` artifact."""
+    with open(path) as f:
+        return ExperimentConfig.from_yaml(f.read())
 
 
 def relative_names(root: str, files: list[str]) -> list[str]:

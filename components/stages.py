@@ -1,7 +1,10 @@
 """The components. Bodies import inside (KFP ships each body on its own) and stay thin.
 
 The first step resolves the pipeline's ``preset`` and ``config_yaml`` overrides
-once; every later step receives the whole config as ``config`` (``cfg.to_yaml()``).
+once and writes the whole config (``cfg.to_yaml()``) to its ``config`` artifact;
+every later step reads it from there. (An artifact, not a string parameter:
+kfp.local 2.17 hands a ParallelFor body the producer's "Output" for any of its
+parameters.)
 
 Artifacts between stages:
 ``list_partitions`` -> audio (Dataset) + partitions (JSON lists of file names) + config ->
@@ -25,7 +28,7 @@ _COMMON = {"base_image": WAVENET_IMAGE, "install_kfp_package": False}
 @dsl.component(**_COMMON)
 def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: int,
                     demo_seconds: float, audio: Output[Dataset],
-                    config: dsl.OutputPath(str)) -> list[str]:
+                    config: Output[Artifact]) -> list[str]:
     """Resolve the config, list the input audio and split it into partitions.
 
     Args:
@@ -36,7 +39,7 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
         partitions: how many preprocessing tasks to fan out to (at most one per file).
         demo_seconds: seconds of demo audio per genre (0: the corpus default).
         audio: the audio root (the demo corpus itself, or a pointer to ``source_uri``).
-        config: the resolved config as YAML (``cfg.to_yaml()``), for every later step.
+        config: the resolved config as a YAML file (``cfg.to_yaml()``), for every later step.
 
     Returns:
         One JSON list of file names (relative to the audio root) per partition (the
@@ -70,14 +73,15 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
         raise DataError(f"no audio files found under {root}")
     audio.metadata["files"] = len(names)
     parts = [p for p in partition(names, max(1, min(partitions, len(names)))) if p]
-    with open(config, "w") as f:
+    os.makedirs(os.path.dirname(config.path), exist_ok=True)
+    with open(config.path, "w") as f:
         f.write(cfg.to_yaml())
     return [json.dumps(p) for p in parts]
 
 
 @dsl.component(**_COMMON)
-def preprocess_partition(audio: Input[Dataset], partition: str, config: str, shards_uri: str,
-                         partial: Output[Dataset]):
+def preprocess_partition(audio: Input[Dataset], partition: str, config: Input[Artifact],
+                         shards_uri: str, partial: Output[Dataset]):
     """Decode, resample and mu-law encode one partition's files into a partial manifest.
 
     With ``shards_uri`` (a persistent shards location from earlier runs), files whose
@@ -87,14 +91,13 @@ def preprocess_partition(audio: Input[Dataset], partition: str, config: str, sha
     import os
 
     from components import runtime
-    from wavenet.config import ExperimentConfig
     from wavenet.preprocess import process_partition
 
     names = json.loads(partition)
     root = audio.metadata.get("source_uri") or audio.path
     files = [runtime.join_root(root, n) for n in names]
     os.makedirs(partial.path, exist_ok=True)
-    manifest = process_partition(files, partial.path, ExperimentConfig.from_yaml(config), src=root,
+    manifest = process_partition(files, partial.path, runtime.load_config(config.path), src=root,
                                  dst=shards_uri or None)
     # Relative: a later step sees this artifact at its own local path.
     partial.metadata.update({"manifest": os.path.relpath(manifest, partial.path),
@@ -102,7 +105,7 @@ def preprocess_partition(audio: Input[Dataset], partition: str, config: str, sha
 
 
 @dsl.component(**_COMMON)
-def merge_shards(partials: Input[list[Dataset]], config: str, shards_uri: str,
+def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards_uri: str,
                  shards: Output[Dataset]) -> str:
     """Merge the partial manifests into TFRecord shards + manifest.json.
 
@@ -117,12 +120,11 @@ def merge_shards(partials: Input[list[Dataset]], config: str, shards_uri: str,
 
     from components import runtime
     from wavenet import storage
-    from wavenet.config import ExperimentConfig
     from wavenet.preprocess import merge_manifests
 
     paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
     os.makedirs(shards.path, exist_ok=True)
-    manifest = merge_manifests(paths, shards_uri or shards.path, ExperimentConfig.from_yaml(config))
+    manifest = merge_manifests(paths, shards_uri or shards.path, runtime.load_config(config.path))
     if shards_uri:
         # A copy of the manifest keeps lineage in the artifact store.
         storage.write_text_atomic(os.path.join(shards.path, "manifest.json"),
@@ -135,7 +137,7 @@ def merge_shards(partials: Input[list[Dataset]], config: str, shards_uri: str,
 
 
 @dsl.component(**_COMMON)
-def train_model(shards: Input[Dataset], data_version: str, config: str, workers: int,
+def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifact], workers: int,
                 on_cluster: bool, namespace: str, image: str, gpus_per_worker: int,
                 accelerator: str, cluster_run_root: str, warm_start: bool, tracking_uri: str,
                 experiment: str, kfp_run_id: str, model: Output[Model],
@@ -161,11 +163,10 @@ def train_model(shards: Input[Dataset], data_version: str, config: str, workers:
 
     from components import runtime
     from wavenet import tfjob
-    from wavenet.config import ExperimentConfig
     from wavenet.tracking import run_name
     from wavenet.train import ClusterSettings, train, train_on_cluster
 
-    cfg = ExperimentConfig.from_yaml(config)
+    cfg = runtime.load_config(config.path)
     name = run_name(cfg.preset, f"d{data_version[:8]}")
     init_model = None
     if warm_start:
@@ -197,7 +198,7 @@ def train_model(shards: Input[Dataset], data_version: str, config: str, workers:
 
 
 @dsl.component(**_COMMON)
-def evaluate_model(model: Input[Model], shards: Input[Dataset], config: str, tracking_uri: str,
+def evaluate_model(model: Input[Model], shards: Input[Dataset], config: Input[Artifact], tracking_uri: str,
                    experiment: str, metrics: Output[Metrics],
                    evaluation: Output[Artifact]) -> NamedTuple("Gate", [("promoted", bool)]):
     """Held-out bits/sample against baselines and the champion; promote when better.
@@ -209,7 +210,6 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], config: str, tra
     from collections import namedtuple
 
     from components import runtime
-    from wavenet.config import ExperimentConfig
     from wavenet.evaluate import evaluate
 
     os.makedirs(evaluation.path, exist_ok=True)
@@ -217,7 +217,7 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], config: str, tra
     # the version to that run), else the .keras file of the artifact.
     model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
     result = evaluate(model_uri, runtime.data_location(shards.path, shards.uri, shards.metadata),
-                      ExperimentConfig.from_yaml(config), out_dir=evaluation.path, gate=True,
+                      runtime.load_config(config.path), out_dir=evaluation.path, gate=True,
                       tracking_uri=tracking_uri or None, experiment=experiment or None,
                       run_name=f"{model.metadata.get('run_name') or 'model'}-evaluate")
     for k, v in runtime.numeric_metrics(result).items():
@@ -228,21 +228,20 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], config: str, tra
 
 
 @dsl.component(**_COMMON)
-def generate_samples(model: Input[Model], shards: Input[Dataset], config: str, tracking_uri: str,
+def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[Artifact], tracking_uri: str,
                      experiment: str, samples: Output[Artifact], report: Output[HTML]):
     """Sample clips from the model: WAVs, spectrograms and an HTML listening report."""
     import os
     import shutil
 
     from components import runtime
-    from wavenet.config import ExperimentConfig
     from wavenet.generate_samples import generate_samples as _generate
 
     os.makedirs(samples.path, exist_ok=True)
     # As in evaluate_model: the training run's MLflow model when logged (the samples run
     # then joins that run's experiment), else the .keras file.
     model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
-    result = _generate(model_uri, samples.path, ExperimentConfig.from_yaml(config),
+    result = _generate(model_uri, samples.path, runtime.load_config(config.path),
                        data_dir=runtime.data_location(shards.path, shards.uri, shards.metadata),
                        tracking_uri=tracking_uri or None, experiment=experiment or None,
                        progress=False,
