@@ -1,7 +1,13 @@
 """The components. Bodies import inside (KFP ships each body on its own) and stay thin.
 
+The first step resolves the pipeline's ``preset`` and ``config_yaml`` overrides
+once and writes the whole config (``cfg.to_yaml()``) to its ``config`` artifact;
+every later step reads it from there. (An artifact, not a string parameter:
+kfp.local 2.17 hands a ParallelFor body the producer's "Output" for any of its
+parameters.)
+
 Artifacts between stages:
-``list_partitions`` -> audio (Dataset) + partitions (JSON lists of file names) ->
+``list_partitions`` -> audio (Dataset) + partitions (JSON lists of file names) + config ->
 ``preprocess_partition`` (one per partition, in a ParallelFor) -> partial (Dataset) ->
 ``merge_shards`` (Collected partials) -> shards (Dataset) + data version ->
 ``train_model`` -> model (Model) + metrics -> ``evaluate_model`` -> promoted (bool) +
@@ -21,29 +27,33 @@ _COMMON = {"base_image": WAVENET_IMAGE, "install_kfp_package": False}
 
 @dsl.component(**_COMMON)
 def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: int,
-                    demo_seconds: float, audio: Output[Dataset]) -> list[str]:
-    """List the input audio and split it into partitions for parallel preprocessing.
+                    demo_seconds: float, audio: Output[Dataset],
+                    config: Output[Artifact]) -> list[str]:
+    """Resolve the config, list the input audio and split it into partitions.
 
     Args:
         source_uri: folder or gs:// prefix with audio; empty: synthesise the demo corpus
             into ``audio``.
         preset: config preset.
-        config_yaml: YAML overrides of the preset.
+        config_yaml: YAML overrides of the preset (nested or dotted keys).
         partitions: how many preprocessing tasks to fan out to (at most one per file).
         demo_seconds: seconds of demo audio per genre (0: the corpus default).
         audio: the audio root (the demo corpus itself, or a pointer to ``source_uri``).
+        config: the resolved config as a YAML file (``cfg.to_yaml()``), for every later step.
 
     Returns:
-        One JSON list of file names (relative to the audio root) per partition.
+        One JSON list of file names (relative to the audio root) per partition (the
+        "Output" a ParallelFor iterates: kfp.local iterates only over that name).
     """
     import json
     import os
 
     from components import runtime
+    from wavenet.config import overrides_from_yaml, resolve_config
     from wavenet.errors import DataError
     from wavenet.preprocess import list_audio, partition
 
-    cfg = runtime.build_config(preset, config_yaml)
+    cfg = resolve_config(preset, overrides=overrides_from_yaml(config_yaml))
     os.makedirs(audio.path, exist_ok=True)
     if source_uri:
         root = source_uri
@@ -63,11 +73,14 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
         raise DataError(f"no audio files found under {root}")
     audio.metadata["files"] = len(names)
     parts = [p for p in partition(names, max(1, min(partitions, len(names)))) if p]
+    os.makedirs(os.path.dirname(config.path), exist_ok=True)
+    with open(config.path, "w") as f:
+        f.write(cfg.to_yaml())
     return [json.dumps(p) for p in parts]
 
 
 @dsl.component(**_COMMON)
-def preprocess_partition(audio: Input[Dataset], partition: str, preset: str, config_yaml: str,
+def preprocess_partition(audio: Input[Dataset], partition: str, config: Input[Artifact],
                          shards_uri: str, partial: Output[Dataset]):
     """Decode, resample and mu-law encode one partition's files into a partial manifest.
 
@@ -80,20 +93,19 @@ def preprocess_partition(audio: Input[Dataset], partition: str, preset: str, con
     from components import runtime
     from wavenet.preprocess import process_partition
 
-    cfg = runtime.build_config(preset, config_yaml)
     names = json.loads(partition)
     root = audio.metadata.get("source_uri") or audio.path
     files = [runtime.join_root(root, n) for n in names]
-    known = runtime.known_track_ids(shards_uri, cfg) if shards_uri else ()
     os.makedirs(partial.path, exist_ok=True)
-    manifest = process_partition(files, partial.path, cfg, src=root, known=known)
+    manifest = process_partition(files, partial.path, runtime.load_config(config.path), src=root,
+                                 dst=shards_uri or None)
     # Relative: a later step sees this artifact at its own local path.
     partial.metadata.update({"manifest": os.path.relpath(manifest, partial.path),
-                             "files": len(files), "known": len(known)})
+                             "files": len(files)})
 
 
 @dsl.component(**_COMMON)
-def merge_shards(partials: Input[list[Dataset]], preset: str, config_yaml: str, shards_uri: str,
+def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards_uri: str,
                  shards: Output[Dataset]) -> str:
     """Merge the partial manifests into TFRecord shards + manifest.json.
 
@@ -110,31 +122,30 @@ def merge_shards(partials: Input[list[Dataset]], preset: str, config_yaml: str, 
     from wavenet import storage
     from wavenet.preprocess import merge_manifests
 
-    cfg = runtime.build_config(preset, config_yaml)
     paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
     os.makedirs(shards.path, exist_ok=True)
-    manifest = merge_manifests(paths, shards_uri or shards.path, cfg)
+    manifest = merge_manifests(paths, shards_uri or shards.path, runtime.load_config(config.path))
     if shards_uri:
         # A copy of the manifest keeps lineage in the artifact store.
-        storage.write_text_atomic(os.path.join(shards.path, "manifest.json"), json.dumps(manifest))
+        storage.write_text_atomic(os.path.join(shards.path, "manifest.json"),
+                                  json.dumps(manifest.to_dict()))
         shards.metadata["data_dir"] = shards_uri
-    version = runtime.data_version(manifest)
-    shards.metadata.update({"data_version": version, "shards": len(manifest.get("shards", [])),
-                            **runtime.numeric_metrics(manifest.get("summary", {}), "summary.")})
+    version = manifest.data_version
+    shards.metadata.update({"data_version": version, "shards": len(manifest.shards),
+                            **runtime.numeric_metrics(manifest.to_dict()["summary"], "summary.")})
     return version
 
 
 @dsl.component(**_COMMON)
-def train_model(shards: Input[Dataset], data_version: str, preset: str, config_yaml: str,
-                workers: int, steps: int, on_cluster: bool, namespace: str, image: str,
-                gpus_per_worker: int, accelerator: str, cluster_run_root: str, warm_start: bool,
-                tracking_uri: str, experiment: str, kfp_run_id: str, model: Output[Model],
+def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifact], workers: int,
+                on_cluster: bool, namespace: str, image: str, gpus_per_worker: int,
+                accelerator: str, cluster_run_root: str, warm_start: bool, tracking_uri: str,
+                experiment: str, kfp_run_id: str, model: Output[Model],
                 metrics: Output[Metrics]) -> str:
     """Train with MultiWorkerMirroredStrategy: local worker processes, or a TFJob.
 
     Args:
         workers: worker processes (local) or Worker replicas (TFJob).
-        steps: training steps; 0 keeps the config's ``train.steps``.
         on_cluster: run as a Kubeflow TFJob in ``namespace`` (GPU pods from ``image``).
         gpus_per_worker: ``nvidia.com/gpu`` per Worker pod (0: CPU pods).
         accelerator: node selector value for the accelerator type (empty: any GPU node).
@@ -151,56 +162,44 @@ def train_model(shards: Input[Dataset], data_version: str, preset: str, config_y
     import os
 
     from components import runtime
-    from wavenet import storage
+    from wavenet import tfjob
+    from wavenet.tracking import run_name
+    from wavenet.train import ClusterSettings, train, train_on_cluster
 
-    cfg = runtime.build_config(preset, config_yaml)
-    name = runtime.run_name(cfg.preset, data_version)
-    init_model = runtime.champion_uri(cfg, tracking_uri) if warm_start else None
-    if not on_cluster:
-        from wavenet.train import train
+    cfg = runtime.load_config(config.path)
+    name = run_name(cfg.preset, f"d{data_version[:8]}")
+    init_model = None
+    if warm_start:
+        from wavenet.train.warm_start import champion_init_model
 
-        result = train(runtime.data_location(shards.path, shards.uri, shards.metadata), model.path,
-                       cfg, workers=workers, steps=steps or None, tracking_uri=tracking_uri or None,
-                       experiment=experiment or None, run_name=name, progress=False,
-                       init_model=init_model, environ={**os.environ, "KFP_RUN_ID": kfp_run_id})
-        summary, run_id = dict(result.summary), result.run_id or ""
+        init_model = champion_init_model(cfg, tracking_uri or None)
+    common = {"tracking_uri": tracking_uri or None, "experiment": experiment or None,
+              "run_name": name, "kfp_run_id": kfp_run_id, "init_model": init_model}
+    if on_cluster:
+        cluster = ClusterSettings(namespace, image, workers, gpus_per_worker, accelerator,
+                                  cluster_run_root,
+                                  tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
+        data = runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True)
+        result = train_on_cluster(data, cfg, cluster, local_dir=model.path,
+                                  env={**runtime.mlflow_env(os.environ, tracking_uri),
+                                       "KFP_RUN_ID": kfp_run_id},
+                                  labels={"wavenet/data-version": data_version[:63]}, **common)
+        model.metadata["cluster_run_dir"] = result.out_dir
     else:
-        from wavenet import tfjob
-
-        if not cluster_run_root.startswith("gs://"):
-            from wavenet.errors import ConfigError
-
-            raise ConfigError(f"cluster_run_root must be a gs:// prefix for TFJob pods. "
-                              f"Received: {cluster_run_root!r}")
-        job = tfjob.job_name("wavenet", name)
-        out = storage.join(cluster_run_root, job)
-        if init_model:
-            # Pods open a file, not a registry URI: resolve the champion once, here.
-            from wavenet.train import prepare_init_model
-
-            init_model = prepare_init_model(init_model, out, cfg, tracking_uri or None)
-        rendered = runtime.training_tfjob(
-            cfg, job, runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True),
-            out, namespace=namespace, image=image, workers=workers,
-            gpus_per_worker=gpus_per_worker, accelerator=accelerator, run_name=name, steps=steps,
-            experiment=experiment, init_model=init_model or "",
-            env={**runtime.mlflow_env(os.environ, tracking_uri), "KFP_RUN_ID": kfp_run_id},
-            labels={"wavenet/data-version": data_version[:63]},
-            template=tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
-        tfjob.run_tfjob(rendered)
-        summary = tfjob.collect_run(out, model.path)
-        run_id = str(summary.get("run_id", ""))
-        model.metadata["cluster_run_dir"] = out
-    model.metadata.update({"run_name": name, "run_id": run_id, "data_version": data_version,
-                           "preset": cfg.preset, "model_uri": summary.get("model_uri") or ""})
-    for k, v in runtime.numeric_metrics(summary).items():
+        data = runtime.data_location(shards.path, shards.uri, shards.metadata)
+        result = train(data, model.path, cfg, workers=workers, progress=False, environ=os.environ,
+                       **common)
+    model.metadata.update({"run_name": name, "run_id": result.run_id or "",
+                           "data_version": data_version, "preset": cfg.preset,
+                           "model_uri": result.summary.get("model_uri") or ""})
+    for k, v in runtime.numeric_metrics(result.summary).items():
         metrics.log_metric(k, v)
-    return run_id
+    return result.run_id or ""
 
 
 @dsl.component(**_COMMON)
-def evaluate_model(model: Input[Model], shards: Input[Dataset], preset: str, config_yaml: str,
-                   tracking_uri: str, experiment: str, metrics: Output[Metrics],
+def evaluate_model(model: Input[Model], shards: Input[Dataset], config: Input[Artifact], tracking_uri: str,
+                   experiment: str, metrics: Output[Metrics],
                    evaluation: Output[Artifact]) -> NamedTuple("Gate", [("promoted", bool)]):
     """Held-out bits/sample against baselines and the champion; promote when better.
 
@@ -213,14 +212,13 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], preset: str, con
     from components import runtime
     from wavenet.evaluate import evaluate
 
-    cfg = runtime.build_config(preset, config_yaml)
     os.makedirs(evaluation.path, exist_ok=True)
     # The MLflow model of the training run when it was logged (the registry then links
     # the version to that run), else the .keras file of the artifact.
     model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
-    result = evaluate(model_uri, runtime.data_location(shards.path, shards.uri, shards.metadata), cfg,
-                      out_dir=evaluation.path, gate=True, tracking_uri=tracking_uri or None,
-                      experiment=experiment or None,
+    result = evaluate(model_uri, runtime.data_location(shards.path, shards.uri, shards.metadata),
+                      runtime.load_config(config.path), out_dir=evaluation.path, gate=True,
+                      tracking_uri=tracking_uri or None, experiment=experiment or None,
                       run_name=f"{model.metadata.get('run_name') or 'model'}-evaluate")
     for k, v in runtime.numeric_metrics(result).items():
         metrics.log_metric(k, v)
@@ -230,22 +228,20 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], preset: str, con
 
 
 @dsl.component(**_COMMON)
-def generate_samples(model: Input[Model], shards: Input[Dataset], preset: str, config_yaml: str,
-                     tracking_uri: str, experiment: str, samples: Output[Artifact],
-                     report: Output[HTML]):
+def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[Artifact], tracking_uri: str,
+                     experiment: str, samples: Output[Artifact], report: Output[HTML]):
     """Sample clips from the model: WAVs, spectrograms and an HTML listening report."""
     import os
     import shutil
 
     from components import runtime
-    from wavenet.samples import generate_samples as _generate
+    from wavenet.generate_samples import generate_samples as _generate
 
-    cfg = runtime.build_config(preset, config_yaml)
     os.makedirs(samples.path, exist_ok=True)
     # As in evaluate_model: the training run's MLflow model when logged (the samples run
     # then joins that run's experiment), else the .keras file.
     model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
-    result = _generate(model_uri, samples.path, cfg,
+    result = _generate(model_uri, samples.path, runtime.load_config(config.path),
                        data_dir=runtime.data_location(shards.path, shards.uri, shards.metadata),
                        tracking_uri=tracking_uri or None, experiment=experiment or None,
                        progress=False,

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--workers", type=int, default=2, help="local training worker processes (default 2)")
-    p.add_argument("--steps", type=int, default=0, help="training steps (default: the preset's)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="training steps, shorthand for --set train.steps=N (default: the preset's)")
     p.add_argument("--partitions", type=int, default=2, help="parallel preprocessing tasks (default 2)")
     p.add_argument("--demo-seconds", type=float, default=0.0,
                    help="seconds per genre of the demo corpus (default: its own)")
@@ -106,8 +107,9 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
     from wavenet.config import resolve_config
     from wavenet.tracking import resolve_tracking_uri
 
-    config_yaml = overrides_yaml(args.overrides)
-    resolve_config(args.preset, None, args.overrides)  # bad presets/overrides fail here, in one line
+    overrides = args.overrides + ([f"train.steps={args.steps}"] if args.steps else [])
+    config_yaml = overrides_yaml(overrides)
+    resolve_config(args.preset, None, overrides)  # bad presets/overrides fail here, in one line
     if args.data and not args.data.startswith("gs://") and not os.path.isdir(args.data):
         from wavenet.errors import DataError
 
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     wavenet_train(source_uri=data, demo_seconds=args.demo_seconds, preset=args.preset,
                   config_yaml=config_yaml, partitions=args.partitions, shards_uri=args.shards_uri,
-                  num_workers=args.workers, train_steps=args.steps, train_on_cluster=False,
+                  num_workers=args.workers, train_on_cluster=False,
                   warm_start=args.warm_start, mlflow_tracking_uri=tracking_uri,
                   mlflow_experiment=args.experiment, generate_if_rejected=args.report_if_rejected)
     wall = time.perf_counter() - t0

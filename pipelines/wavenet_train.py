@@ -61,7 +61,6 @@ def wavenet_train(
     partitions: int = 2,
     shards_uri: str = "",
     num_workers: int = 2,
-    train_steps: int = 0,
     train_on_cluster: bool = False,
     namespace: str = "wavenet",
     train_image: str = WAVENET_GPU_IMAGE,
@@ -77,12 +76,12 @@ def wavenet_train(
     source_uri: folder or gs:// prefix of audio; empty: the synthesised demo corpus.
     demo_seconds: seconds per genre of the demo corpus (0: its default).
     preset: config preset (tiny, demo, bench, large).
-    config_yaml: YAML overrides of the preset, e.g. ``train: {steps: 500}``.
+    config_yaml: YAML overrides of the preset, e.g. ``train: {steps: 500}``; resolved once,
+        by the first step, which hands the whole config to every later step.
     partitions: parallel preprocessing tasks.
     shards_uri: persistent prefix for incremental preprocessing (partials and shards
         are reused when files and settings are unchanged); empty: none.
     num_workers: training workers (local processes or TFJob Worker replicas).
-    train_steps: training steps; 0 keeps the config's.
     train_on_cluster: train as a Kubeflow TFJob instead of local processes.
     namespace: namespace of the TFJob.
     train_image: image of the TFJob's pods.
@@ -100,22 +99,22 @@ def wavenet_train(
     listed.set_caching_options(False).set_display_name("list audio")
     _scratch(listed)
 
+    config = listed.outputs["config"]
     with dsl.ParallelFor(listed.outputs["Output"], parallelism=PREPROCESS_PARALLELISM,
                          name="partitions") as part:
-        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, preset=preset,
-                                   config_yaml=config_yaml, shards_uri=shards_uri)
+        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, config=config,
+                                   shards_uri=shards_uri)
         pre.set_display_name("preprocess partition").set_cpu_request("2").set_memory_limit("8G")
         _scratch(pre)
 
-    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), preset=preset,
-                          config_yaml=config_yaml, shards_uri=shards_uri)
+    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), config=config,
+                          shards_uri=shards_uri)
     merged.set_display_name("merge into shards").set_memory_limit("8G")
     _scratch(merged)
 
     trained = train_model(
-        shards=merged.outputs["shards"], data_version=merged.outputs["Output"], preset=preset,
-        config_yaml=config_yaml, workers=num_workers, steps=train_steps,
-        on_cluster=train_on_cluster, namespace=namespace, image=train_image,
+        shards=merged.outputs["shards"], data_version=merged.outputs["Output"], config=config,
+        workers=num_workers, on_cluster=train_on_cluster, namespace=namespace, image=train_image,
         gpus_per_worker=gpus_per_worker, accelerator=accelerator,
         cluster_run_root=cluster_run_root, warm_start=warm_start,
         tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
@@ -125,7 +124,7 @@ def wavenet_train(
     _scratch(trained)
 
     gate = evaluate_model(model=trained.outputs["model"], shards=merged.outputs["shards"],
-                          preset=preset, config_yaml=config_yaml, tracking_uri=mlflow_tracking_uri,
+                          config=config, tracking_uri=mlflow_tracking_uri,
                           experiment=mlflow_experiment)
     gate.set_display_name("evaluate and gate").set_caching_options(False)
     _mlflow_credentials(gate)
@@ -133,8 +132,7 @@ def wavenet_train(
 
     def _generate(display: str) -> None:
         gen = generate_samples(model=trained.outputs["model"], shards=merged.outputs["shards"],
-                               preset=preset, config_yaml=config_yaml,
-                               tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment)
+                               config=config, tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment)
         gen.set_display_name(display).set_caching_options(False)
         _mlflow_credentials(gen)
         _scratch(gen)

@@ -2,8 +2,6 @@
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import signal
@@ -12,14 +10,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Quiet TensorFlow's C++ logging in test output; set before TensorFlow loads.
+from wavenet.audio import mu_law_encode
+from wavenet.config import preset
+from wavenet.launch import free_ports
+from wavenet.shards import dataset_from_codes
+
+# Quiet TensorFlow's C++ logging in test output; set before TensorFlow loads (which
+# is why the helpers below that need TensorFlow import it inside).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -27,8 +30,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def synthetic_codes(length: int, rng: np.random.Generator, quantization_channels: int = 256) -> np.ndarray:
     """Mu-law codes of a noisy periodic signal: learnable structure plus entropy."""
-    from wavenet.audio import mu_law_encode
-
     period = rng.integers(20, 80)
     t = np.arange(length)
     wave = 0.6 * np.sin(2 * np.pi * t / period) + 0.25 * np.sin(2 * np.pi * t / (period / 3.0))
@@ -39,35 +40,19 @@ def synthetic_codes(length: int, rng: np.random.Generator, quantization_channels
 def write_shards(root, *, train_shards: int = 2, validation_shards: int = 1,
                  examples_per_shard: int = 3, length: int = 4000, labels=("a", "b"),
                  seed: int = 0) -> Path:
-    """Write a dataset in the real shard format (TFRecords + manifest.json) under ``root``.
+    """Write a dataset in the real format under ``root``, through the library's one writer.
 
-    Follows the contract of ``wavenet.data``: ``manifest["shards"]`` entries with
-    path (relative), split, examples, samples, sha256; ``labels``; ``summary``.
+    ``train_shards`` training shards of ``examples_per_shard`` synthetic tracks
+    each, and ``validation_shards * examples_per_shard`` validation tracks (in as
+    many shards as training has: the writer uses one shard count for both splits).
     """
-    import tensorflow as tf
-
-    from wavenet.data import MANIFEST, serialize_example
-
-    root = Path(root)
     rng = np.random.default_rng(seed)
-    shards = []
-    for split, count in (("train", train_shards), ("validation", validation_shards)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            rel = f"{split}/shard-{i:05d}-of-{count:05d}.tfrecord"
-            with tf.io.TFRecordWriter(str(root / rel)) as w:
-                for j in range(examples_per_shard):
-                    codes = synthetic_codes(length, rng)
-                    w.write(serialize_example(codes, j % len(labels), f"{split}-{i}-{j}"))
-            data = (root / rel).read_bytes()
-            shards.append({"path": rel, "split": split, "examples": examples_per_shard,
-                           "samples": examples_per_shard * length,
-                           "sha256": hashlib.sha256(data).hexdigest()})
-    manifest = {"shards": shards, "labels": list(labels),
-                "summary": {"processed": (train_shards + validation_shards) * examples_per_shard,
-                            "skipped": 0}}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return root
+    examples = [(synthetic_codes(length, rng), labels[j % len(labels)], split)
+                for split, count in (("train", train_shards), ("validation", validation_shards))
+                for _ in range(count) for j in range(examples_per_shard)]
+    cfg = preset("tiny").with_overrides({"data.num_shards": train_shards})
+    dataset_from_codes(str(root), cfg, examples, labels=list(labels))
+    return Path(root)
 
 
 @pytest.fixture(scope="session")
@@ -76,11 +61,22 @@ def tiny_shards(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("tiny_shards"))
 
 
-# -- MLflow server -------------------------------------------------------------
+# -- MLflow ----------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def clean_mlflow_env(monkeypatch):
+    """No MLflow run or experiment id leaks into a test.
+
+    KFP injects ``MLFLOW_RUN_ID``/``MLFLOW_EXPERIMENT_ID`` into a step's
+    environment, and ``mlflow.set_experiment()`` exports ``MLFLOW_EXPERIMENT_ID``
+    into ``os.environ``: either, left by the shell or by an earlier test in this
+    process, would steer a test's runs into another run or store.
+    """
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
 
 def free_port() -> int:
-    from wavenet.launch import free_ports
-
     return free_ports(1)[0]
 
 
@@ -214,40 +210,22 @@ def _tone(seconds: float, f0: float, sr: int, phase: float) -> np.ndarray:
 
 def write_shard_dataset(root, config, labels=EVAL_LABELS, train_seconds=0.5, val_seconds=0.2,
                         train_examples=3, val_examples=1):
-    """Write manifest.json + train/validation TFRecord shards like `wavenet preprocess`."""
-    import tensorflow as tf
-
-    from wavenet.audio import mu_law_encode
-    from wavenet.data import MANIFEST, serialize_example
-
+    """A labelled dataset in the real format (one shard per split), through the library's one writer."""
     sr, q = config.audio.sample_rate, config.audio.quantization_channels
-    shards = []
+    examples = []
     for split, seconds, count in (("train", train_seconds, train_examples),
                                   ("validation", val_seconds, val_examples)):
-        rel = f"{split}/shard-00000-of-00001.tfrecord"
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        samples = 0
-        with tf.io.TFRecordWriter(str(path)) as w:
-            for label, _ in enumerate(labels):
-                for i in range(count):
-                    f0 = 220.0 * (1.5 ** label) * (1 + 0.02 * i)
-                    codes = mu_law_encode(_tone(seconds, f0, sr, phase=0.3 * i + (split == "validation")), q)
-                    w.write(serialize_example(codes, label, f"{split}-{label}-{i}"))
-                    samples += len(codes)
-        shards.append({"path": rel, "split": split, "examples": count * len(labels),
-                       "samples": samples,
-                       "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
-    manifest = {"shards": shards, "labels": list(labels),
-                "summary": {"processed": len(labels) * (train_examples + val_examples), "skipped": 0},
-                "sample_rate": sr, "quantization_channels": q}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        for label, name in enumerate(labels):
+            for i in range(count):
+                f0 = 220.0 * (1.5 ** label) * (1 + 0.02 * i)
+                wave = _tone(seconds, f0, sr, phase=0.3 * i + (split == "validation"))
+                examples.append((mu_law_encode(wave, q), name, split))
+    dataset_from_codes(str(root), config.with_overrides({"data.num_shards": 1}), examples,
+                       labels=list(labels))
     return str(root)
 
 
 def tiny_config(num_classes: int = len(EVAL_LABELS)):
-    from wavenet.config import preset
-
     cfg = preset("tiny")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
 
@@ -264,7 +242,7 @@ def train_briefly(data_dir, config, steps: int = 60, seed: int = 0):
     import tensorflow as tf
 
     from wavenet.data import train_dataset
-    from wavenet.model import build_model, per_example_bits
+    from wavenet.model import bits_per_sample, build_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(config)
@@ -273,18 +251,14 @@ def train_briefly(data_dir, config, steps: int = 60, seed: int = 0):
     @tf.function
     def step(crops, labels):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(per_example_bits(model, crops, labels, training=True))
+            loss = tf.reduce_mean(bits_per_sample(model, crops, labels, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
     ds = train_dataset(data_dir, config, config.train.global_batch_size, seed=seed)
-    with warnings.catch_warnings():
-        # The last block's residual output feeds nothing (only its skip is used),
-        # so Keras warns that those two variables get no gradient.
-        warnings.filterwarnings("ignore", message="Gradients do not exist")
-        for crops, labels in ds.take(steps):
-            step(crops, labels)
+    for crops, labels in ds.take(steps):
+        step(crops, labels)
     return model
 
 

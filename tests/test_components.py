@@ -4,24 +4,37 @@ import datetime as dt
 import json
 import os
 
+import numpy as np
 import pytest
 import yaml
 from kfp import dsl, local
 
 from components import runtime
 from wavenet import cli
-from wavenet.config import preset
+from wavenet.config import overrides_from_yaml, preset, resolve_config
 from wavenet.errors import ConfigError
+from wavenet.manifest import Shard, read_manifest, shards_version
+from wavenet.preprocess import known_tracks
+from wavenet.shards import dataset_from_codes
+from wavenet.tracking import run_name
+from wavenet.train import train_command
+from wavenet.train.warm_start import champion_init_model
+
+
+def build_config(preset_name, text):
+    """What the first pipeline step does with its ``preset`` and ``config_yaml`` parameters."""
+    return resolve_config(preset_name, overrides=overrides_from_yaml(text))
+
 
 # -- helpers -------------------------------------------------------------------------------
 
 
 def test_config_from_preset_and_nested_or_dotted_yaml_overrides():
-    cfg = runtime.build_config("tiny", "train:\n  steps: 7\nmodel.stacks: 2\n")
+    cfg = build_config("tiny", "train:\n  steps: 7\nmodel.stacks: 2\n")
     assert cfg.preset == "tiny" and cfg.train.steps == 7 and cfg.model.stacks == 2
     assert cfg.train.window == preset("tiny").train.window
-    assert runtime.build_config("demo", "") == preset("demo")
-    assert runtime.build_config("demo", "  \n") == preset("demo")
+    assert build_config("demo", "") == preset("demo")
+    assert build_config("demo", "  \n") == preset("demo")
 
 
 @pytest.mark.parametrize("preset_name, text, match", [
@@ -34,7 +47,7 @@ def test_config_from_preset_and_nested_or_dotted_yaml_overrides():
 ])
 def test_bad_config_parameters_are_one_line_config_errors(preset_name, text, match):
     with pytest.raises(ConfigError, match=match):
-        runtime.build_config(preset_name, text)
+        build_config(preset_name, text)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -42,12 +55,13 @@ def test_bad_config_parameters_are_one_line_config_errors(preset_name, text, mat
     {"train.steps": 1234, "model.stacks": 3, "train.learning_rate": 0.00025},
     {"train.precision": "mixed_bfloat16", "generate.temperature": 0.9, "evaluate.registered_model_name": "w 2"},
 ])
-def test_cli_config_args_rebuild_the_same_config_in_the_wavenet_cli(overrides):
+def test_worker_commands_rebuild_the_same_config_in_the_wavenet_cli(overrides):
     cfg = preset("demo").with_overrides(overrides)
-    argv = ["train", "shards", "--out", "run", *runtime.cli_config_args(cfg)]
+    argv = train_command("shards", "run", cfg, worker=True, program=("train",))
     args = cli.build_parser().parse_args(argv)
     assert cli._config(args) == cfg
-    assert argv.count("--set") == len(overrides)
+    assert argv[argv.index("--config-yaml") + 1] == cfg.to_yaml()  # the one form that crosses
+    assert "--set" not in argv and "--preset" not in argv
 
 
 def test_relative_names_and_join_root_round_trip_for_folders_and_buckets(tmp_path):
@@ -62,35 +76,28 @@ def test_relative_names_and_join_root_round_trip_for_folders_and_buckets(tmp_pat
 
 
 def test_data_version_follows_shard_content_only():
-    m = {"shards": [{"path": "train/shard-a", "sha256": "1" * 64, "examples": 3},
-                    {"path": "validation/shard-b", "sha256": "2" * 64, "examples": 1}],
-         "created": "now"}
-    v = runtime.data_version(m)
+    shards = [Shard("train/shard-a", "train", 3, 900, "1" * 64),
+              Shard("validation/shard-b", "validation", 1, 300, "2" * 64)]
+    v = shards_version(shards)
     assert len(v) == 10
-    assert runtime.data_version({**m, "created": "later", "shards": m["shards"][::-1]}) == v
-    changed = {"shards": [dict(m["shards"][0], sha256="3" * 64), m["shards"][1]]}
-    assert runtime.data_version(changed) != v
+    assert shards_version(shards[::-1]) == v  # order (and anything but the shards) does not count
+    changed = [Shard("train/shard-a", "train", 3, 900, "3" * 64), shards[1]]
+    assert shards_version(changed) != v
 
 
 def test_known_tracks_count_only_when_the_audio_settings_match(tmp_path):
     cfg = preset("tiny")
-    assert runtime.known_track_ids(str(tmp_path / "none"), cfg) == frozenset()
-    (tmp_path / "tracks").mkdir()
-    (tmp_path / "tracks" / f"{'a' * 64}.npy").write_bytes(b"")
-    entry = {"sha256": "a" * 64, "codes": f"tracks/{'a' * 64}.npy", "path": "x.wav"}
-    from wavenet.preprocess import MANIFEST_VERSION
-
-    manifest = {"version": MANIFEST_VERSION, "audio": cfg.to_dict()["audio"], "files": [entry],
-                "shards": []}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert runtime.known_track_ids(str(tmp_path), cfg) == {"a" * 64}
+    assert frozenset(known_tracks(str(tmp_path / "none"), cfg)) == frozenset()
+    m = dataset_from_codes(str(tmp_path), cfg, [(np.full(4000, 7, np.uint8), "g", "train")])
+    (track,) = m.files
+    assert frozenset(known_tracks(str(tmp_path), cfg)) == {track.sha256}
     other = cfg.with_overrides({"audio.sample_rate": 8000})
-    assert runtime.known_track_ids(str(tmp_path), other) == frozenset()
+    assert frozenset(known_tracks(str(tmp_path), other)) == frozenset()
 
 
 def test_run_names_tell_preset_data_version_and_start_time_apart():
     when = dt.datetime(2026, 11, 25, 1, 2, 3, tzinfo=dt.UTC)
-    assert runtime.run_name("demo", "abcdef0123", when) == "demo-dabcdef01-20261125T010203Z"
+    assert run_name("demo", "dabcdef01", when) == "demo-dabcdef01-20261125T010203Z"
 
 
 def test_data_location_prefers_persistent_shards_and_needs_a_bucket_for_pods():
@@ -125,10 +132,10 @@ def data_stages(source_uri: str, shards_uri: str, demo_seconds: float) -> dsl.Da
     listed = list_partitions(source_uri=source_uri, preset="tiny", config_yaml="", partitions=2,
                              demo_seconds=demo_seconds)
     with dsl.ParallelFor(listed.outputs["Output"]) as part:
-        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, preset="tiny",
-                                   config_yaml="", shards_uri=shards_uri)
-    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), preset="tiny",
-                          config_yaml="", shards_uri=shards_uri)
+        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
+                                   config=listed.outputs["config"], shards_uri=shards_uri)
+    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]),
+                          config=listed.outputs["config"], shards_uri=shards_uri)
     return merged.outputs["shards"]
 
 
@@ -147,7 +154,7 @@ def test_demo_corpus_is_listed_preprocessed_in_parallel_and_merged(local_root):
     for s in manifest["shards"]:
         assert os.path.exists(os.path.join(shards.path, s["path"]))
     assert sum(s["examples"] for s in manifest["shards"] if s["split"] == "train") > 0
-    assert shards.metadata["data_version"] == runtime.data_version(manifest)
+    assert shards.metadata["data_version"] == read_manifest(shards.path).data_version
     # Two partitions ran as two ParallelFor iterations.
     iterations = [p for p in local_root.rglob("preprocess-partition") if p.is_dir()]
     assert len(iterations) == 2
@@ -165,8 +172,7 @@ def test_persistent_shards_uri_reuses_earlier_preprocessing(local_root, tmp_path
     second = data_stages(source_uri=str(audio), shards_uri=store, demo_seconds=0.0).outputs["Output"]
     assert second.metadata["summary.processed"] == 0 and second.metadata["summary.unchanged"] == 3
     assert second.metadata["data_version"] == first.metadata["data_version"]
-    on_disk = json.loads(open(os.path.join(store, "manifest.json")).read())
-    assert runtime.data_version(on_disk) == second.metadata["data_version"]
+    assert read_manifest(store).data_version == second.metadata["data_version"]
 
 
 def test_empty_source_folder_fails_the_list_step_with_a_clear_message(local_root, tmp_path, capfd):
@@ -180,14 +186,14 @@ def test_overrides_reach_the_components(local_root):
     # num_shards from the YAML overrides decides how many shards the merge writes.
     @dsl.pipeline(name="overrides")
     def p() -> dsl.Dataset:
-        listed = list_partitions(source_uri="", preset="tiny", config_yaml="data: {num_shards: 1}",
+        listed = list_partitions(source_uri="", preset="tiny",
+                                 config_yaml=yaml.safe_dump({"data": {"num_shards": 1}}),
                                  partitions=1, demo_seconds=2.0)
         with dsl.ParallelFor(listed.outputs["Output"]) as part:
-            pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, preset="tiny",
-                                       config_yaml="data: {num_shards: 1}", shards_uri="")
-        return merge_shards(partials=dsl.Collected(pre.outputs["partial"]), preset="tiny",
-                            config_yaml=yaml.safe_dump({"data": {"num_shards": 1}}),
-                            shards_uri="").outputs["shards"]
+            pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
+                                       config=listed.outputs["config"], shards_uri="")
+        return merge_shards(partials=dsl.Collected(pre.outputs["partial"]),
+                            config=listed.outputs["config"], shards_uri="").outputs["shards"]
 
     shards = p().outputs["Output"]
     manifest = json.loads(open(os.path.join(shards.path, "manifest.json")).read())
@@ -230,17 +236,16 @@ def test_warm_start_takes_the_champion_only_when_it_fits(eval_data, untrained_mo
     from wavenet.evaluate import evaluate
 
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": "warm-test"})
     # The first scheduled run: no champion yet, so training starts from scratch.
-    assert runtime.champion_uri(cfg, db) is None
+    assert champion_init_model(cfg, db) is None
     assert "no champion of 'warm-test' yet" in capsys.readouterr().out
     gate = evaluate(untrained_model_path, str(eval_data), cfg, gate=True, tracking_uri=db,
                     experiment="warm-test")
     assert gate["promoted"]
-    assert runtime.champion_uri(cfg, db) == "models:/warm-test/1"
+    assert champion_init_model(cfg, db) == "models:/warm-test/1"
     # A changed architecture cannot reuse the champion's weights.
     wider = cfg.with_overrides({"model.residual_channels": 16})
-    assert runtime.champion_uri(wider, db) is None
+    assert champion_init_model(wider, db) is None
     assert "has another architecture" in capsys.readouterr().out

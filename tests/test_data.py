@@ -10,19 +10,12 @@ import pytest
 import tensorflow as tf
 
 from wavenet.config import preset
-from wavenet.data import (
-    TFRecordWriter,
-    parse_example,
-    read_manifest,
-    serialize_example,
-    shard_paths,
-    track_parts,
-    train_dataset,
-    validation_dataset,
-)
+from wavenet.data import parse_example, shard_paths, train_dataset, validation_dataset
 from wavenet.demo import make_demo_corpus
 from wavenet.errors import DataError
+from wavenet.manifest import read_manifest
 from wavenet.preprocess import preprocess
+from wavenet.shards import TFRecordWriter, serialize_example
 
 CFG = preset("tiny")
 
@@ -72,16 +65,16 @@ def data_dir(tmp_path_factory):
 def track_codes(data_dir: str, split: str) -> dict[str, tuple[np.ndarray, int]]:
     """The codes each track has in ``split`` (a held-out tail's track: its head or its tail)."""
     m = read_manifest(data_dir)
-    return {f["sha256"]: (np.load(os.path.join(data_dir, f["codes"])).astype(np.int32)[a:b], f["label_id"])
-            for f in m["files"] for s, a, b in track_parts(f) if s == split}
+    return {f.sha256: (np.load(os.path.join(data_dir, f.codes)).astype(np.int32)[a:b], f.label_id)
+            for f in m.files for s, a, b in f.ranges() if s == split}
 
 
 def split_examples(data_dir: str, split: str) -> list[tuple[bytes, np.ndarray, int]]:
     m = read_manifest(data_dir)
     out = []
-    for s in m["shards"]:
-        if s["split"] == split and s["examples"]:
-            for r in tf.data.TFRecordDataset(os.path.join(data_dir, s["path"])):
+    for s in m.shards:
+        if s.split == split and s.examples:
+            for r in tf.data.TFRecordDataset(os.path.join(data_dir, s.path)):
                 ex = tf.train.Example.FromString(r.numpy()).features.feature
                 out.append((ex["track"].bytes_list.value[0].decode(), parse_example(r)[0].numpy(),
                             int(ex["label"].int64_list.value[0])))
@@ -91,7 +84,7 @@ def split_examples(data_dir: str, split: str) -> list[tuple[bytes, np.ndarray, i
 def test_single_track_labels_hold_out_their_tails_and_no_sample_is_on_both_sides(data_dir):
     # The demo corpus at 4 s per genre has one track per label: each holds out its tail.
     m = read_manifest(data_dir)
-    assert {f["split"] for f in m["files"]} == {"tail"} and m["summary"]["labels_without_validation"] == []
+    assert {f.split for f in m.files} == {"tail"} and m.summary.labels_without_validation == ()
     for split in ("train", "validation"):
         expected = track_codes(data_dir, split)
         got = {}
@@ -106,7 +99,7 @@ def test_single_track_labels_hold_out_their_tails_and_no_sample_is_on_both_sides
         assert {t: np.concatenate([c for _, c in sorted(v, key=lambda x: x[0])]).tolist()
                 for t, v in got.items()} == {t: c.tolist() for t, (c, _) in expected.items()}
     labels = {lab for _, _, lab in split_examples(data_dir, "validation")}
-    assert labels == set(range(len(m["labels"])))
+    assert labels == set(range(len(m.labels)))
 
 
 def test_train_batches_are_crops_of_training_tracks_with_their_labels(data_dir):
@@ -135,9 +128,9 @@ def test_validation_is_deterministic_and_covers_every_window(data_dir):
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(batches, again))
     m = read_manifest(data_dir)
     expected = 0
-    for s in m["shards"]:
-        if s["split"] == "validation" and s["examples"]:
-            for r in tf.data.TFRecordDataset(os.path.join(data_dir, s["path"])):
+    for s in m.shards:
+        if s.split == "validation" and s.examples:
+            for r in tf.data.TFRecordDataset(os.path.join(data_dir, s.path)):
                 expected += (parse_example(r)[0].shape[0] - rf) // window
     crops = np.concatenate([b[0].numpy() for b in batches])
     assert crops.shape == (expected, rf + window)
@@ -162,13 +155,13 @@ def test_workers_read_disjoint_shards_and_too_few_shards_is_a_clear_error(data_d
     # FILE sharding: pipeline i reads only shard i, so its crops come from tracks with a chunk there.
     tracks = track_codes(data_dir, "train")
     m = read_manifest(data_dir)
-    files = [s["path"] for s in m["shards"] if s["split"] == "train" and s["examples"]]
+    files = [s.path for s in m.shards if s.split == "train" and s.examples]
     for i in range(3):
         ctx = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=i)
         crops = next(iter(train_dataset(data_dir, CFG, batch_size=4, input_context=ctx)))[0].numpy()
         owners = {h for h, (codes, _) in tracks.items() for c in crops
                   if any(np.array_equal(codes[j:j + c.size], c) for j in np.flatnonzero(codes == c[0]))}
-        allowed = {f["sha256"] for f in m["files"] if files[i] in f["shards"]}
+        allowed = {f.sha256 for f in m.files if files[i] in f.shards}
         assert owners and owners <= allowed
 
 
@@ -182,8 +175,8 @@ def test_missing_or_foreign_manifest_is_a_data_error(tmp_path):
 
 def test_a_window_longer_than_every_example_is_refused(data_dir):
     m = read_manifest(data_dir)
-    longest = max(-(-(p["end"] - p["start"]) // p["chunks"]) for f in m["files"] for p in f["parts"]
-                  if p["split"] == "train")
+    longest = max(-(-(p.end - p.start) // p.chunks) for f in m.files for p in f.parts
+                  if p.split == "train")
     too_long = CFG.with_overrides({"train.window": longest})  # crop = receptive field + window > longest
     with pytest.raises(DataError, match="no training example of at least"):
         train_dataset(data_dir, too_long, batch_size=2)

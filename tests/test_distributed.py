@@ -7,11 +7,16 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import psutil
 import pytest
+import tensorflow as tf
+from mlflow import MlflowClient
 
+from wavenet.config import preset
 from wavenet.launch import WorkerError, run_local_workers, tf_config
+from wavenet.model import build_model, load_model
 
 
 def _env():
@@ -63,11 +68,6 @@ def test_two_workers_reach_the_weights_of_one_process(tiny_shards, tmp_path):
     allow 1e-5, which is 100x what we observe and far below the ~1e-2 the
     weights actually move in those steps (checked below, so the test can fail).
     """
-    import keras
-
-    from wavenet.config import preset
-    from wavenet.model import build_model, load_model
-
     common = ["--preset", "tiny", "--steps", "10", "--no-progress", "--set",
               "train.input_sharding=batch"]
     procs = []
@@ -99,8 +99,6 @@ def test_two_workers_reach_the_weights_of_one_process(tiny_shards, tmp_path):
 
 
 def _checkpoint_step(run_dir) -> int:
-    import tensorflow as tf
-
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
@@ -108,8 +106,6 @@ def _checkpoint_step(run_dir) -> int:
 @pytest.mark.slow
 def test_sigkilled_worker_then_rerun_resumes_from_the_last_checkpoint(tiny_shards, tmp_path,
                                                                      mlflow_server):
-    from mlflow import MlflowClient
-
     out = tmp_path / "run"
     argv = _wavenet("train", str(tiny_shards), "--out", str(out), "--preset", "tiny", "--workers",
                     "2", "--steps", "120", "--no-progress", "--tracking-uri", mlflow_server.uri,

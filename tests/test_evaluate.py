@@ -18,14 +18,6 @@ from wavenet.evaluate import (
 Q = 256
 
 
-@pytest.fixture(autouse=True)
-def fresh_mlflow_env(monkeypatch):
-    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID into os.environ; each test
-    # uses its own store, so an id left by an earlier test must not leak in.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-
-
 def expected_smoothed_bits(count: float, total: float, a: float, q: int = Q) -> float:
     return -math.log2((count + a) / (total + q * a))
 
@@ -211,7 +203,7 @@ def test_every_label_is_scored_and_says_how_it_was_held_out(trained_model_path, 
     (src / "high" / "take1.wav").unlink()  # "high" has one track: it holds out a tail
     cfg = tiny_config()
     m = preprocess(str(src), str(tmp_path / "data"), cfg, processes=1, progress=False)
-    assert {f["relpath"]: f["split"] for f in m["files"]}["high/take0.wav"] == "tail"
+    assert {f.relpath: f.split for f in m.files}["high/take0.wav"] == "tail"
     result = evaluate(trained_model_path, str(tmp_path / "data"), cfg,
                       tracking_uri=f"sqlite:///{tmp_path}/m.db")
     assert result["split"] == "validation" and result["labels_not_scored"] == []
@@ -268,7 +260,7 @@ def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
     from pathlib import Path
 
     from wavenet import storage
-    from wavenet.samples import generate_samples
+    from wavenet.generate_samples import generate_samples
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("emulator"))
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")

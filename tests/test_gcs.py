@@ -56,7 +56,7 @@ def test_preprocess_bucket_to_bucket_and_train_from_it(gcs, tmp_path):
     storage.write_bytes_atomic(f"{src}/organ/extra.flac", buf.getvalue())
     assert len(list_audio(src)) == 5
 
-    m = preprocess(src, dst, CFG, processes=2, progress=False)
+    m = preprocess(src, dst, CFG, processes=2, progress=False).to_dict()
     assert (m["summary"]["processed"], m["summary"]["skipped"]) == (4, 1)
     assert m["skipped"][0]["path"] == f"{src}/drums/broken.wav"
     assert {f["relpath"] for f in m["files"]} >= {"drums/drums-00.wav", "organ/extra.flac"}
@@ -74,11 +74,11 @@ def test_preprocess_bucket_to_bucket_and_train_from_it(gcs, tmp_path):
     assert names and all(n.endswith(".tfrecord") for n in names)
     assert {n[:-len(".tfrecord")] for n in names} <= {s["sha256"] for s in m["shards"]}
 
-    again = preprocess(src, dst, CFG, processes=1, progress=False)
+    again = preprocess(src, dst, CFG, processes=1, progress=False).to_dict()
     assert (again["summary"]["processed"], again["summary"]["unchanged"]) == (0, 4)
     storage.remove(f"{src}/drums/broken.wav")
     make_demo_corpus(f"{src}/more", seconds_per_genre=2.0, seed=5)
-    third = preprocess(src, dst, CFG, processes=2, progress=False)
+    third = preprocess(src, dst, CFG, processes=2, progress=False).to_dict()
     assert (third["summary"]["processed"], third["summary"]["tracks"]) == (3, 7)
     assert check_dataset(dst) == []
     # Only the current manifest's shards are left in the bucket.
@@ -95,9 +95,9 @@ def test_fan_out_with_a_bucket_work_dir(gcs):
     parts = partition(list_audio(src), 2)
     partials = [process_partition(files, f"{work}/{i}", CFG, src=src, dst=dst) for i, files in enumerate(parts)]
     assert all(p.startswith(f"{work}/") and storage.exists(p) for p in partials)
-    m = merge_manifests(partials, dst, CFG)
+    m = merge_manifests(partials, dst, CFG).to_dict()
     assert (m["summary"]["processed"], m["src"]) == (3, src)
     assert check_dataset(dst) == []
     # A second fan-out over the same files finds them in DST and decodes nothing.
     again = [process_partition(files, f"{work}/again-{i}", CFG, src=src, dst=dst) for i, files in enumerate(parts)]
-    assert merge_manifests(again, dst, CFG)["summary"]["unchanged"] == 3
+    assert merge_manifests(again, dst, CFG).summary.unchanged == 3

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from wavenet.config import preset
 from wavenet.errors import WavenetError
-from wavenet.model import ResidualBlock, WaveNet, build_model, load_model, per_example_bits, save_model
+from wavenet.model import ResidualBlock, WaveNet, bits_per_sample, build_model, load_model, save_model
 
 
 def tiny(num_classes=0):
@@ -121,7 +121,7 @@ def test_load_errors_are_one_line(tmp_path):
 def test_untrained_loss_is_about_eight_bits():
     model = build_model(tiny())
     crop = np.random.default_rng(4).integers(0, 256, (4, tiny().crop_length))
-    bits = per_example_bits(model, crop).numpy()
+    bits = bits_per_sample(model, crop).numpy()
     assert bits.shape == (4,)
     assert np.all(np.abs(bits - 8.0) < 0.3)
 
@@ -146,7 +146,7 @@ def test_targets_are_shifted_inputs():
     @tf.function
     def step(crop):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(per_example_bits(model, crop, training=True))
+            loss = tf.reduce_mean(bits_per_sample(model, crop, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
@@ -156,3 +156,20 @@ def test_targets_are_shifted_inputs():
         last = float(step(batch()))
     assert first > 7.0
     assert last < 0.5, f"loss {first:.2f} -> {last:.2f} bits"
+
+
+def test_every_weight_gets_a_gradient_and_the_last_block_is_skip_only():
+    """No dead weights: the last block's residual output would feed nothing, so it has none."""
+    cfg = tiny(num_classes=2)
+    model = build_model(cfg)
+    assert [b.skip_only for b in model.blocks] == [False] * (len(model.blocks) - 1) + [True]
+    last = {v.name for v in model.blocks[-1].weights}
+    assert "residual_kernel" not in last and "skip_kernel" in last
+    crop = np.random.default_rng(6).integers(0, 256, (2, cfg.crop_length))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(bits_per_sample(model, crop, np.array([0, 1])))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is not None for g in grads), [v.path for v, g in zip(model.trainable_variables, grads)
+                                               if g is None]
+    with pytest.raises(ValueError, match="Received: skip_only=1"):
+        ResidualBlock(1, 4, 4, 4, skip_only=1)

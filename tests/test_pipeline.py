@@ -58,7 +58,7 @@ def test_committed_ir_is_what_the_code_compiles_to(compiled):
 def test_pipeline_parameters_cover_data_training_cluster_and_mlflow(ir):
     params = ir["spec"]["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"source_uri", "demo_seconds", "preset", "config_yaml", "partitions",
-                           "shards_uri", "num_workers", "train_steps", "train_on_cluster",
+                           "shards_uri", "num_workers", "train_on_cluster",
                            "namespace", "train_image", "gpus_per_worker", "accelerator",
                            "cluster_run_root", "warm_start", "mlflow_tracking_uri",
                            "mlflow_experiment", "generate_if_rejected"}
@@ -103,7 +103,7 @@ def test_training_settings_are_pipeline_parameters_passed_through(ir):
                      "accelerator": "accelerator", "on_cluster": "train_on_cluster",
                      "namespace": "namespace", "image": "train_image",
                      "cluster_run_root": "cluster_run_root", "tracking_uri": "mlflow_tracking_uri",
-                     "experiment": "mlflow_experiment", "steps": "train_steps"}
+                     "experiment": "mlflow_experiment"}
     assert train["inputs"]["parameters"]["data_version"]["taskOutputParameter"]["producerTask"] == "merge-shards"
     assert train["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 

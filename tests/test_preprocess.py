@@ -89,7 +89,7 @@ def messy(tmp_path_factory):
     os.symlink("..", src / "formats" / "loop")  # a folder loop: must not recurse forever
     (src / "good" / "notes.txt").write_text("not audio")
     (src / "good" / "cover.jpg").write_bytes(b"\xff\xd8\xff")
-    manifest = preprocess(str(src), dst, CFG, processes=2, progress=False)
+    manifest = preprocess(str(src), dst, CFG, processes=2, progress=False).to_dict()
     return src, dst, manifest
 
 
@@ -157,7 +157,7 @@ def test_a_file_removed_after_listing_is_skipped(tmp_path):
     write(tmp_path / "src" / "g" / "a.wav", tone(1.0, 16000), 16000)
     files = list_audio(str(tmp_path / "src")) + [str(tmp_path / "src" / "g" / "gone.wav")]
     part = process_partition(files, str(tmp_path / "work"), CFG, src=str(tmp_path / "src"))
-    m = merge_manifests([part], str(tmp_path / "out"), CFG)
+    m = merge_manifests([part], str(tmp_path / "out"), CFG).to_dict()
     assert [f["relpath"] for f in m["files"]] == ["g/a.wav"]
     assert m["skipped"] == [{"path": files[1], "reason": "cannot read: No such file or directory"}]
 
@@ -167,14 +167,14 @@ def test_a_file_removed_after_listing_is_skipped(tmp_path):
 def test_rerun_processes_only_new_files(tmp_path):
     src, dst = str(tmp_path / "src"), str(tmp_path / "out")
     make_demo_corpus(src, seconds_per_genre=2.0)
-    first = preprocess(src, dst, CFG, processes=2, progress=False)
+    first = preprocess(src, dst, CFG, processes=2, progress=False).to_dict()
     assert first["summary"]["processed"] == 3
-    again = preprocess(src, dst, CFG, processes=1, progress=False)
+    again = preprocess(src, dst, CFG, processes=1, progress=False).to_dict()
     assert (again["summary"]["processed"], again["summary"]["unchanged"]) == (0, 3)
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in first["shards"]]
     write(os.path.join(src, "organ", "extra.wav"), tone(1.5, 22050, 262), 22050)
     shutil.copy(os.path.join(src, "drums", "drums-00.wav"), os.path.join(src, "drums", "copy.wav"))
-    third = preprocess(src, dst, CFG, processes=2, progress=False)
+    third = preprocess(src, dst, CFG, processes=2, progress=False).to_dict()
     s = third["summary"]
     assert (s["processed"], s["unchanged"], s["tracks"]) == (1, 3, 4)
     assert third["skipped"] == [{"path": os.path.join(src, "drums", "copy.wav"),
@@ -192,7 +192,7 @@ def test_rerun_processes_only_new_files(tmp_path):
     # Tracks are known by content and path relative to SRC: a moved SRC is still the same corpus.
     moved = str(tmp_path / "moved")
     os.rename(src, moved)
-    fourth = preprocess(moved, dst, CFG, processes=1, progress=False)
+    fourth = preprocess(moved, dst, CFG, processes=1, progress=False).to_dict()
     assert (fourth["summary"]["processed"], fourth["summary"]["unchanged"]) == (0, 4)
 
 
@@ -229,7 +229,7 @@ CRASH = textwrap.dedent("""
 def test_a_killed_run_leaves_a_consistent_dataset(tmp_path, point):
     src, dst = str(tmp_path / "src"), str(tmp_path / "out")
     make_demo_corpus(src, seconds_per_genre=2.0)
-    before = preprocess(src, dst, CFG, processes=1, progress=False)
+    before = preprocess(src, dst, CFG, processes=1, progress=False).to_dict()
     for i in range(3):
         write(os.path.join(src, "new", f"n{i}.wav"), tone(1.0, 16000, 200 + 100 * i), 16000)
     # The killed run's scratch folder lands in tmp_path, not the system temp dir.
@@ -240,7 +240,7 @@ def test_a_killed_run_leaves_a_consistent_dataset(tmp_path, point):
     # The old manifest still describes complete shards with matching checksums.
     assert json.load(open(os.path.join(dst, "manifest.json")))["shards"] == before["shards"]
     assert check_dataset(dst) == []
-    after = preprocess(src, dst, CFG, processes=1, progress=False)
+    after = preprocess(src, dst, CFG, processes=1, progress=False).to_dict()
     assert (after["summary"]["processed"], after["summary"]["tracks"]) == (3, 6)
     assert check_dataset(dst) == []
     leftovers = [n for _, _, names in os.walk(dst) for n in names if n.startswith(".tmp-")]
@@ -258,8 +258,8 @@ def test_split_is_a_deterministic_function_of_the_relative_path(tmp_path):
     # Same corpus, two destinations and worker counts: identical splits and shard bytes.
     src = str(tmp_path / "src")
     make_demo_corpus(src, seconds_per_genre=4.0)
-    a = preprocess(src, str(tmp_path / "a"), CFG, processes=1, progress=False)
-    b = preprocess(src, str(tmp_path / "b"), CFG, processes=2, progress=False)
+    a = preprocess(src, str(tmp_path / "a"), CFG, processes=1, progress=False).to_dict()
+    b = preprocess(src, str(tmp_path / "b"), CFG, processes=2, progress=False).to_dict()
     assert [(f["relpath"], f["split"]) for f in a["files"]] == [(f["relpath"], f["split"]) for f in b["files"]]
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     # One track per genre: each holds out its tail, so every label is in both splits.
@@ -335,10 +335,10 @@ def test_at_least_one_validation_track_when_possible(tmp_path):
     write(src / "x" / "two.wav", tone(1.0, 16000, 300), 16000)
     cfg = CFG.with_overrides({"data.validation_fraction": 0.001})
     assert all(split_of(r, 0.001) == "train" for r in ("x/one.wav", "x/two.wav"))
-    m = preprocess(str(src), str(tmp_path / "out"), cfg, processes=1, progress=False)
+    m = preprocess(str(src), str(tmp_path / "out"), cfg, processes=1, progress=False).to_dict()
     assert sorted(f["split"] for f in m["files"]) == ["train", "validation"]
     alone = preprocess(str(src / "x"), str(tmp_path / "out1"),
-                       CFG.with_overrides({"data.validation_fraction": 0.0}), processes=1, progress=False)
+                       CFG.with_overrides({"data.validation_fraction": 0.0}), processes=1, progress=False).to_dict()
     assert [f["split"] for f in alone["files"]] == ["train", "train"]
 
 
@@ -357,7 +357,7 @@ def test_resampling_keeps_frequency_and_level(tmp_path):
     write(src / "sine" / "a.wav", tone(2.0, 44100, freq=1000.0, amp=0.5, channels=2), 44100,
           subtype="PCM_24")
     cfg = CFG.with_overrides({"audio.normalize_peak_db": -6.0})
-    m = preprocess(str(src), str(tmp_path / "out"), cfg, processes=1, progress=False)
+    m = preprocess(str(src), str(tmp_path / "out"), cfg, processes=1, progress=False).to_dict()
     (f,) = m["files"]
     x = mu_law_decode(load_codes(str(tmp_path / "out"), f)).astype(np.float64)
     assert x.size == pytest.approx(32000, abs=16)
@@ -384,7 +384,7 @@ def test_trim_and_normalize():
 def test_manifest_records_codes_histogram_and_checksums(tmp_path):
     src, dst = str(tmp_path / "src"), str(tmp_path / "out")
     make_demo_corpus(src, seconds_per_genre=4.0)
-    m = preprocess(src, dst, CFG, processes=2, progress=False)
+    m = preprocess(src, dst, CFG, processes=2, progress=False).to_dict()
     assert m == json.load(open(os.path.join(dst, "manifest.json")))
     assert m["audio"] == CFG.to_dict()["audio"] and m["labels"] == ["drums", "organ", "strings"]
     for split in ("train", "validation"):
@@ -423,7 +423,7 @@ def test_a_new_audio_config_reprocesses_everything(tmp_path):
     make_demo_corpus(src, seconds_per_genre=2.0)
     preprocess(src, dst, CFG, processes=1, progress=False)
     cfg = CFG.with_overrides({"audio.sample_rate": 8000})
-    m = preprocess(src, dst, cfg, processes=1, progress=False)
+    m = preprocess(src, dst, cfg, processes=1, progress=False).to_dict()
     assert (m["summary"]["processed"], m["summary"]["tracks"]) == (3, 3)
     assert m["audio"]["sample_rate"] == 8000
     assert all(f["samples"] == pytest.approx(f["duration_out_s"] * 8000, abs=1) for f in m["files"])
@@ -481,7 +481,7 @@ DECODER_CRASH = textwrap.dedent("""
 
     P._decode = decode  # forked workers inherit it
     from wavenet.config import preset
-    m = P.preprocess(sys.argv[1], sys.argv[2], preset("tiny"), processes=2, progress=False)
+    m = P.preprocess(sys.argv[1], sys.argv[2], preset("tiny"), processes=2, progress=False).to_dict()
     print(json.dumps(m["summary"]), json.dumps(m["skipped"]), sep="\\n")
 """)
 

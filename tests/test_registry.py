@@ -1,17 +1,11 @@
+import mlflow
 import pytest
 from conftest import tiny_config
 
-from wavenet import registry
+from wavenet import registry, tracking
 from wavenet.errors import TrackingError, WavenetError
 from wavenet.evaluate import evaluate
 from wavenet.model import load_model
-
-
-@pytest.fixture(autouse=True)
-def fresh_mlflow_env(monkeypatch):
-    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; stores differ between tests.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
 
 
 @pytest.fixture(params=["sqlite", "server"])
@@ -24,15 +18,11 @@ def tracking_uri(request, tmp_path, monkeypatch):
 
 
 def champion_version(uri, name):
-    import mlflow
-
     return str(mlflow.MlflowClient(uri).get_model_version_by_alias(name, "champion").version)
 
 
 def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one(
         eval_data, trained_model_path, untrained_model_path, tracking_uri, tmp_path, request):
-    import mlflow
-
     name = f"wavenet-gate-{request.node.callspec.id}"
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": name,
                                         "evaluate.promotion_margin_bits": 0.05})
@@ -49,9 +39,9 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("train-test")
     with mlflow.start_run() as train_run:
-        logged_uri = registry.log_wavenet(load_model(trained_model_path), name="model")
+        logged_uri = tracking.log_model(load_model(trained_model_path), name="model")
     assert logged_uri.startswith("models:/m-")
-    assert registry.model_run_id(logged_uri) == train_run.info.run_id
+    assert tracking.model_run_id(logged_uri) == train_run.info.run_id
     runs_uri = f"runs:/{train_run.info.run_id}/model"
     second = evaluate(runs_uri, eval_data, cfg, **kw)
     g2 = second["gate"]
@@ -105,6 +95,6 @@ def test_uri_helpers():
     assert registry.is_mlflow_uri("runs:/abc/model") and registry.is_mlflow_uri("models:/n@champion")
     assert not registry.is_mlflow_uri("/tmp/model.keras")
     assert not registry.is_mlflow_uri("gs://bucket/model.keras")
-    assert registry.source_run_id("runs:/abc123/model") == "abc123"
-    assert registry.source_run_id("models:/x/1") is None
-    assert registry.metric_key("eval", "label", "jazz & blues?") == "eval/label/jazz _ blues_"
+    assert tracking.source_run_id("runs:/abc123/model") == "abc123"
+    assert tracking.source_run_id("models:/x/1") is None
+    assert tracking.metric_key("eval", "label", "jazz & blues?") == "eval/label/jazz _ blues_"

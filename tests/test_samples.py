@@ -9,14 +9,7 @@ from conftest import EVAL_LABELS, tiny_config, train_briefly
 
 from wavenet.errors import ConfigError, DataError
 from wavenet.evaluate import evaluate
-from wavenet.samples import clip_labels, generate_samples, prime_codes
-
-
-@pytest.fixture(autouse=True)
-def fresh_mlflow_env(monkeypatch):
-    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID; stores differ between tests.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+from wavenet.generate_samples import clip_labels, generate_samples, prime_codes
 
 
 def test_clip_labels_cycle_through_the_vocabulary():
@@ -39,7 +32,7 @@ def test_prime_codes_take_same_label_examples():
 
 def test_calibrate_labels_per_label_and_all_labels_only_where_needed():
     from wavenet.audio import mu_law_encode
-    from wavenet.samples import calibrate_labels
+    from wavenet.generate_samples import calibrate_labels
 
     t = np.arange(8000) / 16000
     examples = [(mu_law_encode(0.3 * np.sin(2 * np.pi * f * t)), label)
@@ -148,8 +141,8 @@ def demo_shards(tmp_path_factory):
 def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_is_not(
         demo_shards, tmp_path, monkeypatch):
     from wavenet.audio import mu_law_decode
+    from wavenet.generate_samples import read_validation_codes
     from wavenet.quality import CHECKS, analyze
-    from wavenet.samples import read_validation_codes
 
     monkeypatch.chdir(tmp_path)
     # 1.5 s clips: the tiny preset cuts tracks into examples of at most 2 s (data.chunk_seconds).

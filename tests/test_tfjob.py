@@ -10,11 +10,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from components import runtime
 from pipelines.validate_k8s import TFJOB_SCHEMA, validate_tfjob
-from wavenet import tfjob
+from wavenet import cli, tfjob
 from wavenet.config import preset
 from wavenet.errors import ConfigError
+from wavenet.tracking import run_name
+from wavenet.train import ClusterSettings, training_tfjob
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 SCHEMA = K8S / TFJOB_SCHEMA
@@ -136,10 +137,11 @@ def test_pod_template_is_checked_against_the_kubernetes_pod_schema():
 
 def test_the_train_components_tfjob_is_valid_and_carries_the_whole_config():
     cfg = preset("demo").with_overrides({"train.steps": 1234, "model.stacks": 3})
-    name = tfjob.job_name("wavenet", runtime.run_name("demo", "0123456789abcdef"))
-    job = runtime.training_tfjob(
-        cfg, name, "gs://bucket/shards", f"gs://bucket/runs/{name}", namespace="wavenet",
-        image="reg/gpu:1", workers=4, gpus_per_worker=1, accelerator="nvidia-l4",
+    name = tfjob.job_name("wavenet", run_name("demo", "d01234567"))
+    job = training_tfjob(
+        cfg, name, "gs://bucket/shards", f"gs://bucket/runs/{name}",
+        ClusterSettings(namespace="wavenet", image="reg/gpu:1", workers=4, gpus_per_worker=1,
+                        accelerator="nvidia-l4"),
         run_name="demo-d01234567-20260101T000000Z", experiment="wavenet",
         init_model=f"gs://bucket/runs/{name}/init_model.keras",
         env={"MLFLOW_TRACKING_URI": "http://mlflow.wavenet:5000"}, labels={"wavenet/data-version": "0123"})
@@ -149,11 +151,11 @@ def test_the_train_components_tfjob_is_valid_and_carries_the_whole_config():
     args = c["args"]
     assert args[:3] == ["gs://bucket/shards", "--out", f"gs://bucket/runs/{name}"]
     assert "--worker" in args and args[args.index("--experiment") + 1] == "wavenet"
-    assert args[args.index("--preset") + 1] == "demo"
+    # The whole config, as cfg.to_yaml(): what the pod's `wavenet train` rebuilds.
+    argv = cli.build_parser().parse_args(["train", *args])
+    assert cli._config(argv) == cfg
     # Warm start: every pod opens the champion's weights resolved into the run folder.
     assert args[args.index("--init-model") + 1] == f"gs://bucket/runs/{name}/init_model.keras"
-    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    assert sorted(sets) == ["model.stacks=3", "train.steps=1234"]
     assert _worker(job)["replicas"] == 4
     assert job["metadata"]["labels"]["wavenet/data-version"] == "0123"
     assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.wavenet:5000"} in c["env"]

@@ -12,16 +12,18 @@ from pipelines.containers import ContainerError
 from pipelines.tfjob_containers import cluster_addresses, operator_tf_config, pod_run_args
 from wavenet import tfjob
 from wavenet.config import preset
+from wavenet.train.cluster import ClusterSettings, training_tfjob
+from wavenet.train.outputs import RUN_OUTPUTS, collect_run
 
-CFG = preset("tiny")
+CFG = preset("tiny").with_overrides({"train.steps": 20})
 
 
 def _render(image="example/wavenet:1", workers=2, gpus=0, env=None):
-    return runtime.training_tfjob(
-        CFG, "wavenet-tiny-test", "gs://b/shards", "gs://b/runs/wavenet-tiny-test", namespace="wavenet",
-        image=image, workers=workers, gpus_per_worker=gpus, accelerator="", run_name="tiny-test",
-        steps=20, experiment="tfjob-containers", env=env or {"KFP_RUN_ID": "run-1"},
-        template=tfjob.load_template())
+    cluster = ClusterSettings("wavenet", image, workers=workers, gpus_per_worker=gpus,
+                              template=tfjob.load_template())
+    return training_tfjob(CFG, "wavenet-tiny-test", "gs://b/shards", "gs://b/runs/wavenet-tiny-test",
+                          cluster, run_name="tiny-test", experiment="tfjob-containers",
+                          env=env or {"KFP_RUN_ID": "run-1"})
 
 
 def test_tf_config_is_written_as_the_training_operator_writes_it():
@@ -87,15 +89,13 @@ def test_two_worker_containers_train_and_the_launcher_collects_the_model(
         make_demo_corpus(str(tmp_path / "audio"), seconds_per_genre=4.0)
         preprocess(str(tmp_path / "audio"), f"gs://{bucket}/shards", CFG, processes=1, progress=False)
 
-        # The job exactly as the train step renders it (runtime.training_tfjob), CPU pods.
+        # The job exactly as the train step renders it (train.cluster.training_tfjob), CPU pods.
         name = tfjob.job_name("wavenet", "tiny-containers")
         out = f"gs://{bucket}/runs/{name}"
         env = {**runtime.mlflow_env({}, mlflow_server.uri), "KFP_RUN_ID": "kfp-run-42"}
-        job = runtime.training_tfjob(CFG, name, f"gs://{bucket}/shards", out, namespace="wavenet",
-                                     image=cpu_image, workers=2, gpus_per_worker=0, accelerator="",
-                                     run_name="tiny-containers", steps=20,
-                                     experiment="tfjob-containers", env=env,
-                                     template=tfjob.load_template())
+        cluster = ClusterSettings("wavenet", cpu_image, workers=2, template=tfjob.load_template())
+        job = training_tfjob(CFG, name, f"gs://{bucket}/shards", out, cluster, run_name="tiny-containers",
+                             experiment="tfjob-containers", env=env)
         lines: list[str] = []
         try:
             result = run_tfjob_in_containers(
@@ -109,8 +109,8 @@ def test_two_worker_containers_train_and_the_launcher_collects_the_model(
 
         # Collected the way the launcher does it after a TFJob succeeds.
         dest = tmp_path / "model-artifact"
-        summary = tfjob.collect_run(out, str(dest))
-    assert sorted(os.listdir(dest)) == sorted(tfjob.RUN_OUTPUTS)
+        summary = collect_run(out, str(dest)).summary
+    assert sorted(os.listdir(dest)) == sorted(RUN_OUTPUTS)
     assert (summary["workers"], summary["replicas"], summary["steps"]) == (2, 2, 20)
     model = load_model(str(dest / "model.keras"))
     assert model.config == CFG.model

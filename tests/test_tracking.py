@@ -1,10 +1,12 @@
 """The MLflow edge against real stores: fail-fast checks, run continuation, outage buffering."""
 
 import json
+import os
 import time
 
 import pytest
 from conftest import run_mlflow_server
+from mlflow import MlflowClient
 
 from wavenet import tracking
 from wavenet.errors import TrackingError
@@ -26,12 +28,6 @@ def test_resolve_tracking_uri_order(tmp_path):
 
 
 def test_start_run_continues_a_run_and_nests_under_kfp_parent(tmp_path, monkeypatch):
-    import os
-
-    from mlflow import MlflowClient
-
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with tracking.start_run("exp", run_name="parent", tracking_uri=uri) as parent:
         parent_id = parent.info.run_id
@@ -60,8 +56,6 @@ def test_start_run_continues_a_run_and_nests_under_kfp_parent(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_metrics_buffer_keeps_metrics_through_a_server_outage(tmp_path, monkeypatch):
-    from mlflow import MlflowClient
-
     # Fail fast on the dead server (the CLI sets the same variables).
     for key, value in tracking.FAST_FAIL_HTTP_ENV.items():
         monkeypatch.setenv(key, value)

@@ -2,24 +2,25 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
+import keras
+import mlflow.keras
 import numpy as np
 import pytest
 from conftest import write_shards
+from mlflow import MlflowClient
 
 from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.errors import ConfigError
 from wavenet.launch import free_ports
-from wavenet.train import learning_rate_at, resolve_jit_compile, resolve_precision, worker_role
-
-
-@pytest.fixture(autouse=True)
-def no_inherited_mlflow_run(monkeypatch):
-    # KFP's variables, or ones mlflow.set_experiment() left in os.environ from
-    # other tests in this process, would steer these in-process runs elsewhere.
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+from wavenet.model import load_model
+from wavenet.train import worker_role
+from wavenet.train.schedule import WarmupCosine, learning_rate_at
+from wavenet.train.setup import make_optimizer, resolve_jit_compile, resolve_precision
 
 
 def test_learning_rate_warms_up_then_decays_to_floor():
@@ -35,12 +36,84 @@ def test_learning_rate_warms_up_then_decays_to_floor():
     assert learning_rate_at(mid, t) == pytest.approx(t.learning_rate * (1 + t.min_lr_ratio) / 2)
 
 
+def test_launchers_never_import_tensorflow():
+    """`wavenet train --workers N`, the train component and the TFJob launcher stay light."""
+    code = ("import sys; import wavenet.train, wavenet.train.launch, wavenet.train.cluster; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
+
+
+def test_the_optimizers_schedule_is_the_formula_at_warm_up_peak_and_end():
+    """The schedule that drives Adam, read back from the optimizer, against the closed form."""
+    t = preset("tiny").train  # lr 3e-3, warmup 5, 30 steps, floor 0.05
+
+    def formula(i):  # linear warm-up, then half a cosine from the peak down to the floor
+        if i < t.warmup_steps:
+            return t.learning_rate * (i + 1) / t.warmup_steps
+        p = min(1.0, (i - t.warmup_steps) / (t.steps - t.warmup_steps))
+        return t.learning_rate * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+    opt = make_optimizer(t, "float32")
+    for i in (0, t.warmup_steps - 1, t.warmup_steps, 17, t.steps - 1, t.steps, t.steps + 10):
+        opt.iterations.assign(i)
+        assert float(opt.learning_rate) == pytest.approx(formula(i), rel=1e-6), i
+    assert float(opt.learning_rate) == pytest.approx(t.learning_rate * t.min_lr_ratio, rel=1e-6)
+    # Registered with Keras: the schedule round-trips through its serialised form.
+    schedule = WarmupCosine.from_train_config(t)
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert isinstance(again, WarmupCosine) and again.get_config() == schedule.get_config()
+
+
+_DOUBLE_SUM_CHECK = """
+import json, numpy as np, tensorflow as tf, keras
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from wavenet.train.setup import PreReducedAdam
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+g = np.array([0.5, -2.0], np.float32)
+
+def first_moment(cls):
+    with strategy.scope():
+        v = keras.Variable(np.zeros(2, np.float32))
+        opt = cls(learning_rate=0.1, beta_1=0.9)
+        opt.build([v])
+    # Both replicas hold the same, already all-reduced gradient, as in the training step.
+    tf.function(lambda: strategy.run(lambda: opt.apply([tf.constant(g)], [v])))()
+    (m,) = [w for w in opt.variables if "momentum" in w.path]
+    return (np.asarray(m) / 0.1).tolist()  # m = (1 - beta_1) * applied gradient
+
+print(json.dumps({"adam": first_moment(keras.optimizers.Adam), "pre": first_moment(PreReducedAdam)}))
+"""
+
+
+def test_pre_reduced_adam_does_not_sum_again():
+    """Fails loudly when Keras changes the private method PreReducedAdam overrides.
+
+    Two replicas apply one gradient in a replica context, as the training step
+    does. Keras's Adam sums it over the replicas (doubling it); ours must apply
+    it as it is. If Keras renames ``_all_reduce_sum_gradients``, ours doubles too;
+    if Keras stops summing there, the override is no longer needed.
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", _DOUBLE_SUM_CHECK], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    g = [0.5, -2.0]
+    assert got["adam"] == pytest.approx([2 * x for x in g]), \
+        "Keras no longer sums gradients in Optimizer.apply: PreReducedAdam's override may go"
+    assert got["pre"] == pytest.approx(g), \
+        "PreReducedAdam sums pre-reduced gradients again: Keras changed _all_reduce_sum_gradients"
+
+
 def test_precision_and_xla_resolve_by_device():
     t = preset("tiny").train
     assert resolve_precision(t, has_gpu=True) == "mixed_bfloat16"
     assert resolve_precision(t, has_gpu=False) == "float32"
-    assert resolve_jit_compile(t, has_gpu=True) and resolve_jit_compile(t, has_gpu=False)
-    assert not resolve_jit_compile(t.__class__(jit_compile="off"), has_gpu=True)
+    assert resolve_jit_compile(t)  # auto: XLA on GPU and on CPU alike
+    assert not resolve_jit_compile(t.__class__(jit_compile="off"))
     # YAML reads unquoted on/off as booleans.
     assert preset("tiny").with_overrides({"train.jit_compile": True}).train.jit_compile == "on"
 
@@ -89,13 +162,6 @@ def test_global_batch_must_divide_among_workers(tiny_shards, tmp_path, capsys):
 
 
 def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_server, capsys):
-    import keras
-    import mlflow.keras
-    from mlflow import MlflowClient
-
-    import wavenet.model  # noqa: F401 - registers the custom layers for loading
-    from wavenet.model import load_model
-
     data = write_shards(tmp_path / "data", train_shards=2, examples_per_shard=4, seed=1)
     out = tmp_path / "run"
     rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--no-progress",
@@ -157,10 +223,6 @@ def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_ser
 
 
 def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, capsys):
-    from mlflow import MlflowClient
-
-    from wavenet.model import load_model
-
     db = f"sqlite:///{tmp_path}/m.db"
     common = ["--preset", "tiny", "--no-progress", "--tracking-uri", db]
 

@@ -24,14 +24,22 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", default=None, help="named preset: tiny, demo, bench, large (default demo)")
     g.add_argument("--config", default=None, metavar="FILE", help="YAML config file")
+    g.add_argument("--config-yaml", default=None, metavar="TEXT",
+                   help="the whole config as YAML text, as `wavenet config` prints it (how "
+                   "training workers and TFJob pods receive it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.stacks=3 (repeatable)")
 
 
 def _config(args: argparse.Namespace):
-    from wavenet.config import resolve_config
+    from wavenet.config import ExperimentConfig, resolve_config
 
-    return resolve_config(args.preset, args.config, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "steps", None) is not None:  # `train --steps N` is `--set train.steps=N`
+        overrides.append(f"train.steps={args.steps}")
+    if args.config_yaml is not None:
+        return resolve_config(base=ExperimentConfig.from_yaml(args.config_yaml), overrides=overrides)
+    return resolve_config(args.preset, args.config, overrides)
 
 
 def _print_json(obj) -> None:
@@ -92,10 +100,9 @@ def _cmd_preprocess(args) -> int:
 
     manifest = preprocess(args.src, args.dst, _config(args), processes=args.processes,
                           progress=not args.no_progress)
-    summary = manifest["summary"]
-    print(f"{summary['processed']} processed, {summary.get('unchanged', 0)} unchanged, "
-          f"{summary['skipped']} skipped -> {args.dst} ({summary.get('tracks', 0)} tracks, "
-          f"{len(manifest.get('labels', []))} labels)")
+    s = manifest.summary
+    print(f"{s.processed} processed, {s.unchanged} unchanged, {s.skipped} skipped -> {args.dst} "
+          f"({s.tracks} tracks, {s.labels} labels)")
     return 0
 
 
@@ -107,7 +114,7 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints and the final model")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1)")
-    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--steps", type=int, default=None, help="shorthand for --set train.steps=N")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: config name)")
     p.add_argument("--run-name", default=None)
@@ -128,15 +135,19 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> int:
     from wavenet.tracking import FAST_FAIL_HTTP_ENV
     from wavenet.train import train
+    from wavenet.train.checks import parse_tf_config
 
     # The edge: MLflow's HTTP client reads these at each request; training
     # retries through its own metrics buffer, so requests must fail fast.
     for key, value in FAST_FAIL_HTTP_ENV.items():
         os.environ.setdefault(key, value)
-    result = train(args.data, args.out, _config(args), workers=args.workers, steps=args.steps,
+    cfg = _config(args)
+    tf_config = parse_tf_config(os.environ.get("TF_CONFIG")) if args.worker else None
+    result = train(args.data, args.out, cfg, workers=args.workers, tf_config=tf_config,
                    tracking_uri=args.tracking_uri, experiment=args.experiment,
-                   run_name=args.run_name, progress=not args.no_progress, worker=args.worker,
-                   threads=args.threads, init_model=args.init_model, environ=os.environ)
+                   run_name=args.run_name, progress=not args.no_progress, threads=args.threads,
+                   init_model=args.init_model, kfp_run_id=os.environ.get("KFP_RUN_ID"),
+                   environ=os.environ)
     if result.run_id is not None:  # the chief (or the only process) reports
         _print_json(result.summary)
     return 0
@@ -185,7 +196,7 @@ def _add_generate(sub) -> None:
 
 
 def _cmd_generate(args) -> int:
-    from wavenet.samples import generate_samples
+    from wavenet.generate_samples import generate_samples
 
     result = generate_samples(args.model, args.out, _config(args), data_dir=args.data,
                               tracking_uri=args.tracking_uri, experiment=args.experiment,
@@ -209,14 +220,20 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+# Benchmarks measure one core: BLAS/OpenMP and Numba read these when they load.
+BENCH_THREADS_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                     "NUMBA_NUM_THREADS": "1"}
+
+
 def _cmd_bench(args) -> int:
     import importlib
 
+    if args.what in ("generate", "train"):
+        os.environ.update(BENCH_THREADS_ENV)  # the edge: before the benchmark's imports
     module = importlib.import_module(f"wavenet.bench.{args.what}")
-    preset_name = args.preset or ("bench" if not args.config else None)
-    from wavenet.config import resolve_config
-
-    cfg = resolve_config(preset_name, args.config, args.overrides)
+    if args.preset is None and args.config is None and args.config_yaml is None:
+        args.preset = "bench"
+    cfg = _config(args)
     if args.what == "generate":
         if args.data and not args.model:
             raise ConfigError("bench generate --data needs --model (the trained model to compare). "

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from wavenet import storage
 from wavenet.errors import ConfigError
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "PRESETS",
     "preset",
     "load_config",
+    "overrides_from_yaml",
     "resolve_config",
 ]
 
@@ -352,28 +354,17 @@ class ExperimentConfig:
         return cls.from_dict(d)
 
     def save(self, path: str | os.PathLike) -> None:
-        from wavenet.storage import write_text_atomic
-
-        write_text_atomic(str(path), self.to_yaml())
+        storage.write_text_atomic(str(path), self.to_yaml())
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``section.field -> value`` (MLflow params)."""
-        out: dict[str, Any] = {}
-
-        def walk(prefix: str, d: Mapping[str, Any]) -> None:
-            for k, v in d.items():
-                if isinstance(v, Mapping):
-                    walk(f"{prefix}{k}.", v)
-                else:
-                    out[f"{prefix}{k}"] = v
-
-        walk("", self.to_dict())
-        return out
+        return _flatten(self.to_dict())
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
-        """Return a copy with dotted-key overrides, e.g. ``{"model.stacks": 3}``."""
+        """Return a copy with overrides: dotted keys (``{"model.stacks": 3}``) or nested
+        sections (``{"model": {"stacks": 3}}``)."""
         d = self.to_dict()
-        for key, value in overrides.items():
+        for key, value in _flatten(overrides).items():
             parts = key.split(".")
             node = d
             for p in parts[:-1]:
@@ -384,6 +375,17 @@ class ExperimentConfig:
                 raise ConfigError(f"unknown config field in override. Received: {key}")
             node[parts[-1]] = value
         return ExperimentConfig.from_dict(d)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> ``{"section.field": value}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _from_dict(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
@@ -542,10 +544,39 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def overrides_from_yaml(text: str) -> dict[str, Any]:
+    """Overrides written as YAML (a pipeline parameter): nested or dotted keys, no ``preset``.
+
+    Returns:
+        The mapping for :func:`resolve_config` (empty for blank text).
+    """
+    try:
+        over = yaml.safe_load(text) if text and text.strip() else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config overrides are not valid YAML: {e}") from None
+    if over is None:
+        over = {}
+    if not isinstance(over, Mapping):
+        raise ConfigError(f"config overrides must be a YAML mapping. Received: {text!r}")
+    if "preset" in over:
+        raise ConfigError("config overrides must not set preset (use the preset parameter)")
+    return dict(over)
+
+
 def resolve_config(preset_name: str | None = None, config_file: str | None = None,
-                   overrides: list[str] | Mapping[str, Any] | None = None) -> ExperimentConfig:
-    """The config a command runs with: a preset or a YAML file, then overrides."""
-    if config_file:
+                   overrides: list[str] | Mapping[str, Any] | None = None, *,
+                   base: ExperimentConfig | None = None) -> ExperimentConfig:
+    """The config a command runs with: ``base``, a YAML file or a preset, then overrides.
+
+    Args:
+        preset_name: a named preset (default ``demo``).
+        config_file: a YAML file (a ``preset:`` key names the base it overrides).
+        overrides: ``["section.field=value", ...]``, or a mapping with dotted or nested keys.
+        base: a whole config to start from (e.g. ``ExperimentConfig.from_yaml``).
+    """
+    if base is not None:
+        cfg = base
+    elif config_file:
         cfg = load_config(config_file)
     else:
         cfg = preset(preset_name or "demo")

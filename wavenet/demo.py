@@ -22,6 +22,7 @@ import io
 import math
 
 import numpy as np
+import soundfile as sf
 
 from wavenet import storage
 
@@ -190,8 +191,6 @@ def make_demo_corpus(dst: str, seconds_per_genre: float = 60.0, seed: int = 0,
     """
     if not seconds_per_genre > 0:
         raise ValueError(f"seconds_per_genre must be positive. Received: {seconds_per_genre}")
-    import soundfile as sf
-
     n_tracks = max(1, round(seconds_per_genre / TRACK_SECONDS))
     seconds = seconds_per_genre / n_tracks
     paths = []

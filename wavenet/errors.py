@@ -1,4 +1,4 @@
-"""Errors a user can act on.
+"""Errors a user can act on, and the one helper that turns any exception into one line.
 
 Raised at the boundary (configs, files, servers) with a one-line message that
 names the field, file or address and what was received. The CLI prints them as
@@ -20,3 +20,23 @@ class DataError(WavenetError):
 
 class TrackingError(WavenetError):
     """The MLflow tracking server cannot be used."""
+
+
+def one_line(e: BaseException, *, with_type: bool = True) -> str:
+    """The first line of an exception's message, for a one-line error that wraps it.
+
+    Libraries put the useful text in different places (MLflow and TensorFlow
+    errors carry a ``message`` attribute); this reads that first, then ``str(e)``.
+
+    Args:
+        e: any exception.
+        with_type: prefix the exception's type name (``"OSError: ..."``).
+
+    Returns:
+        One line, never empty: the type name stands in for an empty message.
+    """
+    text = str(getattr(e, "message", None) or e).strip()
+    first = text.splitlines()[0] if text else ""
+    if not with_type:
+        return first or type(e).__name__
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -32,10 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-from wavenet import storage
+from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
-from wavenet.errors import DataError
+from wavenet.data import eval_shards, local_shard_paths, parse_example, validation_dataset
+from wavenet.errors import DataError, one_line
+from wavenet.manifest import Manifest, read_manifest
+from wavenet.model import bits_per_sample
 
 __all__ = [
     "CodeCounts",
@@ -155,10 +159,6 @@ def baseline_bits(counts: CodeCounts, prev: np.ndarray, targets: np.ndarray, *,
 def training_code_counts(data_dir: str, quantization_channels: int,
                          splits: Sequence[str] = ("train",)) -> CodeCounts:
     """Code statistics of every shard of ``splits`` (default the training split) of ``data_dir``."""
-    import tensorflow as tf
-
-    from wavenet.data import local_shard_paths, parse_example
-
     # Bucket shards are fetched (and checked against their sha256) into the local cache.
     files = [f for split in splits for f in local_shard_paths(data_dir, split)]
     if not files:
@@ -167,35 +167,24 @@ def training_code_counts(data_dir: str, quantization_channels: int,
     try:
         return count_codes((codes for codes, _ in ds.as_numpy_iterator()), quantization_channels)
     except tf.errors.OpError as e:
-        raise DataError(f"cannot read training shards of {data_dir}: {e.message.splitlines()[0]}") \
-            from None
+        raise DataError(f"cannot read training shards of {data_dir}: "
+                        f"{one_line(e, with_type=False)}") from None
 
 
 # -- model scores -----------------------------------------------------------------
 
-def _sum_bits_fn(model, context: int):
-    """A compiled ``(crops, labels) -> (B,)`` summed bits of the last ``window`` codes.
+def _bits_fn(model, context: int):
+    """A compiled ``(crops, labels) -> (B,)`` bits per sample of the last ``window`` codes.
 
     Crops carry ``context >= receptive_field`` codes in front of the scored
     window, so models with different receptive fields score the same samples.
     """
-    import tensorflow as tf
-
-    conditioned = model.config.conditioned
-
-    @tf.function(reduce_retracing=True)
-    def fn(crops, labels):
-        inputs, targets = crops[:, :-1], crops[:, context:]
-        x = {"codes": inputs, "labels": labels} if conditioned else inputs
-        logits = tf.cast(model(x, training=False)[:, context - 1:, :], tf.float32)
-        nats = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-        return tf.reduce_sum(tf.cast(nats, tf.float64), axis=-1) / math.log(2.0)
-
-    return fn
+    return tf.function(lambda crops, labels: bits_per_sample(model, crops, labels, context=context),
+                       reduce_retracing=True)
 
 
-def _check_model_fits_data(model, manifest: dict[str, Any], what: str) -> None:
-    labels = manifest.get("labels") or []
+def _check_model_fits_data(model, manifest: Manifest, what: str) -> None:
+    labels = manifest.labels
     n = model.config.num_classes
     if model.config.conditioned and len(labels) > n:
         raise DataError(f"{what} is conditioned on {n} labels but the data has {len(labels)} "
@@ -224,8 +213,6 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         "baselines": {name: bits}, "per_label": {label_id: {"samples", "windows",
         "models": [...], "baselines": {...}}}}``.
     """
-    from wavenet.data import validation_dataset
-
     if not models:
         raise ValueError("score_models needs at least one model")
     q = counts.quantization_channels
@@ -238,7 +225,7 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
     context, window = widest.receptive_field, config.evaluate.window
     uni, bi = baseline_log2_probs(counts, config.evaluate.unigram_smoothing,
                                   config.evaluate.bigram_smoothing)
-    fns = [_sum_bits_fn(m, context) for m in models]
+    fns = [_bits_fn(m, context) for m in models]
     ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size, split=split)
     per_label: dict[int, dict[str, Any]] = {}
     for crops, labels in ds:
@@ -248,7 +235,8 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         base = {"uniform": np.full(len(c), math.log2(q) * window),
                 "unigram": -uni[targets].sum(axis=1),
                 "bigram": -bi[prev, targets].sum(axis=1)}
-        model_bits = [fn(crops, labels).numpy() for fn in fns]
+        # Summed bits per window, in float64 so that thousands of windows add up exactly.
+        model_bits = [fn(crops, labels).numpy().astype(np.float64) * window for fn in fns]
         for i, label in enumerate(lab.tolist()):
             t = per_label.setdefault(int(label), {
                 "samples": 0, "windows": 0, "models": [0.0] * len(models),
@@ -330,9 +318,6 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         kept), "champion_uri": "models:/NAME@champion", "evaluation": the
         scores of the new model on the shared windows (see :func:`score_models`)}``.
     """
-    from wavenet import registry
-    from wavenet.data import read_manifest
-
     name = config.evaluate.registered_model_name
     margin = float(config.evaluate.promotion_margin_bits)
     counts = counts or training_code_counts(data_dir, model.config.quantization_channels)
@@ -354,10 +339,10 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         source = model_uri if model_uri and (model_uri.startswith("runs:/")
                                              or model_uri.startswith("models:/m-")) else None
         if source is None:
-            source = registry.log_wavenet(model, name="model")
+            source = tracking.log_model(model, name="model")
         ref = registry.register(source, name, tags={
             "validation_bits_per_sample": f"{new_bits:.6f}", "data": data_label or data_dir,
-            "evaluation_run_id": registry.active_run_id() or ""})
+            "evaluation_run_id": tracking.active_run_id() or ""})
         registry.set_champion(name, ref.version)
         new_version = ref.version
     else:
@@ -375,15 +360,15 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "registered_uri": source,
         "champion_uri": f"models:/{name}@{registry.CHAMPION}",
     }
-    if registry.active_run_id():
-        registry.log_metrics({"gate/new_bits": new_bits, "gate/champion_bits": champion_bits,
+    if tracking.active_run_id():
+        tracking.log_metrics({"gate/new_bits": new_bits, "gate/champion_bits": champion_bits,
                               "gate/improvement_bits": decision["improvement_bits"],
                               "gate/promoted": float(promoted)})
-        registry.set_tags({"gate.decision": "promoted" if promoted else "kept",
+        tracking.set_tags({"gate.decision": "promoted" if promoted else "kept",
                            "gate.reason": reason, "gate.registered_model": name,
                            "gate.champion_version": decision["champion_version"] or "",
                            "gate.new_version": new_version or ""})
-        registry.log_dict(decision, "gate.json")
+        tracking.log_dict(decision, "gate.json")
     decision["evaluation"] = scores
     return decision
 
@@ -394,11 +379,11 @@ _gate = gate
 
 # -- the verb -------------------------------------------------------------------
 
-def _label_names(manifest: dict[str, Any]) -> list[str]:
-    return [str(x) for x in (manifest.get("labels") or [])]
+def _label_names(manifest: Manifest) -> list[str]:
+    return [str(x) for x in manifest.labels]
 
 
-def holdout_kinds(manifest: dict[str, Any]) -> dict[str, str]:
+def holdout_kinds(manifest: Manifest) -> dict[str, str]:
     """How each label's validation audio was held out: ``"tracks"``, ``"tail"`` or ``"tracks+tail"``.
 
     Whole validation tracks were never heard in training; a held-out tail
@@ -406,9 +391,9 @@ def holdout_kinds(manifest: dict[str, Any]) -> dict[str, str]:
     score is optimistic. Labels without validation audio are absent.
     """
     kinds: dict[str, set[str]] = {}
-    for f in manifest.get("files", []):
-        if f.get("split") in ("validation", "tail"):
-            kinds.setdefault(str(f["label"]), set()).add("tracks" if f["split"] == "validation" else "tail")
+    for f in manifest.files:
+        if f.split in ("validation", "tail"):
+            kinds.setdefault(f.label, set()).add("tracks" if f.split == "validation" else "tail")
     return {label: "+".join(sorted(k, reverse=True)) for label, k in kinds.items()}
 
 
@@ -470,10 +455,6 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         ``evaluation``) and ``"promoted"`` when ``gate`` is true. Bits are per
         predicted sample.
     """
-    from wavenet import registry
-    from wavenet.data import eval_shards, read_manifest
-    from wavenet.tracking import start_run
-
     model_uri = model if isinstance(model, str) else None
     manifest = read_manifest(data_dir)
     eval_shards(manifest, data_dir, split)  # a bad split or nothing to score: one line, before any run
@@ -484,12 +465,12 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
     counts = training_code_counts(data_dir, net.config.quantization_channels, count_splits)
     names = _label_names(manifest)
 
-    exp, tags = registry.run_placement(model_uri, experiment, config.name)
+    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
     tags.update({"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
                  "wavenet.data": data_dir})
     params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
               "eval.gate": gate, "eval.split": split}
-    with start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
+    with tracking.start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
                    params=params) as run:
         if gate:
             decision = _gate(net, data_dir, ecfg, model_uri=model_uri, counts=counts, split=split)
@@ -518,17 +499,17 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         for n, v in result["baselines"].items():
             metrics[f"eval/baseline_{n}_bits"] = v
         for label, t in result["per_label"].items():
-            metrics[registry.metric_key("eval", "label", label, "bits_per_sample")] = \
+            metrics[tracking.metric_key("eval", "label", label, "bits_per_sample")] = \
                 t["bits_per_sample"]
-            metrics[registry.metric_key("eval", "label", label, "samples")] = t["samples"]
-        registry.log_metrics(metrics)
-        registry.set_tags({"eval.split": split,
+            metrics[tracking.metric_key("eval", "label", label, "samples")] = t["samples"]
+        tracking.log_metrics(metrics)
+        tracking.set_tags({"eval.split": split,
                            "eval.labels_not_scored": ", ".join(result["labels_not_scored"]) or "none"})
-        src_run = registry.model_run_id(model_uri) if model_uri else None
+        src_run = tracking.model_run_id(model_uri) if model_uri else None
         if src_run:
             # The held-out score also lands on the training run, so training runs
             # compare by it in the MLflow UI.
-            registry.log_metrics_to_run(src_run, {k: metrics[k] for k in (
+            tracking.log_metrics_to_run(src_run, {k: metrics[k] for k in (
                 "eval/bits_per_sample", "eval/baseline_unigram_bits", "eval/baseline_bigram_bits")})
         result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
         text = json.dumps(result, indent=2, sort_keys=True)
@@ -537,5 +518,5 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(tmp, METRICS_FILE), "w") as f:
                 f.write(text)
-            registry.log_artifacts(tmp, "evaluation")
+            tracking.log_artifacts([os.path.join(tmp, METRICS_FILE)], "evaluation")
     return result

@@ -283,12 +283,12 @@ class FastGenerator:
         ldr, ldin, ldz, ldh, lds, ldq = (_pad16(r), _pad16(k * r), _pad16(2 * g), _pad16(g),
                                          _pad16(s), _pad16(q))
         # Matrices in the order a step reads them, so one sample's weights stream
-        # through the cache sequentially. The last block's residual output feeds
-        # nothing: its matrix is not packed (an empty placeholder in the plan).
+        # through the cache sequentially. The last block is skip-only (its
+        # residual output would feed nothing): an empty placeholder in the plan.
         mats: list[np.ndarray | None] = []
-        for i, bl in enumerate(blocks):
+        for bl in blocks:
             mats += [arr(bl.filter_gate_kernel).reshape(k * r, 2 * g), arr(bl.skip_kernel),
-                     arr(bl.residual_kernel) if i + 1 < nl else None]
+                     None if bl.skip_only else arr(bl.residual_kernel)]
         mats += [arr(model.head_hidden.kernel), arr(model.head_logits.kernel)]
         packed, scales, fields, offset = [], [], [], 0
         for m in mats:
@@ -314,8 +314,8 @@ class FastGenerator:
             return out
 
         base = [("emb", rows(arr(model.embedding.embeddings), ldr)),
-                # the last block's residual output feeds nothing: a zero row, never read
-                ("bres", rows(np.stack([arr(bl.residual_bias) for bl in blocks[:-1]]
+                # the skip-only last block has no residual bias: a zero row, never read
+                ("bres", rows(np.stack([arr(bl.residual_bias) for bl in blocks if not bl.skip_only]
                                        + [np.zeros(r, np.float32)]), ldr)),
                 ("bskip", rows(np.sum([arr(bl.skip_bias) for bl in blocks], axis=0,
                                       dtype=np.float32)[None], lds)),

@@ -5,21 +5,23 @@
 can run the same four steps with one pod per partition.
 
 Per track (``process_partition``, no TensorFlow import): read the bytes,
-sha256 them (the track's id), decode with soundfile (libsndfile), average the
-channels to mono, resample to ``audio.sample_rate`` with soxr (HQ), trim
-leading and trailing 10 ms frames whose RMS is below
-``audio.silence_threshold_db`` dBFS, peak-normalise to
-``audio.normalize_peak_db`` and mu-law encode to uint8. The codes go to
+sha256 them (the track's id), decode with soundfile (libsndfile), then the
+pure steps of :mod:`wavenet.audio`: average the channels to mono, resample to
+``audio.sample_rate`` with soxr (HQ), trim leading and trailing 10 ms frames
+whose RMS is below ``audio.silence_threshold_db`` dBFS, peak-normalise to
+``audio.normalize_peak_db`` and mu-law encode to uint8. This module handles
+the files; the signal maths is all in :mod:`wavenet.audio`. The codes go to
 ``WORK/tracks/<sha256>-<audio>.npy`` (``<audio>``: 8 hex digits of a hash
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
 
-``merge_manifests`` then, in one process: copies new codes to
-``DST/tracks/`` (kept so later runs can rewrite shards with old and
-new tracks), assigns each new track to train or validation, cuts tracks into
-chunks of at most ``data.chunk_seconds``, writes ``data.num_shards`` shards per
-split, writes ``manifest.json`` last, then deletes files of earlier runs that
-the new manifest no longer names.
+``merge_manifests`` then, in one process, assigns each new track to train or
+validation and hands old and new tracks to :func:`wavenet.shards.write_dataset`,
+which copies new codes to ``DST/tracks/`` (kept so later runs can rewrite
+shards with old and new tracks), cuts tracks into chunks of at most
+``data.chunk_seconds``, writes ``data.num_shards`` shards per split, writes
+``manifest.json`` last, then deletes files of earlier runs that the new
+manifest no longer names.
 
 Crash safety: every file is written under a temporary name and renamed, and
 shard names carry a prefix of their own sha256, so a new shard never replaces
@@ -29,16 +31,19 @@ old one stays valid (its shards and tracks are all still there).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import heapq
 import io
 import json
 import logging
 import math
+import multiprocessing as mp
 import os
 import shutil
 import stat
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -46,26 +51,35 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+from tqdm import tqdm
 
 from wavenet import storage
-from wavenet.audio import mu_law_encode
+from wavenet.audio import mu_law_encode, peak_normalize, resample, to_mono, trim_silence
 from wavenet.config import ExperimentConfig
-from wavenet.data import MANIFEST, TFRecordWriter, serialize_example, track_parts
-from wavenet.errors import DataError
+from wavenet.errors import DataError, one_line
+from wavenet.manifest import (
+    MANIFEST,
+    TRACKS,
+    Manifest,
+    Skipped,
+    Track,
+    read_manifest,
+    track_codes_path,
+)
+from wavenet.shards import write_dataset
 
 __all__ = [
     "AUDIO_EXTENSIONS",
-    "MANIFEST_VERSION",
     "list_audio",
     "partition",
     "process_partition",
+    "known_tracks",
     "merge_manifests",
     "preprocess",
     "check_dataset",
     "assign_splits",
     "split_of",
-    "trim_silence",
-    "peak_normalize",
 ]
 
 log = logging.getLogger("wavenet.preprocess")
@@ -73,48 +87,9 @@ log = logging.getLogger("wavenet.preprocess")
 # Extensions of formats libsndfile decodes (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF).
 # Other files under SRC (covers, notes) are ignored, not counted as skipped.
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
-MANIFEST_VERSION = 1
-TRACKS = "tracks"
-SPLITS = ("train", "validation")
-# Silence is judged on 10 ms frames: short enough to keep note onsets, long
-# enough that one zero crossing does not count as silence.
-FRAME_SECONDS = 0.01
 
 
-# -- signal steps (pure functions) ------------------------------------------------
-
-def trim_silence(x: np.ndarray, sample_rate: int, threshold_db: float) -> np.ndarray:
-    """Drop leading and trailing frames whose RMS is below ``threshold_db`` dBFS.
-
-    Args:
-        x: float mono audio, shape (T,).
-        sample_rate: samples per second of ``x``.
-        threshold_db: frame RMS threshold in dBFS (negative).
-
-    Returns:
-        The slice of ``x`` from the first to the end of the last loud frame
-        (shape (T',), possibly empty when every frame is quiet).
-    """
-    frame = max(1, int(round(sample_rate * FRAME_SECONDS)))
-    n = math.ceil(len(x) / frame)
-    if n == 0:
-        return x[:0]
-    padded = np.zeros(n * frame, dtype=np.float64)
-    padded[:len(x)] = x
-    rms = np.sqrt(np.mean(padded.reshape(n, frame) ** 2, axis=1))
-    loud = np.flatnonzero(rms > 10.0 ** (threshold_db / 20.0))
-    if loud.size == 0:
-        return x[:0]
-    return x[loud[0] * frame:min(len(x), (loud[-1] + 1) * frame)]
-
-
-def peak_normalize(x: np.ndarray, peak_db: float) -> np.ndarray:
-    """Scale ``x`` so that its largest absolute sample is ``peak_db`` dBFS (float32)."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak == 0.0:
-        return x.astype(np.float32)
-    return (x * (10.0 ** (peak_db / 20.0) / peak)).astype(np.float32)
-
+# -- splits ------------------------------------------------------------------------
 
 def split_of(relpath: str, validation_fraction: float) -> str:
     """``"validation"`` when the hash of ``relpath`` falls below the fraction, else ``"train"``.
@@ -192,15 +167,13 @@ def _read(path: str) -> bytes:
     except OSError as e:
         raise _Skip(f"cannot read: {e.strerror or e}") from None
     except Exception as e:  # google-cloud-storage errors (NotFound, Forbidden, ...)
-        raise _Skip(f"cannot read: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise _Skip(f"cannot read: {one_line(e)}") from None
     if not data:
         raise _Skip("empty file (0 bytes)")
     return data
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-    import soundfile as sf
-
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             info = {"sample_rate_in": int(f.samplerate), "channels_in": int(f.channels),
@@ -209,7 +182,7 @@ def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     except sf.LibsndfileError as e:
         raise _Skip(f"not decodable audio: {e.error_string}") from None
     except (RuntimeError, ValueError, TypeError, EOFError) as e:
-        raise _Skip(f"not decodable audio: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise _Skip(f"not decodable audio: {one_line(e, with_type=False)}") from None
     if x.shape[0] == 0:
         raise _Skip("no audio frames")
     if not np.isfinite(x).all():
@@ -217,25 +190,10 @@ def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return x, info
 
 
-def _downmix(x: np.ndarray) -> np.ndarray:
-    """(frames, channels) float32 -> (frames,) float32, the mean of the channels."""
-    if x.shape[1] == 1:
-        return x[:, 0]
-    # Column by column: NumPy's mean over a short axis 1 is several times slower.
-    mono = x[:, 0].copy()
-    for c in range(1, x.shape[1]):
-        mono += x[:, c]
-    mono *= np.float32(1.0 / x.shape[1])
-    return mono
-
-
 def _encode(x: np.ndarray, sample_rate_in: int, config: ExperimentConfig) -> np.ndarray:
-    import soxr
-
+    """Decoded samples -> codes: the signal steps of :mod:`wavenet.audio`, in order."""
     audio = config.audio
-    mono = _downmix(x)
-    if sample_rate_in != audio.sample_rate:
-        mono = soxr.resample(mono, sample_rate_in, audio.sample_rate, quality="HQ")
+    mono = resample(to_mono(x), sample_rate_in, audio.sample_rate)
     trimmed = trim_silence(mono, audio.sample_rate, audio.silence_threshold_db)
     if trimmed.size == 0:
         raise _Skip(f"silent: no 10 ms frame louder than {audio.silence_threshold_db:g} dBFS RMS")
@@ -277,29 +235,24 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
     except MemoryError:
         return {**record, "status": "skipped", "reason": "out of memory while decoding"}
     except Exception as e:  # one bad file must never end the run
-        msg = str(e).splitlines()[0] if str(e) else ""
-        return {**record, "status": "skipped", "reason": f"unexpected error: {type(e).__name__}: {msg}"}
+        return {**record, "status": "skipped", "reason": f"unexpected error: {one_line(e)}"}
 
 
-def track_codes_path(digest: str, config: ExperimentConfig) -> str:
-    """``tracks/<sha256>-<audio>.npy``: where a track's codes live, relative to a work dir or DST."""
-    audio = json.dumps(config.to_dict()["audio"], sort_keys=True)
-    return f"{TRACKS}/{digest}-{hashlib.sha256(audio.encode()).hexdigest()[:8]}.npy"
-
-
-def known_tracks(dst: str, config: ExperimentConfig | None = None) -> dict[str, dict[str, Any]]:
-    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256.
-
-    With ``config``, only tracks whose codes were made with its ``audio``
-    settings (codes made with other settings must be made again).
-    """
-    manifest = _read_manifest_or_none(dst)
+def _known_tracks(dst: str, manifest: Manifest | None, config: ExperimentConfig) -> dict[str, Track]:
     if manifest is None:
         return {}
     present = {p.rsplit("/", 1)[-1] for p in storage.list_files(storage.join(dst, TRACKS))}
-    return {f["sha256"]: f for f in manifest.get("files", [])
-            if f["codes"].rsplit("/", 1)[-1] in present
-            and (config is None or f["codes"] == track_codes_path(f["sha256"], config))}
+    return {t.sha256: t for t in manifest.files
+            if t.codes.rsplit("/", 1)[-1] in present and t.codes == track_codes_path(t.sha256, config)}
+
+
+def known_tracks(dst: str, config: ExperimentConfig) -> dict[str, Track]:
+    """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256.
+
+    Only tracks whose codes were made with ``config.audio`` count (codes made
+    with other settings must be made again).
+    """
+    return _known_tracks(dst, read_manifest(dst, missing_ok=True), config)
 
 
 def process_partition(files: Sequence[str], work_dir: str, config: ExperimentConfig,
@@ -333,35 +286,6 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
 
 
 # -- merging -------------------------------------------------------------------------
-
-def _read_manifest_or_none(dst: str) -> dict[str, Any] | None:
-    path = storage.join(dst, MANIFEST)
-    if not storage.exists(path):
-        return None
-    try:
-        manifest = json.loads(storage.read_text(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON ({e}): remove it or choose a fresh DST") from None
-    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
-        raise DataError(f"{path} is not a version {MANIFEST_VERSION} manifest written by "
-                        f"`wavenet preprocess`: remove it or choose a fresh DST")
-    return manifest
-
-
-def _chunks(n: int, chunk: int, minimum: int) -> list[tuple[int, int]]:
-    """Split ``n`` samples into ``ceil(n / chunk)`` near-equal consecutive pieces.
-
-    Fewer pieces when that would make them shorter than ``minimum`` (one crop).
-    """
-    k = max(1, min(math.ceil(n / chunk), n // max(1, minimum)))
-    base, extra = divmod(n, k)
-    bounds, start = [], 0
-    for i in range(k):
-        size = base + (1 if i < extra else 0)
-        bounds.append((start, start + size))
-        start += size
-    return bounds
-
 
 def assign_splits(tracks: list[dict[str, Any]], fraction: float, min_tail: int, min_head: int) -> None:
     """Give new tracks (``split`` None) a split, label by label; a track that has one keeps it.
@@ -429,68 +353,50 @@ def assign_splits(tracks: list[dict[str, Any]], fraction: float, min_tail: int, 
             fresh[-1]["split"] = "train"
 
 
-class _ShardSet:
-    """``n`` shards of one split, written to temporary files then renamed to their final names."""
-
-    def __init__(self, dst: str, split: str, n: int, tmp_dir: str):
-        self.dst, self.split, self.n = dst, split, n
-        self.files, self.writers, self.tmp_paths = [], [], []
-        local_dir = tmp_dir if storage.is_gcs(dst) else os.path.join(dst, split)
-        os.makedirs(local_dir, exist_ok=True)
-        for i in range(n):
-            fd, tmp = tempfile.mkstemp(prefix=f".tmp-shard-{i:05d}-", suffix=".tfrecord", dir=local_dir)
-            f = os.fdopen(fd, "wb")
-            self.files.append(f)
-            self.tmp_paths.append(tmp)
-            self.writers.append(TFRecordWriter(f))
-        self.samples = [0] * n
-        # Greedy balance: every chunk goes to the shard with the fewest samples so far.
-        self._heap = [(0, i) for i in range(n)]
-
-    def add(self, codes: np.ndarray, label: int, track: str) -> int:
-        samples, i = heapq.heappop(self._heap)
-        self.writers[i].write(serialize_example(codes, label, track))
-        self.samples[i] += int(codes.size)
-        heapq.heappush(self._heap, (samples + int(codes.size), i))
-        return i
-
-    def final_name(self, i: int) -> str:
-        # A prefix of the content hash in the name: a rewritten shard never
-        # replaces a file the current manifest names.
-        return f"{self.split}/shard-{i:05d}-of-{self.n:05d}-{self.writers[i].sha256[:12]}.tfrecord"
-
-    def finish(self) -> list[dict[str, Any]]:
-        entries = []
-        for i, (f, w, tmp) in enumerate(zip(self.files, self.writers, self.tmp_paths)):
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            name = self.final_name(i)
-            storage.upload_file(tmp, storage.join(self.dst, name))
-            entries.append({"path": name, "split": self.split, "examples": w.records,
-                            "samples": self.samples[i], "sha256": w.sha256})
-        return entries
-
-    def abort(self) -> None:
-        for f, tmp in zip(self.files, self.tmp_paths):
-            f.close()
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+def _read_partials(partial_paths: Sequence[str], src: str | None) -> tuple[list, str | None]:
+    records: list[tuple[dict[str, Any], str]] = []
+    for p in partial_paths:
+        part = json.loads(storage.read_text(p))
+        src = src if src is not None else part.get("src")
+        work_dir = p.rsplit("/", 2)[0]  # partials sit in WORK/partials/
+        records.extend((r, work_dir) for r in part["records"])
+    records.sort(key=lambda rw: rw[0]["path"])
+    return records, src
 
 
-def _code_stats(hist: np.ndarray) -> dict[str, Any]:
-    total = int(hist.sum())
-    p = hist[hist > 0] / max(total, 1)
-    mean = float((np.arange(hist.size) * hist).sum() / total) if total else None
-    return {"histogram": [int(v) for v in hist], "samples": total,
-            "entropy_bits": float(-(p * np.log2(p)).sum()) if total else None,
-            "mean_code": mean}
+def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, list[Skipped], int]:
+    """Partial records -> (new track entries, their codes in the work dirs, skipped, unchanged)."""
+    new: dict[str, dict[str, Any]] = {}
+    new_codes: dict[str, str] = {}
+    skipped: list[Skipped] = []
+    unchanged = 0
+    for r, work_dir in records:
+        status = r["status"]
+        if status == "skipped":
+            skipped.append(Skipped(r["path"], r["reason"]))
+        elif status == "unchanged" and r["sha256"] in old_tracks:
+            first = old_tracks[r["sha256"]]
+            if first.relpath == r["relpath"]:
+                unchanged += 1
+            else:  # a copy (or a moved file): the content is in DST already, under its first path
+                skipped.append(Skipped(r["path"], f"same content as {first.path}"))
+        elif status == "unchanged":
+            skipped.append(Skipped(r["path"], "reported unchanged but its codes are not in "
+                                   "DST/tracks: run again to process it"))
+        elif r["sha256"] in old_tracks or r["sha256"] in new:
+            first_path = (old_tracks[r["sha256"]].path if r["sha256"] in old_tracks
+                          else new[r["sha256"]]["path"])
+            skipped.append(Skipped(r["path"], f"same content as {first_path}"))
+        else:
+            entry = {k: v for k, v in r.items() if k != "status"}
+            entry.update(split=None, label_id=-1, chunks=0, shards=(), validation_start=None, parts=())
+            new[r["sha256"]] = entry
+            new_codes[r["sha256"]] = storage.join(work_dir, r["codes"])
+    return new, new_codes, skipped, unchanged
 
 
 def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentConfig,
-                    src: str | None = None) -> dict[str, Any]:
+                    src: str | None = None) -> Manifest:
     """Combine partial manifests with what ``dst`` already holds; write shards and the manifest.
 
     Args:
@@ -508,164 +414,43 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         DataError: neither the partials nor ``dst`` hold a usable track.
     """
     started = time.time()
-    old = _read_manifest_or_none(dst)
-    audio_cfg = config.to_dict()["audio"]
-    old_tracks = known_tracks(dst, config) if old is not None else {}
-    if old is not None and len(old_tracks) < len(old.get("files", [])):
+    old = read_manifest(dst, missing_ok=True)
+    old_tracks = _known_tracks(dst, old, config)
+    if old is not None and len(old_tracks) < len(old.files):
         log.warning("%d track(s) of %s were made with another audio config or lost their codes: "
                     "they are dropped (and re-made if their files are in SRC)",
-                    len(old["files"]) - len(old_tracks), dst)
-
-    records: list[tuple[dict[str, Any], str]] = []
-    for p in partial_paths:
-        part = json.loads(storage.read_text(p))
-        src = src if src is not None else part.get("src")
-        work_dir = p.rsplit("/", 2)[0]  # partials sit in WORK/partials/
-        records.extend((r, work_dir) for r in part["records"])
-    records.sort(key=lambda rw: rw[0]["path"])
-
-    tracks: dict[str, dict[str, Any]] = {h: dict(t) for h, t in old_tracks.items()}
-    new_codes: dict[str, str] = {}
-    skipped: list[dict[str, str]] = []
-    processed = unchanged = 0
-    for r, work_dir in records:
-        status = r["status"]
-        if status == "skipped":
-            skipped.append({"path": r["path"], "reason": r["reason"]})
-        elif status == "unchanged" and r["sha256"] in old_tracks:
-            first = old_tracks[r["sha256"]]
-            if first["relpath"] == r["relpath"]:
-                unchanged += 1
-            else:  # a copy (or a moved file): the content is in DST already, under its first path
-                skipped.append({"path": r["path"], "reason": f"same content as {first['path']}"})
-        elif status == "unchanged":
-            skipped.append({"path": r["path"], "reason": "reported unchanged but its codes are not in "
-                            "DST/tracks: run again to process it"})
-        elif r["sha256"] in tracks:
-            skipped.append({"path": r["path"], "reason": f"same content as {tracks[r['sha256']]['path']}"})
-        else:
-            entry = {k: v for k, v in r.items() if k not in ("status", "codes")}
-            entry["codes"] = r["codes"]
-            entry["split"] = None
-            tracks[r["sha256"]] = entry
-            new_codes[r["sha256"]] = storage.join(work_dir, r["codes"])
-            processed += 1
+                    len(old.files) - len(old_tracks), dst)
+    records, src = _read_partials(partial_paths, src)
+    new, new_codes, skipped, unchanged = _classify(records, old_tracks)
     for s in skipped:
-        log.warning("skipped %s: %s", s["path"], s["reason"])
-    if not tracks:
+        log.warning("skipped %s: %s", s.path, s.reason)
+    if not old_tracks and not new:
         where = src if src is not None else "the input"
-        first = f" (e.g. {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        first = f" (e.g. {skipped[0].path}: {skipped[0].reason})" if skipped else ""
         raise DataError(f"no usable audio in {where}: {len(skipped)} file(s) skipped{first}")
-
-    ordered = sorted(tracks.values(), key=lambda t: t["sha256"])
-    assign_splits(ordered, config.data.validation_fraction,
+    entries = [dataclasses.asdict(t) for t in old_tracks.values()] + list(new.values())
+    entries.sort(key=lambda t: t["sha256"])
+    assign_splits(entries, config.data.validation_fraction,
                   min_tail=config.model.receptive_field + config.evaluate.window,
                   min_head=config.crop_length)
-    labels = sorted({t["label"] for t in ordered})
-    label_ids = {name: i for i, name in enumerate(labels)}
+    # Parts, chunks and shards are laid out again by write_dataset.
+    tracks = [Track(**dict(t, shards=(), parts=())) for t in entries]
 
-    # New codes first: the old manifest does not name them, so a crash here is harmless.
-    for h, local in new_codes.items():
-        storage.write_bytes_atomic(storage.join(dst, tracks[h]["codes"]), storage.read_bytes(local))
+    def codes(t: Track) -> np.ndarray:
+        path = new_codes.get(t.sha256) or storage.join(dst, t.codes)
+        try:
+            return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path}: {e}: remove {dst} and preprocess again") from None
 
-    sr = config.audio.sample_rate
-    chunk = max(config.crop_length, int(round(config.data.chunk_seconds * sr)))
-    hists = {s: np.zeros(config.audio.quantization_channels, dtype=np.int64) for s in SPLITS}
-    tmp_dir = tempfile.mkdtemp(prefix="wavenet-shards-")
-    shard_sets = {s: _ShardSet(dst, s, config.data.num_shards, tmp_dir) for s in SPLITS}
-    try:
-        for t in ordered:
-            codes = _load_codes(t, new_codes, dst)
-            if codes.size != t["samples"]:
-                raise DataError(f"{storage.join(dst, t['codes'])} holds {codes.size} codes, the manifest "
-                                f"says {t['samples']}: remove {dst} and preprocess again")
-            t["label_id"] = label_ids[t["label"]]
-            t["parts"], t["_shards"] = [], set()
-            # A whole track is one part; a held-out tail's track is two (head: train, tail: validation).
-            for split, a, b in track_parts(t):
-                hists[split] += np.bincount(codes[a:b], minlength=hists[split].size)
-                bounds = _chunks(b - a, chunk, config.crop_length)
-                t["parts"].append({"split": split, "start": a, "end": b, "chunks": len(bounds)})
-                t["_shards"] |= {(split, shard_sets[split].add(codes[a + c:a + d], t["label_id"], t["sha256"]))
-                                 for c, d in bounds}
-            t["chunks"] = sum(p["chunks"] for p in t["parts"])
-        shards: list[dict[str, Any]] = []
-        for s in SPLITS:
-            shards.extend(shard_sets[s].finish())
-    except BaseException:
-        for ss in shard_sets.values():
-            ss.abort()
-        raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    for t in ordered:
-        t["shards"] = sorted(shard_sets[s].final_name(i) for s, i in t.pop("_shards"))
-
-    in_split = {s: [(t, p) for t in ordered for p in t["parts"] if p["split"] == s] for s in SPLITS}
-    split_samples = {s: int(sum(p["end"] - p["start"] for _, p in in_split[s])) for s in SPLITS}
-    uncovered = sorted({t["label"] for t in ordered} - {t["label"] for t, _ in in_split["validation"]})
+    manifest = write_dataset(dst, config, tracks, codes, new=new_codes.keys(), src=src,
+                             skipped=skipped, processed=len(new), unchanged=unchanged, started=started)
+    uncovered = manifest.summary.labels_without_validation
     if uncovered and config.data.validation_fraction > 0:
         log.warning("no validation audio for label(s) %s: evaluation cannot score them (tracks keep their "
                     "split from earlier runs, or a single track is too short for a held-out tail)",
                     ", ".join(uncovered))
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "src": src,
-        "audio": audio_cfg,
-        "data": config.to_dict()["data"],
-        "crop_length": config.crop_length,
-        "labels": labels,
-        "files": sorted(ordered, key=lambda t: t["relpath"]),
-        "skipped": skipped,
-        "shards": shards,
-        "code_stats": {s: _code_stats(hists[s]) for s in SPLITS},
-        "summary": {
-            "processed": processed,
-            "unchanged": unchanged,
-            "skipped": len(skipped),
-            "tracks": len(ordered),
-            "labels": len(labels),
-            # Tracks with audio in the split (a held-out tail's track counts in both).
-            **{f"{s}_tracks": len({t["sha256"] for t, _ in in_split[s]}) for s in SPLITS},
-            **{f"{s}_samples": split_samples[s] for s in SPLITS},
-            **{f"{s}_seconds": round(split_samples[s] / sr, 3) for s in SPLITS},
-            "tail_tracks": sum(t["split"] == "tail" for t in ordered),
-            "labels_without_validation": uncovered,
-            "merge_seconds": round(time.time() - started, 3),
-        },
-    }
-    storage.write_text_atomic(storage.join(dst, MANIFEST), json.dumps(manifest, indent=1))
-    _collect_garbage(dst, manifest)
     return manifest
-
-
-def _load_codes(track: dict[str, Any], new_codes: dict[str, str], dst: str) -> np.ndarray:
-    path = new_codes.get(track["sha256"]) or storage.join(dst, track["codes"])
-    try:
-        return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path}: {e}: remove {dst} and preprocess again") from None
-
-
-def _collect_garbage(dst: str, manifest: dict[str, Any]) -> None:
-    """Delete shards, tracks and temporary files under ``dst`` that the manifest does not name.
-
-    Only our own names are touched (``shard-*.tfrecord``, ``.tmp-*``,
-    ``tracks/*.npy``), so other files a user keeps in DST survive.
-    """
-    def norm(p: str) -> str:
-        return p if storage.is_gcs(p) else os.path.normpath(p)
-
-    keep = {norm(storage.join(dst, s["path"])) for s in manifest["shards"]}
-    keep |= {norm(storage.join(dst, f["codes"])) for f in manifest["files"]}
-    for sub in (*SPLITS, TRACKS):
-        for path in list(storage.list_files(storage.join(dst, sub))):
-            name = path.rsplit("/", 1)[-1]
-            ours = (name.startswith(".tmp-") or (name.startswith("shard-") and name.endswith(".tfrecord"))
-                    or (sub == TRACKS and name.endswith(".npy")))
-            if ours and norm(path) not in keep:
-                storage.remove(path)
 
 
 # -- the whole run ---------------------------------------------------------------------
@@ -688,10 +473,6 @@ def _pool_context():
     never TensorFlow). forkserver is not used: its server keeps the
     environment of its first start (e.g. a stale STORAGE_EMULATOR_HOST).
     """
-    import multiprocessing as mp
-    import sys
-    import threading
-
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
     if ("tensorflow" not in sys.modules and all(t.daemon for t in others)
             and "fork" in mp.get_all_start_methods()):
@@ -790,8 +571,6 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
     parts = partition(files, n * 8 if n > 1 else len(files))
     work_dir = tempfile.mkdtemp(prefix="wavenet-preprocess-")
     try:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress)
         partials: list[str] = []
         jobs = [(part, work_dir, config, src, None, known) for part in parts]
@@ -812,21 +591,19 @@ def check_dataset(dst: str) -> list[str]:
 
     Returns:
         One line per problem; empty when every shard the manifest names exists
-        with its recorded sha256 and example count, and every track's codes exist.
+        with its recorded sha256, and every track's codes exist.
     """
-    manifest = _read_manifest_or_none(dst)
+    manifest = read_manifest(dst, missing_ok=True)
     if manifest is None:
         return [f"no {MANIFEST} in {dst}"]
     problems = []
-    for s in manifest["shards"]:
-        path = storage.join(dst, s["path"])
+    for s in manifest.shards:
+        path = storage.join(dst, s.path)
         if not storage.exists(path):
             problems.append(f"missing shard {path}")
-            continue
-        data = storage.read_bytes(path)
-        if hashlib.sha256(data).hexdigest() != s["sha256"]:
+        elif hashlib.sha256(storage.read_bytes(path)).hexdigest() != s.sha256:
             problems.append(f"checksum mismatch {path}")
-    for f in manifest["files"]:
-        if not storage.exists(storage.join(dst, f["codes"])):
-            problems.append(f"missing track codes {storage.join(dst, f['codes'])}")
+    for t in manifest.files:
+        if not storage.exists(storage.join(dst, t.codes)):
+            problems.append(f"missing track codes {storage.join(dst, t.codes)}")
     return problems

@@ -30,23 +30,28 @@ from typing import Any
 
 import numpy as np
 
+# The spectral maths lives in wavenet.audio; these names stay importable from here.
+from wavenet.audio import (
+    frame_power,
+    frame_signal,
+    hz_to_mel,
+    mel_filterbank,
+    mel_to_hz,
+    power_spectrogram,
+)
+
 __all__ = [
     "SILENCE_DBFS",
     "NOISE_FLATNESS",
     "STUCK_FRACTION",
     "CLIPPED_FRACTION",
     "MEL_DISTANCE_DB",
-    "frame_signal",
-    "power_spectrogram",
     "rms_dbfs",
     "silent_fraction",
     "spectral_flatness",
     "distinct_codes",
     "most_common_fraction",
     "clipped_fraction",
-    "hz_to_mel",
-    "mel_to_hz",
-    "mel_filterbank",
     "average_log_mel",
     "log_mel_distance_db",
     "band_energy_ratio_db",
@@ -65,6 +70,12 @@ __all__ = [
     "check_ranges",
     "absolute_thresholds",
     "analyze",
+    # Re-exported from wavenet.audio, where the spectral maths lives:
+    "frame_signal",
+    "power_spectrogram",
+    "hz_to_mel",
+    "mel_to_hz",
+    "mel_filterbank",
 ]
 
 # Thresholds of the warnings. Levels are dBFS: 0 dB is a full-scale square wave.
@@ -90,37 +101,6 @@ _EPS = 1e-12
 _FLOOR_DB = -120.0
 
 
-def frame_signal(x: np.ndarray, frame_length: int, hop: int) -> np.ndarray:
-    """Cut a 1-D signal into overlapping frames (the last partial frame is zero-padded).
-
-    Args:
-        x: (T,) signal.
-        frame_length: samples per frame.
-        hop: samples between frame starts.
-
-    Returns:
-        (N, frame_length) float64 frames, N >= 1.
-    """
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    if frame_length < 1 or hop < 1:
-        raise ValueError(f"frame_length and hop must be >= 1. Received: {frame_length}, {hop}")
-    n = max(1, int(np.ceil(max(len(x) - frame_length, 0) / hop)) + 1)
-    padded = np.zeros((n - 1) * hop + frame_length)
-    padded[:len(x)] = x
-    idx = np.arange(frame_length)[None, :] + hop * np.arange(n)[:, None]
-    return padded[idx]
-
-
-def power_spectrogram(x: np.ndarray, n_fft: int = 512, hop: int = 256) -> np.ndarray:
-    """Hann-windowed power spectrogram.
-
-    Returns:
-        (N, n_fft // 2 + 1) power per frame and frequency bin.
-    """
-    frames = frame_signal(x, n_fft, hop) * np.hanning(n_fft)[None, :]
-    return np.abs(np.fft.rfft(frames, axis=-1)) ** 2
-
-
 def _db(power: np.ndarray | float) -> np.ndarray:
     return np.maximum(10.0 * np.log10(np.maximum(power, _EPS)), _FLOOR_DB)
 
@@ -137,9 +117,7 @@ def silent_fraction(x: np.ndarray, sample_rate: int, frame_seconds: float = 0.02
                     threshold_db: float = SILENCE_DBFS) -> float:
     """Fraction of non-overlapping frames whose RMS level is below ``threshold_db``."""
     length = max(1, int(round(frame_seconds * sample_rate)))
-    frames = frame_signal(x, length, length)
-    levels = _db(np.mean(frames * frames, axis=-1))
-    return float(np.mean(levels < threshold_db))
+    return float(np.mean(_db(frame_power(x, length)) < threshold_db))
 
 
 def spectral_flatness(x: np.ndarray, n_fft: int = 512, hop: int = 256,
@@ -151,8 +129,7 @@ def spectral_flatness(x: np.ndarray, n_fft: int = 512, hop: int = 256,
     Silent frames are left out (their spectrum is numerical noise); a clip
     with no audible frame has flatness 0.
     """
-    frames = frame_signal(x, n_fft, hop)
-    audible = _db(np.mean(frames * frames, axis=-1)) >= threshold_db
+    audible = _db(frame_power(x, n_fft, hop)) >= threshold_db
     if not np.any(audible):
         return 0.0
     power = power_spectrogram(x, n_fft, hop)[audible][:, 1:]  # drop DC: an offset is not timbre
@@ -179,37 +156,6 @@ def clipped_fraction(x: np.ndarray, level: float = CLIP_LEVEL) -> float:
     """Fraction of samples with ``|x| >= level`` (full scale is 1.0)."""
     x = np.asarray(x, dtype=np.float64)
     return float(np.mean(np.abs(x) >= level)) if x.size else 0.0
-
-
-def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
-    """The mel scale as used by HTK: ``2595 log10(1 + f / 700)`` (O'Shaughnessy 1987)."""
-    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
-
-
-def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
-    """Inverse of :func:`hz_to_mel`."""
-    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int = 40, fmin: float = 0.0,
-                   fmax: float | None = None) -> np.ndarray:
-    """Triangular filters spaced evenly on the mel scale.
-
-    Filter m rises linearly from mel centre m-1 to centre m and falls to
-    centre m+1 (peak 1.0), evaluated at the rfft bin frequencies.
-
-    Returns:
-        (n_mels, n_fft // 2 + 1) weights.
-    """
-    fmax = sample_rate / 2.0 if fmax is None else fmax
-    if not 0 <= fmin < fmax <= sample_rate / 2.0:
-        raise ValueError(f"need 0 <= fmin < fmax <= sample_rate / 2. Received: {fmin}, {fmax}")
-    bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)  # (F,)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    rising = (bins[None, :] - lower) / (centre - lower)
-    falling = (upper - bins[None, :]) / (upper - centre)
-    return np.maximum(0.0, np.minimum(rising, falling))
 
 
 def average_log_mel(x: np.ndarray, sample_rate: int, n_fft: int = 512, hop: int = 256,

@@ -15,18 +15,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
-from wavenet.quality import power_spectrogram
+# The Figure/Agg canvas pair avoids pyplot's global state and any GUI backend.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from wavenet.audio import float_to_pcm16, power_spectrogram
 
 __all__ = ["wav_bytes", "spectrogram_png", "render_html"]
 
 
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """16-bit PCM mono WAV file contents of float audio in [-1, 1]."""
-    import soundfile as sf
-
-    from wavenet.audio import float_to_pcm16
-
     buf = io.BytesIO()
     sf.write(buf, float_to_pcm16(audio), sample_rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
@@ -46,10 +47,6 @@ def spectrogram_png(audio: np.ndarray, sample_rate: int, title: str = "",
     Returns:
         PNG file contents.
     """
-    # The Figure/Agg canvas pair avoids pyplot's global state and any GUI backend.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     power = power_spectrogram(audio, n_fft, hop)  # (frames, bins)
     db = 10.0 * np.log10(np.maximum(power, 1e-12))
     top = float(db.max())

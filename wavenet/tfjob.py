@@ -8,6 +8,9 @@ The only core module that imports ``kubernetes``. Two halves:
 - :func:`run_tfjob` creates the job, streams worker 0's log, waits for a
   ``Succeeded`` or ``Failed`` condition and deletes the job (its pods go with it).
 
+``kubernetes`` is imported by :func:`run_tfjob` itself: rendering a job (every
+launcher, the tests, ``make compile``) needs only this module.
+
 The template lives in ``k8s/tfjob-template.yaml`` (validated by ``make k8s-validate``
 against ``k8s/schemas/tfjob.schema.json``); the container image copies it to
 ``/opt/wavenet/k8s`` and names it in ``WAVENET_TFJOB_TEMPLATE``, which the caller
@@ -40,8 +43,6 @@ __all__ = [
     "render_tfjob",
     "tfjob_outcome",
     "run_tfjob",
-    "RUN_OUTPUTS",
-    "collect_run",
 ]
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
@@ -129,6 +130,40 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
     Returns:
         The TFJob object, ready for ``create_namespaced_custom_object``.
     """
+    _check_settings(name, workers, gpus_per_worker, command, clean_pod_policy, restart_policy)
+    job = copy.deepcopy(dict(template if template is not None else load_template()))
+    meta = job.setdefault("metadata", {})
+    meta["name"] = name
+    meta["namespace"] = namespace
+    meta.setdefault("labels", {}).update(dict(labels or {}))
+    spec = job.setdefault("spec", {})
+    run_policy = spec.setdefault("runPolicy", {})
+    for key, value in (("backoffLimit", backoff_limit),
+                       ("ttlSecondsAfterFinished", ttl_seconds_after_finished)):
+        if value is not None:
+            run_policy[key] = int(value)
+    if clean_pod_policy is not None:
+        run_policy["cleanPodPolicy"] = clean_pod_policy
+    worker = _worker_spec(spec, workers, restart_policy)
+    pod = worker.setdefault("template", {})
+    pod.setdefault("metadata", {}).setdefault("labels", {}).update(
+        {**meta["labels"], "wavenet/job": name})
+    pod_spec = pod.setdefault("spec", {})
+    if service_account is not None:
+        pod_spec["serviceAccountName"] = service_account
+    c = _container(pod_spec)
+    c["image"] = image
+    c["command"] = list(command)
+    c["args"] = [str(a) for a in args]
+    if env:
+        existing = [e for e in c.get("env", []) if e.get("name") not in env]
+        c["env"] = existing + [{"name": k, "value": str(v)} for k, v in sorted(env.items())]
+    _place_on_gpus(pod_spec, c, gpus_per_worker, accelerator, accelerator_label)
+    return job
+
+
+def _check_settings(name: str, workers: int, gpus_per_worker: int, command: Sequence[str],
+                    clean_pod_policy: str | None, restart_policy: str | None) -> None:
     if not isinstance(name, str) or len(name) > 45 or not _NAME_RE.match(name):
         raise ConfigError(f"TFJob name must be a DNS-1035 label of at most 45 characters. "
                           f"Received: name={name!r}")
@@ -146,21 +181,8 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
         raise ConfigError(f"restart_policy must be one of OnFailure, ExitCode, Never, Always. "
                           f"Received: {restart_policy!r}")
 
-    job = copy.deepcopy(dict(template if template is not None else load_template()))
-    meta = job.setdefault("metadata", {})
-    meta["name"] = name
-    meta["namespace"] = namespace
-    meta.setdefault("labels", {}).update(dict(labels or {}))
 
-    spec = job.setdefault("spec", {})
-    run_policy = spec.setdefault("runPolicy", {})
-    if backoff_limit is not None:
-        run_policy["backoffLimit"] = int(backoff_limit)
-    if ttl_seconds_after_finished is not None:
-        run_policy["ttlSecondsAfterFinished"] = int(ttl_seconds_after_finished)
-    if clean_pod_policy is not None:
-        run_policy["cleanPodPolicy"] = clean_pod_policy
-
+def _worker_spec(spec: dict[str, Any], workers: int, restart_policy: str | None) -> dict[str, Any]:
     replicas = spec.setdefault("tfReplicaSpecs", {})
     worker = replicas.get("Worker")
     if worker is None:
@@ -171,51 +193,39 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
     worker["replicas"] = workers
     if restart_policy is not None:
         worker["restartPolicy"] = restart_policy
+    return worker
 
-    pod = worker.setdefault("template", {})
-    pod.setdefault("metadata", {}).setdefault("labels", {}).update(
-        {**meta["labels"], "wavenet/job": name})
-    pod_spec = pod.setdefault("spec", {})
-    if service_account is not None:
-        pod_spec["serviceAccountName"] = service_account
-    containers = pod_spec.get("containers") or []
-    matching = [c for c in containers if c.get("name") == CONTAINER]
+
+def _container(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    matching = [c for c in pod_spec.get("containers") or [] if c.get("name") == CONTAINER]
     if not matching:
         raise ConfigError(f"TFJob template's Worker must have a container named {CONTAINER!r}")
-    c = matching[0]
-    c["image"] = image
-    c["command"] = list(command)
-    c["args"] = [str(a) for a in args]
-    if env:
-        existing = [e for e in c.get("env", []) if e.get("name") not in env]
-        c["env"] = existing + [{"name": k, "value": str(v)} for k, v in sorted(env.items())]
+    return matching[0]
 
+
+def _place_on_gpus(pod_spec: dict[str, Any], c: dict[str, Any], gpus_per_worker: int,
+                   accelerator: str, accelerator_label: str) -> None:
+    """GPU limits, node selector and tolerations for GPU pods; none of them for CPU pods."""
     resources = c.setdefault("resources", {})
     limits = resources.setdefault("limits", {})
     requests = resources.setdefault("requests", {})
+    requests.pop(GPU_RESOURCE, None)  # extended resources are limits only (Kubernetes copies them)
+    selector = pod_spec.setdefault("nodeSelector", {})
     if gpus_per_worker > 0:
-        # Extended resources are limits only; Kubernetes copies them to requests.
         limits[GPU_RESOURCE] = gpus_per_worker
-        requests.pop(GPU_RESOURCE, None)
-        selector = pod_spec.setdefault("nodeSelector", {})
         if accelerator:
             selector[accelerator_label] = accelerator
         else:
             selector.pop(accelerator_label, None)
-        if not selector:
-            pod_spec.pop("nodeSelector")
     else:
         limits.pop(GPU_RESOURCE, None)
-        requests.pop(GPU_RESOURCE, None)
-        if "nodeSelector" in pod_spec:
-            pod_spec["nodeSelector"].pop(accelerator_label, None)
-            if not pod_spec["nodeSelector"]:
-                del pod_spec["nodeSelector"]
+        selector.pop(accelerator_label, None)
         pod_spec["tolerations"] = [t for t in pod_spec.get("tolerations", [])
                                    if t.get("key") != GPU_RESOURCE]
         if not pod_spec["tolerations"]:
             del pod_spec["tolerations"]
-    return job
+    if not selector:
+        del pod_spec["nodeSelector"]
 
 
 def tfjob_outcome(obj: Mapping[str, Any]) -> str | None:
@@ -292,22 +302,11 @@ def run_tfjob(job: Mapping[str, Any], *, poll_seconds: float = 10.0, timeout_s: 
     Raises:
         TFJobError: creation refused, the job failed, or the timeout passed.
     """
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    if api_client is None:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError) as e:
-                raise TFJobError(f"no Kubernetes configuration (in-cluster or kubeconfig): {e}") from None
-        api_client = client.ApiClient()
-    custom = client.CustomObjectsApi(api_client)
-    core = client.CoreV1Api(api_client)
+    custom, core = _apis(api_client)
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
-
     try:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, dict(job))
     except ApiException as e:
@@ -318,23 +317,8 @@ def run_tfjob(job: Mapping[str, Any], *, poll_seconds: float = 10.0, timeout_s: 
     follower = threading.Thread(target=_follow_log,
                                 args=(core, namespace, f"{name}-worker-0", stop, log), daemon=True)
     follower.start()
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    obj: dict[str, Any] = dict(job)
     try:
-        while True:
-            try:
-                obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-            except ApiException as e:
-                raise TFJobError(f"cannot read TFJob {namespace}/{name}: {e.status} {e.reason}") from None
-            outcome = tfjob_outcome(obj)
-            if outcome == "Succeeded":
-                log(f"TFJob {namespace}/{name} succeeded")
-                return obj
-            if outcome == "Failed":
-                raise TFJobError(f"TFJob {namespace}/{name} failed: {_condition_message(obj)}")
-            if deadline is not None and time.monotonic() > deadline:
-                raise TFJobError(f"TFJob {namespace}/{name} did not finish within {timeout_s:.0f} s")
-            time.sleep(poll_seconds)
+        return _wait(custom, name, namespace, poll_seconds, timeout_s, log)
     finally:
         stop.set()
         follower.join(timeout=5)
@@ -349,24 +333,39 @@ def run_tfjob(job: Mapping[str, Any], *, poll_seconds: float = 10.0, timeout_s: 
                     log(f"could not delete TFJob {namespace}/{name}: {e.status} {e.reason}")
 
 
-# What a finished training run leaves in its run directory that the launcher collects.
-RUN_OUTPUTS = ("model.keras", "config.yaml", "train_summary.json")
+def _apis(api_client: Any) -> tuple[Any, Any]:
+    """The custom-objects and core APIs (in-cluster config, else ~/.kube/config)."""
+    from kubernetes import client, config
+
+    if api_client is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            try:
+                config.load_kube_config()
+            except (config.ConfigException, OSError) as e:
+                raise TFJobError(f"no Kubernetes configuration (in-cluster or kubeconfig): {e}") from None
+        api_client = client.ApiClient()
+    return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
 
 
-def collect_run(run_dir: str, dest: str) -> dict[str, Any]:
-    """Copy a finished run's model, config and summary from ``run_dir`` (gs://) into ``dest``.
+def _wait(custom: Any, name: str, namespace: str, poll_seconds: float, timeout_s: float | None,
+          log: Callable[[str], None]) -> dict[str, Any]:
+    """Poll the job until it has Succeeded (returned) or Failed or timed out (TFJobError)."""
+    from kubernetes.client.rest import ApiException
 
-    What the train step does after its TFJob succeeded: the pods wrote the run to the
-    bucket; the step's Model artifact gets these files.
-
-    Returns:
-        The run's ``train_summary.json``.
-    """
-    import json
-
-    from wavenet import storage
-
-    storage.makedirs(dest)
-    for fname in RUN_OUTPUTS:
-        storage.write_bytes_atomic(storage.join(dest, fname), storage.read_bytes(storage.join(run_dir, fname)))
-    return json.loads(storage.read_text(storage.join(dest, "train_summary.json")))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        try:
+            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as e:
+            raise TFJobError(f"cannot read TFJob {namespace}/{name}: {e.status} {e.reason}") from None
+        outcome = tfjob_outcome(obj)
+        if outcome == "Succeeded":
+            log(f"TFJob {namespace}/{name} succeeded")
+            return obj
+        if outcome == "Failed":
+            raise TFJobError(f"TFJob {namespace}/{name} failed: {_condition_message(obj)}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TFJobError(f"TFJob {namespace}/{name} did not finish within {timeout_s:.0f} s")
+        time.sleep(poll_seconds)

@@ -1,7 +1,9 @@
-"""The MLflow edge: the only module of the core that imports mlflow.
+"""The MLflow edge for runs: the run itself, its params, metrics, tags, artifacts and models.
 
-Every stage logs through here so runs from a laptop and from a cluster share
-one experiment with identical param and metric names.
+Every stage logs through here, so runs from a laptop and from a cluster share
+one experiment with identical param and metric names. Registered models and
+the champion alias are :mod:`wavenet.registry`'s; together the two are the only
+core modules that import mlflow.
 
 Training logs metrics through :class:`MetricsBuffer`, which keeps whatever
 could not be sent (server restarting, network blip) and sends it again later,
@@ -11,30 +13,54 @@ so a tracking outage never stops training and never loses a metric.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
 import json
 import os
+import re
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from wavenet.errors import TrackingError
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from wavenet import storage
+from wavenet.errors import TrackingError, one_line
 
 __all__ = [
     "DEFAULT_STORE",
     "FAST_FAIL_HTTP_ENV",
     "resolve_tracking_uri",
     "check_tracking_server",
+    "use_tracking_uri",
+    "MLFLOW_SCHEMES",
+    "is_mlflow_uri",
+    "run_name",
     "start_run",
     "run_exists",
+    "active_run_id",
+    "source_run_id",
+    "model_run_id",
+    "run_experiment_name",
+    "run_placement",
+    "metric_key",
+    "log_metrics",
+    "log_metrics_to_run",
     "set_tags",
+    "log_dict",
     "log_artifacts",
-    "log_keras_model",
+    "MODEL_REQUIREMENTS",
+    "log_model",
     "MetricsBuffer",
 ]
 
@@ -50,6 +76,8 @@ FAST_FAIL_HTTP_ENV: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 
+
+# -- the store -------------------------------------------------------------------
 
 def resolve_tracking_uri(uri: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The tracking URI: the argument, else ``MLFLOW_TRACKING_URI``, else local SQLite."""
@@ -76,9 +104,112 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         raise TrackingError(f"cannot reach MLflow tracking server at {uri}: {reason}") from None
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+def use_tracking_uri(tracking_uri: str | None = None) -> str:
+    """Point mlflow at the tracking (and registry) store; returns the URI used."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_server(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go next to its file (mlflow's default is ./mlruns of the cwd)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///"):]
+    if not os.path.isabs(db):
+        return None
+    return Path(os.path.dirname(db), "mlruns").as_uri()
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(uri))
+        except MlflowException:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it or use another name")
+    return exp.experiment_id
+
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+
+
+def is_mlflow_uri(uri: str) -> bool:
+    """True for URIs MLflow resolves (``runs:/``, ``models:/``, ``mlflow-artifacts:/``)."""
+    return str(uri).startswith(MLFLOW_SCHEMES)
+
+
+# -- runs ----------------------------------------------------------------------------
+
+def run_name(preset: str, data_id: str, when: datetime.datetime | None = None) -> str:
+    """``<preset>-<data id>-<UTC start>``: training runs tell themselves apart in the MLflow UI.
+
+    Args:
+        preset: the config's preset name.
+        data_id: a short name of the data (a hash prefix, or ``d<data version>``).
+        when: the start time (default now).
+    """
+    when = when or datetime.datetime.now(datetime.UTC)
+    return f"{preset}-{data_id}-{when.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def _set_active_experiment(experiment_id: str) -> None:
+    # mlflow.set_experiment() also writes MLFLOW_EXPERIMENT_ID into os.environ,
+    # which later runs of this process would read as a user setting: put the
+    # variable back as it was (MLflow wrote it, not us).
+    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    try:
+        mlflow.set_experiment(experiment_id=experiment_id)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = before
+
+
+def _end_run(status: str) -> None:
+    # mlflow.end_run() unsets MLFLOW_RUN_ID in os.environ; that variable is
+    # KFP's (the parent run of every stage), so it is put back for the next
+    # stage in this process. And mlflow prints "View run ... at: URL" on
+    # stdout, where commands print their JSON results: it goes to stderr.
+    parent = os.environ.get("MLFLOW_RUN_ID")
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            mlflow.end_run(status=status)
+    finally:
+        if parent is not None:
+            os.environ["MLFLOW_RUN_ID"] = parent
+
+
+def _open_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
+              run_id: str | None, env: Mapping[str, str], system: bool) -> Any:
+    """Create (or reopen) the run through the client, then make it mlflow's active run.
+
+    The fluent mlflow.start_run() without a run id would *resume* a run named by
+    MLFLOW_RUN_ID (the KFP parent) instead of nesting under it, so the run is
+    created first and started by id.
+    """
+    try:
+        client = MlflowClient(uri)
+        target = run_id
+        if target is None:
+            experiment_id = env.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, experiment, uri)
+            target = client.create_run(experiment_id, run_name=run_name, tags=tags or None).info.run_id
+        # mlflow.start_run(run_id) refuses a run outside the process's active
+        # experiment (set by an earlier stage in this process): make the run's
+        # own experiment active.
+        _set_active_experiment(client.get_run(target).info.experiment_id)
+        return mlflow.start_run(run_id=target, log_system_metrics=system or None)
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - mlflow raises many types; report one line
+        what = f"continue run {run_id}" if run_id else "start a run"
+        raise TrackingError(f"cannot {what} on MLflow at {uri}: {one_line(e)}") from None
 
 
 @contextmanager
@@ -86,7 +217,7 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
               tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
               run_id: str | None = None, environ: Mapping[str, str] | None = None,
               log_system_metrics: bool = False) -> Iterator[Any]:
-    """Open an MLflow run (a new one, or ``run_id`` to continue one).
+    """Open an MLflow run (a new one, or ``run_id`` to continue one); FINISHED or FAILED at the end.
 
     When Kubeflow Pipelines injected ``MLFLOW_RUN_ID`` (its MLflow integration
     creates one run per pipeline run), the stage's run is nested under it.
@@ -105,45 +236,17 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
     Yields:
         The active ``mlflow.ActiveRun``.
     """
-    import mlflow
-    from mlflow import MlflowClient
-
     env = os.environ if environ is None else environ
     uri = resolve_tracking_uri(tracking_uri, env)
     check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
-    parent = env.get("MLFLOW_RUN_ID")
     all_tags = dict(tags or {})
-    if parent and run_id is None:
-        all_tags["mlflow.parentRunId"] = parent
+    if env.get("MLFLOW_RUN_ID") and run_id is None:
+        all_tags["mlflow.parentRunId"] = env["MLFLOW_RUN_ID"]
     system = log_system_metrics and importlib.util.find_spec("psutil") is not None
     if system:
-        # Sampling every 10 s costs well under 1% of a core.
-        mlflow.set_system_metrics_sampling_interval(10)
-    # The run is created through the client and only then made active: the
-    # fluent mlflow.start_run() without a run id would *resume* a run named by
-    # MLFLOW_RUN_ID (the KFP parent) instead of nesting under it, and
-    # mlflow.set_experiment() writes MLFLOW_EXPERIMENT_ID into os.environ,
-    # which would steer later runs of this process into the wrong store.
-    try:
-        client = MlflowClient(uri)
-        if run_id is None:
-            experiment_id = env.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, experiment,
-                                                                              uri)
-            target = client.create_run(experiment_id, run_name=run_name,
-                                       tags=all_tags or None).info.run_id
-        else:
-            target = run_id
-        # mlflow.start_run(run_id) refuses a run outside the process's active
-        # experiment (set by an earlier stage in this process): make the run's
-        # own experiment active, without leaving MLFLOW_EXPERIMENT_ID behind.
-        _set_active_experiment(client.get_run(target).info.experiment_id)
-        run = mlflow.start_run(run_id=target, log_system_metrics=system or None)
-    except TrackingError:
-        raise
-    except Exception as e:  # noqa: BLE001 - mlflow raises many types; report one line
-        what = f"continue run {run_id}" if run_id else "start a run"
-        raise TrackingError(f"cannot {what} on MLflow at {uri}: {_one_line(e)}") from None
+        mlflow.set_system_metrics_sampling_interval(10)  # well under 1% of a core
+    run = _open_run(uri, experiment, run_name, all_tags, run_id, env, system)
     try:
         if run_id is not None and all_tags:
             mlflow.set_tags(all_tags)
@@ -151,82 +254,18 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
             mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
         yield run
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the original error matters more
             _end_run("FAILED")
-        except Exception:  # noqa: BLE001 - the original error matters more
-            pass
         raise
-    else:
-        try:
-            _end_run("FINISHED")
-        except Exception as e:  # noqa: BLE001
-            raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {uri}: "
-                                f"{_one_line(e)}") from None
-
-
-def _set_active_experiment(experiment_id: str) -> None:
-    import mlflow
-
-    # mlflow.set_experiment() also writes MLFLOW_EXPERIMENT_ID into os.environ,
-    # which later runs of this process would read as a user setting: put the
-    # variable back as it was.
-    before = os.environ.get("MLFLOW_EXPERIMENT_ID")
     try:
-        mlflow.set_experiment(experiment_id=experiment_id)
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        else:
-            os.environ["MLFLOW_EXPERIMENT_ID"] = before
-
-
-def _end_run(status: str) -> None:
-    import mlflow
-
-    # mlflow.end_run() unsets MLFLOW_RUN_ID in os.environ; that variable is
-    # KFP's (the parent run of every stage), so it is put back for the next
-    # stage in this process. And mlflow prints "View run ... at: URL" on
-    # stdout, where commands print their JSON results: it goes to stderr.
-    parent = os.environ.get("MLFLOW_RUN_ID")
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            mlflow.end_run(status=status)
-    finally:
-        if parent is not None:
-            os.environ["MLFLOW_RUN_ID"] = parent
-
-
-def _artifact_location(uri: str) -> str | None:
-    """Artifacts of a SQLite store go next to its file (mlflow's default is ./mlruns of the cwd)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = uri[len("sqlite:///"):]
-    if not os.path.isabs(db):
-        return None
-    return Path(os.path.dirname(db), "mlruns").as_uri()
-
-
-def _experiment_id(client: Any, name: str, uri: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri))
-        except MlflowException:  # created concurrently by another process
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.lifecycle_stage == "deleted":
-        raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it or use another name")
-    return exp.experiment_id
+        _end_run("FINISHED")
+    except Exception as e:  # noqa: BLE001
+        raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {uri}: "
+                            f"{one_line(e)}") from None
 
 
 def run_exists(run_id: str, tracking_uri: str) -> bool:
     """Whether ``run_id`` exists (and is not deleted) in the store at ``tracking_uri``."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     try:
         run = MlflowClient(tracking_uri).get_run(run_id)
     except MlflowException:
@@ -234,46 +273,124 @@ def run_exists(run_id: str, tracking_uri: str) -> bool:
     return run.info.lifecycle_stage != "deleted"
 
 
+def active_run_id() -> str | None:
+    run = mlflow.active_run()
+    return run.info.run_id if run else None
+
+
+def source_run_id(uri: str) -> str | None:
+    """The run id of a ``runs:/<id>/...`` URI, else None."""
+    if not str(uri).startswith("runs:/"):
+        return None
+    run_id = uri[len("runs:/"):].split("/", 1)[0]
+    return run_id or None
+
+
+def model_run_id(uri: str) -> str | None:
+    """The run that logged a model: from ``runs:/<id>/...``, or looked up for ``models:/m-<id>``.
+
+    Registry URIs (``models:/NAME/...``) and files give None. Needs the tracking
+    URI set (:func:`use_tracking_uri`) for the lookup.
+    """
+    run_id = source_run_id(uri)
+    if run_id or not str(uri).startswith("models:/m-"):
+        return run_id
+    try:
+        return mlflow.get_logged_model(uri[len("models:/"):].split("/", 1)[0]).source_run_id
+    except MlflowException:
+        return None
+
+
+def run_experiment_name(run_id: str) -> str | None:
+    """The experiment name of run ``run_id``, or None when it cannot be read."""
+    client = MlflowClient()
+    try:
+        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+    except MlflowException:
+        return None
+
+
+def run_placement(model_uri: str | None, experiment: str | None,
+                  default_experiment: str) -> tuple[str, dict[str, str]]:
+    """Where a stage run about ``model_uri`` goes: ``(experiment, tags)``.
+
+    A model logged by a run (``runs:/<id>/...`` or that run's ``models:/m-<id>``)
+    has its evaluation or samples nested under that training run (tag
+    ``mlflow.parentRunId``), in its experiment unless ``experiment`` is given;
+    :func:`start_run` lets a KFP-injected ``MLFLOW_RUN_ID`` take precedence as the parent.
+    """
+    src = model_run_id(model_uri) if model_uri else None
+    tags: dict[str, str] = {}
+    exp = experiment
+    if src:
+        tags["mlflow.parentRunId"] = src
+        exp = exp or run_experiment_name(src)
+    return exp or default_experiment, tags
+
+
+# -- what a run holds ----------------------------------------------------------------
+
+_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def metric_key(*parts: str) -> str:
+    """A metric or param name from parts; characters MLflow rejects become ``_``."""
+    return "/".join(_KEY_CHARS.sub("_", str(p)) for p in parts)
+
+
+def log_metrics(metrics: Mapping[str, float | None], step: int | None = None) -> None:
+    """Log metrics to the active run (None values are left out)."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+
+
+def log_metrics_to_run(run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log metrics to another (possibly finished) run, e.g. the training run of a model."""
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
 def set_tags(tags: Mapping[str, Any]) -> None:
     """Set tags on the active run."""
-    import mlflow
-
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def log_dict(obj: Mapping[str, Any], artifact_file: str) -> None:
+    """A JSON artifact of the active run."""
+    mlflow.log_dict(dict(obj), artifact_file)
 
 
 def log_artifacts(paths: Sequence[str], artifact_path: str | None = None) -> None:
     """Log files to the active run; ``gs://`` ones (a TFJob's run directory) are downloaded first."""
-    import tempfile
-
-    import mlflow
-
-    from wavenet import storage
-
     with tempfile.TemporaryDirectory(prefix="wavenet-artifacts-") as tmp:
         for p in paths:
             mlflow.log_artifact(storage.local_copy(p, tmp), artifact_path=artifact_path)
 
 
-def log_keras_model(model: Any, name: str = "model") -> str:
-    """Log a Keras 3 model with the ``mlflow.keras`` flavour; returns its model URI.
+# The model's pip requirements, written out rather than inferred (inference
+# reloads the model in a subprocess, about 20 s, and cannot resolve our layers).
+MODEL_REQUIREMENTS = ("keras", "tensorflow", "wavenet-pipelines")
 
-    ``mlflow.keras.load_model(uri)`` loads it back once the module defining its
-    custom layers (``wavenet.model``) has been imported.
+
+def log_model(model: Any, name: str = "model") -> str:
+    """Log a WaveNet as an MLflow Keras model in the active run; returns its model URI.
+
+    The one way models enter MLflow (training's model and the gate's alike).
+    ``mlflow.keras.load_model(uri)`` loads it back once ``wavenet.model`` (the
+    module defining its layers) is imported. MLflow 3 stores logged models as
+    their own entities: the URI is ``models:/m-<id>``, and
+    ``runs:/<run_id>/<name>`` resolves to the same model.
     """
-    from importlib.metadata import PackageNotFoundError, version
+    import mlflow.keras  # loads Keras and TensorFlow: only logging a model needs them
 
-    import mlflow.keras
-
-    # Naming the requirements skips mlflow's inference, which reloads the
-    # model in a subprocess (about 20 s) and cannot resolve our custom layers.
+    if mlflow.active_run() is None:
+        raise TrackingError("log_model needs an active MLflow run")
     reqs = []
-    for pkg in ("keras", "tensorflow", "wavenet-pipelines"):
+    for pkg in MODEL_REQUIREMENTS:
         try:
             reqs.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
             pass
-    info = mlflow.keras.log_model(model, name=name, pip_requirements=reqs)
-    return info.model_uri
+    return mlflow.keras.log_model(model, name=name, pip_requirements=reqs).model_uri
 
 
 class MetricsBuffer:
@@ -332,9 +449,6 @@ class MetricsBuffer:
         if (not force and self._failed_at is not None
                 and self._clock() - self._failed_at < self.retry_after_s):
             return False
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
-
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
         while self._pending:
@@ -345,7 +459,7 @@ class MetricsBuffer:
             except Exception as e:  # noqa: BLE001 - any failure: keep the metrics, retry later
                 self.failures += 1
                 if self._failed_at is None:
-                    self._warn(f"MLflow at {self.tracking_uri} unreachable ({_one_line(e)}); "
+                    self._warn(f"MLflow at {self.tracking_uri} unreachable ({one_line(e)}); "
                                f"{len(self._pending)} metrics kept, retrying every "
                                f"{self.retry_after_s:g} s")
                 self._failed_at = self._clock()

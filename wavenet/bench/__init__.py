@@ -18,9 +18,13 @@ __all__ = ["pin_threads", "matmul_gflops", "peak_rss_mb", "machine"]
 
 
 def pin_threads(n: int = 1) -> None:
-    """Limit BLAS/OpenMP and TensorFlow to ``n`` threads (call before heavy imports run ops)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
+    """Limit TensorFlow to ``n`` threads (call before it runs ops).
+
+    BLAS, OpenMP and Numba read their thread counts from the environment when
+    they load; the CLI (``wavenet bench``) sets those before importing a benchmark.
+    TensorFlow is imported here, not at the top: the preprocessing benchmark
+    shares this module and must not load it (its worker pool forks only then).
+    """
     import tensorflow as tf
 
     try:
@@ -35,7 +39,7 @@ def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
 
     TensorFlow must be pinned to one thread first (:func:`pin_threads`).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # see pin_threads
 
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))

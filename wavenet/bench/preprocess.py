@@ -23,19 +23,18 @@ import tempfile
 import time
 
 import numpy as np
+import soundfile as sf
 
 from wavenet.bench import machine
 from wavenet.config import ExperimentConfig
+from wavenet.demo import GENRES, synthesize
+from wavenet.preprocess import preprocess
 
 SAMPLE_RATE = 44100
 
 
 def make_input(folder: str, files: int, seconds: float) -> float:
     """Write ``files`` distinct stereo OGG Vorbis tracks; return the total seconds of audio."""
-    import soundfile as sf
-
-    from wavenet.demo import GENRES, synthesize
-
     total = 0.0
     for i in range(files):
         genre = GENRES[i % len(GENRES)]
@@ -62,8 +61,6 @@ def _cpu_seconds() -> float:
 
 
 def _decode_seconds(folder: str) -> float:
-    import soundfile as sf
-
     start = time.perf_counter()
     for path in sorted(glob.glob(os.path.join(folder, "*", "*.ogg"))):
         sf.read(path, dtype="float32", always_2d=True)
@@ -81,8 +78,6 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
         ``realtime_factor_1proc`` / ``_2proc`` (input seconds per wall second),
         ``speedup_2proc``, ``decode_realtime_factor``, input size, and ``machine``.
     """
-    from wavenet.preprocess import preprocess
-
     files, seconds = (2, 3.0) if quick else (16, 60.0)
     repeats = 1 if quick else 2
     root = tempfile.mkdtemp(prefix="wavenet-bench-preprocess-")
@@ -105,7 +100,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
                 best = min(best, (time.perf_counter() - start, _cpu_seconds() - cpu0))
                 shutil.rmtree(dst)
             walls[procs], cpus[procs] = best
-        assert manifest is not None and manifest["summary"]["processed"] == files
+        assert manifest is not None and manifest.summary.processed == files
         rtf1, rtf2 = input_seconds / walls[1], input_seconds / walls[2]
         return {
             "benchmark": "preprocess",
@@ -128,7 +123,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
             # pool start-up and coordination.
             "cpu_efficiency_2proc": round(cpus[1] / cpus[2], 3),
             # The serial tail (codes -> shards -> manifest) of the last run.
-            "merge_seconds": manifest["summary"]["merge_seconds"],
+            "merge_seconds": manifest.summary.merge_seconds,
             "load_average_1min": round(os.getloadavg()[0], 2),
             "decode_realtime_factor": round(input_seconds / decode_s, 1),
             "synthesis_seconds": round(synth_s, 2),

@@ -2,7 +2,7 @@
 
 Not a speed benchmark: it prints the table README's "Sanity checks" section
 reports, through the same code path ``wavenet generate`` uses (shards ->
-training examples per label -> :func:`wavenet.samples.calibrate_labels` ->
+training examples per label -> :func:`wavenet.generate_samples.calibrate_labels` ->
 :func:`wavenet.quality.analyze`)::
 
     python -m wavenet.bench.sanity [--samples RUN/generate-samples/samples]
@@ -72,7 +72,7 @@ def real_audio(src: str, work: str, name: str, folds: int = 5) -> tuple[dict[str
     Fold ``i`` of a label holds its tracks ``i, i + k, ...`` (sorted by path,
     ``k = min(folds, tracks)``); the checks are calibrated on the label's
     other tracks exactly as ``wavenet generate`` calibrates on a training
-    split (:func:`wavenet.samples.calibrate_labels`), and every clip-long
+    split (:func:`wavenet.generate_samples.calibrate_labels`), and every clip-long
     window (non-overlapping) of the held-out tracks is checked. A label of
     one track cannot be held out and is left out.
 
@@ -82,14 +82,14 @@ def real_audio(src: str, work: str, name: str, folds: int = 5) -> tuple[dict[str
     """
     from wavenet.audio import mu_law_decode
     from wavenet.config import preset
+    from wavenet.generate_samples import calibrate_labels
     from wavenet.preprocess import preprocess
     from wavenet.quality import analyze
-    from wavenet.samples import calibrate_labels
 
     cfg = preset("demo")
     sr, q = cfg.audio.sample_rate, cfg.audio.quantization_channels
     dst = os.path.join(work, name)
-    manifest = preprocess(src, dst, cfg, progress=False)
+    manifest = preprocess(src, dst, cfg, progress=False).to_dict()
     n = int(CLIP_SECONDS * sr)
     windows = max(8, round(cfg.generate.reference_seconds * sr / n))
     names = manifest["labels"]

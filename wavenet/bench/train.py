@@ -26,71 +26,56 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from wavenet.audio import mu_law_encode
 from wavenet.bench import machine, matmul_gflops, pin_threads
 from wavenet.config import ExperimentConfig, preset
+from wavenet.shards import dataset_from_codes
+from wavenet.train import train_command
 
 __all__ = ["run", "write_synthetic_shards"]
 
 
 def write_synthetic_shards(folder: str, cfg: ExperimentConfig, train_shards: int = 2,
                            examples_per_shard: int = 2, seconds: float = 4.0, seed: int = 0) -> str:
-    """A small dataset in the real shard format: noisy harmonic tones as mu-law codes.
+    """A small dataset in the real format: noisy harmonic tones as mu-law codes.
+
+    ``train_shards`` shards per split, ``examples_per_shard`` tracks per training
+    shard and one per validation shard, written by :func:`wavenet.shards.dataset_from_codes`.
 
     Returns:
         ``folder``, holding manifest.json, train/ and validation/ shards.
     """
-    import hashlib
-
-    import tensorflow as tf
-
-    from wavenet.audio import mu_law_encode
-    from wavenet.data import MANIFEST, serialize_example
-
     rng = np.random.default_rng(seed)
     length = max(int(seconds * cfg.audio.sample_rate), 2 * cfg.crop_length)
-    root = Path(folder)
-    shards = []
-    for split, count in (("train", train_shards), ("validation", 1)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            rel = f"{split}/shard-{i:05d}-of-{count:05d}.tfrecord"
-            with tf.io.TFRecordWriter(str(root / rel)) as w:
-                for j in range(examples_per_shard):
-                    t = np.arange(length) / cfg.audio.sample_rate
-                    f0 = rng.uniform(110, 440)
-                    wave = sum(0.5 / k * np.sin(2 * np.pi * k * f0 * t) for k in (1, 2, 3))
-                    wave = wave + rng.normal(0, 0.02, length)
-                    codes = mu_law_encode(np.clip(wave, -1, 1).astype(np.float32),
-                                          cfg.audio.quantization_channels)
-                    w.write(serialize_example(codes, 0, f"{split}-{i}-{j}"))
-            shards.append({"path": rel, "split": split, "examples": examples_per_shard,
-                           "samples": examples_per_shard * length,
-                           "sha256": hashlib.sha256((root / rel).read_bytes()).hexdigest()})
-    manifest = {"shards": shards, "labels": ["synthetic"],
-                "summary": {"processed": len(shards) * examples_per_shard, "skipped": 0}}
-    (root / MANIFEST).write_text(json.dumps(manifest))
-    return str(root)
+    t = np.arange(length) / cfg.audio.sample_rate
+
+    def tone() -> np.ndarray:
+        f0 = rng.uniform(110, 440)
+        wave = sum(0.5 / k * np.sin(2 * np.pi * k * f0 * t) for k in (1, 2, 3))
+        wave = wave + rng.normal(0, 0.02, length)
+        return mu_law_encode(np.clip(wave, -1, 1).astype(np.float32), cfg.audio.quantization_channels)
+
+    splits = ["train"] * (train_shards * examples_per_shard) + ["validation"] * train_shards
+    config = cfg.with_overrides({"data.num_shards": train_shards, "data.chunk_seconds": 2 * seconds})
+    dataset_from_codes(folder, config, [(tone(), "synthetic", split) for split in splits])
+    return folder
 
 
 def _train(data: str, cfg: ExperimentConfig, workdir: Path, name: str, workers: int,
-           steps: int, extra: list[str] | None = None) -> dict:
-    out = workdir / name
-    cfg_path = workdir / f"{name}.yaml"
-    cfg.save(cfg_path)
+           steps: int) -> dict:
+    """The real command (launcher, workers, MLflow to a temporary SQLite store), one thread each."""
     env = dict(os.environ)
     env.pop("TF_CONFIG", None)
     env.pop("MLFLOW_RUN_ID", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    argv = [sys.executable, "-m", "wavenet.cli", "train", data, "--out", str(out), "--config",
-            str(cfg_path), "--workers", str(workers), "--threads", "1", "--steps", str(steps),
-            "--no-progress", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db",
-            "--experiment", "bench-train", *(extra or [])]
+    argv = train_command(data, str(workdir / name), cfg.with_overrides({"train.steps": steps}),
+                         workers=workers, threads=1, tracking_uri=f"sqlite:///{workdir}/mlflow.db",
+                         experiment="bench-train")
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir)
     if done.returncode != 0:
         raise RuntimeError(f"bench training ({name}) failed: {done.stderr.strip()[-2000:]}")

@@ -21,10 +21,19 @@ import time
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
 
-from wavenet import storage
-from wavenet.config import ExperimentConfig
-from wavenet.errors import ConfigError, DataError
+from wavenet import registry, storage, tracking
+from wavenet.audio import mu_law_decode
+from wavenet.config import ExperimentConfig, GenerateConfig
+from wavenet.data import local_shard_paths, parse_example
+from wavenet.errors import ConfigError, DataError, one_line
+from wavenet.generate import FastGenerator
+from wavenet.manifest import read_manifest
+from wavenet.model import WaveNet
+from wavenet.quality import absolute_thresholds, analyze, calibrate
+from wavenet.report import render_html, spectrogram_png, wav_bytes
 
 __all__ = ["REPORT_FILE", "SUMMARY_FILE", "clip_labels", "read_examples", "read_validation_codes",
            "prime_codes", "calibrate_labels", "generate_samples"]
@@ -55,14 +64,10 @@ def read_examples(data_dir: str, split: str, max_samples_per_label: int | None =
     Reading stops once every label of the manifest has ``max_samples_per_label``
     codes (an example that crosses the limit is kept whole).
     """
-    import tensorflow as tf
-
-    from wavenet.data import local_shard_paths, parse_example, read_manifest
-
     files = local_shard_paths(data_dir, split)
     if not files:
         raise DataError(f"{data_dir} has no {split} shards with examples")
-    wanted = max(1, len(read_manifest(data_dir).get("labels") or []))
+    wanted = max(1, len(read_manifest(data_dir).labels))
     out, totals = [], {}
     try:
         for codes, label in tf.data.TFRecordDataset(files).map(parse_example).as_numpy_iterator():
@@ -75,7 +80,7 @@ def read_examples(data_dir: str, split: str, max_samples_per_label: int | None =
             totals[label] = totals.get(label, 0) + len(codes)
     except tf.errors.OpError as e:
         raise DataError(f"cannot read {split} shards of {data_dir}: "
-                        f"{e.message.splitlines()[0]}") from None
+                        f"{one_line(e, with_type=False)}") from None
     return out
 
 
@@ -126,9 +131,6 @@ def calibrate_labels(examples: list[tuple[np.ndarray, int]], sample_rate: int, q
         and ``None`` (every label together) when it is wanted or a wanted
         label has no examples.
     """
-    from wavenet.audio import mu_law_decode
-    from wavenet.quality import calibrate
-
     names = names or []
     by_label: dict[int, list[np.ndarray]] = {}
     for codes, label in examples:
@@ -154,6 +156,111 @@ def _stage_dir(out_dir: str) -> tuple[str, bool]:
         return tempfile.mkdtemp(prefix="wavenet-samples-"), True
     os.makedirs(out_dir, exist_ok=True)
     return out_dir, False
+
+
+def _sample(net: WaveNet, g: GenerateConfig, num_samples: int, prime: np.ndarray | None,
+            labels: np.ndarray | None, progress: bool) -> tuple[np.ndarray, float]:
+    """All clips in one batch of the cached generator: ``(codes (clips, samples), seconds)``."""
+    generator = FastGenerator(net, batch_size=g.num_clips, weights=g.weights)
+    with tqdm(total=num_samples * g.num_clips, unit="sample", unit_scale=True, desc="generate",
+              disable=not progress, dynamic_ncols=True) as bar:
+        seen = [0]
+
+        def on_progress(done: int) -> None:
+            # The generator reports samples done per stream; the bar counts all streams.
+            bar.update((done - seen[0]) * g.num_clips)
+            seen[0] = done
+
+        start = time.perf_counter()
+        codes = generator.generate(num_samples, prime=prime, labels=labels,
+                                   temperature=g.temperature, seed=g.seed, progress=on_progress)
+        return codes, time.perf_counter() - start
+
+
+def _write_clips(codes: np.ndarray, local_dir: str, out_dir: str, sr: int, q: int,
+                 label_ids: np.ndarray | None, label_names: list[str | None],
+                 calibrations: dict[int | None, dict[str, Any]]
+                 ) -> tuple[list[dict], list[dict], list[str], list[str]]:
+    """Each clip's WAV and PNG, checked: ``(clips, report clips, warnings, file names)``."""
+    clips, report_clips, all_warnings, written = [], [], [], []
+    for i in range(len(codes)):
+        name = f"clip-{i:02d}" + (f"-{_slug(label_names[i])}" if label_names[i] is not None else "")
+        audio = mu_law_decode(codes[i], q)
+        wav, png = wav_bytes(audio, sr), spectrogram_png(
+            audio, sr, title=name if label_names[i] is None else f"{name} ({label_names[i]})")
+        storage.write_bytes_atomic(os.path.join(local_dir, name + ".wav"), wav)
+        storage.write_bytes_atomic(os.path.join(local_dir, name + ".png"), png)
+        written += [name + ".wav", name + ".png"]
+        label_id = None if label_ids is None else int(label_ids[i])
+        # The clip's label's range; all labels together for an unconditioned
+        # model or a label without training audio.
+        calibration = calibrations.get(label_id, calibrations.get(None))
+        quality = analyze(audio, sr, codes=codes[i], calibration=calibration)
+        reference_name = None if calibration is None else (calibration["label"] or "all labels")
+        all_warnings += [f"{name}: {w}" for w in quality["warnings"]]
+        clips.append({"index": i, "name": name, "label": label_names[i], "label_id": label_id,
+                      "wav": storage.join(out_dir, name + ".wav"),
+                      "png": storage.join(out_dir, name + ".png"),
+                      "metrics": quality["metrics"], "checks": quality["checks"],
+                      "reference": reference_name, "warnings": quality["warnings"]})
+        report_clips.append({"name": name, "label": label_names[i], "wav": wav,
+                             "wav_file": name + ".wav", "png": png, "png_file": name + ".png",
+                             "metrics": quality["metrics"], "checks": quality["checks"],
+                             "warnings": quality["warnings"]})
+    return clips, report_clips, all_warnings, written
+
+
+def _quality_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Speed, warning count, and every clip's sanity metrics (and their means) for MLflow."""
+    clips = result["clips"]
+    metrics: dict[str, float] = {"generate/samples_per_second": result["samples_per_second"],
+                                 "generate/warnings": float(len(result["warnings"]))}
+    for clip in clips:
+        for k, v in clip["metrics"].items():
+            metrics[tracking.metric_key("quality", clip["name"], k)] = v
+        if clip["checks"]:
+            metrics[tracking.metric_key("quality", clip["name"], "checks_failed")] = float(
+                sum(not c["passed"] for c in clip["checks"]))
+    for k in clips[0]["metrics"]:
+        metrics[tracking.metric_key("quality", "mean", k)] = float(
+            np.mean([c["metrics"][k] for c in clips]))
+    return metrics
+
+
+def _report_info(result: dict[str, Any], g: GenerateConfig, net: WaveNet) -> dict[str, Any]:
+    sr = result["sample_rate"]
+    return {"model": result["model"], "data": result["data"] or "(none)",
+            "MLflow run": result["run_id"], "clips": g.num_clips,
+            "seconds per clip": result["num_samples"] / sr, "sample rate": sr,
+            "primed with (s)": result["prime_samples"] / sr, "temperature": g.temperature,
+            "seed": g.seed, "receptive field": net.receptive_field,
+            "generator": f"FastGenerator, {g.weights} weights, "
+                         f"{result['samples_per_second']:.0f} samples/s ({g.num_clips} streams)"}
+
+
+def _publish(local_dir: str, out_dir: str, written: list[str], staged: bool) -> None:
+    """Copy a staged folder's files to a gs:// ``out_dir`` (then drop the staging folder)."""
+    if not staged:
+        return
+    try:
+        for fname in written:
+            with open(os.path.join(local_dir, fname), "rb") as f:
+                storage.write_bytes_atomic(storage.join(out_dir, fname), f.read())
+    finally:
+        shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _calibrations(data_dir: str, g: GenerateConfig, sr: int, q: int, num_samples: int,
+                  vocabulary: list[str], label_ids: np.ndarray | None) -> dict[int | None, dict[str, Any]]:
+    """The sanity-check ranges for the clips' labels, from the data's training audio."""
+    # The checks are calibrated on training audio: it spans every track of a
+    # label, where validation may hold one track, whose range rejects most
+    # windows of the label's other tracks (README, Sanity checks).
+    reference = int(g.reference_seconds * sr)
+    return calibrate_labels(
+        read_examples(data_dir, "train", 8 * max(reference, num_samples)), sr, q, window=num_samples,
+        max_windows=max(8, int(round(reference / num_samples))), names=vocabulary,
+        wanted=[None] if label_ids is None else sorted(set(label_ids.tolist())))
 
 
 def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir: str | None = None,
@@ -190,16 +297,6 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         ranges, percentiles, tolerances and how much audio), "thresholds"
         (of the checks that need no data), "run_id"}``.
     """
-    from tqdm.auto import tqdm
-
-    from wavenet import registry
-    from wavenet.audio import mu_law_decode
-    from wavenet.data import read_manifest
-    from wavenet.generate import FastGenerator
-    from wavenet.quality import absolute_thresholds, analyze
-    from wavenet.report import render_html, spectrogram_png, wav_bytes
-    from wavenet.tracking import start_run
-
     g = config.generate
     model_uri = model if isinstance(model, str) else None
     net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
@@ -213,114 +310,45 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
 
     vocabulary, examples, calibrations = None, [], {}
     if data_dir:
-        vocabulary = [str(x) for x in (read_manifest(data_dir).get("labels") or [])]
+        vocabulary = [str(x) for x in read_manifest(data_dir).labels]
     label_ids, label_names = clip_labels(g.num_clips, net.config.num_classes, vocabulary)
     if data_dir:
         if prime_len:
             examples = read_validation_codes(data_dir, prime_len * g.num_clips)
-        # The checks are calibrated on training audio: it spans every track of a
-        # label, where validation may hold one track, whose range rejects most
-        # windows of the label's other tracks (README, Sanity checks).
-        reference = int(g.reference_seconds * sr)
-        calibrations = calibrate_labels(
-            read_examples(data_dir, "train", 8 * max(reference, num_samples)), sr, q, window=num_samples,
-            max_windows=max(8, int(round(reference / num_samples))), names=vocabulary,
-            wanted=[None] if label_ids is None else sorted(set(label_ids.tolist())))
+        calibrations = _calibrations(data_dir, g, sr, q, num_samples, vocabulary, label_ids)
     prime = prime_codes(examples, prime_len, label_ids, g.num_clips) if prime_len else None
-
-    generator = FastGenerator(net, batch_size=g.num_clips, weights=g.weights)
-    total = num_samples * g.num_clips
-    with tqdm(total=total, unit="sample", unit_scale=True, desc="generate", disable=not progress,
-              dynamic_ncols=True) as bar:
-        seen = [0]
-
-        def on_progress(done: int) -> None:
-            # The generator reports samples done per stream; the bar counts all streams.
-            bar.update((done - seen[0]) * g.num_clips)
-            seen[0] = done
-
-        start = time.perf_counter()
-        codes = generator.generate(num_samples, prime=prime, labels=label_ids,
-                                   temperature=g.temperature, seed=g.seed, progress=on_progress)
-        elapsed = time.perf_counter() - start
-
+    codes, elapsed = _sample(net, g, num_samples, prime, label_ids, progress)
     local_dir, staged = _stage_dir(out_dir)
-    clips, report_clips, all_warnings, written = [], [], [], [REPORT_FILE, SUMMARY_FILE]
-    for i in range(g.num_clips):
-        name = f"clip-{i:02d}" + (f"-{_slug(label_names[i])}" if label_names[i] is not None else "")
-        audio = mu_law_decode(codes[i], q)
-        wav, png = wav_bytes(audio, sr), spectrogram_png(
-            audio, sr, title=name if label_names[i] is None else f"{name} ({label_names[i]})")
-        storage.write_bytes_atomic(os.path.join(local_dir, name + ".wav"), wav)
-        storage.write_bytes_atomic(os.path.join(local_dir, name + ".png"), png)
-        written += [name + ".wav", name + ".png"]
-        label_id = None if label_ids is None else int(label_ids[i])
-        # The clip's label's range; all labels together for an unconditioned
-        # model or a label without training audio.
-        calibration = calibrations.get(label_id, calibrations.get(None))
-        quality = analyze(audio, sr, codes=codes[i], calibration=calibration)
-        reference_name = None if calibration is None else (calibration["label"] or "all labels")
-        all_warnings += [f"{name}: {w}" for w in quality["warnings"]]
-        clips.append({"index": i, "name": name, "label": label_names[i], "label_id": label_id,
-                      "wav": storage.join(out_dir, name + ".wav"),
-                      "png": storage.join(out_dir, name + ".png"),
-                      "metrics": quality["metrics"], "checks": quality["checks"],
-                      "reference": reference_name, "warnings": quality["warnings"]})
-        report_clips.append({"name": name, "label": label_names[i], "wav": wav,
-                             "wav_file": name + ".wav", "png": png, "png_file": name + ".png",
-                             "metrics": quality["metrics"], "checks": quality["checks"],
-                             "warnings": quality["warnings"]})
+    clips, report_clips, all_warnings, written = _write_clips(
+        codes, local_dir, out_dir, sr, q, label_ids, label_names, calibrations)
+    written += [REPORT_FILE, SUMMARY_FILE]
 
-    exp, tags = registry.run_placement(model_uri, experiment, config.name)
+    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
     tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
                  "wavenet.data": data_dir or ""})
     params = {**ecfg.flat(), "generate.model": model_uri or "<in memory>",
               "generate.data": data_dir or ""}
-    with start_run(exp, run_name=run_name or "generate", tracking_uri=tracking_uri, tags=tags,
-                   params=params) as run:
+    with tracking.start_run(exp, run_name=run_name or "generate", tracking_uri=tracking_uri,
+                            tags=tags, params=params) as run:
         result: dict[str, Any] = {
             "model": model_uri or "<in memory>", "data": data_dir, "out_dir": out_dir,
             "report": storage.join(out_dir, REPORT_FILE),
             "summary": storage.join(out_dir, SUMMARY_FILE),
             "sample_rate": sr, "num_samples": num_samples, "prime_samples": prime_len,
             "temperature": g.temperature, "seed": g.seed, "weights": g.weights,
-            "samples_per_second": total / elapsed if elapsed > 0 else float("inf"),
+            "samples_per_second": num_samples * g.num_clips / elapsed if elapsed > 0 else float("inf"),
             "generation_seconds": elapsed, "clips": clips, "warnings": all_warnings,
             "reference": {(c["label"] or "all labels"): c for c in calibrations.values()},
             "thresholds": absolute_thresholds(),
             "run_id": run.info.run_id,
         }
-        info = {"model": result["model"], "data": data_dir or "(none)",
-                "MLflow run": run.info.run_id, "clips": g.num_clips,
-                "seconds per clip": num_samples / sr, "sample rate": sr,
-                "primed with (s)": prime_len / sr, "temperature": g.temperature, "seed": g.seed,
-                "receptive field": net.receptive_field,
-                "generator": f"FastGenerator, {g.weights} weights, "
-                             f"{result['samples_per_second']:.0f} samples/s ({g.num_clips} streams)"}
-        html = render_html(f"WaveNet samples: {result['model']}", report_clips, info,
-                           config_yaml=ecfg.to_yaml())
+        html = render_html(f"WaveNet samples: {result['model']}", report_clips,
+                           _report_info(result, g, net), config_yaml=ecfg.to_yaml())
         storage.write_text_atomic(os.path.join(local_dir, REPORT_FILE), html)
         storage.write_text_atomic(os.path.join(local_dir, SUMMARY_FILE),
                                   json.dumps(result, indent=2, sort_keys=True))
-        metrics: dict[str, float] = {"generate/samples_per_second": result["samples_per_second"],
-                                     "generate/warnings": float(len(all_warnings))}
-        for clip in clips:
-            for k, v in clip["metrics"].items():
-                metrics[registry.metric_key("quality", clip["name"], k)] = v
-            if clip["checks"]:
-                metrics[registry.metric_key("quality", clip["name"], "checks_failed")] = float(
-                    sum(not c["passed"] for c in clip["checks"]))
-        for k in clips[0]["metrics"]:
-            metrics[registry.metric_key("quality", "mean", k)] = float(
-                np.mean([c["metrics"][k] for c in clips]))
-        registry.log_metrics(metrics)
-        registry.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
-        registry.log_artifact_files([os.path.join(local_dir, f) for f in written], "samples")
-    if staged:
-        try:
-            for fname in written:
-                with open(os.path.join(local_dir, fname), "rb") as f:
-                    storage.write_bytes_atomic(storage.join(out_dir, fname), f.read())
-        finally:
-            shutil.rmtree(local_dir, ignore_errors=True)
+        tracking.log_metrics(_quality_metrics(result))
+        tracking.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
+        tracking.log_artifacts([os.path.join(local_dir, f) for f in written], "samples")
+    _publish(local_dir, out_dir, written, staged)
     return result

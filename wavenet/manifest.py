@@ -1,0 +1,269 @@
+"""The manifest of a preprocessed data folder: typed, versioned, one reader and one writer.
+
+A data folder (local or ``gs://``) holds ``manifest.json``, the shards it names
+(``train/`` and ``validation/``) and every track's codes (``tracks/``).
+:func:`read_manifest` is the only reader of ``manifest.json`` and checks its
+``version``; :func:`write_manifest` is the only writer (atomic), called by
+:func:`wavenet.data.write_dataset`. Everything else works on :class:`Manifest`.
+
+The JSON keys are documented in README (Data: Manifest); a reader of another
+``version`` refuses the file with one line instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from wavenet import storage
+from wavenet.config import AudioConfig, DataConfig, ExperimentConfig
+from wavenet.errors import ConfigError, DataError
+
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_VERSION",
+    "SPLITS",
+    "TRACKS",
+    "Shard",
+    "Part",
+    "Track",
+    "Skipped",
+    "CodeStats",
+    "Summary",
+    "Manifest",
+    "track_codes_path",
+    "shards_version",
+    "read_manifest",
+    "write_manifest",
+]
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+SPLITS = ("train", "validation")
+TRACKS = "tracks"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One TFRecord file of examples (track chunks) of one split."""
+
+    path: str  # relative to the data folder, e.g. train/shard-00000-of-00004-<sha[:12]>.tfrecord
+    split: str
+    examples: int
+    samples: int  # codes in all its examples
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Part:
+    """A sample range ``[start, end)`` of a track in one split, cut into ``chunks`` examples."""
+
+    split: str
+    start: int
+    end: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class Track:
+    """One source file that became codes, and where its chunks went."""
+
+    path: str  # the source file
+    relpath: str  # relative to SRC (decides the split)
+    sha256: str  # of the source file's bytes: the track's id
+    label: str  # the parent folder's name
+    label_id: int  # index in Manifest.labels
+    split: str  # train, validation, or tail (head in train, tail from validation_start in validation)
+    sample_rate_in: int
+    channels_in: int
+    format: str
+    subtype: str
+    duration_in_s: float  # decoded
+    duration_out_s: float  # after resampling and trimming
+    samples: int  # codes
+    codes: str  # tracks/<sha256>-<audio>.npy, relative to the data folder
+    chunks: int  # examples the track was cut into
+    shards: tuple[str, ...]  # paths of the shards holding its chunks
+    validation_start: int | None = None  # where a held-out tail starts (split "tail")
+    parts: tuple[Part, ...] = ()  # its ranges per split, as written to the shards
+
+    def ranges(self) -> list[tuple[str, int, int]]:
+        """``(split, start, end)`` sample ranges: one for a whole track, head and tail for a ``tail``.
+
+        See :func:`wavenet.preprocess.assign_splits` for when a track is split.
+        """
+        if self.split == "tail":
+            if self.validation_start is None or not 0 < self.validation_start < self.samples:
+                raise DataError(f"track {self.relpath}: split 'tail' needs 0 < validation_start < "
+                                f"samples. Received: validation_start={self.validation_start!r}, "
+                                f"samples={self.samples}")
+            return [("train", 0, self.validation_start), ("validation", self.validation_start, self.samples)]
+        return [(self.split, 0, self.samples)]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was not used, and the one-line reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CodeStats:
+    """Code statistics of a split."""
+
+    histogram: tuple[int, ...]  # count of each code
+    samples: int
+    entropy_bits: float | None  # of the unigram distribution
+    mean_code: float | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a preprocessing run did, in numbers."""
+
+    processed: int  # decoded in this run
+    unchanged: int  # already in the folder
+    skipped: int
+    tracks: int
+    labels: int
+    train_tracks: int
+    validation_tracks: int
+    train_samples: int
+    validation_samples: int
+    train_seconds: float
+    validation_seconds: float
+    merge_seconds: float
+    tail_tracks: int = 0  # tracks with a held-out tail (counted in both splits' tracks)
+    labels_without_validation: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a data folder holds, as :func:`read_manifest` found it.
+
+    ``sha256`` is the hash of the manifest file's bytes as read (empty for a
+    manifest not read from a file); it is not part of the JSON.
+    """
+
+    version: int
+    created: str  # UTC, ISO 8601
+    src: str | None
+    audio: AudioConfig
+    data: DataConfig
+    crop_length: int
+    labels: tuple[str, ...]  # the label vocabulary (index = label id)
+    files: tuple[Track, ...]
+    skipped: tuple[Skipped, ...]
+    shards: tuple[Shard, ...]
+    code_stats: dict[str, CodeStats]  # per split
+    summary: Summary
+    sha256: str = field(default="", compare=False)
+
+    def shards_of(self, split: str) -> list[Shard]:
+        """The shards of ``split`` that hold examples, in manifest order."""
+        return [s for s in self.shards if s.split == split and s.examples > 0]
+
+    def longest_example(self, split: str) -> int:
+        """Codes in the longest example of ``split`` (each part is cut into near-equal chunks)."""
+        lengths = [-(-(p.end - p.start) // p.chunks) for t in self.files for p in t.parts
+                   if p.split == split and p.chunks]
+        return max(lengths, default=0)
+
+    @property
+    def data_version(self) -> str:
+        """Short content version: identical shards give the same version on any machine."""
+        return shards_version(self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (README: Data, Manifest)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sha256"}
+        d["audio"], d["data"] = dataclasses.asdict(self.audio), dataclasses.asdict(self.data)
+        d["labels"] = list(self.labels)
+        d["files"] = [dict(dataclasses.asdict(t), shards=list(t.shards),
+                           parts=[dataclasses.asdict(p) for p in t.parts]) for t in self.files]
+        d["skipped"] = [dataclasses.asdict(s) for s in self.skipped]
+        d["shards"] = [dataclasses.asdict(s) for s in self.shards]
+        d["code_stats"] = {k: dict(dataclasses.asdict(v), histogram=list(v.histogram))
+                           for k, v in self.code_stats.items()}
+        d["summary"] = dict(dataclasses.asdict(self.summary),
+                            labels_without_validation=list(self.summary.labels_without_validation))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest", sha256: str = "") -> Manifest:
+        """Check and type a manifest's JSON form; a DataError names ``where`` and the field."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("shards"), list):
+            raise DataError(f"{where} has no 'shards' list: not a manifest written by "
+                            "`wavenet preprocess`")
+        if d.get("version") != MANIFEST_VERSION:
+            raise DataError(f"{where} is a version {d.get('version')!r} manifest; this wavenet reads "
+                            f"version {MANIFEST_VERSION}: preprocess into a fresh folder")
+        try:
+            return cls(
+                version=d["version"], created=d["created"], src=d["src"],
+                audio=AudioConfig(**d["audio"]), data=DataConfig(**d["data"]),
+                crop_length=int(d["crop_length"]), labels=tuple(d["labels"]),
+                files=tuple(Track(**dict(t, shards=tuple(t["shards"]),
+                                         parts=tuple(Part(**p) for p in t.get("parts", ()))))
+                            for t in d["files"]),
+                skipped=tuple(Skipped(**s) for s in d["skipped"]),
+                shards=tuple(Shard(**s) for s in d["shards"]),
+                code_stats={k: CodeStats(**dict(v, histogram=tuple(v["histogram"])))
+                            for k, v in d["code_stats"].items()},
+                summary=Summary(**dict(d["summary"], labels_without_validation=tuple(
+                    d["summary"].get("labels_without_validation", ())))), sha256=sha256)
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise DataError(f"{where} is not a complete version {MANIFEST_VERSION} manifest "
+                            f"({type(e).__name__}: {e}): preprocess into a fresh folder") from None
+
+
+def track_codes_path(digest: str, config: ExperimentConfig) -> str:
+    """``tracks/<sha256>-<audio>.npy``: where a track's codes live, relative to a data folder.
+
+    ``<audio>`` is 8 hex digits of a hash of the audio settings, so codes made
+    with other settings never collide.
+    """
+    audio = json.dumps(config.to_dict()["audio"], sort_keys=True)
+    return f"{TRACKS}/{digest}-{hashlib.sha256(audio.encode()).hexdigest()[:8]}.npy"
+
+
+def shards_version(shards: tuple[Shard, ...] | list[Shard]) -> str:
+    """A digest of the shards' paths, sha256s and example counts (10 hex digits)."""
+    key = sorted((s.path, s.sha256, s.examples) for s in shards)
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def read_manifest(data_dir: str, *, missing_ok: bool = False) -> Manifest | None:
+    """The manifest of a data folder (local or ``gs://``), checked and typed.
+
+    Args:
+        data_dir: the folder.
+        missing_ok: return None when there is no manifest (an empty output folder).
+
+    Raises:
+        DataError: no manifest (unless ``missing_ok``), not JSON, another version,
+            or a field missing; the message names the file.
+    """
+    path = storage.join(data_dir, MANIFEST)
+    if not storage.exists(path):
+        if missing_ok:
+            return None
+        raise DataError(f"no {MANIFEST} in {data_dir}: run `wavenet preprocess` first")
+    raw = storage.read_bytes(path)
+    try:
+        d = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+    return Manifest.from_dict(d, where=path, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def write_manifest(data_dir: str, manifest: Manifest) -> None:
+    """Write ``data_dir/manifest.json`` atomically (readers see the old one or the new one)."""
+    storage.write_text_atomic(storage.join(data_dir, MANIFEST),
+                              json.dumps(manifest.to_dict(), indent=1))

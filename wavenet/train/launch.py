@@ -1,0 +1,154 @@
+"""The train verb: checks, then one process, N local worker processes, or one worker of a cluster.
+
+:func:`train_command` is the one place a ``wavenet train`` command line is
+built: for local worker processes, for the pods of a TFJob
+(:mod:`wavenet.train.cluster`) and for the benchmark. The config crosses that
+boundary in one form only, ``cfg.to_yaml()`` (``--config-yaml``).
+
+A launcher of worker processes never loads TensorFlow (seconds of start-up and
+hundreds of MB it would never use): this module imports none, and imports the
+worker (:mod:`wavenet.train.worker`) only when it trains in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from wavenet import storage, tracking
+from wavenet.config import ExperimentConfig
+from wavenet.errors import ConfigError
+from wavenet.launch import run_local_workers
+from wavenet.manifest import read_manifest
+from wavenet.train.checks import check_batch, check_data
+from wavenet.train.outputs import TrainResult, read_result
+
+__all__ = ["LOCAL_PROGRAM", "POD_PROGRAM", "train_command", "train"]
+
+# How a `wavenet train` process is started: here, with this interpreter; in a pod, the image's entry point.
+LOCAL_PROGRAM = (sys.executable, "-m", "wavenet.cli", "train")
+POD_PROGRAM = ("wavenet", "train")
+
+
+def train_command(data: str, out: str, cfg: ExperimentConfig, *, worker: bool = False,
+                  workers: int = 1, threads: int = 0, progress: bool = False,
+                  tracking_uri: str | None = None, experiment: str | None = None,
+                  run_name: str | None = None, init_model: str | None = None,
+                  program: Sequence[str] = LOCAL_PROGRAM) -> list[str]:
+    """The ``wavenet train`` command line that trains ``cfg`` on ``data`` into ``out``.
+
+    Args:
+        data, out, cfg: as for :func:`train`; the whole config travels as
+            ``--config-yaml <cfg.to_yaml()>``.
+        worker: one worker of the cluster in ``TF_CONFIG`` (``--worker``).
+        workers: local worker processes (when not ``worker``).
+        threads: TensorFlow threads per process (0: TensorFlow's default).
+        progress: a progress bar (else ``--no-progress``).
+        tracking_uri, experiment, run_name, init_model: passed when given.
+        program: the command that starts ``wavenet train``.
+
+    Returns:
+        The argv, ``program`` first.
+    """
+    argv = [*program, data, "--out", out, "--config-yaml", cfg.to_yaml()]
+    if worker:
+        argv.append("--worker")
+    elif workers != 1:
+        argv += ["--workers", str(workers)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    if not progress:
+        argv.append("--no-progress")
+    for flag, value in (("--tracking-uri", tracking_uri), ("--experiment", experiment),
+                        ("--run-name", run_name), ("--init-model", init_model)):
+        if value:
+            argv += [flag, value]
+    return argv
+
+
+def _train_local_workers(data: str, out: str, cfg: ExperimentConfig, *, workers: int, threads: int,
+                         progress: bool, tracking_uri: str, experiment: str | None,
+                         run_name: str | None, init_model: str | None, kfp_run_id: str | None,
+                         environ: Mapping[str, str] | None) -> TrainResult:
+    """``workers`` processes of :func:`train_command` on 127.0.0.1 (:mod:`wavenet.launch`)."""
+    per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+    commands = [train_command(data, out, cfg, worker=True, threads=per_worker,
+                              progress=progress and i == 0, tracking_uri=tracking_uri,
+                              experiment=experiment, run_name=run_name, init_model=init_model)
+                for i in range(workers)]
+    # Workers inherit this process's environment; MLflow requests fail fast
+    # (training retries through its own metrics buffer).
+    env = {**tracking.FAST_FAIL_HTTP_ENV, **(os.environ if environ is None else environ)}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if kfp_run_id:
+        env["KFP_RUN_ID"] = kfp_run_id
+    storage.makedirs(out)
+    run_local_workers(commands, env)
+    return read_result(out)
+
+
+def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
+          tf_config: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
+          experiment: str | None = None, run_name: str | None = None, progress: bool = True,
+          threads: int = 0, init_model: str | None = None, kfp_run_id: str | None = None,
+          environ: Mapping[str, str] | None = None) -> TrainResult:
+    """Train (or resume training) a WaveNet on the shards in ``data``.
+
+    Args:
+        data: folder or gs:// prefix with manifest.json and shards.
+        out: the run directory (checkpoints, model.keras, config.yaml,
+            train_summary.json). Re-running with the same ``out`` resumes.
+        cfg: the experiment config (``train.steps`` and the rest).
+        workers: local worker processes (>1: started by :mod:`wavenet.launch`).
+        tf_config: run as one worker of this cluster (a TFJob pod's parsed
+            ``TF_CONFIG``); ``workers`` is then ignored.
+        tracking_uri, experiment, run_name: the MLflow store (default
+            ``MLFLOW_TRACKING_URI``, else ./mlflow.db), experiment (default
+            ``cfg.name``) and run name (default :func:`wavenet.tracking.run_name`).
+        progress: a progress bar on the chief.
+        threads: TensorFlow intra/inter-op threads per worker (0: TensorFlow's
+            default in one process, cores / workers for local workers).
+        init_model: warm start: a ``.keras`` path or MLflow model URI (e.g.
+            ``models:/wavenet@champion``) whose weights initialise a new run.
+            Its architecture must equal ``cfg.model``; a run that already has
+            checkpoints resumes from them instead.
+        kfp_run_id: the Kubeflow Pipelines run, tagged on the MLflow run.
+        environ: the caller's environment: ``MLFLOW_*`` for the MLflow run
+            (KFP's ``MLFLOW_RUN_ID`` becomes its parent) and what local worker
+            processes inherit (default: this process's).
+
+    Raises:
+        ConfigError, DataError, TrackingError: bad input, found before training.
+        wavenet.launch.WorkerError: a local worker failed.
+    """
+    uri = tracking.resolve_tracking_uri(tracking_uri, environ)
+    common = dict(tracking_uri=uri, experiment=experiment, run_name=run_name, progress=progress,
+                  threads=threads, kfp_run_id=kfp_run_id, environ=environ)
+    if tf_config is not None:
+        if init_model and tracking.is_mlflow_uri(init_model):
+            raise ConfigError("--worker reads --init-model as a .keras path (local or gs://) that "
+                              "every worker can open; resolve MLflow URIs before starting the "
+                              f"workers. Received: init_model={init_model!r}")
+        return _train_here(data, out, cfg, tf_config, init_model, common)
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
+    check_batch(cfg, workers)
+    check_data(data, read_manifest(data), cfg, workers)
+    tracking.check_tracking_server(uri)
+    if init_model:
+        from wavenet.train.warm_start import prepare_init_model  # loads a Keras model
+
+        init_model = prepare_init_model(init_model, out, cfg, uri)
+    if workers == 1:
+        return _train_here(data, out, cfg, None, init_model, common)
+    return _train_local_workers(data, out, cfg, workers=workers, init_model=init_model, **common)
+
+
+def _train_here(data: str, out: str, cfg: ExperimentConfig, tf_config: Mapping[str, Any] | None,
+                init_model: str | None, common: dict[str, Any]) -> TrainResult:
+    """Train in this process (alone, or as one worker of ``tf_config``'s cluster)."""
+    from wavenet.train.worker import train_worker  # this process trains: TensorFlow now
+
+    return train_worker(data, out, cfg, tf_config=tf_config, init_model=init_model, **common)

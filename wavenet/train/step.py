@@ -1,0 +1,118 @@
+"""The distributed training step and the validation score.
+
+The maths does not depend on the number of workers: the global batch is fixed
+(each of R replicas computes ``global_batch / R`` examples), per-example
+bits/sample are summed and divided by the *global* batch size, gradients are
+all-reduced (summed) once, then clipped by their global norm, then applied
+identically on every replica.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+import keras
+import tensorflow as tf
+
+from wavenet.config import ExperimentConfig
+from wavenet.data import validation_dataset
+from wavenet.errors import DataError
+from wavenet.manifest import Manifest
+from wavenet.model import WaveNet, bits_per_sample
+from wavenet.train.setup import Trainer
+
+__all__ = ["make_train_step", "bits_fn", "Validation"]
+
+
+def make_train_step(trainer: Trainer) -> Callable[[Iterator], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+    """A compiled step: ``iterator -> (bits per sample, gradient norm, learning rate)``.
+
+    The learning rate is the one the optimizer applied in this update (read
+    from the optimizer, i.e. from its :class:`~wavenet.train.schedule.WarmupCosine`).
+    """
+    model, optimizer, t = trainer.model, trainer.optimizer, trainer.cfg.train
+    g = t.global_batch_size
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def forward_backward(crops, labels):
+        with tf.GradientTape() as tape:
+            bits = bits_per_sample(model, crops, labels, training=True)
+            # Sum over this replica's examples / global batch: after the
+            # all-reduce sum this is the mean over the global batch.
+            loss = tf.nn.compute_average_loss(bits, global_batch_size=g)
+            scaled = optimizer.scale_loss(loss) if loss_scaled else loss
+        return loss, tape.gradient(scaled, model.trainable_variables)
+
+    if trainer.jit:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(crops, labels):
+        loss, grads = forward_backward(crops, labels)
+        # Dense gradients (the embedding's arrive as IndexedSlices): one fixed
+        # all-reduce layout, and the same summation whatever the batch holds.
+        grads = [tf.convert_to_tensor(gr) for gr in grads]
+        ctx = tf.distribute.get_replica_context()
+        reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [loss] + grads)
+        loss, grads = reduced[0], reduced[1:]
+        scale = tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaled else 1.0
+        norm = tf.linalg.global_norm(grads)
+        if t.gradient_clip_norm > 0:
+            # Under float16 loss scaling the gradients are scaled by `scale`;
+            # clipping them at clip * scale is clipping the true ones at clip.
+            grads, _ = tf.clip_by_global_norm(grads, t.gradient_clip_norm * scale, use_norm=norm)
+        learning_rate = tf.cast(optimizer.learning_rate, tf.float32)  # for this update
+        optimizer.apply(grads, model.trainable_variables)
+        return loss, norm / scale, learning_rate
+
+    @tf.function
+    def train_step(iterator):
+        crops, labels = next(iterator)
+        results = trainer.strategy.run(replica_step, args=(crops, labels))
+        return tuple(trainer.strategy.experimental_local_results(r)[0] for r in results)
+
+    return train_step
+
+
+def bits_fn(model: WaveNet) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """A compiled ``(crops, labels) -> (B,)`` bits per sample of ``model``."""
+    return tf.function(lambda crops, labels: bits_per_sample(model, crops, labels),
+                       reduce_retracing=True)
+
+
+class Validation:
+    """Mean bits per sample over the first ``train.validation_batches`` validation batches.
+
+    Deterministic (the same windows every time). When the data has no usable
+    validation split, calling it returns None: training goes on, only the
+    validation metrics are lost (the chief says so once).
+    """
+
+    def __init__(self, data: str, manifest: Manifest, cfg: ExperimentConfig, *, has_split: bool,
+                 warn: bool):
+        self.data, self.manifest, self.cfg = data, manifest, cfg
+        self.available = has_split
+        if has_split:
+            try:
+                self._dataset()
+            except DataError as e:
+                if warn:
+                    print(f"warning: no validation metrics: {e}", file=sys.stderr)
+                self.available = False
+
+    def _dataset(self):
+        t = self.cfg.train
+        return validation_dataset(self.data, self.cfg, t.global_batch_size, window=t.window,
+                                  manifest=self.manifest)
+
+    def __call__(self, fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> float | None:
+        """Score with ``fn`` (from :func:`bits_fn`); None without a validation split."""
+        if not self.available:
+            return None
+        total, count = 0.0, 0
+        for crops, labels in self._dataset().take(self.cfg.train.validation_batches or -1):
+            bits = fn(crops, labels).numpy()
+            total += float(bits.sum())
+            count += len(bits)
+        return total / count if count else None
+

@@ -1,0 +1,145 @@
+"""One training worker, start to finish: set-up, the step loop inside the MLflow run, export.
+
+Every worker of a cluster runs :func:`train_worker` with the same arguments and
+its own ``TF_CONFIG``; the chief (worker 0) also tracks to MLflow and writes
+the run's outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import tensorflow as tf
+
+from wavenet import storage, tracking
+from wavenet.config import ExperimentConfig
+from wavenet.manifest import read_manifest
+from wavenet.train.checks import check_data, worker_role
+from wavenet.train.export import TrackedRun, export_run
+from wavenet.train.loop import Callbacks, MetricsReporter, ProgressBar, run_steps
+from wavenet.train.outputs import PENDING_FILE, RUN_ID_FILE, TrainResult
+from wavenet.train.setup import Trainer, distributed_batches, set_up_worker
+from wavenet.train.step import Validation, bits_fn, make_train_step
+
+__all__ = ["train_worker"]
+
+
+def _read_optional(path: str) -> str | None:
+    return storage.read_text(path).strip() if storage.exists(path) else None
+
+
+@contextlib.contextmanager
+def _tracked_run(trainer: Trainer, out: str, data_hash: str, *, tracking_uri: str,
+                 experiment: str | None, run_name: str | None, kfp_run_id: str | None,
+                 init_model: str | None,
+                 environ: Mapping[str, str] | None) -> Iterator[TrackedRun | None]:
+    """The chief's MLflow run (continued when ``RUN_DIR/mlflow_run_id`` names one); None elsewhere."""
+    if not trainer.role.is_chief:
+        yield None
+        return
+    cfg = trainer.cfg
+    storage.makedirs(out)
+    prior = _read_optional(storage.join(out, RUN_ID_FILE))
+    if prior and not tracking.run_exists(prior, tracking_uri):
+        print(f"warning: MLflow run {prior} from {out}/{RUN_ID_FILE} is not in {tracking_uri}; "
+              "starting a new run", file=sys.stderr)
+        prior = None
+    tags = {"wavenet.stage": "train", "data.manifest_sha256": data_hash, "preset": cfg.preset,
+            "workers": str(trainer.role.workers), "replicas": str(trainer.replicas),
+            "precision": trainer.precision}
+    if kfp_run_id:
+        tags["kfp.run_id"] = kfp_run_id
+    if init_model and not trainer.resumed:
+        tags["warm_start"] = init_model
+    name = run_name or tracking.run_name(cfg.preset, data_hash[:8],
+                                         datetime.datetime.now(datetime.UTC))
+    with tracking.start_run(experiment or cfg.name, run_name=name, tracking_uri=tracking_uri,
+                            tags=tags, params=cfg.flat(), run_id=prior, environ=environ,
+                            log_system_metrics=True) as run:
+        run_id = run.info.run_id
+        if run_id != prior:
+            storage.write_text_atomic(storage.join(out, RUN_ID_FILE), run_id + "\n")
+        pending = json.loads(_read_optional(storage.join(out, PENDING_FILE)) or "[]")
+        buffer = tracking.MetricsBuffer(run_id, tracking_uri, pending=pending)
+        if pending:
+            buffer.flush(force=True)
+        yield TrackedRun(run_id=run_id, buffer=buffer, data_hash=data_hash)
+
+
+def _callbacks(trainer: Trainer, run: TrackedRun | None, validation: Validation,
+               progress: bool) -> Callbacks:
+    t = trainer.cfg.train
+    bar = ProgressBar(t.steps, trainer.start_step, enabled=progress and run is not None)
+    if run is None:
+        return Callbacks([bar])
+    val_fn = bits_fn(trainer.model)
+    return Callbacks([bar, MetricsReporter(run.buffer, t.steps, t.log_every, t.validate_every,
+                                           validate=lambda: validation(val_fn))])
+
+
+def _final_barrier(strategy: tf.distribute.Strategy) -> None:
+    """Block until every worker of ``strategy`` gets here (one all-reduce of a scalar)."""
+    @tf.function
+    def barrier():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
+                               axis=None)
+
+    barrier()
+
+
+def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, Any] | None,
+                 tracking_uri: str, experiment: str | None = None, run_name: str | None = None,
+                 progress: bool = True, threads: int = 0, kfp_run_id: str | None = None,
+                 init_model: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> TrainResult:
+    """Run one worker of a training cluster (or the only one when ``tf_config`` is None).
+
+    Args:
+        data: shards folder.
+        out: run directory, shared by all workers (a PVC or gs:// on a cluster).
+        cfg: the experiment config.
+        tf_config: the parsed ``TF_CONFIG`` of this worker, or None.
+        tracking_uri: resolved MLflow URI.
+        experiment: MLflow experiment (default ``cfg.name``).
+        run_name: name of a new MLflow run (default :func:`wavenet.tracking.run_name`).
+        progress: show a progress bar (chief only).
+        threads: TensorFlow intra/inter-op threads (0: default).
+        kfp_run_id: Kubeflow Pipelines run id, tagged on the MLflow run.
+        init_model: a ``.keras`` file whose weights start a new run (warm start);
+            ignored when the run resumes from its own checkpoint.
+        environ: environment for :func:`wavenet.tracking.start_run` (KFP's
+            ``MLFLOW_RUN_ID`` becomes the parent run).
+
+    Returns:
+        A :class:`TrainResult` (full summary on the chief).
+    """
+    role = worker_role(tf_config)
+    manifest = read_manifest(data)  # read once: the checks, the input and the run's tags use it
+    has_validation = check_data(data, manifest, cfg, role.workers)
+    trainer = set_up_worker(out, cfg, tf_config=tf_config, role=role, threads=threads,
+                            init_model=init_model)
+    try:
+        iterator = distributed_batches(trainer, data, manifest)
+        train_step = make_train_step(trainer)
+        validation = Validation(data, manifest, cfg, has_split=has_validation, warn=role.is_chief)
+        with _tracked_run(trainer, out, manifest.sha256, tracking_uri=tracking_uri, experiment=experiment,
+                          run_name=run_name, kfp_run_id=kfp_run_id, init_model=init_model,
+                          environ=environ) as run:
+            stats = run_steps(trainer, train_step, iterator,
+                              _callbacks(trainer, run, validation, progress))
+            result = export_run(trainer, out, stats, validation, run)
+        if role.workers > 1:
+            # The other workers leave only once the chief has written the model and logged it:
+            # a worker that exits while the chief still works stops its heartbeats, and the
+            # chief's coordination service then aborts the chief ("tasks have crashed"; seen
+            # with a gs:// run directory and a remote MLflow server, where the chief's final
+            # steps are long).
+            _final_barrier(trainer.strategy)
+        return result
+    finally:
+        trainer.checkpoints.close()
