@@ -19,9 +19,9 @@ import soundfile as sf
 from wavenet.audio import mu_law_decode
 from wavenet.cli import main
 from wavenet.config import preset
-from wavenet.data import track_parts
 from wavenet.demo import make_demo_corpus
 from wavenet.errors import DataError
+from wavenet.manifest import split_ranges
 from wavenet.preprocess import (
     assign_splits,
     check_dataset,
@@ -295,7 +295,7 @@ def test_every_label_gets_whole_validation_tracks_or_a_held_out_tail():
     # One track: its last max(ceil(0.1 * n), min_tail) samples are held out.
     solo = next(t for t in tracks if t["label"] == "solo")
     assert solo["split"] == "tail" and solo["validation_start"] == 10_000 - 1_000
-    assert track_parts(solo) == [("train", 0, 9_000), ("validation", 9_000, 10_000)]
+    assert split_ranges(solo["split"], solo["samples"], solo["validation_start"]) == [("train", 0, 9_000), ("validation", 9_000, 10_000)]
     # Too short for a head of min_head after a tail of min_tail: it trains, the label has no validation.
     assert by["short"] == ["train"]
     longer = entries([("solo/only.wav", 10_000)])
@@ -392,7 +392,8 @@ def test_manifest_records_codes_histogram_and_checksums(tmp_path):
         assert len(stats["histogram"]) == 256
         assert stats["samples"] == sum(stats["histogram"]) == m["summary"][f"{split}_samples"] > 0
         codes = np.concatenate([load_codes(dst, f)[a:b] for f in m["files"]
-                                for s, a, b in track_parts(f) if s == split])
+                                for s, a, b in split_ranges(f["split"], f["samples"], f.get("validation_start"))
+                                if s == split])
         assert stats["histogram"] == np.bincount(codes, minlength=256).tolist()
         assert 0 < stats["entropy_bits"] <= 8
     assert len(m["shards"]) == 2 * CFG.data.num_shards
@@ -401,7 +402,8 @@ def test_manifest_records_codes_histogram_and_checksums(tmp_path):
         assert hashlib.sha256(data).hexdigest() == s["sha256"]
     for f in m["files"]:
         # Examples: at most chunk_seconds, never shorter than one crop.
-        assert [(p["split"], p["start"], p["end"]) for p in f["parts"]] == track_parts(f)
+        assert [(p["split"], p["start"], p["end"]) for p in f["parts"]] == split_ranges(
+            f["split"], f["samples"], f["validation_start"])
         assert f["chunks"] == sum(p["chunks"] for p in f["parts"])
         for p in f["parts"]:
             assert (p["end"] - p["start"]) / p["chunks"] <= CFG.data.chunk_seconds * CFG.audio.sample_rate

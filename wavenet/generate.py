@@ -401,7 +401,7 @@ class FastGenerator:
     def bits_per_sample(self, crops: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Teacher-forced negative log-likelihood of crops, in bits per predicted sample.
 
-        The cached counterpart of :func:`wavenet.model.per_example_bits`: a crop of
+        The cached counterpart of :func:`wavenet.model.bits_per_sample`: a crop of
         ``receptive_field + W`` codes is fed step by step and the last W codes are
         scored, each with a full receptive field of context.
 

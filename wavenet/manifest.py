@@ -35,6 +35,7 @@ __all__ = [
     "CodeStats",
     "Summary",
     "Manifest",
+    "split_ranges",
     "track_codes_path",
     "shards_version",
     "read_manifest",
@@ -92,17 +93,8 @@ class Track:
     parts: tuple[Part, ...] = ()  # its ranges per split, as written to the shards
 
     def ranges(self) -> list[tuple[str, int, int]]:
-        """``(split, start, end)`` sample ranges: one for a whole track, head and tail for a ``tail``.
-
-        See :func:`wavenet.preprocess.assign_splits` for when a track is split.
-        """
-        if self.split == "tail":
-            if self.validation_start is None or not 0 < self.validation_start < self.samples:
-                raise DataError(f"track {self.relpath}: split 'tail' needs 0 < validation_start < "
-                                f"samples. Received: validation_start={self.validation_start!r}, "
-                                f"samples={self.samples}")
-            return [("train", 0, self.validation_start), ("validation", self.validation_start, self.samples)]
-        return [(self.split, 0, self.samples)]
+        """``(split, start, end)`` sample ranges of the track (:func:`split_ranges`)."""
+        return split_ranges(self.split, self.samples, self.validation_start, self.relpath)
 
 
 @dataclass(frozen=True)
@@ -221,6 +213,21 @@ class Manifest:
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise DataError(f"{where} is not a complete version {MANIFEST_VERSION} manifest "
                             f"({type(e).__name__}: {e}): preprocess into a fresh folder") from None
+
+
+def split_ranges(split: str, samples: int, validation_start: int | None = None,
+                 where: str = "track") -> list[tuple[str, int, int]]:
+    """``(split, start, end)`` sample ranges of a track: one for a whole track, head and tail for a ``tail``.
+
+    A track with a held-out tail (see :func:`wavenet.preprocess.assign_splits`)
+    trains on ``[0, validation_start)`` and validates on the rest.
+    """
+    if split != "tail":
+        return [(split, 0, samples)]
+    if validation_start is None or not 0 < validation_start < samples:
+        raise DataError(f"{where}: split 'tail' needs 0 < validation_start < samples. "
+                        f"Received: validation_start={validation_start!r}, samples={samples}")
+    return [("train", 0, validation_start), ("validation", validation_start, samples)]
 
 
 def track_codes_path(digest: str, config: ExperimentConfig) -> str:

@@ -120,7 +120,7 @@ def agreement(model, data_dir: str, cfg, max_windows: int = 16, batch_size: int 
 
     from wavenet.data import validation_dataset
     from wavenet.generate import FastGenerator
-    from wavenet.model import per_example_bits
+    from wavenet.model import bits_per_sample
 
     mcfg = dataclasses.replace(cfg, model=model.config, audio=model.audio_config)
     keras_bits: list[np.ndarray] = []
@@ -129,7 +129,7 @@ def agreement(model, data_dir: str, cfg, max_windows: int = 16, batch_size: int 
     for crops, labels in validation_dataset(data_dir, mcfg, batch_size):
         crops, labels = crops.numpy()[:max_windows - seen], labels.numpy()[:max_windows - seen]
         lab = labels if model.config.conditioned else None
-        keras_bits.append(np.asarray(per_example_bits(model, crops, lab), np.float64))
+        keras_bits.append(np.asarray(bits_per_sample(model, crops, lab), np.float64))
         for p in PRECISIONS:
             cached[p].append(FastGenerator(model, crops.shape[0], weights=p).bits_per_sample(crops, lab))
         seen += crops.shape[0]
