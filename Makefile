@@ -98,6 +98,7 @@ image-%:
 	@start=$$(date +%s); \
 	$(if $(filter buildah,$(ENGINE)),buildah build,$(if $(filter docker,$(ENGINE)),DOCKER_BUILDKIT=1 docker build,podman build)) \
 	  -f docker/Dockerfile --target $* -t $(IMAGE_$*) --build-arg UV_VERSION=$(UV_VERSION) \
+	  --label org.wavenet-pipelines.source=$$(python3 docker/source_digest.py) \
 	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	  $(if $(wildcard $(CA_BUNDLE)),--secret id=ca$(,)src=$(CA_BUNDLE)) $(BUILD_FLAGS) . && \
 	echo "built $(IMAGE_$*) in $$(( $$(date +%s) - start )) s: $$($(ENGINE) image inspect --format '{{.Size}}' $(IMAGE_$*) | awk '{printf "%.0f MB", $$1/1e6}')"

@@ -21,6 +21,13 @@ from wavenet.config import preset
 from wavenet.launch import free_ports
 from wavenet.shards import dataset_from_codes
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "docker"))
+from source_digest import source_digest  # noqa: E402 (docker/ is not a package)
+
+# The label `make image` puts on every image: the digest of the sources it was built from.
+SOURCE_LABEL = "org.wavenet-pipelines.source"
+
 # Quiet TensorFlow's C++ logging in test output; set before TensorFlow loads (which
 # is why the helpers below that need TensorFlow import it inside).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -321,6 +328,12 @@ def built_image(engine, target: str) -> str:
         require_image(engine, name)
     except ContainerError as e:
         _unavailable(str(e))
+    # An image of other sources would test other code: `make image` labels each with the digest.
+    label = (engine.images.get(name).labels or {}).get(SOURCE_LABEL)
+    here = source_digest(str(ROOT))
+    if label != here:
+        _unavailable(f"image {name} is stale (built from sources {label}, this checkout is {here}): "
+                     "run make image")
     return name
 
 
