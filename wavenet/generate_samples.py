@@ -155,6 +155,7 @@ def _slug(text: str) -> str:
 def _stage_dir(out_dir: str) -> tuple[str, bool]:
     if storage.is_gcs(out_dir):
         return tempfile.mkdtemp(prefix="wavenet-samples-"), True
+    storage.require_folder(out_dir, "output folder")
     os.makedirs(out_dir, exist_ok=True)
     return out_dir, False
 
