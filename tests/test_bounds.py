@@ -26,8 +26,15 @@ def cli(*args, env=None, timeout=300):
     return proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start
 
 
+# TensorFlow's C++ runtime logs through absl before Python runs any of our code (and
+# before TF_CPP_MIN_LOG_LEVEL applies): "WARNING: All log messages before absl::..." and
+# glog-style lines such as "I0000 00:00:... cudart_stub.cc:31] ...". They are not ours.
+TF_NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|"
+                           r"[IWEF]\d{4} \d\d:\d\d:[\d.]+ +\d+ [\w.]+:\d+\] )")
+
+
 def assert_one_line_error(status, stderr, *needles):
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip() and not TF_NATIVE_LOG.match(line)]
     assert status == 2, stderr
     assert "Traceback" not in stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
