@@ -6,7 +6,7 @@ writes are atomic: a temporary file in the same folder, then ``os.replace``.
 A GCS object upload is atomic by itself (the object appears whole or not at all).
 
 Every bucket call goes through :func:`_gcs`, the edge where google-cloud-storage's
-errors that no retry can mend become one-line :class:`StorageError`\ s: missing
+errors that no retry can mend become one-line :class:`StorageError` errors: missing
 credentials (naming the bucket and what to set) and an endpoint that refuses or
 drops connections (naming the endpoint). Connection errors are retried only a
 few times (:data:`CONNECT_ATTEMPTS`, about 7 s), not for the library's default
