@@ -203,6 +203,7 @@ def no_credentials_env(tmp_path):
             "GOOGLE_CLOUD_PROJECT": "p"}
 
 
+@pytest.mark.slow  # generate imports TensorFlow: about 2 minutes on a busy 2-core machine
 @pytest.mark.parametrize("verb", ["preprocess", "train", "generate"])
 def test_missing_gcs_credentials_are_one_line_naming_the_bucket(verb, tmp_path, small_corpus):
     args = {"preprocess": ["preprocess", "gs://music/audio", tmp_path / "out"],
@@ -213,6 +214,7 @@ def test_missing_gcs_credentials_are_one_line_naming_the_bucket(verb, tmp_path, 
     assert_one_line_error(status, err, "gs://music", "GOOGLE_APPLICATION_CREDENTIALS")
 
 
+@pytest.mark.slow
 def test_generate_estimates_memory_before_allocating(untrained_model_path, tmp_path):
     out = tmp_path / "gen"
     status, _, err, _ = cli("generate", untrained_model_path, "--out", out, "--preset", "tiny",
