@@ -114,7 +114,7 @@ def test_load_errors_are_one_line(tmp_path):
         load_model(str(tmp_path / "missing.keras"))
     bad = tmp_path / "bad.keras"
     bad.write_text("not a zip")
-    with pytest.raises(WavenetError, match=f"cannot load model {bad}"):
+    with pytest.raises(WavenetError, match=f"not a valid .keras file: {bad}: "):
         load_model(str(bad))
 
 

@@ -12,6 +12,7 @@ name; YAML files and ``key=value`` overrides are applied on top of them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -52,6 +53,62 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+# Upper bounds per field. They are far above any sensible run (the `large`
+# preset sits well inside them) and exist so that a typo such as
+# generate.seconds=1e9 fails here, with the bound named, instead of as a
+# terabyte allocation later. Memory is also estimated where the size is used
+# (wavenet.memory), because fields that are each in bounds can multiply up.
+UPPER_BOUNDS: dict[str, float] = {
+    "data.num_shards": 100_000,
+    "data.chunk_seconds": 3600.0,
+    "data.processes": 1024,
+    "model.stacks": 64,
+    "model.layers_per_stack": 24,
+    "model.kernel_size": 64,
+    "model.residual_channels": 4096,
+    "model.gate_channels": 4096,
+    "model.skip_channels": 8192,
+    "model.num_classes": 100_000,
+    "train.global_batch_size": 65_536,
+    "train.window": 1 << 22,
+    "train.steps": 1_000_000_000,
+    "train.learning_rate": 10.0,
+    "train.warmup_steps": 1_000_000_000,
+    "train.gradient_clip_norm": 1e6,
+    "train.checkpoint_every": 1_000_000_000,
+    "train.keep_checkpoints": 10_000,
+    "train.log_every": 1_000_000_000,
+    "train.validate_every": 1_000_000_000,
+    "train.validation_batches": 1_000_000,
+    "generate.num_clips": 1024,
+    "generate.seconds": 3600.0,
+    "generate.temperature": 100.0,
+    "generate.prime_seconds": 3600.0,
+    "generate.reference_seconds": 3600.0,
+    "evaluate.promotion_margin_bits": 64.0,
+    "evaluate.bigram_smoothing": 1e6,
+    "evaluate.unigram_smoothing": 1e6,
+    "evaluate.window": 1 << 22,
+    "evaluate.batch_size": 4096,
+}
+
+
+def _check_finite_and_bounded(section: Any, prefix: str) -> None:
+    """Every number of ``section`` is finite and, where a bound is listed, within it.
+
+    Runs before the per-field checks, so ``inf`` and ``nan`` are refused with the
+    field named whatever the field's own rule (``nan > 0`` is False, ``inf > 0`` True).
+    """
+    for f in fields(section):
+        name, v = f"{prefix}.{f.name}", getattr(section, f.name)
+        if not _is_number(v):
+            continue
+        _require(math.isfinite(v), name, v, "a finite number")
+        bound = UPPER_BOUNDS.get(name)
+        if bound is not None:
+            _require(v <= bound, name, v, f"at most {bound:g}")
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """How raw audio becomes codes and back."""
@@ -67,6 +124,7 @@ class AudioConfig:
     normalize_peak_db: float = -1.0
 
     def __post_init__(self) -> None:
+        _check_finite_and_bounded(self, "audio")
         _require(_is_int(self.sample_rate) and 1000 <= self.sample_rate <= 192000,
                  "audio.sample_rate", self.sample_rate, "an integer in [1000, 192000]")
         _require(_is_int(self.quantization_channels) and 2 <= self.quantization_channels <= 256,
@@ -96,6 +154,7 @@ class DataConfig:
     processes: int = 0
 
     def __post_init__(self) -> None:
+        _check_finite_and_bounded(self, "data")
         _require(_is_int(self.num_shards) and self.num_shards >= 1,
                  "data.num_shards", self.num_shards, "an integer >= 1")
         _require(_is_number(self.validation_fraction) and 0.0 <= self.validation_fraction < 1.0,
@@ -126,6 +185,7 @@ class ModelConfig:
     num_classes: int = 0
 
     def __post_init__(self) -> None:
+        _check_finite_and_bounded(self, "model")
         for name in ("stacks", "layers_per_stack", "residual_channels", "gate_channels",
                      "skip_channels"):
             v = getattr(self, name)
@@ -154,6 +214,14 @@ class ModelConfig:
     @property
     def conditioned(self) -> bool:
         return self.num_classes > 0
+
+    @property
+    def num_params(self) -> int:
+        """Weights of the model built from this config (an estimate within a few biases)."""
+        r, g, s, q, k = (self.residual_channels, self.gate_channels, self.skip_channels,
+                         self.quantization_channels, self.kernel_size)
+        per_layer = k * r * 2 * g + 2 * g + g * r + r + g * s + s + self.num_classes * 2 * g
+        return q * r + self.num_layers * per_layer + s * s + s + s * q + q
 
     @property
     def flops_per_sample(self) -> int:
@@ -202,6 +270,7 @@ class TrainConfig:
     input_sharding: str = "file"
 
     def __post_init__(self) -> None:
+        _check_finite_and_bounded(self, "train")
         for name in ("global_batch_size", "window", "steps", "checkpoint_every",
                      "keep_checkpoints", "log_every"):
             v = getattr(self, name)
@@ -253,6 +322,7 @@ class GenerateConfig:
     weights: str = "int8"
 
     def __post_init__(self) -> None:
+        _check_finite_and_bounded(self, "generate")
         _require(self.weights in ("float32", "bfloat16", "int8"), "generate.weights", self.weights,
                  "one of 'float32', 'bfloat16', 'int8'")
         _require(_is_number(self.reference_seconds) and self.reference_seconds > 0,
@@ -288,6 +358,7 @@ class EvaluateConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
+        _check_finite_and_bounded(self, "evaluate")
         _require(_is_number(self.unigram_smoothing) and self.unigram_smoothing > 0,
                  "evaluate.unigram_smoothing", self.unigram_smoothing, "a positive number")
         _require(_is_int(self.batch_size) and self.batch_size >= 1, "evaluate.batch_size",
@@ -346,7 +417,7 @@ class ExperimentConfig:
         try:
             d = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"config is not valid YAML: {e}") from None
+            raise ConfigError(f"config is not valid YAML: {yaml_error_line(e, '<config>')}") from None
         if d is None:
             d = {}
         if not isinstance(d, Mapping):
@@ -511,15 +582,32 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     try:
         d = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {yaml_error_line(e, str(p))}") from None
     if not isinstance(d, Mapping):
         raise ConfigError(f"config file {p} must hold a mapping. Received: {type(d).__name__}")
-    base = preset(d["preset"]) if d.get("preset") in PRESETS else ExperimentConfig()
+    # A saved config says preset: custom (and `wavenet config` prints the preset it
+    # came from); any other name must be a known preset, never silently the defaults.
+    name = d.get("preset", "custom")
+    if name == "custom":
+        base = ExperimentConfig()
+    else:
+        try:
+            base = preset(name)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
     merged = _deep_merge(base.to_dict(), d)
     try:
         return ExperimentConfig.from_dict(merged)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+def yaml_error_line(e: yaml.YAMLError, source: str) -> str:
+    """One line for a YAML error: ``source:line:col: problem`` (PyYAML's marks are 0-based)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    return " ".join(f"{where}: {problem}".split())
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -553,7 +641,8 @@ def overrides_from_yaml(text: str) -> dict[str, Any]:
     try:
         over = yaml.safe_load(text) if text and text.strip() else {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config overrides are not valid YAML: {e}") from None
+        raise ConfigError("config overrides are not valid YAML: "
+                          f"{yaml_error_line(e, '<overrides>')}") from None
     if over is None:
         over = {}
     if not isinstance(over, Mapping):

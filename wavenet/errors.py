@@ -18,6 +18,10 @@ class DataError(WavenetError):
     """Input data (audio, shards, manifest) is missing or unusable."""
 
 
+class StorageError(WavenetError):
+    """A bucket cannot be reached or used (credentials, endpoint)."""
+
+
 class TrackingError(WavenetError):
     """The MLflow tracking server cannot be used."""
 

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ import tensorflow as tf
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.data import eval_shards, local_shard_paths, parse_example, validation_dataset
-from wavenet.errors import DataError, one_line
+from wavenet.errors import DataError, TrackingError, one_line
 from wavenet.manifest import Manifest, read_manifest
 from wavenet.model import bits_per_sample
 
@@ -291,6 +292,49 @@ def _is_champion_uri(uri: str | None, name: str, champion_version: str) -> bool:
     return uri in (f"models:/{name}@champion", f"models:/{name}/{champion_version}")
 
 
+# Rounds of "score, then find the champion changed" before a gate gives up.
+MAX_GATE_ROUNDS = 5
+# Test hook: seconds a gate waits between its decision and taking the lock, so a
+# test can make a race's interleaving deterministic. The real code path runs.
+TEST_PAUSE_ENV = "WAVENET_TEST_GATE_PAUSE_S"
+
+
+def _test_pause_before_promotion() -> None:
+    pause = float(os.environ.get(TEST_PAUSE_ENV) or 0)
+    if pause > 0:
+        time.sleep(pause)
+
+
+def _version(ref: registry.ModelRef | None) -> str | None:
+    return None if ref is None else ref.version
+
+
+def _registrable_source(model, model_uri: str | None) -> str:
+    """An MLflow model URI for ``model``: its own, or the model logged to the active run."""
+    if model_uri and (model_uri.startswith("runs:/") or model_uri.startswith("models:/m-")):
+        return model_uri
+    return tracking.log_model(model, name="model")
+
+
+def _compare(model, data_dir: str, config: ExperimentConfig, champion, counts: CodeCounts,
+             split: str, model_uri: str | None, margin: float
+             ) -> tuple[dict[str, Any], float | None, bool, str]:
+    """Score ``model`` (and ``champion``) on the same windows: (scores, champion_bits, promote, why)."""
+    name = config.evaluate.registered_model_name
+    champion_model = None
+    if champion is not None:
+        champion_model = registry.load_wavenet(champion.uri)
+        _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}")
+    models = [model] if champion_model is None else [model, champion_model]
+    scores = score_models(models, data_dir, config, counts, split=split)
+    champion_bits = scores["models"][1] if champion_model is not None else None
+    if champion is not None and _is_champion_uri(model_uri, name, champion.version):
+        return scores, champion_bits, False, (f"the evaluated model is the champion "
+                                              f"(version {champion.version})")
+    promoted, reason = decide(scores["models"][0], champion_bits, margin)
+    return scores, champion_bits, promoted, reason
+
+
 def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | None = None,
          counts: CodeCounts | None = None, data_label: str | None = None,
          split: str = "validation") -> dict[str, Any]:
@@ -321,31 +365,33 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
     name = config.evaluate.registered_model_name
     margin = float(config.evaluate.promotion_margin_bits)
     counts = counts or training_code_counts(data_dir, model.config.quantization_channels)
-    champion = registry.get_champion(name)
-    champion_model = None
-    if champion is not None:
-        champion_model = registry.load_wavenet(champion.uri)
-        _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}")
-    models = [model] if champion_model is None else [model, champion_model]
-    scores = score_models(models, data_dir, config, counts, split=split)
-    new_bits = scores["models"][0]
-    champion_bits = scores["models"][1] if champion_model is not None else None
-    if champion is not None and _is_champion_uri(model_uri, name, champion.version):
-        promoted, reason = False, f"the evaluated model is the champion (version {champion.version})"
+    source, new_version = None, None
+    # Compare-and-set under the registry's gate lock: scoring (slow) runs unlocked
+    # against the champion read first; the alias moves only if, under the lock, the
+    # champion is still the one compared against. Otherwise another gate promoted
+    # meanwhile, and this model is scored again against the new champion.
+    for _ in range(MAX_GATE_ROUNDS):
+        champion = registry.get_champion(name)
+        scores, champion_bits, promoted, reason = _compare(
+            model, data_dir, config, champion, counts, split, model_uri, margin)
+        new_bits = scores["models"][0]
+        if not promoted:
+            break
+        _test_pause_before_promotion()
+        source = source or _registrable_source(model, model_uri)
+        with registry.champion_lock(name):
+            current = registry.get_champion(name)
+            if _version(current) == _version(champion):
+                ref = registry.register(source, name, tags={
+                    "validation_bits_per_sample": f"{new_bits:.6f}", "data": data_label or data_dir,
+                    "evaluation_run_id": tracking.active_run_id() or ""})
+                registry.set_champion(name, ref.version)
+                new_version = ref.version
+                break
     else:
-        promoted, reason = decide(new_bits, champion_bits, margin)
-    new_version = None
-    if promoted:
-        source = model_uri if model_uri and (model_uri.startswith("runs:/")
-                                             or model_uri.startswith("models:/m-")) else None
-        if source is None:
-            source = tracking.log_model(model, name="model")
-        ref = registry.register(source, name, tags={
-            "validation_bits_per_sample": f"{new_bits:.6f}", "data": data_label or data_dir,
-            "evaluation_run_id": tracking.active_run_id() or ""})
-        registry.set_champion(name, ref.version)
-        new_version = ref.version
-    else:
+        raise TrackingError(f"the champion of {name!r} changed {MAX_GATE_ROUNDS} times while "
+                            "this gate scored; run the gate again")
+    if not promoted:
         source = None
     decision = {
         "promoted": promoted,

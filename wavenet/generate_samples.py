@@ -31,6 +31,7 @@ from wavenet.data import local_shard_paths, parse_example
 from wavenet.errors import ConfigError, DataError, one_line
 from wavenet.generate import FastGenerator
 from wavenet.manifest import read_manifest
+from wavenet.memory import check_fits
 from wavenet.model import WaveNet
 from wavenet.quality import absolute_thresholds, analyze, calibrate
 from wavenet.report import render_html, spectrogram_png, wav_bytes
@@ -154,8 +155,19 @@ def _slug(text: str) -> str:
 def _stage_dir(out_dir: str) -> tuple[str, bool]:
     if storage.is_gcs(out_dir):
         return tempfile.mkdtemp(prefix="wavenet-samples-"), True
+    storage.require_folder(out_dir, "output folder")
     os.makedirs(out_dir, exist_ok=True)
     return out_dir, False
+
+
+def _check_generation_memory(net: WaveNet, g: GenerateConfig, num_samples: int) -> None:
+    """Refuse, before any allocation, clips whose codes, audio and queues exceed memory."""
+    m = net.config
+    codes = g.num_clips * num_samples  # uint8 codes (clips, samples)
+    audio = num_samples * 4 * 3  # one clip at a time: float32 audio, int16 PCM, WAV bytes
+    queues = g.num_clips * m.receptive_field * m.residual_channels * 4 * 2  # per-layer state
+    check_fits(codes + audio + queues, f"{g.num_clips} clips of {num_samples} samples",
+               "generate.num_clips or generate.seconds")
 
 
 def _sample(net: WaveNet, g: GenerateConfig, num_samples: int, prime: np.ndarray | None,
@@ -304,6 +316,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
     num_samples = max(1, int(round(g.seconds * sr)))
     prime_len = int(round(g.prime_seconds * sr))
+    _check_generation_memory(net, g, num_samples)
     if prime_len and not data_dir:
         raise ConfigError(f"generate.prime_seconds={g.prime_seconds} primes with validation audio: "
                           f"pass the data folder (--data)")

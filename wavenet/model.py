@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import tempfile
+import zipfile
 
 import keras
 from keras import ops
@@ -28,6 +29,7 @@ from keras import ops
 from wavenet import storage
 from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig
 from wavenet.errors import WavenetError, one_line
+from wavenet.memory import check_fits
 
 __all__ = [
     "ResidualBlock",
@@ -244,7 +246,15 @@ def _unpack(inputs):
 
 
 def build_model(config: ExperimentConfig) -> WaveNet:
-    """A built WaveNet (weights created) for ``config``."""
+    """A built WaveNet (weights created) for ``config``.
+
+    Raises:
+        ConfigError: the weights, with their gradients and two Adam slots
+            (4 float32 copies), would not fit in this machine's memory.
+    """
+    check_fits(config.model.num_params * 4 * 4, "the model's weights, gradients and optimizer "
+               f"state ({config.model.num_params:,} parameters)",
+               "model.stacks, model.layers_per_stack or the model's channels")
     model = WaveNet(config.model, config.audio, name="wavenet")
     model.build()
     return model
@@ -298,12 +308,28 @@ def save_model(model: WaveNet, path: str) -> None:
         storage.upload_file(local, path)
 
 
+def _check_keras_archive(local: str, path: str) -> None:
+    """A ``.keras`` file is a zip with ``config.json``; Keras reports anything else as
+    "File not found", which sends users looking for a file that is there."""
+    try:
+        with zipfile.ZipFile(local) as z:
+            names = set(z.namelist())
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise WavenetError(f"not a valid .keras file: {path}: {one_line(e, with_type=False)}") from None
+    if bad is not None:
+        raise WavenetError(f"not a valid .keras file: {path}: corrupt member {bad}")
+    if "config.json" not in names:
+        raise WavenetError(f"not a valid .keras file: {path}: the archive has no config.json")
+
+
 def load_model(path: str) -> WaveNet:
     """Load a WaveNet saved by :func:`save_model` (safe mode: no arbitrary code)."""
     if not storage.exists(path):
         raise WavenetError(f"model file not found: {path}")
     with tempfile.TemporaryDirectory() as tmp:
         local = storage.local_copy(path, tmp)
+        _check_keras_archive(local, path)
         try:
             model = keras.models.load_model(local, safe_mode=True, compile=False)
         except Exception as e:  # noqa: BLE001 - keras raises many types; report one line

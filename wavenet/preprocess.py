@@ -31,6 +31,7 @@ old one stays valid (its shards and tracks are all still there).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -40,6 +41,7 @@ import math
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -57,7 +59,7 @@ from tqdm import tqdm
 from wavenet import storage
 from wavenet.audio import mu_law_encode, peak_normalize, resample, to_mono, trim_silence
 from wavenet.config import ExperimentConfig
-from wavenet.errors import DataError, one_line
+from wavenet.errors import DataError, WavenetError, one_line
 from wavenet.manifest import (
     MANIFEST,
     TRACKS,
@@ -166,6 +168,8 @@ def _read(path: str) -> bytes:
         data = storage.read_bytes(path)
     except OSError as e:
         raise _Skip(f"cannot read: {e.strerror or e}") from None
+    except WavenetError:  # no credentials, endpoint down: no file can be read; stop the run
+        raise
     except Exception as e:  # google-cloud-storage errors (NotFound, Forbidden, ...)
         raise _Skip(f"cannot read: {one_line(e)}") from None
     if not data:
@@ -537,6 +541,65 @@ def _crash_partial(job: tuple) -> str:
     return out
 
 
+# Work folders are named <prefix><pid>-<random> in the temp folder, so a later run
+# can tell a dead run's leftovers (its pid is gone) from a live run's folder.
+WORK_PREFIX = "wavenet-preprocess-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale_work_dirs(root: str | None = None) -> list[str]:
+    """Remove work folders of preprocess runs that died (SIGKILL, OOM) without cleaning up.
+
+    Returns:
+        The folders removed.
+    """
+    root = root or tempfile.gettempdir()
+    removed = []
+    for name in sorted(os.listdir(root)):
+        pid = name[len(WORK_PREFIX):].split("-", 1)[0] if name.startswith(WORK_PREFIX) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            removed.append(os.path.join(root, name))
+    if removed:
+        log.info("removed %d work folder(s) of dead preprocess runs", len(removed))
+    return removed
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """SIGTERM (a pod's deletion, `timeout`, `kill`) ends the run through ``finally`` blocks.
+
+    Python's default SIGTERM kills the process at once and leaks the work folder;
+    SystemExit(143) unwinds it (143 = 128 + SIGTERM, the code a shell reports).
+    Only the main thread may set handlers; elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked pool worker: die as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | None = None,
                progress: bool = True) -> dict[str, Any]:
     """Turn every audio file under ``src`` into shards and a manifest under ``dst``.
@@ -560,6 +623,7 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
     Raises:
         DataError: ``src`` has no audio files, or none of them is usable.
     """
+    storage.require_folder(dst, "output folder")
     files = list_audio(src)
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {src}")
@@ -569,7 +633,14 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
     n = max(1, min(n, len(files)))
     # Several small partitions per worker: balanced load and a live progress bar.
     parts = partition(files, n * 8 if n > 1 else len(files))
-    work_dir = tempfile.mkdtemp(prefix="wavenet-preprocess-")
+    sweep_stale_work_dirs()
+    with _sigterm_as_exit():
+        return _run(files, parts, n, dst, config, src, known, progress)
+
+
+def _run(files: list[str], parts: list, n: int, dst: str, config: ExperimentConfig, src: str,
+         known: frozenset, progress: bool) -> Any:
+    work_dir = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-")
     try:
         bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress)
         partials: list[str] = []

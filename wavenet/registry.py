@@ -15,8 +15,13 @@ together the two are the only core modules that import mlflow.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +42,7 @@ __all__ = [
     "get_champion",
     "register",
     "set_champion",
+    "champion_lock",
 ]
 
 CHAMPION = "champion"
@@ -126,3 +132,93 @@ def set_champion(name: str, version: str) -> None:
     except MlflowException as e:
         raise TrackingError(f"cannot set {CHAMPION} of {name!r} to version {version}: "
                             f"{one_line(e, with_type=False)}") from None
+
+
+# -- one gate at a time ------------------------------------------------------------
+#
+# MLflow's registry has no compare-and-set on an alias, but creating a registered
+# model is atomic: the tracking store refuses a second model of the same name
+# (RESOURCE_ALREADY_EXISTS, a unique key in the SQL stores). The lock is therefore a
+# registered model named ``<name>.gate-lock``, created to acquire and deleted to
+# release; its tags name the owner and when the lease expires. The gate holds it only
+# to re-read the champion, register and move the alias (seconds), so the lease is
+# short; a holder that died (SIGKILL) blocks others at most until its lease expires.
+#
+# Limits: taking over an expired lease is a delete then a create, and two waiters
+# could both see the same expired lease: the second's delete can remove the first's
+# fresh lock. That needs a holder dead past its lease *and* two contenders within one
+# round trip; a holder that outlives its lease (a stall longer than LOCK_LEASE_S) can
+# also overlap with a new one. The lock model shows in the registry while held.
+
+LOCK_SUFFIX = ".gate-lock"
+LOCK_LEASE_S = 120.0
+LOCK_WAIT_S = 300.0
+
+
+def _lock_name(name: str) -> str:
+    return f"{name}{LOCK_SUFFIX}"
+
+
+def _try_acquire(client: MlflowClient, lock: str, owner: str, lease_s: float) -> bool:
+    try:
+        client.create_registered_model(lock, tags={"owner": owner,
+                                                   "expires_at": f"{time.time() + lease_s:.3f}"},
+                                       description="wavenet gate lock: one champion at a time")
+        return True
+    except MlflowException as e:
+        if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise TrackingError(f"cannot take the gate lock {lock!r}: "
+                                f"{one_line(e, with_type=False)}") from None
+    return False
+
+
+def _expired_holder(client: MlflowClient, lock: str) -> str | None:
+    """The owner of ``lock`` when its lease has expired (None: held, or already gone)."""
+    try:
+        tags = client.get_registered_model(lock).tags
+    except MlflowException:
+        return None
+    try:
+        expires_at = float(tags.get("expires_at", "0"))
+    except ValueError:
+        expires_at = 0.0
+    return tags.get("owner", "?") if time.time() > expires_at else None
+
+
+def _release(client: MlflowClient, lock: str, owner: str) -> None:
+    with contextlib.suppress(MlflowException):
+        if client.get_registered_model(lock).tags.get("owner") == owner:
+            client.delete_registered_model(lock)
+
+
+@contextlib.contextmanager
+def champion_lock(name: str, *, lease_s: float = LOCK_LEASE_S,
+                  wait_s: float = LOCK_WAIT_S) -> Iterator[str]:
+    """Hold the gate lock of registered model ``name`` (see the comment above).
+
+    Yields:
+        This holder's owner id (host, pid and a random part).
+
+    Raises:
+        TrackingError: the lock stayed held for ``wait_s`` seconds, or the server failed.
+    """
+    client = _client()
+    lock = _lock_name(name)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while not _try_acquire(client, lock, owner, lease_s):
+        stale = _expired_holder(client, lock)
+        if stale is not None:
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(lock)  # a dead holder's lease
+            continue
+        if time.monotonic() > deadline:
+            raise TrackingError(f"the gate lock {lock!r} stayed held for {wait_s:.0f} s; if no "
+                                f"gate is running, delete registered model {lock!r}")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    try:
+        yield owner
+    finally:
+        _release(client, lock, owner)

@@ -4,6 +4,13 @@ Bucket I/O goes through google-cloud-storage, which honours
 ``STORAGE_EMULATOR_HOST`` (tests run a real emulator on 127.0.0.1). Local
 writes are atomic: a temporary file in the same folder, then ``os.replace``.
 A GCS object upload is atomic by itself (the object appears whole or not at all).
+
+Every bucket call goes through :func:`_gcs`, the edge where google-cloud-storage's
+errors that no retry can mend become one-line :class:`StorageError` errors: missing
+credentials (naming the bucket and what to set) and an endpoint that refuses or
+drops connections (naming the endpoint). Connection errors are retried only a
+few times (:data:`CONNECT_ATTEMPTS`, about 7 s), not for the library's default
+120 s; HTTP 429/5xx answers keep the library's default retry budget.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
+from typing import Any
+
+from wavenet.errors import StorageError, one_line
 
 __all__ = [
     "is_gcs",
@@ -32,6 +42,7 @@ __all__ = [
     "upload_file_copy",
     "download_file",
     "reset_clients",
+    "require_folder",
 ]
 
 
@@ -54,6 +65,61 @@ def join(base: str, *parts: str) -> str:
     if is_gcs(base):
         return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
     return os.path.join(base, *parts)
+
+
+# Connection errors (refused, reset, DNS) are retried this many times with
+# backoff 1 s, 2 s, 4 s; an endpoint that is down fails in seconds, not minutes.
+CONNECT_ATTEMPTS = 4
+# Seconds to open a connection, and to wait for each answer.
+TIMEOUT = (10.0, 120.0)
+
+
+def _endpoint() -> str:
+    return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+
+
+def _retry():
+    """The library's default retry, with connection errors allowed CONNECT_ATTEMPTS tries."""
+    import requests
+    from google.auth.exceptions import TransportError
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    tries = [0]
+
+    def predicate(exc: Exception) -> bool:
+        inner = exc.args[0] if isinstance(exc, TransportError) and exc.args else exc
+        if isinstance(inner, (ConnectionError, requests.exceptions.ConnectionError)):
+            tries[0] += 1
+            return tries[0] < CONNECT_ATTEMPTS
+        return DEFAULT_RETRY._predicate(exc)
+
+    return DEFAULT_RETRY.with_predicate(predicate)
+
+
+def _call_kwargs() -> dict[str, Any]:
+    return {"retry": _retry(), "timeout": TIMEOUT}
+
+
+@contextlib.contextmanager
+def _gcs(uri: str) -> Iterator[None]:
+    """Translate credential and connection failures of a bucket call into StorageError."""
+    import requests
+    from google.api_core.exceptions import RetryError
+    from google.auth.exceptions import DefaultCredentialsError, TransportError
+
+    bucket = split_gcs(uri)[0] if is_gcs(uri) else uri
+    try:
+        yield
+    except DefaultCredentialsError:
+        raise StorageError(
+            f"no Google Cloud credentials for gs://{bucket}: set GOOGLE_APPLICATION_CREDENTIALS "
+            "to a service-account key file (or run `gcloud auth application-default login`; "
+            "on GKE use Workload Identity), or STORAGE_EMULATOR_HOST for an emulator") from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, RetryError,
+            TransportError, ConnectionError) as e:
+        cause = getattr(e, "cause", None) or e
+        raise StorageError(f"cannot reach the storage endpoint {_endpoint()} for gs://{bucket}: "
+                           f"{one_line(cause)}"[:400]) from None
 
 
 def _client():
@@ -81,12 +147,14 @@ def reset_clients() -> None:
 
 def _blob(uri: str):
     bucket, name = split_gcs(uri)
-    return _client().bucket(bucket).blob(name)
+    with _gcs(uri):
+        return _client().bucket(bucket).blob(name)
 
 
 def read_bytes(path: str) -> bytes:
     if is_gcs(path):
-        return _blob(path).download_as_bytes()
+        with _gcs(path):
+            return _blob(path).download_as_bytes(**_call_kwargs())
     with open(path, "rb") as f:
         return f.read()
 
@@ -127,7 +195,8 @@ def _write_synced(dst: str, chunks: Iterable[bytes]) -> None:
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write ``data`` so that readers see the old file or the new one, never half."""
     if is_gcs(path):
-        _blob(path).upload_from_string(data)
+        with _gcs(path):
+            _blob(path).upload_from_string(data, **_call_kwargs())
         return
     with _staged(path) as tmp:
         _write_synced(tmp, [data])
@@ -139,7 +208,8 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def exists(path: str) -> bool:
     if is_gcs(path):
-        return _blob(path).exists()
+        with _gcs(path):
+            return _blob(path).exists(**_call_kwargs())
     return os.path.exists(path)
 
 
@@ -158,7 +228,9 @@ def list_files(root: str) -> Iterator[str]:
         bucket, prefix = split_gcs(root)
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        names = sorted(b.name for b in _client().list_blobs(bucket, prefix=prefix))
+        with _gcs(root):
+            names = sorted(b.name for b in _client().list_blobs(bucket, prefix=prefix,
+                                                                 **_call_kwargs()))
         for name in names:
             if not name.endswith("/"):
                 yield f"gs://{bucket}/{name}"
@@ -181,7 +253,8 @@ def remove(path: str) -> None:
         from google.api_core.exceptions import NotFound
 
         try:
-            _blob(path).delete()
+            with _gcs(path):
+                _blob(path).delete(**_call_kwargs())
         except NotFound:
             pass
         return
@@ -198,7 +271,8 @@ def upload_file(local_path: str, path: str) -> None:
     are on different file systems); a ``gs://`` object upload is atomic by itself.
     """
     if is_gcs(path):
-        _blob(path).upload_from_filename(local_path)
+        with _gcs(path):
+            _blob(path).upload_from_filename(local_path, **_call_kwargs())
         os.unlink(local_path)
         return
     folder = os.path.dirname(os.path.abspath(path))
@@ -216,7 +290,8 @@ def upload_file(local_path: str, path: str) -> None:
 def upload_file_copy(local_path: str, path: str) -> None:
     """Copy the local file ``local_path`` to ``path`` atomically; the local file stays."""
     if is_gcs(path):
-        _blob(path).upload_from_filename(local_path)
+        with _gcs(path):
+            _blob(path).upload_from_filename(local_path, **_call_kwargs())
         return
     with _staged(path) as tmp, open(local_path, "rb") as src:
         _write_synced(tmp, iter(lambda: src.read(1 << 20), b""))
@@ -226,7 +301,8 @@ def download_file(path: str, local_path: str) -> None:
     """Copy ``path`` (local or ``gs://``) to ``local_path`` atomically."""
     with _staged(local_path) as tmp:
         if is_gcs(path):
-            _blob(path).download_to_filename(tmp)
+            with _gcs(path):
+                _blob(path).download_to_filename(tmp, **_call_kwargs())
         else:
             shutil.copyfile(path, tmp)
 
@@ -236,5 +312,30 @@ def local_copy(path: str, folder: str) -> str:
     if not is_gcs(path):
         return path
     dst = os.path.join(folder, os.path.basename(split_gcs(path)[1]) or "object")
-    _blob(path).download_to_filename(dst)
+    with _gcs(path):
+        _blob(path).download_to_filename(dst, **_call_kwargs())
     return dst
+
+
+def require_folder(path: str, what: str) -> None:
+    """Refuse a local ``path`` that is a file, or lies under one, before anything is written.
+
+    Args:
+        path: a local folder (created later) or a ``gs://`` prefix (not checked:
+            a bucket has no files that block a prefix).
+        what: how the folder is named in the message ("output folder").
+
+    Raises:
+        StorageError: one line naming the file in the way.
+    """
+    if is_gcs(path):
+        return
+    p = os.path.abspath(path)
+    while True:
+        if os.path.exists(p) and not os.path.isdir(p):
+            where = "is" if p == os.path.abspath(path) else f"lies under {p}, which is"
+            raise StorageError(f"{what} {path} {where} a file, not a folder")
+        parent = os.path.dirname(p)
+        if parent == p:
+            return
+        p = parent

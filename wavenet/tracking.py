@@ -421,7 +421,12 @@ class MetricsBuffer:
         self.run_id = run_id
         self.tracking_uri = tracking_uri
         self.retry_after_s = retry_after_s
-        self._pending: list[dict[str, Any]] = [dict(m) for m in pending]
+        self._pending: list[dict[str, Any]] = []
+        # (key, step) pairs this buffer has sent: a value re-logged at the same step
+        # (a resumed run repeating its last validation) is not sent a second time.
+        self._sent_keys: set[tuple[str, int]] = set()
+        for m in pending:
+            self._queue(dict(m))
         self._clock = clock
         self._failed_at: float | None = None
         self._warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
@@ -438,9 +443,20 @@ class MetricsBuffer:
         """Queue ``metrics`` at ``step``; send now unless in a retry pause. True if all sent."""
         now_ms = int(time.time() * 1000)
         for k, v in metrics.items():
-            self._pending.append({"key": k, "value": float(v), "step": int(step),
-                                  "timestamp": now_ms})
+            self._queue({"key": k, "value": float(v), "step": int(step), "timestamp": now_ms})
         return self.flush() if flush else not self._pending
+
+    def _queue(self, metric: dict[str, Any]) -> None:
+        """Queue one metric; one value per (key, step): a newer one replaces a queued one.
+
+        Pending metrics reloaded after an outage and the same metric logged again
+        at the same step would otherwise reach MLflow twice (two points at one step).
+        """
+        ident = (metric["key"], int(metric["step"]))
+        if ident in self._sent_keys:
+            return
+        self._pending = [m for m in self._pending if (m["key"], int(m["step"])) != ident]
+        self._pending.append(metric)
 
     def flush(self, force: bool = False) -> bool:
         """Send queued metrics. Returns True when nothing is left queued."""
@@ -465,6 +481,7 @@ class MetricsBuffer:
                 self._failed_at = self._clock()
                 return False
             del self._pending[:len(chunk)]
+            self._sent_keys.update((m["key"], int(m["step"])) for m in chunk)
             self.sent += len(chunk)
         if self._failed_at is not None:
             self._warn(f"MLflow at {self.tracking_uri} reachable again; queued metrics sent")
