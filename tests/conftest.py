@@ -197,6 +197,21 @@ def run_gcs_emulator(bucket: str, timeout: float = 30.0):
             proc.wait()
 
 
+@pytest.fixture(scope="module")
+def gcs_emulator(request):
+    """A GCS emulator for the test module, with the bucket its ``BUCKET`` names."""
+    with run_gcs_emulator(request.module.BUCKET) as url:
+        yield url
+
+
+@pytest.fixture
+def gcs(gcs_emulator, monkeypatch, request):
+    """``gs://BUCKET`` of the module's emulator, with the environment pointed at it."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+    return f"gs://{request.module.BUCKET}"
+
+
 def copy_tree(src, dst) -> Path:
     shutil.copytree(src, dst)
     return Path(dst)

@@ -8,25 +8,11 @@ import sys
 import time
 
 import pytest
-from conftest import run_gcs_emulator
 
 from wavenet import storage
 from wavenet.checkpoints import STATE_FILE, CheckpointStore, MirroringManager, latest_in_state
 
 BUCKET = "wavenet-ckpt"
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    with run_gcs_emulator(BUCKET) as url:
-        yield url
-
-
-@pytest.fixture
-def gcs(emulator, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
-    return f"gs://{BUCKET}"
 
 
 def _names(prefix):

@@ -6,9 +6,7 @@ import io
 import os
 
 import numpy as np
-import pytest
 import soundfile as sf
-from conftest import run_gcs_emulator
 
 from wavenet import storage
 from wavenet.config import preset
@@ -17,19 +15,6 @@ from wavenet.preprocess import check_dataset, list_audio, preprocess
 
 CFG = preset("tiny")
 BUCKET = "wavenet-test"
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    with run_gcs_emulator(BUCKET) as url:
-        yield url
-
-
-@pytest.fixture
-def gcs(emulator, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
-    return f"gs://{BUCKET}"
 
 
 def test_storage_round_trip(gcs):

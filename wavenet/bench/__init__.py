@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-__all__ = ["pin_threads", "matmul_gflops", "peak_rss_mb", "machine"]
+__all__ = ["pin_threads", "matmul_gflops", "calls_per_second", "peak_rss_mb", "machine"]
 
 
 def pin_threads(n: int = 1) -> None:
@@ -43,16 +43,19 @@ def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
 
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n))
-    mm = tf.function(lambda a, b: tf.matmul(a, b))
-    mm(a, b).numpy()
+    return 2.0 * n**3 * calls_per_second(lambda: tf.matmul(a, b).numpy(), seconds) / 1e9
+
+
+def calls_per_second(call, seconds: float) -> float:
+    """How often ``call()`` runs per second: one warm-up call, then at least 3 calls and ``seconds``."""
+    call()
     reps, start = 0, time.perf_counter()
     while True:
-        mm(a, b).numpy()
+        call()
         reps += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and reps >= 3:
-            break
-    return 2.0 * n**3 * reps / elapsed / 1e9
+            return reps / elapsed
 
 
 def peak_rss_mb() -> float:

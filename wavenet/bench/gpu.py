@@ -189,17 +189,12 @@ class TFCachedGenerator:
 def _bf16_matmul_tflops(n: int, seconds: float) -> float:
     import tensorflow as tf
 
+    from wavenet.bench import calls_per_second
+
     a = tf.random.normal((n, n), dtype=tf.bfloat16)
     b = tf.random.normal((n, n), dtype=tf.bfloat16)
     mm = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)), jit_compile=True)
-    mm(a, b).numpy()
-    reps, start = 0, time.perf_counter()
-    while True:
-        mm(a, b).numpy()
-        reps += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and reps >= 3:
-            return 2.0 * n**3 * reps / elapsed / 1e12
+    return 2.0 * n**3 * calls_per_second(lambda: mm(a, b).numpy(), seconds) / 1e12
 
 
 def _train(cfg, workdir: Path, steps: int, batch: int, timeout: float) -> dict:
