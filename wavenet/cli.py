@@ -295,7 +295,8 @@ def _worker_exit(e: BaseException) -> int:
 
     code = exit_code(e)
     kind = "retryable" if code == RETRY else "permanent"
-    print(f"error ({kind}, exit {code}): {one_line(e)}", file=sys.stderr)
+    # "error: " first, as the local launcher expects of a worker's one-line error.
+    print(f"error: {one_line(e)} (exit {code}, {kind})", file=sys.stderr)
     return code
 
 
