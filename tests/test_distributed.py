@@ -103,41 +103,47 @@ def _checkpoint_step(run_dir) -> int:
     return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
+def _wait_for_step(run_dir, step: int, launcher, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while _checkpoint_step(run_dir) < step and launcher.poll() is None:
+        assert time.monotonic() < deadline, f"no checkpoint past step {step} appeared"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
-def test_sigkilled_worker_then_rerun_resumes_from_the_last_checkpoint(tiny_shards, tmp_path,
-                                                                     mlflow_server):
+def test_sigkilled_worker_is_restarted_and_the_run_finishes_on_its_own(tiny_shards, tmp_path,
+                                                                       mlflow_server):
     out = tmp_path / "run"
     argv = _wavenet("train", str(tiny_shards), "--out", str(out), "--preset", "tiny", "--workers",
                     "2", "--steps", "120", "--no-progress", "--tracking-uri", mlflow_server.uri,
                     "--experiment", "test-resume")
-    launcher = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while _checkpoint_step(out) < 20 and launcher.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.1)
-        assert launcher.poll() is None, launcher.communicate()[1][-3000:]
-        workers = {json.loads(p.environ()["TF_CONFIG"])["task"]["index"]: p
-                   for p in psutil.Process(launcher.pid).children()}
-        killed_after = _checkpoint_step(out)
-        workers[1].send_signal(signal.SIGKILL)
-        _, err = launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode == 2, err[-3000:]
-    assert "error: worker 1 was killed by SIGKILL" in err
-    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-                   for p in workers.values())
-    resume_from = _checkpoint_step(out)
-    assert resume_from >= killed_after >= 20
+    log = tmp_path / "launcher.err"
+    with open(log, "w") as err_file:
+        launcher = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=err_file,
+                                    text=True)
+        try:
+            _wait_for_step(out, 20, launcher)
+            assert launcher.poll() is None, log.read_text()[-3000:]
+            workers = {json.loads(p.environ()["TF_CONFIG"])["task"]["index"]: p
+                       for p in psutil.Process(launcher.pid).children()}
+            killed_after = _checkpoint_step(out)
+            workers[1].send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            _wait_for_step(out, killed_after + 1, launcher)  # a new checkpoint: training resumed
+            recovery_s = time.monotonic() - killed_at
+            stdout, _ = launcher.communicate(timeout=400)
+        finally:
+            if launcher.poll() is None:
+                launcher.kill()
+    err = log.read_text()
+    print(f"\nrecovery time (SIGKILL of worker 1 -> first checkpoint after resume): {recovery_s:.1f} s")
+    assert launcher.returncode == 0, err[-3000:]
+    assert f"worker 1 exited 137 (retryable): restarting all 2 workers from step {killed_after}" \
+        in err or "worker 0 exited 138 (retryable): restarting all 2 workers" in err, err[-3000:]
+    assert "restart 1 of 3" in err
+    summary = json.loads(stdout)
+    assert summary["steps"] == 120 and summary["start_step"] >= killed_after
     run_id = (out / "mlflow_run_id").read_text().strip()
-
-    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
-    assert summary["start_step"] == resume_from and summary["steps"] == 120
     assert summary["run_id"] == run_id
 
     client = MlflowClient(mlflow_server.uri)
@@ -145,10 +151,16 @@ def test_sigkilled_worker_then_rerun_resumes_from_the_last_checkpoint(tiny_shard
     runs = client.search_runs([exp.experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
     assert runs[0].info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run_id, "train_bits_per_sample")]
-    assert steps[-1] == 120 and min(steps) == 5
-    # Metrics of the interrupted part are kept, the resumed part continues the step axis.
-    assert set(range(resume_from + 5, 121, 5)) <= set(steps)
+    history = client.get_metric_history(run_id, "train_bits_per_sample")
+    # Steps re-run after the resume may be logged again, but never with another
+    # value for a step already logged, and no logged step is missing.
+    values: dict[int, set[float]] = {}
+    for m in history:
+        values.setdefault(m.step, set()).add(m.value)
+    doubled = {step: v for step, v in values.items() if len(v) > 1}
+    print(f"metric entries {len(history)} for {len(values)} steps; steps with two values: {doubled}")
+    assert doubled == {} and len(history) == len(values)
+    assert set(values) == set(range(5, 121, 5))
 
 
 @pytest.mark.slow

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 
-from wavenet.errors import ConfigError, WavenetError
+from wavenet.errors import ConfigError, WavenetError, one_line
 
 
 def _quiet_tensorflow() -> None:
@@ -143,6 +144,8 @@ def _cmd_train(args) -> int:
         os.environ.setdefault(key, value)
     cfg = _config(args)
     tf_config = parse_tf_config(os.environ.get("TF_CONFIG")) if args.worker else None
+    if args.worker:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     result = train(args.data, args.out, cfg, workers=args.workers, tf_config=tf_config,
                    tracking_uri=args.tracking_uri, experiment=args.experiment,
                    run_name=args.run_name, progress=not args.no_progress, threads=args.threads,
@@ -273,6 +276,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if getattr(args, "worker", False):  # a TFJob pod: the operator reads the exit code
+            return _worker_exit(e)
+        raise
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM (pod eviction) ends a worker with the retryable code, not 143's silent death."""
+    from wavenet.train.exit_codes import PeerLost
+
+    raise PeerLost("SIGTERM received")
+
+
+def _worker_exit(e: BaseException) -> int:
+    """One line and the exit code of the one policy (``wavenet.train.exit_codes``)."""
+    from wavenet.train.exit_codes import RETRY, exit_code
+
+    code = exit_code(e)
+    kind = "retryable" if code == RETRY else "permanent"
+    # "error: " first, as the local launcher expects of a worker's one-line error.
+    print(f"error: {one_line(e)} (exit {code}, {kind})", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -268,9 +268,14 @@ class TrainConfig:
     # the same batches whatever the number of workers (reproducible across
     # cluster sizes) at the price of each worker reading all the data.
     input_sharding: str = "file"
+    # Local launcher: how often the whole worker set is restarted after a
+    # retryable worker exit (138, 130, 137, 143), like a TFJob's backoffLimit.
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         _check_finite_and_bounded(self, "train")
+        _require(_is_int(self.max_restarts) and 0 <= self.max_restarts <= 100,
+                 "train.max_restarts", self.max_restarts, "an integer in [0, 100]")
         for name in ("global_batch_size", "window", "steps", "checkpoint_every",
                      "keep_checkpoints", "log_every"):
             v = getattr(self, name)

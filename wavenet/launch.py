@@ -36,7 +36,17 @@ _TAIL_LINES = 20
 
 
 class WorkerError(WavenetError):
-    """A training worker process failed."""
+    """A training worker process failed.
+
+    Attributes:
+        worker: index of the worker that failed first (None if unknown).
+        returncode: its ``Popen.returncode`` (negative: killed by that signal).
+    """
+
+    def __init__(self, message: str, *, worker: int | None = None, returncode: int | None = None):
+        super().__init__(message)
+        self.worker = worker
+        self.returncode = returncode
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -207,10 +217,12 @@ def run_local_workers(commands: Sequence[Sequence[str]], environ: Mapping[str, s
     lines = pumps[failed].lines()
     errors = [ln for ln in lines if ln.startswith("error: ")]
     if errors:
-        raise WorkerError(f"worker {failed} {_describe(rc)}: {errors[-1][len('error: '):]}")
+        raise WorkerError(f"worker {failed} {_describe(rc)}: {errors[-1][len('error: '):]}",
+                          worker=failed, returncode=rc)
     if lines and failed != 0:
         print(f"--- last output of worker {failed} ---", file=sys.stderr)
         for ln in lines[-_TAIL_LINES:]:
             print(f"worker {failed}| {ln}", file=sys.stderr)
     raise WorkerError(f"worker {failed} {_describe(rc)}"
-                      + (" (its last output is above)" if lines else ""))
+                      + (" (its last output is above)" if lines else ""),
+                      worker=failed, returncode=rc)

@@ -13,6 +13,7 @@ worker (:mod:`wavenet.train.worker`) only when it trains in this process.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,12 +21,16 @@ from typing import Any
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError
-from wavenet.launch import run_local_workers
+from wavenet.launch import WorkerError, run_local_workers
 from wavenet.manifest import read_manifest
 from wavenet.train.checks import check_batch, check_data
+from wavenet.train.exit_codes import is_retryable
 from wavenet.train.outputs import TrainResult, read_result
 
 __all__ = ["LOCAL_PROGRAM", "POD_PROGRAM", "train_command", "train"]
+
+# wavenet.train.setup.CHECKPOINTS, not imported: that module loads TensorFlow.
+CHECKPOINTS = "checkpoints"
 
 # How a `wavenet train` process is started: here, with this interpreter; in a pod, the image's entry point.
 LOCAL_PROGRAM = (sys.executable, "-m", "wavenet.cli", "train")
@@ -85,8 +90,40 @@ def _train_local_workers(data: str, out: str, cfg: ExperimentConfig, *, workers:
     if kfp_run_id:
         env["KFP_RUN_ID"] = kfp_run_id
     storage.makedirs(out)
-    run_local_workers(commands, env)
+    _run_with_restarts(commands, env, cfg.train.max_restarts, out)
     return read_result(out)
+
+
+def _last_checkpoint_step(out: str) -> int | None:
+    """The step of the newest ``ckpt-N`` in OUT/checkpoints (local folders only)."""
+    folder = os.path.join(out, CHECKPOINTS)
+    if "://" in out or not os.path.isdir(folder):
+        return None
+    steps = [int(m.group(1)) for name in os.listdir(folder)
+             if (m := re.fullmatch(r"ckpt-(\d+)\.index", name))]
+    return max(steps, default=None)
+
+
+def _run_with_restarts(commands: list[list[str]], env: Mapping[str, str], max_restarts: int,
+                       out: str) -> None:
+    """Local workers under the operator's exit-code rule, with a budget like ``backoffLimit``.
+
+    A retryable exit (:func:`wavenet.train.exit_codes.is_retryable`) restarts the
+    whole worker set on fresh ports; it resumes from OUT's last checkpoint and
+    the chief continues the MLflow run named in OUT. Other exits fail at once.
+    """
+    for restart in range(max_restarts + 1):
+        try:
+            run_local_workers(commands, env)
+            return
+        except WorkerError as e:
+            if e.returncode is None or not is_retryable(e.returncode) or restart == max_restarts:
+                raise
+            code = 128 - e.returncode if e.returncode < 0 else e.returncode
+            step = _last_checkpoint_step(out)
+            print(f"worker {e.worker} exited {code} (retryable): restarting all {len(commands)} "
+                  f"workers from step {step if step is not None else 0}, "
+                  f"restart {restart + 1} of {max_restarts}", file=sys.stderr, flush=True)
 
 
 def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
