@@ -18,12 +18,14 @@ export UV_PYTHON_DOWNLOADS := never
 
 # Re-installs only when pyproject.toml, uv.lock or the C generation kernel change; fails when
 # pyproject.toml and uv.lock disagree (make lock). The kernel needs a C compiler and Python's headers.
+# The `mlflow-server` group (the MLflow image's basic-auth app, PostgreSQL driver) lets the tests
+# run the production server from .venv where no container engine is available.
 install: $(STAMP)
-$(STAMP): pyproject.toml uv.lock setup.py wavenet/_fastgen.c wavenet/_fastgen_kernels.h
+$(STAMP): pyproject.toml uv.lock setup.py wavenet/_fastgen.c wavenet/_fastgen_kernels.h Makefile
 	@test -x $(UV) && [ "$$($(UV) --version | cut -d' ' -f2)" = "$(UV_VERSION)" ] || \
 	  $(PYTHON) -m pip install -q --disable-pip-version-check --target .tools --upgrade "uv==$(UV_VERSION)"
 	@test -x $(PY) || $(UV) venv -q --python $(PYTHON) $(VENV)
-	@$(UV) sync -q --locked --extra dev --python $(PY)
+	@$(UV) sync -q --locked --extra dev --group mlflow-server --python $(PY)
 	@touch $(STAMP)
 
 # Re-resolve uv.lock from PyPI after editing pyproject.toml (commit both).
