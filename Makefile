@@ -127,9 +127,11 @@ schedule-pipeline: install
 	@test -n "$(CRON)" || { echo 'error: set CRON, e.g. make schedule-pipeline CRON="0 0 3 * * 1"' >&2; exit 2; }
 	$(PY) -m pipelines.schedule --cron "$(CRON)" $(if $(KFP_HOST),--host $(KFP_HOST)) $(if $(ARGS),--args $(ARGS))
 
-# Offline: Kubernetes schemas (kubernetes-validate), our TFJob schema, no committed secrets.
+# Offline: Kubernetes schemas (kubernetes-validate), our TFJob schema, no committed secrets,
+# pod hardening (Python checks), the TFJob admission policy (its CEL run by cel-python) and the
+# step pods of the compiled pipelines.
 k8s-validate: install
-	$(PY) -m pipelines.validate_k8s k8s
+	$(PY) -m pipelines.validate_k8s k8s $(wildcard pipelines/*.yaml)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs
