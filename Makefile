@@ -18,12 +18,14 @@ export UV_PYTHON_DOWNLOADS := never
 
 # Re-installs only when pyproject.toml, uv.lock or the C generation kernel change; fails when
 # pyproject.toml and uv.lock disagree (make lock). The kernel needs a C compiler and Python's headers.
+# The `mlflow-server` group (the MLflow image's basic-auth app, PostgreSQL driver) lets the tests
+# run the production server from .venv where no container engine is available.
 install: $(STAMP)
-$(STAMP): pyproject.toml uv.lock setup.py wavenet/_fastgen.c wavenet/_fastgen_kernels.h
+$(STAMP): pyproject.toml uv.lock setup.py wavenet/_fastgen.c wavenet/_fastgen_kernels.h Makefile
 	@test -x $(UV) && [ "$$($(UV) --version | cut -d' ' -f2)" = "$(UV_VERSION)" ] || \
 	  $(PYTHON) -m pip install -q --disable-pip-version-check --target .tools --upgrade "uv==$(UV_VERSION)"
 	@test -x $(PY) || $(UV) venv -q --python $(PYTHON) $(VENV)
-	@$(UV) sync -q --locked --extra dev --python $(PY)
+	@$(UV) sync -q --locked --extra dev --group mlflow-server --python $(PY)
 	@touch $(STAMP)
 
 # Re-resolve uv.lock from PyPI after editing pyproject.toml (commit both).
@@ -126,9 +128,11 @@ schedule-pipeline: install
 	@test -n "$(CRON)" || { echo 'error: set CRON, e.g. make schedule-pipeline CRON="0 0 3 * * 1"' >&2; exit 2; }
 	$(PY) -m pipelines.schedule --cron "$(CRON)" $(if $(KFP_HOST),--host $(KFP_HOST)) $(if $(ARGS),--args $(ARGS))
 
-# Offline: Kubernetes schemas (kubernetes-validate), our TFJob schema, no committed secrets.
+# Offline: Kubernetes schemas (kubernetes-validate), our TFJob schema, no committed secrets,
+# pod hardening (Python checks), the TFJob admission policy (its CEL run by cel-python) and the
+# step pods of the compiled pipelines.
 k8s-validate: install
-	$(PY) -m pipelines.validate_k8s k8s
+	$(PY) -m pipelines.validate_k8s k8s $(wildcard pipelines/*.yaml)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs

@@ -72,9 +72,15 @@ def data_location(path: str, uri: str, metadata: Mapping[str, Any], for_pods: bo
     return path
 
 
+# The step's MLflow basic-auth credentials (issue 10, Found 2): passed on with the rest. A TFJob
+# gets them by reference only: k8s/tfjob-template.yaml takes both from the Secret the step read,
+# and wavenet.tfjob.render_tfjob keeps those references and never writes a password in clear.
+MLFLOW_CREDENTIALS_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
 def mlflow_env(environ: Mapping[str, str], tracking_uri: str = "") -> dict[str, str]:
-    """The MLflow variables a training pod needs (KFP's run and experiment ids included)."""
-    env = {k: environ[k] for k in MLFLOW_ENV if environ.get(k)}
+    """The MLflow variables a training pod needs (KFP's run and experiment ids, credentials)."""
+    env = {k: environ[k] for k in (*MLFLOW_ENV, *MLFLOW_CREDENTIALS_ENV) if environ.get(k)}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     return env

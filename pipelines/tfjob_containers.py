@@ -5,7 +5,8 @@
 replica from the pod template's ``tensorflow`` container, the way the operator and the
 kubelet would:
 
-* image, ``command`` (the entrypoint) and ``args`` as rendered; ``env`` entries as rendered;
+* image, ``command`` (the entrypoint) and ``args`` as rendered; ``env`` entries as rendered
+  (``secretKeyRef`` ones from the ``secrets`` given; a missing optional one stays unset);
 * ``TF_CONFIG`` written as the operator writes it (:func:`operator_tf_config`), with worker
   addresses on 127.0.0.1 (host networking) instead of the job's headless Services;
 * volumes: ``emptyDir`` -> a fresh folder per pod (``medium: Memory`` -> a tmpfs),
@@ -105,7 +106,7 @@ def pod_run_args(job: Mapping[str, Any], index: int, addresses: list[str], pod_d
         pod_dir: a folder of this pod's own (emptyDir volumes live under it).
         extra_env: what the cluster would give the pod (bucket access).
         config_maps: ``{name: {key: text}}`` for ``configMap`` volumes.
-        secrets: ``{name: {key: text}}`` for ``secret`` volumes.
+        secrets: ``{name: {key: text}}`` for ``secret`` volumes and ``secretKeyRef`` env.
     """
     pod, c = _container(job)
     limits = (c.get("resources") or {}).get("limits") or {}
@@ -114,6 +115,17 @@ def pod_run_args(job: Mapping[str, Any], index: int, addresses: list[str], pod_d
                              "to run it here")
     env: dict[str, str] = {}
     for e in c.get("env") or []:
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if ref is not None:
+            # As the kubelet: the key of ``secrets[name]``; a missing optional one leaves the
+            # variable unset, a missing required one keeps the pod from starting.
+            value = (secrets or {}).get(ref.get("name"), {}).get(ref.get("key"))
+            if value is not None:
+                env[e["name"]] = value
+            elif not ref.get("optional"):
+                raise ContainerError(f"env {e.get('name')!r} takes key {ref.get('key')!r} of secret "
+                                     f"{ref.get('name')!r}: pass it in secrets")
+            continue
         if "value" not in e:
             raise ContainerError(f"env {e.get('name')!r} comes from {sorted(set(e) - {'name'})}: "
                                  "pass its value in extra_env")

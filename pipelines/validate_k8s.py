@@ -7,8 +7,19 @@
 - The TFJob template is checked against ``k8s/schemas/tfjob.schema.json`` (written for the
   fields we use) with jsonschema, and its Worker pod template against the Pod schema.
 - Policy: no Secret objects and no credential-looking literal values in any file.
+- Hardening (issue 10, Found 9), written here in Python: every pod spec (the Deployment, the
+  TFJob template) runs non-root as uid 1000 with seccomp RuntimeDefault, no service-account
+  token, no host namespaces or hostPath, and containers with no privilege escalation, a
+  read-only root with the image's writable /scratch on an emptyDir, all capabilities dropped,
+  and resource requests and a memory limit; the namespace enforces a Pod Security Admission
+  level; ``--allowed-hosts`` wildcards end in a cluster-internal suffix.
+- The TFJob admission policy (``tfjob-policy.yaml``): its CEL is evaluated offline with
+  cel-python and must admit the TFJobs ``wavenet.tfjob.render_tfjob`` makes from the template.
+- Compiled pipelines given on the command line: every step's pod is non-root (uid 1000) with
+  the /scratch emptyDir.
 
-Usage: ``python -m pipelines.validate_k8s [K8S_DIR]``; exits 1 listing every problem.
+Usage: ``python -m pipelines.validate_k8s [K8S_DIR [PIPELINE.yaml ...]]``; exits 1 listing every
+problem.
 """
 
 from __future__ import annotations
@@ -29,7 +40,15 @@ TFJOB_TEMPLATE = "tfjob-template.yaml"
 TFJOB_SCHEMA = "schemas/tfjob.schema.json"
 # Kinds that live in a namespace (the kustomization's `namespace:` applies to them).
 _CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                   "PersistentVolume", "StorageClass", "PriorityClass"}
+                   "PersistentVolume", "StorageClass", "PriorityClass", "ValidatingAdmissionPolicy",
+                   "ValidatingAdmissionPolicyBinding"}
+# The images' user (docker/Dockerfile `USER 1000:1000`) and their writable folder.
+RUN_AS = 1000
+SCRATCH = "/scratch"
+# Pod Security Admission levels a namespace of ours may enforce.
+PSA_LEVELS = ("restricted", "baseline")
+# A wildcard in --allowed-hosts must end in one of these (no public DNS name does).
+_INTERNAL_SUFFIXES = (".svc", ".svc.cluster.local", ".cluster.local")
 # user:password@host in a URI, or a key=value that names a password/token/secret.
 _CREDENTIAL = re.compile(r"://[^/\s:@]+:[^/\s@]+@|(password|passwd|token|secret)\s*[:=]\s*\S{4,}",
                          re.IGNORECASE)
@@ -83,7 +102,14 @@ def kubectl_kustomize(k8s_dir: str | Path) -> list[dict[str, Any]] | None:
                          timeout=60)
     if out.returncode != 0:
         raise K8sValidationError(f"kubectl kustomize {k8s_dir} failed: {out.stderr.strip()}")
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    objs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    # kustomize's namespace transformer knows only the kinds of its built-in schema and puts the
+    # namespace on newer cluster-scoped ones (ValidatingAdmissionPolicy); the API server clears
+    # metadata.namespace of a cluster-scoped object, so it is dropped here as there.
+    for obj in objs:
+        if obj.get("kind") in _CLUSTER_SCOPED and obj.get("kind") != "Namespace":
+            (obj.get("metadata") or {}).pop("namespace", None)
+    return objs
 
 
 def _ident(obj: dict[str, Any]) -> str:
@@ -142,7 +168,193 @@ def check_policy(objs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION) -> list[str]:
+# -- hardening, in Python ------------------------------------------------------------------------
+
+def _pod_specs(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every pod an object makes."""
+    kind = obj.get("kind")
+    if kind == "Pod":
+        return [(_ident(obj), obj.get("spec") or {})]
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+        return [(_ident(obj), ((obj.get("spec") or {}).get("template") or {}).get("spec") or {})]
+    if kind == "CronJob":
+        job = ((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
+        return [(_ident(obj), (job.get("template") or {}).get("spec") or {})]
+    if kind == "TFJob":
+        return [(f"{_ident(obj)} {role}", ((spec or {}).get("template") or {}).get("spec") or {})
+                for role, spec in ((obj.get("spec") or {}).get("tfReplicaSpecs") or {}).items()]
+    return []
+
+
+def check_pod_hardening(pod: dict[str, Any], where: str) -> list[str]:
+    """Problems with one pod spec's hardening (empty: hardened). See the module docstring."""
+    problems = []
+    ctx = pod.get("securityContext") or {}
+    if pod.get("automountServiceAccountToken") is not False:
+        problems.append(f"{where}: automountServiceAccountToken must be false")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"{where}: {key} must not be set")
+    volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    for name, v in volumes.items():
+        if "hostPath" in v:
+            problems.append(f"{where}: volume {name!r} is a hostPath")
+    containers = list(pod.get("containers") or []) + list(pod.get("initContainers") or [])
+    if not containers:
+        problems.append(f"{where}: no containers")
+    for c in containers:
+        cw = f"{where} container {c.get('name')!r}"
+        cctx = c.get("securityContext") or {}
+        eff = {**ctx, **cctx}  # container settings override the pod's
+        if eff.get("runAsNonRoot") is not True:
+            problems.append(f"{cw}: runAsNonRoot must be true")
+        if eff.get("runAsUser") != RUN_AS:
+            problems.append(f"{cw}: runAsUser must be {RUN_AS} (the image's user). "
+                            f"Received: {eff.get('runAsUser')!r}")
+        if (eff.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append(f"{cw}: seccompProfile must be RuntimeDefault")
+        if cctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{cw}: allowPrivilegeEscalation must be false")
+        if cctx.get("privileged"):
+            problems.append(f"{cw}: must not be privileged")
+        caps = cctx.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []) or caps.get("add"):
+            problems.append(f"{cw}: capabilities must drop ALL and add none")
+        if cctx.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{cw}: readOnlyRootFilesystem must be true")
+        scratch = [m for m in c.get("volumeMounts") or [] if m.get("mountPath") == SCRATCH]
+        if not scratch or "emptyDir" not in volumes.get(scratch[0].get("name"), {}) \
+                or scratch[0].get("readOnly"):
+            problems.append(f"{cw}: needs a writable emptyDir at {SCRATCH} (the image's HOME and "
+                            "TMPDIR; the root filesystem is read-only)")
+        res = c.get("resources") or {}
+        if not (res.get("requests") or {}).get("cpu") or not (res.get("requests") or {}).get("memory") \
+                or not (res.get("limits") or {}).get("memory"):
+            problems.append(f"{cw}: needs cpu and memory requests and a memory limit")
+    return problems
+
+
+def check_allowed_hosts(objs: list[dict[str, Any]]) -> list[str]:
+    """``mlflow server --allowed-hosts`` wildcards that could match a public DNS name.
+
+    MLflow matches an entry containing ``*`` with ``fnmatch`` (mlflow/server/security_utils.py,
+    ``is_allowed_host_header``), where ``*`` matches dots too: ``mlflow.*:5000`` admits
+    ``mlflow.attacker.com:5000``. A wildcard entry must end in a cluster-internal suffix.
+    """
+    problems = []
+    for obj in objs:
+        for where, pod in _pod_specs(obj):
+            for c in pod.get("containers") or []:
+                for a in c.get("args") or []:
+                    if not a.startswith("--allowed-hosts="):
+                        continue
+                    for pattern in a.split("=", 1)[1].split(","):
+                        host = pattern.strip().rsplit(":", 1)[0] if ":" in pattern else pattern.strip()
+                        if "*" in pattern and (pattern.strip() == "*" or not host.endswith(_INTERNAL_SUFFIXES)):
+                            problems.append(f"{where}: --allowed-hosts entry {pattern.strip()!r} can match "
+                                            f"a public name (e.g. mlflow.attacker.com); a wildcard must "
+                                            f"end in {' or '.join(_INTERNAL_SUFFIXES)}")
+    return problems
+
+
+def check_hardening(objs: list[dict[str, Any]]) -> list[str]:
+    """Pod hardening of every object, PSA labels of every Namespace, the allowed hosts."""
+    problems = []
+    for obj in objs:
+        for where, pod in _pod_specs(obj):
+            problems += check_pod_hardening(pod, where)
+        if obj.get("kind") == "Namespace":
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            level = labels.get("pod-security.kubernetes.io/enforce")
+            if level not in PSA_LEVELS:
+                problems.append(f"{_ident(obj)}: label pod-security.kubernetes.io/enforce must be one of "
+                                f"{', '.join(PSA_LEVELS)}. Received: {level!r}")
+    return problems + check_allowed_hosts(objs)
+
+
+# -- the admission policy's CEL, executed offline ---------------------------------------------------
+
+def evaluate_admission_policy(policy: dict[str, Any], obj: dict[str, Any]) -> list[str]:
+    """The messages of the policy's validations that deny ``obj`` (empty: admitted).
+
+    Evaluates ``spec.variables`` and ``spec.validations`` with cel-python, a CEL implementation
+    other than the API server's cel-go; the policy uses standard CEL only. An expression that
+    fails to evaluate denies, as on the API server.
+    """
+    import celpy
+
+    env = celpy.Environment()
+    spec = policy["spec"]
+    activation: dict[str, Any] = {"object": celpy.json_to_cel(obj)}
+    variables: dict[str, Any] = {}
+
+    def run(expr: str):
+        activation["variables"] = celpy.celtypes.MapType(
+            {celpy.celtypes.StringType(k): v for k, v in variables.items()})
+        return env.program(env.compile(expr)).evaluate(activation)
+
+    denied = []
+    for var in spec.get("variables") or []:
+        try:
+            variables[var["name"]] = run(var["expression"])
+        except celpy.CELEvalError as e:
+            return [f"variable {var['name']}: {e.args[0] if e.args else e}"]
+    for v in spec.get("validations") or []:
+        try:
+            ok = run(v["expression"])
+        except celpy.CELEvalError as e:
+            ok = f"evaluation error: {e.args[0] if e.args else e}"
+        if ok is not True and not (isinstance(ok, celpy.celtypes.BoolType) and bool(ok)):
+            denied.append(v.get("message") or v["expression"])
+    return denied
+
+
+def check_admission_policies(objs: list[dict[str, Any]], template: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(report lines, problems): every TFJob admission policy must admit our rendered TFJobs."""
+    from wavenet.tfjob import render_tfjob
+
+    report, problems = [], []
+    jobs = {"GPU": render_tfjob("wavenet-policy-gpu", "wavenet", "ghcr.io/wavenet-pipelines/wavenet-gpu:0.1.0",
+                                ["wavenet", "train"], ["gs://b/shards"], workers=2, gpus_per_worker=1,
+                                accelerator="nvidia-l4", env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+                                template=template),
+            "CPU": render_tfjob("wavenet-policy-cpu", "wavenet", "ghcr.io/wavenet-pipelines/wavenet:0.1.0",
+                                ["wavenet", "train"], ["gs://b/shards"], workers=1, template=template)}
+    for policy in [o for o in objs if o.get("kind") == "ValidatingAdmissionPolicy"]:
+        for what, job in jobs.items():
+            denied = evaluate_admission_policy(policy, job)
+            if denied:
+                problems.append(f"{_ident(policy)} denies the {what} TFJob rendered from the template: "
+                                + "; ".join(denied))
+            else:
+                report.append(f"{_ident(policy)}: CEL (cel-python) admits the {what} TFJob rendered "
+                              "from the template")
+    return report, problems
+
+
+def check_compiled_pipeline(path: str | Path) -> list[str]:
+    """Problems with the step pods of a compiled pipeline (KFP IR YAML with its platform spec)."""
+    path = Path(path)
+    docs = _load_docs(path)
+    spec = docs[0]
+    platform = docs[1] if len(docs) > 1 else {}
+    executors = (((platform.get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec")
+                 or {}).get("executors") or {}
+    problems = []
+    for name in (spec.get("deploymentSpec") or {}).get("executors") or {}:
+        e = executors.get(name) or {}
+        ctx = e.get("securityContext") or {}
+        if ctx.get("runAsNonRoot") is not True or str(ctx.get("runAsUser")) != str(RUN_AS):
+            problems.append(f"{path.name}: step {name} must run non-root as uid {RUN_AS} "
+                            "(kfp.kubernetes.set_security_context). Received: "
+                            f"securityContext={ctx or None}")
+        if not any(m.get("mountPath") == SCRATCH for m in e.get("emptyDirMounts") or []):
+            problems.append(f"{path.name}: step {name} needs the {SCRATCH} emptyDir (read-only images)")
+    return problems
+
+
+def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION,
+                 pipelines: list[str | Path] = ()) -> list[str]:
     """Validate every manifest in ``k8s_dir``.
 
     Returns:
@@ -168,16 +380,33 @@ def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION) -> lis
         except Exception as e:  # noqa: BLE001 - collect every problem, report them together
             problems.append(f"{_ident(obj)}: {str(e).splitlines()[0]}")
     problems += check_policy(rendered)
+    problems += check_hardening(rendered)
 
     template = k8s_dir / TFJOB_TEMPLATE
     docs = _load_docs(template)
     problems += check_policy(docs)
+    problems += [f"{TFJOB_TEMPLATE}: {p}" for p in check_hardening(docs)]
     for job in docs:
         try:
             validate_tfjob(job, k8s_dir / TFJOB_SCHEMA, version)
             report.append(f"{_ident(job)} ({TFJOB_TEMPLATE}): {TFJOB_SCHEMA} + Pod schema (strict)")
         except Exception as e:  # noqa: BLE001
             problems.append(f"{TFJOB_TEMPLATE}: {str(e).splitlines()[0]}")
+    if docs:
+        try:
+            lines, found = check_admission_policies(rendered, docs[0])
+            report += lines
+            problems += found
+        except Exception as e:  # noqa: BLE001 - e.g. a template render_tfjob refuses
+            problems.append(f"admission policy check: {str(e).splitlines()[0]}")
+    if not problems:
+        report.append(f"hardening (Python policy checks): every pod spec in {k8s_dir}")
+
+    for pipeline in pipelines:
+        found = check_compiled_pipeline(pipeline)
+        problems += found
+        if not found:
+            report.append(f"{Path(pipeline).name}: every step non-root (uid {RUN_AS}) with {SCRATCH}")
 
     # Every other YAML file in k8s/ must be part of the base or the template.
     known = {"kustomization.yaml", TFJOB_TEMPLATE,
@@ -194,13 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     k8s_dir = argv[0] if argv else "k8s"
     try:
-        lines = validate_all(k8s_dir)
+        lines = validate_all(k8s_dir, pipelines=argv[1:])
     except K8sValidationError as e:
         print(f"error: invalid manifests in {k8s_dir}:\n{e}", file=sys.stderr)
         return 1
     for line in lines:
         print(f"ok  {line}")
-    print(f"{len(lines)} objects valid (offline)")
+    print(f"{len(lines)} checks passed (offline)")
     return 0
 
 

@@ -35,10 +35,23 @@ MLFLOW_CLIENT_SECRET = "mlflow-client"
 # The images run with a read-only root filesystem: HOME, TMPDIR and the caches are under
 # /scratch (docker/Dockerfile), a fresh emptyDir in every step's pod.
 SCRATCH_VOLUME, SCRATCH = "scratch", "/scratch"
+# The images' user (docker/Dockerfile `USER 1000:1000`, the manifests' runAsUser).
+STEP_UID = STEP_GID = 1000
 
 
-def _scratch(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    return kubernetes.empty_dir_mount(task, volume_name=SCRATCH_VOLUME, mount_path=SCRATCH)
+def _step_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Every step's pod: the /scratch emptyDir, and non-root as uid/gid 1000.
+
+    kfp-kubernetes 2.17 sets runAsUser, runAsGroup and runAsNonRoot (``set_security_context``);
+    its docstring says the KFP backend itself enforces the rest of Pod Security "restricted"
+    (allowPrivilegeEscalation false, drop ALL capabilities, seccompProfile RuntimeDefault), and
+    offers no readOnlyRootFilesystem: the namespace's Pod Security Admission label
+    (k8s/namespace.yaml) refuses a step pod without the former; the latter is not settable from
+    the SDK (README, "Kubernetes hardening").
+    """
+    kubernetes.empty_dir_mount(task, volume_name=SCRATCH_VOLUME, mount_path=SCRATCH)
+    return kubernetes.set_security_context(task, run_as_user=STEP_UID, run_as_group=STEP_GID,
+                                           run_as_non_root=True)
 
 
 def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -97,7 +110,7 @@ def wavenet_train(
                              partitions=partitions, demo_seconds=demo_seconds)
     # The source may change under the same URI: always list it again.
     listed.set_caching_options(False).set_display_name("list audio")
-    _scratch(listed)
+    _step_pod(listed)
 
     config = listed.outputs["config"]
     with dsl.ParallelFor(listed.outputs["Output"], parallelism=PREPROCESS_PARALLELISM,
@@ -105,12 +118,12 @@ def wavenet_train(
         pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, config=config,
                                    shards_uri=shards_uri)
         pre.set_display_name("preprocess partition").set_cpu_request("2").set_memory_limit("8G")
-        _scratch(pre)
+        _step_pod(pre)
 
     merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), config=config,
                           shards_uri=shards_uri)
     merged.set_display_name("merge into shards").set_memory_limit("8G")
-    _scratch(merged)
+    _step_pod(merged)
 
     trained = train_model(
         shards=merged.outputs["shards"], data_version=merged.outputs["Output"], config=config,
@@ -121,21 +134,21 @@ def wavenet_train(
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     trained.set_display_name("train").set_caching_options(False)
     _mlflow_credentials(trained)
-    _scratch(trained)
+    _step_pod(trained)
 
     gate = evaluate_model(model=trained.outputs["model"], shards=merged.outputs["shards"],
                           config=config, tracking_uri=mlflow_tracking_uri,
                           experiment=mlflow_experiment)
     gate.set_display_name("evaluate and gate").set_caching_options(False)
     _mlflow_credentials(gate)
-    _scratch(gate)
+    _step_pod(gate)
 
     def _generate(display: str) -> None:
         gen = generate_samples(model=trained.outputs["model"], shards=merged.outputs["shards"],
                                config=config, tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment)
         gen.set_display_name(display).set_caching_options(False)
         _mlflow_credentials(gen)
-        _scratch(gen)
+        _step_pod(gen)
 
     with dsl.If(gate.outputs["promoted"] == True, name="promoted"):  # noqa: E712 - KFP condition
         _generate("generate samples (champion)")

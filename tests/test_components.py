@@ -108,11 +108,16 @@ def test_data_location_prefers_persistent_shards_and_needs_a_bucket_for_pods():
         runtime.data_location("/x", "/x", {}, for_pods=True)
 
 
-def test_mlflow_env_passes_kfp_run_and_tracking_settings_only():
+def test_mlflow_env_passes_kfp_run_tracking_settings_and_credentials_only():
     env = {"MLFLOW_RUN_ID": "r1", "MLFLOW_EXPERIMENT_ID": "7", "MLFLOW_TRACKING_URI": "http://a",
-           "HOME": "/root", "MLFLOW_TRACKING_PASSWORD": "s3cret", "MLFLOW_EXPERIMENT_NAME": ""}
+           "HOME": "/root", "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "s3cret",
+           "MLFLOW_EXPERIMENT_NAME": "", "AWS_SECRET_ACCESS_KEY": "x"}
+    # The credentials go on too (issue 10, Found 2: dropping them made training against an
+    # authenticated server fail at once); a TFJob takes them by Secret reference (test_tfjob.py).
     assert runtime.mlflow_env(env) == {"MLFLOW_RUN_ID": "r1", "MLFLOW_EXPERIMENT_ID": "7",
-                                       "MLFLOW_TRACKING_URI": "http://a"}
+                                       "MLFLOW_TRACKING_URI": "http://a",
+                                       "MLFLOW_TRACKING_USERNAME": "alice",
+                                       "MLFLOW_TRACKING_PASSWORD": "s3cret"}
     assert runtime.mlflow_env(env, "http://b")["MLFLOW_TRACKING_URI"] == "http://b"
 
 

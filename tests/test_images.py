@@ -56,7 +56,7 @@ def test_lock_resolves_from_pypi_only_with_hashes_and_pins_the_build_backend():
             assert re.fullmatch(r"sha256:[0-9a-f]{64}", f["hash"]), (p["name"], f)
     names = {p["name"] for p in lock["package"]}
     # The GPU image's CUDA wheels and the MLflow server's packages come from the same lock.
-    assert {"nvidia-cudnn-cu12", "flask-wtf", "psycopg2-binary", "google-cloud-storage"} <= names
+    assert {"nvidia-cudnn-cu12", "flask-wtf", "psycopg", "psycopg-binary", "google-cloud-storage"} <= names
     pins = {c["name"]: c["specifier"] for c in lock["manifest"]["build-constraints"]}
     assert set(pins) == {"setuptools", "wheel"} and all(v.startswith("==") for v in pins.values())
 
@@ -208,7 +208,7 @@ def test_generate_runs_as_uid_1000_on_a_read_only_root(engine, cpu_image, traine
 
 
 def test_mlflow_image_has_the_auth_app_postgres_and_gcs(engine, mlflow_image):
-    status, out = run_container(engine, mlflow_image, ["-c", "import flask_wtf, psycopg2, google.cloud.storage, "
+    status, out = run_container(engine, mlflow_image, ["-c", "import flask_wtf, psycopg, google.cloud.storage, "
                                 "mlflow; print('ok', mlflow.__version__)"], entrypoint=["python"])
     assert status == 0 and out.startswith("ok 3."), out
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from components import runtime
 from pipelines.validate_k8s import TFJOB_SCHEMA, validate_tfjob
 from wavenet import cli, tfjob
 from wavenet.config import preset
@@ -159,6 +160,36 @@ def test_the_train_components_tfjob_is_valid_and_carries_the_whole_config():
     assert _worker(job)["replicas"] == 4
     assert job["metadata"]["labels"]["wavenet/data-version"] == "0123"
     assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.wavenet:5000"} in c["env"]
+
+
+def test_tfjob_pods_take_the_mlflow_credentials_from_the_steps_secret_by_reference():
+    """Issue 10, Found 2: the train step passes its MLflow credentials on (runtime.mlflow_env) and
+    the pods get them through secretKeyRef of the Secret the steps read; never in clear."""
+    from pipelines.wavenet_train import MLFLOW_CLIENT_SECRET
+
+    step_env = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_USERNAME": "alice",
+                "MLFLOW_TRACKING_PASSWORD": "s3cret-Pw-77", "HOME": "/scratch"}
+    job = training_tfjob(preset("tiny"), "wavenet-tiny-creds", "gs://b/shards", "gs://b/runs/x",
+                         ClusterSettings("wavenet", "reg/gpu:1", workers=2), run_name="r",
+                         env=runtime.mlflow_env(step_env))
+    validate_tfjob(job, SCHEMA)
+    env = {e["name"]: e for e in _container(job)["env"]}
+    for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
+        assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {
+            "name": MLFLOW_CLIENT_SECRET, "key": key, "optional": True}}}, env[name]
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
+    assert "s3cret-Pw-77" not in repr(job) and "alice" not in repr(job)
+
+
+def test_a_template_without_a_secret_reference_never_gets_a_password_in_clear():
+    template = tfjob.load_template()
+    (c,) = template["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    c["env"] = [e for e in c["env"] if "valueFrom" not in e]
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_PASSWORD would be written into TFJob "
+                                          "wavenet-demo-x in clear"):
+        _render(template=template, env={"MLFLOW_TRACKING_PASSWORD": "pw", "MLFLOW_RUN_ID": "r"})
+    # Without credentials the same template renders.
+    assert _container(_render(template=template, env={"MLFLOW_RUN_ID": "r"}))
 
 
 @pytest.mark.parametrize("conditions, outcome", [

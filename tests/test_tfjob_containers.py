@@ -47,7 +47,7 @@ def test_worker_containers_follow_the_rendered_pod_spec(tmp_path):
                         extra_env={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"})
     assert args["image"] == c["image"] == "example/wavenet:1"
     assert args["entrypoint"] == c["command"] and args["command"] == c["args"]
-    rendered_env = {e["name"]: e["value"] for e in c["env"]}
+    rendered_env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     assert rendered_env.items() <= args["environment"].items()
     assert args["environment"]["KFP_RUN_ID"] == "run-1"
     assert json.loads(args["environment"]["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
@@ -59,6 +59,21 @@ def test_worker_containers_follow_the_rendered_pod_spec(tmp_path):
     assert args["tmpfs"]["/dev/shm"].startswith("size=8g")
     (scratch,) = [h for h, v in args["volumes"].items() if v["bind"] == "/scratch"]
     assert Path(scratch).is_dir() and Path(scratch).is_relative_to(tmp_path / "w1")
+
+
+def test_secret_env_comes_from_the_secrets_given_as_the_kubelet_resolves_it(tmp_path):
+    job = _render()
+    addresses = ["127.0.0.1:1"]
+    # The template's MLflow credentials are optional Secret references: absent, they stay unset.
+    env = pod_run_args(job, 0, addresses, tmp_path / "a")["environment"]
+    assert "MLFLOW_TRACKING_USERNAME" not in env and "MLFLOW_TRACKING_PASSWORD" not in env
+    env = pod_run_args(job, 0, addresses, tmp_path / "b",
+                       secrets={"mlflow-client": {"username": "alice", "password": "pw-1"}})["environment"]
+    assert env["MLFLOW_TRACKING_USERNAME"] == "alice" and env["MLFLOW_TRACKING_PASSWORD"] == "pw-1"
+    (c,) = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    c["env"].append({"name": "REQUIRED", "valueFrom": {"secretKeyRef": {"name": "other", "key": "k"}}})
+    with pytest.raises(ContainerError, match="takes key 'k' of secret 'other'"):
+        pod_run_args(job, 0, addresses, tmp_path / "c")
 
 
 def test_what_cannot_run_here_is_refused_in_one_line(tmp_path):

@@ -83,3 +83,27 @@ def test_metrics_buffer_keeps_metrics_through_a_server_outage(tmp_path, monkeypa
         assert revived.pending == []
         history = MlflowClient(server.uri).get_metric_history(run_id, "bits")
     assert [(m.step, m.value) for m in history] == [(1, 8.0), (2, 7.0), (3, 6.0)]
+
+
+def test_an_authentication_refusal_becomes_one_line_naming_the_server():
+    """What MLflow's client raises for the basic-auth app's plain-text 401/403 answers
+    (tests/test_mlflow_server.py gets them from a real server)."""
+    from mlflow.exceptions import MlflowException
+
+    from wavenet.tracking import credentials_error
+
+    uri = "http://mlflow.wavenet.svc:5000"
+    e401 = MlflowException("API request to endpoint /api/2.0/mlflow/experiments/search failed with error "
+                           "code 401 != 200. Response body: 'You are not authenticated.'")
+    assert str(credentials_error(e401, uri, {})) == (
+        f"MLflow tracking server at {uri} requires authentication (HTTP 401): set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    assert str(credentials_error(e401, uri, {"MLFLOW_TRACKING_USERNAME": "pipeline"})) == (
+        f"MLflow tracking server at {uri} refused the credentials of user 'pipeline' (HTTP 401): "
+        "check MLFLOW_TRACKING_PASSWORD")
+    e403 = MlflowException("API request to endpoint /x failed with error code 403 != 200. Response "
+                           "body: 'Permission denied'")
+    assert "denied user 'pipeline' (HTTP 403)" in str(credentials_error(e403, uri,
+                                                                       {"MLFLOW_TRACKING_USERNAME": "pipeline"}))
+    assert credentials_error(MlflowException("error code 500 != 200"), uri, {}) is None
+    assert credentials_error(ValueError("boom"), uri, {}) is None

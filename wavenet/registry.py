@@ -109,9 +109,35 @@ def get_champion(name: str) -> ModelRef | None:
         code = getattr(e, "error_code", "")
         if code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
+        if _model_absent_behind_auth(client, name, e):
+            return None
+        from wavenet.tracking import credentials_error
+
+        refused = credentials_error(e, str(client.tracking_uri))
+        if refused is not None:
+            raise refused from None
         raise TrackingError(f"cannot read the {CHAMPION} of registered model {name!r}: "
                             f"{one_line(e, with_type=False)}") from None
     return ModelRef(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
+
+
+def _model_absent_behind_auth(client: Any, name: str, e: BaseException) -> bool:
+    """Whether a 403 on the alias lookup only means that no model ``name`` exists yet.
+
+    MLflow's basic-auth app answers 403, not 404, to an alias lookup on a registered model that
+    does not exist (MLflow 3.17, mlflow/server/auth/__init__.py,
+    validate_can_read_model_or_prompt_version: no model, no permission), so the first gate
+    against the production server (k8s/mlflow.yaml) looked like a permission error.
+    """
+    from wavenet.tracking import http_status
+
+    if http_status(e) != 403:
+        return False
+    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
+    try:
+        return not client.search_registered_models(filter_string=f"name = '{escaped}'", max_results=1)
+    except Exception:  # noqa: BLE001 - cannot tell: report the original error
+        return False
 
 
 def register(model_uri: str, name: str, tags: dict[str, Any] | None = None) -> ModelRef:

@@ -55,6 +55,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# Environment variables that carry credentials (MLFLOW_TRACKING_PASSWORD, ..._TOKEN): only ever
+# by reference to a Secret in a TFJob.
+_SECRET_ENV = re.compile(r"PASSWORD|TOKEN|SECRET|CREDENTIAL", re.IGNORECASE)
 
 
 class TFJobError(WavenetError):
@@ -118,7 +121,9 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
         accelerator: accelerator type for the node selector (e.g. ``nvidia-l4``);
             empty: any GPU node.
         accelerator_label: node label that carries the accelerator type.
-        env: extra container environment (MLflow URI and KFP's MLflow run, ...).
+        env: extra container environment (MLflow URI and KFP's MLflow run, ...). A
+            variable the template takes from a Secret (``valueFrom``) keeps the template's
+            reference; a credential (``*PASSWORD*``, ``*TOKEN*``, ...) without one is refused.
         backoff_limit: ``runPolicy.backoffLimit``; None keeps the template's.
         ttl_seconds_after_finished: ``runPolicy.ttlSecondsAfterFinished``; None keeps the template's.
         clean_pod_policy: ``runPolicy.cleanPodPolicy`` (None, Running, All); None keeps the template's.
@@ -156,10 +161,26 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
     c["command"] = list(command)
     c["args"] = [str(a) for a in args]
     if env:
-        existing = [e for e in c.get("env", []) if e.get("name") not in env]
-        c["env"] = existing + [{"name": k, "value": str(v)} for k, v in sorted(env.items())]
+        c["env"] = _merged_env(c.get("env", []), env, name)
     _place_on_gpus(pod_spec, c, gpus_per_worker, accelerator, accelerator_label)
     return job
+
+
+def _merged_env(template_env: list[dict[str, Any]], env: Mapping[str, str], name: str) -> list[dict[str, Any]]:
+    """The template's env with ``env``'s values, a Secret reference of the template kept as it is.
+
+    A variable the template takes from a Secret (valueFrom) keeps that reference: its value
+    never lands in the TFJob, which whoever may read TFJobs reads in clear.
+    """
+    bound = {e.get("name") for e in template_env if "valueFrom" in e}
+    clear = sorted(k for k in env if k not in bound and _SECRET_ENV.search(k))
+    if clear:
+        raise ConfigError(f"{', '.join(clear)} would be written into TFJob {name} in clear: the "
+                          "TFJob template must take it from a Secret (env valueFrom.secretKeyRef, "
+                          "as k8s/tfjob-template.yaml does)")
+    literal = {k: v for k, v in env.items() if k not in bound}
+    existing = [e for e in template_env if e.get("name") not in literal]
+    return existing + [{"name": k, "value": str(v)} for k, v in sorted(literal.items())]
 
 
 def _check_settings(name: str, workers: int, gpus_per_worker: int, command: Sequence[str],

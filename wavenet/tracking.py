@@ -46,6 +46,8 @@ __all__ = [
     "MLFLOW_SCHEMES",
     "is_mlflow_uri",
     "run_name",
+    "credentials_error",
+    "http_status",
     "start_run",
     "run_exists",
     "active_run_id",
@@ -89,7 +91,9 @@ def resolve_tracking_uri(uri: str | None = None, environ: Mapping[str, str] | No
 
 
 def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, in one line, when an HTTP tracking server cannot be reached."""
+    """Fail fast, in one line, when an HTTP tracking server cannot be reached, or refuses this
+    process's credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``; a server with MLflow's
+    basic-auth app answers 401 to anonymous and wrong-password requests)."""
     if not uri.startswith(("http://", "https://")):
         return
     url = uri.rstrip("/") + "/health"
@@ -102,6 +106,50 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise TrackingError(f"cannot reach MLflow tracking server at {uri}: {reason}") from None
+    # /health needs no credentials: one authenticated read, through MLflow's own client (which
+    # also honours MLFLOW_TRACKING_TOKEN, TLS settings and auth plugins), before any work starts.
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - only an authentication answer is decided here
+        refused = credentials_error(e, uri)
+        if refused is not None:
+            raise refused from None
+
+
+_HTTP_STATUS = re.compile(r"error code (\d{3}) != 200")
+
+
+def http_status(e: BaseException) -> int | None:
+    """HTTP status of a failed MLflow REST call, when it was an authentication answer.
+
+    MLflow's client puts the status in the message of answers that are not JSON (the basic-auth
+    app answers 401 and 403 in plain text, mlflow/server/auth/__init__.py); JSON errors carry
+    an error code.
+    """
+    m = _HTTP_STATUS.search(str(e))
+    if m:
+        return int(m.group(1))
+    code = getattr(e, "error_code", None)
+    return {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(str(code))
+
+
+def credentials_error(e: BaseException, uri: str,
+                      environ: Mapping[str, str] | None = None) -> TrackingError | None:
+    """The one-line error for an MLflow call refused with 401 or 403; None for other failures."""
+    env = os.environ if environ is None else environ
+    status = http_status(e)
+    user = env.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        if user:
+            return TrackingError(f"MLflow tracking server at {uri} refused the credentials of user "
+                                 f"{user!r} (HTTP 401): check MLFLOW_TRACKING_PASSWORD")
+        return TrackingError(f"MLflow tracking server at {uri} requires authentication (HTTP 401): "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if status == 403:
+        who = f"user {user!r}" if user else "anonymous requests"
+        return TrackingError(f"MLflow tracking server at {uri} denied {who} (HTTP 403): an MLflow "
+                             "admin must grant EDIT on the experiment or registered model")
+    return None
 
 
 def use_tracking_uri(tracking_uri: str | None = None) -> str:
@@ -208,6 +256,9 @@ def _open_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, s
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - mlflow raises many types; report one line
+        refused = credentials_error(e, uri, env)
+        if refused is not None:
+            raise refused from None
         what = f"continue run {run_id}" if run_id else "start a run"
         raise TrackingError(f"cannot {what} on MLflow at {uri}: {one_line(e)}") from None
 

@@ -1,0 +1,308 @@
+"""The production MLflow set-up of k8s/mlflow.yaml, run for real (issue 10, Found 1 and 10,
+Deliver 1): PostgreSQL for the tracking and user stores, the GCS emulator for the artifact
+bucket, and `mlflow server` with the Deployment's own container args and environment (read from
+the manifest, secrets replaced by test values; tests/production_mlflow.py says exactly what is
+substituted), in the MLflow image as uid 1000 on a read-only root where containers run.
+
+Without a container engine the server runs from .venv instead (skipped nowhere: the venv has the
+server's dependency group), unless WAVENET_REQUIRE_CONTAINERS=1 (CI), where that is a failure.
+"""
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REQUIRE_CONTAINERS, free_port, run_gcs_emulator
+from production_mlflow import (
+    ManifestServer,
+    Postgres,
+    mlflow_deployment,
+    postgres_bin,
+    run_manifest_mlflow,
+    run_postgres,
+)
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+# Test values for the Secrets k8s/mlflow.yaml references (README: "The MLflow server on the
+# cluster" shows the same keys).
+DB_USER, DB_PASSWORD = "mlflow", "test-only-db-Pw-5521"
+ADMIN, ADMIN_PASSWORD = "admin", "test-only-Admin-Pw-8842"
+PIPELINE_USER, PIPELINE_PASSWORD = "pipeline", "test-only-Pipeline-Pw-3107"
+
+
+def basic_auth_ini(database_uri: str) -> str:
+    """The `basic_auth.ini` key of Secret mlflow-auth (README shows the same)."""
+    return ("[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = {database_uri}\n"
+            f"admin_username = {ADMIN}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+
+
+def secrets_for(pg: Postgres, admin_password: str = ADMIN_PASSWORD) -> dict[str, dict[str, str]]:
+    return {"mlflow-backend": {"uri": pg.uri("mlflow", DB_USER, DB_PASSWORD)},
+            "mlflow-auth": {"basic_auth.ini": basic_auth_ini(pg.uri("mlflow_auth", DB_USER, DB_PASSWORD)),
+                            "admin-password": admin_password,
+                            "flask-secret-key": "test-only-flask-secret-key-0123456789"}}
+
+
+def artifact_bucket() -> tuple[str, str]:
+    """(bucket, prefix) of the manifest's --artifacts-destination."""
+    _, c = mlflow_deployment()
+    (dest,) = [a.split("=", 1)[1] for a in c["args"] if a.startswith("--artifacts-destination=")]
+    assert dest.startswith("gs://"), dest
+    bucket, _, prefix = dest[len("gs://"):].partition("/")
+    return bucket, prefix
+
+
+def _engine_and_image():
+    """(docker client, MLflow image), or (None, None) where containers are not available here."""
+    from components.images import image_name
+    from pipelines.containers import ContainerError, client, require_image
+
+    try:
+        c = client()
+        require_image(c, image_name("mlflow"))
+        return c, image_name("mlflow")
+    except ContainerError as e:
+        if REQUIRE_CONTAINERS:
+            pytest.fail(f"{e} (WAVENET_REQUIRE_CONTAINERS=1)")
+        print(f"no container engine or MLflow image ({e}): running the server from .venv")
+        return None, None
+
+
+@dataclass
+class Production:
+    server: ManifestServer
+    pg: Postgres
+    emulator: str
+    bucket: str
+    prefix: str
+    engine: object
+    image: str | None
+    folder: Path
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory):
+    if postgres_bin() is None:
+        msg = "PostgreSQL is not installed: run scripts/setup-services.sh (Debian's postgresql)"
+        if REQUIRE_CONTAINERS:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    engine, image = _engine_and_image()
+    bucket, prefix = artifact_bucket()
+    folder = tmp_path_factory.mktemp("production-mlflow")
+    with contextlib.ExitStack() as stack:
+        started = time.monotonic()
+        pg = stack.enter_context(run_postgres(free_port()))
+        pg.sql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
+        for db in ("mlflow", "mlflow_auth"):
+            pg.sql(f"CREATE DATABASE {db} OWNER {DB_USER}")
+        pg_seconds = time.monotonic() - started
+        emulator = stack.enter_context(run_gcs_emulator(bucket))
+        server = stack.enter_context(run_manifest_mlflow(
+            free_port(), secrets_for(pg), folder / "server-1",
+            # What Workload Identity gives the pod on a cluster: here, the emulator's address.
+            extra_env={"STORAGE_EMULATOR_HOST": emulator}, engine=engine, image=image))
+        print(f"PostgreSQL up in {pg_seconds:.1f} s; mlflow server ({server.how}) healthy in "
+              f"{server.start_seconds:.1f} s")
+        # The pipeline's own user (Secret mlflow-client), created by the admin as README says.
+        status, body = request(server.uri + "/api/2.0/mlflow/users/create", auth=(ADMIN, ADMIN_PASSWORD),
+                               data={"username": PIPELINE_USER, "password": PIPELINE_PASSWORD})
+        assert status == 200, body
+        yield Production(server, pg, emulator, bucket, prefix, engine, image, folder)
+
+
+def request(url, auth=None, data=None, method=None, host=None):
+    """(HTTP status, body text) of one request; ``auth`` = (user, password) for Basic auth."""
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    if host:
+        headers["Host"] = host
+    body = None
+    if data is not None:
+        body = json.dumps(data).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=5"
+
+
+def test_the_server_runs_the_manifests_args_on_postgres_as_the_pod_runs(production):
+    s = production.server
+    # Read from k8s/mlflow.yaml, not retyped here: the production set-up as committed.
+    assert "--app-name=basic-auth" in s.args and "--serve-artifacts" in s.args
+    assert f"--artifacts-destination=gs://{production.bucket}/{production.prefix}" in s.args
+    assert s.env["MLFLOW_AUTH_CONFIG_PATH"].endswith("basic_auth.ini")
+    assert s.env["MLFLOW_BACKEND_STORE_URI"].startswith(f"postgresql://{DB_USER}:")
+    if s.container is not None:
+        assert s.container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+        # The server process itself: uid/gid 1000 (runAsUser/runAsGroup), no capabilities
+        # (drop ALL), no new privileges, and the root filesystem refuses writes.
+        code, out = s.container.exec_run(["sh", "-c", "grep -E '^(Uid|Gid|CapEff|NoNewPrivs)' /proc/1/status; "
+                                          "touch /opt/venv/x 2>/dev/null || echo read-only-root"])
+        status = dict(line.split(":", 1) for line in out.decode().splitlines() if ":" in line)
+        assert status["Uid"].split()[:2] == ["1000", "1000"] and status["Gid"].split()[0] == "1000", out
+        assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1", out
+        assert out.decode().splitlines()[-1] == "read-only-root", out
+    # Both stores live in PostgreSQL: MLflow created its tables and the seeded admin.
+    assert production.pg.sql("SELECT count(*) FROM information_schema.tables "
+                              "WHERE table_name IN ('experiments', 'runs', 'registered_models')",
+                              "mlflow") == "3"
+    assert production.pg.sql("SELECT username || ':' || is_admin::text FROM users ORDER BY id",
+                             "mlflow_auth").splitlines() == [f"{ADMIN}:true", f"{PIPELINE_USER}:false"]
+
+
+def test_anonymous_and_wrong_password_requests_get_401(production):
+    uri = production.server.uri
+    status, body = request(uri + SEARCH)
+    assert status == 401, body
+    assert request(uri + SEARCH, auth=(PIPELINE_USER, "not-the-password"))[0] == 401
+    assert request(uri + SEARCH, auth=("nobody", PIPELINE_PASSWORD))[0] == 401
+    assert request(uri + SEARCH, auth=(PIPELINE_USER, PIPELINE_PASSWORD))[0] == 200
+    # The artifact proxy is behind the same authentication.
+    assert request(uri + "/api/2.0/mlflow-artifacts/artifacts")[0] == 401
+    # /health stays open for the kubelet's probes (readinessProbe, livenessProbe).
+    assert request(uri + "/health")[0] == 200
+
+
+def test_the_allowed_hosts_of_the_manifest_refuse_an_attackers_name(production):
+    """The DNS-rebinding guard, on the real server: the Service's names pass, a look-alike of the
+    old `mlflow.*:5000` pattern does not (issue 10, Found 9)."""
+    s = production.server
+    creds = (PIPELINE_USER, PIPELINE_PASSWORD)
+    for host in ("mlflow", "mlflow.wavenet.svc", "mlflow.team-a.svc.cluster.local", "localhost"):
+        assert request(s.uri + SEARCH, auth=creds, host=f"{host}:{s.port}")[0] == 200, host
+    for host in ("mlflow.attacker.com", "mlflow.svc.attacker.com", "attacker.com",
+                 "mlflow.wavenet.svc.cluster.local.attacker.com"):
+        status, body = request(s.uri + SEARCH, auth=creds, host=f"{host}:{s.port}")
+        assert status == 403 and "Invalid Host header" in body, (host, status, body)
+
+
+def test_a_client_logs_params_metrics_and_an_artifact_into_the_bucket(production, tmp_path, monkeypatch):
+    import mlflow
+    from google.cloud import storage
+    from mlflow import MlflowClient
+
+    from wavenet import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_PASSWORD)
+    uri = production.server.uri
+    artifact = tmp_path / "listening-notes.txt"
+    artifact.write_text("logged through the production server " + os.urandom(8).hex())
+    # The project's own tracking path: start_run (params), the metrics buffer, log_artifacts.
+    with tracking.start_run("production-check", run_name="client", tracking_uri=uri,
+                            params={"model.stacks": 2, "train.steps": 10}) as run:
+        buf = tracking.MetricsBuffer(run.info.run_id, uri)
+        assert buf.log({"loss_bits": 5.5}, step=1) and buf.log({"loss_bits": 4.25}, step=2)
+        tracking.log_artifacts([str(artifact)], artifact_path="notes")
+    run_id = run.info.run_id
+    got = MlflowClient(uri).get_run(run_id)
+    assert got.data.params == {"model.stacks": "2", "train.steps": "10"}
+    history = MlflowClient(uri).get_metric_history(run_id, "loss_bits")
+    assert [(m.step, m.value) for m in history] == [(1, 5.5), (2, 4.25)]
+    assert got.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: no bucket for clients
+    assert mlflow.artifacts.load_text(f"runs:/{run_id}/notes/{artifact.name}") == artifact.read_text()
+    # ... and the bytes are in the bucket the manifest names, on the emulator.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", production.emulator)
+    blobs = {b.name: b for b in storage.Client(project="test").list_blobs(production.bucket)}
+    (name,) = [n for n in blobs if n.endswith(f"{run_id}/artifacts/notes/{artifact.name}")]
+    assert name.startswith(production.prefix + "/")
+    assert blobs[name].download_as_bytes() == artifact.read_bytes()
+
+
+def _cli(args, env_extra, timeout=600):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-m", "wavenet.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("who", ["anonymous", "wrong password"])
+def test_a_step_refused_by_the_server_fails_in_one_line_naming_it(production, who, untrained_model_path,
+                                                                 eval_data):
+    uri = production.server.uri
+    creds = {} if who == "anonymous" else {"MLFLOW_TRACKING_USERNAME": PIPELINE_USER,
+                                           "MLFLOW_TRACKING_PASSWORD": "not-the-password"}
+    r = _cli(["evaluate", untrained_model_path, eval_data, "--preset", "tiny", "--tracking-uri", uri], creds)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr[-3000:]
+    expected = (f"error: MLflow tracking server at {uri} requires authentication (HTTP 401): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" if who == "anonymous" else
+                f"error: MLflow tracking server at {uri} refused the credentials of user "
+                f"'{PIPELINE_USER}' (HTTP 401): check MLFLOW_TRACKING_PASSWORD")
+    assert errors[0] == expected, r.stderr[-3000:]
+
+
+def test_an_evaluation_gate_logs_and_registers_through_the_server(production, untrained_model_path,
+                                                                  eval_data, tmp_path, monkeypatch):
+    """A pipeline stage (`wavenet evaluate --gate`, what the evaluate component calls) with the
+    pipeline user's credentials: a run, a registered champion, the model's files in the bucket."""
+    from google.cloud import storage
+    from mlflow import MlflowClient
+
+    uri = production.server.uri
+    creds = {"MLFLOW_TRACKING_USERNAME": PIPELINE_USER, "MLFLOW_TRACKING_PASSWORD": PIPELINE_PASSWORD}
+    started = time.monotonic()
+    r = _cli(["evaluate", untrained_model_path, eval_data, "--preset", "tiny", "--gate", "--tracking-uri", uri,
+              "--experiment", "production-gate", "--out", str(tmp_path / "eval")], creds)
+    assert r.returncode == 0, r.stderr[-3000:]
+    print(f"wavenet evaluate --gate through the production server: {time.monotonic() - started:.1f} s")
+    result = json.loads(r.stdout)
+    assert result["promoted"] is True and result["run_id"]
+    for k, v in creds.items():
+        monkeypatch.setenv(k, v)
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("wavenet", "champion")
+    assert client.get_run(result["run_id"]).data.metrics["eval/bits_per_sample"] == pytest.approx(
+        result["bits_per_sample"])
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", production.emulator)
+    names = [b.name for b in storage.Client(project="test").list_blobs(production.bucket,
+                                                                        prefix=production.prefix + "/")]
+    assert any(n.endswith(".keras") for n in names), names
+    assert champion.version == "1"
+
+
+def test_the_admin_password_secret_only_seeds_the_first_start(production, tmp_path):
+    """MLflow creates the admin from MLFLOW_AUTH_ADMIN_PASSWORD only when the user store has no
+    admin yet (mlflow/server/auth/__init__.py, create_admin_user): a changed Secret does not
+    change the password; the update-password API does (README: rotating the admin password)."""
+    new_password = "test-only-Rotated-Pw-6603"
+    with run_manifest_mlflow(free_port(), secrets_for(production.pg, admin_password=new_password),
+                             tmp_path / "server-2", extra_env={"STORAGE_EMULATOR_HOST": production.emulator},
+                             engine=production.engine, image=production.image) as s2:
+        print(f"second start on the same stores ({s2.how}): healthy in {s2.start_seconds:.1f} s")
+        assert request(s2.uri + SEARCH, auth=(ADMIN, new_password))[0] == 401
+        assert request(s2.uri + SEARCH, auth=(ADMIN, ADMIN_PASSWORD))[0] == 200
+        # Rotation as README says: the admin changes it through the API.
+        status, body = request(s2.uri + "/api/2.0/mlflow/users/update-password", method="PATCH",
+                               auth=(ADMIN, ADMIN_PASSWORD),
+                               data={"username": ADMIN, "password": new_password,
+                                     "current_password": ADMIN_PASSWORD})
+        assert status == 200, body
+        assert request(s2.uri + SEARCH, auth=(ADMIN, new_password))[0] == 200
+        assert request(s2.uri + SEARCH, auth=(ADMIN, ADMIN_PASSWORD))[0] == 401
+    # The first server shares the user store: it sees the rotation too.
+    assert request(production.server.uri + SEARCH, auth=(ADMIN, new_password))[0] == 200
