@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 from conftest import EVAL_LABELS, tiny_config
-from test_gcs import BUCKET, emulator  # noqa: F401 - the real GCS emulator fixture
 
 from wavenet.errors import DataError
 from wavenet.evaluate import (
@@ -16,6 +15,9 @@ from wavenet.evaluate import (
 )
 
 Q = 256
+
+# The bucket of this module's GCS emulator (conftest.gcs_emulator).
+BUCKET = "wavenet-test"
 
 
 def expected_smoothed_bits(count: float, total: float, a: float, q: int = Q) -> float:
@@ -262,7 +264,7 @@ def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
     from wavenet import storage
     from wavenet.generate_samples import generate_samples
 
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("emulator"))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("gcs_emulator"))
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
     monkeypatch.chdir(tmp_path)
     bucket = f"gs://{BUCKET}/eval-test"
