@@ -98,19 +98,36 @@ class MlflowServer:
     process: subprocess.Popen
 
 
-def _wait_healthy(uri: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_healthy(uri: str, alive, timeout: float, logs=lambda: "") -> None:
+    """Poll ``uri/health`` until it answers 200; fail when ``alive()`` turns false or time runs out.
+
+    ``logs()`` gives the server's log, whose tail goes into the error.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with status {proc.returncode}")
+    while True:
+        if not alive():
+            raise RuntimeError(f"mlflow server exited:\n{logs()[-4000:]}")
         try:
             with urllib.request.urlopen(uri + "/health", timeout=2) as r:
                 if r.status == 200:
                     return
-        except OSError:
+        except OSError:  # URLError is an OSError
             pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mlflow server at {uri} not healthy after {timeout:.0f} s:\n{logs()[-4000:]}")
         time.sleep(0.3)
-    raise RuntimeError(f"mlflow server at {uri} not healthy after {timeout} s")
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM ``proc``'s process group (servers fork workers), SIGKILL it after ``timeout`` s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -135,19 +152,12 @@ def run_mlflow_server(folder, port: int | None = None, timeout: float = 300.0):
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     uri = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(uri, proc, timeout)
+        wait_healthy(uri, lambda: proc.poll() is None, timeout,
+                     lambda: Path(log.name).read_text(errors="replace"))
         yield MlflowServer(uri=uri, port=port, backend_uri=backend, artifacts_dir=artifacts,
                            process=proc)
     finally:
-        # The server forks workers: stop its whole process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, timeout=10)
         log.close()
 
 

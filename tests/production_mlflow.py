@@ -19,19 +19,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import stop_process_group, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "k8s" / "mlflow.yaml"
@@ -177,22 +175,6 @@ class ManifestServer:
     container: Any = field(repr=False, default=None)  # the docker Container, when run in the image
 
 
-def _wait_healthy(uri: str, alive, logs, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if not alive():
-            raise RuntimeError(f"mlflow server exited:\n{logs()[-4000:]}")
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"mlflow server at {uri} not healthy after {timeout:.0f} s:\n{logs()[-4000:]}")
-        time.sleep(0.5)
-
-
 @contextlib.contextmanager
 def run_manifest_mlflow(port: int, secrets: Mapping[str, Mapping[str, str]], folder: Path, *,
                         extra_env: Mapping[str, str], engine=None, image: str | None = None,
@@ -246,7 +228,7 @@ def run_manifest_mlflow(port: int, secrets: Mapping[str, Mapping[str, str]], fol
                 return f"(no logs: {e})"
 
         try:
-            _wait_healthy(uri, alive, logs, timeout)
+            wait_healthy(uri, alive, timeout, logs)
             yield ManifestServer(uri, port, args, env, f"container {image}", time.monotonic() - started,
                                  logs, container)
         finally:
@@ -275,16 +257,9 @@ def run_manifest_mlflow(port: int, secrets: Mapping[str, Mapping[str, str]], fol
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args], env={**keep, **env},
                             stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
     try:
-        _wait_healthy(uri, lambda: proc.poll() is None, lambda: log_path.read_text(errors="replace"), timeout)
+        wait_healthy(uri, lambda: proc.poll() is None, timeout, lambda: log_path.read_text(errors="replace"))
         yield ManifestServer(uri, port, args, env, "venv", time.monotonic() - started,
                              lambda: log_path.read_text(errors="replace"))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, timeout=15)
         log.close()
