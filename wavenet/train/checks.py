@@ -7,15 +7,18 @@ every worker runs them again on its own ``TF_CONFIG``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError, DataError
-from wavenet.manifest import Manifest
+from wavenet import storage
+from wavenet.config import AudioConfig
+from wavenet.manifest import MANIFEST, Manifest, check_shards
 
-__all__ = ["WorkerRole", "parse_tf_config", "worker_role", "check_data", "check_batch"]
+__all__ = ["WorkerRole", "parse_tf_config", "worker_role", "check_data", "check_audio", "check_batch"]
 
 
 class WorkerRole(NamedTuple):
@@ -62,8 +65,28 @@ def worker_role(tf_config: Mapping[str, Any] | None) -> WorkerRole:
     return WorkerRole(index, n, index == 0)
 
 
+def check_audio(data_dir: str, manifest: Manifest, audio: AudioConfig, prefix: str = "audio") -> None:
+    """One-line DataError when ``audio`` is not the audio the data's codes were made with.
+
+    Codes made at one sample rate or quantisation and trained (or scored) under
+    another give a model that claims what it never saw.
+    """
+    where = storage.join(data_dir, MANIFEST)
+    made = dataclasses.asdict(manifest.audio)
+    for name, value in dataclasses.asdict(audio).items():
+        if made.get(name) != value:
+            raise DataError(f"{prefix}.{name}={value} but {where} was made with audio.{name}="
+                            f"{made.get(name)}: use --set audio.{name}={made.get(name)} or "
+                            f"preprocess again with {value}")
+
+
 def check_data(data_dir: str, manifest: Manifest, cfg: ExperimentConfig, workers: int) -> bool:
-    """Fail in one line before training; returns whether a validation split exists."""
+    """Fail in one line before training; returns whether a validation split exists.
+
+    Checks the audio settings against the manifest's, and every shard against
+    its sha256 (local shards; bucket shards when fetched), before any run starts.
+    """
+    check_audio(data_dir, manifest, cfg.audio)
     train_files = manifest.shards_of("train")
     if not train_files:
         raise DataError(f"{data_dir} has no training shards with examples")
@@ -72,6 +95,7 @@ def check_data(data_dir: str, manifest: Manifest, cfg: ExperimentConfig, workers
             f"{data_dir} has {len(train_files)} training shards but training uses {workers} "
             f"workers: each worker needs at least one shard (re-run preprocess with "
             f"data.num_shards >= {workers}, or set train.input_sharding=batch)")
+    check_shards(data_dir, [s for s in manifest.shards if s.examples > 0])
     return bool(manifest.shards_of("validation"))
 
 
