@@ -8,7 +8,6 @@ evaluation read every non-overlapping window, in manifest order.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 
@@ -17,12 +16,14 @@ import tensorflow as tf
 from wavenet import storage
 from wavenet.config import ExperimentConfig
 from wavenet.errors import DataError
-from wavenet.manifest import Manifest, Shard, read_manifest
+from wavenet.manifest import (Manifest, Shard, check_digest, check_shard_file, file_sha256,
+                              read_manifest)
 
 __all__ = [
     "parse_example",
     "shard_paths",
     "local_shard_paths",
+    "verify_shards",
     "default_cache_dir",
     "train_dataset",
     "validation_dataset",
@@ -74,39 +75,56 @@ def default_cache_dir() -> str:
     return os.path.join(tempfile.gettempdir(), "wavenet-shard-cache")
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def verify_shards(data_dir: str, shards: list[Shard], cache_dir: str | None = None) -> list[str]:
+    """Check every shard against its manifest sha256 and return local paths TensorFlow can read.
+
+    Local shards are hashed once per process (cached by path, size and mtime);
+    bucket shards are fetched into the cache and re-hashed there (:func:`_localise`).
+
+    Raises:
+        DataError: a missing shard or a sha256 mismatch, naming the file.
+    """
+    return _localise(data_dir, shards, cache_dir)
 
 
 def _localise(data_dir: str, shards: list[Shard], cache_dir: str | None) -> list[str]:
-    """Local paths TensorFlow can read for ``shards``; bucket shards are downloaded first.
+    """Local paths TensorFlow can read for ``shards``, each checked against its manifest sha256.
 
     TensorFlow's own ``gs://`` file system ignores ``STORAGE_EMULATOR_HOST``, so
     bucket shards always go through google-cloud-storage into a local cache,
-    named by their sha256 (checked on download), so a shard is fetched once.
+    named by their sha256 (a validated hex digest, so a name never leaves the
+    cache). A cache entry is re-hashed before use: a corrupted or pre-placed file
+    there is fetched again, never trusted.
     """
     if not storage.is_gcs(data_dir):
-        return [os.path.join(data_dir, s.path) for s in shards]
+        out = [os.path.join(data_dir, s.path) for s in shards]
+        for path, s in zip(out, shards):
+            check_shard_file(path, s)
+        return out
     cache_dir = cache_dir or default_cache_dir()
-    out = []
-    for s in shards:
-        local = os.path.join(cache_dir, f"{s.sha256}.tfrecord")
-        if not os.path.exists(local):
-            tmp = local + f".{os.getpid()}.part"
-            storage.download_file(storage.join(data_dir, s.path), tmp)
-            got = _file_sha256(tmp)
-            if got != s.sha256:
-                os.unlink(tmp)
-                raise DataError(f"{storage.join(data_dir, s.path)} does not match its manifest "
-                                f"checksum (sha256 {got[:12]}..., manifest {s.sha256[:12]}...): "
-                                f"re-run `wavenet preprocess`")
-            os.replace(tmp, local)
-        out.append(local)
-    return out
+    os.makedirs(cache_dir, exist_ok=True)
+    return [_cached_shard(data_dir, s, cache_dir) for s in shards]
+
+
+def _cached_shard(data_dir: str, s: Shard, cache_dir: str) -> str:
+    """The cache entry of bucket shard ``s``: re-hashed when present, else downloaded and checked."""
+    local = os.path.join(cache_dir, f"{check_digest(s.sha256, 'shards[].sha256', data_dir)}.tfrecord")
+    if os.path.isfile(local) and not os.path.islink(local) and file_sha256(local) == s.sha256:
+        return local
+    uri = storage.join(data_dir, s.path)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+    os.close(fd)
+    try:
+        storage.download_file(uri, tmp)
+        got = file_sha256(tmp)
+        if got != s.sha256:
+            raise DataError(f"{uri}: sha256 mismatch (manifest says {s.sha256}, file has {got}): "
+                            f"re-run `wavenet preprocess`")
+        os.replace(tmp, local)  # replaces a stale or planted entry (a link is replaced, not followed)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return local
 
 
 def local_shard_paths(data_dir: str, split: str, cache_dir: str | None = None,

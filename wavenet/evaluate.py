@@ -39,7 +39,7 @@ from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.data import eval_shards, local_shard_paths, parse_example, validation_dataset
 from wavenet.errors import DataError, TrackingError, one_line
-from wavenet.manifest import Manifest, read_manifest
+from wavenet.manifest import Manifest, check_audio, check_shards, read_manifest
 from wavenet.model import bits_per_sample
 
 __all__ = [
@@ -184,7 +184,9 @@ def _bits_fn(model, context: int):
                        reduce_retracing=True)
 
 
-def _check_model_fits_data(model, manifest: Manifest, what: str) -> None:
+def _check_model_fits_data(model, manifest: Manifest, what: str, data_dir: str = "DATA") -> None:
+    """One line when ``model`` was made for other audio or more labels than the data holds."""
+    check_audio(data_dir, manifest, model.audio_config, prefix=f"{what}: audio")
     labels = manifest.labels
     n = model.config.num_classes
     if model.config.conditioned and len(labels) > n:
@@ -324,7 +326,8 @@ def _compare(model, data_dir: str, config: ExperimentConfig, champion, counts: C
     champion_model = None
     if champion is not None:
         champion_model = registry.load_wavenet(champion.uri)
-        _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}")
+        _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}",
+                               data_dir)
     models = [model] if champion_model is None else [model, champion_model]
     scores = score_models(models, data_dir, config, counts, split=split)
     champion_bits = scores["models"][1] if champion_model is not None else None
@@ -505,7 +508,8 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
     manifest = read_manifest(data_dir)
     eval_shards(manifest, data_dir, split)  # a bad split or nothing to score: one line, before any run
     net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
-    _check_model_fits_data(net, manifest, model_uri or "the model")
+    _check_model_fits_data(net, manifest, model_uri or "the model", data_dir)
+    check_shards(data_dir, eval_shards(manifest, data_dir, split))  # before the MLflow run
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
     count_splits = ("train", "validation") if split == "all" else ("train",)
     counts = training_code_counts(data_dir, net.config.quantization_channels, count_splits)

@@ -15,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -36,6 +39,11 @@ __all__ = [
     "Summary",
     "Manifest",
     "split_ranges",
+    "check_digest",
+    "check_relpath",
+    "file_sha256",
+    "check_shard_file",
+    "check_shards",
     "track_codes_path",
     "shards_version",
     "read_manifest",
@@ -197,7 +205,7 @@ class Manifest:
             raise DataError(f"{where} is a version {d.get('version')!r} manifest; this wavenet reads "
                             f"version {MANIFEST_VERSION}: preprocess into a fresh folder")
         try:
-            return cls(
+            m = cls(
                 version=d["version"], created=d["created"], src=d["src"],
                 audio=AudioConfig(**d["audio"]), data=DataConfig(**d["data"]),
                 crop_length=int(d["crop_length"]), labels=tuple(d["labels"]),
@@ -213,6 +221,111 @@ class Manifest:
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise DataError(f"{where} is not a complete version {MANIFEST_VERSION} manifest "
                             f"({type(e).__name__}: {e}): preprocess into a fresh folder") from None
+        return _check_paths(m, where)
+
+
+_HEX_DIGEST = re.compile("[0-9a-f]{64}")
+
+
+def check_digest(value: Any, field_name: str, where: str = "manifest") -> str:
+    """``value`` when it is a sha256 hex digest (64 lower-case hex digits), else a one-line DataError.
+
+    Digests name files (the ``gs://`` shard cache, track codes), so anything
+    else (``../x``, ``/etc``) must never reach a path.
+    """
+    if not isinstance(value, str) or not _HEX_DIGEST.fullmatch(value):
+        raise DataError(f"{where}: {field_name} must be a sha256 hex digest (64 characters 0-9a-f). "
+                        f"Received: {str(value)[:80]!r}")
+    return value
+
+
+def check_relpath(value: Any, field_name: str, where: str = "manifest") -> str:
+    """``value`` when it is a relative path that stays inside the data folder, else a one-line DataError."""
+    ok = (isinstance(value, str) and value and "://" not in value and "\\" not in value
+          and not value.startswith("/") and ".." not in value.split("/")
+          and posixpath.normpath(value) == value)
+    if not ok:
+        raise DataError(f"{where}: {field_name} must be a relative path inside the data folder "
+                        f"(no '/', '..' or URI). Received: {str(value)[:80]!r}")
+    return value
+
+
+def _check_paths(m: Manifest, where: str) -> Manifest:
+    """Every path and digest a manifest names, checked before anything opens or names a file."""
+    for i, s in enumerate(m.shards):
+        check_relpath(s.path, f"shards[{i}].path", where)
+        check_digest(s.sha256, f"shards[{i}].sha256", where)
+    for i, t in enumerate(m.files):
+        check_relpath(t.codes, f"files[{i}].codes", where)
+        check_digest(t.sha256, f"files[{i}].sha256", where)
+        for j, path in enumerate(t.shards):
+            check_relpath(path, f"files[{i}].shards[{j}]", where)
+    return m
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 hex digest of a local file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# (path, size, mtime_ns) -> sha256: a local shard is hashed once per process
+# unless it changes (a rewrite changes its mtime or size).
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
+def _cached_sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = file_sha256(path)
+    return _HASHED[key]
+
+
+def check_shard_file(path: str, shard: Shard) -> None:
+    """One-line DataError naming local ``path`` when it is missing or its sha256 is not the manifest's."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: shard missing (the manifest lists it): re-run `wavenet preprocess`")
+    got = _cached_sha256(path)
+    if got != shard.sha256:
+        raise DataError(f"{path}: sha256 mismatch (manifest says {shard.sha256}, file has {got}): "
+                        f"re-run `wavenet preprocess`")
+
+
+def check_audio(data_dir: str, manifest: Manifest, audio: AudioConfig, prefix: str = "audio") -> None:
+    """One-line DataError when ``audio`` is not the audio the data's codes were made with.
+
+    Codes made at one sample rate or quantisation and trained (or scored) under
+    another give a model that claims what it never saw.
+    """
+    where = storage.join(data_dir, MANIFEST)
+    made = dataclasses.asdict(manifest.audio)
+    for name, value in dataclasses.asdict(audio).items():
+        if made.get(name) != value:
+            raise DataError(f"{prefix}.{name}={value} but {where} was made with audio.{name}="
+                            f"{made.get(name)}: use --set audio.{name}={made.get(name)} or "
+                            f"preprocess again with {value}")
+
+
+def check_shards(data_dir: str, shards: list[Shard] | tuple[Shard, ...]) -> None:
+    """Check shards before a run starts: local ones by sha256, bucket ones by existence.
+
+    Bucket shards are hashed where they are fetched (:mod:`wavenet.data`'s cache).
+
+    Raises:
+        DataError: a missing shard or a sha256 mismatch, naming the file.
+    """
+    for s in shards:
+        path = storage.join(data_dir, s.path)
+        if storage.is_gcs(data_dir):
+            if not storage.exists(path):
+                raise DataError(f"{path}: shard missing (the manifest lists it): "
+                                f"re-run `wavenet preprocess`")
+        else:
+            check_shard_file(path, s)
 
 
 def split_ranges(split: str, samples: int, validation_start: int | None = None,

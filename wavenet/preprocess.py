@@ -447,7 +447,10 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read {path}: {e}: remove {dst} and preprocess again") from None
 
-    manifest = write_dataset(dst, config, tracks, codes, new=new_codes.keys(), src=src,
+    # Labels keep their ids: the old vocabulary in its order, new labels appended (sorted).
+    known = tuple(old.labels) if old is not None else ()
+    labels = known + tuple(sorted({t.label for t in tracks} - set(known)))
+    manifest = write_dataset(dst, config, tracks, codes, new=new_codes.keys(), src=src, labels=labels,
                              skipped=skipped, processed=len(new), unchanged=unchanged, started=started)
     uncovered = manifest.summary.labels_without_validation
     if uncovered and config.data.validation_fraction > 0:

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError, DataError
-from wavenet.manifest import Manifest
+from wavenet.manifest import Manifest, check_audio, check_shards
 
 __all__ = ["WorkerRole", "parse_tf_config", "worker_role", "check_data", "check_batch"]
 
@@ -63,7 +63,12 @@ def worker_role(tf_config: Mapping[str, Any] | None) -> WorkerRole:
 
 
 def check_data(data_dir: str, manifest: Manifest, cfg: ExperimentConfig, workers: int) -> bool:
-    """Fail in one line before training; returns whether a validation split exists."""
+    """Fail in one line before training; returns whether a validation split exists.
+
+    Checks the audio settings against the manifest's, and every shard against
+    its sha256 (local shards; bucket shards when fetched), before any run starts.
+    """
+    check_audio(data_dir, manifest, cfg.audio)
     train_files = manifest.shards_of("train")
     if not train_files:
         raise DataError(f"{data_dir} has no training shards with examples")
@@ -72,6 +77,7 @@ def check_data(data_dir: str, manifest: Manifest, cfg: ExperimentConfig, workers
             f"{data_dir} has {len(train_files)} training shards but training uses {workers} "
             f"workers: each worker needs at least one shard (re-run preprocess with "
             f"data.num_shards >= {workers}, or set train.input_sharding=batch)")
+    check_shards(data_dir, [s for s in manifest.shards if s.examples > 0])
     return bool(manifest.shards_of("validation"))
 
 
