@@ -291,6 +291,27 @@ def _is_champion_uri(uri: str | None, name: str, champion_version: str) -> bool:
     return uri in (f"models:/{name}@champion", f"models:/{name}/{champion_version}")
 
 
+def _promote(model, model_uri: str | None, name: str, tags: dict[str, str]) -> tuple[str, str]:
+    """Make ``model`` the champion of ``name``: ``(version, registered source URI)``.
+
+    A version of ``name`` already (a reused model, ``models:/NAME/V``) only gets the
+    alias; anything else is registered as a new version, tagged with its training
+    run's train key (:mod:`wavenet.reuse`) when it has one.
+    """
+    prefix = f"models:/{name}/"
+    if model_uri and model_uri.startswith(prefix) and model_uri[len(prefix):].isdigit():
+        registry.set_champion(name, model_uri[len(prefix):])
+        return model_uri[len(prefix):], model_uri
+    source = model_uri if model_uri and (model_uri.startswith("runs:/")
+                                         or model_uri.startswith("models:/m-")) else None
+    key = registry.train_key_of(tracking.model_run_id(source)) if source else None
+    if source is None:
+        source = tracking.log_model(model, name="model")
+    ref = registry.register(source, name, tags={**tags, **({registry.TRAIN_KEY_TAG: key} if key else {})})
+    registry.set_champion(name, ref.version)
+    return ref.version, source
+
+
 def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | None = None,
          counts: CodeCounts | None = None, data_label: str | None = None,
          split: str = "validation") -> dict[str, Any]:
@@ -334,19 +355,11 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         promoted, reason = False, f"the evaluated model is the champion (version {champion.version})"
     else:
         promoted, reason = decide(new_bits, champion_bits, margin)
-    new_version = None
+    new_version, source = None, None
     if promoted:
-        source = model_uri if model_uri and (model_uri.startswith("runs:/")
-                                             or model_uri.startswith("models:/m-")) else None
-        if source is None:
-            source = tracking.log_model(model, name="model")
-        ref = registry.register(source, name, tags={
+        new_version, source = _promote(model, model_uri, name, {
             "validation_bits_per_sample": f"{new_bits:.6f}", "data": data_label or data_dir,
             "evaluation_run_id": tracking.active_run_id() or ""})
-        registry.set_champion(name, ref.version)
-        new_version = ref.version
-    else:
-        source = None
     decision = {
         "promoted": promoted,
         "reason": reason,
