@@ -61,7 +61,7 @@ def test_pipeline_parameters_cover_data_training_cluster_and_mlflow(ir):
                            "shards_uri", "num_workers", "train_on_cluster",
                            "namespace", "train_image", "gpus_per_worker", "accelerator",
                            "cluster_run_root", "warm_start", "mlflow_tracking_uri",
-                           "mlflow_experiment", "generate_if_rejected"}
+                           "mlflow_experiment", "generate_if_rejected", "force_train"}
     assert params["train_image"]["defaultValue"] == image_name("gpu", {})
     assert params["train_on_cluster"]["defaultValue"] is False
 
@@ -94,6 +94,9 @@ def test_samples_are_generated_only_when_promoted_or_asked_for(ir):
         (gen,) = _component_tasks(ir, t["componentRef"]["name"]).values()
         assert gen["componentRef"]["name"].startswith("comp-generate-samples")
         assert gen["inputs"]["artifacts"]["model"]["componentInputArtifact"] == "pipelinechannel--train-model-model"
+        # The report shows the gate's decision and scores: the evaluation goes to the samples.
+        assert gen["inputs"]["artifacts"]["evaluation"]["componentInputArtifact"] == \
+            "pipelinechannel--evaluate-model-evaluation"
 
 
 def test_training_settings_are_pipeline_parameters_passed_through(ir):
@@ -103,7 +106,7 @@ def test_training_settings_are_pipeline_parameters_passed_through(ir):
                      "accelerator": "accelerator", "on_cluster": "train_on_cluster",
                      "namespace": "namespace", "image": "train_image",
                      "cluster_run_root": "cluster_run_root", "tracking_uri": "mlflow_tracking_uri",
-                     "experiment": "mlflow_experiment"}
+                     "experiment": "mlflow_experiment", "force_train": "force_train"}
     assert train["inputs"]["parameters"]["data_version"]["taskOutputParameter"]["producerTask"] == "merge-shards"
     assert train["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
