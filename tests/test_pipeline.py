@@ -318,3 +318,44 @@ def test_full_pipeline_runs_in_containers_of_the_images(engine, cpu_image, mlflo
     assert train.info.artifact_uri.startswith("mlflow-artifacts:")
     assert any((root / "mlflow" / "mlartifacts").rglob("model.keras")) or \
         any((root / "mlflow" / "mlartifacts").rglob("*.keras"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_second_identical_run_reuses_the_registered_model_and_force_train_trains(
+        tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--preset", "tiny", "--demo-seconds", "4", "--workers", "1", "--root",
+              str(tmp_path / "runs"), "--tracking-uri", uri, "--experiment", "reuse-test"]
+    client = mlflow.MlflowClient(uri)
+
+    def run(*extra):
+        rc = run_local.main([*common, *extra])
+        out = capsys.readouterr().out
+        assert rc == 0, out[-3000:]
+        summary = run_local.summarize(Path(re.search(r"Outputs under (\S+):", out).group(1)))
+        exp = client.get_experiment_by_name("reuse-test")
+        trains = [r for r in client.search_runs([exp.experiment_id])
+                  if r.data.tags.get("wavenet.stage") == "train"]
+        return out, summary, len(trains)
+
+    out1, first, trains = run()
+    assert first["promoted"] is True and first["train"]["reused"] is False and trains == 1
+    out2, second, trains = run()
+    assert trains == 1, "the identical second run trained"
+    assert second["train"]["reused"] is True and second["train_run_id"] == first["train_run_id"]
+    assert "train: skipped, wavenet version 1 (run tiny-d" in out2 and "FORCE=1" in out2
+    assert "gate      kept: this model is already wavenet version 1, the champion" in out2
+    report = Path(second["report"]).read_text()
+    assert "· wavenet version 1 (champion)</title>" in report and "class='gate kept'" in report
+    assert "reference</b>" in report and "bigram baseline" in report
+    out3, forced, trains = run("--force-train")
+    assert forced["train"]["reused"] is False and trains == 2 and "train: skipped" not in out3
+    assert re.search(r"gate      (promoted|rejected): [0-9.]+ bits/sample vs champion [0-9.]+", out3)
+    with capsys.disabled():  # the figures README quotes
+        print(f"\nwall: first {first['wall_s']} s, reused {second['wall_s']} s, forced {forced['wall_s']} s")

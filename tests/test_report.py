@@ -6,7 +6,6 @@ import json
 import re
 
 import mlflow
-import pytest
 import soundfile as sf
 from conftest import EVAL_LABELS, tiny_config
 

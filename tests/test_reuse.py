@@ -1,8 +1,6 @@
 """Reusing a registered model trained on the same data, config and seed; the gate's one line."""
 
-import functools
 import json
-import time
 
 import mlflow
 import pytest
@@ -50,6 +48,7 @@ def test_gate_line_gives_the_numbers_of_each_decision():
     assert verdict(kept) == "kept" and gate_line(kept).startswith("kept: this model is already wavenet version 2")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_an_identical_run_reuses_the_registered_model_and_force_or_a_new_seed_trains(
         eval_data, tmp_path, monkeypatch, capsys):
@@ -79,9 +78,7 @@ def test_an_identical_run_reuses_the_registered_model_and_force_or_a_new_seed_tr
     assert client.get_model_version(name, "1").tags[registry.TRAIN_KEY_TAG] == key
 
     capsys.readouterr()
-    start = time.perf_counter()
     second = run("second", cfg.with_overrides({"train.log_every": 5}))  # logging only: same key
-    reuse_s = time.perf_counter() - start
     assert trained == ["first"], "an identical run trained again"
     assert second.summary["reused"] is True and second.summary["registered_version"] == "1"
     assert second.run_id == first.run_id and second.summary["model_uri"] == f"models:/{name}/1"
@@ -90,7 +87,6 @@ def test_an_identical_run_reuses_the_registered_model_and_force_or_a_new_seed_tr
     assert f"{name} version 1 (run first ({first.run_id}))" in line and "FORCE=1" in line
     assert (tmp_path / "second" / "model.keras").stat().st_size > 0
     assert json.loads((tmp_path / "second" / "train_summary.json").read_text())["reused"] is True
-    assert reuse_s < 60, reuse_s
     # No new training run was made.
     exp = client.get_experiment_by_name("reuse-test")
     train_runs = [r for r in client.search_runs([exp.experiment_id])
