@@ -44,7 +44,9 @@ def test_gate_line_gives_the_numbers_of_each_decision():
     first = dict(promoted, champion_bits=None, champion_version=None, new_version="1")
     assert gate_line(first) == ("promoted: 3.5000 bits/sample, no champion yet; now wavenet "
                                 "version 1, the champion")
-    kept = dict(rejected, new_bits=3.8, reason="the evaluated model is the champion (version 2)")
+    assert verdict(dict(rejected, already_champion=False)) == "rejected"
+    kept = dict(rejected, new_bits=3.8, already_champion=True,
+                reason="the evaluated model is the champion (version 2)")
     assert verdict(kept) == "kept" and gate_line(kept).startswith("kept: this model is already wavenet version 2")
 
 

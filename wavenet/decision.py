@@ -17,8 +17,7 @@ def verdict(gate: Mapping[str, Any]) -> str:
     """``"promoted"``, ``"rejected"``, or ``"kept"`` (the evaluated model already is the champion)."""
     if gate.get("promoted"):
         return "promoted"
-    champion = gate.get("champion_version")
-    if champion is not None and "is the champion" in str(gate.get("reason", "")):
+    if gate.get("already_champion"):
         return "kept"
     return "rejected"
 

@@ -335,7 +335,8 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "new_bits": float, "champion_bits": float | None, "improvement_bits":
         float | None, "margin": float, "champion_version": str | None (the
         champion compared against), "new_version": str | None (registered when
-        promoted), "registered_uri": the MLflow model URI registered (None when
+        promoted), "already_champion": the evaluated model is the champion
+        itself (a reused model), "registered_uri": the MLflow model URI registered (None when
         kept), "champion_uri": "models:/NAME@champion", "evaluation": the
         scores of the new model on the shared windows (see :func:`score_models`)}``.
     """
@@ -351,7 +352,8 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
     scores = score_models(models, data_dir, config, counts, split=split)
     new_bits = scores["models"][0]
     champion_bits = scores["models"][1] if champion_model is not None else None
-    if champion is not None and _is_champion_uri(model_uri, name, champion.version):
+    already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
+    if already:
         promoted, reason = False, f"the evaluated model is the champion (version {champion.version})"
     else:
         promoted, reason = decide(new_bits, champion_bits, margin)
@@ -362,6 +364,7 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
             "evaluation_run_id": tracking.active_run_id() or ""})
     decision = {
         "promoted": promoted,
+        "already_champion": already,
         "reason": reason,
         "registered_model": name,
         "new_bits": new_bits,

@@ -243,6 +243,12 @@ def _report_info(result: dict[str, Any], g: GenerateConfig, net: WaveNet) -> dic
                          f"{result['samples_per_second']:.0f} samples/s ({g.num_clips} streams)"}
 
 
+def _write_outputs(local_dir: str, html: str, result: dict[str, Any]) -> None:
+    storage.write_text_atomic(os.path.join(local_dir, REPORT_FILE), html)
+    storage.write_text_atomic(os.path.join(local_dir, SUMMARY_FILE),
+                              json.dumps(result, indent=2, sort_keys=True))
+
+
 def _model_info(model_uri: str | None, config: ExperimentConfig, tracking_uri: str | None
                 ) -> registry.ModelInfo:
     if model_uri is None:
@@ -429,10 +435,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             "generation_seconds": elapsed, "clips": clips, "warnings": all_warnings,
             "reference": {(c["label"] or "all labels"): c for c in calibrations.values()},
             "thresholds": absolute_thresholds(), "title": info.title,
-            "model_info": {"run_id": info.run_id, "run_name": info.run_name,
-                           "registered_model": info.version.name if info.version else None,
-                           "registered_version": info.version.version if info.version else None,
-                           "champion": info.champion},
+            "model_info": info.to_dict(),
             "evaluation": _gate_summary(evaluation), "reference_clips": ref_summaries,
             "run_id": run.info.run_id,
         }
@@ -440,9 +443,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
                            _report_info(result, g, net), config_yaml=ecfg.to_yaml(),
                            evaluation=evaluation, references=references,
                            thresholds=result["thresholds"])
-        storage.write_text_atomic(os.path.join(local_dir, REPORT_FILE), html)
-        storage.write_text_atomic(os.path.join(local_dir, SUMMARY_FILE),
-                                  json.dumps(result, indent=2, sort_keys=True))
+        _write_outputs(local_dir, html, result)
         tracking.log_metrics(_quality_metrics(result))
         tracking.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
         tracking.log_artifacts([os.path.join(local_dir, f) for f in written], "samples")

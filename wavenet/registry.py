@@ -161,6 +161,13 @@ class ModelInfo:
     version: ModelRef | None
     champion: bool
 
+    def to_dict(self) -> dict[str, Any]:
+        """``{"run_id", "run_name", "registered_model", "registered_version", "champion"}``."""
+        return {"run_id": self.run_id, "run_name": self.run_name,
+                "registered_model": self.version.name if self.version else None,
+                "registered_version": self.version.version if self.version else None,
+                "champion": self.champion}
+
     @property
     def title(self) -> str:
         """``<run name> · <name> version <v> (champion)``; plain words for what is not known."""
