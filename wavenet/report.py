@@ -122,6 +122,9 @@ def gate_section(gate: Mapping[str, Any] | None) -> str:
             f"{_e(gate_line(gate))}<br><small>reason: {_e(gate.get('reason', ''))}</small></div>")
 
 
+_BASELINE_ORDER = {"uniform": 0, "unigram": 1, "bigram": 2}
+
+
 def scores_section(evaluation: Mapping[str, Any]) -> str:
     """Held-out bits/sample of the model, the champion and the baselines (lower is better)."""
     bits = evaluation["bits_per_sample"]
@@ -130,11 +133,12 @@ def scores_section(evaluation: Mapping[str, Any]) -> str:
     if gate.get("champion_bits") is not None:
         rows.append([f"champion ({gate.get('registered_model')} version {gate.get('champion_version')})",
                      gate["champion_bits"], gate["champion_bits"] - bits])
-    for name, value in evaluation.get("baselines", {}).items():
-        rows.append([f"{name} baseline", value, value - bits])
+    baselines = evaluation.get("baselines", {})
+    for name in sorted(baselines, key=lambda n: (_BASELINE_ORDER.get(n, 9), n)):
+        rows.append([f"{name} baseline", baselines[name], baselines[name] - bits])
     parts = [f"<h2>Held-out bits/sample ({_e(evaluation.get('split', 'validation'))}, "
              f"{_e(evaluation.get('samples'))} predicted samples; lower is better)</h2>",
-             _table(["model", "bits/sample", "minus this model's"], rows)]
+             _table(["model", "bits/sample", "minus this model's (> 0: this model is better)"], rows)]
     per_label = evaluation.get("per_label") or {}
     if per_label:
         parts.append(_table(["label", "this model", "bigram baseline", "held out as", "samples"], [
