@@ -344,15 +344,15 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
     margin = float(config.evaluate.promotion_margin_bits)
     counts = counts or training_code_counts(data_dir, model.config.quantization_channels)
     champion = registry.get_champion(name)
+    already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
     champion_model = None
-    if champion is not None:
+    if champion is not None and not already:  # the champion itself is scored once
         champion_model = registry.load_wavenet(champion.uri)
         _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}")
     models = [model] if champion_model is None else [model, champion_model]
     scores = score_models(models, data_dir, config, counts, split=split)
     new_bits = scores["models"][0]
-    champion_bits = scores["models"][1] if champion_model is not None else None
-    already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
+    champion_bits = scores["models"][1] if champion_model is not None else (new_bits if already else None)
     if already:
         promoted, reason = False, f"the evaluated model is the champion (version {champion.version})"
     else:
