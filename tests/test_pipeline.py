@@ -357,5 +357,3 @@ def test_a_second_identical_run_reuses_the_registered_model_and_force_train_trai
     out3, forced, trains = run("--force-train")
     assert not forced["train"].get("reused") and trains == 2 and "train: skipped" not in out3
     assert re.search(r"gate      (promoted|rejected): [0-9.]+ bits/sample vs champion [0-9.]+", out3)
-    with capsys.disabled():  # the figures README quotes
-        print(f"\nwall: first {first['wall_s']} s, reused {second['wall_s']} s, forced {forced['wall_s']} s")
