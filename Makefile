@@ -34,7 +34,7 @@ lock:
 	$(UV) lock
 
 run: install
-	$(PY) -m pipelines.run_local $(if $(DATA),--data $(DATA))
+	$(PY) -m pipelines.run_local $(if $(DATA),--data $(DATA)) $(if $(FORCE),--force-train)
 
 test: install
 	$(PY) -m pytest

@@ -8,6 +8,7 @@ the numbers a KFP Metrics artifact can show. Everything else is a library call.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -97,3 +98,11 @@ def numeric_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, fl
         elif isinstance(v, (int, float)) and v == v:  # NaN is not a metric
             out[f"{prefix}{k}"] = float(v)
     return out
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """A JSON file an earlier step wrote (e.g. ``metrics.json``), or None when it is not there."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

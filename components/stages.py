@@ -10,8 +10,9 @@ Artifacts between stages:
 ``list_partitions`` -> audio (Dataset) + partitions (JSON lists of file names) + config ->
 ``preprocess_partition`` (one per partition, in a ParallelFor) -> partial (Dataset) ->
 ``merge_shards`` (Collected partials) -> shards (Dataset) + data version ->
-``train_model`` -> model (Model) + metrics -> ``evaluate_model`` -> promoted (bool) +
-metrics -> ``generate_samples`` -> samples (Artifact) + report (HTML).
+``train_model`` (or the registered model of an identical earlier run) -> model (Model) +
+metrics -> ``evaluate_model`` -> promoted (bool) + metrics + evaluation ->
+``generate_samples`` (model, evaluation) -> samples (Artifact) + report (HTML).
 """
 
 from typing import NamedTuple
@@ -141,8 +142,12 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
                 on_cluster: bool, namespace: str, image: str, gpus_per_worker: int,
                 accelerator: str, cluster_run_root: str, warm_start: bool, tracking_uri: str,
                 experiment: str, kfp_run_id: str, model: Output[Model],
-                metrics: Output[Metrics]) -> str:
-    """Train with MultiWorkerMirroredStrategy: local worker processes, or a TFJob.
+                metrics: Output[Metrics], force_train: bool = False) -> str:
+    """Train with MultiWorkerMirroredStrategy (local worker processes, or a TFJob), or reuse.
+
+    When a registered model version was trained on the same data, config and seed
+    (its ``wavenet.train_key``, :mod:`wavenet.reuse`), that model is handed on
+    instead, unless ``force_train``.
 
     Args:
         workers: worker processes (local) or Worker replicas (TFJob).
@@ -155,14 +160,17 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
         tracking_uri: MLflow tracking URI (empty: $MLFLOW_TRACKING_URI, else ./mlflow.db).
         experiment: MLflow experiment.
         kfp_run_id: the pipeline run's id, tagged on the MLflow run (``kfp.run_id``).
+        force_train: train even when a registered version has this run's train key.
 
     Returns:
-        The MLflow run id of the training run.
+        The MLflow run id of the training run (of the reused model's run when reused).
     """
+    import functools
     import os
 
     from components import runtime
     from wavenet import tfjob
+    from wavenet.reuse import train_or_reuse
     from wavenet.tracking import run_name
     from wavenet.train import ClusterSettings, train, train_on_cluster
 
@@ -180,17 +188,22 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
                                   cluster_run_root,
                                   tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
         data = runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True)
-        result = train_on_cluster(data, cfg, cluster, local_dir=model.path,
-                                  env={**runtime.mlflow_env(os.environ, tracking_uri),
-                                       "KFP_RUN_ID": kfp_run_id},
-                                  labels={"wavenet/data-version": data_version[:63]}, **common)
-        model.metadata["cluster_run_dir"] = result.out_dir
+        train_fn = functools.partial(
+            train_on_cluster, data, cfg, cluster, local_dir=model.path,
+            env={**runtime.mlflow_env(os.environ, tracking_uri), "KFP_RUN_ID": kfp_run_id},
+            labels={"wavenet/data-version": data_version[:63]}, **common)
     else:
         data = runtime.data_location(shards.path, shards.uri, shards.metadata)
-        result = train(data, model.path, cfg, workers=workers, progress=False, environ=os.environ,
-                       **common)
-    model.metadata.update({"run_name": name, "run_id": result.run_id or "",
-                           "data_version": data_version, "preset": cfg.preset,
+        train_fn = functools.partial(train, data, model.path, cfg, workers=workers, progress=False,
+                                     environ=os.environ, **common)
+    result = train_or_reuse(train_fn, data, model.path, cfg, force=force_train,
+                            tracking_uri=tracking_uri or None, init_model=init_model)
+    if on_cluster and not result.summary["reused"]:
+        model.metadata["cluster_run_dir"] = result.out_dir
+    model.metadata.update({"run_name": result.summary.get("run_name") or name,
+                           "run_id": result.run_id or "", "data_version": data_version,
+                           "preset": cfg.preset, "reused": result.summary["reused"],
+                           "registered_version": result.summary.get("registered_version") or "",
                            "model_uri": result.summary.get("model_uri") or ""})
     for k, v in runtime.numeric_metrics(result.summary).items():
         metrics.log_metric(k, v)
@@ -229,8 +242,14 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], config: Input[Ar
 
 @dsl.component(**_COMMON)
 def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[Artifact], tracking_uri: str,
-                     experiment: str, samples: Output[Artifact], report: Output[HTML]):
-    """Sample clips from the model: WAVs, spectrograms and an HTML listening report."""
+                     experiment: str, samples: Output[Artifact], report: Output[HTML],
+                     evaluation: Input[Artifact] = None):
+    """Sample clips from the model: WAVs, spectrograms and an HTML listening report.
+
+    Args:
+        evaluation: ``evaluate_model``'s output (``metrics.json``): the report then shows
+            the bits/sample against the baselines and the champion, and the gate's decision.
+    """
     import os
     import shutil
 
@@ -241,10 +260,11 @@ def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[
     # As in evaluate_model: the training run's MLflow model when logged (the samples run
     # then joins that run's experiment), else the .keras file.
     model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
+    gate = runtime.read_json(os.path.join(evaluation.path, "metrics.json")) if evaluation else None
     result = _generate(model_uri, samples.path, runtime.load_config(config.path),
                        data_dir=runtime.data_location(shards.path, shards.uri, shards.metadata),
                        tracking_uri=tracking_uri or None, experiment=experiment or None,
-                       progress=False,
+                       progress=False, evaluation=gate,
                        run_name=f"{model.metadata.get('run_name') or 'model'}-generate")
     if result.get("report") and os.path.exists(result["report"]):
         shutil.copyfile(result["report"], report.path)

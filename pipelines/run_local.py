@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow URI (default $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     p.add_argument("--experiment", default="wavenet", help="MLflow experiment (default wavenet)")
+    p.add_argument("--force-train", action="store_true",
+                   help="train even when a registered model came from the same data, config and "
+                   "seed (default: reuse it; `make run FORCE=1`)")
     p.add_argument("--no-report-if-rejected", dest="report_if_rejected", action="store_false",
                    help="generate samples only when the gate promotes the model")
     return p
@@ -64,20 +67,26 @@ def _executor_output(task_dir: Path) -> dict[str, Any]:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
+def _read_json(f: Path) -> dict[str, Any] | None:
+    return json.loads(f.read_text()) if f.exists() else None
+
+
 def summarize(run_dir: Path) -> dict[str, Any]:
     """Where a finished local run's outputs are (paths are None when a step did not run)."""
     out: dict[str, Any] = {"run_dir": str(run_dir), "model": None, "shards": None, "samples": None,
                            "wavs": [], "report": None, "evaluation": None, "promoted": None,
-                           "train_run_id": None}
+                           "train_run_id": None, "train": None, "gate": None}
     for d in _find(run_dir, "merge-shards"):
         out["shards"] = str(d / "shards")
     for d in _find(run_dir, "train-model"):
         if (d / "model" / "model.keras").exists():
             out["model"] = str(d / "model" / "model.keras")
         out["train_run_id"] = _executor_output(d).get("parameterValues", {}).get("Output")
+        out["train"] = _read_json(d / "model" / "train_summary.json")
     for d in _find(run_dir, "evaluate-model"):
         out["evaluation"] = str(d / "evaluation")
         out["promoted"] = _executor_output(d).get("parameterValues", {}).get("promoted")
+        out["gate"] = (_read_json(d / "evaluation" / "metrics.json") or {}).get("gate")
     for d in _find(run_dir, "generate-samples") + _find(run_dir, "generate-samples-2"):
         samples = d / "samples"
         if samples.is_dir():
@@ -127,7 +136,8 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
                   config_yaml=config_yaml, partitions=args.partitions, shards_uri=args.shards_uri,
                   num_workers=args.workers, train_on_cluster=False,
                   warm_start=args.warm_start, mlflow_tracking_uri=tracking_uri,
-                  mlflow_experiment=args.experiment, generate_if_rejected=args.report_if_rejected)
+                  mlflow_experiment=args.experiment, generate_if_rejected=args.report_if_rejected,
+                  force_train=args.force_train)
     wall = time.perf_counter() - t0
     run_dir = _latest_run(root, before)
     summary = summarize(run_dir) if run_dir else {"run_dir": None}
@@ -143,15 +153,26 @@ def _say(line: str = "") -> None:
     sys.stdout.flush()
 
 
+def _gate_text(s: dict[str, Any]) -> str:
+    if s.get("gate"):
+        from wavenet.decision import gate_line
+
+        return gate_line(s["gate"])
+    return {True: "promoted: this model is now the registered champion",
+            False: "rejected: the champion stays"}.get(s.get("promoted"), "unknown")
+
+
 def print_summary(s: dict[str, Any]) -> None:
     _say()
     _say(f"Pipeline finished in {s['wall_s']:.0f} s. Outputs under {s['run_dir']}:")
     _say(f"  shards    {s.get('shards')}")
     _say(f"  model     {s.get('model')}")
     _say(f"  metrics   {s.get('evaluation')}")
-    gate = {True: "promoted: this model is now the registered champion",
-            False: "rejected: the champion stays"}.get(s.get("promoted"), "unknown")
-    _say(f"  gate      {gate}")
+    if (s.get("train") or {}).get("reused"):
+        from wavenet.decision import reuse_line
+
+        _say("  " + reuse_line(s["train"]))
+    _say(f"  gate      {_gate_text(s)}")
     if s.get("samples"):
         _say(f"  samples   {len(s['wavs'])} WAV files in {s['samples']}")
         _say(f"  report    {s.get('report')}  (open it in a browser to listen)")

@@ -3,7 +3,8 @@
 ::
 
     list_partitions ──ParallelFor──> preprocess_partition ──Collected──> merge_shards
-        ──> train_model (local workers | TFJob) ──> evaluate_model (gate)
+        ──> train_model (local workers | TFJob | the registered model of an identical run)
+        ──> evaluate_model (gate)
         ──If(promoted) / Elif(generate_if_rejected)──> generate_samples
 
 The same definition runs under ``kfp.local`` (``pipelines.run_local``) and on
@@ -84,6 +85,7 @@ def wavenet_train(
     mlflow_tracking_uri: str = "",
     mlflow_experiment: str = "wavenet",
     generate_if_rejected: bool = False,
+    force_train: bool = False,
 ):
     """Args:
     source_uri: folder or gs:// prefix of audio; empty: the synthesised demo corpus.
@@ -105,6 +107,8 @@ def wavenet_train(
     mlflow_tracking_uri: MLflow tracking URI (empty: the step's $MLFLOW_TRACKING_URI).
     mlflow_experiment: MLflow experiment shared by every run.
     generate_if_rejected: also generate samples when the gate rejects the model.
+    force_train: train even when a registered model already came from the same data, config
+        and seed (otherwise that model is reused: wavenet.reuse).
     """
     listed = list_partitions(source_uri=source_uri, preset=preset, config_yaml=config_yaml,
                              partitions=partitions, demo_seconds=demo_seconds)
@@ -131,7 +135,7 @@ def wavenet_train(
         gpus_per_worker=gpus_per_worker, accelerator=accelerator,
         cluster_run_root=cluster_run_root, warm_start=warm_start,
         tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
-        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, force_train=force_train)
     trained.set_display_name("train").set_caching_options(False)
     _mlflow_credentials(trained)
     _step_pod(trained)
@@ -145,7 +149,8 @@ def wavenet_train(
 
     def _generate(display: str) -> None:
         gen = generate_samples(model=trained.outputs["model"], shards=merged.outputs["shards"],
-                               config=config, tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment)
+                               config=config, tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
+                               evaluation=gate.outputs["evaluation"])
         gen.set_display_name(display).set_caching_options(False)
         _mlflow_credentials(gen)
         _step_pod(gen)

@@ -61,7 +61,7 @@ def test_pipeline_parameters_cover_data_training_cluster_and_mlflow(ir):
                            "shards_uri", "num_workers", "train_on_cluster",
                            "namespace", "train_image", "gpus_per_worker", "accelerator",
                            "cluster_run_root", "warm_start", "mlflow_tracking_uri",
-                           "mlflow_experiment", "generate_if_rejected"}
+                           "mlflow_experiment", "generate_if_rejected", "force_train"}
     assert params["train_image"]["defaultValue"] == image_name("gpu", {})
     assert params["train_on_cluster"]["defaultValue"] is False
 
@@ -94,6 +94,9 @@ def test_samples_are_generated_only_when_promoted_or_asked_for(ir):
         (gen,) = _component_tasks(ir, t["componentRef"]["name"]).values()
         assert gen["componentRef"]["name"].startswith("comp-generate-samples")
         assert gen["inputs"]["artifacts"]["model"]["componentInputArtifact"] == "pipelinechannel--train-model-model"
+        # The report shows the gate's decision and scores: the evaluation goes to the samples.
+        assert gen["inputs"]["artifacts"]["evaluation"]["componentInputArtifact"] == \
+            "pipelinechannel--evaluate-model-evaluation"
 
 
 def test_training_settings_are_pipeline_parameters_passed_through(ir):
@@ -103,7 +106,7 @@ def test_training_settings_are_pipeline_parameters_passed_through(ir):
                      "accelerator": "accelerator", "on_cluster": "train_on_cluster",
                      "namespace": "namespace", "image": "train_image",
                      "cluster_run_root": "cluster_run_root", "tracking_uri": "mlflow_tracking_uri",
-                     "experiment": "mlflow_experiment"}
+                     "experiment": "mlflow_experiment", "force_train": "force_train"}
     assert train["inputs"]["parameters"]["data_version"]["taskOutputParameter"]["producerTask"] == "merge-shards"
     assert train["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
@@ -315,3 +318,42 @@ def test_full_pipeline_runs_in_containers_of_the_images(engine, cpu_image, mlflo
     assert train.info.artifact_uri.startswith("mlflow-artifacts:")
     assert any((root / "mlflow" / "mlartifacts").rglob("model.keras")) or \
         any((root / "mlflow" / "mlartifacts").rglob("*.keras"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_a_second_identical_run_reuses_the_registered_model_and_force_train_trains(
+        tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--preset", "tiny", "--demo-seconds", "4", "--workers", "1", "--root",
+              str(tmp_path / "runs"), "--tracking-uri", uri, "--experiment", "reuse-test"]
+    client = mlflow.MlflowClient(uri)
+
+    def run(*extra):
+        rc = run_local.main([*common, *extra])
+        out = capsys.readouterr().out
+        assert rc == 0, out[-3000:]
+        summary = run_local.summarize(Path(re.search(r"Outputs under (\S+):", out).group(1)))
+        exp = client.get_experiment_by_name("reuse-test")
+        trains = [r for r in client.search_runs([exp.experiment_id])
+                  if r.data.tags.get("wavenet.stage") == "train"]
+        return out, summary, len(trains)
+
+    out1, first, trains = run()
+    assert first["promoted"] is True and not first["train"].get("reused") and trains == 1
+    out2, second, trains = run()
+    assert trains == 1, "the identical second run trained"
+    assert second["train"]["reused"] is True and second["train_run_id"] == first["train_run_id"]
+    assert "train: skipped, wavenet version 1 (run tiny-d" in out2 and "FORCE=1" in out2
+    assert "gate      kept: this model is already wavenet version 1, the champion" in out2
+    report = Path(second["report"]).read_text()
+    assert "· wavenet version 1 (champion)</title>" in report and "class='gate kept'" in report
+    assert "reference</b>" in report and "bigram baseline" in report
+    out3, forced, trains = run("--force-train")
+    assert not forced["train"].get("reused") and trains == 2 and "train: skipped" not in out3
+    assert re.search(r"gate      (promoted|rejected): [0-9.]+ bits/sample vs champion [0-9.]+", out3)

@@ -32,15 +32,36 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set model.stacks=3 (repeatable)")
 
 
+# Flags that are shorthands for one config field each (`train --steps`, `generate --seconds`, ...).
+# They are applied after every --set, so a flag wins over a --set of the same field.
+FLAG_FIELDS = {"steps": "train.steps", "seconds": "generate.seconds",
+               "temperature": "generate.temperature", "clips": "generate.num_clips",
+               "seed": "generate.seed", "weights": "generate.weights"}
+
+
 def _config(args: argparse.Namespace):
     from wavenet.config import ExperimentConfig, resolve_config
 
     overrides = list(args.overrides)
-    if getattr(args, "steps", None) is not None:  # `train --steps N` is `--set train.steps=N`
-        overrides.append(f"train.steps={args.steps}")
+    for flag, field in FLAG_FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:  # the config validates the value and names the field
+            overrides.append(f"{field}={value}")
     if args.config_yaml is not None:
         return resolve_config(base=ExperimentConfig.from_yaml(args.config_yaml), overrides=overrides)
     return resolve_config(args.preset, args.config, overrides)
+
+
+def _read_json(path: str, what: str) -> dict:
+    from wavenet import storage
+
+    try:
+        obj = json.loads(storage.read_text(path))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{what}: cannot read {path} as JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{what}: {path} is not a JSON object. Received: {type(obj).__name__}")
+    return obj
 
 
 def _print_json(obj) -> None:
@@ -193,17 +214,32 @@ def _add_generate(sub) -> None:
                    "training audio of each label that calibrates the sanity checks")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default=None)
+    p.add_argument("--evaluation", default=None, metavar="METRICS_JSON",
+                   help="metrics.json of `wavenet evaluate --gate --out DIR`: the report shows "
+                   "its bits/sample, baselines, champion and gate decision")
     p.add_argument("--no-progress", action="store_true")
     _add_config_args(p)
+    everyday = p.add_argument_group(
+        "everyday options", "shorthands for generate.* fields; each wins over a --set of the same field")
+    everyday.add_argument("--seconds", default=None, help="seconds per clip (generate.seconds)")
+    everyday.add_argument("--temperature", default=None,
+                          help="softmax temperature, > 0 (generate.temperature)")
+    everyday.add_argument("--clips", default=None, help="number of clips (generate.num_clips)")
+    everyday.add_argument("--seed", default=None, help="sampling seed, >= 0 (generate.seed)")
+    everyday.add_argument("--weights", default=None, choices=["float32", "bfloat16", "int8"],
+                          help="generator weight precision (generate.weights)")
     p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_generate(args) -> int:
     from wavenet.generate_samples import generate_samples
 
+    evaluation = None
+    if args.evaluation:
+        evaluation = _read_json(args.evaluation, "--evaluation")
     result = generate_samples(args.model, args.out, _config(args), data_dir=args.data,
                               tracking_uri=args.tracking_uri, experiment=args.experiment,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, evaluation=evaluation)
     _print_json(result)
     return 0
 

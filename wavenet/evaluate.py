@@ -311,29 +311,59 @@ def _version(ref: registry.ModelRef | None) -> str | None:
     return None if ref is None else ref.version
 
 
-def _registrable_source(model, model_uri: str | None) -> str:
-    """An MLflow model URI for ``model``: its own, or the model logged to the active run."""
-    if model_uri and (model_uri.startswith("runs:/") or model_uri.startswith("models:/m-")):
+def _version_of(uri: str | None, name: str) -> str | None:
+    """The version ``models:/NAME/V`` names (a reused model), else None."""
+    prefix = f"models:/{name}/"
+    if uri and uri.startswith(prefix) and uri[len(prefix):].isdigit():
+        return uri[len(prefix):]
+    return None
+
+
+def _registrable_source(model, model_uri: str | None, name: str) -> str:
+    """An MLflow model URI for ``model``: a version of ``name``, its own, or the model
+    logged to the active run (done before the gate lock: logging uploads)."""
+    if _version_of(model_uri, name) or (model_uri and (model_uri.startswith("runs:/")
+                                                       or model_uri.startswith("models:/m-"))):
         return model_uri
     return tracking.log_model(model, name="model")
+
+
+def _promote(source: str, name: str, tags: dict[str, str]) -> str:
+    """Make ``source`` the champion of ``name`` (call under the gate lock): its version.
+
+    A version of ``name`` already (a reused model, ``models:/NAME/V``) only gets the
+    alias; anything else is registered as a new version, tagged with its training
+    run's train key (:mod:`wavenet.reuse`) when it has one.
+    """
+    version = _version_of(source, name)
+    if version is None:
+        key = registry.train_key_of(tracking.model_run_id(source))
+        version = registry.register(
+            source, name, tags={**tags, **({registry.TRAIN_KEY_TAG: key} if key else {})}).version
+    registry.set_champion(name, version)
+    return version
 
 
 def _compare(model, data_dir: str, config: ExperimentConfig, champion, counts: CodeCounts,
              split: str, model_uri: str | None, margin: float
              ) -> tuple[dict[str, Any], float | None, bool, str]:
-    """Score ``model`` (and ``champion``) on the same windows: (scores, champion_bits, promote, why)."""
+    """Score ``model`` (and ``champion``) on the same windows: (scores, champion_bits, promote, why).
+
+    A model that is the champion itself is scored once; its champion_bits are its own.
+    """
     name = config.evaluate.registered_model_name
+    already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
     champion_model = None
-    if champion is not None:
+    if champion is not None and not already:
         champion_model = registry.load_wavenet(champion.uri)
         _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}",
                                data_dir)
     models = [model] if champion_model is None else [model, champion_model]
     scores = score_models(models, data_dir, config, counts, split=split)
+    if already:
+        return scores, scores["models"][0], False, (f"the evaluated model is the champion "
+                                                    f"(version {champion.version})")
     champion_bits = scores["models"][1] if champion_model is not None else None
-    if champion is not None and _is_champion_uri(model_uri, name, champion.version):
-        return scores, champion_bits, False, (f"the evaluated model is the champion "
-                                              f"(version {champion.version})")
     promoted, reason = decide(scores["models"][0], champion_bits, margin)
     return scores, champion_bits, promoted, reason
 
@@ -361,7 +391,8 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "new_bits": float, "champion_bits": float | None, "improvement_bits":
         float | None, "margin": float, "champion_version": str | None (the
         champion compared against), "new_version": str | None (registered when
-        promoted), "registered_uri": the MLflow model URI registered (None when
+        promoted), "already_champion": the evaluated model is the champion
+        itself (a reused model), "registered_uri": the MLflow model URI registered (None when
         kept), "champion_uri": "models:/NAME@champion", "evaluation": the
         scores of the new model on the shared windows (see :func:`score_models`)}``.
     """
@@ -381,23 +412,23 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         if not promoted:
             break
         _test_pause_before_promotion()
-        source = source or _registrable_source(model, model_uri)
+        source = source or _registrable_source(model, model_uri, name)
         with registry.champion_lock(name):
             current = registry.get_champion(name)
             if _version(current) == _version(champion):
-                ref = registry.register(source, name, tags={
+                new_version = _promote(source, name, {
                     "validation_bits_per_sample": f"{new_bits:.6f}", "data": data_label or data_dir,
                     "evaluation_run_id": tracking.active_run_id() or ""})
-                registry.set_champion(name, ref.version)
-                new_version = ref.version
                 break
     else:
         raise TrackingError(f"the champion of {name!r} changed {MAX_GATE_ROUNDS} times while "
                             "this gate scored; run the gate again")
     if not promoted:
         source = None
+    already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
     decision = {
         "promoted": promoted,
+        "already_champion": already,
         "reason": reason,
         "registered_model": name,
         "new_bits": new_bits,

@@ -241,13 +241,32 @@ def _quality_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 def _report_info(result: dict[str, Any], g: GenerateConfig, net: WaveNet) -> dict[str, Any]:
     sr = result["sample_rate"]
-    return {"model": result["model"], "data": result["data"] or "(none)",
-            "MLflow run": result["run_id"], "clips": g.num_clips,
+    mi = result["model_info"]
+    version = (f"{mi['registered_model']} version {mi['registered_version']}"
+               + (" (champion)" if mi["champion"] else "")) if mi["registered_version"] else "not registered"
+    return {"model": result["model"], "registered": version,
+            "training run": f"{mi['run_name']} ({mi['run_id']})" if mi["run_id"] else "(unknown)",
+            "data": result["data"] or "(none)",
+            "MLflow run (samples)": result["run_id"], "clips": g.num_clips,
             "seconds per clip": result["num_samples"] / sr, "sample rate": sr,
             "primed with (s)": result["prime_samples"] / sr, "temperature": g.temperature,
             "seed": g.seed, "receptive field": net.receptive_field,
             "generator": f"FastGenerator, {g.weights} weights, "
                          f"{result['samples_per_second']:.0f} samples/s ({g.num_clips} streams)"}
+
+
+def _write_outputs(local_dir: str, html: str, result: dict[str, Any]) -> None:
+    storage.write_text_atomic(os.path.join(local_dir, REPORT_FILE), html)
+    storage.write_text_atomic(os.path.join(local_dir, SUMMARY_FILE),
+                              json.dumps(result, indent=2, sort_keys=True))
+
+
+def _model_info(model_uri: str | None, config: ExperimentConfig, tracking_uri: str | None
+                ) -> registry.ModelInfo:
+    if model_uri is None:
+        return registry.ModelInfo(uri="<in memory>", run_id=None, run_name=None, version=None,
+                                  champion=False)
+    return registry.describe_model(model_uri, config.evaluate.registered_model_name, tracking_uri)
 
 
 def _publish(local_dir: str, out_dir: str, written: list[str], staged: bool) -> None:
@@ -275,9 +294,73 @@ def _calibrations(data_dir: str, g: GenerateConfig, sr: int, q: int, num_samples
         wanted=[None] if label_ids is None else sorted(set(label_ids.tolist())))
 
 
+# A reference clip is at most this long: enough to hear the label's sound, small in the report.
+REFERENCE_CLIP_SECONDS = 5.0
+
+
+def reference_clips(examples: list[tuple[np.ndarray, int]], length: int, wanted: list[int]
+                    ) -> dict[int, tuple[np.ndarray, int]]:
+    """One clip of up to ``length`` codes per wanted label: the middle of its longest example.
+
+    Returns:
+        ``{label_id: (codes (n,) uint8, start)}`` for the wanted labels that have examples.
+    """
+    out = {}
+    for label in wanted:
+        own = [c for c, lab in examples if lab == label]
+        if own:
+            codes = max(own, key=len)
+            start = max(0, (len(codes) - length) // 2)
+            out[label] = (codes[start:start + length], start)
+    return out
+
+
+def _write_references(data_dir: str, vocabulary: list[str], label_ids: np.ndarray | None,
+                      seconds: float, sr: int, q: int, local_dir: str, out_dir: str
+                      ) -> tuple[list[dict], dict[str, dict], list[str]]:
+    """Validation clips, one per label of the clips (every label when unconditioned), written.
+
+    Returns:
+        ``(summaries, report references by label name, file names)``; empty when the
+        data has no validation audio.
+    """
+    length = max(1, int(round(min(seconds, REFERENCE_CLIP_SECONDS) * sr)))
+    try:
+        examples = read_validation_codes(data_dir, 2 * length)
+    except DataError:
+        return [], {}, []
+    wanted = (sorted(set(label_ids.tolist())) if label_ids is not None
+              else sorted({lab for _, lab in examples}))
+    summaries, refs, written = [], {}, []
+    for label, (codes, start) in reference_clips(examples, length, wanted).items():
+        name = vocabulary[label] if label < len(vocabulary) else str(label)
+        fname = f"reference-{_slug(name)}"
+        audio = mu_law_decode(codes, q)
+        wav, png = wav_bytes(audio, sr), spectrogram_png(audio, sr, title=f"{name} (validation)")
+        storage.write_bytes_atomic(os.path.join(local_dir, fname + ".wav"), wav)
+        storage.write_bytes_atomic(os.path.join(local_dir, fname + ".png"), png)
+        written += [fname + ".wav", fname + ".png"]
+        source = f"validation example, from {start / sr:.1f} s"
+        summaries.append({"label": name, "label_id": label, "seconds": len(codes) / sr, "source": source,
+                          "wav": storage.join(out_dir, fname + ".wav"),
+                          "png": storage.join(out_dir, fname + ".png")})
+        refs[name] = {"wav": wav, "png": png, "wav_file": fname + ".wav", "seconds": round(len(codes) / sr, 2),
+                      "source": source}
+    return summaries, refs, written
+
+
+def _gate_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The gate decision and scores that samples.json keeps (None without an evaluation)."""
+    if not evaluation:
+        return None
+    keep = ("bits_per_sample", "baselines", "split", "samples", "gate", "promoted")
+    return {k: evaluation[k] for k in keep if k in evaluation}
+
+
 def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir: str | None = None,
                      tracking_uri: str | None = None, experiment: str | None = None,
-                     progress: bool = True, run_name: str | None = None) -> dict[str, Any]:
+                     progress: bool = True, run_name: str | None = None,
+                     evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sample clips from a model; write WAVs, spectrograms, an HTML report; log to MLflow.
 
     Args:
@@ -295,6 +378,10 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             ``runs:/`` model, else ``config.name``).
         progress: show a tqdm bar with samples/s.
         run_name: MLflow run name (default "generate").
+        evaluation: :func:`wavenet.evaluate.evaluate`'s result for this model
+            (``metrics.json``; with ``gate`` when it was gated): the report
+            shows its bits/sample against the baselines and the champion, and
+            the gate's decision and reason.
 
     Returns:
         ``{"model", "data", "out_dir", "report" (path of report.html),
@@ -307,7 +394,12 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         them, or "all labels"), "warnings"}], "warnings" (every clip's,
         prefixed with the clip name), "reference" ({label: calibration}: the
         ranges, percentiles, tolerances and how much audio), "thresholds"
-        (of the checks that need no data), "run_id"}``.
+        (of the checks that need no data), "title" (the training run's name and
+        the registered version), "model_info" ({"run_id", "run_name",
+        "registered_model", "registered_version", "champion"}), "evaluation"
+        (bits/sample, baselines and the gate decision, or None),
+        "reference_clips" ([{"label", "label_id", "seconds", "source", "wav",
+        "png"}]: validation audio, one clip per label), "run_id"}``.
     """
     g = config.generate
     model_uri = model if isinstance(model, str) else None
@@ -334,7 +426,10 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     local_dir, staged = _stage_dir(out_dir)
     clips, report_clips, all_warnings, written = _write_clips(
         codes, local_dir, out_dir, sr, q, label_ids, label_names, calibrations)
-    written += [REPORT_FILE, SUMMARY_FILE]
+    ref_summaries, references, ref_files = (_write_references(
+        data_dir, vocabulary, label_ids, g.seconds, sr, q, local_dir, out_dir) if data_dir else ([], None, []))
+    written += ref_files + [REPORT_FILE, SUMMARY_FILE]
+    info = _model_info(model_uri, config, tracking_uri)
 
     exp, tags = tracking.run_placement(model_uri, experiment, config.name)
     tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
@@ -352,14 +447,16 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             "samples_per_second": num_samples * g.num_clips / elapsed if elapsed > 0 else float("inf"),
             "generation_seconds": elapsed, "clips": clips, "warnings": all_warnings,
             "reference": {(c["label"] or "all labels"): c for c in calibrations.values()},
-            "thresholds": absolute_thresholds(),
+            "thresholds": absolute_thresholds(), "title": info.title,
+            "model_info": info.to_dict(),
+            "evaluation": _gate_summary(evaluation), "reference_clips": ref_summaries,
             "run_id": run.info.run_id,
         }
-        html = render_html(f"WaveNet samples: {result['model']}", report_clips,
-                           _report_info(result, g, net), config_yaml=ecfg.to_yaml())
-        storage.write_text_atomic(os.path.join(local_dir, REPORT_FILE), html)
-        storage.write_text_atomic(os.path.join(local_dir, SUMMARY_FILE),
-                                  json.dumps(result, indent=2, sort_keys=True))
+        html = render_html(f"WaveNet samples: {info.title}", report_clips,
+                           _report_info(result, g, net), config_yaml=ecfg.to_yaml(),
+                           evaluation=evaluation, references=references,
+                           thresholds=result["thresholds"])
+        _write_outputs(local_dir, html, result)
         tracking.log_metrics(_quality_metrics(result))
         tracking.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
         tracking.log_artifacts([os.path.join(local_dir, f) for f in written], "samples")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -43,7 +44,18 @@ __all__ = [
     "register",
     "set_champion",
     "champion_lock",
+    "ModelInfo",
+    "describe_model",
+    "TRAIN_KEY_TAG",
+    "find_by_train_key",
+    "download_keras",
+    "record_train_key",
+    "train_key_of",
 ]
+
+# The registry version tag (and training-run tag) that says which data, config and seed
+# trained a model (wavenet.reuse.train_key): a later identical run reuses that version.
+TRAIN_KEY_TAG = "wavenet.train_key"
 
 CHAMPION = "champion"
 
@@ -82,6 +94,15 @@ def load_wavenet(uri: str, tracking_uri: str | None = None) -> WaveNet:
     """
     if not is_mlflow_uri(uri):
         return load_model(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_model(download_keras(uri, os.path.join(tmp, "model.keras"), tracking_uri))
+
+
+def download_keras(uri: str, dest: str, tracking_uri: str | None = None) -> str:
+    """Download the ``.keras`` file of MLflow model ``uri`` to the local path ``dest``; returns ``dest``.
+
+    No TensorFlow is loaded (a launcher that only hands the model on stays light).
+    """
     use_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -93,7 +114,9 @@ def load_wavenet(uri: str, tracking_uri: str | None = None) -> WaveNet:
                        if f.endswith(".keras"))
         if not files:
             raise WavenetError(f"model {uri} holds no .keras file (is it a Keras MLflow model?)")
-        return load_model(files[0])
+        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        shutil.copyfile(files[0], dest)
+    return dest
 
 
 def _client() -> MlflowClient:
@@ -248,3 +271,103 @@ def champion_lock(name: str, *, lease_s: float = LOCK_LEASE_S,
         yield owner
     finally:
         _release(client, lock, owner)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model URI stands for: the run that trained it and its registered version, if any."""
+
+    uri: str
+    run_id: str | None
+    run_name: str | None
+    version: ModelRef | None
+    champion: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"run_id", "run_name", "registered_model", "registered_version", "champion"}``."""
+        return {"run_id": self.run_id, "run_name": self.run_name,
+                "registered_model": self.version.name if self.version else None,
+                "registered_version": self.version.version if self.version else None,
+                "champion": self.champion}
+
+    @property
+    def title(self) -> str:
+        """``<run name> · <name> version <v> (champion)``; plain words for what is not known."""
+        who = self.run_name or self.uri
+        if self.version is None:
+            return f"{who} · not registered"
+        return f"{who} · {self.version.name} version {self.version.version}" + \
+            (" (champion)" if self.champion else "")
+
+
+def _ref(mv) -> ModelRef:
+    return ModelRef(name=mv.name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
+
+
+def _registry_version(client: MlflowClient, uri: str) -> ModelRef | None:
+    """The version a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI names (None otherwise)."""
+    rest = uri[len("models:/"):] if uri.startswith("models:/") else ""
+    if not rest or rest.startswith("m-"):
+        return None
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return _ref(client.get_model_version_by_alias(name, alias))
+    name, _, version = rest.partition("/")
+    return _ref(client.get_model_version(name, version.split("/")[0])) if version else None
+
+
+def describe_model(uri: str, name: str, tracking_uri: str | None = None) -> ModelInfo:
+    """The training run and registered version (of registered model ``name``) behind ``uri``.
+
+    A ``.keras`` path, or a store that does not know the model, gives what it can
+    (the URI alone); this never fails a caller that only wants a title.
+    """
+    from wavenet.tracking import model_run_id
+
+    if not is_mlflow_uri(uri):
+        return ModelInfo(uri=uri, run_id=None, run_name=None, version=None, champion=False)
+    use_tracking_uri(tracking_uri)
+    client = _client()
+    try:
+        version = _registry_version(client, uri)
+        run_id = version.run_id if version else model_run_id(uri)
+        if version is None and run_id:
+            found = [mv for mv in client.search_model_versions(f"run_id = '{run_id}'")
+                     if mv.name == name]
+            version = _ref(max(found, key=lambda mv: int(mv.version))) if found else None
+        run_name = client.get_run(run_id).info.run_name if run_id else None
+    except MlflowException:
+        return ModelInfo(uri=uri, run_id=None, run_name=None, version=None, champion=False)
+    champion = get_champion(version.name) if version else None
+    return ModelInfo(uri=uri, run_id=run_id, run_name=run_name, version=version,
+                     champion=champion is not None and champion.version == version.version)
+
+
+def find_by_train_key(name: str, key: str) -> ModelRef | None:
+    """The newest version of registered model ``name`` tagged with train key ``key``, if any."""
+    try:
+        found = _client().search_model_versions(
+            f"name = '{name}' and tags.`{TRAIN_KEY_TAG}` = '{key}'")
+    except MlflowException as e:
+        raise TrackingError(f"cannot search registered model {name!r} for {TRAIN_KEY_TAG}: "
+                            f"{one_line(e, with_type=False)}") from None
+    return _ref(max(found, key=lambda mv: int(mv.version))) if found else None
+
+
+def record_train_key(run_id: str, key: str) -> None:
+    """Tag training run ``run_id`` with its train key (the gate copies it onto the version it registers)."""
+    try:
+        _client().set_tag(run_id, TRAIN_KEY_TAG, key)
+    except MlflowException as e:
+        raise TrackingError(f"cannot tag run {run_id} with {TRAIN_KEY_TAG}: "
+                            f"{one_line(e, with_type=False)}") from None
+
+
+def train_key_of(run_id: str | None) -> str | None:
+    """The train key tagged on training run ``run_id``, if any."""
+    if not run_id:
+        return None
+    try:
+        return _client().get_run(run_id).data.tags.get(TRAIN_KEY_TAG)
+    except MlflowException:
+        return None
