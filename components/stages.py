@@ -187,7 +187,7 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
         model.metadata["cluster_run_dir"] = result.out_dir
     else:
         data = runtime.data_location(shards.path, shards.uri, shards.metadata)
-        result = train(data, model.path, cfg, workers=workers, progress=False, environ=os.environ,
+        result = train(data, model.path, cfg, workers=workers, progress="lines", environ=os.environ,
                        **common)
     model.metadata.update({"run_name": name, "run_id": result.run_id or "",
                            "data_version": data_version, "preset": cfg.preset,

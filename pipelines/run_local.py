@@ -11,12 +11,15 @@ Usage: ``python -m pipelines.run_local [--data PATH_OR_GS] [--preset demo] [--se
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from pipelines.terminal import filtered_terminal
 
 PIPELINE_ROOT = os.path.join("runs", "pipeline")
 
@@ -78,6 +81,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     for d in _find(run_dir, "evaluate-model"):
         out["evaluation"] = str(d / "evaluation")
         out["promoted"] = _executor_output(d).get("parameterValues", {}).get("promoted")
+        out.update(_gate_numbers(d / "evaluation" / "metrics.json"))
     for d in _find(run_dir, "generate-samples") + _find(run_dir, "generate-samples-2"):
         samples = d / "samples"
         if samples.is_dir():
@@ -86,6 +90,18 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             report = samples / "report.html"
             out["report"] = str(report) if report.exists() else None
     return out
+
+
+def _gate_numbers(metrics_path: Path) -> dict[str, Any]:
+    """The evaluation's numbers for the summary, from its ``metrics.json``."""
+    if not metrics_path.exists():
+        return {}
+    m = json.loads(metrics_path.read_text())
+    gate = m.get("gate") or {}
+    return {"metrics_file": str(metrics_path), "eval_bits": m.get("bits_per_sample"),
+            "bigram_bits": (m.get("baselines") or {}).get("bigram"),
+            "champion_bits": gate.get("champion_bits"), "gate_reason": gate.get("reason"),
+            "new_version": gate.get("new_version"), "champion_version": gate.get("champion_version")}
 
 
 def _latest_run(root: Path, before: set[Path]) -> Path | None:
@@ -143,20 +159,36 @@ def _say(line: str = "") -> None:
     sys.stdout.flush()
 
 
+def _gate_line(s: dict[str, Any]) -> str:
+    """The gate's decision with its numbers: candidate vs champion bits/sample."""
+    verdict = {True: "promoted", False: "rejected"}.get(s.get("promoted"), "unknown")
+    if s.get("eval_bits") is None:
+        return verdict
+    champion = s.get("champion_bits")
+    versus = (f"champion v{s.get('champion_version')} {champion:.4f}" if champion is not None
+              else "no champion yet")
+    now = (f"; registered as version {s['new_version']}, now the champion" if s.get("new_version")
+           else "; the champion stays")
+    return (f"{verdict}: candidate {s['eval_bits']:.4f} bits/sample vs {versus} "
+            f"(bigram baseline {s.get('bigram_bits') or float('nan'):.4f}){now}")
+
+
 def print_summary(s: dict[str, Any]) -> None:
     _say()
     _say(f"Pipeline finished in {s['wall_s']:.0f} s. Outputs under {s['run_dir']}:")
     _say(f"  shards    {s.get('shards')}")
     _say(f"  model     {s.get('model')}")
-    _say(f"  metrics   {s.get('evaluation')}")
-    gate = {True: "promoted: this model is now the registered champion",
-            False: "rejected: the champion stays"}.get(s.get("promoted"), "unknown")
-    _say(f"  gate      {gate}")
+    _say(f"  metrics   {s.get('metrics_file') or s.get('evaluation')}")
+    _say(f"  gate      {_gate_line(s)}")
+    if s.get("gate_reason"):
+        _say(f"            ({s['gate_reason']})")
     if s.get("samples"):
         _say(f"  samples   {len(s['wavs'])} WAV files in {s['samples']}")
         _say(f"  report    {s.get('report')}  (open it in a browser to listen)")
     else:
         _say("  samples   none (the gate rejected the model)")
+    if s.get("log"):
+        _say(f"  full log  {s['log']}")
     _say(f"MLflow: experiment '{s['experiment']}' at {s['tracking_uri']}")
     if str(s["tracking_uri"]).startswith("sqlite:"):
         _say(f"  open the UI with `{s.get('ui_command') or 'make ui'}`, then http://127.0.0.1:5000")
@@ -164,21 +196,36 @@ def print_summary(s: dict[str, Any]) -> None:
         _say(f"  open {s['tracking_uri']} in a browser")
 
 
+def log_path(root: str) -> Path:
+    """Where a run's full, unfiltered output goes: ``ROOT/logs/run-<UTC>.log``."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(root).resolve() / "logs" / f"run-{stamp}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
          run_fn=None) -> int:
+    # The edge, before any step imports TensorFlow (the steps inherit it): C++ log messages
+    # below ERROR (oneDNN notices, CPU feature notes) are dropped.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = (parser or build_parser()).parse_args(argv)
     from wavenet.errors import WavenetError
 
+    log = log_path(args.root)
+    _say(f"Full log (kfp.local's executor dumps and known-harmless warnings included): {log}")
     try:
-        summary = (run_fn or run)(args)
+        with filtered_terminal(str(log)):
+            summary = (run_fn or run)(args)
     except WavenetError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     except RuntimeError as e:
         # kfp.local raises after a failed task; the task's own log above says why.
-        sys.stderr.write(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e}\n")
+        sys.stderr.write(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e} "
+                         f"(full log: {log})\n")
         return 1
+    summary["log"] = str(log)
     print_summary(summary)
     return 0
 

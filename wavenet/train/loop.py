@@ -3,27 +3,23 @@
 :func:`run_steps` trains from the trainer's current step to ``train.steps``,
 checkpointing every ``train.checkpoint_every`` steps and always at the end,
 and hands a :class:`StepReport` to a callback after every step. It knows
-nothing about progress bars or MLflow: :class:`ProgressBar` and
-:class:`MetricsReporter` are such callbacks, combined by :class:`Callbacks`.
+nothing about progress bars or MLflow: the displays of :mod:`wavenet.train.progress`
+and :class:`MetricsReporter` are such callbacks, combined by :class:`Callbacks`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tqdm import tqdm
-
 from wavenet.errors import WavenetError
 from wavenet.tracking import MetricsBuffer
 from wavenet.train.setup import Trainer
 
-__all__ = ["StepReport", "LoopStats", "Callback", "Callbacks", "ProgressBar", "MetricsReporter",
-           "run_steps"]
+__all__ = ["StepReport", "LoopStats", "Callback", "Callbacks", "MetricsReporter", "run_steps"]
 
 
 @dataclass(frozen=True)
@@ -80,22 +76,6 @@ class Callbacks:
     def close(self) -> None:
         for c in self.callbacks:
             c.close()
-
-
-class ProgressBar:
-    """A tqdm bar on stderr: steps, bits, samples per second."""
-
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                        disable=not enabled, file=sys.stderr)
-
-    def on_step(self, report: StepReport, stats: LoopStats) -> None:
-        self.bar.set_postfix_str(f"bits={report.bits:.3f} samples/s={stats.samples_per_s or 0.0:,.0f}",
-                                 refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class MetricsReporter:

@@ -21,8 +21,9 @@ from wavenet.config import ExperimentConfig
 from wavenet.manifest import read_manifest
 from wavenet.train.checks import check_data, worker_role
 from wavenet.train.export import TrackedRun, export_run
-from wavenet.train.loop import Callbacks, MetricsReporter, ProgressBar, run_steps
+from wavenet.train.loop import Callbacks, MetricsReporter, run_steps
 from wavenet.train.outputs import PENDING_FILE, RUN_ID_FILE, TrainResult
+from wavenet.train.progress import progress_callback, progress_mode
 from wavenet.train.setup import Trainer, distributed_batches, set_up_worker
 from wavenet.train.step import Validation, bits_fn, make_train_step
 
@@ -72,9 +73,10 @@ def _tracked_run(trainer: Trainer, out: str, data_hash: str, *, tracking_uri: st
 
 
 def _callbacks(trainer: Trainer, run: TrackedRun | None, validation: Validation,
-               progress: bool) -> Callbacks:
+               progress: bool | str) -> Callbacks:
     t = trainer.cfg.train
-    bar = ProgressBar(t.steps, trainer.start_step, enabled=progress and run is not None)
+    mode = progress_mode(progress) if run is not None else "off"
+    bar = progress_callback(mode, t.steps, trainer.start_step, t.log_every)
     if run is None:
         return Callbacks([bar])
     val_fn = bits_fn(trainer.model)
@@ -94,7 +96,7 @@ def _final_barrier(strategy: tf.distribute.Strategy) -> None:
 
 def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, Any] | None,
                  tracking_uri: str, experiment: str | None = None, run_name: str | None = None,
-                 progress: bool = True, threads: int = 0, kfp_run_id: str | None = None,
+                 progress: bool | str = True, threads: int = 0, kfp_run_id: str | None = None,
                  init_model: str | None = None,
                  environ: Mapping[str, str] | None = None) -> TrainResult:
     """Run one worker of a training cluster (or the only one when ``tf_config`` is None).
@@ -107,7 +109,9 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
         tracking_uri: resolved MLflow URI.
         experiment: MLflow experiment (default ``cfg.name``).
         run_name: name of a new MLflow run (default :func:`wavenet.tracking.run_name`).
-        progress: show a progress bar (chief only).
+        progress: the chief's progress display: ``"bar"``, ``"lines"``, ``"off"``, or
+            True/``"auto"`` (a bar on a terminal, else lines; see
+            :func:`wavenet.train.loop.progress_mode`).
         threads: TensorFlow intra/inter-op threads (0: default).
         kfp_run_id: Kubeflow Pipelines run id, tagged on the MLflow run.
         init_model: a ``.keras`` file whose weights start a new run (warm start);
