@@ -39,15 +39,25 @@ class LoopStats:
 
     samples_per_step: int
     step: int
+    log_every: int = 1
     last: StepReport | None = None
     timed_steps: int = 0
     timed_seconds: float = 0.0
+    window: list[float] = field(default_factory=list)  # bits since the last log_every multiple
 
     def add(self, report: StepReport) -> None:
         self.step, self.last = report.step, report
+        if (report.step - 1) % self.log_every == 0:
+            self.window = []
+        self.window.append(report.bits)
         if report.seconds is not None:
             self.timed_steps += 1
             self.timed_seconds += report.seconds
+
+    @property
+    def window_bits(self) -> float | None:
+        """Mean training bits over the last log window: MLflow's last ``train_bits_per_sample``."""
+        return sum(self.window) / len(self.window) if self.window else None
 
     @property
     def samples_per_s(self) -> float | None:
@@ -140,7 +150,8 @@ def run_steps(trainer: Trainer, train_step: Callable[[Iterator], tuple], iterato
     t = trainer.cfg.train
     step = trainer.start_step
     saved = step if trainer.resumed else -1
-    stats = LoopStats(samples_per_step=t.global_batch_size * t.window, step=step)
+    stats = LoopStats(samples_per_step=t.global_batch_size * t.window, step=step,
+                      log_every=max(1, t.log_every))
     try:
         while step < t.steps:
             t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
-from wavenet.manifest import read_manifest
+from wavenet.manifest import Manifest, read_manifest
 from wavenet.train.checks import check_data, worker_role
 from wavenet.train.export import TrackedRun, export_run
 from wavenet.train.loop import Callbacks, MetricsReporter, run_steps
@@ -35,7 +35,7 @@ def _read_optional(path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _tracked_run(trainer: Trainer, out: str, data_hash: str, *, tracking_uri: str,
+def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, tracking_uri: str,
                  experiment: str | None, run_name: str | None, kfp_run_id: str | None,
                  init_model: str | None,
                  environ: Mapping[str, str] | None) -> Iterator[TrackedRun | None]:
@@ -50,14 +50,15 @@ def _tracked_run(trainer: Trainer, out: str, data_hash: str, *, tracking_uri: st
         print(f"warning: MLflow run {prior} from {out}/{RUN_ID_FILE} is not in {tracking_uri}; "
               "starting a new run", file=sys.stderr)
         prior = None
-    tags = {"wavenet.stage": "train", "data.manifest_sha256": data_hash, "preset": cfg.preset,
+    version = manifest.data_version
+    tags = {"wavenet.stage": "train", "data.version": version, "preset": cfg.preset,
             "workers": str(trainer.role.workers), "replicas": str(trainer.replicas),
             "precision": trainer.precision}
     if kfp_run_id:
         tags["kfp.run_id"] = kfp_run_id
     if init_model and not trainer.resumed:
         tags["warm_start"] = init_model
-    name = run_name or tracking.run_name(cfg.preset, data_hash[:8],
+    name = run_name or tracking.run_name(cfg.preset, f"d{version[:8]}",
                                          datetime.datetime.now(datetime.UTC))
     with tracking.start_run(experiment or cfg.name, run_name=name, tracking_uri=tracking_uri,
                             tags=tags, params=cfg.flat(), run_id=prior, environ=environ,
@@ -69,7 +70,13 @@ def _tracked_run(trainer: Trainer, out: str, data_hash: str, *, tracking_uri: st
         buffer = tracking.MetricsBuffer(run_id, tracking_uri, pending=pending)
         if pending:
             buffer.flush(force=True)
-        yield TrackedRun(run_id=run_id, buffer=buffer, data_hash=data_hash)
+        if run_id != prior:  # lineage: the shards as an MLflow dataset, digest = data version
+            tracking.log_dataset(data, f"shards-{version}", version, context="training",
+                                 profile={"tracks": manifest.summary.tracks,
+                                          "labels": manifest.summary.labels,
+                                          "train_seconds": manifest.summary.train_seconds,
+                                          "validation_seconds": manifest.summary.validation_seconds})
+        yield TrackedRun(run_id=run_id, buffer=buffer, data_version=version)
 
 
 def _callbacks(trainer: Trainer, run: TrackedRun | None, validation: Validation,
@@ -131,7 +138,7 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
         iterator = distributed_batches(trainer, data, manifest)
         train_step = make_train_step(trainer)
         validation = Validation(data, manifest, cfg, has_split=has_validation, warn=role.is_chief)
-        with _tracked_run(trainer, out, manifest.sha256, tracking_uri=tracking_uri, experiment=experiment,
+        with _tracked_run(trainer, out, data, manifest, tracking_uri=tracking_uri, experiment=experiment,
                           run_name=run_name, kfp_run_id=kfp_run_id, init_model=init_model,
                           environ=environ) as run:
             stats = run_steps(trainer, train_step, iterator,
