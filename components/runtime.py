@@ -22,6 +22,22 @@ MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
               "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_INSECURE_TLS")
 
 
+# Set by each step that loads TensorFlow, before it does (a pod has no `make run` to set them):
+# TF_CPP_MIN_LOG_LEVEL=2 drops TensorFlow's C++ log messages below ERROR (0 keeps all, 1 drops
+# INFO such as the oneDNN notice, 2 also WARNING, 3 also ERROR; tensorflow/core/platform/
+# default/logging.cc reads it). Kept at 2, not 3: a real C++ error (a collective that fails)
+# must still show. What it cannot reach (absl's pre-init notice, the cuInit probe on a machine
+# without a GPU) `make run` filters from the terminal (pipelines/terminal.py).
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def quiet_logs(environ: dict[str, str] | None = None) -> None:
+    """Set :data:`QUIET_ENV` (as defaults) in ``environ`` (default: this process's)."""
+    env = os.environ if environ is None else environ
+    for key, value in QUIET_ENV.items():
+        env.setdefault(key, value)
+
+
 def load_config(path: str) -> ExperimentConfig:
     """The config a step received: the YAML file of the first step's ``config`` artifact."""
     with open(path) as f:

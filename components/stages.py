@@ -169,6 +169,8 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
     import os
 
     from components import runtime
+
+    runtime.quiet_logs()  # before the library loads TensorFlow
     from wavenet import tfjob
     from wavenet.reuse import train_or_reuse
     from wavenet.tracking import run_name
@@ -194,7 +196,7 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
             labels={"wavenet/data-version": data_version[:63]}, **common)
     else:
         data = runtime.data_location(shards.path, shards.uri, shards.metadata)
-        train_fn = functools.partial(train, data, model.path, cfg, workers=workers, progress=False,
+        train_fn = functools.partial(train, data, model.path, cfg, workers=workers, progress="lines",
                                      environ=os.environ, **common)
     result = train_or_reuse(train_fn, data, model.path, cfg, force=force_train,
                             tracking_uri=tracking_uri or None, init_model=init_model)
@@ -223,7 +225,10 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], config: Input[Ar
     from collections import namedtuple
 
     from components import runtime
+
+    runtime.quiet_logs()  # before the library loads TensorFlow
     from wavenet.evaluate import evaluate
+    from wavenet.tracking import child_run_name
 
     os.makedirs(evaluation.path, exist_ok=True)
     # The MLflow model of the training run when it was logged (the registry then links
@@ -232,8 +237,12 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], config: Input[Ar
     result = evaluate(model_uri, runtime.data_location(shards.path, shards.uri, shards.metadata),
                       runtime.load_config(config.path), out_dir=evaluation.path, gate=True,
                       tracking_uri=tracking_uri or None, experiment=experiment or None,
-                      run_name=f"{model.metadata.get('run_name') or 'model'}-evaluate")
-    for k, v in runtime.numeric_metrics(result).items():
+                      run_name=child_run_name("evaluate", model.metadata.get("run_name")))
+    # The names MLflow shows (eval/bits_per_sample, eval/baseline_*), and the gate's; the
+    # candidate's gate/new_bits is eval/bits_per_sample under another name: left out.
+    gate_numbers = runtime.numeric_metrics(result["gate"], "gate/")
+    gate_numbers.pop("gate/new_bits", None)
+    for k, v in {**result["metrics"], **gate_numbers}.items():
         metrics.log_metric(k, v)
     promoted = bool(result.get("promoted", False))
     evaluation.metadata["promoted"] = promoted
@@ -254,7 +263,10 @@ def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[
     import shutil
 
     from components import runtime
+
+    runtime.quiet_logs()  # before the library loads TensorFlow
     from wavenet.generate_samples import generate_samples as _generate
+    from wavenet.tracking import child_run_name
 
     os.makedirs(samples.path, exist_ok=True)
     # As in evaluate_model: the training run's MLflow model when logged (the samples run
@@ -265,7 +277,7 @@ def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[
                        data_dir=runtime.data_location(shards.path, shards.uri, shards.metadata),
                        tracking_uri=tracking_uri or None, experiment=experiment or None,
                        progress=False, evaluation=gate,
-                       run_name=f"{model.metadata.get('run_name') or 'model'}-generate")
+                       run_name=child_run_name("generate", model.metadata.get("run_name")))
     if result.get("report") and os.path.exists(result["report"]):
         shutil.copyfile(result["report"], report.path)
     samples.metadata.update({"clips": len(result.get("clips", [])), "run_id": result.get("run_id") or "",

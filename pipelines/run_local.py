@@ -11,12 +11,15 @@ Usage: ``python -m pipelines.run_local [--data PATH_OR_GS] [--preset demo] [--se
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from pipelines.terminal import filtered_terminal
 
 PIPELINE_ROOT = os.path.join("runs", "pipeline")
 
@@ -86,7 +89,10 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     for d in _find(run_dir, "evaluate-model"):
         out["evaluation"] = str(d / "evaluation")
         out["promoted"] = _executor_output(d).get("parameterValues", {}).get("promoted")
-        out["gate"] = (_read_json(d / "evaluation" / "metrics.json") or {}).get("gate")
+        metrics = d / "evaluation" / "metrics.json"
+        out["gate"] = (_read_json(metrics) or {}).get("gate")
+        if metrics.exists():
+            out["metrics_file"] = str(metrics)
     for d in _find(run_dir, "generate-samples") + _find(run_dir, "generate-samples-2"):
         samples = d / "samples"
         if samples.is_dir():
@@ -167,7 +173,7 @@ def print_summary(s: dict[str, Any]) -> None:
     _say(f"Pipeline finished in {s['wall_s']:.0f} s. Outputs under {s['run_dir']}:")
     _say(f"  shards    {s.get('shards')}")
     _say(f"  model     {s.get('model')}")
-    _say(f"  metrics   {s.get('evaluation')}")
+    _say(f"  metrics   {s.get('metrics_file') or s.get('evaluation')}")
     if (s.get("train") or {}).get("reused"):
         from wavenet.decision import reuse_line
 
@@ -178,6 +184,8 @@ def print_summary(s: dict[str, Any]) -> None:
         _say(f"  report    {s.get('report')}  (open it in a browser to listen)")
     else:
         _say("  samples   none (the gate rejected the model)")
+    if s.get("log"):
+        _say(f"  full log  {s['log']}")
     _say(f"MLflow: experiment '{s['experiment']}' at {s['tracking_uri']}")
     if str(s["tracking_uri"]).startswith("sqlite:"):
         _say(f"  open the UI with `{s.get('ui_command') or 'make ui'}`, then http://127.0.0.1:5000")
@@ -185,21 +193,36 @@ def print_summary(s: dict[str, Any]) -> None:
         _say(f"  open {s['tracking_uri']} in a browser")
 
 
+def log_path(root: str) -> Path:
+    """Where a run's full, unfiltered output goes: ``ROOT/logs/run-<UTC>.log``."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = Path(root).resolve() / "logs" / f"run-{stamp}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
          run_fn=None) -> int:
+    # The edge, before any step imports TensorFlow (the steps inherit it): C++ log messages
+    # below ERROR (oneDNN notices, CPU feature notes) are dropped.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = (parser or build_parser()).parse_args(argv)
     from wavenet.errors import WavenetError
 
+    log = log_path(args.root)
+    _say(f"Full log (kfp.local's executor dumps and known-harmless warnings included): {log}")
     try:
-        summary = (run_fn or run)(args)
+        with filtered_terminal(str(log)):
+            summary = (run_fn or run)(args)
     except WavenetError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     except RuntimeError as e:
         # kfp.local raises after a failed task; the task's own log above says why.
-        sys.stderr.write(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e}\n")
+        sys.stderr.write(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e} "
+                         f"(full log: {log})\n")
         return 1
+    summary["log"] = str(log)
     print_summary(summary)
     return 0
 

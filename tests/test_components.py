@@ -16,7 +16,7 @@ from wavenet.errors import ConfigError
 from wavenet.manifest import Shard, read_manifest, shards_version
 from wavenet.preprocess import known_tracks
 from wavenet.shards import dataset_from_codes
-from wavenet.tracking import run_name
+from wavenet.tracking import child_run_name, run_name
 from wavenet.train import train_command
 from wavenet.train.warm_start import champion_init_model
 
@@ -97,7 +97,10 @@ def test_known_tracks_count_only_when_the_audio_settings_match(tmp_path):
 
 def test_run_names_tell_preset_data_version_and_start_time_apart():
     when = dt.datetime(2026, 11, 25, 1, 2, 3, tzinfo=dt.UTC)
-    assert run_name("demo", "dabcdef01", when) == "demo-dabcdef01-20261125T010203Z"
+    assert run_name("demo", "dabcdef01", when) == "demo-dabcdef01-1125T010203"
+    # Children are short (the UI nests them under the training run) and keep its time.
+    assert child_run_name("evaluate", "demo-dabcdef01-1125T010203") == "evaluate-1125T010203"
+    assert child_run_name("generate", None) == "generate"
 
 
 def test_data_location_prefers_persistent_shards_and_needs_a_bucket_for_pods():

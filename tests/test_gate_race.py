@@ -72,7 +72,7 @@ def test_concurrent_gates_never_leave_the_worse_model_as_champion(
         # The better model is the champion, every round, whoever wrote first.
         assert better["gate"]["promoted"] is True, (paused, better["gate"])
         assert str(champion.version) == better["gate"]["new_version"], (paused, results)
-        assert float(champion.tags["validation_bits_per_sample"]) == pytest.approx(
+        assert float(champion.tags["eval/bits_per_sample"]) == pytest.approx(
             better["bits_per_sample"], abs=1e-5)
         if paused == "worse":
             # It decided against no champion, then found the better one under the lock.

@@ -268,7 +268,7 @@ def test_full_pipeline_runs_locally_and_leaves_model_samples_and_mlflow_runs(tmp
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("pipeline-test")
     runs = client.search_runs([exp.experiment_id])
-    train_runs = [r for r in runs if re.fullmatch(r"tiny-d[0-9a-f]{8}-\d{8}T\d{6}Z", r.info.run_name)]
+    train_runs = [r for r in runs if re.fullmatch(r"tiny-d[0-9a-f]{8}-\d{4}T\d{6}", r.info.run_name)]
     assert len(train_runs) == 1, [r.info.run_name for r in runs]
     train = train_runs[0]
     assert train.info.run_id == summary["train_run_id"]
@@ -276,7 +276,8 @@ def test_full_pipeline_runs_locally_and_leaves_model_samples_and_mlflow_runs(tmp
     assert "val_bits_per_sample" in train.data.metrics
     assert train.data.tags.get("kfp.run_id")  # the pipeline run it came from
     names = {r.info.run_name for r in runs}
-    assert {f"{train.info.run_name}-evaluate", f"{train.info.run_name}-generate"} <= names, names
+    stamp = train.info.run_name.rsplit("-", 1)[1]
+    assert {f"evaluate-{stamp}", f"generate-{stamp}"} <= names, names
     champion = client.get_model_version_by_alias("wavenet", "champion")
     assert champion.run_id in {r.info.run_id for r in runs}
 
@@ -314,7 +315,8 @@ def test_full_pipeline_runs_in_containers_of_the_images(engine, cpu_image, mlflo
     train = [r for r in runs if r.info.run_id == summary["train_run_id"]][0]
     assert train.data.tags["workers"] == "2" and "val_bits_per_sample" in train.data.metrics
     names = {r.info.run_name for r in runs}
-    assert {f"{train.info.run_name}-evaluate", f"{train.info.run_name}-generate"} <= names
+    stamp = train.info.run_name.rsplit("-", 1)[1]
+    assert {f"evaluate-{stamp}", f"generate-{stamp}"} <= names
     assert train.info.artifact_uri.startswith("mlflow-artifacts:")
     assert any((root / "mlflow" / "mlartifacts").rglob("model.keras")) or \
         any((root / "mlflow" / "mlartifacts").rglob("*.keras"))

@@ -21,7 +21,7 @@ from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.demo import make_demo_corpus
 from wavenet.errors import DataError
-from wavenet.manifest import split_ranges
+from wavenet.manifest import read_manifest, split_ranges
 from wavenet.preprocess import (
     assign_splits,
     check_dataset,
@@ -160,6 +160,23 @@ def test_a_file_removed_after_listing_is_skipped(tmp_path):
     m = merge_manifests([part], str(tmp_path / "out"), CFG).to_dict()
     assert [f["relpath"] for f in m["files"]] == ["g/a.wav"]
     assert m["skipped"] == [{"path": files[1], "reason": "cannot read: No such file or directory"}]
+
+
+# -- the data version --------------------------------------------------------------------
+
+def test_the_same_audio_in_other_folders_gives_the_same_data_version(tmp_path):
+    """The data version (MLflow's dataset digest, the runs' data.version tag) is a digest of the
+    shards' content: another source folder, another output folder, another time give the same."""
+    src_a, src_b = str(tmp_path / "a" / "music"), str(tmp_path / "elsewhere" / "music")
+    make_demo_corpus(src_a, seconds_per_genre=2.0)
+    shutil.copytree(src_a, src_b)
+    first = preprocess(src_a, str(tmp_path / "out1"), CFG, processes=1, progress=False)
+    second = preprocess(src_b, str(tmp_path / "x" / "out2"), CFG, processes=2, progress=False)
+    assert first.src != second.src and first.data_version == second.data_version
+    assert read_manifest(str(tmp_path / "out1")).data_version == first.data_version
+    write(os.path.join(src_b, "organ", "extra.wav"), tone(1.5, 22050, 262), 22050)
+    third = preprocess(src_b, str(tmp_path / "x" / "out2"), CFG, processes=1, progress=False)
+    assert third.data_version != first.data_version  # new audio, new version
 
 
 # -- incremental runs and crash safety ------------------------------------------------

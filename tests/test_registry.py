@@ -1,10 +1,12 @@
 import mlflow
+import mlflow.models
 import pytest
 from conftest import tiny_config
 
 from wavenet import registry, tracking
 from wavenet.errors import TrackingError, WavenetError
 from wavenet.evaluate import evaluate
+from wavenet.manifest import read_manifest
 from wavenet.model import load_model
 
 
@@ -56,9 +58,24 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     assert eval_run.data.tags["gate.decision"] == "promoted"
     assert eval_run.data.metrics["gate/promoted"] == 1.0
     assert g2["registered_uri"] == runs_uri
-    # The held-out score is also on the training run, for comparing training runs.
+    # Each metric on one run: a training run's model has its held-out score on the training
+    # run (compared there, next to val_bits_per_sample), not again on the evaluation run.
     train_metrics = client.get_run(train_run.info.run_id).data.metrics
     assert train_metrics["eval/bits_per_sample"] == pytest.approx(second["bits_per_sample"])
+    assert train_metrics["eval/baseline_bigram_bits"] == pytest.approx(second["baselines"]["bigram"])
+    assert not [k for k in eval_run.data.metrics if k.startswith("eval/")]
+    assert "gate/new_bits" not in eval_run.data.metrics  # that number is eval/bits_per_sample
+    assert eval_run.data.tags["eval.metrics_run_id"] == train_run.info.run_id
+    # The version carries its lineage in MLflow's terms, and its signature.
+    version = client.get_model_version(name, "2")
+    assert version.tags["data.version"] == read_manifest(eval_data).data_version
+    assert version.tags["train.run_id"] == train_run.info.run_id
+    assert float(version.tags["eval/bits_per_sample"]) == pytest.approx(g2["new_bits"], abs=1e-6)
+    assert "validation_bits_per_sample" not in version.tags
+    signature = mlflow.models.get_model_info(f"models:/{name}/2").signature.to_dict()
+    assert '"name": "codes"' in signature["inputs"] and '"dtype": "int32"' in signature["inputs"]
+    assert '"name": "labels"' in signature["inputs"]  # the tiny model is conditioned
+    assert '"shape": [-1, -1, 256]' in signature["outputs"] and "float32" in signature["outputs"]
 
     # 3. The untrained model again: worse than the champion, nothing registered.
     third = evaluate(untrained_model_path, eval_data, cfg, **kw)
@@ -70,6 +87,8 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     assert champion_version(tracking_uri, name) == "2"
     assert len(client.search_model_versions(f"name='{name}'")) == 2
     run3 = client.get_run(third["run_id"])
+    # A .keras file has no training run: its evaluation run holds its eval metrics.
+    assert run3.data.metrics["eval/bits_per_sample"] == pytest.approx(third["bits_per_sample"])
     assert run3.data.tags["gate.decision"] == "kept"
     assert run3.data.metrics["gate/champion_bits"] == pytest.approx(g3["champion_bits"])
 

@@ -140,7 +140,10 @@ def _add_train(sub) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: config name)")
     p.add_argument("--run-name", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--progress", default="auto", choices=("auto", "bar", "lines", "off"),
+                   help="auto (default): a bar on a terminal, else a line every N steps "
+                   "(step/total, bits, samples/s, ETA)")
+    p.add_argument("--no-progress", action="store_true", help="same as --progress off")
     p.add_argument("--worker", action="store_true",
                    help="run as one worker of the cluster in $TF_CONFIG (TFJob pods; "
                    "--workers is then ignored)")
@@ -169,7 +172,8 @@ def _cmd_train(args) -> int:
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     result = train(args.data, args.out, cfg, workers=args.workers, tf_config=tf_config,
                    tracking_uri=args.tracking_uri, experiment=args.experiment,
-                   run_name=args.run_name, progress=not args.no_progress, threads=args.threads,
+                   run_name=args.run_name, progress="off" if args.no_progress else args.progress,
+                   threads=args.threads,
                    init_model=args.init_model, kfp_run_id=os.environ.get("KFP_RUN_ID"),
                    environ=os.environ)
     if result.run_id is not None:  # the chief (or the only process) reports

@@ -417,8 +417,11 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
             current = registry.get_champion(name)
             if _version(current) == _version(champion):
                 new_version = _promote(source, name, {
-                    "validation_bits_per_sample": f"{new_bits:.6f}", "data": data_label or data_dir,
-                    "evaluation_run_id": tracking.active_run_id() or ""})
+                    "eval/bits_per_sample": f"{new_bits:.6f}",
+                    "data.version": read_manifest(data_dir).data_version,
+                    "data.uri": data_label or data_dir,
+                    "train.run_id": tracking.model_run_id(source) or "",
+                    "eval.run_id": tracking.active_run_id() or ""})
                 break
     else:
         raise TrackingError(f"the champion of {name!r} changed {MAX_GATE_ROUNDS} times while "
@@ -441,7 +444,8 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "champion_uri": f"models:/{name}@{registry.CHAMPION}",
     }
     if tracking.active_run_id():
-        tracking.log_metrics({"gate/new_bits": new_bits, "gate/champion_bits": champion_bits,
+        # The candidate's own score is eval/bits_per_sample (logged by evaluate): one name per number.
+        tracking.log_metrics({"gate/champion_bits": champion_bits,
                               "gate/improvement_bits": decision["improvement_bits"],
                               "gate/promoted": float(promoted)})
         tracking.set_tags({"gate.decision": "promoted" if promoted else "kept",
@@ -583,15 +587,17 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
             metrics[tracking.metric_key("eval", "label", label, "bits_per_sample")] = \
                 t["bits_per_sample"]
             metrics[tracking.metric_key("eval", "label", label, "samples")] = t["samples"]
-        tracking.log_metrics(metrics)
-        tracking.set_tags({"eval.split": split,
-                           "eval.labels_not_scored": ", ".join(result["labels_not_scored"]) or "none"})
+        # Each metric on one run: the model's training run when there is one (a row per
+        # model in the runs table and the compare view, next to val_bits_per_sample), else
+        # this evaluation run. The gate's decision and metrics.json stay on this run.
         src_run = tracking.model_run_id(model_uri) if model_uri else None
         if src_run:
-            # The held-out score also lands on the training run, so training runs
-            # compare by it in the MLflow UI.
-            tracking.log_metrics_to_run(src_run, {k: metrics[k] for k in (
-                "eval/bits_per_sample", "eval/baseline_unigram_bits", "eval/baseline_bigram_bits")})
+            tracking.log_metrics_to_run(src_run, metrics)
+        else:
+            tracking.log_metrics(metrics)
+        result["metrics"] = metrics
+        tracking.set_tags({"eval.split": split, "eval.metrics_run_id": src_run or run.info.run_id,
+                           "eval.labels_not_scored": ", ".join(result["labels_not_scored"]) or "none"})
         result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
         text = json.dumps(result, indent=2, sort_keys=True)
         if out_dir:

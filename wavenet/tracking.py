@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -48,6 +49,7 @@ __all__ = [
     "run_name",
     "credentials_error",
     "http_status",
+    "child_run_name",
     "start_run",
     "run_exists",
     "active_run_id",
@@ -62,7 +64,10 @@ __all__ = [
     "log_dict",
     "log_artifacts",
     "MODEL_REQUIREMENTS",
+    "EXPERIMENT_TAGS",
+    "model_signature",
     "log_model",
+    "log_dataset",
     "MetricsBuffer",
 ]
 
@@ -170,17 +175,30 @@ def _artifact_location(uri: str) -> str | None:
     return Path(os.path.dirname(db), "mlruns").as_uri()
 
 
+# MLflow 3's UI opens an experiment in its GenAI view (traces, no metric columns) or in its
+# model-training view (runs, metrics, charts, compare) by the experiment tag
+# `mlflow.experimentKind` (EXPERIMENT_KIND_TAG_KEY in mlflow/mlflow,
+# mlflow/server/js/src/experiment-tracking/utils/ExperimentKindUtils.ts; the value
+# "custom_model_development" is ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, shown as
+# "Machine learning"). Our experiments hold training runs: set on every experiment we use.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri))
+            return client.create_experiment(name, artifact_location=_artifact_location(uri),
+                                            tags=EXPERIMENT_TAGS)
         except MlflowException:  # created concurrently by another process
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it or use another name")
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in exp.tags:  # an experiment from before, or made elsewhere: a user's choice stays
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 
@@ -195,15 +213,23 @@ def is_mlflow_uri(uri: str) -> bool:
 # -- runs ----------------------------------------------------------------------------
 
 def run_name(preset: str, data_id: str, when: datetime.datetime | None = None) -> str:
-    """``<preset>-<data id>-<UTC start>``: training runs tell themselves apart in the MLflow UI.
+    """``<preset>-<data id>-<MMDD>T<HHMMSS>`` (UTC start): training runs tell themselves apart in
+    the MLflow UI, and the name fits its run-name column (the year is in the run's start time).
 
     Args:
         preset: the config's preset name.
-        data_id: a short name of the data (a hash prefix, or ``d<data version>``).
+        data_id: a short name of the data (``d`` + 8 hex digits of the data version).
         when: the start time (default now).
     """
     when = when or datetime.datetime.now(datetime.UTC)
-    return f"{preset}-{data_id}-{when.strftime('%Y%m%dT%H%M%SZ')}"
+    return f"{preset}-{data_id}-{when.strftime('%m%dT%H%M%S')}"
+
+
+def child_run_name(stage: str, parent: str | None) -> str:
+    """``<stage>-<MMDD>T<HHMMSS>`` of the training run ``parent``: short, since the UI shows it
+    nested under its parent, and still telling which training it belongs to in a comparison."""
+    stamp = (parent or "").rsplit("-", 1)[-1]
+    return f"{stage}-{stamp}" if parent and re.fullmatch(r"\d{4}T\d{6}", stamp) else stage
 
 
 def _set_active_experiment(experiment_id: str) -> None:
@@ -422,6 +448,20 @@ def log_artifacts(paths: Sequence[str], artifact_path: str | None = None) -> Non
 MODEL_REQUIREMENTS = ("keras", "tensorflow", "wavenet-pipelines")
 
 
+def model_signature(quantization_channels: int, conditioned: bool) -> Any:
+    """The MLflow signature of a WaveNet: codes (B, T) int32 [+ labels (B,) int32] -> logits
+    (B, T, Q) float32 (the logits at position t are the distribution of code t+1)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs = [TensorSpec(np.dtype(np.int32), (-1, -1), "codes")]
+    if conditioned:
+        inputs.append(TensorSpec(np.dtype(np.int32), (-1,), "labels"))
+    outputs = [TensorSpec(np.dtype(np.float32), (-1, -1, int(quantization_channels)), "logits")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
 def log_model(model: Any, name: str = "model") -> str:
     """Log a WaveNet as an MLflow Keras model in the active run; returns its model URI.
 
@@ -441,7 +481,34 @@ def log_model(model: Any, name: str = "model") -> str:
             reqs.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
             pass
-    return mlflow.keras.log_model(model, name=name, pip_requirements=reqs).model_uri
+    signature = model_signature(model.config.quantization_channels, model.config.conditioned)
+    return mlflow.keras.log_model(model, name=name, pip_requirements=reqs,
+                                  signature=signature).model_uri
+
+
+def log_dataset(source: str, name: str, digest: str, context: str = "training",
+                profile: Mapping[str, Any] | None = None) -> None:
+    """Record a data folder as an MLflow dataset input of the active run (``mlflow.log_input``).
+
+    Args:
+        source: where the data is (a local folder or ``gs://`` prefix).
+        name: the dataset's name in the UI.
+        digest: its content version (:attr:`wavenet.manifest.Manifest.data_version`): the
+            same for the same data on any machine, whatever the folder.
+        context: what the run used it for (MLflow's ``mlflow.data.context`` input tag).
+        profile: a few numbers about it, shown with the dataset.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class _Dataset(MetaDataset):  # MetaDataset records no profile of its own
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), **({"profile": json.dumps(dict(profile))} if profile else {})}
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local folder, either way
+        warnings.simplefilter("ignore", UserWarning)
+        resolved = resolve_dataset_source(source)
+    mlflow.log_input(_Dataset(resolved, name=name, digest=digest), context=context)
 
 
 class MetricsBuffer:

@@ -63,8 +63,9 @@ def training_tfjob(cfg: ExperimentConfig, name: str, data: str, out: str, cluste
         env: extra container environment (MLflow variables, ``KFP_RUN_ID``).
         labels: extra labels on the job and its pods.
     """
+    # Worker 0's log is streamed to the launcher: progress as lines, not a bar.
     argv = train_command(data, out, cfg, worker=True, run_name=run_name, experiment=experiment,
-                         init_model=init_model, program=POD_PROGRAM)
+                         init_model=init_model, program=POD_PROGRAM, progress="lines")
     return tfjob.render_tfjob(name, cluster.namespace, cluster.image, list(POD_PROGRAM),
                               argv[len(POD_PROGRAM):], workers=cluster.workers,
                               gpus_per_worker=cluster.gpus_per_worker,

@@ -41,7 +41,7 @@ class TrackedRun:
 
     run_id: str
     buffer: tracking.MetricsBuffer
-    data_hash: str
+    data_version: str  # Manifest.data_version of the shards it trained on
 
 
 def _finished(out: str, step: int, run_id: str) -> TrainResult | None:
@@ -70,7 +70,8 @@ def _summary(trainer: Trainer, stats: LoopStats, final_val: float | None, wall: 
     return {
         "steps": stats.step,
         "start_step": trainer.start_step,
-        "train_bits_per_sample": stats.last.bits if stats.last else None,
+        # The same window as MLflow's last train_bits_per_sample (MetricsReporter).
+        "train_bits_per_sample": stats.window_bits,
         "grad_norm": stats.last.grad_norm if stats.last else None,
         "val_bits_per_sample": final_val,
         "samples_per_s": stats.samples_per_s,
@@ -83,7 +84,7 @@ def _summary(trainer: Trainer, stats: LoopStats, final_val: float | None, wall: 
         "ema": t.ema_decay > 0,
         "run_id": run.run_id,
         "model_path": model_path,
-        "data_manifest_sha256": run.data_hash,
+        "data_version": run.data_version,
         # Linux reports ru_maxrss in KiB.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
     }

@@ -26,6 +26,7 @@ from wavenet.manifest import read_manifest
 from wavenet.train.checks import check_batch, check_data
 from wavenet.train.exit_codes import is_retryable
 from wavenet.train.outputs import TrainResult, read_result
+from wavenet.train.progress import progress_mode
 
 __all__ = ["LOCAL_PROGRAM", "POD_PROGRAM", "train_command", "train"]
 
@@ -38,7 +39,7 @@ POD_PROGRAM = ("wavenet", "train")
 
 
 def train_command(data: str, out: str, cfg: ExperimentConfig, *, worker: bool = False,
-                  workers: int = 1, threads: int = 0, progress: bool = False,
+                  workers: int = 1, threads: int = 0, progress: bool | str = False,
                   tracking_uri: str | None = None, experiment: str | None = None,
                   run_name: str | None = None, init_model: str | None = None,
                   program: Sequence[str] = LOCAL_PROGRAM) -> list[str]:
@@ -50,7 +51,9 @@ def train_command(data: str, out: str, cfg: ExperimentConfig, *, worker: bool = 
         worker: one worker of the cluster in ``TF_CONFIG`` (``--worker``).
         workers: local worker processes (when not ``worker``).
         threads: TensorFlow threads per process (0: TensorFlow's default).
-        progress: a progress bar (else ``--no-progress``).
+        progress: ``"bar"``, ``"lines"`` (``--progress MODE``), False or ``"off"``
+            (``--no-progress``), True or ``"auto"`` (the command's default: a bar on a
+            terminal, else lines).
         tracking_uri, experiment, run_name, init_model: passed when given.
         program: the command that starts ``wavenet train``.
 
@@ -64,8 +67,10 @@ def train_command(data: str, out: str, cfg: ExperimentConfig, *, worker: bool = 
         argv += ["--workers", str(workers)]
     if threads:
         argv += ["--threads", str(threads)]
-    if not progress:
+    if progress is False or progress == "off":
         argv.append("--no-progress")
+    elif progress in ("bar", "lines"):
+        argv += ["--progress", progress]
     for flag, value in (("--tracking-uri", tracking_uri), ("--experiment", experiment),
                         ("--run-name", run_name), ("--init-model", init_model)):
         if value:
@@ -74,13 +79,15 @@ def train_command(data: str, out: str, cfg: ExperimentConfig, *, worker: bool = 
 
 
 def _train_local_workers(data: str, out: str, cfg: ExperimentConfig, *, workers: int, threads: int,
-                         progress: bool, tracking_uri: str, experiment: str | None,
+                         progress: bool | str, tracking_uri: str, experiment: str | None,
                          run_name: str | None, init_model: str | None, kfp_run_id: str | None,
                          environ: Mapping[str, str] | None) -> TrainResult:
     """``workers`` processes of :func:`train_command` on 127.0.0.1 (:mod:`wavenet.launch`)."""
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+    # Decided here, where the terminal is: the chief's stderr is a pipe to this process.
+    mode = progress_mode(progress)
     commands = [train_command(data, out, cfg, worker=True, threads=per_worker,
-                              progress=progress and i == 0, tracking_uri=tracking_uri,
+                              progress=mode if i == 0 else "off", tracking_uri=tracking_uri,
                               experiment=experiment, run_name=run_name, init_model=init_model)
                 for i in range(workers)]
     # Workers inherit this process's environment; MLflow requests fail fast
@@ -128,7 +135,7 @@ def _run_with_restarts(commands: list[list[str]], env: Mapping[str, str], max_re
 
 def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
           tf_config: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
-          experiment: str | None = None, run_name: str | None = None, progress: bool = True,
+          experiment: str | None = None, run_name: str | None = None, progress: bool | str = True,
           threads: int = 0, init_model: str | None = None, kfp_run_id: str | None = None,
           environ: Mapping[str, str] | None = None) -> TrainResult:
     """Train (or resume training) a WaveNet on the shards in ``data``.
@@ -144,7 +151,9 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
         tracking_uri, experiment, run_name: the MLflow store (default
             ``MLFLOW_TRACKING_URI``, else ./mlflow.db), experiment (default
             ``cfg.name``) and run name (default :func:`wavenet.tracking.run_name`).
-        progress: a progress bar on the chief.
+        progress: the chief's progress display: True or ``"auto"`` (a tqdm bar when
+            stderr is a terminal, else a line every N steps with step/total, bits,
+            samples/s and ETA), ``"bar"``, ``"lines"``, or False/``"off"``.
         threads: TensorFlow intra/inter-op threads per worker (0: TensorFlow's
             default in one process, cores / workers for local workers).
         init_model: warm start: a ``.keras`` path or MLflow model URI (e.g.

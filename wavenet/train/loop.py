@@ -3,27 +3,23 @@
 :func:`run_steps` trains from the trainer's current step to ``train.steps``,
 checkpointing every ``train.checkpoint_every`` steps and always at the end,
 and hands a :class:`StepReport` to a callback after every step. It knows
-nothing about progress bars or MLflow: :class:`ProgressBar` and
-:class:`MetricsReporter` are such callbacks, combined by :class:`Callbacks`.
+nothing about progress bars or MLflow: the displays of :mod:`wavenet.train.progress`
+and :class:`MetricsReporter` are such callbacks, combined by :class:`Callbacks`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tqdm import tqdm
-
 from wavenet.errors import WavenetError
 from wavenet.tracking import MetricsBuffer
 from wavenet.train.setup import Trainer
 
-__all__ = ["StepReport", "LoopStats", "Callback", "Callbacks", "ProgressBar", "MetricsReporter",
-           "run_steps"]
+__all__ = ["StepReport", "LoopStats", "Callback", "Callbacks", "MetricsReporter", "run_steps"]
 
 
 @dataclass(frozen=True)
@@ -43,15 +39,25 @@ class LoopStats:
 
     samples_per_step: int
     step: int
+    log_every: int = 1
     last: StepReport | None = None
     timed_steps: int = 0
     timed_seconds: float = 0.0
+    window: list[float] = field(default_factory=list)  # bits since the last log_every multiple
 
     def add(self, report: StepReport) -> None:
         self.step, self.last = report.step, report
+        if (report.step - 1) % self.log_every == 0:
+            self.window = []
+        self.window.append(report.bits)
         if report.seconds is not None:
             self.timed_steps += 1
             self.timed_seconds += report.seconds
+
+    @property
+    def window_bits(self) -> float | None:
+        """Mean training bits over the last log window: MLflow's last ``train_bits_per_sample``."""
+        return sum(self.window) / len(self.window) if self.window else None
 
     @property
     def samples_per_s(self) -> float | None:
@@ -80,22 +86,6 @@ class Callbacks:
     def close(self) -> None:
         for c in self.callbacks:
             c.close()
-
-
-class ProgressBar:
-    """A tqdm bar on stderr: steps, bits, samples per second."""
-
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                        disable=not enabled, file=sys.stderr)
-
-    def on_step(self, report: StepReport, stats: LoopStats) -> None:
-        self.bar.set_postfix_str(f"bits={report.bits:.3f} samples/s={stats.samples_per_s or 0.0:,.0f}",
-                                 refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class MetricsReporter:
@@ -160,7 +150,8 @@ def run_steps(trainer: Trainer, train_step: Callable[[Iterator], tuple], iterato
     t = trainer.cfg.train
     step = trainer.start_step
     saved = step if trainer.resumed else -1
-    stats = LoopStats(samples_per_step=t.global_batch_size * t.window, step=step)
+    stats = LoopStats(samples_per_step=t.global_batch_size * t.window, step=step,
+                      log_every=max(1, t.log_every))
     try:
         while step < t.steps:
             t0 = time.perf_counter()

@@ -18,11 +18,12 @@ import tensorflow as tf
 
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
-from wavenet.manifest import read_manifest
+from wavenet.manifest import Manifest, read_manifest
 from wavenet.train.checks import check_data, worker_role
 from wavenet.train.export import TrackedRun, export_run
-from wavenet.train.loop import Callbacks, MetricsReporter, ProgressBar, run_steps
+from wavenet.train.loop import Callbacks, MetricsReporter, run_steps
 from wavenet.train.outputs import PENDING_FILE, RUN_ID_FILE, TrainResult
+from wavenet.train.progress import progress_callback, progress_mode
 from wavenet.train.setup import Trainer, distributed_batches, set_up_worker
 from wavenet.train.step import Validation, bits_fn, make_train_step
 
@@ -34,7 +35,7 @@ def _read_optional(path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _tracked_run(trainer: Trainer, out: str, data_hash: str, *, tracking_uri: str,
+def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, tracking_uri: str,
                  experiment: str | None, run_name: str | None, kfp_run_id: str | None,
                  init_model: str | None,
                  environ: Mapping[str, str] | None) -> Iterator[TrackedRun | None]:
@@ -49,14 +50,15 @@ def _tracked_run(trainer: Trainer, out: str, data_hash: str, *, tracking_uri: st
         print(f"warning: MLflow run {prior} from {out}/{RUN_ID_FILE} is not in {tracking_uri}; "
               "starting a new run", file=sys.stderr)
         prior = None
-    tags = {"wavenet.stage": "train", "data.manifest_sha256": data_hash, "preset": cfg.preset,
+    version = manifest.data_version
+    tags = {"wavenet.stage": "train", "data.version": version, "preset": cfg.preset,
             "workers": str(trainer.role.workers), "replicas": str(trainer.replicas),
             "precision": trainer.precision}
     if kfp_run_id:
         tags["kfp.run_id"] = kfp_run_id
     if init_model and not trainer.resumed:
         tags["warm_start"] = init_model
-    name = run_name or tracking.run_name(cfg.preset, data_hash[:8],
+    name = run_name or tracking.run_name(cfg.preset, f"d{version[:8]}",
                                          datetime.datetime.now(datetime.UTC))
     with tracking.start_run(experiment or cfg.name, run_name=name, tracking_uri=tracking_uri,
                             tags=tags, params=cfg.flat(), run_id=prior, environ=environ,
@@ -68,13 +70,20 @@ def _tracked_run(trainer: Trainer, out: str, data_hash: str, *, tracking_uri: st
         buffer = tracking.MetricsBuffer(run_id, tracking_uri, pending=pending)
         if pending:
             buffer.flush(force=True)
-        yield TrackedRun(run_id=run_id, buffer=buffer, data_hash=data_hash)
+        if run_id != prior:  # lineage: the shards as an MLflow dataset, digest = data version
+            tracking.log_dataset(data, f"shards-{version}", version, context="training",
+                                 profile={"tracks": manifest.summary.tracks,
+                                          "labels": manifest.summary.labels,
+                                          "train_seconds": manifest.summary.train_seconds,
+                                          "validation_seconds": manifest.summary.validation_seconds})
+        yield TrackedRun(run_id=run_id, buffer=buffer, data_version=version)
 
 
 def _callbacks(trainer: Trainer, run: TrackedRun | None, validation: Validation,
-               progress: bool) -> Callbacks:
+               progress: bool | str) -> Callbacks:
     t = trainer.cfg.train
-    bar = ProgressBar(t.steps, trainer.start_step, enabled=progress and run is not None)
+    mode = progress_mode(progress) if run is not None else "off"
+    bar = progress_callback(mode, t.steps, trainer.start_step, t.log_every)
     if run is None:
         return Callbacks([bar])
     val_fn = bits_fn(trainer.model)
@@ -94,7 +103,7 @@ def _final_barrier(strategy: tf.distribute.Strategy) -> None:
 
 def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, Any] | None,
                  tracking_uri: str, experiment: str | None = None, run_name: str | None = None,
-                 progress: bool = True, threads: int = 0, kfp_run_id: str | None = None,
+                 progress: bool | str = True, threads: int = 0, kfp_run_id: str | None = None,
                  init_model: str | None = None,
                  environ: Mapping[str, str] | None = None) -> TrainResult:
     """Run one worker of a training cluster (or the only one when ``tf_config`` is None).
@@ -107,7 +116,9 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
         tracking_uri: resolved MLflow URI.
         experiment: MLflow experiment (default ``cfg.name``).
         run_name: name of a new MLflow run (default :func:`wavenet.tracking.run_name`).
-        progress: show a progress bar (chief only).
+        progress: the chief's progress display: ``"bar"``, ``"lines"``, ``"off"``, or
+            True/``"auto"`` (a bar on a terminal, else lines; see
+            :func:`wavenet.train.loop.progress_mode`).
         threads: TensorFlow intra/inter-op threads (0: default).
         kfp_run_id: Kubeflow Pipelines run id, tagged on the MLflow run.
         init_model: a ``.keras`` file whose weights start a new run (warm start);
@@ -127,7 +138,7 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
         iterator = distributed_batches(trainer, data, manifest)
         train_step = make_train_step(trainer)
         validation = Validation(data, manifest, cfg, has_split=has_validation, warn=role.is_chief)
-        with _tracked_run(trainer, out, manifest.sha256, tracking_uri=tracking_uri, experiment=experiment,
+        with _tracked_run(trainer, out, data, manifest, tracking_uri=tracking_uri, experiment=experiment,
                           run_name=run_name, kfp_run_id=kfp_run_id, init_model=init_model,
                           environ=environ) as run:
             stats = run_steps(trainer, train_step, iterator,
