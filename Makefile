@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install lock run run-containers test test-fast lint bench ui clean compile submit-pipeline \
+.PHONY: install lock run run-containers test test-fast lint bench ui ui-screenshots clean compile submit-pipeline \
 	schedule-pipeline image push k8s-validate gpu-check
 
 # Everything installs from uv.lock (one lock for make install, the images and CI). uv itself,
@@ -62,8 +62,14 @@ gpu-check: install
 	$(PY) -m wavenet.bench.gpu --out gpu-check.json $(ARGS)
 
 ui: install
+	@echo "MLflow UI on http://127.0.0.1:5000: pick 'Model training' at the top left (or open the link make run printed, ?workflowType=machine_learning); MLflow 3.17 opens in its GenAI view otherwise"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_STORE))/mlflow.db \
 	  --artifacts-destination $(abspath $(MLFLOW_STORE))/mlartifacts --host 127.0.0.1 --port 5000
+
+# Screenshots of the MLflow UI (experiment, newest training run, compare view) in headless
+# Chromium (Debian's chromium package), for checking what a person sees: make ui-screenshots.
+ui-screenshots: install
+	$(PY) scripts/mlflow_screenshots.py --store $(MLFLOW_STORE) --experiment $(or $(EXPERIMENT),wavenet) --out mlflow-screenshots
 
 # -- images and the cluster (README: Images, registries and the cluster) ---------------------
 # One setting names every image: IMAGE_REGISTRY and IMAGE_TAG flow into make image, push,

@@ -147,8 +147,11 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     run_dir = _latest_run(root, before)
     summary = summarize(run_dir) if run_dir else {"run_dir": None}
+    from wavenet.tracking import experiment_id
+
     summary.update({"wall_s": round(wall, 1), "tracking_uri": tracking_uri,
-                    "experiment": args.experiment})
+                    "experiment": args.experiment,
+                    "experiment_id": experiment_id(args.experiment, tracking_uri)})
     return summary
 
 
@@ -186,11 +189,14 @@ def print_summary(s: dict[str, Any]) -> None:
         _say("  samples   none (the gate rejected the model)")
     if s.get("log"):
         _say(f"  full log  {s['log']}")
+    from wavenet.tracking import experiment_page
+
     _say(f"MLflow: experiment '{s['experiment']}' at {s['tracking_uri']}")
     if str(s["tracking_uri"]).startswith("sqlite:"):
-        _say(f"  open the UI with `{s.get('ui_command') or 'make ui'}`, then http://127.0.0.1:5000")
+        _say(f"  open the UI with `{s.get('ui_command') or 'make ui'}`, then "
+             f"{experiment_page('http://127.0.0.1:5000', s.get('experiment_id'))}")
     else:
-        _say(f"  open {s['tracking_uri']} in a browser")
+        _say(f"  open {experiment_page(s['tracking_uri'], s.get('experiment_id'))} in a browser")
 
 
 def log_path(root: str) -> Path:

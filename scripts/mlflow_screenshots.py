@@ -93,11 +93,12 @@ def take(store: Path, experiment: str, out: Path, binary: str) -> dict:
     ui = start_ui(store, port, out / "mlflow-ui.log")
     base = f"http://127.0.0.1:{port}/#"
     try:
-        pages = {"experiment": f"{base}/experiments/{exp_id}"}
+        ml = "workflowType=machine_learning"
+        pages = {"experiment": f"{base}/experiments/{exp_id}?{ml}"}
         if runs:
-            pages["run"] = f"{base}/experiments/{exp_id}/runs/{runs[0]}"
+            pages["run"] = f"{base}/experiments/{exp_id}/runs/{runs[0]}?{ml}"
             ids = json.dumps(runs[:5]).replace(" ", "")
-            pages["compare"] = f"{base}/compare-runs?runs={ids}&experiments=[\"{exp_id}\"]"
+            pages["compare"] = f"{base}/compare-runs?runs={ids}&experiments=[\"{exp_id}\"]&{ml}"
         for name, url in pages.items():
             chromium(binary, url, screenshot=out / f"{name}.png")
         dom = chromium(binary, pages["experiment"])

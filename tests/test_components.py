@@ -103,6 +103,19 @@ def test_run_names_tell_preset_data_version_and_start_time_apart():
     assert child_run_name("generate", None) == "generate"
 
 
+def test_experiment_links_open_the_model_training_view(tmp_path):
+    from wavenet.tracking import experiment_id, experiment_page
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    import mlflow
+
+    made = mlflow.MlflowClient(uri).create_experiment("links")
+    assert experiment_id("links", uri) == made and experiment_id("absent", uri) is None
+    assert experiment_page("http://mlflow:5000/", made) == \
+        f"http://mlflow:5000/#/experiments/{made}?workflowType=machine_learning"
+    assert experiment_page("http://127.0.0.1:5000", None) == "http://127.0.0.1:5000"
+
+
 def test_data_location_prefers_persistent_shards_and_needs_a_bucket_for_pods():
     assert runtime.data_location("/local/p", "/local/p", {}) == "/local/p"
     assert runtime.data_location("/gcs/b/p", "gs://b/p", {}, for_pods=True) == "gs://b/p"

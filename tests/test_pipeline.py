@@ -281,6 +281,9 @@ def test_full_pipeline_runs_locally_then_an_identical_run_reuses_the_registered_
     assert manifest["summary"]["processed"] == 3
 
     exp = client.get_experiment_by_name("pipeline-test")
+    # The printed link opens the experiment in the UI's model-training view.
+    assert (f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+            in out), out
     runs = client.search_runs([exp.experiment_id])
     train_runs = [r for r in runs if re.fullmatch(r"tiny-d[0-9a-f]{8}-\d{4}T\d{6}", r.info.run_name)]
     assert len(train_runs) == 1, [r.info.run_name for r in runs]

@@ -50,6 +50,8 @@ __all__ = [
     "credentials_error",
     "http_status",
     "child_run_name",
+    "experiment_page",
+    "experiment_id",
     "start_run",
     "run_exists",
     "active_run_id",
@@ -230,6 +232,29 @@ def child_run_name(stage: str, parent: str | None) -> str:
     nested under its parent, and still telling which training it belongs to in a comparison."""
     stamp = (parent or "").rsplit("-", 1)[-1]
     return f"{stage}-{stamp}" if parent and re.fullmatch(r"\d{4}T\d{6}", stamp) else stage
+
+
+# MLflow 3.17's UI opens an experiment in its GenAI view (traces, no metric columns)
+# unless the page's URL asks for the model-training view or the browser remembers the
+# "Model training" toggle (localStorage ``mlflow.workflowType``): the experiment tag
+# ``mlflow.experimentKind`` is not read once the new side navigation is on. Read from
+# the UI bundle of mlflow 3.17.2 (server/js/build/static/js/main.*.js).
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_page(ui_url: str, experiment_id: str | None) -> str:
+    """The UI address of an experiment's runs in the model-training view (the UI's root if no id)."""
+    base = ui_url.rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}?{TRAINING_VIEW}" if experiment_id else base
+
+
+def experiment_id(name: str, tracking_uri: str | None = None) -> str | None:
+    """The id of experiment ``name`` (None when the store does not have it or cannot be read)."""
+    try:
+        exp = MlflowClient(tracking_uri).get_experiment_by_name(name)
+    except Exception:  # a summary line is not worth failing a finished run
+        return None
+    return exp.experiment_id if exp else None
 
 
 def _set_active_experiment(experiment_id: str) -> None:
