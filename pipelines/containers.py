@@ -19,9 +19,10 @@ rendered TFJob's pod spec.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from wavenet.errors import WavenetError
@@ -103,7 +104,9 @@ def step_run_args(environment: Mapping[str, str] | None = None, *, user: str = U
         environment: extra environment (service addresses such as ``MLFLOW_TRACKING_URI``).
         user: ``uid:gid`` to run as.
         scratch_size: size of the writable ``/scratch`` tmpfs.
-        network_mode: ``host``: loopback services on this machine are reachable.
+        network_mode: ``host`` (this machine's network: loopback services, and everything
+            else the machine reaches), or the name of a network such as
+            :func:`internal_network`'s (only that network and the host's address on it).
 
     Returns:
         Keyword arguments for ``docker``'s ``containers.run`` / ``kfp.local.DockerRunner``.
@@ -128,3 +131,42 @@ def loopback_url(url: str) -> bool:
     """Whether ``url`` points at this machine's loopback (what containers here may reach)."""
     host = urllib.parse.urlsplit(url if "://" in url else f"http://{url}").hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@contextlib.contextmanager
+def internal_network(docker_client, name: str) -> Iterator[str]:
+    """A bridge network with no route out of this machine; yields the host's address on it.
+
+    Containers on it reach each other and the host's bridge address (where a service
+    on the host can listen), and get "network unreachable" for anything else: a step
+    cannot fetch from the internet or talk to another machine, as the cluster's
+    egress NetworkPolicy intends. ``internal`` is the Docker API's flag (podman:
+    ``podman network create --internal``); the network is removed afterwards.
+    """
+    import docker
+
+    try:
+        net = docker_client.networks.create(name, driver="bridge", internal=True)
+    except docker.errors.APIError as e:
+        raise ContainerError(f"cannot create the internal network {name!r}: {e.explanation or e}") \
+            from None
+    try:
+        net.reload()
+        configs = (net.attrs.get("IPAM") or {}).get("Config") or []
+        gateway = next((c.get("Gateway") for c in configs if c.get("Gateway")), None)
+        if not gateway:
+            raise ContainerError(f"the internal network {name!r} has no gateway address "
+                                 f"(IPAM: {configs})")
+        yield gateway
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            net.remove()
+
+
+def container_address(container, network: str) -> str:
+    """``container``'s IP address on ``network``."""
+    container.reload()
+    address = (container.attrs["NetworkSettings"]["Networks"].get(network) or {}).get("IPAddress")
+    if not address:
+        raise ContainerError(f"container {container.name} has no address on network {network!r}")
+    return address

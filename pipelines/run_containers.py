@@ -3,12 +3,15 @@
 The same pipeline and components as ``make run``, through ``kfp.local.DockerRunner`` (the
 Docker API: a Docker engine or podman's socket). Each step is a container of
 ``components.images.WAVENET_IMAGE`` run as on a cluster (:mod:`pipelines.containers`: uid
-1000, read-only root, a fresh ``/scratch``, only the pipeline root mounted writable), and
-reaches two services started for the run on 127.0.0.1:
+1000, read-only root, a fresh ``/scratch``, only the pipeline root mounted writable) on an
+internal network made for the run, which has no route out of this machine
+(:func:`pipelines.containers.internal_network`). On it the steps reach only two services
+started for the run:
 
-* an MLflow server, itself a container of the MLflow image (its SQLite store and artifacts
-  in ``ROOT/mlflow/``), which every step logs to over HTTP;
-* a GCS emulator holding the bucket the shards go to (``--shards-uri``, default
+* an MLflow server, itself a container of the MLflow image on the same network (its SQLite
+  store and artifacts in ``ROOT/mlflow/``), which every step logs to over HTTP;
+* a GCS emulator on this machine, listening only on the host's address on that network,
+  holding the bucket the shards go to (``--shards-uri``, default
   ``gs://wavenet-containers/shards``), so the steps read and write a bucket as on a cluster;
   it keeps its objects in ``ROOT/gcs/``.
 
@@ -54,38 +57,44 @@ def _owned(path: Path, user: str) -> Path:
     return path
 
 
-def _wait_port(port: int, alive, what: str, timeout: float = 180.0) -> None:
+def _wait_port(host: str, port: int, alive, what: str, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
             raise containers.ContainerError(f"{what} exited during start-up")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((host, port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.3)
-    raise containers.ContainerError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+    raise containers.ContainerError(f"{what} did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+MLFLOW_PORT = 5000
 
 
 @contextlib.contextmanager
-def mlflow_server(client, image: str, store: Path, user: str, port: int) -> Iterator[str]:
-    """An MLflow server in a container of ``image`` on 127.0.0.1:``port``; yields its URI."""
+def mlflow_server(client, image: str, store: Path, user: str, network: str, name: str
+                  ) -> Iterator[str]:
+    """An MLflow server in a container of ``image`` on ``network``; yields its URI there."""
     import docker
 
-    args = containers.step_run_args({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, user=user)
+    args = containers.step_run_args({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, user=user,
+                                    network_mode=network)
     container = client.containers.run(
-        image, ["server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        image, ["server", "--host", "0.0.0.0", "--port", str(MLFLOW_PORT), "--workers", "1",
                 "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
                 "--artifacts-destination", f"{store}/mlartifacts"],
         detach=True, volumes={str(store): {"bind": str(store), "mode": "rw"}},
-        name=f"wavenet-mlflow-{port}", **args)
-    uri = f"http://127.0.0.1:{port}"
+        name=name, **args)
     try:
         def alive() -> bool:
             container.reload()
             return container.status in ("created", "running")
 
-        _wait_port(port, alive, f"MLflow server ({image})")
+        address = containers.container_address(container, network)
+        uri = f"http://{address}:{MLFLOW_PORT}"
+        _wait_port(address, MLFLOW_PORT, alive, f"MLflow server ({image})")
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -105,19 +114,19 @@ def mlflow_server(client, image: str, store: Path, user: str, port: int) -> Iter
 
 
 @contextlib.contextmanager
-def gcs_emulator(folder: Path, bucket: str, port: int) -> Iterator[str]:
-    """A GCS emulator on 127.0.0.1:``port`` storing its objects under ``folder``; yields its URL."""
+def gcs_emulator(folder: Path, bucket: str, port: int, host: str = "127.0.0.1") -> Iterator[str]:
+    """A GCS emulator on ``host``:``port`` storing its objects under ``folder``; yields its URL."""
     exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
     if not exe:
         raise containers.ContainerError("gcp-storage-emulator is not installed (a dev dependency: make install)")
     folder.mkdir(parents=True, exist_ok=True)
     log = open(folder / "emulator.log", "ab")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([exe, "start", "--host", host, "--port", str(port),
                              "--default-bucket", bucket, "-q"], cwd=folder, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_port(port, lambda: proc.poll() is None, "GCS emulator", timeout=60)
-        yield f"http://127.0.0.1:{port}"
+        _wait_port(host, port, lambda: proc.poll() is None, "GCS emulator", timeout=60)
+        yield f"http://{host}:{port}"
     finally:
         proc.terminate()
         try:
@@ -146,17 +155,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     user = containers.USER if os.geteuid() == 0 else f"{os.getuid()}:{os.getgid()}"
     root = _owned(Path(args.root).resolve(), user)
     store = _owned(root / "mlflow", user)
-    mlflow_port, gcs_port = free_ports(2)
+    (gcs_port,) = free_ports(1)
+    network = f"wavenet-run-{os.getpid()}-{gcs_port}"
     with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(containers.internal_network(client, network))
+        # The server first: the host's bridge address exists once a container is on it.
+        args.tracking_uri = stack.enter_context(
+            mlflow_server(client, MLFLOW_IMAGE, store, user, network, f"{network}-mlflow"))
         env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
         if args.shards_uri.startswith("gs://") or args.data.startswith("gs://"):
             env["STORAGE_EMULATOR_HOST"] = stack.enter_context(
-                gcs_emulator(root / "gcs", args.shards_uri[5:].split("/")[0] or BUCKET, gcs_port))
+                gcs_emulator(root / "gcs", args.shards_uri[5:].split("/")[0] or BUCKET, gcs_port,
+                             host=gateway))
             env["GOOGLE_CLOUD_PROJECT"] = "wavenet-local"
             # This process reads the bucket too (the summary's manifest).
             os.environ.update({k: env[k] for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")})
-        args.tracking_uri = stack.enter_context(mlflow_server(client, MLFLOW_IMAGE, store, user, mlflow_port))
-        runner = local.DockerRunner(**containers.step_run_args(env, user=user))
+        runner = local.DockerRunner(**containers.step_run_args(env, user=user, network_mode=network))
         summary = run_local.run(args, runner=runner)
     summary.update({"tracking_uri": f"sqlite:///{store}/mlflow.db",
                     "ui_command": f"make ui MLFLOW_STORE={store}",

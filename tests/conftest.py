@@ -373,7 +373,7 @@ def mlflow_image(engine):
 
 
 def run_container(engine, image, command, *, environment=None, volumes=None, entrypoint=None,
-                  timeout=600):
+                  timeout=600, network_mode="host"):
     """Run ``command`` in ``image`` as a pod runs (pipelines.containers.step_run_args).
 
     Returns:
@@ -382,7 +382,8 @@ def run_container(engine, image, command, *, environment=None, volumes=None, ent
     from pipelines.containers import step_run_args
 
     c = engine.containers.run(image, command, detach=True, volumes=volumes or {},
-                              entrypoint=entrypoint, **step_run_args(environment))
+                              entrypoint=entrypoint,
+                              **step_run_args(environment, network_mode=network_mode))
     try:
         status = c.wait(timeout=timeout)["StatusCode"]
         return status, c.logs(stdout=True, stderr=True).decode("utf-8", "replace")

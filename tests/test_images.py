@@ -174,6 +174,39 @@ def test_cpu_image_runs_non_root_on_a_read_only_root(engine, cpu_image):
     assert out.split() == ["1000", "ro-root", "ro-tmp", "scratch-ok", "imports-ok"], out
 
 
+def test_steps_on_the_run_network_reach_the_host_service_and_nothing_beyond(engine, cpu_image):
+    """make run-containers' network: a service listening on the host's address on it answers;
+    an address beyond this machine (TEST-NET-1, never routed) is unreachable at once, where the
+    host network would try to route it and time out."""
+    import http.server
+    import threading
+
+    from pipelines.containers import internal_network, step_run_args
+
+    network = f"wavenet-test-{os.getpid()}"
+    with internal_network(engine, network) as gateway:
+        # The host's address on the bridge exists while a container is on it (the MLflow
+        # server's container, in make run-containers).
+        holder = engine.containers.run(cpu_image, ["sleep", "600"], detach=True,
+                                       **step_run_args(network_mode=network))
+        try:
+            server = http.server.HTTPServer((gateway, 0), http.server.SimpleHTTPRequestHandler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            probe = (
+                "import errno, socket, urllib.request\n"
+                f"print(urllib.request.urlopen('http://{gateway}:{server.server_port}/', timeout=20).status)\n"
+                "s = socket.socket(); s.settimeout(20)\n"
+                "try:\n    s.connect(('192.0.2.1', 443)); print('connected')\n"
+                "except OSError as e:\n    print(errno.errorcode.get(e.errno, e))\n")
+            status, out = run_container(engine, cpu_image, ["python", "-c", probe], network_mode=network)
+            server.shutdown()
+            server.server_close()
+        finally:
+            holder.remove(force=True)
+    assert status == 0, out
+    assert out.split()[-2:] == ["200", "ENETUNREACH"], out
+
+
 @pytest.mark.slow
 def test_generate_runs_as_uid_1000_on_a_read_only_root(engine, cpu_image, trained_model_path, tmp_path):
     """The old image crashed here (Numba could not cache its kernel on a read-only root); the
