@@ -306,3 +306,51 @@ def test_the_admin_password_secret_only_seeds_the_first_start(production, tmp_pa
         assert request(s2.uri + SEARCH, auth=(ADMIN, ADMIN_PASSWORD))[0] == 401
     # The first server shares the user store: it sees the rotation too.
     assert request(production.server.uri + SEARCH, auth=(ADMIN, new_password))[0] == 200
+
+
+@pytest.mark.timeout(1500)
+def test_a_pipeline_run_logs_through_the_server_with_the_pipeline_users_credentials(
+        production, tmp_path, monkeypatch, capsys):
+    """`make run` (kfp.local, every step a process) against the production server: training,
+    evaluation, gate and generation log as the pipeline user; the model and the samples land in
+    the artifact bucket; the first model of its registered name becomes the champion."""
+    from google.cloud import storage
+    from mlflow import MlflowClient
+
+    from pipelines import run_local
+
+    monkeypatch.chdir(tmp_path)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_PASSWORD)
+    uri = production.server.uri
+    name = "pipeline-through-production"
+    started = time.monotonic()
+    rc = run_local.main(["--preset", "tiny", "--demo-seconds", "2", "--workers", "1",
+                         "--steps", "10", "--root", str(tmp_path / "runs"), "--tracking-uri", uri,
+                         "--experiment", "production-pipeline",
+                         "--set", f"evaluate.registered_model_name={name}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    print(f"make run through the production server: {time.monotonic() - started:.0f} s")
+    assert f"open {uri}/#/experiments/" in out
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("production-pipeline")
+    runs = client.search_runs([exp.experiment_id])
+    stages = {r.data.tags.get("wavenet.stage"): r for r in runs}
+    assert {"train", "evaluate", "generate"} <= set(stages), [r.info.run_name for r in runs]
+    train = stages["train"]
+    assert train.data.params["train.steps"] == "10" and "val_bits_per_sample" in train.data.metrics
+    assert "eval/bits_per_sample" in train.data.metrics
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:/") for r in runs)
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == "1" and champion.run_id == train.info.run_id
+    # The model and the generated samples are in the bucket the manifest names.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", production.emulator)
+    names = [b.name for b in storage.Client(project="test").list_blobs(production.bucket,
+                                                                        prefix=production.prefix + "/")]
+    assert any(train.info.run_id in n and n.endswith(".keras") for n in names), names
+    generate_id = stages["generate"].info.run_id
+    assert any(generate_id in n and n.endswith(".wav") for n in names), names
