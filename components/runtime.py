@@ -28,7 +28,9 @@ MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
 # default/logging.cc reads it). Kept at 2, not 3: a real C++ error (a collective that fails)
 # must still show. What it cannot reach (absl's pre-init notice, the cuInit probe on a machine
 # without a GPU) `make run` filters from the terminal (pipelines/terminal.py).
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+# MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false: MLflow draws a tqdm bar for every model download
+# (8 lines per step in a log, where a bar cannot redraw; mlflow/environment_variables.py).
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def quiet_logs(environ: dict[str, str] | None = None) -> None:

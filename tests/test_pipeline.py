@@ -269,7 +269,7 @@ def test_full_pipeline_runs_locally_then_an_identical_run_reuses_the_registered_
 
     out, summary = run()
     assert len(out.splitlines()) < 80, out
-    assert "Got executor_input" not in out and re.search(r"full log  \S+run-\d{8}T\d{6}Z\.log", out)
+    assert "Got executor_input" not in out and "Downloading artifacts" not in out and re.search(r"full log  \S+run-\d{8}T\d{6}Z\.log", out)
     assert summary["model"] and os.path.getsize(summary["model"]) > 0
     assert summary["promoted"] is True  # the first model of a fresh registry is the champion
     assert re.search(r"gate      promoted: [0-9.]+ bits/sample, no champion yet; now wavenet "
