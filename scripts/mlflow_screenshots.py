@@ -70,7 +70,11 @@ def chromium(binary: str, url: str, *, screenshot: Path | None = None, budget_ms
     args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             "--window-size=1600,1000", f"--virtual-time-budget={budget_ms}"]
     args += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    done = subprocess.run(args + [url], capture_output=True, text=True, timeout=180)
+    try:
+        done = subprocess.run(args + [url], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"error: chromium did not finish {url} within 600 s (a busy machine?)") \
+            from None
     return done.stdout
 
 
