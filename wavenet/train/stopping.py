@@ -91,7 +91,8 @@ class StopSignals:
 
     Installs its handlers on entry (only in the main thread, where Python runs
     signal handlers) and puts the previous ones back on exit, so set-up and
-    export keep the CLI's own handling.
+    export keep the CLI's own handling; when the loop leaves with
+    :class:`TrainingStopped`, SIGTERM stays ignored on the way out.
 
     Attributes:
         signum: the first stop signal received, or None.
@@ -119,6 +120,9 @@ class StopSignals:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        stopping = exc_type is not None and issubclass(exc_type, TrainingStopped)
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # Once stopping, a later SIGTERM (the local launcher stops the workers still
+            # there when the first one exits) must not cut the way out short.
+            signal.signal(s, signal.SIG_IGN if stopping and s == signal.SIGTERM else handler)
         self._previous.clear()
