@@ -21,6 +21,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
+from wavenet import storage
 from wavenet.checkpoints import STATE_FILE, latest_in_state
 from wavenet.train.exit_codes import exit_code, is_retryable
 from wavenet.train.stopping import StopSignals, TrainingStopped
@@ -170,6 +171,39 @@ def test_sigterm_to_a_single_process_saves_exits_143_and_the_same_command_resume
     summary = json.loads(done.stdout)
     assert summary["start_step"] == stopped_at and summary["steps"] == 60
     _one_finished_run_with_every_step(db, out, 60)
+
+
+BUCKET = "wavenet-stop"  # the gcs fixture's emulator bucket
+
+
+def _bucket_step(uri: str) -> int:
+    state = f"{uri}/checkpoints/{STATE_FILE}"
+    name = latest_in_state(storage.read_text(state)) if storage.exists(state) else None
+    return int(name.rsplit("-", 1)[1]) if name else 0
+
+
+@pytest.mark.slow
+def test_the_final_checkpoint_of_a_bucket_run_reaches_the_bucket(gcs, tiny_shards, tmp_path):
+    """`--out gs://...`: the stop's checkpoint goes through the same mirror as periodic ones."""
+    out = f"{gcs}/runs/stopped"
+    proc = subprocess.Popen(_train(tiny_shards, out, tmp_path / "m.db", "--no-progress"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while _bucket_step(out) < 20:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint reached the bucket"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    stopped_at = _bucket_step(out)
+    assert stopped_at > 20 and stopped_at % 20, stopped_at
+    assert storage.exists(f"{out}/checkpoints/ckpt-{stopped_at}.index")
+    assert f"checkpoint saved in {out}/checkpoints" in err.strip().splitlines()[-1]
 
 
 def _take_terminal() -> None:  # pragma: no cover - runs in the child: its pty becomes its terminal
