@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
 def _stop_on_sigterm(signum, frame) -> None:
     """SIGTERM (pod eviction, `kill`) outside the steps: unwind through clean-up, exit 143."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the clean-up
-    raise Interrupted("stopped by SIGTERM outside the training steps: the last checkpoint "
-                      "stands; the same command resumes from it", 128 + signum)
+    raise Interrupted("stopped by SIGTERM; the same command resumes from the last checkpoint",
+                      128 + signum)
 
 
 def _worker_exit(e: BaseException) -> int:
