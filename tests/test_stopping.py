@@ -63,10 +63,9 @@ def _wait_for_checkpoint(out: Path, step: int, proc, timeout: float = 400) -> No
         time.sleep(0.05)
 
 
-def _one_finished_run_with_every_step(db: Path, out: Path, steps: int) -> None:
+def _one_finished_run_with_every_step(db: Path, run_id: str, steps: int) -> None:
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("stop").experiment_id])
-    run_id = (out / "mlflow_run_id").read_text().strip()
     assert [(r.info.run_id, r.info.status) for r in runs] == [(run_id, "FINISHED")]
     logged = sorted(m.step for m in client.get_metric_history(run_id, "train_bits_per_sample"))
     assert logged == list(range(1, steps + 1))  # no gap, no step twice
@@ -139,38 +138,7 @@ def test_sigterm_to_one_of_two_workers_saves_an_agreed_step_and_the_launcher_res
     assert text.count("restarting all 2 workers") == 1
     summary = json.loads(stdout)
     assert summary["start_step"] == stopped_at and summary["steps"] == 60  # resumed exactly there
-    _one_finished_run_with_every_step(db, out, 60)
-
-
-@pytest.mark.slow
-def test_sigterm_to_a_single_process_saves_exits_143_and_the_same_command_resumes(tiny_shards,
-                                                                                 tmp_path):
-    out, db = tmp_path / "run", tmp_path / "m.db"
-    argv = _train(tiny_shards, out, db, "--no-progress")
-    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        _wait_for_checkpoint(out, 20, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 143, err[-3000:]
-    stopped_at = _checkpoint_step(out)
-    assert stopped_at > 20 and stopped_at % 20, stopped_at
-    assert err.strip().splitlines()[-1] == (f"stopped by SIGTERM at step {stopped_at} of 60: "
-                                            f"checkpoint saved in {out}/checkpoints; the same "
-                                            "command resumes from it")
-    assert "Traceback" not in err
-    client = MlflowClient(f"sqlite:///{db}")
-    assert client.get_run((out / "mlflow_run_id").read_text().strip()).info.status == "KILLED"
-
-    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads(done.stdout)
-    assert summary["start_step"] == stopped_at and summary["steps"] == 60
-    _one_finished_run_with_every_step(db, out, 60)
+    _one_finished_run_with_every_step(db, (out / "mlflow_run_id").read_text().strip(), 60)
 
 
 BUCKET = "wavenet-stop"  # the gcs fixture's emulator bucket
@@ -183,11 +151,13 @@ def _bucket_step(uri: str) -> int:
 
 
 @pytest.mark.slow
-def test_the_final_checkpoint_of_a_bucket_run_reaches_the_bucket(gcs, tiny_shards, tmp_path):
-    """`--out gs://...`: the stop's checkpoint goes through the same mirror as periodic ones."""
-    out = f"{gcs}/runs/stopped"
-    proc = subprocess.Popen(_train(tiny_shards, out, tmp_path / "m.db", "--no-progress"), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_sigterm_to_a_single_process_saves_to_its_bucket_exits_143_and_the_same_command_resumes(
+        gcs, tiny_shards, tmp_path):
+    """`--out gs://...` (GCS emulator): the stop's checkpoint goes through the same mirror."""
+    out, db = f"{gcs}/runs/stopped", tmp_path / "m.db"
+    argv = _train(tiny_shards, out, db, "--no-progress")
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         deadline = time.monotonic() + 400
         while _bucket_step(out) < 20:
@@ -201,9 +171,20 @@ def test_the_final_checkpoint_of_a_bucket_run_reaches_the_bucket(gcs, tiny_shard
             proc.kill()
     assert proc.returncode == 143, err[-3000:]
     stopped_at = _bucket_step(out)
-    assert stopped_at > 20 and stopped_at % 20, stopped_at
+    assert stopped_at > 20 and stopped_at % 20, stopped_at  # its own checkpoint, not a periodic one
     assert storage.exists(f"{out}/checkpoints/ckpt-{stopped_at}.index")
-    assert f"checkpoint saved in {out}/checkpoints" in err.strip().splitlines()[-1]
+    assert err.strip().splitlines()[-1] == (f"stopped by SIGTERM at step {stopped_at} of 60: "
+                                            f"checkpoint saved in {out}/checkpoints; the same "
+                                            "command resumes from it")
+    assert "Traceback" not in err
+    run_id = storage.read_text(f"{out}/mlflow_run_id").strip()
+    assert MlflowClient(f"sqlite:///{db}").get_run(run_id).info.status == "KILLED"
+
+    done = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["start_step"] == stopped_at and summary["steps"] == 60
+    _one_finished_run_with_every_step(db, run_id, 60)
 
 
 def _take_terminal() -> None:  # pragma: no cover - runs in the child: its pty becomes its terminal
