@@ -1,7 +1,8 @@
 """SIGTERM and Ctrl-C: a checkpoint at a step the workers agree on, exit 143/130, resume from it.
 
 The slow tests run real `wavenet train` processes (tiny preset) on 127.0.0.1 with a
-SQLite MLflow store; the others check the signal handling and exit-code policy alone.
+SQLite MLflow store (and the GCS emulator for a bucket run directory); the others check
+the signal handling and exit-code policy alone.
 """
 
 import fcntl
@@ -46,16 +47,14 @@ def _train(data, out, db, *extra):
             "--tracking-uri", f"sqlite:///{db}", "--experiment", "stop", *extra]
 
 
-def _checkpoint_step(out: Path) -> int:
-    state = out / "checkpoints" / STATE_FILE
-    try:
-        name = latest_in_state(state.read_text())
-    except FileNotFoundError:
-        return 0
+def _checkpoint_step(out) -> int:
+    """The step of the latest checkpoint in OUT/checkpoints (a folder or gs://), 0 if none."""
+    state = storage.join(str(out), "checkpoints", STATE_FILE)
+    name = latest_in_state(storage.read_text(state)) if storage.exists(state) else None
     return int(name.rsplit("-", 1)[1]) if name else 0
 
 
-def _wait_for_checkpoint(out: Path, step: int, proc, timeout: float = 400) -> None:
+def _wait_for_checkpoint(out, step: int, proc, timeout: float = 400) -> None:
     deadline = time.monotonic() + timeout
     while _checkpoint_step(out) < step:
         assert proc.poll() is None, f"exited {proc.returncode} before checkpoint {step}"
@@ -144,12 +143,6 @@ def test_sigterm_to_one_of_two_workers_saves_an_agreed_step_and_the_launcher_res
 BUCKET = "wavenet-stop"  # the gcs fixture's emulator bucket
 
 
-def _bucket_step(uri: str) -> int:
-    state = f"{uri}/checkpoints/{STATE_FILE}"
-    name = latest_in_state(storage.read_text(state)) if storage.exists(state) else None
-    return int(name.rsplit("-", 1)[1]) if name else 0
-
-
 @pytest.mark.slow
 def test_sigterm_to_a_single_process_saves_to_its_bucket_exits_143_and_the_same_command_resumes(
         gcs, tiny_shards, tmp_path):
@@ -159,18 +152,14 @@ def test_sigterm_to_a_single_process_saves_to_its_bucket_exits_143_and_the_same_
     proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        deadline = time.monotonic() + 400
-        while _bucket_step(out) < 20:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint reached the bucket"
-            time.sleep(0.1)
+        _wait_for_checkpoint(out, 20, proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, err[-3000:]
-    stopped_at = _bucket_step(out)
+    stopped_at = _checkpoint_step(out)
     assert stopped_at > 20 and stopped_at % 20, stopped_at  # its own checkpoint, not a periodic one
     assert storage.exists(f"{out}/checkpoints/ckpt-{stopped_at}.index")
     assert err.strip().splitlines()[-1] == (f"stopped by SIGTERM at step {stopped_at} of 60: "
