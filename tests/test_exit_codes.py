@@ -15,7 +15,7 @@ from wavenet.train.exit_codes import PeerLost, exit_code, is_retryable
     tf.errors.DeadlineExceededError(None, None, "collective timed out"),
     tf.errors.CancelledError(None, None, "collective cancelled"),
     tf.errors.AbortedError(None, None, "coordination service aborted"),
-    PeerLost("SIGTERM received"),
+    PeerLost("peer worker 1 is gone"),
     TimeoutError("collective timeout"),
 ])
 def test_lost_peers_exit_138(error):

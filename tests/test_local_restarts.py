@@ -51,3 +51,32 @@ def test_budget_is_kept(tmp_path):
         _run_with_restarts(_commands(tmp_path, 138, "always"), {"PATH": "/usr/bin:/bin"}, 2,
                            str(tmp_path))
     assert _starts(tmp_path, 1) == 3  # first run + 2 restarts
+
+
+# Worker 1 stops as after SIGTERM (exit 143); worker 0 is still saving the agreed checkpoint,
+# which takes longer than the launcher waits after other failures (FAILURE_GRACE_S).
+_SAVING = """
+import json, os, signal, sys, time
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+first = not os.path.exists(sys.argv[1] + f"/started-{index}")
+open(sys.argv[1] + f"/started-{index}", "a").close()
+if not first:
+    sys.exit(0)
+if index == 1:
+    time.sleep(0.5)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already: the launcher's SIGTERM changes nothing
+time.sleep(float(sys.argv[2]))
+open(sys.argv[1] + "/saved", "w").close()
+sys.exit(143)
+"""
+
+
+def test_workers_stopping_after_sigterm_get_time_to_save(tmp_path):
+    from wavenet.launch import FAILURE_GRACE_S, SAVE_GRACE_S
+
+    save_s = FAILURE_GRACE_S + 2
+    assert save_s < SAVE_GRACE_S
+    commands = [[sys.executable, "-c", _SAVING, str(tmp_path), str(save_s)] for _ in range(2)]
+    _run_with_restarts(commands, {"PATH": "/usr/bin:/bin"}, 1, str(tmp_path))
+    assert (tmp_path / "saved").exists()  # worker 0 was not killed mid-save

@@ -328,3 +328,13 @@ def test_run_tfjob_refused_creation_is_one_line(fake_api):
     with pytest.raises(tfjob.TFJobError, match="cannot create TFJob ml/wavenet-demo-x: 403"):
         tfjob.run_tfjob(_render(), poll_seconds=0.05, log=lambda _: None, api_client=api)
     assert not any(m == "DELETE" for m, _ in srv.requests)
+
+
+def test_worker_pods_get_time_for_the_final_checkpoint_on_sigterm():
+    # wavenet/train/stopping.py: SIGTERM -> two steps, a checkpoint, MLflow, exit 143.
+    assert _worker(_render())["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+    job = _render(termination_grace_s=600)
+    validate_tfjob(job, SCHEMA)
+    assert _worker(job)["template"]["spec"]["terminationGracePeriodSeconds"] == 600
+    with pytest.raises(ConfigError, match="termination_grace_s"):
+        _render(termination_grace_s=-1)

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from wavenet.errors import ConfigError, WavenetError, one_line
+from wavenet.errors import ConfigError, Interrupted, WavenetError, one_line
 
 
 def _quiet_tensorflow() -> None:
@@ -168,8 +168,9 @@ def _cmd_train(args) -> int:
         os.environ.setdefault(key, value)
     cfg = _config(args)
     tf_config = parse_tf_config(os.environ.get("TF_CONFIG")) if args.worker else None
-    if args.worker:
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    # Outside the training steps (set-up, export; a launcher's whole run) SIGTERM ends the
+    # command through its clean-up; during the steps wavenet.train.stopping saves first.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     result = train(args.data, args.out, cfg, workers=args.workers, tf_config=tf_config,
                    tracking_uri=args.tracking_uri, experiment=args.experiment,
                    run_name=args.run_name, progress="off" if args.no_progress else args.progress,
@@ -313,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     except WavenetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # stopped by a signal after saving what it could
+        if getattr(args, "worker", False):
+            return _worker_exit(e)
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -323,20 +329,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_on_sigterm(signum, frame) -> None:
-    """SIGTERM (pod eviction) ends a worker with the retryable code, not 143's silent death."""
-    from wavenet.train.exit_codes import PeerLost
-
-    raise PeerLost("SIGTERM received")
+    """SIGTERM (pod eviction, `kill`) outside the steps: unwind through clean-up, exit 143."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the clean-up
+    raise Interrupted("stopped by SIGTERM; the same command resumes from the last checkpoint",
+                      128 + signum)
 
 
 def _worker_exit(e: BaseException) -> int:
     """One line and the exit code of the one policy (``wavenet.train.exit_codes``)."""
-    from wavenet.train.exit_codes import RETRY, exit_code
+    from wavenet.train.exit_codes import exit_code, is_retryable
 
     code = exit_code(e)
-    kind = "retryable" if code == RETRY else "permanent"
+    kind = "retryable" if is_retryable(code) else "permanent"
     # "error: " first, as the local launcher expects of a worker's one-line error.
-    print(f"error: {one_line(e)} (exit {code}, {kind})", file=sys.stderr)
+    print(f"error: {one_line(e, with_type=not isinstance(e, Interrupted))} (exit {code}, {kind})",
+          file=sys.stderr)
     return code
 
 

@@ -26,6 +26,24 @@ class TrackingError(WavenetError):
     """The MLflow tracking server cannot be used."""
 
 
+class Interrupted(BaseException):
+    """Work stopped on request (SIGTERM, SIGINT) after saving what it could.
+
+    Not a :class:`WavenetError`: nothing is wrong with the input, and the same
+    command resumes. A ``BaseException``, as ``KeyboardInterrupt`` is, so that
+    no ``except Exception`` on the way out swallows it. The CLI prints the
+    message as one line and exits with :attr:`exit_code`.
+
+    Attributes:
+        exit_code: the process's exit status: ``128 + signal``, as a shell and
+            a container runtime report a process killed by that signal.
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def one_line(e: BaseException, *, with_type: bool = True) -> str:
     """The first line of an exception's message, for a one-line error that wraps it.
 

@@ -9,9 +9,10 @@ the tail of their output is kept, to be shown if they fail.
 
 When any worker fails, the others are stopped (MultiWorkerMirroredStrategy
 cannot continue without a peer; they would block in the next all-reduce) and
-the command fails with that worker's error. Ctrl-C stops all of them, and
-workers die with this process (Linux parent-death signal) even when it is
-killed outright.
+the command fails with that worker's error. Ctrl-C (or SIGTERM to this
+process) stops all of them, after they save a checkpoint at an agreed step
+(:mod:`wavenet.train.stopping`), and workers die with this process (Linux
+parent-death signal) even when it is killed outright.
 """
 
 from __future__ import annotations
@@ -134,7 +135,20 @@ class _Pump(threading.Thread):
         return [ln for ln in text.splitlines() if ln.strip()]
 
 
-def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 5.0) -> None:
+# How long stopped workers get to save their checkpoint and leave before SIGKILL: after
+# SIGTERM or SIGINT they finish a step or two, save, send their metrics and meet at a
+# barrier (wavenet.train.stopping). A worker blocked on a dead peer never leaves by itself,
+# so after any other failure the wait is short.
+SAVE_GRACE_S = 60.0
+FAILURE_GRACE_S = 5.0
+_SAVED_STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM the running workers, SIGKILL those still there after ``grace_s``.
+
+    A KeyboardInterrupt meanwhile (a second Ctrl-C) cuts the wait short: the rest are killed.
+    """
     for p in procs:
         if p.poll() is None:
             try:
@@ -142,12 +156,17 @@ def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 5.0) -> None:
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace_s
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    try:
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def _describe(rc: int) -> str:
@@ -203,14 +222,15 @@ def run_local_workers(commands: Sequence[Sequence[str]], environ: Mapping[str, s
                 break
             else:
                 time.sleep(poll_s)
-    except BaseException:
-        _stop(procs, grace_s=2.0)
+    except BaseException:  # Ctrl-C or SIGTERM here: the workers save and stop too
+        _stop(procs, grace_s=SAVE_GRACE_S)
         raise
     if failed is None:
         for pump in pumps:
             pump.join(timeout=5)
         return
-    _stop(procs)
+    stopped = procs[failed].returncode in _SAVED_STOP_CODES
+    _stop(procs, grace_s=SAVE_GRACE_S if stopped else FAILURE_GRACE_S)
     for pump in pumps:
         pump.join(timeout=5)
     rc = procs[failed].returncode

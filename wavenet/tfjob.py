@@ -105,7 +105,7 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
                  env: Mapping[str, str] | None = None, backoff_limit: int | None = None,
                  ttl_seconds_after_finished: int | None = None, clean_pod_policy: str | None = None,
                  restart_policy: str | None = None, service_account: str | None = None,
-                 labels: Mapping[str, str] | None = None,
+                 termination_grace_s: int | None = None, labels: Mapping[str, str] | None = None,
                  template: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Render the TFJob the launcher creates. Pure: no cluster, no environment.
 
@@ -129,6 +129,9 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
         clean_pod_policy: ``runPolicy.cleanPodPolicy`` (None, Running, All); None keeps the template's.
         restart_policy: Worker ``restartPolicy`` (OnFailure, ExitCode, Never, Always).
         service_account: pod service account; None keeps the template's.
+        termination_grace_s: the pods' ``terminationGracePeriodSeconds``, the time a
+            worker has from SIGTERM to its final checkpoint (:mod:`wavenet.train.stopping`);
+            None keeps the template's.
         labels: extra labels on the job and its pods.
         template: the TFJob template; None loads ``k8s/tfjob-template.yaml``.
 
@@ -136,6 +139,11 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
         The TFJob object, ready for ``create_namespaced_custom_object``.
     """
     _check_settings(name, workers, gpus_per_worker, command, clean_pod_policy, restart_policy)
+    if termination_grace_s is not None and (not isinstance(termination_grace_s, int)
+                                            or isinstance(termination_grace_s, bool)
+                                            or termination_grace_s < 0):
+        raise ConfigError(f"termination_grace_s must be an integer >= 0. "
+                          f"Received: termination_grace_s={termination_grace_s!r}")
     job = copy.deepcopy(dict(template if template is not None else load_template()))
     meta = job.setdefault("metadata", {})
     meta["name"] = name
@@ -156,6 +164,8 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
     pod_spec = pod.setdefault("spec", {})
     if service_account is not None:
         pod_spec["serviceAccountName"] = service_account
+    if termination_grace_s is not None:
+        pod_spec["terminationGracePeriodSeconds"] = termination_grace_s
     c = _container(pod_spec)
     c["image"] = image
     c["command"] = list(command)

@@ -36,7 +36,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from wavenet import storage
-from wavenet.errors import TrackingError, one_line
+from wavenet.errors import Interrupted, TrackingError, one_line
 
 __all__ = [
     "DEFAULT_STORE",
@@ -319,7 +319,7 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
               tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
               run_id: str | None = None, environ: Mapping[str, str] | None = None,
               log_system_metrics: bool = False) -> Iterator[Any]:
-    """Open an MLflow run (a new one, or ``run_id`` to continue one); FINISHED or FAILED at the end.
+    """Open an MLflow run (a new one, or ``run_id`` to continue one); FINISHED, FAILED or KILLED at the end.
 
     When Kubeflow Pipelines injected ``MLFLOW_RUN_ID`` (its MLflow integration
     creates one run per pipeline run), the stage's run is nested under it.
@@ -355,9 +355,10 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
         if params and run_id is None:
             mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
         yield run
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(Exception):  # the original error matters more
-            _end_run("FAILED")
+            # KILLED: stopped by a signal to be resumed (the same command continues the run).
+            _end_run("KILLED" if isinstance(e, Interrupted) else "FAILED")
         raise
     try:
         _end_run("FINISHED")

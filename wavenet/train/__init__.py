@@ -24,6 +24,8 @@ The modules, in the order a run uses them:
 * :mod:`~wavenet.train.schedule`: the learning-rate schedule that drives the optimizer;
 * :mod:`~wavenet.train.step`: the distributed step and the validation score;
 * :mod:`~wavenet.train.loop`: the step loop, reporting through callbacks;
+* :mod:`~wavenet.train.stopping`: SIGTERM or Ctrl-C stops every worker after a
+  checkpoint at a step they agree on (exit 143 or 130, retried by the operator);
 * :mod:`~wavenet.train.export`: the generation model, summary and MLflow records.
 
 This package's namespace holds what launchers need: launch, cluster, checks

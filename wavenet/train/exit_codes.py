@@ -5,11 +5,14 @@ replica only for exit codes 130, 137, 143 (killed by SIGINT, SIGKILL, SIGTERM)
 and 138 (SIGUSR1, reserved for "the user says retry"); 1, 2, 126, 127, 128, 139
 and every other code are permanent (kubeflow/training-operator
 ``pkg/util/train/train_util.go``, ``IsRetryableExitCode``). A worker therefore
-exits 138 when a peer or the coordination service is lost (the run can resume
-from its last checkpoint), 2 on bad input or config, and 1 on anything else.
-Nothing here imports TensorFlow: errors are recognised by class name, so the
-policy stays a pure, cheap function.
+exits 143 (or 130) when SIGTERM (or SIGINT) stopped it, after the checkpoint
+of :mod:`wavenet.train.stopping`; 138 when a peer or the coordination service
+is lost (the run can resume from its last checkpoint); 2 on bad input or
+config; and 1 on anything else. Nothing here imports TensorFlow: errors are
+recognised by class name, so the policy stays a pure, cheap function.
 """
+
+from wavenet.errors import Interrupted
 
 RETRY = 138            # SIGUSR1's code: the operator's "user says retry"
 BAD_INPUT = 2          # WavenetError: one-line error, fixing the input is the cure
@@ -25,7 +28,7 @@ _RETRYABLE_TF_ERRORS = frozenset({"UnavailableError", "DeadlineExceededError",
 
 
 class PeerLost(Exception):
-    """Raised by our own code when a collective times out or SIGTERM asks the worker to stop."""
+    """Raised by our own code when a collective times out or a peer is gone."""
 
 
 def _class_names(e: BaseException) -> set[str]:
@@ -39,9 +42,13 @@ def exit_code(e: BaseException) -> int:
         e: the exception that ended the worker.
 
     Returns:
-        138 for retryable failures (lost peer, collective error or timeout,
-        SIGTERM), 2 for a ``WavenetError`` (bad input or config), 1 otherwise.
+        ``e.exit_code`` for an :class:`~wavenet.errors.Interrupted` (143 after
+        SIGTERM, 130 after SIGINT), 138 for other retryable failures (lost peer,
+        collective error or timeout), 2 for a ``WavenetError`` (bad input or
+        config), 1 otherwise.
     """
+    if isinstance(e, Interrupted):
+        return e.exit_code
     names = _class_names(e)
     if isinstance(e, PeerLost) or names & _RETRYABLE_TF_ERRORS or "TimeoutError" in names:
         return RETRY

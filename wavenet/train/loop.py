@@ -18,6 +18,7 @@ from typing import Protocol
 from wavenet.errors import WavenetError
 from wavenet.tracking import MetricsBuffer
 from wavenet.train.setup import Trainer
+from wavenet.train.stopping import StopSignals, TrainingStopped
 
 __all__ = ["StepReport", "LoopStats", "Callback", "Callbacks", "MetricsReporter", "run_steps"]
 
@@ -136,16 +137,20 @@ class MetricsReporter:
         pass
 
 
-def run_steps(trainer: Trainer, train_step: Callable[[Iterator], tuple], iterator: Iterator,
-              callback: Callback) -> LoopStats:
+def run_steps(trainer: Trainer, train_step: Callable[[Iterator, bool], tuple], iterator: Iterator,
+              callback: Callback, stop: StopSignals | None = None) -> LoopStats:
     """Train from ``trainer.step`` to ``train.steps``; report each step to ``callback``.
 
     Checkpoints every ``train.checkpoint_every`` steps and always leaves one of
-    the final step, so re-running a finished run trains nothing more.
+    the final step, so re-running a finished run trains nothing more. When
+    ``stop`` records a signal here, or any other worker's step reports one, every
+    worker saves a checkpoint after the same step and raises
+    :class:`~wavenet.train.stopping.TrainingStopped` (:mod:`wavenet.train.stopping`).
 
     Raises:
         WavenetError: the loss is not finite (except under mixed_float16, whose
             loss scaling skips such steps by design).
+        TrainingStopped: a stop was requested; its checkpoint is saved.
     """
     t = trainer.cfg.train
     step = trainer.start_step
@@ -155,7 +160,7 @@ def run_steps(trainer: Trainer, train_step: Callable[[Iterator], tuple], iterato
     try:
         while step < t.steps:
             t0 = time.perf_counter()
-            loss, norm, lr = train_step(iterator)
+            loss, norm, lr, stops = train_step(iterator, stop is not None and stop.requested)
             bits, grad_norm = float(loss.numpy()), float(norm.numpy())
             seconds = time.perf_counter() - t0
             step += 1
@@ -171,6 +176,11 @@ def run_steps(trainer: Trainer, train_step: Callable[[Iterator], tuple], iterato
                 trainer.checkpoints.save(step)
                 saved = step
             callback.on_step(report, stats)
+            if float(stops.numpy()) > 0:  # the same sum on every worker: all stop here
+                if saved != step:
+                    trainer.checkpoints.save(step)
+                raise TrainingStopped(step, t.steps, trainer.checkpoints.store.directory,
+                                      stop.signum if stop is not None else None)
         if saved != step:
             trainer.checkpoints.save(step)
     finally:

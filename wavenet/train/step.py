@@ -25,11 +25,16 @@ from wavenet.train.setup import Trainer
 __all__ = ["make_train_step", "bits_fn", "Validation"]
 
 
-def make_train_step(trainer: Trainer) -> Callable[[Iterator], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
-    """A compiled step: ``iterator -> (bits per sample, gradient norm, learning rate)``.
+def make_train_step(
+        trainer: Trainer) -> Callable[[Iterator, bool], tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]]:
+    """A compiled step: ``(iterator, stop) -> (bits per sample, gradient norm, learning rate, stops)``.
 
     The learning rate is the one the optimizer applied in this update (read
     from the optimizer, i.e. from its :class:`~wavenet.train.schedule.WarmupCosine`).
+    ``stop`` is this worker's stop request (:mod:`wavenet.train.stopping`);
+    ``stops`` is its sum over all replicas, the same on every worker: > 0 means
+    the cluster stops after this step. The flag travels in the loss's
+    all-reduce, packed with the loss into one 2-vector, so it adds no collective.
     """
     model, optimizer, t = trainer.model, trainer.optimizer, trainer.cfg.train
     g = t.global_batch_size
@@ -47,14 +52,15 @@ def make_train_step(trainer: Trainer) -> Callable[[Iterator], tuple[tf.Tensor, t
     if trainer.jit:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
-    def replica_step(crops, labels):
+    def replica_step(crops, labels, stop):
         loss, grads = forward_backward(crops, labels)
         # Dense gradients (the embedding's arrive as IndexedSlices): one fixed
         # all-reduce layout, and the same summation whatever the batch holds.
         grads = [tf.convert_to_tensor(gr) for gr in grads]
         ctx = tf.distribute.get_replica_context()
-        reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [loss] + grads)
-        loss, grads = reduced[0], reduced[1:]
+        loss_and_stop = tf.stack([loss, tf.cast(stop, loss.dtype)])
+        reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [loss_and_stop] + grads)
+        loss, stops, grads = reduced[0][0], reduced[0][1], reduced[1:]
         scale = tf.cast(optimizer.dynamic_scale, tf.float32) if loss_scaled else 1.0
         norm = tf.linalg.global_norm(grads)
         if t.gradient_clip_norm > 0:
@@ -63,13 +69,19 @@ def make_train_step(trainer: Trainer) -> Callable[[Iterator], tuple[tf.Tensor, t
             grads, _ = tf.clip_by_global_norm(grads, t.gradient_clip_norm * scale, use_norm=norm)
         learning_rate = tf.cast(optimizer.learning_rate, tf.float32)  # for this update
         optimizer.apply(grads, model.trainable_variables)
-        return loss, norm / scale, learning_rate
+        return loss, norm / scale, learning_rate, stops
 
     @tf.function
-    def train_step(iterator):
+    def compiled_step(iterator, stop):
         crops, labels = next(iterator)
-        results = trainer.strategy.run(replica_step, args=(crops, labels))
+        results = trainer.strategy.run(replica_step, args=(crops, labels, stop))
         return tuple(trainer.strategy.experimental_local_results(r)[0] for r in results)
+
+    # The flag as one of two ready tensors: a Python value would retrace the step.
+    flags = (tf.constant(0.0), tf.constant(1.0))
+
+    def train_step(iterator, stop: bool = False):
+        return compiled_step(iterator, flags[bool(stop)])
 
     return train_step
 

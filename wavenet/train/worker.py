@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
+from wavenet.errors import Interrupted
 from wavenet.manifest import Manifest, read_manifest
 from wavenet.train.checks import check_data, worker_role
 from wavenet.train.export import TrackedRun, export_run
@@ -26,6 +27,7 @@ from wavenet.train.outputs import PENDING_FILE, RUN_ID_FILE, TrainResult
 from wavenet.train.progress import progress_callback, progress_mode
 from wavenet.train.setup import Trainer, distributed_batches, set_up_worker
 from wavenet.train.step import Validation, bits_fn, make_train_step
+from wavenet.train.stopping import StopSignals, TrainingStopped
 
 __all__ = ["train_worker"]
 
@@ -76,7 +78,17 @@ def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, t
                                           "labels": manifest.summary.labels,
                                           "train_seconds": manifest.summary.train_seconds,
                                           "validation_seconds": manifest.summary.validation_seconds})
-        yield TrackedRun(run_id=run_id, buffer=buffer, data_version=version)
+        try:
+            yield TrackedRun(run_id=run_id, buffer=buffer, data_version=version)
+        except Interrupted:
+            # Stopped to be resumed (the run is marked KILLED): what is logged goes
+            # now, or with the next start of the same command.
+            pending_path = storage.join(out, PENDING_FILE)
+            if not buffer.flush(force=True):
+                storage.write_text_atomic(pending_path, buffer.to_json())
+            else:  # sent, those read from the file at start included: not again on resume
+                storage.remove(pending_path)
+            raise
 
 
 def _callbacks(trainer: Trainer, run: TrackedRun | None, validation: Validation,
@@ -138,12 +150,18 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
         iterator = distributed_batches(trainer, data, manifest)
         train_step = make_train_step(trainer)
         validation = Validation(data, manifest, cfg, has_split=has_validation, warn=role.is_chief)
-        with _tracked_run(trainer, out, data, manifest, tracking_uri=tracking_uri, experiment=experiment,
-                          run_name=run_name, kfp_run_id=kfp_run_id, init_model=init_model,
-                          environ=environ) as run:
-            stats = run_steps(trainer, train_step, iterator,
-                              _callbacks(trainer, run, validation, progress))
-            result = export_run(trainer, out, stats, validation, run)
+        try:
+            with _tracked_run(trainer, out, data, manifest, tracking_uri=tracking_uri,
+                              experiment=experiment, run_name=run_name, kfp_run_id=kfp_run_id,
+                              init_model=init_model, environ=environ) as run:
+                with StopSignals() as stop:
+                    stats = run_steps(trainer, train_step, iterator,
+                                      _callbacks(trainer, run, validation, progress), stop)
+                result = export_run(trainer, out, stats, validation, run)
+        except TrainingStopped:
+            if role.workers > 1:
+                _final_barrier(trainer.strategy)  # as below: no worker leaves before the chief
+            raise
         if role.workers > 1:
             # The other workers leave only once the chief has written the model and logged it:
             # a worker that exits while the chief still works stops its heartbeats, and the
