@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install lock run run-containers test test-fast lint bench ui ui-screenshots clean compile submit-pipeline \
+.PHONY: install lock run retrain-demo run-containers test test-fast lint bench ui ui-screenshots clean compile submit-pipeline \
 	schedule-pipeline image push k8s-validate gpu-check
 
 # Everything installs from uv.lock (one lock for make install, the images and CI). uv itself,
@@ -35,6 +35,11 @@ lock:
 
 run: install
 	$(PY) -m pipelines.run_local $(if $(DATA),--data $(DATA)) $(if $(FORCE),--force-train)
+
+# Scheduled retraining, end to end: two pipeline runs on one shards_uri with warm_start, new
+# tracks (and a new genre) arriving in between (README: Scheduled retraining, run here).
+retrain-demo: install
+	$(PY) -m pipelines.retrain_demo
 
 test: install
 	$(PY) -m pytest

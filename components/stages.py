@@ -178,11 +178,12 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
 
     cfg = runtime.load_config(config.path)
     name = run_name(cfg.preset, f"d{data_version[:8]}")
-    init_model = None
+    init_model, warm_line = None, ""
     if warm_start:
         from wavenet.train.warm_start import champion_init_model
 
-        init_model = champion_init_model(cfg, tracking_uri or None)
+        init_model, warm_line = champion_init_model(
+            cfg, tracking_uri or None, runtime.data_location(shards.path, shards.uri, shards.metadata))
     common = {"tracking_uri": tracking_uri or None, "experiment": experiment or None,
               "run_name": name, "kfp_run_id": kfp_run_id, "init_model": init_model}
     if on_cluster:
@@ -206,7 +207,10 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
                            "run_id": result.run_id or "", "data_version": data_version,
                            "preset": cfg.preset, "reused": result.summary["reused"],
                            "registered_version": result.summary.get("registered_version") or "",
-                           "model_uri": result.summary.get("model_uri") or ""})
+                           "model_uri": result.summary.get("model_uri") or "",
+                           # The champion it started from ("" when none), and the line saying
+                           # why or why not and how labels were mapped.
+                           "warm_start_from": init_model or "", "warm_start": warm_line})
     for k, v in runtime.numeric_metrics(result.summary).items():
         metrics.log_metric(k, v)
     return result.run_id or ""

@@ -241,8 +241,12 @@ def _tone(seconds: float, f0: float, sr: int, phase: float) -> np.ndarray:
 
 
 def write_shard_dataset(root, config, labels=EVAL_LABELS, train_seconds=0.5, val_seconds=0.2,
-                        train_examples=3, val_examples=1):
-    """A labelled dataset in the real format (one shard per split), through the library's one writer."""
+                        train_examples=3, val_examples=1, vocabulary=None):
+    """A labelled dataset in the real format (one shard per split), through the library's one writer.
+
+    A label's audio depends on its position in ``labels``; its id on its position in
+    ``vocabulary`` (default ``labels``): the same audio can carry other ids.
+    """
     sr, q = config.audio.sample_rate, config.audio.quantization_channels
     examples = []
     for split, seconds, count in (("train", train_seconds, train_examples),
@@ -253,7 +257,7 @@ def write_shard_dataset(root, config, labels=EVAL_LABELS, train_seconds=0.5, val
                 wave = _tone(seconds, f0, sr, phase=0.3 * i + (split == "validation"))
                 examples.append((mu_law_encode(wave, q), name, split))
     dataset_from_codes(str(root), config.with_overrides({"data.num_shards": 1}), examples,
-                       labels=list(labels))
+                       labels=list(vocabulary or labels))
     return str(root)
 
 

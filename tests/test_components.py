@@ -260,13 +260,20 @@ def test_warm_start_takes_the_champion_only_when_it_fits(eval_data, untrained_mo
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": "warm-test"})
     # The first scheduled run: no champion yet, so training starts from scratch.
-    assert champion_init_model(cfg, db) is None
+    assert champion_init_model(cfg, db)[0] is None
     assert "no champion of 'warm-test' yet" in capsys.readouterr().out
     gate = evaluate(untrained_model_path, str(eval_data), cfg, gate=True, tracking_uri=db,
                     experiment="warm-test")
     assert gate["promoted"]
-    assert champion_init_model(cfg, db) == "models:/warm-test/1"
-    # A changed architecture cannot reuse the champion's weights.
+    uri, line = champion_init_model(cfg, db, str(eval_data))
+    assert uri == "models:/warm-test/1"
+    # Saved without a vocabulary (the fixture): its label rows go by id, and the line says so.
+    assert line == ("warm start: from champion warm-test version 1; labels by id (it records no "
+                    "label vocabulary): low, high copied")
+    # One more label: its rows start fresh, every other weight still comes from the champion.
+    assert champion_init_model(cfg.with_overrides({"model.num_classes": 3}), db)[0] == uri
+    # A changed architecture cannot reuse the champion's weights: one line says why.
     wider = cfg.with_overrides({"model.residual_channels": 16})
-    assert champion_init_model(wider, db) is None
-    assert "has another architecture" in capsys.readouterr().out
+    assert champion_init_model(wider, db)[0] is None
+    assert ("not from champion warm-test version 1: its model config differs from this run's "
+            "(model.residual_channels 8 != 16); training from scratch") in capsys.readouterr().out

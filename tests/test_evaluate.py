@@ -159,7 +159,9 @@ def test_evaluate_rejects_a_model_with_too_few_labels(eval_data, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     path = str(tmp_path / "one-label.keras")
     save_model(build_model(tiny_config(num_classes=1)), path)
-    with pytest.raises(DataError, match="conditioned on 1 labels but the data has 2"):
+    # Saved without a vocabulary: its ids are the data's, and data id 1 has no row.
+    with pytest.raises(DataError, match=f"data label 'high' has id 1 but {path} is conditioned on "
+                                        "1 labels and records no vocabulary"):
         evaluate(path, eval_data, tiny_config(), tracking_uri=f"sqlite:///{tmp_path}/m.db")
 
 

@@ -13,11 +13,12 @@ from wavenet.generate_samples import clip_labels, generate_samples, prime_codes
 
 
 def test_clip_labels_cycle_through_the_vocabulary():
-    ids, names = clip_labels(5, 2, ["low", "high"])
-    assert ids.tolist() == [0, 1, 0, 1, 0] and names == ["low", "high", "low", "high", "low"]
-    ids, names = clip_labels(3, 4)
-    assert ids.tolist() == [0, 1, 2] and names == ["0", "1", "2"]
-    assert clip_labels(2, 0) == (None, [None, None])
+    clip = clip_labels(5, 2, ["low", "high"])
+    assert clip.model_ids.tolist() == clip.data_ids.tolist() == [0, 1, 0, 1, 0]
+    assert clip.names == ["low", "high", "low", "high", "low"]
+    clip = clip_labels(3, 4)
+    assert clip.model_ids.tolist() == [0, 1, 2] and clip.names == ["0", "1", "2"]
+    assert clip_labels(2, 0) == (None, None, [None, None], [])
 
 
 def test_prime_codes_take_same_label_examples():

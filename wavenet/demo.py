@@ -176,7 +176,8 @@ def synthesize(genre: str, seconds: float, seed: int = 0, track: int = 0,
 
 
 def make_demo_corpus(dst: str, seconds_per_genre: float = 60.0, seed: int = 0,
-                     sample_rate: int = 22050) -> list[str]:
+                     sample_rate: int = 22050, genres: tuple[str, ...] = GENRES,
+                     first_track: int = 0) -> list[str]:
     """Write the demo corpus under ``dst`` (a folder or ``gs://`` prefix).
 
     Args:
@@ -185,6 +186,9 @@ def make_demo_corpus(dst: str, seconds_per_genre: float = 60.0, seed: int = 0,
             :data:`TRACK_SECONDS` (at least one track).
         seed: the same seed gives byte-identical files.
         sample_rate: of the written files (preprocessing resamples).
+        genres: which of :data:`GENRES` to write.
+        first_track: index of the first track per genre: a later call with a
+            higher index adds new tracks beside earlier ones (new tracks arriving).
 
     Returns:
         The paths written, sorted.
@@ -193,10 +197,13 @@ def make_demo_corpus(dst: str, seconds_per_genre: float = 60.0, seed: int = 0,
         raise ValueError(f"seconds_per_genre must be positive. Received: {seconds_per_genre}")
     n_tracks = max(1, round(seconds_per_genre / TRACK_SECONDS))
     seconds = seconds_per_genre / n_tracks
+    unknown = sorted(set(genres) - set(GENRES))
+    if unknown:
+        raise ValueError(f"unknown genre {unknown[0]!r}; known: {', '.join(GENRES)}")
     paths = []
-    for genre in GENRES:
+    for genre in genres:
         ext, fmt, subtype = _FORMATS[genre]
-        for i in range(n_tracks):
+        for i in range(first_track, first_track + n_tracks):
             x = synthesize(genre, seconds, seed=seed, track=i, sample_rate=sample_rate)
             buf = io.BytesIO()
             sf.write(buf, x, sample_rate, format=fmt, subtype=subtype)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from wavenet import labels as vocab
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.data import eval_shards, local_shard_paths, parse_example, validation_dataset
@@ -184,19 +185,25 @@ def _bits_fn(model, context: int):
                        reduce_retracing=True)
 
 
-def _check_model_fits_data(model, manifest: Manifest, what: str, data_dir: str = "DATA") -> None:
-    """One line when ``model`` was made for other audio or more labels than the data holds."""
+def _check_model_fits_data(model, manifest: Manifest, what: str, data_dir: str = "DATA", *,
+                           allow_missing: bool = False) -> np.ndarray | None:
+    """The model's id of each data label (by name), checking the audio settings too.
+
+    Returns None for an unconditioned model. A data label the model never saw
+    is a one-line DataError naming the label and ``what``, unless
+    ``allow_missing`` (then its entry is :data:`wavenet.labels.MISSING`).
+    """
     check_audio(data_dir, manifest, model.audio_config, prefix=f"{what}: audio")
-    labels = manifest.labels
-    n = model.config.num_classes
-    if model.config.conditioned and len(labels) > n:
-        raise DataError(f"{what} is conditioned on {n} labels but the data has {len(labels)} "
-                        f"({', '.join(map(str, labels[:5]))}{', ...' if len(labels) > 5 else ''})")
+    if not model.config.conditioned:
+        return None
+    return vocab.model_ids(manifest.labels, model.labels, model.config.num_classes, what,
+                           allow_missing=allow_missing)
 
 
 def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
                  counts: CodeCounts, batch_size: int | None = None,
-                 split: str = "validation") -> dict[str, Any]:
+                 split: str = "validation",
+                 label_maps: Sequence[np.ndarray | None] | None = None) -> dict[str, Any]:
     """Score models and the baselines on the same validation windows, in one pass.
 
     The crops carry the largest receptive field of ``models`` as context, so
@@ -210,11 +217,19 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         batch_size: crops per step (default ``evaluate.batch_size``).
         split: ``"validation"``, or ``"all"`` to score every example of the
             folder (:func:`wavenet.data.validation_dataset`).
+        label_maps: per model, the model's id of each data label id
+            (:func:`wavenet.labels.model_ids`; None for an unconditioned model);
+            default: mapped by name, a data label a model never saw being a
+            DataError. A window whose label a model never saw
+            (:data:`wavenet.labels.MISSING`) is not scored for that model.
 
     Returns:
-        ``{"context", "window", "samples", "windows", "models": [bits per sample],
-        "baselines": {name: bits}, "per_label": {label_id: {"samples", "windows",
-        "models": [...], "baselines": {...}}}}``.
+        ``{"context", "window", "samples", "windows", "models": [bits per sample
+        over the windows each model scored], "baselines": {name: bits},
+        "per_label": {label_id: {"samples", "windows", "models": [bits, or None
+        for a model that never saw the label], "baselines": {...}}}, "shared":
+        {"labels": [label ids every model scored], "samples", "models": [bits
+        on those labels' windows]}}``.
     """
     if not models:
         raise ValueError("score_models needs at least one model")
@@ -228,6 +243,9 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
     context, window = widest.receptive_field, config.evaluate.window
     uni, bi = baseline_log2_probs(counts, config.evaluate.unigram_smoothing,
                                   config.evaluate.bigram_smoothing)
+    if label_maps is None:
+        manifest = read_manifest(data_dir)
+        label_maps = [_check_model_fits_data(m, manifest, "the model", data_dir) for m in models]
     fns = [_bits_fn(m, context) for m in models]
     ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size, split=split)
     per_label: dict[int, dict[str, Any]] = {}
@@ -238,8 +256,13 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         base = {"uniform": np.full(len(c), math.log2(q) * window),
                 "unigram": -uni[targets].sum(axis=1),
                 "bigram": -bi[prev, targets].sum(axis=1)}
-        # Summed bits per window, in float64 so that thousands of windows add up exactly.
-        model_bits = [fn(crops, labels).numpy().astype(np.float64) * window for fn in fns]
+        # Summed bits per window, in float64 so that thousands of windows add up exactly;
+        # each model sees its own ids of the data's labels (NaN: a label it never saw).
+        model_bits = []
+        for fn, ids in zip(fns, label_maps, strict=True):
+            seen = lab if ids is None else ids[lab]
+            bits = fn(crops, np.maximum(seen, 0).astype(np.int32)).numpy().astype(np.float64) * window
+            model_bits.append(np.where(seen >= 0, bits, np.nan))
         for i, label in enumerate(lab.tolist()):
             t = per_label.setdefault(int(label), {
                 "samples": 0, "windows": 0, "models": [0.0] * len(models),
@@ -247,26 +270,34 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
             t["samples"] += window
             t["windows"] += 1
             for j, b in enumerate(model_bits):
-                t["models"][j] += float(b[i])
+                t["models"][j] += float(b[i])  # NaN stays NaN: the label is not scored
             for name in BASELINES:
                 t["baselines"][name] += float(base[name][i])
     if not per_label:
         raise DataError(f"no {split} example in {data_dir} is long enough to score: each needs "
                         f"receptive_field + evaluate.window = {context} + {window} codes")
     samples = sum(t["samples"] for t in per_label.values())
+
+    def mean(j: int, labels: Iterable[int]) -> float | None:
+        scored = [per_label[k] for k in labels if not math.isnan(per_label[k]["models"][j])]
+        n = sum(t["samples"] for t in scored)
+        return sum(t["models"][j] for t in scored) / n if n else None
+
+    shared = sorted(k for k, t in per_label.items() if not any(math.isnan(b) for b in t["models"]))
     result: dict[str, Any] = {
         "context": context, "window": window, "samples": samples,
         "windows": sum(t["windows"] for t in per_label.values()),
-        "models": [sum(t["models"][j] for t in per_label.values()) / samples
-                   for j in range(len(models))],
+        "models": [mean(j, per_label) for j in range(len(models))],
         "baselines": {n: sum(t["baselines"][n] for t in per_label.values()) / samples
                       for n in BASELINES},
         "per_label": {},
+        "shared": {"labels": shared, "samples": sum(per_label[k]["samples"] for k in shared),
+                   "models": [mean(j, shared) for j in range(len(models))]},
     }
     for label, t in sorted(per_label.items()):
         result["per_label"][label] = {
             "samples": t["samples"], "windows": t["windows"],
-            "models": [b / t["samples"] for b in t["models"]],
+            "models": [None if math.isnan(b) else b / t["samples"] for b in t["models"]],
             "baselines": {n: v / t["samples"] for n, v in t["baselines"].items()},
         }
     return result
@@ -346,26 +377,56 @@ def _promote(source: str, name: str, tags: dict[str, str]) -> str:
 
 def _compare(model, data_dir: str, config: ExperimentConfig, champion, counts: CodeCounts,
              split: str, model_uri: str | None, margin: float
-             ) -> tuple[dict[str, Any], float | None, bool, str]:
-    """Score ``model`` (and ``champion``) on the same windows: (scores, champion_bits, promote, why).
+             ) -> tuple[dict[str, Any], float | None, bool, str, dict[str, Any]]:
+    """Score ``model`` (and ``champion``) on the same windows.
 
-    A model that is the champion itself is scored once; its champion_bits are its own.
+    Returns ``(scores, champion_bits, promote, why, labels)``; ``labels`` says
+    which data labels the comparison covers (see :func:`gate`). A model that is
+    the champion itself is scored once; its champion_bits are its own.
+
+    Labels go to each model by name. The candidate must know every label of the
+    data (else a one-line DataError naming the label). A champion that never saw
+    a label of the data (a genre added since it was trained) is compared on the
+    windows of the labels both know, and the decision says so; the candidate's
+    own score (``scores["models"][0]``) still covers every label.
     """
     name = config.evaluate.registered_model_name
+    manifest = read_manifest(data_dir)
     already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
+    maps = [_check_model_fits_data(model, manifest, f"candidate {model_uri or 'model'}", data_dir)]
+    notes = [] if not model.config.conditioned or model.labels is not None else [
+        "the candidate records no label vocabulary: its ids are taken to be the data's"]
     champion_model = None
     if champion is not None and not already:
         champion_model = registry.load_wavenet(champion.uri)
-        _check_model_fits_data(champion_model, read_manifest(data_dir), f"champion {champion.uri}",
-                               data_dir)
+        maps.append(_check_model_fits_data(champion_model, manifest, f"champion {champion.uri}",
+                                           data_dir, allow_missing=True))
+        if champion_model.config.conditioned and champion_model.labels is None:
+            notes.append("the champion records no label vocabulary: its ids are taken to be the data's")
     models = [model] if champion_model is None else [model, champion_model]
-    scores = score_models(models, data_dir, config, counts, split=split)
+    scores = score_models(models, data_dir, config, counts, split=split, label_maps=maps)
+    names = [str(x) for x in manifest.labels]
+    scored = sorted(scores["per_label"])
+    lacking = [names[k] for k in scored if k not in scores["shared"]["labels"]]
+    info = {"compared_labels": [names[k] for k in scores["shared"]["labels"]],
+            "labels_champion_lacks": lacking, "notes": notes}
     if already:
         return scores, scores["models"][0], False, (f"the evaluated model is the champion "
-                                                    f"(version {champion.version})")
-    champion_bits = scores["models"][1] if champion_model is not None else None
-    promoted, reason = decide(scores["models"][0], champion_bits, margin)
-    return scores, champion_bits, promoted, reason
+                                                    f"(version {champion.version})"), info
+    if champion_model is None:
+        promoted, reason = decide(scores["models"][0], None, margin)
+        return scores, None, promoted, reason, info
+    if not scores["shared"]["labels"]:
+        raise DataError(f"champion {champion.uri} was trained on none of the labels scored in "
+                        f"{data_dir} ({', '.join(names[k] for k in scored)}): nothing to compare")
+    new_bits, champion_bits = scores["shared"]["models"]
+    promoted, reason = decide(new_bits, champion_bits, margin)
+    if lacking:
+        reason += (f"; compared on {', '.join(info['compared_labels'])} only: the champion was "
+                   f"never trained on {', '.join(lacking)}")
+    if notes:
+        reason += "; " + "; ".join(notes)
+    return scores, champion_bits, promoted, reason, info
 
 
 def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | None = None,
@@ -393,7 +454,11 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         champion compared against), "new_version": str | None (registered when
         promoted), "already_champion": the evaluated model is the champion
         itself (a reused model), "registered_uri": the MLflow model URI registered (None when
-        kept), "champion_uri": "models:/NAME@champion", "evaluation": the
+        kept), "champion_uri": "models:/NAME@champion", "compared_labels": the
+        data labels whose windows both models were scored on, "labels_champion_lacks":
+        data labels the champion was never trained on (the comparison leaves
+        them out; new_bits is then the candidate's score on compared_labels),
+        "notes": models without a recorded vocabulary, "evaluation": the
         scores of the new model on the shared windows (see :func:`score_models`)}``.
     """
     name = config.evaluate.registered_model_name
@@ -406,9 +471,10 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
     # meanwhile, and this model is scored again against the new champion.
     for _ in range(MAX_GATE_ROUNDS):
         champion = registry.get_champion(name)
-        scores, champion_bits, promoted, reason = _compare(
+        scores, champion_bits, promoted, reason, label_info = _compare(
             model, data_dir, config, champion, counts, split, model_uri, margin)
-        new_bits = scores["models"][0]
+        # The candidate's number that was compared: on the labels both models know.
+        new_bits = scores["shared"]["models"][0] if champion_bits is not None else scores["models"][0]
         if not promoted:
             break
         _test_pause_before_promotion()
@@ -417,7 +483,7 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
             current = registry.get_champion(name)
             if _version(current) == _version(champion):
                 new_version = _promote(source, name, {
-                    "eval/bits_per_sample": f"{new_bits:.6f}",
+                    "eval/bits_per_sample": f"{scores['models'][0]:.6f}",
                     "data.version": read_manifest(data_dir).data_version,
                     "data.uri": data_label or data_dir,
                     "train.run_id": tracking.model_run_id(source) or "",
@@ -442,6 +508,7 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "new_version": new_version,
         "registered_uri": source,
         "champion_uri": f"models:/{name}@{registry.CHAMPION}",
+        **label_info,
     }
     if tracking.active_run_id():
         # The candidate's own score is eval/bits_per_sample (logged by evaluate): one name per number.
@@ -573,6 +640,9 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
                                   "labels_not_scored": [n for n in names if n not in report["per_label"]],
                                   **report,
                                   "conditioned": net.config.conditioned,
+                                  # The model's vocabulary (None: saved without one; its ids
+                                  # were then taken to be the data's).
+                                  "model_labels": None if net.labels is None else list(net.labels),
                                   "receptive_field": net.receptive_field,
                                   "run_id": run.info.run_id}
         if decision is not None:

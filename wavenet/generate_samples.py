@@ -16,14 +16,16 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from wavenet import labels as vocab
 from wavenet import registry, storage, tracking
 from wavenet.audio import mu_law_decode
 from wavenet.config import ExperimentConfig, GenerateConfig
@@ -36,26 +38,59 @@ from wavenet.model import WaveNet
 from wavenet.quality import absolute_thresholds, analyze, calibrate
 from wavenet.report import render_html, spectrogram_png, wav_bytes
 
-__all__ = ["REPORT_FILE", "SUMMARY_FILE", "clip_labels", "read_examples", "read_validation_codes",
+__all__ = ["REPORT_FILE", "SUMMARY_FILE", "ClipLabels", "clip_labels", "read_examples", "read_validation_codes",
            "prime_codes", "calibrate_labels", "generate_samples"]
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "samples.json"
 
 
-def clip_labels(num_clips: int, num_classes: int, vocabulary: list[str] | None = None
-                ) -> tuple[np.ndarray | None, list[str | None]]:
-    """Label ids and names per clip: cycle through the classes (None when unconditioned).
+class ClipLabels(NamedTuple):
+    """The label of each clip: the id the model is conditioned on, the data's id, the name."""
 
-    Returns:
-        ``(ids (num_clips,) int32 or None, names)``; names come from the data's
-        vocabulary when given, else the id as text.
+    model_ids: np.ndarray | None  # (num_clips,) int32; None for an unconditioned model
+    data_ids: np.ndarray | None  # (num_clips,) the data's ids (the model's when there is no data)
+    names: list[str | None]
+    not_generated: list[str]  # data labels the model was never trained on
+
+
+def clip_labels(num_clips: int, num_classes: int, vocabulary: list[str] | None = None,
+                model_labels: list[str] | tuple[str, ...] | None = None,
+                who: str = "the model") -> ClipLabels:
+    """Label ids and names per clip, matched by name between the data and the model.
+
+    Args:
+        num_clips: clips to label.
+        num_classes: the model's ``num_classes`` (0: unconditioned, no labels).
+        vocabulary: the data's labels (id order), or None without data: the clips
+            then cycle through the model's classes, named from ``model_labels``
+            (else the id as text).
+        model_labels: the model's vocabulary (``WaveNet.labels``; None: unknown,
+            its ids are then taken to be the data's).
+        who: the model, as errors name it.
+
+    With data, the clips cycle through the data's labels that the model was
+    trained on, each given the model's own id for that name; the others are
+    listed in ``not_generated``.
+
+    Raises:
+        DataError: the model was trained on none of the data's labels.
     """
     if num_classes == 0:
-        return None, [None] * num_clips
-    ids = np.arange(num_clips, dtype=np.int32) % num_classes
-    vocab = vocabulary or []
-    return ids, [vocab[i] if i < len(vocab) else str(i) for i in ids.tolist()]
+        return ClipLabels(None, None, [None] * num_clips, [])
+    if vocabulary is None:
+        ids = np.arange(num_clips, dtype=np.int32) % (len(model_labels) if model_labels else num_classes)
+        names = [model_labels[i] if model_labels else str(i) for i in ids.tolist()]
+        return ClipLabels(ids, ids, names, [])
+    to_model = vocab.model_ids(vocabulary, model_labels, num_classes, who, allow_missing=True)
+    known = np.flatnonzero(to_model != vocab.MISSING)
+    if not known.size:
+        raise DataError(f"{who} was trained on none of the data's labels ({', '.join(vocabulary)}; "
+                        f"its labels: {vocab.describe(model_labels)})")
+    data_ids = known[np.arange(num_clips) % known.size].astype(np.int32)
+    return ClipLabels(to_model[data_ids].astype(np.int32), data_ids,
+                      [str(vocabulary[i]) for i in data_ids.tolist()],
+                      vocab.missing_labels(vocabulary, to_model))
 
 
 def read_examples(data_dir: str, split: str, max_samples_per_label: int | None = None
@@ -409,7 +444,11 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         "registered_model", "registered_version", "champion"}), "evaluation"
         (bits/sample, baselines and the gate decision, or None),
         "reference_clips" ([{"label", "label_id", "seconds", "source", "wav",
-        "png"}]: validation audio, one clip per label), "run_id"}``.
+        "png"}]: validation audio, one clip per label), "model_labels" (the
+        model's vocabulary; None: saved without one), "labels_not_generated"
+        (data labels the model was never trained on: no clips), "run_id"}``.
+        Clip labels go to the model by name (:func:`clip_labels`); ``label_id``
+        is the data's id.
     """
     g = config.generate
     model_uri = model if isinstance(model, str) else None
@@ -426,13 +465,19 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     vocabulary, examples, calibrations = None, [], {}
     if data_dir:
         vocabulary = [str(x) for x in read_manifest(data_dir).labels]
-    label_ids, label_names = clip_labels(g.num_clips, net.config.num_classes, vocabulary)
+    clip = clip_labels(g.num_clips, net.config.num_classes, vocabulary, net.labels,
+                       model_uri or "the model")
+    if clip.not_generated:
+        print(f"generate: no clips of {', '.join(clip.not_generated)}: {model_uri or 'the model'} "
+              "was never trained on them", file=sys.stderr)
+    # Data ids index the data (calibration, priming, references); the model sees its own ids.
+    label_ids, label_names = clip.data_ids, clip.names
     if data_dir:
         if prime_len:
             examples = read_validation_codes(data_dir, prime_len * g.num_clips)
         calibrations = _calibrations(data_dir, g, sr, q, num_samples, vocabulary, label_ids)
     prime = prime_codes(examples, prime_len, label_ids, g.num_clips) if prime_len else None
-    codes, elapsed, wall = _sample(net, g, num_samples, prime, label_ids, progress)
+    codes, elapsed, wall = _sample(net, g, num_samples, prime, clip.model_ids, progress)
     local_dir, staged = _stage_dir(out_dir)
     clips, report_clips, all_warnings, written = _write_clips(
         codes, local_dir, out_dir, sr, q, label_ids, label_names, calibrations)
@@ -450,6 +495,8 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
                             tags=tags, params=params) as run:
         result: dict[str, Any] = {
             "model": model_uri or "<in memory>", "data": data_dir, "out_dir": out_dir,
+            "model_labels": None if net.labels is None else list(net.labels),
+            "labels_not_generated": clip.not_generated,
             "report": storage.join(out_dir, REPORT_FILE),
             "summary": storage.join(out_dir, SUMMARY_FILE),
             "sample_rate": sr, "num_samples": num_samples, "prime_samples": prime_len,

@@ -29,6 +29,7 @@ from keras import ops
 from wavenet import storage
 from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig
 from wavenet.errors import WavenetError, one_line
+from wavenet.labels import check_vocabulary
 from wavenet.memory import check_fits
 
 __all__ = [
@@ -171,11 +172,14 @@ class WaveNet(keras.Model):
     position t holds the distribution of code t+1.
 
     The audio config travels with the model so a saved model alone can turn
-    its codes back into sound at the right rate.
+    its codes back into sound at the right rate, and so does a conditioned
+    model's label vocabulary (``labels``: the name of each label id, in id
+    order; None for a model saved before models recorded it, see
+    :mod:`wavenet.labels`), so that other data's labels map to its ids by name.
     """
 
     def __init__(self, model_config: ModelConfig | dict, audio_config: AudioConfig | dict | None = None,
-                 **kwargs):
+                 labels: list[str] | tuple[str, ...] | None = None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model_config, dict):
             model_config = ModelConfig(**model_config)
@@ -185,6 +189,7 @@ class WaveNet(keras.Model):
             audio_config = AudioConfig(**audio_config)
         self.config = model_config
         self.audio_config = audio_config
+        self.labels = check_vocabulary(labels, model_config.num_classes)
         c = model_config
         self.embedding = keras.layers.Embedding(c.quantization_channels, c.residual_channels,
                                                 name="embedding")
@@ -232,6 +237,7 @@ class WaveNet(keras.Model):
             "trainable": self.trainable,
             "model_config": dataclasses.asdict(self.config),
             "audio_config": dataclasses.asdict(self.audio_config),
+            "labels": None if self.labels is None else list(self.labels),
         }
 
     @classmethod
@@ -245,8 +251,13 @@ def _unpack(inputs):
     return inputs, None
 
 
-def build_model(config: ExperimentConfig) -> WaveNet:
+def build_model(config: ExperimentConfig, labels: list[str] | tuple[str, ...] | None = None) -> WaveNet:
     """A built WaveNet (weights created) for ``config``.
+
+    Args:
+        config: the architecture and audio settings.
+        labels: a conditioned model's label vocabulary (name of each id), recorded
+            with the model; None: unknown.
 
     Raises:
         ConfigError: the weights, with their gradients and two Adam slots
@@ -255,7 +266,7 @@ def build_model(config: ExperimentConfig) -> WaveNet:
     check_fits(config.model.num_params * 4 * 4, "the model's weights, gradients and optimizer "
                f"state ({config.model.num_params:,} parameters)",
                "model.stacks, model.layers_per_stack or the model's channels")
-    model = WaveNet(config.model, config.audio, name="wavenet")
+    model = WaveNet(config.model, config.audio, labels=labels, name="wavenet")
     model.build()
     return model
 

@@ -65,10 +65,16 @@ def worker_role(tf_config: Mapping[str, Any] | None) -> WorkerRole:
 def check_data(data_dir: str, manifest: Manifest, cfg: ExperimentConfig, workers: int) -> bool:
     """Fail in one line before training; returns whether a validation split exists.
 
-    Checks the audio settings against the manifest's, and every shard against
+    Checks the audio settings against the manifest's, that a conditioned model
+    has a label id for every label of the data, and every shard against
     its sha256 (local shards; bucket shards when fetched), before any run starts.
     """
     check_audio(data_dir, manifest, cfg.audio)
+    n, labels = cfg.model.num_classes, manifest.labels
+    if cfg.model.conditioned and len(labels) > n:
+        raise DataError(f"{data_dir} has {len(labels)} labels ({', '.join(labels)}) but model.num_classes="
+                        f"{n}: use --set model.num_classes={len(labels)} (a warm start copies the "
+                        "known labels' rows by name)")
     train_files = manifest.shards_of("train")
     if not train_files:
         raise DataError(f"{data_dir} has no training shards with examples")

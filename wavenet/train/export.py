@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +56,12 @@ def _finished(out: str, step: int, run_id: str) -> TrainResult | None:
     return None
 
 
-def _generation_model(cfg: ExperimentConfig, weights: list[np.ndarray]) -> WaveNet:
+def _generation_model(cfg: ExperimentConfig, weights: list[np.ndarray],
+                      labels: Sequence[str] | None) -> WaveNet:
     # float32 whatever the training precision: a bfloat16 policy saved with the
     # model would slow generation on CPU.
     keras.mixed_precision.set_global_policy("float32")
-    model = build_model(cfg)
+    model = build_model(cfg, labels=labels)
     model.set_weights(weights)
     return model
 
@@ -106,7 +108,9 @@ def _log_outputs(model: WaveNet, summary: dict[str, Any], out: str, buffer: trac
     storage.write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if sent and error is None:
         try:
-            tracking.set_tags({"model_path": summary["model_path"]})
+            tracking.set_tags({"model_path": summary["model_path"],
+                               **({"model.labels": json.dumps(summary["labels"])}
+                                  if summary.get("labels") is not None else {})})
             tracking.log_artifacts([storage.join(out, CONFIG_FILE), summary_path])
         except Exception as e:  # noqa: BLE001
             error = one_line(e)
@@ -122,11 +126,13 @@ def _log_outputs(model: WaveNet, summary: dict[str, Any], out: str, buffer: trac
 
 
 def export_run(trainer: Trainer, out: str, stats: LoopStats, validation: Validation,
-               run: TrackedRun | None) -> TrainResult:
+               run: TrackedRun | None, labels: Sequence[str] | None = None) -> TrainResult:
     """After the last step: the generation model, its final validation score, the records.
 
     Every worker finalises its weights (EMA); only the chief (``run`` given)
-    writes and logs anything.
+    writes and logs anything. ``labels`` (the data's vocabulary, id order) is
+    recorded with a conditioned model (``model.keras``, the MLflow model, the
+    run's ``model.labels`` tag and the summary).
     """
     trainer.optimizer.finalize_variable_values(trainer.model.trainable_variables)
     weights = [v.numpy() for v in trainer.model.weights]
@@ -138,12 +144,13 @@ def export_run(trainer: Trainer, out: str, stats: LoopStats, validation: Validat
         done = _finished(out, stats.step, run.run_id)
         if done is not None:  # a re-run of a finished, fully logged run: nothing more to do
             return done
-    model = _generation_model(trainer.cfg, weights)
+    model = _generation_model(trainer.cfg, weights, labels)
     final_val = validation(bits_fn(model))
     model_path = storage.join(out, MODEL_FILE)
     save_model(model, model_path)
     trainer.cfg.save(storage.join(out, CONFIG_FILE))
     summary = _summary(trainer, stats, final_val, wall, run, model_path)
+    summary["labels"] = None if labels is None else list(labels)
     if final_val is not None:
         run.buffer.log({"val_bits_per_sample": final_val}, stats.step, flush=False)
     _log_outputs(model, summary, out, run.buffer)

@@ -9,9 +9,10 @@ checkpoint storage is decided.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +183,7 @@ class Trainer:
     precision: str
     jit: bool
     started: float  # time.time() at set-up
+    warm_start: str = ""  # what a warm start copied (load_init_weights), "" without one
 
     @property
     def replicas(self) -> int:
@@ -189,7 +191,8 @@ class Trainer:
 
 
 def set_up_worker(out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, Any] | None,
-                  role: WorkerRole, threads: int = 0, init_model: str | None = None) -> Trainer:
+                  role: WorkerRole, threads: int = 0, init_model: str | None = None,
+                  labels: Sequence[str] | None = None) -> Trainer:
     """Threads, strategy, precision, seeded model and optimizer, restored or warm-started.
 
     Args:
@@ -200,6 +203,8 @@ def set_up_worker(out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, An
         threads: TensorFlow intra/inter-op threads (0: TensorFlow's default).
         init_model: a ``.keras`` file whose weights start a new run; ignored
             when the run resumes from its own checkpoint.
+        labels: the data's label vocabulary (id order): a warm start copies label
+            embedding rows by name onto these ids.
     """
     _set_threads(threads)
     strategy = make_strategy(tf_config)
@@ -217,12 +222,17 @@ def set_up_worker(out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, An
     checkpoints = open_checkpoints(checkpoint, out, role, cfg.train.keep_checkpoints)
     latest = checkpoints.latest()
     _restore(checkpoint, latest)
+    warm = ""
     if init_model and not latest:
-        load_init_weights(model, init_model, cfg)  # the same file on every worker: replicas agree
+        # The same file on every worker: replicas agree.
+        warm = load_init_weights(model, init_model, cfg, labels)
+        if role.is_chief:
+            # stderr: `wavenet train` prints its summary as JSON on stdout.
+            print(f"warm start from {init_model}: {warm}", file=sys.stderr, flush=True)
     return Trainer(cfg=cfg, role=role, strategy=strategy, model=model, optimizer=optimizer,
                    checkpoints=checkpoints, step=step, start_step=int(step.numpy()),
                    resumed=bool(latest), precision=precision, jit=resolve_jit_compile(cfg.train),
-                   started=started)
+                   started=started, warm_start=warm)
 
 
 def distributed_batches(trainer: Trainer, data: str, manifest: Manifest) -> Iterator:

@@ -60,6 +60,7 @@ def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, t
         tags["kfp.run_id"] = kfp_run_id
     if init_model and not trainer.resumed:
         tags["warm_start"] = init_model
+        tags["warm_start.weights"] = trainer.warm_start  # which label rows were copied, which are new
     name = run_name or tracking.run_name(cfg.preset, f"d{version[:8]}",
                                          datetime.datetime.now(datetime.UTC))
     with tracking.start_run(experiment or cfg.name, run_name=name, tracking_uri=tracking_uri,
@@ -145,7 +146,7 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
     manifest = read_manifest(data)  # read once: the checks, the input and the run's tags use it
     has_validation = check_data(data, manifest, cfg, role.workers)
     trainer = set_up_worker(out, cfg, tf_config=tf_config, role=role, threads=threads,
-                            init_model=init_model)
+                            init_model=init_model, labels=manifest.labels)
     try:
         iterator = distributed_batches(trainer, data, manifest)
         train_step = make_train_step(trainer)
@@ -157,7 +158,8 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
                 with StopSignals() as stop:
                     stats = run_steps(trainer, train_step, iterator,
                                       _callbacks(trainer, run, validation, progress), stop)
-                result = export_run(trainer, out, stats, validation, run)
+                result = export_run(trainer, out, stats, validation, run,
+                                    labels=manifest.labels if cfg.model.conditioned else None)
         except TrainingStopped:
             if role.workers > 1:
                 _final_barrier(trainer.strategy)  # as below: no worker leaves before the chief
