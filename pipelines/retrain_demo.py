@@ -53,7 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local training workers (default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of both runs (repeatable)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow server both runs log to, e.g. the cluster's through kubectl "
+                        "port-forward (MLFLOW_TRACKING_USERNAME/PASSWORD from the environment); "
+                        "default: a SQLite store under --root")
     return p
+
+
+def _tracking_uri(args: argparse.Namespace, root: Path) -> str:
+    return args.tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
 
 
 def _run_args(args: argparse.Namespace, root: Path, num_classes: int) -> argparse.Namespace:
@@ -61,7 +69,7 @@ def _run_args(args: argparse.Namespace, root: Path, num_classes: int) -> argpars
 
     argv = ["--data", str(root / "audio"), "--shards-uri", str(root / "shards"), "--warm-start",
             "--preset", args.preset, "--workers", str(args.workers), "--partitions", "1",
-            "--root", str(root / "pipeline"), "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--root", str(root / "pipeline"), "--tracking-uri", _tracking_uri(args, root),
             "--experiment", "retrain-demo", "--no-report-if-rejected",
             "--set", f"model.num_classes={num_classes}"]
     for o in args.overrides:
@@ -151,7 +159,7 @@ def story(args: argparse.Namespace, say=print) -> list[dict[str, Any]]:
         shutil.rmtree(root)
     (root / "logs").mkdir(parents=True)
     cfg = resolve_config(args.preset, None, args.overrides)  # bad overrides: one line, before anything
-    name, tracking_uri = cfg.evaluate.registered_model_name, f"sqlite:///{root / 'mlflow.db'}"
+    name, tracking_uri = cfg.evaluate.registered_model_name, _tracking_uri(args, root)
     log = root / "logs" / f"retrain-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}.log"
     say(f"Scheduled retraining demo under {root} (full log: {log})")
     audio = str(root / "audio")
@@ -181,7 +189,8 @@ def story(args: argparse.Namespace, say=print) -> list[dict[str, Any]]:
         labels_before = f_n["labels"]
         results.append(f_n)
     say(f"MLflow: experiment 'retrain-demo' at {tracking_uri}; "
-        f"open it with `make ui MLFLOW_STORE={root}`")
+        + (f"open it with `make ui MLFLOW_STORE={root}`" if not args.tracking_uri
+           else "open that address in a browser"))
     return results
 
 
