@@ -16,8 +16,7 @@ import tensorflow as tf
 from wavenet import storage
 from wavenet.config import ExperimentConfig
 from wavenet.errors import DataError
-from wavenet.manifest import (Manifest, Shard, check_digest, check_shard_file, file_sha256,
-                              read_manifest)
+from wavenet.manifest import Manifest, Shard, check_digest, check_shard_file, file_sha256, read_manifest
 
 __all__ = [
     "parse_example",
