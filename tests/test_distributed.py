@@ -178,7 +178,9 @@ def test_ctrl_c_stops_every_worker(tiny_shards, tmp_path):
         workers = psutil.Process(launcher.pid).children()
         time.sleep(2)  # let them get into TensorFlow start-up / training
         launcher.send_signal(signal.SIGINT)
-        _, err = launcher.communicate(timeout=60)
+        # The launcher gives workers up to 60 s to save a stop checkpoint (wavenet.launch), and
+        # a worker still importing TensorFlow handles the signal only afterwards.
+        _, err = launcher.communicate(timeout=180)
     finally:
         if launcher.poll() is None:
             launcher.kill()
