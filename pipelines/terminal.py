@@ -157,3 +157,20 @@ def filtered_terminal(log_path: str) -> Iterator[TerminalFilter]:
         finally:
             filt.flush()
             sys.stdout, sys.stderr = real_out, real_err
+            _detach_handlers(filt)
+
+
+def _detach_handlers(stream) -> None:
+    """Remove logging handlers bound to ``stream``. kfp.local logs "Cleaned up workspace"
+    with ``logging.info`` outside its own logger context; on a root logger without handlers
+    that runs ``logging.basicConfig``, which binds a handler to the ``sys.stderr`` of the
+    moment (this filter). Left attached, it writes to a closed log file on the next run in
+    the same process ("--- Logging error ---")."""
+    import logging
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is stream:
+                lg.removeHandler(h)

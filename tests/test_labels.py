@@ -128,14 +128,17 @@ def test_gate_compares_on_the_labels_both_know_and_maps_each_by_name(
     cfg = tiny_config(3)
     db = f"sqlite:///{tmp_path}/m.db"
     tracking.use_tracking_uri(db)
+    # Its own experiment: mlflow.start_run() alone would take an experiment id another test
+    # made active in this process, which this fresh store does not have.
+    experiment = mlflow.MlflowClient(db).create_experiment("gate-labels")
     champion_path = str(tmp_path / "champion.keras")
     save_model(trained, champion_path)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment):
         first = gate(trained, eval_data, cfg, model_uri=champion_path)
     assert first["promoted"] and first["compared_labels"] == EVAL_LABELS
     # The candidate knows all three labels (its ids: the data's own).
     candidate = build_model(cfg, labels=WITH_EXTRA_IDS)
-    with mlflow.start_run():
+    with mlflow.start_run(experiment_id=experiment):
         decision = gate(candidate, extra_data, cfg, model_uri=str(tmp_path / "candidate.keras"))
     assert decision["compared_labels"] == ["high", "low"]
     assert decision["labels_champion_lacks"] == ["extra"]
