@@ -197,6 +197,7 @@ def story(args: argparse.Namespace, say=print) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    from pipelines.run_local import failure_line
     from wavenet.errors import WavenetError
 
     def say(line: str) -> None:
@@ -205,13 +206,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         story(args, say)
-    except WavenetError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    except RuntimeError as e:
-        sys.stderr.write(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e} "
-                         f"(full log under {os.path.join(args.root, 'logs')})\n")
-        return 1
+    except (WavenetError, RuntimeError) as e:
+        return failure_line(e, f"full log under {os.path.join(args.root, 'logs')}")
     return 0
 
 

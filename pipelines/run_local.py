@@ -207,6 +207,22 @@ def log_path(root: str) -> Path:
     return path
 
 
+def failure_line(e: BaseException, log_hint: str) -> int:
+    """Write the one line for a run that did not finish; its exit status.
+
+    A :class:`~wavenet.errors.WavenetError` (bad input, a refused service) is 2; a
+    ``RuntimeError`` is kfp.local's after a failed task (the task's own log says why): 1.
+    """
+    from wavenet.errors import WavenetError
+
+    if isinstance(e, WavenetError):
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    sys.stderr.write(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e} "
+                     f"({log_hint})\n")
+    return 1
+
+
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None,
          run_fn=None) -> int:
     # The edge, before any step imports TensorFlow (the steps inherit it): C++ log messages
@@ -220,14 +236,8 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     try:
         with filtered_terminal(str(log)):
             summary = (run_fn or run)(args)
-    except WavenetError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    except RuntimeError as e:
-        # kfp.local raises after a failed task; the task's own log above says why.
-        sys.stderr.write(f"error: pipeline failed: {str(e).splitlines()[0] if str(e) else e} "
-                         f"(full log: {log})\n")
-        return 1
+    except (WavenetError, RuntimeError) as e:
+        return failure_line(e, f"full log: {log}")
     summary["log"] = str(log)
     print_summary(summary)
     return 0
