@@ -67,14 +67,14 @@ gpu-check: install
 	$(PY) -m wavenet.bench.gpu --out gpu-check.json $(ARGS)
 
 ui: install
-	@echo "MLflow UI on http://127.0.0.1:5000: pick 'Model training' at the top left (or open the link make run printed, ?workflowType=machine_learning); MLflow 3.17 opens in its GenAI view otherwise"
+	@echo "MLflow UI on http://127.0.0.1:5000: open the link make run printed (the 'WaveNet: compare models' view, in the model-training view); MLflow 3.17 opens experiments in its GenAI view otherwise"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(MLFLOW_STORE))/mlflow.db \
 	  --artifacts-destination $(abspath $(MLFLOW_STORE))/mlartifacts --host 127.0.0.1 --port 5000
 
 # Screenshots of the MLflow UI (experiment, newest training run, compare view) in headless
 # Chromium (Debian's chromium package), for checking what a person sees: make ui-screenshots.
 ui-screenshots: install
-	$(PY) scripts/mlflow_screenshots.py --store $(MLFLOW_STORE) --experiment $(or $(EXPERIMENT),wavenet) --out mlflow-screenshots
+	$(PY) -m pipelines.mlflow_ui --store $(MLFLOW_STORE) --experiment $(or $(EXPERIMENT),wavenet) --out mlflow-screenshots
 
 # -- images and the cluster (README: Images, registries and the cluster) ---------------------
 # One setting names every image: IMAGE_REGISTRY and IMAGE_TAG flow into make image, push,

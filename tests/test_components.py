@@ -103,7 +103,7 @@ def test_run_names_tell_preset_data_version_and_start_time_apart():
     assert child_run_name("generate", None) == "generate"
 
 
-def test_experiment_links_open_the_model_training_view(tmp_path):
+def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tmp_path):
     from wavenet.tracking import experiment_id, experiment_page
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -111,9 +111,48 @@ def test_experiment_links_open_the_model_training_view(tmp_path):
 
     made = mlflow.MlflowClient(uri).create_experiment("links")
     assert experiment_id("links", uri) == made and experiment_id("absent", uri) is None
-    assert experiment_page("http://mlflow:5000/", made) == \
-        f"http://mlflow:5000/#/experiments/{made}?workflowType=machine_learning"
+    assert experiment_page("http://mlflow:5000/", made) == (
+        f"http://mlflow:5000/#/experiments/{made}/runs?viewStateShareKey=wavenet-compare"
+        "&workflowType=machine_learning")
     assert experiment_page("http://127.0.0.1:5000", None) == "http://127.0.0.1:5000"
+
+
+def test_every_experiment_we_use_gets_the_comparison_view(tmp_path):
+    import mlflow
+
+    from wavenet import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    # One made by us, one made elsewhere before (tagged on first use), one whose view a user
+    # changed (left as it is).
+    mine = tracking._experiment_id(client, "new", uri)
+    before = client.create_experiment("before")
+    edited = client.create_experiment("edited", tags={tracking.COMPARE_VIEW_TAG: '{"name": "mine"}'})
+    for name in ("before", "edited"):
+        tracking._experiment_id(client, name, uri)
+    tags = {e: client.get_experiment(e).tags for e in (mine, before, edited)}
+    assert tags[edited][tracking.COMPARE_VIEW_TAG] == '{"name": "mine"}'
+    for exp in (mine, before):
+        assert tags[exp]["mlflow.experimentKind"] == "custom_model_development"
+        envelope = json.loads(tags[exp][tracking.COMPARE_VIEW_TAG])
+        assert envelope["name"] == "WaveNet: compare models" and isinstance(envelope["createdAt"], int)
+        state = json.loads(envelope["state"])
+        # The table: key metrics first, in their order, then the key parameters.
+        order = state["columnOrder"]
+        assert order[0] == "attributes.`Run Name`"
+        assert order[1:6] == [f"metrics.`{m}`" for m in tracking.KEY_METRICS]
+        assert order[1] == "metrics.`eval/bits_per_sample`"
+        assert set(order[1:]) <= set(state["selectedColumns"])
+        # The charts: one section first, its cards on the key metrics and parameters.
+        (section,) = state["compareRunSections"]
+        assert section["name"] == "Compare models" and state["isAccordionReordered"] is True
+        cards = state["compareRunCharts"]
+        assert {c["metricSectionId"] for c in cards} == {section["uuid"]}
+        assert cards[0]["type"] == "PARALLEL" and cards[0]["selectedMetrics"] == ["eval/bits_per_sample"]
+        assert cards[0]["selectedParams"] == list(tracking.KEY_PARAMS)
+        assert [c.get("metricKey") for c in cards[1:]] == \
+            [tracking.KEY_METRICS[i] for i in (0, 1, 3, 4)]
 
 
 def test_data_location_prefers_persistent_shards_and_needs_a_bucket_for_pods():

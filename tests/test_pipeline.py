@@ -281,9 +281,9 @@ def test_full_pipeline_runs_locally_then_an_identical_run_reuses_the_registered_
     assert manifest["summary"]["processed"] == 3
 
     exp = client.get_experiment_by_name("pipeline-test")
-    # The printed link opens the experiment in the UI's model-training view.
-    assert (f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
-            in out), out
+    # The printed link opens the experiment's comparison view in the UI's model-training view.
+    assert (f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?viewStateShareKey="
+            "wavenet-compare&workflowType=machine_learning" in out), out
     runs = client.search_runs([exp.experiment_id])
     train_runs = [r for r in runs if re.fullmatch(r"tiny-d[0-9a-f]{8}-\d{4}T\d{6}", r.info.run_name)]
     assert len(train_runs) == 1, [r.info.run_name for r in runs]
@@ -304,6 +304,14 @@ def test_full_pipeline_runs_locally_then_an_identical_run_reuses_the_registered_
               if r.data.tags.get("wavenet.stage") == "train"]
     assert len(trains) == 1, "the identical second run trained"
     assert second["train"]["reused"] is True and second["train_run_id"] == summary["train_run_id"]
+    # One row per model in the UI: the reused model's evaluation nests under its training run
+    # and logs its numbers there, not on a second row.
+    evaluations = [r for r in client.search_runs([exp.experiment_id])
+                   if r.data.tags.get("wavenet.stage") == "evaluate"]
+    assert len(evaluations) == 2
+    for e in evaluations:
+        assert e.data.tags["mlflow.parentRunId"] == train.info.run_id, e.info.run_name
+        assert not [k for k in e.data.metrics if k.startswith("eval/")], e.info.run_name
     assert "train: skipped, wavenet version 1 (run tiny-d" in out2 and "FORCE=1" in out2
     assert "gate      kept: this model is already wavenet version 1, the champion" in out2
     report = Path(second["report"]).read_text()

@@ -53,6 +53,10 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     assert champion_version(tracking_uri, name) == "2"
     client = mlflow.MlflowClient(tracking_uri)
     assert client.get_model_version(name, "2").run_id == train_run.info.run_id
+    for uri in (f"models:/{name}/2", f"models:/{name}@champion"):
+        assert tracking.model_run_id(uri) == train_run.info.run_id, uri
+    assert tracking.model_run_id(f"models:/{name}/99") is None
+    assert tracking.model_run_id(f"models:/{name}@nosuchalias") is None
     eval_run = client.get_run(second["run_id"])
     assert eval_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id  # nested
     assert eval_run.data.tags["gate.decision"] == "promoted"
@@ -96,6 +100,22 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     champ = evaluate(f"models:/{name}@champion", eval_data, cfg, **kw)
     assert champ["bits_per_sample"] == pytest.approx(g2["new_bits"])
     assert champ["promoted"] is False and "is the champion" in champ["gate"]["reason"]
+    # A registry URI leads to the version's training run too: nested there, its numbers there
+    # (a reused model's second pipeline run shows no second row of eval metrics).
+    champ_run = client.get_run(champ["run_id"])
+    assert champ_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    assert not [k for k in champ_run.data.metrics if k.startswith("eval/")]
+    assert champ_run.data.tags["eval.metrics_run_id"] == train_run.info.run_id
+
+    # 5. Every example of the folder (--split all) is not the validation score: its numbers stay
+    # on its own run, and the training run keeps its eval/bits_per_sample.
+    whole = evaluate(f"models:/{name}@champion", eval_data, cfg, split="all",
+                     tracking_uri=tracking_uri, experiment="gate-test")
+    whole_run = client.get_run(whole["run_id"])
+    assert whole_run.data.metrics["eval/bits_per_sample"] == pytest.approx(whole["bits_per_sample"])
+    assert whole_run.data.tags["eval.metrics_run_id"] == whole["run_id"]
+    assert client.get_run(train_run.info.run_id).data.metrics["eval/bits_per_sample"] == \
+        pytest.approx(second["bits_per_sample"])
 
 
 def test_load_wavenet_errors_are_one_line(tmp_path, monkeypatch):

@@ -657,10 +657,15 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
             metrics[tracking.metric_key("eval", "label", label, "bits_per_sample")] = \
                 t["bits_per_sample"]
             metrics[tracking.metric_key("eval", "label", label, "samples")] = t["samples"]
-        # Each metric on one run: the model's training run when there is one (a row per
-        # model in the runs table and the compare view, next to val_bits_per_sample), else
-        # this evaluation run. The gate's decision and metrics.json stay on this run.
+        # Each metric on one run: the model's training run when this scores its own validation
+        # split (the same data version, when its run says: a row per model in the runs table and the compare view,
+        # next to val_bits_per_sample; a reused, registered model included), else this
+        # evaluation run (another folder, or --split all: not the training run's validation
+        # score). The gate's decision and metrics.json stay on this run.
         src_run = tracking.model_run_id(model_uri) if model_uri else None
+        trained_on = tracking.run_tag(src_run, "data.version") if src_run else None
+        if split != "validation" or trained_on not in (None, manifest.data_version):
+            src_run = None
         if src_run:
             tracking.log_metrics_to_run(src_run, metrics)
         else:

@@ -67,6 +67,13 @@ __all__ = [
     "log_artifacts",
     "MODEL_REQUIREMENTS",
     "EXPERIMENT_TAGS",
+    "KEY_METRICS",
+    "KEY_PARAMS",
+    "COMPARE_VIEW",
+    "COMPARE_VIEW_TAG",
+    "comparison_view",
+    "comparison_view_state",
+    "run_tag",
     "model_signature",
     "log_model",
     "log_dataset",
@@ -185,20 +192,95 @@ def _artifact_location(uri: str) -> str | None:
 # "Machine learning"). Our experiments hold training runs: set on every experiment we use.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
+# The numbers a person compares models on, in this order: the runs table's first columns and
+# the first charts of the comparison view below.
+KEY_METRICS = ("eval/bits_per_sample", "eval/baseline_bigram_bits", "eval/baseline_unigram_bits",
+               "val_bits_per_sample", "train_bits_per_sample")
+KEY_PARAMS = ("preset", "train.steps", "train.learning_rate")
+
+# MLflow's UI keeps named views of an experiment's runs page (its "Views" menu, and links with
+# ?viewStateShareKey=<id>) as experiment tags `mlflow.sharedViewState.<id>`, whose value is a
+# JSON envelope {"name", "createdAt", "state"}; "state" is the page's serialized UI state and
+# search facets, deflate-compressed or plain JSON. Read in mlflow/mlflow,
+# mlflow/server/js/src/experiment-tracking/components/experiment-page/utils/savedViewEnvelope.ts
+# and models/ExperimentPageUIState.tsx (the field names), and checked against the 3.17.2 UI
+# bundle, whose loader reads the envelope first, a bare state second, and only on the runs
+# tab's route (/experiments/<id>/runs).
+COMPARE_VIEW = "wavenet-compare"
+COMPARE_VIEW_TAG = f"mlflow.sharedViewState.{COMPARE_VIEW}"
+COMPARE_VIEW_NAME = "WaveNet: compare models"
+
+
+def _column(kind: str, key: str) -> str:
+    # The UI's column ids ("canonical sort keys"): kind.`key`.
+    return f"{kind}.`{key}`"
+
+
+def comparison_view_state() -> dict[str, Any]:
+    """The runs page as the comparison view shows it (the ``state`` of its envelope).
+
+    Table: run names at full width, then the key metrics, then the key parameters, the dataset
+    and the logged model. Charts: a "Compare models" section first, with a
+    parallel-coordinates plot of the key parameters against ``eval/bits_per_sample``, bars of the
+    evaluation and its bigram baseline, and the training curves; the UI adds every other
+    metric's chart in its own sections after it. Sorted newest first (the UI's default).
+    """
+    metrics = [_column("metrics", m) for m in KEY_METRICS]
+    params = [_column("params", p) for p in KEY_PARAMS]
+    run_name = _column("attributes", "Run Name")
+    section = "wavenet-compare-models"
+    charts: list[dict[str, Any]] = [
+        {"uuid": "wavenet-parallel", "type": "PARALLEL", "metricSectionId": section,
+         "deleted": False, "isGenerated": False, "runsCountToCompare": 100,
+         "selectedParams": list(KEY_PARAMS), "selectedMetrics": [KEY_METRICS[0]], "showAllRuns": False}]
+    for key in KEY_METRICS[:2]:
+        charts.append({"uuid": f"wavenet-bar-{key.replace('/', '-')}", "type": "BAR", "metricKey": key,
+                       "metricSectionId": section, "deleted": False, "isGenerated": False,
+                       "runsCountToCompare": 10})
+    for key in KEY_METRICS[3:]:
+        charts.append({"uuid": f"wavenet-line-{key}", "type": "LINE", "metricKey": key,
+                       "selectedMetricKeys": [key], "metricSectionId": section, "deleted": False,
+                       "isGenerated": False, "runsCountToCompare": 10, "xAxisKey": "step",
+                       "useGlobalXaxisKey": False, "lineSmoothness": 0, "scaleType": "linear"})
+    return {
+        "selectedColumns": metrics + params + [_column("attributes", "Dataset"),
+                                               _column("attributes", "Models")],
+        "columnOrder": [run_name, *metrics, *params],
+        "columnWidths": {run_name: 300, **{m: 150 for m in metrics}},
+        "compareRunCharts": charts,
+        "compareRunSections": [{"uuid": section, "name": "Compare models", "display": True,
+                                "isReordered": True, "deleted": False, "isGenerated": False}],
+        "isAccordionReordered": True,
+        "hideEmptyCharts": True,
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+    }
+
+
+def comparison_view(created_ms: int | None = None) -> str:
+    """The experiment tag value of the comparison view (the UI's saved-view envelope)."""
+    created = int(time.time() * 1000) if created_ms is None else created_ms
+    return json.dumps({"name": COMPARE_VIEW_NAME, "createdAt": created,
+                       "state": json.dumps(comparison_view_state())})
+
+
+def _experiment_tags() -> dict[str, str]:
+    return {**EXPERIMENT_TAGS, COMPARE_VIEW_TAG: comparison_view()}
+
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
             return client.create_experiment(name, artifact_location=_artifact_location(uri),
-                                            tags=EXPERIMENT_TAGS)
+                                            tags=_experiment_tags())
         except MlflowException:  # created concurrently by another process
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it or use another name")
-    for key, value in EXPERIMENT_TAGS.items():
+    for key, value in _experiment_tags().items():
         if key not in exp.tags:  # an experiment from before, or made elsewhere: a user's choice stays
             client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
@@ -243,9 +325,12 @@ TRAINING_VIEW = "workflowType=machine_learning"
 
 
 def experiment_page(ui_url: str, experiment_id: str | None) -> str:
-    """The UI address of an experiment's runs in the model-training view (the UI's root if no id)."""
+    """The UI address of an experiment's runs in the comparison view (:func:`comparison_view`),
+    in the model-training view; the UI's root if no id."""
     base = ui_url.rstrip("/")
-    return f"{base}/#/experiments/{experiment_id}?{TRAINING_VIEW}" if experiment_id else base
+    if not experiment_id:
+        return base
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARE_VIEW}&{TRAINING_VIEW}"
 
 
 def experiment_id(name: str, tracking_uri: str | None = None) -> str | None:
@@ -390,16 +475,33 @@ def source_run_id(uri: str) -> str | None:
 
 
 def model_run_id(uri: str) -> str | None:
-    """The run that logged a model: from ``runs:/<id>/...``, or looked up for ``models:/m-<id>``.
+    """The run that logged a model: from ``runs:/<id>/...``, or looked up for ``models:/m-<id>``
+    and for registry URIs (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``: the version's run).
 
-    Registry URIs (``models:/NAME/...``) and files give None. Needs the tracking
-    URI set (:func:`use_tracking_uri`) for the lookup.
+    Files, and what the store cannot resolve, give None. Needs the tracking URI set
+    (:func:`use_tracking_uri`) for the lookups.
     """
     run_id = source_run_id(uri)
-    if run_id or not str(uri).startswith("models:/m-"):
+    if run_id or not str(uri).startswith("models:/"):
         return run_id
+    rest = uri[len("models:/"):]
     try:
-        return mlflow.get_logged_model(uri[len("models:/"):].split("/", 1)[0]).source_run_id
+        if rest.startswith("m-"):
+            return mlflow.get_logged_model(rest.split("/", 1)[0]).source_run_id
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return MlflowClient().get_model_version_by_alias(name, alias.split("/", 1)[0]).run_id or None
+        name, _, ver = rest.partition("/")
+        ver = ver.split("/", 1)[0]
+        return (MlflowClient().get_model_version(name, ver).run_id or None) if ver.isdigit() else None
+    except MlflowException:
+        return None
+
+
+def run_tag(run_id: str, key: str) -> str | None:
+    """Tag ``key`` of run ``run_id``, or None when absent or the run cannot be read."""
+    try:
+        return MlflowClient().get_run(run_id).data.tags.get(key)
     except MlflowException:
         return None
 
