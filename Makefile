@@ -92,9 +92,11 @@ IMAGE_mlflow := $(IMAGE_REGISTRY)/mlflow:$(IMAGE_TAG)
 # Targets of docker/Dockerfile that `make image` and `make push` build and push.
 TARGETS ?= cpu gpu mlflow
 
-# docker where an engine answers, else podman, else buildah (evaluated once, when needed).
+# docker where an engine answers and BuildKit (buildx) is there: the Dockerfile mounts the CA
+# bundle as a build secret; else podman, else buildah (evaluated once, when needed). A docker
+# CLI pointed at podman's socket without buildx builds with podman.
 ENGINE ?= $(eval ENGINE := $(shell \
-  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo docker; \
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && docker buildx version >/dev/null 2>&1; then echo docker; \
   elif command -v podman >/dev/null 2>&1; then echo podman; \
   elif command -v buildah >/dev/null 2>&1; then echo buildah; fi))$(ENGINE)
 # The base: the Dockerfile's pinned upstream image, or the local one that
