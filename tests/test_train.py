@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -165,11 +166,14 @@ def test_global_batch_must_divide_among_workers(tiny_shards, tmp_path, capsys):
 def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_server, capsys):
     data = write_shards(tmp_path / "data", train_shards=2, examples_per_shard=4, seed=1)
     out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGTERM)
     rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--no-progress",
                "--tracking-uri", mlflow_server.uri, "--experiment", "test-train-single",
                "--set", "train.ema_decay=0.9"])
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0
+    # The command's SIGTERM handler is gone with it: this process stops on SIGTERM as before.
+    assert signal.getsignal(signal.SIGTERM) == before
     cfg = preset("tiny")
     assert summary["steps"] == cfg.train.steps and summary["workers"] == 1
     assert json.loads((out / "train_summary.json").read_text()) == summary

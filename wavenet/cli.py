@@ -170,13 +170,18 @@ def _cmd_train(args) -> int:
     tf_config = parse_tf_config(os.environ.get("TF_CONFIG")) if args.worker else None
     # Outside the training steps (set-up, export; a launcher's whole run) SIGTERM ends the
     # command through its clean-up; during the steps wavenet.train.stopping saves first.
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    result = train(args.data, args.out, cfg, workers=args.workers, tf_config=tf_config,
-                   tracking_uri=args.tracking_uri, experiment=args.experiment,
-                   run_name=args.run_name, progress="off" if args.no_progress else args.progress,
-                   threads=args.threads,
-                   init_model=args.init_model, kfp_run_id=os.environ.get("KFP_RUN_ID"),
-                   environ=os.environ)
+    # The handler is put back when the command returns: a program that runs the command
+    # in-process (a test, a notebook) keeps its own SIGTERM behaviour afterwards.
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        result = train(args.data, args.out, cfg, workers=args.workers, tf_config=tf_config,
+                       tracking_uri=args.tracking_uri, experiment=args.experiment,
+                       run_name=args.run_name, progress="off" if args.no_progress else args.progress,
+                       threads=args.threads,
+                       init_model=args.init_model, kfp_run_id=os.environ.get("KFP_RUN_ID"),
+                       environ=os.environ)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if result.run_id is not None:  # the chief (or the only process) reports
         _print_json(result.summary)
     return 0

@@ -282,7 +282,11 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         raise TrackingError(f"MLflow experiment {name!r} is deleted: restore it or use another name")
     for key, value in _experiment_tags().items():
         if key not in exp.tags:  # an experiment from before, or made elsewhere: a user's choice stays
-            client.set_experiment_tag(exp.experiment_id, key, value)
+            try:
+                client.set_experiment_tag(exp.experiment_id, key, value)
+            except MlflowException as e:  # e.g. a shared experiment this user may only read
+                print(f"warning: could not set {key} on MLflow experiment {name!r}: "
+                      f"{one_line(e)}", file=sys.stderr)
     return exp.experiment_id
 
 
