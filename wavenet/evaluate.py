@@ -657,11 +657,12 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
             metrics[tracking.metric_key("eval", "label", label, "bits_per_sample")] = \
                 t["bits_per_sample"]
             metrics[tracking.metric_key("eval", "label", label, "samples")] = t["samples"]
-        # Each metric on one run: the model's training run when this scores its own validation
-        # split (the same data version, when its run says: a row per model in the runs table and the compare view,
-        # next to val_bits_per_sample; a reused, registered model included), else this
-        # evaluation run (another folder, or --split all: not the training run's validation
-        # score). The gate's decision and metrics.json stay on this run.
+        # Each metric on one run. The model's training run (reached from a runs:/, models:/m-
+        # or registry URI) holds its score on its own validation split: the data version its
+        # run was tagged with, or any when untagged. In the runs table and the compare view that
+        # gives a row per model, next to val_bits_per_sample. Another data version, or
+        # --split all, is not that score: it stays on this evaluation run, as does a .keras
+        # file's. The gate's decision and metrics.json stay on this run too.
         src_run = tracking.model_run_id(model_uri) if model_uri else None
         trained_on = tracking.run_tag(src_run, "data.version") if src_run else None
         if split != "validation" or trained_on not in (None, manifest.data_version):

@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 
 from wavenet.errors import TrackingError, WavenetError, one_line
 from wavenet.model import WaveNet, load_model
-from wavenet.tracking import MLFLOW_SCHEMES, is_mlflow_uri, use_tracking_uri
+from wavenet.tracking import MLFLOW_SCHEMES, is_mlflow_uri, registry_version, use_tracking_uri
 
 __all__ = [
     "CHAMPION",
@@ -306,14 +306,8 @@ def _ref(mv) -> ModelRef:
 
 def _registry_version(client: MlflowClient, uri: str) -> ModelRef | None:
     """The version a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI names (None otherwise)."""
-    rest = uri[len("models:/"):] if uri.startswith("models:/") else ""
-    if not rest or rest.startswith("m-"):
-        return None
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return _ref(client.get_model_version_by_alias(name, alias))
-    name, _, version = rest.partition("/")
-    return _ref(client.get_model_version(name, version.split("/")[0])) if version else None
+    version = registry_version(client, uri)
+    return _ref(version) if version else None
 
 
 def describe_model(uri: str, name: str, tracking_uri: str | None = None) -> ModelInfo:

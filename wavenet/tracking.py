@@ -57,6 +57,7 @@ __all__ = [
     "active_run_id",
     "source_run_id",
     "model_run_id",
+    "registry_version",
     "run_experiment_name",
     "run_placement",
     "metric_key",
@@ -478,6 +479,20 @@ def source_run_id(uri: str) -> str | None:
     return run_id or None
 
 
+def registry_version(client: MlflowClient, uri: str) -> Any:
+    """The model version (MLflow's ``ModelVersion``) a ``models:/NAME/VERSION`` or
+    ``models:/NAME@ALIAS`` URI names; None for any other URI (``runs:/``, ``models:/m-<id>``,
+    a file). A version or alias the registry does not have raises MlflowException."""
+    rest = uri[len("models:/"):] if str(uri).startswith("models:/") else ""
+    if not rest or rest.startswith("m-"):
+        return None
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return client.get_model_version_by_alias(name, alias.split("/", 1)[0])
+    name, _, version = rest.partition("/")
+    return client.get_model_version(name, version.split("/", 1)[0]) if version else None
+
+
 def model_run_id(uri: str) -> str | None:
     """The run that logged a model: from ``runs:/<id>/...``, or looked up for ``models:/m-<id>``
     and for registry URIs (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``: the version's run).
@@ -488,16 +503,11 @@ def model_run_id(uri: str) -> str | None:
     run_id = source_run_id(uri)
     if run_id or not str(uri).startswith("models:/"):
         return run_id
-    rest = uri[len("models:/"):]
     try:
-        if rest.startswith("m-"):
-            return mlflow.get_logged_model(rest.split("/", 1)[0]).source_run_id
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            return MlflowClient().get_model_version_by_alias(name, alias.split("/", 1)[0]).run_id or None
-        name, _, ver = rest.partition("/")
-        ver = ver.split("/", 1)[0]
-        return (MlflowClient().get_model_version(name, ver).run_id or None) if ver.isdigit() else None
+        if uri.startswith("models:/m-"):
+            return mlflow.get_logged_model(uri[len("models:/"):].split("/", 1)[0]).source_run_id
+        version = registry_version(MlflowClient(), uri)
+        return (version.run_id or None) if version else None
     except MlflowException:
         return None
 
