@@ -25,13 +25,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
 from wavenet.launch import free_ports
+from wavenet.tracking import wait_until_healthy
 
 # No name but 127.0.0.1 resolves, and nothing runs in the background (updates, sync, field
 # trials): the browser talks to the MLflow server on loopback and nowhere else.
@@ -126,16 +125,10 @@ def start_ui(store: Path, port: int, log: Path) -> subprocess.Popen:
            "--port", str(port), "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow ui exited with {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(1)
+    if wait_until_healthy(f"http://127.0.0.1:{port}", 300, lambda: proc.poll() is None):
+        return proc
+    if proc.poll() is not None:
+        raise RuntimeError(f"mlflow ui exited with {proc.returncode}; see {log}")
     proc.terminate()
     raise RuntimeError(f"mlflow ui did not answer on port {port} within 300 s; see {log}")
 

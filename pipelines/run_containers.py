@@ -29,12 +29,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipelines import containers, run_local
+from wavenet.tracking import wait_until_healthy
 
 PIPELINE_ROOT = os.path.join("runs", "pipeline-containers")
 BUCKET = "wavenet-containers"
@@ -95,16 +95,8 @@ def mlflow_server(client, image: str, store: Path, user: str, network: str, name
         address = containers.container_address(container, network)
         uri = f"http://{address}:{MLFLOW_PORT}"
         _wait_port(address, MLFLOW_PORT, alive, f"MLflow server ({image})")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise containers.ContainerError(f"MLflow server at {uri} is not healthy") from None
-                time.sleep(0.5)
+        if not wait_until_healthy(uri, 120, alive):
+            raise containers.ContainerError(f"MLflow server at {uri} is not healthy")
         yield uri
     finally:
         with contextlib.suppress(docker.errors.APIError):

@@ -43,6 +43,7 @@ __all__ = [
     "FAST_FAIL_HTTP_ENV",
     "resolve_tracking_uri",
     "check_tracking_server",
+    "wait_until_healthy",
     "use_tracking_uri",
     "MLFLOW_SCHEMES",
     "is_mlflow_uri",
@@ -129,6 +130,22 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         refused = credentials_error(e, uri)
         if refused is not None:
             raise refused from None
+
+
+def wait_until_healthy(uri: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll the server's ``/health`` until it answers 200 (True), or ``timeout`` seconds pass or
+    ``alive()`` turns False (False): a server this program started, coming up."""
+    deadline = time.monotonic() + timeout
+    url = uri.rstrip("/") + "/health"
+    while time.monotonic() < deadline and alive():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own server
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 _HTTP_STATUS = re.compile(r"error code (\d{3}) != 200")
