@@ -321,10 +321,12 @@ def registry(tmp_path):
 
 
 @pytest.mark.slow
-def test_make_image_and_push_to_your_registry_then_pull_it_back(engine, mlflow_image, registry):
+def test_make_image_and_push_to_your_registry_then_pull_it_back(engine, mlflow_image, registry, tmp_path):
     import json
 
-    env = {**os.environ, "IMAGE_REGISTRY": f"{registry}/wavenet-pipelines", "IMAGE_TAG": "push-test"}
+    env = {**os.environ, "IMAGE_REGISTRY": f"{registry}/wavenet-pipelines", "IMAGE_TAG": "push-test",
+           # make push records the digest: here, not in the checkout
+           "IMAGE_DIGESTS": str(tmp_path / "images.lock.json"), "K8S_PINNED": str(tmp_path / "k8s")}
     name = f"{registry}/wavenet-pipelines/mlflow:push-test"
     # The same build under the user's names (layers come from the cache), then make push.
     _make("image", "push", "TARGETS=mlflow", env=env)
