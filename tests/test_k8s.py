@@ -319,6 +319,13 @@ def test_the_admission_policy_admits_the_tfjobs_the_launcher_renders(policy, wha
     assert evaluate_admission_policy(policy, _job(what)) == []
 
 
+def test_the_admission_policy_admits_the_image_by_digest(policy):
+    """make compile names the image <name>@sha256:... once make push recorded it."""
+    job = _job()
+    _ctr(job)["image"] = "ghcr.io/wavenet-pipelines/wavenet-gpu@sha256:" + "0" * 64
+    assert evaluate_admission_policy(policy, job) == []
+
+
 @pytest.mark.parametrize("what", sorted(HOSTILE))
 def test_the_admission_policy_denies_a_tfjob_off_the_template(policy, what):
     mutate, message = HOSTILE[what]

@@ -58,6 +58,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # NVIDIA GPU feature discovery's ``nvidia.com/gpu.product``.
 DEFAULT_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 
+# How long a retried step waits for the failed job it replaces to be gone: its pods' grace
+# period for a final checkpoint (the template's 120 s) several times over.
+REPLACE_WAIT_S = 900
+
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Environment variables that carry credentials (MLFLOW_TRACKING_PASSWORD, ..._TOKEN): only ever
 # by reference to a Secret in a TFJob.
@@ -466,7 +470,12 @@ def _create_or_adopt(custom: Any, job: Mapping[str, Any], poll_seconds: float,
         log(f"TFJob {namespace}/{name} failed or is being deleted: replacing it (training resumes "
             "from its run folder's checkpoint)")
         _delete(custom, name, namespace, log)
+        deadline = time.monotonic() + REPLACE_WAIT_S
         while _read(custom, name, namespace) is not None:
+            if time.monotonic() > deadline:
+                raise TFJobError(f"TFJob {namespace}/{name} was still being deleted after "
+                                 f"{REPLACE_WAIT_S} s (a finalizer that never finishes?): delete it "
+                                 "by hand, then retry the step")
             time.sleep(poll_seconds)
     try:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, dict(job))
