@@ -122,9 +122,20 @@ image-%:
 	  $(if $(wildcard $(CA_BUNDLE)),--secret id=ca$(,)src=$(CA_BUNDLE)) $(BUILD_FLAGS) . && \
 	echo "built $(IMAGE_$*) in $$(( $$(date +%s) - start )) s: $$($(ENGINE) image inspect --format '{{.Size}}' $(IMAGE_$*) | awk '{printf "%.0f MB", $$1/1e6}')"
 
+# Every push records the manifest digest the registry got (podman/buildah --digestfile, docker's
+# RepoDigests) in IMAGE_DIGESTS; compile and submit-pipeline then name images by that digest, and
+# K8S_PINNED gets a kustomization of k8s/ with the pushed images by digest (kubectl apply -k build/k8s).
+IMAGE_DIGESTS ?= images.lock.json
+K8S_PINNED ?= build/k8s
 push: $(addprefix push-,$(TARGETS))
-push-%:
-	$(ENGINE) push $(PUSH_FLAGS) $(IMAGE_$*)
+	$(PY) -m pipelines.image_digests overlay --lock $(IMAGE_DIGESTS) --out $(K8S_PINNED)
+push-%: install
+	@test -n "$(ENGINE)" || { echo "error: no container engine: install Docker, or run scripts/setup-containers.sh (podman)" >&2; exit 2; }
+	$(if $(filter docker,$(ENGINE)),docker push $(IMAGE_$*) && \
+	  $(PY) -m pipelines.image_digests record $(IMAGE_$*) --lock $(IMAGE_DIGESTS) --engine docker,\
+	  d=$$(mktemp) && $(ENGINE) push --digestfile $$d $(PUSH_FLAGS) $(IMAGE_$*) && \
+	  $(PY) -m pipelines.image_digests record $(IMAGE_$*) --lock $(IMAGE_DIGESTS) --digest-file $$d; \
+	  s=$$?; rm -f $$d; exit $$s)
 
 # The wavenet-train pipeline with every step in its own container of the CPU image (README).
 run-containers: install image-cpu image-mlflow
@@ -134,16 +145,16 @@ run-containers: install image-cpu image-mlflow
 # matches the code); with your IMAGE_REGISTRY/IMAGE_TAG, write it elsewhere: COMPILED=my.yaml.
 COMPILED ?= pipelines/wavenet-train.yaml
 compile: install
-	$(PY) -m pipelines.wavenet_train $(COMPILED)
+	IMAGE_DIGESTS=$(IMAGE_DIGESTS) $(PY) -m pipelines.wavenet_train $(COMPILED)
 
 # KFP_HOST=https://.../pipeline [KFP_TOKEN=...] make submit-pipeline ARGS=run.yaml
 submit-pipeline: install
-	$(PY) -m pipelines.submit $(if $(KFP_HOST),--host $(KFP_HOST)) $(if $(ARGS),--args $(ARGS))
+	IMAGE_DIGESTS=$(IMAGE_DIGESTS) $(PY) -m pipelines.submit $(if $(KFP_HOST),--host $(KFP_HOST)) $(if $(ARGS),--args $(ARGS))
 
 # make schedule-pipeline CRON="0 0 3 * * 1" [ARGS=run.yaml]
 schedule-pipeline: install
 	@test -n "$(CRON)" || { echo 'error: set CRON, e.g. make schedule-pipeline CRON="0 0 3 * * 1"' >&2; exit 2; }
-	$(PY) -m pipelines.schedule --cron "$(CRON)" $(if $(KFP_HOST),--host $(KFP_HOST)) $(if $(ARGS),--args $(ARGS))
+	IMAGE_DIGESTS=$(IMAGE_DIGESTS) $(PY) -m pipelines.schedule --cron "$(CRON)" $(if $(KFP_HOST),--host $(KFP_HOST)) $(if $(ARGS),--args $(ARGS))
 
 # Offline: Kubernetes schemas (kubernetes-validate), our TFJob schema, no committed secrets,
 # pod hardening (Python checks), the TFJob admission policy (its CEL run by cel-python) and the

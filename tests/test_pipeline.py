@@ -109,6 +109,8 @@ def test_training_settings_are_pipeline_parameters_passed_through(ir):
                      "experiment": "mlflow_experiment", "force_train": "force_train"}
     assert train["inputs"]["parameters"]["data_version"]["taskOutputParameter"]["producerTask"] == "merge-shards"
     assert train["inputs"]["parameters"]["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    # The TFJob's name and run folder: the same run and task on every retry of the step.
+    assert train["inputs"]["parameters"]["kfp_task"]["runtimeValue"]["constant"] == "{{$.pipeline_task_name}}"
 
 
 def test_every_step_runs_on_the_project_image_without_installing_kfp(ir):

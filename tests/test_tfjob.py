@@ -5,6 +5,7 @@ was and was not exercised against a real cluster).
 """
 
 import copy
+import re
 from pathlib import Path
 
 import jsonschema
@@ -225,10 +226,17 @@ import threading  # noqa: E402
 
 
 class _FakeApi(http.server.ThreadingHTTPServer):
-    def __init__(self, outcome, polls_before_outcome=2, fail_create=False):
+    """``job``: the TFJob the API holds (None: 404). A job given up front (``existing``) keeps
+    the status it was given; one created here runs, then gets ``outcome`` after ``polls`` reads.
+    ``conflict``: creation answers 409 AlreadyExists (and the job appears, as a twin made it)."""
+
+    def __init__(self, outcome, polls_before_outcome=2, fail_create=False, existing=None,
+                 conflict=False):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.outcome, self.polls, self.fail_create = outcome, polls_before_outcome, fail_create
-        self.requests, self.job = [], None
+        self.requests, self.job, self.conflict = [], existing, conflict
+        self.bodies = []  # (method, path, body) of POST and DELETE
+        self.created = threading.Event()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -243,13 +251,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _status(self, code, reason):
+        return self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "reason": reason, "code": code})
+
+    def _body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n)) if n else None
+
     def do_POST(self):  # noqa: N802
         srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self._body()
         srv.requests.append(("POST", self.path))
+        srv.bodies.append(("POST", self.path, body))
         if srv.fail_create:
-            return self._send(403, {"kind": "Status", "reason": "Forbidden", "code": 403})
+            return self._status(403, "Forbidden")
+        if srv.conflict or srv.job is not None:
+            srv.job = srv.job or {**body, "status": {"conditions": [{"type": "Running", "status": "True"}]}}
+            return self._status(409, "AlreadyExists")
         srv.job = body
+        srv.created.set()
         self._send(201, body)
 
     def do_GET(self):  # noqa: N802
@@ -260,17 +281,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if "/pods/" in self.path:
             return self._send(200, {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p"},
                                     "status": {"phase": "Running"}})
-        gets = sum(1 for m, p in srv.requests if m == "GET" and "/tfjobs/" in p)
+        if srv.job is None:
+            return self._status(404, "NotFound")
         job = dict(srv.job)
-        conds = [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]
-        if srv.outcome and gets > srv.polls:
-            conds.append({"type": srv.outcome, "status": "True",
-                          "message": "worker 0 exited with code 2" if srv.outcome == "Failed" else ""})
-        job["status"] = {"conditions": conds}
+        if "status" not in job:
+            gets = sum(1 for m, p in srv.requests if m == "GET" and "/tfjobs/" in p)
+            conds = [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]
+            if srv.outcome and gets > srv.polls:
+                conds.append({"type": srv.outcome, "status": "True",
+                              "message": "worker 0 exited with code 2" if srv.outcome == "Failed" else ""})
+            job["status"] = {"conditions": conds}
         self._send(200, job)
 
     def do_DELETE(self):  # noqa: N802
-        self.server.requests.append(("DELETE", self.path))
+        srv = self.server
+        srv.requests.append(("DELETE", self.path))
+        srv.bodies.append(("DELETE", self.path, self._body()))
+        if srv.job is None:
+            return self._status(404, "NotFound")
+        srv.job = None
         self._send(200, {"kind": "Status", "status": "Success"})
 
 
@@ -301,8 +330,9 @@ def test_run_tfjob_creates_waits_streams_worker0_and_deletes(fake_api):
     final = tfjob.run_tfjob(job, poll_seconds=0.05, log=lines.append, api_client=api)
     assert tfjob.tfjob_outcome(final) == "Succeeded"
     base = "/apis/kubeflow.org/v1/namespaces/ml/tfjobs"
-    assert srv.requests[0] == ("POST", base)
-    assert srv.job == job
+    # First: is there a job of this name already (a retried step's)? No (404): create it.
+    assert srv.requests[:2] == [("GET", f"{base}/wavenet-demo-x"), ("POST", base)]
+    assert srv.bodies[0][2] == job
     assert ("DELETE", f"{base}/wavenet-demo-x") in srv.requests
     assert any(p.startswith("/api/v1/namespaces/ml/pods/wavenet-demo-x-worker-0/log") and
                "container=tensorflow" in p for _, p in srv.requests)
@@ -338,3 +368,144 @@ def test_worker_pods_get_time_for_the_final_checkpoint_on_sigterm():
     assert _worker(job)["template"]["spec"]["terminationGracePeriodSeconds"] == 600
     with pytest.raises(ConfigError, match="termination_grace_s"):
         _render(termination_grace_s=-1)
+
+
+# -- a retried step adopts or resumes its job (issue 19, point 8) -----------------------------
+
+KFP_RUN = "0f3c9a52-7d1e-4b8a-9c61-2e5f4a7b8c90"  # the shape of a KFP run UUID
+
+
+def test_the_job_name_is_the_same_for_every_attempt_of_a_task_and_differs_between_runs():
+    name = tfjob.stable_job_name("wavenet", KFP_RUN, "train-model")
+    assert name == tfjob.stable_job_name("wavenet", KFP_RUN, "train-model")
+    assert name != tfjob.stable_job_name("wavenet", KFP_RUN.replace("0f3c", "0f3d"), "train-model")
+    assert name != tfjob.stable_job_name("wavenet", KFP_RUN, "train-model-2")
+    tfjob.render_tfjob(name, "ns", "img", ["wavenet"])  # a valid DNS-1035 name of <= 45 characters
+    # Too long for a pod name's room: a readable head and a hash of the whole identity.
+    assert len(name) <= 45 and name.startswith("wavenet-0f3c9a52-") and re.fullmatch(r".*-[0-9a-f]{12}", name)
+    # A short identity keeps its plain name.
+    assert tfjob.stable_job_name("wavenet", "run1", "train") == "wavenet-run1-train"
+    # Identities that slug alike but differ get different names when hashed.
+    a = tfjob.stable_job_name("wavenet", "A" * 60, "t")
+    assert a != tfjob.stable_job_name("wavenet", "a" * 60, "t") and len(a) <= 45
+
+
+def test_the_train_components_job_and_run_folder_derive_from_run_and_task():
+    """Two attempts of one task: one job name, one run folder (so the second resumes)."""
+    cfg = preset("tiny")
+    cluster = ClusterSettings("ml", "reg/wavenet-gpu:1", run_root="gs://b/runs")
+    jobs = [training_tfjob(cfg, tfjob.stable_job_name("wavenet", KFP_RUN, "train-model"),
+                           "gs://b/shards", "gs://b/runs/x", cluster, run_name=run_name("tiny", "d0"))
+            for _ in range(2)]
+    assert jobs[0]["metadata"]["name"] == jobs[1]["metadata"]["name"]
+
+
+def _job(conditions=(), deleting=False):
+    meta = {"name": "j", **({"deletionTimestamp": "2026-12-06T14:00:00Z"} if deleting else {})}
+    return {"metadata": meta, "status": {"conditions": [{"type": t, "status": "True"} for t in conditions]}}
+
+
+@pytest.mark.parametrize("observed, action", [
+    (None, "create"),                                            # first attempt, or deleted
+    (_job(), "adopt"),                                           # just created, no status yet
+    (_job(["Created", "Running"]), "adopt"),                     # a killed launcher's job runs on
+    (_job(["Created", "Running", "Restarting"]), "adopt"),       # the operator mends its pods
+    (_job(["Created", "Running", "Succeeded"]), "adopt"),        # done: collect the result
+    (_job(["Created", "Running", "Failed"]), "replace"),         # given up: again, from checkpoint
+    (_job(["Created", "Running"], deleting=True), "replace"),    # going away: wait, then create
+])
+def test_resume_action_is_decided_by_the_observed_job(observed, action):
+    assert tfjob.resume_action(observed) == action
+
+
+def test_a_retried_step_adopts_the_running_job_instead_of_creating_a_second(fake_api):
+    job = _render(namespace="ml")
+    srv, api = fake_api(outcome=None, existing={**job, "status": {"conditions": [
+        {"type": "Running", "status": "True"}]}})
+    srv.job["status"]["conditions"].append({"type": "Succeeded", "status": "True"})
+    lines = []
+    final = tfjob.run_tfjob(job, poll_seconds=0.05, log=lines.append, api_client=api)
+    assert tfjob.tfjob_outcome(final) == "Succeeded"
+    assert not any(m == "POST" for m, _ in srv.requests), srv.requests
+    assert any(line.startswith("adopted TFJob ml/wavenet-demo-x") for line in lines), lines
+
+
+def test_a_retried_step_replaces_a_failed_job_under_the_same_name(fake_api):
+    job = _render(namespace="ml")
+    srv, api = fake_api(outcome="Succeeded", existing={**job, "status": {"conditions": [
+        {"type": "Failed", "status": "True"}]}})
+    final = tfjob.run_tfjob(job, poll_seconds=0.05, log=lambda _: None, api_client=api)
+    assert tfjob.tfjob_outcome(final) == "Succeeded"
+    methods = [m for m, _ in srv.requests if m != "GET"]
+    assert methods[:2] == ["DELETE", "POST"], srv.requests  # the failed job goes, then the same job again
+    assert srv.bodies[1][2]["metadata"]["name"] == "wavenet-demo-x"
+    assert srv.bodies[0][2]["propagationPolicy"] == "Foreground"
+
+
+def test_creation_answered_already_exists_adopts(fake_api):
+    srv, api = fake_api(outcome=None, conflict=True)
+    lines = []
+    # The twin's job runs on; this attempt watches it until the timeout, then deletes it.
+    with pytest.raises(tfjob.TFJobError, match="did not finish"):
+        tfjob.run_tfjob(_render(), poll_seconds=0.05, timeout_s=0.3, log=lines.append, api_client=api)
+    assert any("created meanwhile by another attempt" in line for line in lines), lines
+
+
+# -- SIGTERM to the train step deletes its TFJob ------------------------------------------------
+
+_STEP = """
+import sys
+from kfp.dsl import Artifact, Dataset, Metrics, Model
+from components.stages import train_model
+
+config, shards, out = sys.argv[1:4]
+train_model.python_func(
+    shards=Dataset(uri=shards, metadata={"data_dir": shards}), data_version="d" * 64,
+    config=Artifact(uri=config), workers=2, on_cluster=True, namespace="ml",
+    image="ghcr.io/wavenet-pipelines/wavenet-gpu:0.1.0", gpus_per_worker=1, accelerator="",
+    cluster_run_root="gs://bucket/runs", warm_start=False, tracking_uri="", experiment="",
+    kfp_run_id=sys.argv[4], model=Model(uri=out + "/model"), metrics=Metrics(uri=out + "/m.json"),
+    force_train=True, kfp_task="train-model")
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_train_step_deletes_its_tfjob_with_its_pods(fake_api, tiny_shards, tmp_path):
+    """The real component body in a real process, its kubernetes client on a loopback API:
+    SIGTERM -> DELETE (foreground: pods first) -> exit 143 with one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    srv, _ = fake_api(outcome=None)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "t",
+        "clusters": [{"name": "t", "cluster": {"server": f"http://127.0.0.1:{srv.server_address[1]}"}}],
+        "users": [{"name": "t", "user": {"token": "t"}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}]}))
+    config = tmp_path / "config.yaml"
+    config.write_text(preset("tiny").to_yaml())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env.update(KUBECONFIG=str(kubeconfig), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", _STEP, str(config), str(tiny_shards), str(tmp_path),
+                             KFP_RUN], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait for the event (the job was created), not for a time.
+        while not srv.created.wait(1):
+            assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    name = tfjob.stable_job_name("wavenet", KFP_RUN, "train-model")
+    assert srv.bodies[0][2]["metadata"]["name"] == name
+    # The run folder is the job's name under the run root: the same on a retry.
+    assert f"gs://bucket/runs/{name}" in srv.bodies[0][2]["spec"]["tfReplicaSpecs"]["Worker"][
+        "template"]["spec"]["containers"][0]["args"]
+    deletes = [b for m, p, b in srv.bodies if m == "DELETE"]
+    assert deletes and deletes[0]["propagationPolicy"] == "Foreground", srv.requests
+    assert proc.returncode == 143, err
+    assert f"error: SIGTERM: stopped waiting for TFJob ml/{name}" in err and "Traceback" not in err, err

@@ -20,7 +20,9 @@ against ``k8s/schemas/tfjob.schema.json``); the container image copies it to
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from wavenet.errors import ConfigError, WavenetError
+from wavenet.errors import ConfigError, Interrupted, WavenetError
 
 __all__ = [
     "GROUP",
@@ -40,6 +42,8 @@ __all__ = [
     "default_template_path",
     "load_template",
     "job_name",
+    "stable_job_name",
+    "resume_action",
     "render_tfjob",
     "tfjob_outcome",
     "run_tfjob",
@@ -53,6 +57,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # GKE's node label for the accelerator type; other clusters use e.g.
 # NVIDIA GPU feature discovery's ``nvidia.com/gpu.product``.
 DEFAULT_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+
+# How long a retried step waits for the failed job it replaces to be gone: its pods' grace
+# period for a final checkpoint (the template's 120 s) several times over.
+REPLACE_WAIT_S = 900
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Environment variables that carry credentials (MLFLOW_TRACKING_PASSWORD, ..._TOKEN): only ever
@@ -97,6 +105,30 @@ def job_name(prefix: str, suffix: str) -> str:
     if not raw or not raw[0].isalpha():
         raw = ("j-" + raw)[:45].rstrip("-")
     return raw
+
+
+def stable_job_name(prefix: str, *identity: str) -> str:
+    """The same DNS-1035 name (at most 45 characters) for the same ``identity``, on every attempt.
+
+    A retried pipeline step must find the TFJob (and run folder) of its first attempt, so
+    the name derives from the KFP run and task, never from a clock. A name that would be
+    too long keeps a readable head and ends in 12 hex digits of the SHA-256 of the whole
+    identity, so two runs whose long names share a head still differ.
+
+    Args:
+        prefix: a fixed lead, e.g. ``"wavenet"``.
+        identity: what makes an attempt the same job, e.g. (KFP run id, task name).
+
+    Returns:
+        ``<prefix>-<identity...>`` lower-cased and slugged, or ``<head>-<hash12>`` when longer
+        than 45 characters.
+    """
+    full = job_name(prefix, "-".join(identity))
+    raw = re.sub(r"[^a-z0-9-]+", "-", "-".join((prefix, *identity)).lower()).strip("-")
+    if full == raw:
+        return full
+    digest = hashlib.sha256("\0".join((prefix, *identity)).encode()).hexdigest()[:12]
+    return f"{full[:32].rstrip('-')}-{digest}"
 
 
 def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
@@ -313,10 +345,47 @@ def _follow_log(core, namespace: str, pod: str, stop: threading.Event,
             return
 
 
+def resume_action(observed: Mapping[str, Any] | None) -> str:
+    """What a (retried) launcher does about the TFJob of its name, from what the API returned.
+
+    Pure: the decision of :func:`run_tfjob`, tested without a cluster.
+
+    Args:
+        observed: the TFJob read from the API, or None when it does not exist (404).
+
+    Returns:
+        ``"create"``: no such job; create it (its run folder holds the checkpoints of any
+        earlier attempt, so training resumes from them). ``"adopt"``: the job is still running
+        (an earlier launcher was killed before it could delete it) or has succeeded: watch it
+        instead of starting a second one. ``"replace"``: it failed, or is being deleted: wait
+        until it is gone, then create it again with the same name and run folder.
+    """
+    if observed is None:
+        return "create"
+    if (observed.get("metadata") or {}).get("deletionTimestamp"):
+        return "replace"
+    # Failed: the operator has given up (backoffLimit) and killed the pods (cleanPodPolicy);
+    # the step's retry is a deliberate new try, from the last checkpoint. A job that is still
+    # running but lost a pod is the operator's to mend (restartPolicy ExitCode), not ours.
+    return "replace" if tfjob_outcome(observed) == "Failed" else "adopt"
+
+
 def run_tfjob(job: Mapping[str, Any], *, poll_seconds: float = 10.0, timeout_s: float | None = None,
               delete: bool = True, log: Callable[[str], None] = print,
               api_client: Any = None) -> dict[str, Any]:
-    """Create the TFJob, stream worker 0's log, wait for the outcome, clean up.
+    """Create (or adopt) the TFJob, stream worker 0's log, wait for the outcome, clean up.
+
+    A job of the same name that already exists is handled by :func:`resume_action`: a running
+    or succeeded one is adopted (watched, not created again); a failed or terminating one is
+    waited away and created again. Creation answered 409 AlreadyExists (a twin launcher won
+    the race) adopts too.
+
+    SIGTERM to this process (the step's pod deleted, the run terminated) deletes the job with
+    foreground propagation, whatever ``delete`` says, and raises
+    :class:`~wavenet.errors.Interrupted` (exit code 143): its GPUs are freed now, not at the
+    TTL. The workers get their own SIGTERM and grace period for a final checkpoint
+    (:mod:`wavenet.train.stopping`), so a retried step resumes from it. Handing the job over
+    instead would leave GPUs busy for a run nobody may come back to.
 
     Args:
         job: a rendered TFJob (:func:`render_tfjob`).
@@ -332,36 +401,117 @@ def run_tfjob(job: Mapping[str, Any], *, poll_seconds: float = 10.0, timeout_s: 
 
     Raises:
         TFJobError: creation refused, the job failed, or the timeout passed.
+        Interrupted: SIGTERM arrived (the job was deleted).
     """
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
     custom, core = _apis(api_client)
     name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
-    try:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, dict(job))
-    except ApiException as e:
-        raise TFJobError(f"cannot create TFJob {namespace}/{name}: {e.status} {e.reason}") from None
-    log(f"created TFJob {namespace}/{name}")
-
     stop = threading.Event()
     follower = threading.Thread(target=_follow_log,
                                 args=(core, namespace, f"{name}-worker-0", stop, log), daemon=True)
-    follower.start()
+    owned = terminated = False
+    with _SigtermRaises(f"SIGTERM: stopped waiting for TFJob {namespace}/{name}") as sigterm:
+        try:
+            _create_or_adopt(custom, job, poll_seconds, log)
+            owned = True
+            follower.start()
+            return _wait(custom, name, namespace, poll_seconds, timeout_s, log)
+        except Interrupted:
+            terminated = True
+            raise
+        finally:
+            sigterm.ignore()  # the clean-up below must finish
+            stop.set()
+            if follower.is_alive():
+                follower.join(timeout=5)
+            if terminated or (owned and delete):
+                _delete(custom, name, namespace, log)
+
+
+class _SigtermRaises:
+    """Within the block, SIGTERM raises :class:`Interrupted` (143) in the main thread, once;
+    a second SIGTERM is ignored, so the clean-up the first one started can finish."""
+
+    def __init__(self, message: str) -> None:
+        self.message, self.installed, self.previous = message, False, None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(self.message, 128 + signal.SIGTERM)
+
+    def ignore(self) -> None:
+        """From now on SIGTERM is ignored (until the block ends)."""
+        if self.installed:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def __enter__(self) -> _SigtermRaises:
+        # Signal handlers can only be set from the main thread; elsewhere SIGTERM keeps its
+        # default (the process ends, the TTL cleans up).
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+
+
+def _create_or_adopt(custom: Any, job: Mapping[str, Any], poll_seconds: float,
+                     log: Callable[[str], None]) -> None:
+    """Create the job unless :func:`resume_action` says adopt; replace a failed one."""
+    from kubernetes.client.rest import ApiException
+
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    action = resume_action(_read(custom, name, namespace))
+    if action == "adopt":
+        log(f"adopted TFJob {namespace}/{name} (an earlier attempt created it)")
+        return
+    if action == "replace":
+        log(f"TFJob {namespace}/{name} failed or is being deleted: replacing it (training resumes "
+            "from its run folder's checkpoint)")
+        _delete(custom, name, namespace, log)
+        deadline = time.monotonic() + REPLACE_WAIT_S
+        while _read(custom, name, namespace) is not None:
+            if time.monotonic() > deadline:
+                raise TFJobError(f"TFJob {namespace}/{name} was still being deleted after "
+                                 f"{REPLACE_WAIT_S} s (a finalizer that never finishes?): delete it "
+                                 "by hand, then retry the step")
+            time.sleep(poll_seconds)
     try:
-        return _wait(custom, name, namespace, poll_seconds, timeout_s, log)
-    finally:
-        stop.set()
-        follower.join(timeout=5)
-        if delete:
-            try:
-                custom.delete_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name,
-                    body=client.V1DeleteOptions(propagation_policy="Foreground"))
-                log(f"deleted TFJob {namespace}/{name}")
-            except ApiException as e:
-                if e.status != 404:
-                    log(f"could not delete TFJob {namespace}/{name}: {e.status} {e.reason}")
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, dict(job))
+    except ApiException as e:
+        if e.status == 409:  # AlreadyExists: a twin attempt created it meanwhile
+            log(f"adopted TFJob {namespace}/{name} (created meanwhile by another attempt)")
+            return
+        raise TFJobError(f"cannot create TFJob {namespace}/{name}: {e.status} {e.reason}") from None
+    log(f"created TFJob {namespace}/{name}")
+
+
+def _read(custom: Any, name: str, namespace: str) -> dict[str, Any] | None:
+    """The job as the API has it, or None when there is none (404)."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise TFJobError(f"cannot read TFJob {namespace}/{name}: {e.status} {e.reason}") from None
+
+
+def _delete(custom: Any, name: str, namespace: str, log: Callable[[str], None]) -> None:
+    """Delete the job, its pods first (foreground propagation); a job already gone is fine."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    try:
+        custom.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name,
+            body=client.V1DeleteOptions(propagation_policy="Foreground"))
+        log(f"deleted TFJob {namespace}/{name}")
+    except ApiException as e:
+        if e.status != 404:
+            log(f"could not delete TFJob {namespace}/{name}: {e.status} {e.reason}")
 
 
 def _apis(api_client: Any) -> tuple[Any, Any]:

@@ -9,7 +9,7 @@ arguments, so no file has to be in place before they start.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,7 @@ def training_tfjob(cfg: ExperimentConfig, name: str, data: str, out: str, cluste
 def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings, *, run_name: str,
                      local_dir: str, tracking_uri: str | None = None, experiment: str | None = None,
                      init_model: str | None = None, env: Mapping[str, str] | None = None,
-                     labels: Mapping[str, str] | None = None,
+                     labels: Mapping[str, str] | None = None, job_key: Sequence[str] = (),
                      log: Callable[[str], None] = print) -> TrainResult:
     """Train as a TFJob and bring the model, config and summary back into ``local_dir``.
 
@@ -91,6 +91,12 @@ def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings,
         init_model: warm start from this model (a .keras path or MLflow URI).
         env: extra pod environment.
         labels: extra labels on the job and its pods.
+        job_key: what makes two attempts the same job: the KFP run id and task name. The
+            job's name and run folder derive from it alone (:func:`wavenet.tfjob.stable_job_name`),
+            so a retried step adopts the job still running or, after it failed or was deleted,
+            creates it again on the same run folder and resumes from its checkpoint
+            (:func:`wavenet.tfjob.run_tfjob`). Empty: a new job (and folder) named after
+            ``run_name``, which carries the start time.
         log: where the job's progress and worker 0's log go.
 
     Returns:
@@ -99,11 +105,12 @@ def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings,
     Raises:
         ConfigError: ``run_root`` is not a bucket, or the warm-start model does not fit.
         wavenet.tfjob.TFJobError: the job could not be created, failed or timed out.
+        wavenet.errors.Interrupted: SIGTERM arrived while waiting (the job was deleted).
     """
     if not cluster.run_root.startswith("gs://"):
         raise ConfigError(f"cluster_run_root must be a gs:// prefix for TFJob pods. "
                           f"Received: {cluster.run_root!r}")
-    name = tfjob.job_name("wavenet", run_name)
+    name = tfjob.stable_job_name("wavenet", *job_key) if job_key else tfjob.job_name("wavenet", run_name)
     out = storage.join(cluster.run_root, name)
     if init_model:
         # Pods open a file, not a registry URI: resolve the model once, here (this
