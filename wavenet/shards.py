@@ -416,7 +416,7 @@ def update_dataset(dst: str, build: Callable[[Manifest | None, Writes], Manifest
             if time.monotonic() >= deadline:
                 raise Busy(f"{dst}: other runs kept committing manifests for {wait_s:g} s: "
                            "run again when they have finished")
-            log.info("another run committed %s first: building again on its manifest", dst)
+            log.warning("another run committed %s first: building again on its manifest", dst)
 
 
 def _discard(dst: str, writes: Writes) -> None:
