@@ -23,9 +23,9 @@ import soundfile as sf
 
 from wavenet import storage
 from wavenet.config import preset
-from wavenet.errors import Busy, DataError, StorageError
+from wavenet.errors import DataError, StorageError
 from wavenet.manifest import KEEP_VERSIONS, read_manifest, version_files
-from wavenet.preprocess import check_dataset, merge_manifests, preprocess, process_partition
+from wavenet.preprocess import check_dataset, merge_manifests, process_partition
 from wavenet.shards import dataset_from_codes, update_dataset
 
 CFG = preset("tiny")  # crop_length 272 samples at 16 kHz
@@ -100,7 +100,7 @@ def check_both_kept(results: dict, dst: str, cache_dir: str) -> None:
     assert set(final.labels) == {"alpha", "beta"} and len(final.files) == 2 * FILES
     assert check_dataset(dst) == []  # every shard and track it names is there, checksums match
     # Each run's own version is still there, complete, and names its own label.
-    for me, (rc, out, err) in results.items():
+    for me, (_, out, _) in results.items():
         uri = out.strip().rsplit("this version: ", 1)[1].rstrip(")")
         pinned = read_manifest(uri)
         assert ("alpha" if me == "a" else "beta") in pinned.labels
