@@ -112,18 +112,18 @@ def check_both_kept(results: dict, dst: str, cache_dir: str) -> None:
 def test_two_runs_at_once_on_one_folder_keep_both(tmp_path):
     dst = str(tmp_path / "data")
     results, _ = run_two_at_once(tmp_path, dst)
+    check_both_kept(results, dst, str(tmp_path / "cache"))
     # One run held the folder's lock; the other said so, waited, and merged on top of it.
     assert sum("waiting up to" in err for _, _, err in results.values()) == 1, results
-    check_both_kept(results, dst, str(tmp_path / "cache"))
     assert os.path.exists(os.path.join(dst, ".wavenet.lock"))
 
 
 def test_two_runs_at_once_on_one_bucket_keep_both(tmp_path, gcs_cas):
     dst = f"{gcs_cas}/data"
     results, _ = run_two_at_once(tmp_path, dst)
+    check_both_kept(results, dst, str(tmp_path / "cache"))
     # No lock on a bucket: both built at once, one lost the compare-and-swap and built again.
     assert sum("building again" in err for _, _, err in results.values()) == 1, results
-    check_both_kept(results, dst, str(tmp_path / "cache"))
 
 
 # -- the lock's refusal, versions, garbage collection -------------------------------------
