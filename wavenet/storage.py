@@ -420,12 +420,17 @@ def folder_lock(folder: str, wait_s: float) -> Iterator[None]:
         return
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    except OSError as e:
+        raise StorageError(f"cannot open the lock file {path}: {e.strerror or e}") from None
     try:
         _acquire(fd, path, wait_s)
-        # Who holds it, for the message of a writer that waits (advisory only).
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        # Who holds it, for the message of a writer that waits (advisory only: on a full
+        # disk it may not fit, and the run must still reach its own one-line error).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the flock
