@@ -137,7 +137,8 @@ def _cmd_preprocess(args) -> int:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a WaveNet on preprocessed shards")
-    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards")
+    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards, or one of its "
+                   "manifests/<version>.json (exactly the data one preprocess run wrote)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints and the final model")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1)")
@@ -197,7 +198,8 @@ def _cmd_train(args) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="held-out bits/sample vs baselines; optionally gate")
     p.add_argument("model", help=".keras file, MLflow model URI, or models:/NAME@champion")
-    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards")
+    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards, or one of its "
+                   "manifests/<version>.json (exactly the data one preprocess run wrote)")
     p.add_argument("--out", default=None, metavar="DIR", help="where metrics.json goes")
     p.add_argument("--gate", action="store_true",
                    help="compare with the @champion model and promote when better")
