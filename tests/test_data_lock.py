@@ -167,6 +167,20 @@ def test_a_pinned_version_outlives_later_runs_until_it_is_dropped(tmp_path):
     assert on_disk == named  # what no kept version names is gone
 
 
+def test_bucket_gc_drops_old_versions_files_but_never_an_upload_no_version_names_yet(gcs_cas):
+    dst = f"{gcs_cas}/data"
+    tone = (np.arange(4000) % 256).astype(np.uint8)
+    first = dataset_from_codes(dst, CFG, [(tone, "x", "train"), (tone[::-1].copy(), "x", "validation")])
+    in_flight = f"{dst}/train/shard-00000-of-00001-0123456789ab.tfrecord"  # another run's, uncommitted
+    storage.write_bytes_atomic(in_flight, b"being written")
+    for i in range(KEEP_VERSIONS):
+        dataset_from_codes(dst, CFG, [(np.roll(tone, i + 1), "x", "train"), (tone, "x", "validation")])
+    assert len(version_files(dst)) == KEEP_VERSIONS and first.uri not in version_files(dst)
+    later = {s.path for v in version_files(dst) for s in read_manifest(v).shards}
+    assert not any(storage.exists(storage.join(dst, s.path)) for s in first.shards if s.path not in later)
+    assert storage.exists(in_flight) and check_dataset(dst) == []
+
+
 # -- merge checks partial manifests ------------------------------------------------------
 
 @pytest.mark.parametrize("field,value", [("codes", "../../outside.npy"), ("codes", "/etc/passwd"),
