@@ -15,13 +15,15 @@ the files; the signal maths is all in :mod:`wavenet.audio`. The codes go to
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
 
-``merge_manifests`` then, in one process, assigns each new track to train or
-validation and hands old and new tracks to :func:`wavenet.shards.write_dataset`,
-which copies new codes to ``DST/tracks/`` (kept so later runs can rewrite
-shards with old and new tracks), cuts tracks into chunks of at most
-``data.chunk_seconds``, writes ``data.num_shards`` shards per split, writes
-``manifest.json`` last, then deletes files of earlier runs that the new
-manifest no longer names.
+``merge_manifests`` then, in one process and as the one writer of ``DST``
+(:func:`wavenet.shards.update_dataset`: a lock, or a compare-and-swap on a
+bucket), assigns each new track to train or validation and hands old and new
+tracks to :func:`wavenet.shards.build_dataset`, which copies new codes to
+``DST/tracks/`` (kept so later runs can rewrite shards with old and new
+tracks), cuts tracks into chunks of at most ``data.chunk_seconds`` and writes
+``data.num_shards`` shards per split; the manifest is committed last (a new
+``manifests/<version>.json`` and ``manifest.json``), then files that no kept
+manifest version names are deleted.
 
 Crash safety: every file is written under a temporary name and renamed, and
 shard names carry a prefix of their own sha256, so a new shard never replaces
