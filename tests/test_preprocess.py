@@ -203,9 +203,11 @@ def test_rerun_processes_only_new_files(tmp_path):
     assert third["summary"]["labels_without_validation"] == [] and third["summary"]["tail_tracks"] == 3
     assert sum(sh["samples"] for sh in third["shards"]) == sum(f["samples"] for f in third["files"])
     assert check_dataset(dst) == []
-    # Shards of earlier runs are gone; only the manifest's remain.
+    # Shards that no kept manifest version names are gone; those the versions name remain.
     on_disk = {f"{sp}/{n}" for sp in ("train", "validation") for n in os.listdir(os.path.join(dst, sp))}
-    assert on_disk == {sh["path"] for sh in third["shards"]}
+    versions = [json.load(open(os.path.join(dst, "manifests", n))) for n in os.listdir(os.path.join(dst, "manifests"))]
+    assert len(versions) == 3 and third["shards"] in [v["shards"] for v in versions]
+    assert on_disk == {sh["path"] for v in versions for sh in v["shards"]}
     # Tracks are known by content and path relative to SRC: a moved SRC is still the same corpus.
     moved = str(tmp_path / "moved")
     os.rename(src, moved)
@@ -446,7 +448,8 @@ def test_a_new_audio_config_reprocesses_everything(tmp_path):
     assert (m["summary"]["processed"], m["summary"]["tracks"]) == (3, 3)
     assert m["audio"]["sample_rate"] == 8000
     assert all(f["samples"] == pytest.approx(f["duration_out_s"] * 8000, abs=1) for f in m["files"])
-    assert len(os.listdir(os.path.join(dst, "tracks"))) == 3 and check_dataset(dst) == []
+    # The 8 kHz codes, and the 16 kHz ones the earlier (kept) manifest version still names.
+    assert len(os.listdir(os.path.join(dst, "tracks"))) == 6 and check_dataset(dst) == []
 
 
 UNREADABLE = textwrap.dedent("""

@@ -1,7 +1,8 @@
 """The `wavenet` command line: one subcommand per verb, each a thin call into the library.
 
 Errors meant for the user (:class:`wavenet.errors.WavenetError`) print as one
-line, ``error: ...``, and exit with status 2.
+line, ``error: ...``, and exit with status 2 (138 for :class:`wavenet.errors.Busy`:
+another run holds the data folder, and running again later succeeds).
 """
 
 from __future__ import annotations
@@ -113,18 +114,22 @@ def _add_preprocess(sub) -> None:
     p.add_argument("dst", help="output folder or gs:// prefix for shards and manifest")
     p.add_argument("--processes", type=int, default=None, help="worker processes (default: cores)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait while another run writes DST (default: an hour; then exit 138)")
     _add_config_args(p)
     p.set_defaults(func=_cmd_preprocess)
 
 
 def _cmd_preprocess(args) -> int:
     from wavenet.preprocess import preprocess
+    from wavenet.shards import LOCK_WAIT_S
 
     manifest = preprocess(args.src, args.dst, _config(args), processes=args.processes,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress,
+                          wait_s=LOCK_WAIT_S if args.wait is None else args.wait)
     s = manifest.summary
     print(f"{s.processed} processed, {s.unchanged} unchanged, {s.skipped} skipped -> {args.dst} "
-          f"({s.tracks} tracks, {s.labels} labels)")
+          f"({s.tracks} tracks, {s.labels} labels; this version: {manifest.uri})")
     return 0
 
 
@@ -132,7 +137,8 @@ def _cmd_preprocess(args) -> int:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a WaveNet on preprocessed shards")
-    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards")
+    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards, or one of its "
+                   "manifests/<version>.json (exactly the data one preprocess run wrote)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoints and the final model")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes (MultiWorkerMirroredStrategy on 127.0.0.1)")
@@ -192,7 +198,8 @@ def _cmd_train(args) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="held-out bits/sample vs baselines; optionally gate")
     p.add_argument("model", help=".keras file, MLflow model URI, or models:/NAME@champion")
-    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards")
+    p.add_argument("data", help="folder or gs:// prefix with manifest.json and shards, or one of its "
+                   "manifests/<version>.json (exactly the data one preprocess run wrote)")
     p.add_argument("--out", default=None, metavar="DIR", help="where metrics.json goes")
     p.add_argument("--gate", action="store_true",
                    help="compare with the @champion model and promote when better")
@@ -318,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except WavenetError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2 (bad input) unless the error says retry (Busy: 138)
     except Interrupted as e:  # stopped by a signal after saving what it could
         if getattr(args, "worker", False):
             return _worker_exit(e)

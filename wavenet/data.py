@@ -8,15 +8,20 @@ evaluation read every non-overlapping window, in manifest order.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import stat
 import tempfile
 
 import tensorflow as tf
 
 from wavenet import storage
 from wavenet.config import ExperimentConfig
-from wavenet.errors import DataError
-from wavenet.manifest import Manifest, Shard, check_digest, check_shard_file, file_sha256, read_manifest
+from wavenet.errors import DataError, StorageError
+from wavenet.manifest import Manifest, Shard, check_digest, check_shard_file, data_root, read_manifest
+
+log = logging.getLogger("wavenet.data")
 
 __all__ = [
     "parse_example",
@@ -67,11 +72,43 @@ def shard_paths(data_dir: str, split: str, manifest: Manifest | None = None) -> 
         Paths joined onto ``data_dir`` (``gs://`` URIs when it is a bucket).
     """
     manifest = manifest or read_manifest(data_dir)
-    return [storage.join(data_dir, s.path) for s in manifest.shards_of(split)]
+    return [storage.join(data_root(data_dir), s.path) for s in manifest.shards_of(split)]
 
 
 def default_cache_dir() -> str:
-    return os.path.join(tempfile.gettempdir(), "wavenet-shard-cache")
+    """This user's shard cache: ``<tmp>/wavenet-shard-cache-<uid>``, a folder only the user can write.
+
+    Per user, so another user can neither read nor plant shards in it (checked
+    by :func:`_private_dir` before use).
+    """
+    return os.path.join(tempfile.gettempdir(), f"wavenet-shard-cache-{os.getuid()}")
+
+
+def _writable_by_others(st: os.stat_result) -> bool:
+    return st.st_uid != os.getuid() or bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _private_dir(path: str, default: bool) -> str:
+    """``path``, created 0700 when absent; refused when someone else could replace files in it.
+
+    A cache entry is checked by sha256 and then opened by TensorFlow by name: that
+    is safe only where no one else can swap the file in between (the folder is
+    this user's and not group- or world-writable). A default folder that fails
+    the check (another user made it first) is replaced by a fresh private one.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and not _writable_by_others(st):
+        return path
+    if default:
+        fresh = tempfile.mkdtemp(prefix=f"wavenet-shard-cache-{os.getuid()}-")  # 0700, unique
+        log.warning("shard cache %s is not a private folder of this user: using %s", path, fresh)
+        return fresh
+    raise StorageError(f"shard cache {path} must be a folder of this user that others cannot write "
+                       f"(owner uid {st.st_uid}, mode {stat.filemode(st.st_mode)}): pass another cache_dir")
 
 
 def verify_shards(data_dir: str, shards: list[Shard], cache_dir: str | None = None) -> list[str]:
@@ -95,27 +132,51 @@ def _localise(data_dir: str, shards: list[Shard], cache_dir: str | None) -> list
     cache). A cache entry is re-hashed before use: a corrupted or pre-placed file
     there is fetched again, never trusted.
     """
-    if not storage.is_gcs(data_dir):
-        out = [os.path.join(data_dir, s.path) for s in shards]
+    root = data_root(data_dir)
+    if not storage.is_gcs(root):
+        out = [os.path.join(root, s.path) for s in shards]
         for path, s in zip(out, shards):
             check_shard_file(path, s)
         return out
-    cache_dir = cache_dir or default_cache_dir()
-    os.makedirs(cache_dir, exist_ok=True)
-    return [_cached_shard(data_dir, s, cache_dir) for s in shards]
+    if cache_dir:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), exist_ok=True)
+    cache_dir = _private_dir(cache_dir or default_cache_dir(), default=not cache_dir)
+    return [_cached_shard(root, s, cache_dir) for s in shards]
+
+
+def _open_sha256(path: str) -> str | None:
+    """sha256 of the regular file of this user at ``path``, hashed through one open handle.
+
+    Opened without following a link, checked with ``fstat`` on the same handle
+    and hashed from it: what is checked is what was opened, not whatever the name
+    points at a moment later. None when it is absent, a link, not a regular file
+    or not this user's.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+            return None
+        h = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+        return h.hexdigest()
 
 
 def _cached_shard(data_dir: str, s: Shard, cache_dir: str) -> str:
     """The cache entry of bucket shard ``s``: re-hashed when present, else downloaded and checked."""
     local = os.path.join(cache_dir, f"{check_digest(s.sha256, 'shards[].sha256', data_dir)}.tfrecord")
-    if os.path.isfile(local) and not os.path.islink(local) and file_sha256(local) == s.sha256:
+    if _open_sha256(local) == s.sha256:
         return local
     uri = storage.join(data_dir, s.path)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
     os.close(fd)
     try:
         storage.download_file(uri, tmp)
-        got = file_sha256(tmp)
+        got = _open_sha256(tmp)
         if got != s.sha256:
             raise DataError(f"{uri}: sha256 mismatch (manifest says {s.sha256}, file has {got}): "
                             f"re-run `wavenet preprocess`")
@@ -151,8 +212,8 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
         input_context: a ``tf.distribute.InputContext``; each input pipeline
             reads its own subset of shard files (FILE sharding).
         seed: shuffle and crop seed.
-        cache_dir: where shards of a ``gs://`` data_dir are cached (default: a
-            folder in the system temp dir).
+        cache_dir: where shards of a ``gs://`` data_dir are cached (default:
+            :func:`default_cache_dir`, private to this user; a folder of the run's own works too).
         manifest: the folder's manifest when already read (else it is read here).
 
     Returns:

@@ -22,6 +22,16 @@ class StorageError(WavenetError):
     """A bucket cannot be reached or used (credentials, endpoint)."""
 
 
+class Busy(WavenetError):
+    """Another run holds what this run must write (a data folder); running again later succeeds.
+
+    Not bad input: the CLI exits with :attr:`exit_code` 138, the code the
+    Training Operator and our launcher treat as "retry" (not 2, which is permanent).
+    """
+
+    exit_code = 138
+
+
 class TrackingError(WavenetError):
     """The MLflow tracking server cannot be used."""
 

@@ -2,9 +2,14 @@
 
 A data folder (local or ``gs://``) holds ``manifest.json``, the shards it names
 (``train/`` and ``validation/``) and every track's codes (``tracks/``).
-:func:`read_manifest` is the only reader of ``manifest.json`` and checks its
-``version``; :func:`write_manifest` is the only writer (atomic), called by
-:func:`wavenet.data.write_dataset`. Everything else works on :class:`Manifest`.
+Every manifest ever committed is also kept, immutable, as
+``manifests/<version>.json`` (the newest :data:`KEEP_VERSIONS`); ``manifest.json``
+is a copy of the newest. A *data reference* is the folder (read its live
+``manifest.json``) or one version file in it (``DATA/manifests/<version>.json``:
+exactly the data one run wrote, whatever later runs commit).
+:func:`read_manifest` is the only reader and checks the ``version`` field;
+:func:`commit_manifest` is the only writer, called by
+:func:`wavenet.shards.update_dataset`. Everything else works on :class:`Manifest`.
 
 The JSON keys are documented in README (Data: Manifest); a reader of another
 ``version`` refuses the file with one line instead of misreading it.
@@ -18,6 +23,7 @@ import json
 import os
 import posixpath
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -47,10 +53,19 @@ __all__ = [
     "track_codes_path",
     "shards_version",
     "read_manifest",
-    "write_manifest",
+    "data_root",
+    "manifest_file",
+    "commit_manifest",
+    "read_live",
+    "version_files",
+    "KEEP_VERSIONS",
 ]
 
 MANIFEST = "manifest.json"
+MANIFESTS = "manifests"
+# Manifest versions kept (and every file they name): a run pinned to its version keeps
+# its data while up to this many later runs commit theirs.
+KEEP_VERSIONS = 10
 MANIFEST_VERSION = 1
 SPLITS = ("train", "validation")
 TRACKS = "tracks"
@@ -164,6 +179,7 @@ class Manifest:
     code_stats: dict[str, CodeStats]  # per split
     summary: Summary
     sha256: str = field(default="", compare=False)
+    uri: str = field(default="", compare=False)  # the version file it was read from or committed as
 
     def shards_of(self, split: str) -> list[Shard]:
         """The shards of ``split`` that hold examples, in manifest order."""
@@ -182,7 +198,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (README: Data, Manifest)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sha256"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sha256", "uri")}
         d["audio"], d["data"] = dataclasses.asdict(self.audio), dataclasses.asdict(self.data)
         d["labels"] = list(self.labels)
         d["files"] = [dict(dataclasses.asdict(t), shards=list(t.shards),
@@ -196,7 +212,8 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest", sha256: str = "") -> Manifest:
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest", sha256: str = "",
+                  uri: str = "") -> Manifest:
         """Check and type a manifest's JSON form; a DataError names ``where`` and the field."""
         if not isinstance(d, Mapping) or not isinstance(d.get("shards"), list):
             raise DataError(f"{where} has no 'shards' list: not a manifest written by "
@@ -217,7 +234,7 @@ class Manifest:
                 code_stats={k: CodeStats(**dict(v, histogram=tuple(v["histogram"])))
                             for k, v in d["code_stats"].items()},
                 summary=Summary(**dict(d["summary"], labels_without_validation=tuple(
-                    d["summary"].get("labels_without_validation", ())))), sha256=sha256)
+                    d["summary"].get("labels_without_validation", ())))), sha256=sha256, uri=uri)
         except (KeyError, TypeError, ValueError, ConfigError) as e:
             raise DataError(f"{where} is not a complete version {MANIFEST_VERSION} manifest "
                             f"({type(e).__name__}: {e}): preprocess into a fresh folder") from None
@@ -301,7 +318,7 @@ def check_audio(data_dir: str, manifest: Manifest, audio: AudioConfig, prefix: s
     Codes made at one sample rate or quantisation and trained (or scored) under
     another give a model that claims what it never saw.
     """
-    where = storage.join(data_dir, MANIFEST)
+    where = manifest_file(data_dir)
     made = dataclasses.asdict(manifest.audio)
     for name, value in dataclasses.asdict(audio).items():
         if made.get(name) != value:
@@ -318,9 +335,10 @@ def check_shards(data_dir: str, shards: list[Shard] | tuple[Shard, ...]) -> None
     Raises:
         DataError: a missing shard or a sha256 mismatch, naming the file.
     """
+    root = data_root(data_dir)
     for s in shards:
-        path = storage.join(data_dir, s.path)
-        if storage.is_gcs(data_dir):
+        path = storage.join(root, s.path)
+        if storage.is_gcs(root):
             if not storage.exists(path):
                 raise DataError(f"{path}: shard missing (the manifest lists it): "
                                 f"re-run `wavenet preprocess`")
@@ -359,31 +377,94 @@ def shards_version(shards: tuple[Shard, ...] | list[Shard]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def data_root(data: str) -> str:
+    """The data folder of a data reference: ``data`` itself, or the folder a version file is in.
+
+    ``DATA/manifests/<version>.json`` -> ``DATA``; anything else is a folder.
+    """
+    head, name = data.rstrip("/").rsplit("/", 1) if "/" in data.rstrip("/") else ("", data)
+    if name.endswith(".json") and head.rsplit("/", 1)[-1] == MANIFESTS:
+        return head.rsplit("/", 1)[0] if "/" in head else "."
+    return data
+
+
+def manifest_file(data: str) -> str:
+    """The manifest a data reference names: the version file itself, or ``DATA/manifest.json``."""
+    return data if data_root(data) != data else storage.join(data, MANIFEST)
+
+
 def read_manifest(data_dir: str, *, missing_ok: bool = False) -> Manifest | None:
-    """The manifest of a data folder (local or ``gs://``), checked and typed.
+    """The manifest of a data reference (local or ``gs://``), checked and typed.
 
     Args:
-        data_dir: the folder.
+        data_dir: the folder (its live ``manifest.json``), or one of its version
+            files ``DATA/manifests/<version>.json`` (that version, pinned).
         missing_ok: return None when there is no manifest (an empty output folder).
 
     Raises:
         DataError: no manifest (unless ``missing_ok``), not JSON, another version,
             or a field missing; the message names the file.
     """
-    path = storage.join(data_dir, MANIFEST)
-    if not storage.exists(path):
+    path = manifest_file(data_dir)
+    raw, _ = storage.read_bytes_generation(path)
+    if raw is None:
         if missing_ok:
             return None
+        if path != storage.join(data_dir, MANIFEST):
+            raise DataError(f"{path} does not exist (the manifest version was removed: more than "
+                            f"{KEEP_VERSIONS} later runs committed): pass the folder instead")
         raise DataError(f"no {MANIFEST} in {data_dir}: run `wavenet preprocess` first")
-    raw = storage.read_bytes(path)
+    return _parse(raw, path)
+
+
+def _parse(raw: bytes, path: str) -> Manifest:
     try:
         d = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
-    return Manifest.from_dict(d, where=path, sha256=hashlib.sha256(raw).hexdigest())
+    return Manifest.from_dict(d, where=path, sha256=hashlib.sha256(raw).hexdigest(), uri=path)
 
 
-def write_manifest(data_dir: str, manifest: Manifest) -> None:
-    """Write ``data_dir/manifest.json`` atomically (readers see the old one or the new one)."""
-    storage.write_text_atomic(storage.join(data_dir, MANIFEST),
-                              json.dumps(manifest.to_dict(), indent=1))
+def read_live(data_dir: str) -> tuple[Manifest | None, int]:
+    """The live manifest of a folder and its GCS generation (0: absent, or a local file)."""
+    path = storage.join(data_dir, MANIFEST)
+    raw, generation = storage.read_bytes_generation(path)
+    return (_parse(raw, path) if raw is not None else None), generation
+
+
+def version_files(data_dir: str) -> list[str]:
+    """The folder's manifest version files, oldest first (names start with a UTC time)."""
+    return [p for p in storage.list_files(storage.join(data_dir, MANIFESTS))
+            if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
+
+
+def commit_manifest(data_dir: str, manifest: Manifest, generation: int) -> Manifest | None:
+    """Write ``manifest`` as a new version and make it the folder's live ``manifest.json``.
+
+    The version file ``manifests/<UTC time>-<sha256[:12]>.json`` is written
+    first, then ``manifest.json`` atomically: locally under the folder's lock
+    (:func:`wavenet.storage.folder_lock`); on ``gs://`` only if its generation is
+    still ``generation`` (compare-and-swap), so of two writers that read the same
+    manifest, one commits and the other learns it lost.
+
+    Returns:
+        The manifest with ``uri`` (its version file) and ``sha256`` set, or None when
+        another writer committed first (the version file is removed again).
+    """
+    raw = json.dumps(manifest.to_dict(), indent=1).encode("utf-8")
+    sha = hashlib.sha256(raw).hexdigest()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time_ns() % 10**9:09d}Z"
+    version = storage.join(data_dir, MANIFESTS, f"{stamp}-{sha[:12]}.json")
+    storage.write_bytes_atomic(version, raw)
+    live = storage.join(data_dir, MANIFEST)
+    try:
+        if storage.is_gcs(data_dir):
+            if not storage.write_bytes_if_generation(live, raw, generation):
+                storage.remove(version)
+                return None
+        else:
+            storage.write_bytes_atomic(live, raw)
+    except BaseException:
+        storage.remove(version)
+        raise
+    return dataclasses.replace(manifest, sha256=sha, uri=version)

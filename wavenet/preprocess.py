@@ -15,13 +15,15 @@ the files; the signal maths is all in :mod:`wavenet.audio`. The codes go to
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
 
-``merge_manifests`` then, in one process, assigns each new track to train or
-validation and hands old and new tracks to :func:`wavenet.shards.write_dataset`,
-which copies new codes to ``DST/tracks/`` (kept so later runs can rewrite
-shards with old and new tracks), cuts tracks into chunks of at most
-``data.chunk_seconds``, writes ``data.num_shards`` shards per split, writes
-``manifest.json`` last, then deletes files of earlier runs that the new
-manifest no longer names.
+``merge_manifests`` then, in one process and as the one writer of ``DST``
+(:func:`wavenet.shards.update_dataset`: a lock, or a compare-and-swap on a
+bucket), assigns each new track to train or validation and hands old and new
+tracks to :func:`wavenet.shards.build_dataset`, which copies new codes to
+``DST/tracks/`` (kept so later runs can rewrite shards with old and new
+tracks), cuts tracks into chunks of at most ``data.chunk_seconds`` and writes
+``data.num_shards`` shards per split; the manifest is committed last (a new
+``manifests/<version>.json`` and ``manifest.json``), then files that no kept
+manifest version names are deleted.
 
 Crash safety: every file is written under a temporary name and renamed, and
 shard names carry a prefix of their own sha256, so a new shard never replaces
@@ -47,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -66,10 +68,12 @@ from wavenet.manifest import (
     Manifest,
     Skipped,
     Track,
+    check_digest,
+    check_relpath,
     read_manifest,
     track_codes_path,
 )
-from wavenet.shards import write_dataset
+from wavenet.shards import LOCK_WAIT_S, Writes, build_dataset, update_dataset
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -360,12 +364,40 @@ def assign_splits(tracks: list[dict[str, Any]], fraction: float, min_tail: int, 
 def _read_partials(partial_paths: Sequence[str], src: str | None) -> tuple[list, str | None]:
     records: list[tuple[dict[str, Any], str]] = []
     for p in partial_paths:
-        part = json.loads(storage.read_text(p))
+        part = _read_partial(p)
         src = src if src is not None else part.get("src")
         work_dir = p.rsplit("/", 2)[0]  # partials sit in WORK/partials/
         records.extend((r, work_dir) for r in part["records"])
     records.sort(key=lambda rw: rw[0]["path"])
     return records, src
+
+
+_STATUSES = ("processed", "unchanged", "skipped")
+
+
+def _read_partial(path: str) -> dict[str, Any]:
+    """A partial manifest, checked: its ``codes`` paths stay in its folder, digests are digests.
+
+    A partial comes from another step (another pod): it is input, and a
+    ``codes`` of ``../../etc/x`` or ``/abs`` must never be read or copied.
+    """
+    try:
+        part = json.loads(storage.read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not a partial manifest (not JSON: {e})") from None
+    if not isinstance(part, dict) or not isinstance(part.get("records"), list):
+        raise DataError(f"{path} is not a partial manifest (no 'records' list)")
+    for i, r in enumerate(part["records"]):
+        if not isinstance(r, dict) or r.get("status") not in _STATUSES or not isinstance(r.get("path"), str):
+            raise DataError(f"{path}: records[{i}] needs 'path' and a 'status' of "
+                            f"{', '.join(_STATUSES)}. Received: {str(r)[:80]!r}")
+        if r["status"] == "skipped" and not isinstance(r.get("reason"), str):
+            raise DataError(f"{path}: records[{i}].reason must be a string. Received: {r.get('reason')!r}")
+        if r["status"] != "skipped":
+            check_digest(r.get("sha256"), f"records[{i}].sha256", path)
+        if r["status"] == "processed":
+            check_relpath(r.get("codes"), f"records[{i}].codes", path)
+    return part
 
 
 def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, list[Skipped], int]:
@@ -400,8 +432,12 @@ def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, 
 
 
 def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentConfig,
-                    src: str | None = None) -> Manifest:
+                    src: str | None = None, wait_s: float = LOCK_WAIT_S) -> Manifest:
     """Combine partial manifests with what ``dst`` already holds; write shards and the manifest.
+
+    One writer per ``dst`` at a time (:func:`wavenet.shards.update_dataset`): a
+    second run waits for the first and merges on top of its manifest, so the
+    tracks of both are kept.
 
     Args:
         partial_paths: files returned by :func:`process_partition` (codes are
@@ -410,21 +446,36 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
         config: audio settings (recorded), ``data.num_shards``,
             ``data.validation_fraction`` and ``data.chunk_seconds``.
         src: recorded in the manifest (default: the ``src`` of the partials).
+        wait_s: how long to wait for another writer of ``dst`` (then :class:`~wavenet.errors.Busy`).
 
     Returns:
-        The manifest that was written to ``dst/manifest.json``.
+        The manifest committed to ``dst`` (``uri``: its version file,
+        ``dst/manifests/<version>.json``, the data reference of this run).
 
     Raises:
-        DataError: neither the partials nor ``dst`` hold a usable track.
+        DataError: a partial manifest is unreadable or names a path outside its
+            folder, or neither the partials nor ``dst`` hold a usable track.
     """
     started = time.time()
-    old = read_manifest(dst, missing_ok=True)
+    records, src = _read_partials(partial_paths, src)
+    manifest = update_dataset(dst, lambda old, writes: _merge(old, records, src, dst, config, writes,
+                                                              started), wait_s=wait_s)
+    uncovered = manifest.summary.labels_without_validation
+    if uncovered and config.data.validation_fraction > 0:
+        log.warning("no validation audio for label(s) %s: evaluation cannot score them (tracks keep their "
+                    "split from earlier runs, or a single track is too short for a held-out tail)",
+                    ", ".join(uncovered))
+    return manifest
+
+
+def _merge(old: Manifest | None, records: list, src: str | None, dst: str, config: ExperimentConfig,
+           writes: Writes, started: float) -> Manifest:
+    """The new manifest of ``dst``: ``old``'s tracks and the partials' new ones (files written)."""
     old_tracks = _known_tracks(dst, old, config)
     if old is not None and len(old_tracks) < len(old.files):
         log.warning("%d track(s) of %s were made with another audio config or lost their codes: "
                     "they are dropped (and re-made if their files are in SRC)",
                     len(old.files) - len(old_tracks), dst)
-    records, src = _read_partials(partial_paths, src)
     new, new_codes, skipped, unchanged = _classify(records, old_tracks)
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
@@ -437,7 +488,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     assign_splits(entries, config.data.validation_fraction,
                   min_tail=config.model.receptive_field + config.evaluate.window,
                   min_head=config.crop_length)
-    # Parts, chunks and shards are laid out again by write_dataset.
+    # Parts, chunks and shards are laid out again by build_dataset.
     tracks = [Track(**dict(t, shards=(), parts=())) for t in entries]
 
     def codes(t: Track) -> np.ndarray:
@@ -450,14 +501,8 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
     # Labels keep their ids: the old vocabulary in its order, new labels appended (sorted).
     known = tuple(old.labels) if old is not None else ()
     labels = known + tuple(sorted({t.label for t in tracks} - set(known)))
-    manifest = write_dataset(dst, config, tracks, codes, new=new_codes.keys(), src=src, labels=labels,
-                             skipped=skipped, processed=len(new), unchanged=unchanged, started=started)
-    uncovered = manifest.summary.labels_without_validation
-    if uncovered and config.data.validation_fraction > 0:
-        log.warning("no validation audio for label(s) %s: evaluation cannot score them (tracks keep their "
-                    "split from earlier runs, or a single track is too short for a held-out tail)",
-                    ", ".join(uncovered))
-    return manifest
+    return build_dataset(dst, config, tracks, codes, writes, new=new_codes.keys(), src=src, labels=labels,
+                         skipped=skipped, processed=len(new), unchanged=unchanged, started=started)
 
 
 # -- the whole run ---------------------------------------------------------------------
@@ -604,13 +649,14 @@ def _sigterm_as_exit():
 
 
 def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | None = None,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, wait_s: float = LOCK_WAIT_S) -> Manifest:
     """Turn every audio file under ``src`` into shards and a manifest under ``dst``.
 
     Re-running into the same ``dst`` only decodes files whose content (sha256)
     is not there yet; shards are rewritten with old and new tracks. Files
     removed from ``src`` stay in ``dst`` (start a fresh ``dst`` to drop them).
-    One run per ``dst`` at a time.
+    One writer per ``dst`` at a time: a second run decodes its files, then
+    waits (up to ``wait_s``) for the first to commit and merges on top of it.
 
     Args:
         src: folder or ``gs://bucket/prefix``, searched recursively.
@@ -619,12 +665,16 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
         processes: worker processes (default ``config.data.processes``; 0 or
             None: one per CPU core; 1: no pool, in this process).
         progress: show a tqdm progress bar.
+        wait_s: how long to wait for another writer of ``dst``.
 
     Returns:
-        The manifest (also written to ``dst/manifest.json``); see README, Data.
+        The manifest (also written to ``dst/manifest.json``; ``uri``: its version file);
+        see README, Data.
 
     Raises:
         DataError: ``src`` has no audio files, or none of them is usable.
+        Busy: another run kept ``dst`` for ``wait_s`` seconds (exit 138: run again).
+        StorageError: ``dst``'s file system is full (nothing changed there).
     """
     storage.require_folder(dst, "output folder")
     files = list_audio(src)
@@ -638,11 +688,12 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
     parts = partition(files, n * 8 if n > 1 else len(files))
     sweep_stale_work_dirs()
     with _sigterm_as_exit():
-        return _run(files, parts, n, dst, config, src, known, progress)
+        return _run(files, parts, n, config, src, known, progress,
+                    lambda partials: merge_manifests(partials, dst, config, src=src, wait_s=wait_s))
 
 
-def _run(files: list[str], parts: list, n: int, dst: str, config: ExperimentConfig, src: str,
-         known: frozenset, progress: bool) -> Any:
+def _run(files: list[str], parts: list, n: int, config: ExperimentConfig, src: str,
+         known: frozenset, progress: bool, merge: Callable[[list[str]], Manifest]) -> Manifest:
     work_dir = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-")
     try:
         bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress)
@@ -655,7 +706,7 @@ def _run(files: list[str], parts: list, n: int, dst: str, config: ExperimentConf
         else:
             partials = _run_pool(jobs, n, bar)
         bar.close()
-        return merge_manifests(sorted(partials), dst, config, src=src)
+        return merge(sorted(partials))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -14,9 +14,11 @@ benchmarks alike; :mod:`wavenet.data` reads it with tf.data.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import heapq
 import io
+import logging
 import math
 import os
 import shutil
@@ -24,7 +26,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 import google_crc32c
@@ -32,9 +34,11 @@ import numpy as np
 
 from wavenet import storage
 from wavenet.config import ExperimentConfig
-from wavenet.errors import DataError
+from wavenet.errors import Busy, DataError, StorageError
 from wavenet.manifest import (
+    KEEP_VERSIONS,
     MANIFEST_VERSION,
+    MANIFESTS,
     SPLITS,
     TRACKS,
     CodeStats,
@@ -44,11 +48,19 @@ from wavenet.manifest import (
     Skipped,
     Summary,
     Track,
+    commit_manifest,
+    read_live,
+    read_manifest,
     track_codes_path,
-    write_manifest,
+    version_files,
 )
 
+log = logging.getLogger("wavenet.shards")
+
 __all__ = [
+    "Writes",
+    "update_dataset",
+    "build_dataset",
     "serialize_example",
     "TFRecordWriter",
     "ShardSet",
@@ -225,24 +237,68 @@ def _code_stats(hist: np.ndarray) -> CodeStats:
                      entropy_bits=float(-(p * np.log2(p)).sum()) if total else None, mean_code=mean)
 
 
-def collect_garbage(dst: str, manifest: Manifest) -> None:
-    """Delete shards, tracks and temporary files under ``dst`` that the manifest does not name.
+def _named(manifest: Manifest, dst: str) -> set[str]:
+    """Every file a manifest names, as paths under ``dst``."""
+    return {_norm(storage.join(dst, p)) for p in
+            [*(s.path for s in manifest.shards), *(t.codes for t in manifest.files)]}
 
-    Only our own names are touched (``shard-*.tfrecord``, ``.tmp-*``,
-    ``tracks/*.npy``), so other files a user keeps in DST survive.
+
+def _norm(p: str) -> str:
+    return p if storage.is_gcs(p) else os.path.normpath(p)
+
+
+def _ours(sub: str, name: str) -> bool:
+    # Only our own names are touched, so other files a user keeps in DST survive.
+    return (name.startswith(".tmp-") or (name.startswith("shard-") and name.endswith(".tfrecord"))
+            or (sub == TRACKS and name.endswith(".npy")))
+
+
+def _retained(dst: str) -> tuple[set[str], list[str], list[str]] | None:
+    """(files named by a kept version or the live manifest, kept versions, dropped versions).
+
+    None when a kept version cannot be read: then nothing can be known unnamed.
     """
-    def norm(p: str) -> str:
-        return p if storage.is_gcs(p) else os.path.normpath(p)
+    versions = version_files(dst)
+    kept, dropped = versions[-KEEP_VERSIONS:], versions[:-KEEP_VERSIONS]
+    try:
+        live, _ = read_live(dst)
+        named = _named(live, dst) if live is not None else set()
+        for v in kept:
+            named |= _named(read_manifest(v), dst)
+    except DataError as e:
+        log.warning("garbage collection of %s skipped: %s", dst, e)
+        return None
+    return named, kept, dropped
 
-    keep = {norm(storage.join(dst, s.path)) for s in manifest.shards}
-    keep |= {norm(storage.join(dst, t.codes)) for t in manifest.files}
-    for sub in (*SPLITS, TRACKS):
-        for path in list(storage.list_files(storage.join(dst, sub))):
-            name = path.rsplit("/", 1)[-1]
-            ours = (name.startswith(".tmp-") or (name.startswith("shard-") and name.endswith(".tfrecord"))
-                    or (sub == TRACKS and name.endswith(".npy")))
-            if ours and norm(path) not in keep:
-                storage.remove(path)
+
+def collect_garbage(dst: str) -> None:
+    """Delete files that no kept manifest version (nor the live manifest) names.
+
+    Versions beyond the newest :data:`~wavenet.manifest.KEEP_VERSIONS` are
+    dropped first. A local folder is collected under its lock
+    (:func:`update_dataset`), so every unnamed file of ours (``shard-*.tfrecord``,
+    ``.tmp-*``, ``tracks/*.npy``) is a leftover and goes. A bucket has no such
+    lock: another run may be uploading shards that no version names yet, so
+    only files that a dropped version named are deleted there.
+    """
+    found = _retained(dst)
+    if found is None:
+        return
+    named, _, dropped = found
+    candidates: set[str] = set()
+    for v in dropped:
+        if storage.is_gcs(dst):
+            try:
+                candidates |= _named(read_manifest(v), dst)
+            except DataError:
+                pass  # an unreadable old version names nothing we can find
+        storage.remove(v)
+    if not storage.is_gcs(dst):
+        for sub in (*SPLITS, TRACKS, MANIFESTS):
+            candidates |= {_norm(p) for p in storage.list_files(storage.join(dst, sub))
+                           if _ours(sub, p.rsplit("/", 1)[-1])}
+    for path in sorted(candidates - named):
+        storage.remove(path)
 
 
 def _save_codes(dst: str, track: Track, codes: np.ndarray) -> None:
@@ -253,12 +309,15 @@ def _save_codes(dst: str, track: Track, codes: np.ndarray) -> None:
 
 def _write_shards(dst: str, config: ExperimentConfig, tracks: list[Track],
                   codes: Callable[[Track], np.ndarray], new: Collection[str],
-                  label_ids: dict[str, int]) -> tuple[list[Track], list[Shard], dict[str, CodeStats]]:
+                  label_ids: dict[str, int], writes: Writes
+                  ) -> tuple[list[Track], list[Shard], dict[str, CodeStats]]:
     """Every track's chunks into ``data.num_shards`` balanced shards per split (one pass)."""
     chunk = max(config.crop_length, int(round(config.data.chunk_seconds * config.audio.sample_rate)))
     hists = {s: np.zeros(config.audio.quantization_channels, dtype=np.int64) for s in SPLITS}
     tmp_dir = tempfile.mkdtemp(prefix="wavenet-shards-")
     sets = {s: ShardSet(dst, s, config.data.num_shards, tmp_dir) for s in SPLITS}
+    for ss in sets.values():
+        writes.paths.extend(ss.tmp_paths)
     placed: list[tuple[Track, tuple[Part, ...], set[tuple[str, int]]]] = []
     try:
         for t in tracks:
@@ -267,6 +326,7 @@ def _write_shards(dst: str, config: ExperimentConfig, tracks: list[Track],
                 raise DataError(f"{storage.join(dst, t.codes)} holds {c.size} codes, the manifest "
                                 f"says {t.samples}: remove {dst} and preprocess again")
             if t.sha256 in new:  # before any shard is in place: the old manifest stays valid
+                writes.paths.append(storage.join(dst, t.codes))
                 _save_codes(dst, t, c)
             # A whole track is one part; a held-out tail's track is two (head: train, tail: validation).
             parts, where = [], set()
@@ -278,6 +338,7 @@ def _write_shards(dst: str, config: ExperimentConfig, tracks: list[Track],
                           for x, y in bounds}
             placed.append((t, tuple(parts), where))
         shards = [sh for s in SPLITS for sh in sets[s].finish()]
+        writes.paths.extend(storage.join(dst, sh.path) for sh in shards)
     except BaseException:
         for ss in sets.values():
             ss.abort()
@@ -307,19 +368,111 @@ def _summary(tracks: list[Track], labels: int, skipped: int, processed: int, unc
                    labels_without_validation=tuple(uncovered))
 
 
-def write_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
-                  codes: Callable[[Track], np.ndarray], *, new: Collection[str] = (),
+@dataclass
+class Writes:
+    """What one attempt at a new manifest wrote into the data folder."""
+
+    paths: list[str] = field(default_factory=list)
+    need: int = 0  # bytes it expected to write
+
+
+# How long a second writer of a data folder waits for the first (a merge of a
+# large corpus rewrites every shard: minutes), before it gives up (Busy, exit 138).
+LOCK_WAIT_S = 3600.0
+
+
+def update_dataset(dst: str, build: Callable[[Manifest | None, Writes], Manifest], *,
+                   wait_s: float = LOCK_WAIT_S) -> Manifest:
+    """Replace ``dst``'s manifest with ``build(live manifest, writes)``, one writer at a time.
+
+    A local folder is locked for the whole read-build-commit-collect
+    (:func:`wavenet.storage.folder_lock`): a second writer waits for the first,
+    then builds on top of its manifest, so both runs' tracks end up in it. A
+    bucket is not locked: the commit is a compare-and-swap on ``manifest.json``'s
+    generation; the loser removes what it wrote and builds again on the winner's
+    manifest. On any failure the attempt's files are removed and the old
+    manifest stays live and intact.
+
+    Raises:
+        Busy: another writer held the folder (or kept winning) for ``wait_s`` seconds.
+        StorageError: the file system is full (one line: the path and the space needed).
+    """
+    deadline = time.monotonic() + wait_s
+    with storage.folder_lock(dst, wait_s):
+        while True:
+            old, generation = read_live(dst)
+            writes = Writes()
+            try:
+                committed = commit_manifest(dst, build(old, writes), generation)
+            except BaseException as e:
+                _discard(dst, writes)
+                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise _no_space(dst, e, writes.need) from None
+                raise
+            if committed is not None:
+                collect_garbage(dst)
+                return committed
+            _discard(dst, writes)
+            if time.monotonic() >= deadline:
+                raise Busy(f"{dst}: other runs kept committing manifests for {wait_s:g} s: "
+                           "run again when they have finished")
+            log.warning("another run committed %s first: building again on its manifest", dst)
+
+
+def _discard(dst: str, writes: Writes) -> None:
+    """Remove an uncommitted attempt's files; whatever a kept manifest names stays."""
+    if not storage.is_gcs(dst):
+        collect_garbage(dst)  # under the folder's lock: every unnamed file is ours to remove
+        return
+    found = _retained(dst)
+    named = found[0] if found is not None else None
+    for path in writes.paths:
+        if named is not None and _norm(path) not in named and storage.is_gcs(path):
+            storage.remove(path)
+
+
+def _bytes_needed(tracks: Sequence[Track], new: Collection[str]) -> int:
+    """About what :func:`build_dataset` writes: every code once in a shard, new codes once more."""
+    # Per example ~40 bytes of TFRecord framing and Example fields; per track ~2 kB of
+    # manifest in the version file and again in manifest.json.
+    shards = sum(t.samples + 40 * max(1, t.samples // 16000) for t in tracks)
+    return shards + sum(t.samples + 128 for t in tracks if t.sha256 in new) + 4096 * len(tracks)
+
+
+def _check_space(dst: str, need: int) -> None:
+    if storage.is_gcs(dst):
+        return
+    free = shutil.disk_usage(dst).free
+    if free < need:
+        raise _no_space(dst, None, need, free)
+
+
+def _no_space(dst: str, e: OSError | None, need: int, free: int | None = None) -> StorageError:
+    # A full disk is the operator's to fix: the same run on the same disk fails the same way,
+    # so this is a permanent error (exit 2), not a retryable one.
+    free = shutil.disk_usage(dst).free if free is None else free
+    where = (e.filename if e is not None and e.filename else dst)
+    return StorageError(f"no space left on the file system of {where}: the dataset needs about "
+                        f"{_mb(need)} there, {_mb(free)} is free; nothing was changed (free space, or "
+                        f"preprocess into another folder)")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def build_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
+                  codes: Callable[[Track], np.ndarray], writes: Writes, *, new: Collection[str] = (),
                   labels: Sequence[str] | None = None, src: str | None = None,
                   skipped: Sequence[Skipped] = (), processed: int | None = None,
                   unchanged: int = 0, started: float | None = None) -> Manifest:
-    """Write a dataset: codes of new tracks, balanced shards per split, then the manifest.
+    """Write a dataset's files (codes of new tracks, balanced shards per split); return its manifest.
 
-    The one writer of shards and manifests: preprocessing, test fixtures and the
-    benchmarks all write their data through it. Each track is cut into
-    ``ceil(samples / chunk)`` near-equal examples of at most ``data.chunk_seconds``
-    (never shorter than one crop), each going to the shard of its split with the
-    fewest samples so far. The manifest is written last; files of earlier runs
-    that it does not name are deleted after it.
+    The one writer of shards: preprocessing, test fixtures and the benchmarks all
+    write their data through it, inside :func:`update_dataset` (which commits the
+    manifest it returns). Each track is cut into ``ceil(samples / chunk)``
+    near-equal examples of at most ``data.chunk_seconds`` (never shorter than
+    one crop), each going to the shard of its split with the fewest samples so far.
 
     Args:
         dst: the data folder (local or gs://).
@@ -327,6 +480,7 @@ def write_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
         tracks: the tracks, ``split`` and ``label`` set (``label_id``, ``chunks`` and
             ``shards`` are filled in here).
         codes: a track's uint8 codes (from its source or from ``dst``).
+        writes: collects the files written (removed again if the manifest is not committed).
         new: sha256s of tracks whose codes are written to ``dst/<track.codes>`` here.
         labels: the label vocabulary, in id order (default: the tracks' labels, sorted).
         src: where the audio came from (recorded).
@@ -336,14 +490,20 @@ def write_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
         started: when the run started (``time.time()``), for ``merge_seconds``.
 
     Returns:
-        The manifest written to ``dst/manifest.json``.
+        The manifest to commit (not written yet).
+
+    Raises:
+        StorageError: a local ``dst`` has less free space than the files need.
     """
     started = time.time() if started is None else started
     vocabulary = list(labels) if labels is not None else sorted({t.label for t in tracks})
     label_ids = {name: i for i, name in enumerate(vocabulary)}
     ordered = sorted(tracks, key=lambda t: t.sha256)
-    done, shards, stats = _write_shards(dst, config, ordered, codes, frozenset(new), label_ids)
-    manifest = Manifest(
+    new = frozenset(new)
+    writes.need = _bytes_needed(ordered, new)
+    _check_space(dst, writes.need)
+    done, shards, stats = _write_shards(dst, config, ordered, codes, new, label_ids, writes)
+    return Manifest(
         version=MANIFEST_VERSION, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         src=src, audio=config.audio, data=config.data, crop_length=config.crop_length,
         labels=tuple(vocabulary), files=tuple(sorted(done, key=lambda t: t.relpath)),
@@ -351,9 +511,20 @@ def write_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
         summary=_summary(done, len(vocabulary), len(skipped),
                          len(new) if processed is None else processed, unchanged,
                          config.audio.sample_rate, started))
-    write_manifest(dst, manifest)
-    collect_garbage(dst, manifest)
-    return manifest
+
+
+def write_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
+                  codes: Callable[[Track], np.ndarray], **kwargs) -> Manifest:
+    """:func:`build_dataset` and commit it as ``dst``'s manifest, whatever ``dst`` held before.
+
+    For data made from scratch (fixtures, benchmarks); preprocessing merges with
+    the old manifest instead (:func:`wavenet.preprocess.merge_manifests`).
+
+    Returns:
+        The manifest committed (``uri``: its version file).
+    """
+    return update_dataset(dst, lambda _old, writes: build_dataset(dst, config, tracks, codes, writes,
+                                                                  **kwargs))
 
 
 def dataset_from_codes(dst: str, config: ExperimentConfig,

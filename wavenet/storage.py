@@ -16,14 +16,21 @@ few times (:data:`CONNECT_ATTEMPTS`, about 7 s), not for the library's default
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
-from wavenet.errors import StorageError, one_line
+from wavenet.errors import Busy, StorageError, one_line
+
+log = logging.getLogger("wavenet.storage")
 
 __all__ = [
     "is_gcs",
@@ -43,6 +50,9 @@ __all__ = [
     "download_file",
     "reset_clients",
     "require_folder",
+    "read_bytes_generation",
+    "write_bytes_if_generation",
+    "folder_lock",
 ]
 
 
@@ -339,3 +349,108 @@ def require_folder(path: str, what: str) -> None:
         if parent == p:
             return
         p = parent
+
+
+def read_bytes_generation(path: str) -> tuple[bytes | None, int]:
+    """The bytes of ``path`` and its GCS generation; ``(None, 0)`` when it does not exist.
+
+    Generation 0 is what ``if_generation_match`` takes to mean "only if absent"
+    (cloud.google.com/storage/docs/request-preconditions). Local files have no
+    generation (0): their writers hold :func:`folder_lock` instead.
+    """
+    if not is_gcs(path):
+        return (read_bytes(path), 0) if os.path.exists(path) else (None, 0)
+    from google.api_core.exceptions import NotFound
+
+    blob = _blob(path)
+    try:
+        with _gcs(path):
+            data = blob.download_as_bytes(**_call_kwargs())
+    except NotFound:
+        return None, 0
+    # The download's x-goog-generation header sets blob.generation
+    # (googleapis/python-storage google/cloud/storage/blob.py, _extract_headers_from_download).
+    return data, int(blob.generation or 0)
+
+
+def write_bytes_if_generation(path: str, data: bytes, generation: int) -> bool:
+    """Write ``gs://`` ``path`` only if its generation is still ``generation`` (0: absent).
+
+    GCS's compare-and-swap: the server refuses the write with 412 when another
+    writer replaced the object since it was read. A refused write is not retried
+    (it would fail the same way).
+
+    Returns:
+        False when the precondition failed (someone else wrote first).
+    """
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    if not is_gcs(path):
+        raise ValueError(f"write_bytes_if_generation takes a gs:// URI. Received: {path!r}")
+    try:
+        with _gcs(path):
+            # With if_generation_match the upload is idempotent, so the default retry is
+            # safe (python-storage docs/retry_timeout.rst, "conditional retries").
+            _blob(path).upload_from_string(data, if_generation_match=generation, retry=DEFAULT_RETRY,
+                                           timeout=TIMEOUT)
+    except PreconditionFailed:
+        return False
+    return True
+
+
+LOCK_FILE = ".wavenet.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str, wait_s: float) -> Iterator[None]:
+    """Hold the one-writer lock of local ``folder``; a ``gs://`` prefix is not locked here.
+
+    An exclusive ``flock`` on ``folder/.wavenet.lock``: the kernel drops it when
+    the holder's file is closed, so a killed writer (SIGKILL, OOM) never leaves
+    the folder locked. A second writer waits up to ``wait_s`` seconds (polling),
+    then gives up with :class:`~wavenet.errors.Busy`. Bucket writers use
+    generation preconditions instead (:func:`write_bytes_if_generation`).
+
+    Raises:
+        Busy: another process held the lock for all of ``wait_s``; names it.
+    """
+    if is_gcs(folder):
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    except OSError as e:
+        raise StorageError(f"cannot open the lock file {path}: {e.strerror or e}") from None
+    try:
+        _acquire(fd, path, wait_s)
+        # Who holds it, for the message of a writer that waits (advisory only: on a full
+        # disk it may not fit, and the run must still reach its own one-line error).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _acquire(fd: int, path: str, wait_s: float) -> None:
+    deadline, waiting = time.monotonic() + wait_s, False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        if time.monotonic() >= deadline:
+            raise Busy(f"{os.path.dirname(path)} is being written by {holder} (lock {path}); "
+                       f"waited {wait_s:g} s: run again when it has finished")
+        if not waiting:
+            log.warning("%s is being written by %s: waiting up to %g s", os.path.dirname(path),
+                        holder, wait_s)
+            waiting = True
+        time.sleep(0.2)
