@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wavenet.audio import mu_law_decode
+from wavenet.audio import mu_law_decode, peak_normalize, trim_silence
 from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.demo import make_demo_corpus
@@ -28,11 +28,9 @@ from wavenet.preprocess import (
     list_audio,
     merge_manifests,
     partition,
-    peak_normalize,
     preprocess,
     process_partition,
     split_of,
-    trim_silence,
 )
 
 CFG = preset("tiny")  # crop_length 272 samples at 16 kHz
@@ -493,10 +491,12 @@ DECODER_CRASH = textwrap.dedent("""
 
     real_decode = P._decode
 
-    def decode(data):  # stands in for a native decoder that segfaults on one file
+    def decode(f, config):  # stands in for a native decoder that segfaults on one file
+        data = f.read()
+        f.seek(0)
         if data.startswith(b"RIFF") and b"CRASHME" in data:
             os.kill(os.getpid(), signal.SIGSEGV)
-        return real_decode(data)
+        return real_decode(f, config)
 
     P._decode = decode  # forked workers inherit it
     from wavenet.config import preset
