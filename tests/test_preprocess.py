@@ -548,12 +548,11 @@ DECODER_CRASH = textwrap.dedent("""
 
     real_decode = P._decode
 
-    def decode(f, config):  # stands in for a native decoder that segfaults on one file
-        data = f.read()
-        f.seek(0)
+    def decode(fd, config):  # stands in for a native decoder that segfaults on one file
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
         if data.startswith(b"RIFF") and b"CRASHME" in data:
             os.kill(os.getpid(), signal.SIGSEGV)
-        return real_decode(f, config)
+        return real_decode(fd, config)
 
     P._decode = decode  # forked workers inherit it
     from wavenet.config import preset

@@ -173,11 +173,16 @@ _HASH_CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
-def _opened(path: str) -> Iterator[io.BufferedReader]:
-    """The file at ``path`` open for reading (a ``gs://`` object downloaded to a temporary file first).
+def _opened(path: str) -> Iterator[int]:
+    """A read-only file descriptor of ``path`` (a ``gs://`` object downloaded to a temporary file first).
 
     Hashing and decoding then read the same open file, so the sha256 names
-    the bytes that were decoded.
+    the bytes that were decoded. A descriptor, not a Python file object:
+    libsndfile then reads it in C. Given a file object, it reads through
+    Python callbacks (cffi), and cffi prints and drops an exception raised in
+    a callback (https://cffi.readthedocs.io/en/latest/using.html#extern-python-reference,
+    "onerror"): SIGTERM's SystemExit, arriving mid-read, became a short read
+    and the run finished with exit 0 on a silently truncated track.
     """
     if storage.is_gcs(path):
         with tempfile.TemporaryDirectory(prefix="wavenet-object-") as tmp:
@@ -187,29 +192,31 @@ def _opened(path: str) -> Iterator[io.BufferedReader]:
                 raise
             except Exception as e:  # google-cloud-storage errors (NotFound, Forbidden, ...)
                 raise _Skip(f"cannot read: {one_line(e)}") from None
-            with open(local, "rb") as f:
-                yield f
+            with _opened(local) as fd:
+                yield fd
         return
     try:
         st = os.stat(path)  # follows symlinks: dangling ones and loops raise here
         if not stat.S_ISREG(st.st_mode):
             # Opening a FIFO would block forever; devices and sockets are not audio files.
             raise _Skip("not a regular file (FIFO, device or socket)")
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise _Skip(f"cannot read: {e.strerror or e}") from None
-    with f:
-        yield f
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
-def _sha256(f: io.BufferedReader) -> str:
+def _sha256(fd: int) -> str:
     """sha256 of the whole open file, read in chunks; leaves it at its start."""
     digest, size = hashlib.sha256(), 0
     try:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+        for chunk in iter(lambda: os.read(fd, _HASH_CHUNK), b""):
             digest.update(chunk)
             size += len(chunk)
-        f.seek(0)
+        os.lseek(fd, 0, os.SEEK_SET)
     except OSError as e:
         raise _Skip(f"cannot read: {e.strerror or e}") from None
     if size == 0:
@@ -251,15 +258,17 @@ def _mono_blocks(f: sf.SoundFile, limit_s: float, counted: list[int]) -> Iterato
         yield to_mono(x)
 
 
-def _decode(f: io.BufferedReader, config: ExperimentConfig) -> tuple[np.ndarray, dict[str, Any]]:
-    """An open audio file -> float32 mono at ``audio.sample_rate``, and what its header says.
+def _decode(fd: int, config: ExperimentConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """An open audio file (descriptor at its start) -> float32 mono at ``audio.sample_rate``, and its header.
 
     Memory: one decoded block plus the output at the target rate, never the
     whole file's channels at its own rate.
     """
     counted = [0]
     try:
-        with sf.SoundFile(f) as sound:
+        # python-soundfile opens a descriptor with sf_open_fd; closefd=False leaves it to
+        # _opened (https://python-soundfile.readthedocs.io/en/latest/#soundfile.SoundFile).
+        with sf.SoundFile(fd, closefd=False) as sound:
             info = {"sample_rate_in": int(sound.samplerate), "channels_in": int(sound.channels),
                     "format": sound.format, "subtype": sound.subtype}
             _check_header(sound, config)
@@ -305,12 +314,12 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
                   known: frozenset[str]) -> dict[str, Any]:
     record: dict[str, Any] = {"path": path, "relpath": relpath}
     try:
-        with _opened(path) as f:
-            digest = _sha256(f)
+        with _opened(path) as fd:
+            digest = _sha256(fd)
             record["sha256"] = digest
             if digest in known:
                 return {**record, "status": "unchanged"}
-            mono, info = _decode(f, config)
+            mono, info = _decode(fd, config)
         codes = _encode(mono, config)
         del mono
         buf = io.BytesIO()
