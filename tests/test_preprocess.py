@@ -431,6 +431,22 @@ def test_a_file_longer_than_max_track_seconds_is_skipped_before_decoding(tmp_pat
                                                    "48000 Hz) exceeds data.max_track_seconds=2.5"}]
 
 
+def test_a_flac_whose_header_gives_no_length_is_skipped_with_that_reason(tmp_path):
+    src = tmp_path / "src"
+    path = write(src / "g" / "nolength.flac", tone(1.0, 48000), 48000)
+    write(src / "g" / "ok.wav", tone(1.0, 16000), 16000)
+    data = bytearray(open(path, "rb").read())
+    # STREAMINFO follows "fLaC" and a 4-byte block header; its 36-bit total sample count is the
+    # low 4 bits of its byte 13 and bytes 14-17 (https://xiph.org/flac/format.html#metadata_block_streaminfo).
+    data[21] &= 0xF0
+    data[22:26] = bytes(4)
+    open(path, "wb").write(bytes(data))
+    m = preprocess(str(src), str(tmp_path / "out"), CFG, processes=1, progress=False).to_dict()
+    assert [f["relpath"] for f in m["files"]] == ["g/ok.wav"]
+    assert m["skipped"] == [{"path": path, "reason": "not decodable audio: its header gives no length "
+                                                   "(an unfinished or streamed recording?); re-encode it"}]
+
+
 def test_peak_memory_follows_the_output_not_the_file(tmp_path):
     # A real `wavenet preprocess` process per file: 90 s of 8 channels at 192 kHz (1.1 GB of
     # float32 when decoded whole) against 3 s of the same. Decoding it whole took 9.7x the

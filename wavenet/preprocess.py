@@ -168,6 +168,10 @@ class _Skip(Exception):
 # Bytes of decoded float32 per block: memory for decoding is about this much
 # whatever the file's channels, rate and length.
 BLOCK_BYTES = 1 << 22
+# libsndfile reports SF_COUNT_MAX (2**63 - 1) frames when a header leaves the length
+# unknown (a FLAC whose STREAMINFO total is 0); python-soundfile cannot read such a
+# file block by block (its position update seeks past the end and fails).
+_UNKNOWN_FRAMES = 1 << 62
 # Bytes per read when hashing a file.
 _HASH_CHUNK = 1 << 20
 
@@ -228,6 +232,9 @@ def _check_header(f: sf.SoundFile, config: ExperimentConfig) -> None:
     """Refuse, before decoding, a file whose header claims more audio than ``data.max_track_seconds``."""
     if f.samplerate < 1 or f.channels < 1:
         raise _Skip(f"not decodable audio: header says {f.channels} channels at {f.samplerate} Hz")
+    if f.frames >= _UNKNOWN_FRAMES:
+        raise _Skip("not decodable audio: its header gives no length (an unfinished or streamed "
+                    "recording?); re-encode it")
     seconds, limit = f.frames / f.samplerate, config.data.max_track_seconds
     if seconds > limit:
         raise _Skip(f"too long: {seconds:.1f} s ({f.frames} frames of {f.channels} channels at "
