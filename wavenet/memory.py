@@ -57,18 +57,43 @@ def _parse_limit(text: str) -> int:
     return int(float(m.group(1)) * _SUFFIX[m.group(2) or ""])
 
 
-def available_bytes(environ: Mapping[str, str] | None = None) -> int:
-    """Memory this process may use: ``$WAVENET_MEMORY_LIMIT`` when set, else physical memory or the cgroup's limit, the smaller.
+def _cgroup_limit_files() -> list[str]:
+    """This process's cgroup memory limit files, its own cgroup's and each ancestor's.
 
-    cgroup v2 writes the limit to ``memory.max`` ("max" when unlimited,
-    https://docs.kernel.org/admin-guide/cgroup-v2.html#memory-interface-files);
-    cgroup v1 to ``memory.limit_in_bytes``.
+    ``/proc/self/cgroup`` names the cgroup (cgroup v2: ``0::PATH``; v1:
+    ``N:memory:PATH``); a limit may sit on any ancestor, and inside a container
+    (cgroup namespace) the own cgroup is the root of ``/sys/fs/cgroup``. v2
+    writes the limit to ``memory.max`` ("max" when unlimited), v1 to
+    ``memory.limit_in_bytes``
+    (https://docs.kernel.org/admin-guide/cgroup-v2.html#memory-interface-files).
     """
+    files = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            root, name = "/sys/fs/cgroup", "memory.max"
+        elif "memory" in controllers.split(","):
+            root, name = "/sys/fs/cgroup/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        files += [os.path.join(root, *parts[:i], name) for i in range(len(parts), 0, -1)]
+    return files
+
+
+def available_bytes(environ: Mapping[str, str] | None = None) -> int:
+    """Memory this process may use: ``$WAVENET_MEMORY_LIMIT`` when set, else the smallest of
+    physical memory and the memory limits of its cgroup and the cgroup's ancestors."""
     environ = os.environ if environ is None else environ
     if environ.get(MEMORY_LIMIT_ENV):
         return _parse_limit(environ[MEMORY_LIMIT_ENV])
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for path in _cgroup_limit_files():
         try:
             with open(path) as f:
                 text = f.read().strip()
