@@ -121,6 +121,30 @@ def test_trim_silence_keeps_the_loud_frames_and_normalize_reaches_the_peak():
     assert np.all(audio.peak_normalize(np.zeros(4), -3.0) == 0)
 
 
+@pytest.mark.parametrize("rate_in,rate_out", [(192000, 16000), (44100, 16000), (8000, 16000),
+                                               (16000, 16000)])
+def test_resample_stream_of_blocks_equals_resampling_the_whole_signal(rate_in, rate_out):
+    x = np.random.default_rng(3).normal(0, 0.3, rate_in * 2 + 123).astype(np.float32)
+    sizes = [1, 999, 65536, 4096, len(x)]  # uneven blocks, the last one runs past the end
+    blocks, start = [], 0
+    for n in sizes:
+        blocks.append(x[start:start + n])
+        start += n
+    streamed = np.concatenate(list(audio.resample_stream(iter(blocks), rate_in, rate_out)))
+    np.testing.assert_array_equal(streamed, audio.resample(x, rate_in, rate_out))
+
+
+def test_silence_bounds_over_many_blocks_match_the_whole_signal_frame_rms(monkeypatch):
+    monkeypatch.setattr(audio, "_FRAMES_PER_BLOCK", 7)  # 70-sample blocks at 1 kHz: many of them
+    sr, rng = 1000, np.random.default_rng(4)
+    x = np.concatenate([1e-4 * rng.normal(size=333), 0.3 * rng.normal(size=1207), 1e-5 * rng.normal(size=55),
+                        0.2 * rng.normal(size=91), np.zeros(404), np.full(3, 0.9)])  # a loud partial frame at the end
+    loud = np.flatnonzero(np.sqrt(np.mean(reference_frames(x, 10, 10) ** 2, axis=1)) > 10 ** (-50 / 20))
+    assert audio.silence_bounds(x, sr, -50.0) == (loud[0] * 10, len(x))
+    np.testing.assert_array_equal(audio.trim_silence(x, sr, -50.0), x[loud[0] * 10:])
+    assert audio.silence_bounds(np.zeros(500), sr, -50.0) == (0, 0)
+
+
 def test_power_spectrogram_and_mel_filterbank_match_direct_formulas():
     sr, n_fft = 8000, 64
     x = np.random.default_rng(2).normal(0, 0.2, 300)

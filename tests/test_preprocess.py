@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wavenet.audio import mu_law_decode
+from wavenet.audio import mu_law_decode, mu_law_encode, peak_normalize, resample, to_mono, trim_silence
+from wavenet.bench.preprocess import preprocess_peak_rss_mb, write_multichannel_flac
 from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.demo import make_demo_corpus
@@ -28,11 +29,9 @@ from wavenet.preprocess import (
     list_audio,
     merge_manifests,
     partition,
-    peak_normalize,
     preprocess,
     process_partition,
     split_of,
-    trim_silence,
 )
 
 CFG = preset("tiny")  # crop_length 272 samples at 16 kHz
@@ -391,6 +390,78 @@ def test_resampling_keeps_frequency_and_level(tmp_path):
     assert rms_db == pytest.approx(-6.0 - 3.01, abs=0.3)
 
 
+def _whole_file_codes(path: str, cfg) -> np.ndarray:
+    """The former whole-file path: decode all, then mono, resample, trim, normalise, mu-law."""
+    x, sr = sf.read(path, dtype="float32", always_2d=True)
+    a = cfg.audio
+    mono = resample(to_mono(x), sr, a.sample_rate)
+    return mu_law_encode(peak_normalize(trim_silence(mono, a.sample_rate, a.silence_threshold_db),
+                                        a.normalize_peak_db), a.quantization_channels)
+
+
+def test_block_by_block_codes_equal_the_whole_file_path(tmp_path):
+    src, dst = tmp_path / "src", str(tmp_path / "out")
+    rng = np.random.default_rng(5)
+
+    def music(seconds, sr, channels):  # quiet lead-in and tail around a noisy chord
+        x = tone(seconds, sr, 330.0, 0.4, channels) + 0.05 * rng.normal(size=(int(seconds * sr), channels)).squeeze()
+        edge = int(0.3 * sr)
+        x[:edge] *= 1e-4
+        x[-edge:] *= 1e-4
+        return x
+
+    # Stereo 44.1 kHz for 15 s is 661,500 frames: more than one decoded block (524,288 frames).
+    write(src / "g" / "stereo.wav", music(15.0, 44100, 2), 44100)
+    write(src / "g" / "eight.flac", music(2.0, 48000, 8), 48000, subtype="PCM_24")
+    write(src / "g" / "mono16k.wav", music(3.0, 16000, 1), 16000)
+    write(src / "g" / "up.ogg", music(2.0, 8000, 1), 8000)
+    m = preprocess(str(src), dst, CFG, processes=1, progress=False).to_dict()
+    assert m["summary"]["processed"] == 4, m["skipped"]
+    for f in m["files"]:
+        np.testing.assert_array_equal(load_codes(dst, f), _whole_file_codes(f["path"], CFG),
+                                      err_msg=f["relpath"])
+
+
+def test_a_file_longer_than_max_track_seconds_is_skipped_before_decoding(tmp_path):
+    src = tmp_path / "src"
+    long = write(src / "g" / "long.flac", tone(3.0, 48000, channels=4), 48000)
+    write(src / "g" / "ok.wav", tone(1.0, 16000), 16000)
+    cfg = CFG.with_overrides({"data.max_track_seconds": 2.5})
+    m = preprocess(str(src), str(tmp_path / "out"), cfg, processes=1, progress=False).to_dict()
+    assert [f["relpath"] for f in m["files"]] == ["g/ok.wav"]
+    assert m["skipped"] == [{"path": long, "reason": "too long: 3.0 s (144000 frames of 4 channels at "
+                                                   "48000 Hz) exceeds data.max_track_seconds=2.5"}]
+
+
+def test_a_flac_whose_header_gives_no_length_is_skipped_with_that_reason(tmp_path):
+    src = tmp_path / "src"
+    path = write(src / "g" / "nolength.flac", tone(1.0, 48000), 48000)
+    write(src / "g" / "ok.wav", tone(1.0, 16000), 16000)
+    data = bytearray(open(path, "rb").read())
+    # STREAMINFO follows "fLaC" and a 4-byte block header; its 36-bit total sample count is the
+    # low 4 bits of its byte 13 and bytes 14-17 (https://xiph.org/flac/format.html#metadata_block_streaminfo).
+    data[21] &= 0xF0
+    data[22:26] = bytes(4)
+    open(path, "wb").write(bytes(data))
+    m = preprocess(str(src), str(tmp_path / "out"), CFG, processes=1, progress=False).to_dict()
+    assert [f["relpath"] for f in m["files"]] == ["g/ok.wav"]
+    assert m["skipped"] == [{"path": path, "reason": "not decodable audio: its header gives no length "
+                                                   "(an unfinished or streamed recording?); re-encode it"}]
+
+
+def test_peak_memory_follows_the_output_not_the_file(tmp_path):
+    # A real `wavenet preprocess` process per file: 90 s of 8 channels at 192 kHz (1.1 GB of
+    # float32 when decoded whole) against 3 s of the same. Decoding it whole took 9.7x the
+    # short file's peak RSS (879 MB against 91 MB); in blocks it is a few MB more.
+    peaks = {}
+    for name, seconds in (("short", 3.0), ("long", 90.0)):
+        src = tmp_path / name / "src"
+        write_multichannel_flac(str(src / "g" / f"{name}.flac"), seconds)
+        peaks[name] = preprocess_peak_rss_mb(str(src), str(tmp_path / name / "out"), CFG)
+        assert read_manifest(str(tmp_path / name / "out")).summary.processed == 1
+    assert peaks["long"] < 1.5 * peaks["short"], peaks
+
+
 def test_trim_and_normalize():
     sr = 1000
     x = np.concatenate([np.zeros(500), 0.1 * np.ones(300), 1e-4 * np.ones(200)])
@@ -496,10 +567,11 @@ DECODER_CRASH = textwrap.dedent("""
 
     real_decode = P._decode
 
-    def decode(data):  # stands in for a native decoder that segfaults on one file
+    def decode(fd, config):  # stands in for a native decoder that segfaults on one file
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
         if data.startswith(b"RIFF") and b"CRASHME" in data:
             os.kill(os.getpid(), signal.SIGSEGV)
-        return real_decode(data)
+        return real_decode(fd, config)
 
     P._decode = decode  # forked workers inherit it
     from wavenet.config import preset

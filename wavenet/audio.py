@@ -15,6 +15,8 @@ then quantised to ``mu + 1`` integer codes. With mu = 255 the codes are uint8.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 import soxr
 from numpy.lib.stride_tricks import sliding_window_view
@@ -30,11 +32,14 @@ __all__ = [
     "float_to_pcm16",
     "to_mono",
     "resample",
+    "resample_stream",
     "SILENCE_FRAME_SECONDS",
     "frame_signal",
     "frame_power",
     "frame_rms",
+    "silence_bounds",
     "trim_silence",
+    "peak_gain",
     "peak_normalize",
     "power_spectrogram",
     "hz_to_mel",
@@ -133,6 +138,32 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return soxr.resample(x, rate_in, rate_out, quality="HQ")
 
 
+def resample_stream(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) -> Iterator[np.ndarray]:
+    """:func:`resample` of the concatenated ``blocks``, one output block per input block.
+
+    soxr's ``ResampleStream`` keeps the filter's state between chunks ("for
+    real-time processing or very long signal", https://pypi.org/project/soxr/,
+    "Streaming usage"); with ``last=True`` on the end it flushes the filter's
+    tail. Memory is one block, not the signal. With the same quality the
+    output equals :func:`resample` of the whole signal (tests/test_audio.py
+    checks it to the last bit for down- and up-sampling).
+
+    Args:
+        blocks: float32 mono blocks (T_i,) of one signal, in order.
+        rate_in, rate_out: sample rates.
+
+    Yields:
+        float32 (U_i,) blocks; their sizes vary (some may be empty).
+    """
+    if rate_in == rate_out:
+        yield from blocks
+        return
+    stream = soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32", quality="HQ")
+    for block in blocks:
+        yield stream.resample_chunk(np.asarray(block, dtype=np.float32), last=False)
+    yield stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+
 # Silence is judged on 10 ms frames: short enough to keep note onsets, long
 # enough that one zero crossing does not count as silence.
 SILENCE_FRAME_SECONDS = 0.01
@@ -172,6 +203,37 @@ def frame_rms(x: np.ndarray, frame_length: int, hop: int | None = None) -> np.nd
     return np.sqrt(frame_power(x, frame_length, hop))
 
 
+# Frames per block when silence_bounds measures a long signal: the float64
+# frames of one block (about 8 MiB at 16 kHz), not of the whole signal.
+_FRAMES_PER_BLOCK = 6400
+
+
+def silence_bounds(x: np.ndarray, sample_rate: int, threshold_db: float) -> tuple[int, int]:
+    """``(start, stop)`` of :func:`trim_silence`: from the first loud 10 ms frame to the end of the last.
+
+    Frames are measured a block of whole frames at a time, so the working
+    memory is one block however long ``x`` is; each frame's RMS is the same
+    number :func:`frame_rms` gives for the whole signal (frames never straddle
+    blocks, and the last partial frame is zero-padded as there).
+
+    Returns:
+        Sample indices with ``0 <= start <= stop <= len(x)``; ``(0, 0)`` when no
+        frame is louder than ``threshold_db`` dBFS RMS.
+    """
+    frame = max(1, int(round(sample_rate * SILENCE_FRAME_SECONDS)))
+    threshold = 10.0 ** (threshold_db / 20.0)
+    step = frame * _FRAMES_PER_BLOCK
+    first = last = -1
+    for offset in range(0, len(x), step):
+        loud = np.flatnonzero(frame_rms(x[offset:offset + step], frame) > threshold)
+        if loud.size:
+            first = first if first >= 0 else offset + int(loud[0]) * frame
+            last = offset + int(loud[-1]) * frame
+    if first < 0:
+        return 0, 0
+    return first, min(len(x), last + frame)
+
+
 def trim_silence(x: np.ndarray, sample_rate: int, threshold_db: float) -> np.ndarray:
     """Drop leading and trailing 10 ms frames whose RMS is below ``threshold_db`` dBFS.
 
@@ -184,21 +246,24 @@ def trim_silence(x: np.ndarray, sample_rate: int, threshold_db: float) -> np.nda
         The slice of ``x`` from the first to the end of the last loud frame
         (shape (T',), possibly empty when every frame is quiet).
     """
-    if len(x) == 0:
-        return x[:0]
-    frame = max(1, int(round(sample_rate * SILENCE_FRAME_SECONDS)))
-    loud = np.flatnonzero(frame_rms(x, frame) > 10.0 ** (threshold_db / 20.0))
-    if loud.size == 0:
-        return x[:0]
-    return x[loud[0] * frame:min(len(x), (loud[-1] + 1) * frame)]
+    start, stop = silence_bounds(x, sample_rate, threshold_db)
+    return x[start:stop]
+
+
+def peak_gain(x: np.ndarray, peak_db: float) -> float:
+    """The factor that brings the largest absolute sample of ``x`` to ``peak_db`` dBFS (1.0 for silence).
+
+    A Python float, so that ``x * gain`` stays float32 for float32 ``x``
+    (NumPy 2 treats Python scalars as weak: NEP 50) and scaling a block at a
+    time gives the same samples as scaling the whole signal.
+    """
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    return 1.0 if peak == 0.0 else float(10.0 ** (peak_db / 20.0) / peak)
 
 
 def peak_normalize(x: np.ndarray, peak_db: float) -> np.ndarray:
     """Scale ``x`` so that its largest absolute sample is ``peak_db`` dBFS (float32)."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak == 0.0:
-        return x.astype(np.float32)
-    return (x * (10.0 ** (peak_db / 20.0) / peak)).astype(np.float32)
+    return (x * peak_gain(x, peak_db)).astype(np.float32)
 
 
 def power_spectrogram(x: np.ndarray, n_fft: int = 512, hop: int = 256) -> np.ndarray:

@@ -61,6 +61,7 @@ def _is_number(v: Any) -> bool:
 UPPER_BOUNDS: dict[str, float] = {
     "data.num_shards": 100_000,
     "data.chunk_seconds": 3600.0,
+    "data.max_track_seconds": 86400.0,
     "data.processes": 1024,
     "model.stacks": 64,
     "model.layers_per_stack": 24,
@@ -152,6 +153,11 @@ class DataConfig:
     chunk_seconds: float = 30.0
     # Worker processes for preprocessing; 0 means one per CPU core.
     processes: int = 0
+    # Longer files are skipped with this reason, read from the header before
+    # decoding. Preprocessing holds a track at audio.sample_rate in memory
+    # (5 bytes a sample: float32, then uint8 codes): an hour at 16 kHz is
+    # about 300 MB; a DJ mix fits, a day-long field recording does not.
+    max_track_seconds: float = 3600.0
 
     def __post_init__(self) -> None:
         _check_finite_and_bounded(self, "data")
@@ -163,6 +169,8 @@ class DataConfig:
                  "data.chunk_seconds", self.chunk_seconds, "a positive number")
         _require(_is_int(self.processes) and self.processes >= 0,
                  "data.processes", self.processes, "an integer >= 0")
+        _require(_is_number(self.max_track_seconds) and self.max_track_seconds > 0,
+                 "data.max_track_seconds", self.max_track_seconds, "a positive number")
 
 
 @dataclass(frozen=True)

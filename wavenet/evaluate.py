@@ -41,6 +41,7 @@ from wavenet.config import ExperimentConfig
 from wavenet.data import eval_shards, local_shard_paths, parse_example, validation_dataset
 from wavenet.errors import DataError, TrackingError, one_line
 from wavenet.manifest import Manifest, check_audio, check_shards, read_manifest
+from wavenet.memory import check_evaluation
 from wavenet.model import bits_per_sample
 
 __all__ = [
@@ -238,6 +239,7 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         if m.config.quantization_channels != q:
             raise DataError(f"model has {m.config.quantization_channels} quantisation channels but "
                             f"the baselines were counted with {q}")
+    check_evaluation([m.config for m in models], config, batch_size)  # before any batch exists
     widest = max(models, key=lambda m: m.receptive_field)
     ecfg = dataclasses.replace(config, model=widest.config, audio=widest.audio_config)
     context, window = widest.receptive_field, config.evaluate.window
@@ -611,6 +613,7 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
     eval_shards(manifest, data_dir, split)  # a bad split or nothing to score: one line, before any run
     net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
     _check_model_fits_data(net, manifest, model_uri or "the model", data_dir)
+    check_evaluation([net.config], config)  # an absurd batch: one line, before the MLflow run
     check_shards(data_dir, eval_shards(manifest, data_dir, split))  # before the MLflow run
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
     count_splits = ("train", "validation") if split == "all" else ("train",)

@@ -4,12 +4,16 @@
 ``process_partition`` (in a process pool) -> ``merge_manifests``; a pipeline
 can run the same four steps with one pod per partition.
 
-Per track (``process_partition``, no TensorFlow import): read the bytes,
-sha256 them (the track's id), decode with soundfile (libsndfile), then the
-pure steps of :mod:`wavenet.audio`: average the channels to mono, resample to
-``audio.sample_rate`` with soxr (HQ), trim leading and trailing 10 ms frames
-whose RMS is below ``audio.silence_threshold_db`` dBFS, peak-normalise to
-``audio.normalize_peak_db`` and mu-law encode to uint8. This module handles
+Per track (``process_partition``, no TensorFlow import): sha256 the file
+(the track's id), check its header (a file longer than
+``data.max_track_seconds`` is skipped with that reason before it is decoded),
+decode it with soundfile (libsndfile) a block at a time, then the pure steps
+of :mod:`wavenet.audio`: average each block's channels to mono, resample it to
+``audio.sample_rate`` with soxr's stream (HQ), trim leading and trailing 10 ms
+frames whose RMS is below ``audio.silence_threshold_db`` dBFS, peak-normalise
+to ``audio.normalize_peak_db`` and mu-law encode to uint8. Memory per file is
+one decoded block (:data:`BLOCK_BYTES`) plus the track at the target rate
+(float32, then uint8 codes), whatever the file's channels and rate. This module handles
 the files; the signal maths is all in :mod:`wavenet.audio`. The codes go to
 ``WORK/tracks/<sha256>-<audio>.npy`` (``<audio>``: 8 hex digits of a hash
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
@@ -49,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -59,7 +63,13 @@ import soundfile as sf
 from tqdm import tqdm
 
 from wavenet import storage
-from wavenet.audio import mu_law_encode, peak_normalize, resample, to_mono, trim_silence
+from wavenet.audio import (
+    mu_law_encode,
+    peak_gain,
+    resample_stream,
+    silence_bounds,
+    to_mono,
+)
 from wavenet.config import ExperimentConfig
 from wavenet.errors import DataError, WavenetError, one_line
 from wavenet.manifest import (
@@ -159,80 +169,180 @@ class _Skip(Exception):
     """A file is not usable; the message is the one-line reason."""
 
 
-def _read(path: str) -> bytes:
-    if not storage.is_gcs(path):
-        try:
-            st = os.stat(path)  # follows symlinks: dangling ones and loops raise here
-        except OSError as e:
-            raise _Skip(f"cannot read: {e.strerror or e}") from None
+# Bytes of decoded float32 per block: memory for decoding is about this much
+# whatever the file's channels, rate and length.
+BLOCK_BYTES = 1 << 22
+# libsndfile reports SF_COUNT_MAX (2**63 - 1) frames when a header leaves the length
+# unknown (a FLAC whose STREAMINFO total is 0); python-soundfile cannot read such a
+# file block by block (its position update seeks past the end and fails).
+_UNKNOWN_FRAMES = 1 << 62
+# Bytes per read when hashing a file.
+_HASH_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[int]:
+    """A read-only file descriptor of ``path`` (a ``gs://`` object downloaded to a temporary file first).
+
+    Hashing and decoding then read the same open file, so the sha256 names
+    the bytes that were decoded. A descriptor, not a Python file object:
+    libsndfile then reads it in C. Given a file object, it reads through
+    Python callbacks (cffi), and cffi prints and drops an exception raised in
+    a callback (https://cffi.readthedocs.io/en/latest/using.html#extern-python-reference,
+    "onerror"): SIGTERM's SystemExit, arriving mid-read, became a short read
+    and the run finished with exit 0 on a silently truncated track.
+    """
+    if storage.is_gcs(path):
+        with tempfile.TemporaryDirectory(prefix="wavenet-object-") as tmp:
+            try:
+                local = storage.local_copy(path, tmp)
+            except WavenetError:  # no credentials, endpoint down: no file can be read; stop the run
+                raise
+            except Exception as e:  # google-cloud-storage errors (NotFound, Forbidden, ...)
+                raise _Skip(f"cannot read: {one_line(e)}") from None
+            with _opened(local) as fd:
+                yield fd
+        return
+    try:
+        st = os.stat(path)  # follows symlinks: dangling ones and loops raise here
         if not stat.S_ISREG(st.st_mode):
             # Opening a FIFO would block forever; devices and sockets are not audio files.
             raise _Skip("not a regular file (FIFO, device or socket)")
-    try:
-        data = storage.read_bytes(path)
+        fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise _Skip(f"cannot read: {e.strerror or e}") from None
-    except WavenetError:  # no credentials, endpoint down: no file can be read; stop the run
-        raise
-    except Exception as e:  # google-cloud-storage errors (NotFound, Forbidden, ...)
-        raise _Skip(f"cannot read: {one_line(e)}") from None
-    if not data:
-        raise _Skip("empty file (0 bytes)")
-    return data
-
-
-def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            info = {"sample_rate_in": int(f.samplerate), "channels_in": int(f.channels),
-                    "format": f.format, "subtype": f.subtype}
-            x = f.read(dtype="float32", always_2d=True)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _sha256(fd: int) -> str:
+    """sha256 of the whole open file, read in chunks; leaves it at its start."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        for chunk in iter(lambda: os.read(fd, _HASH_CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError as e:
+        raise _Skip(f"cannot read: {e.strerror or e}") from None
+    if size == 0:
+        raise _Skip("empty file (0 bytes)")
+    return digest.hexdigest()
+
+
+def _check_header(f: sf.SoundFile, config: ExperimentConfig) -> None:
+    """Refuse, before decoding, a file whose header claims more audio than ``data.max_track_seconds``."""
+    if f.samplerate < 1 or f.channels < 1:
+        raise _Skip(f"not decodable audio: header says {f.channels} channels at {f.samplerate} Hz")
+    if f.frames >= _UNKNOWN_FRAMES:
+        raise _Skip("not decodable audio: its header gives no length (an unfinished or streamed "
+                    "recording?); re-encode it")
+    seconds, limit = f.frames / f.samplerate, config.data.max_track_seconds
+    if seconds > limit:
+        raise _Skip(f"too long: {seconds:.1f} s ({f.frames} frames of {f.channels} channels at "
+                    f"{f.samplerate} Hz) exceeds data.max_track_seconds={limit:g}")
+
+
+def _mono_blocks(f: sf.SoundFile, limit_s: float, counted: list[int]) -> Iterator[np.ndarray]:
+    """Decode ``f`` a block at a time, each averaged to mono (:func:`wavenet.audio.to_mono`).
+
+    A block holds about :data:`BLOCK_BYTES` of float32 whatever the channel
+    count. The frames read so far are counted against ``limit_s`` too: a header
+    may understate what the data holds.
+    """
+    block = max(1, BLOCK_BYTES // (4 * f.channels))
+    limit = int(limit_s * f.samplerate)
+    while True:
+        # python-soundfile: read(frames) returns at most `frames` frames, fewer at the end
+        # (https://python-soundfile.readthedocs.io/en/latest/#soundfile.SoundFile.read).
+        x = f.read(block, dtype="float32", always_2d=True)  # (frames, channels)
+        if x.shape[0] == 0:
+            return
+        counted[0] += x.shape[0]
+        if counted[0] > limit:
+            raise _Skip(f"too long: decodes to more than data.max_track_seconds={limit_s:g} s "
+                        f"at {f.samplerate} Hz (more than its header says)")
+        if not np.isfinite(x).all():
+            raise _Skip("contains NaN or infinite samples")
+        yield to_mono(x)
+
+
+def _decode(fd: int, config: ExperimentConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """An open audio file (descriptor at its start) -> float32 mono at ``audio.sample_rate``, and its header.
+
+    Memory: one decoded block plus the output at the target rate, never the
+    whole file's channels at its own rate.
+    """
+    counted = [0]
+    try:
+        # python-soundfile opens a descriptor with sf_open_fd; closefd=False leaves it to
+        # _opened (https://python-soundfile.readthedocs.io/en/latest/#soundfile.SoundFile).
+        with sf.SoundFile(fd, closefd=False) as sound:
+            info = {"sample_rate_in": int(sound.samplerate), "channels_in": int(sound.channels),
+                    "format": sound.format, "subtype": sound.subtype}
+            _check_header(sound, config)
+            blocks = _mono_blocks(sound, config.data.max_track_seconds, counted)
+            parts = list(resample_stream(blocks, info["sample_rate_in"], config.audio.sample_rate))
     except sf.LibsndfileError as e:
         raise _Skip(f"not decodable audio: {e.error_string}") from None
     except (RuntimeError, ValueError, TypeError, EOFError) as e:
         raise _Skip(f"not decodable audio: {one_line(e, with_type=False)}") from None
-    if x.shape[0] == 0:
+    if counted[0] == 0:
         raise _Skip("no audio frames")
-    if not np.isfinite(x).all():
-        raise _Skip("contains NaN or infinite samples")
-    return x, info
+    info["frames_in"] = counted[0]
+    mono = np.concatenate(parts) if len(parts) != 1 else parts[0]
+    return mono, info
 
 
-def _encode(x: np.ndarray, sample_rate_in: int, config: ExperimentConfig) -> np.ndarray:
-    """Decoded samples -> codes: the signal steps of :mod:`wavenet.audio`, in order."""
+def _encode(mono: np.ndarray, config: ExperimentConfig) -> np.ndarray:
+    """Mono at ``audio.sample_rate`` -> codes: trim silence, peak-normalise, mu-law (:mod:`wavenet.audio`).
+
+    The whole-signal statistics (loud frames, peak) are measured first; the
+    scaling and mu-law then run a block at a time into the uint8 codes, which
+    gives the same codes as ``mu_law_encode(peak_normalize(trim_silence(x)))``
+    with float64 temporaries of one block instead of the whole track.
+    """
     audio = config.audio
-    mono = resample(to_mono(x), sample_rate_in, audio.sample_rate)
-    trimmed = trim_silence(mono, audio.sample_rate, audio.silence_threshold_db)
-    if trimmed.size == 0:
+    start, stop = silence_bounds(mono, audio.sample_rate, audio.silence_threshold_db)
+    if stop == start:
         raise _Skip(f"silent: no 10 ms frame louder than {audio.silence_threshold_db:g} dBFS RMS")
-    if trimmed.size < config.crop_length:
-        raise _Skip(f"too short: {trimmed.size} samples at {audio.sample_rate} Hz after trimming, "
+    if stop - start < config.crop_length:
+        raise _Skip(f"too short: {stop - start} samples at {audio.sample_rate} Hz after trimming, "
                     f"fewer than one training crop ({config.crop_length})")
-    return mu_law_encode(peak_normalize(trimmed, audio.normalize_peak_db),
-                         audio.quantization_channels)
+    trimmed = mono[start:stop]
+    gain = peak_gain(trimmed, audio.normalize_peak_db)
+    codes = np.empty(trimmed.size, dtype=np.uint8)
+    step = BLOCK_BYTES // 4
+    for i in range(0, trimmed.size, step):
+        codes[i:i + step] = mu_law_encode((trimmed[i:i + step] * gain).astype(np.float32),
+                                          audio.quantization_channels)
+    return codes
 
 
 def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConfig,
                   known: frozenset[str]) -> dict[str, Any]:
     record: dict[str, Any] = {"path": path, "relpath": relpath}
     try:
-        data = _read(path)
-        digest = hashlib.sha256(data).hexdigest()
-        record["sha256"] = digest
-        if digest in known:
-            return {**record, "status": "unchanged"}
-        x, info = _decode(data)
-        del data
-        codes = _encode(x, info["sample_rate_in"], config)
+        with _opened(path) as fd:
+            digest = _sha256(fd)
+            record["sha256"] = digest
+            if digest in known:
+                return {**record, "status": "unchanged"}
+            mono, info = _decode(fd, config)
+        codes = _encode(mono, config)
+        del mono
         buf = io.BytesIO()
         np.save(buf, codes, allow_pickle=False)
         rel_codes = track_codes_path(digest, config)
         storage.write_bytes_atomic(storage.join(work_dir, rel_codes), buf.getvalue())
+        frames_in = info.pop("frames_in")
         record.update(info)
         record.update({
             "status": "processed",
             "label": _label(path),
-            "duration_in_s": round(x.shape[0] / info["sample_rate_in"], 6),
+            "duration_in_s": round(frames_in / info["sample_rate_in"], 6),
             "duration_out_s": round(codes.size / config.audio.sample_rate, 6),
             "samples": int(codes.size),
             "codes": rel_codes,

@@ -11,6 +11,12 @@ to wall seconds, because on a shared machine wall time includes waiting
 for a core.
 
 Targets: >= 250x real time with one process; 2 processes >= 1.7x one.
+
+Peak memory: a real ``wavenet preprocess`` process (one file, no pool) on a
+long many-channel high-rate FLAC (90 s, 8 channels, 192 kHz; 10 s with
+``quick``) against the same on a 3 s file of the same format. Decoding in
+blocks keeps the ratio near 1: memory follows the output at
+``audio.sample_rate``, not what the file holds.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import glob
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -52,6 +60,53 @@ def make_input(folder: str, files: int, seconds: float) -> float:
                 f.write(stereo[start:start + SAMPLE_RATE])
         total += left.size / SAMPLE_RATE
     return total
+
+
+def write_multichannel_flac(path: str, seconds: float, channels: int = 8,
+                            sample_rate: int = 192000) -> None:
+    """A FLAC of ``channels`` detuned tones with a little noise, written one second at a time.
+
+    Written in blocks so that making a long file does not itself take the
+    memory that reading it all at once would.
+    """
+    rng = np.random.default_rng(0)
+    freqs = 220.0 * (1.0 + 0.05 * np.arange(channels))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with sf.SoundFile(path, "w", sample_rate, channels, format="FLAC", subtype="PCM_16") as f:
+        total = int(round(seconds * sample_rate))
+        for start in range(0, total, sample_rate):
+            t = np.arange(start, min(total, start + sample_rate)) / sample_rate
+            block = 0.4 * np.sin(2 * np.pi * freqs[None, :] * t[:, None])
+            f.write(block + 0.01 * rng.standard_normal(block.shape))
+
+
+def preprocess_peak_rss_mb(src: str, dst: str, cfg: ExperimentConfig) -> float:
+    """Peak resident memory (MiB) of one ``wavenet preprocess SRC DST`` process without a pool.
+
+    ``os.wait4`` reports the rusage of that one child, so the figure is not
+    mixed with this process's or other children's.
+    """
+    argv = [sys.executable, "-m", "wavenet.cli", "preprocess", src, dst, "--processes", "1",
+            "--no-progress", "--config-yaml", cfg.to_yaml()]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"wavenet preprocess exited {proc.returncode}: {err.strip()[-500:]}")
+    return usage.ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def memory(cfg: ExperimentConfig, root: str, long_seconds: float = 90.0) -> dict:
+    """Peak RSS of preprocessing a 3 s and a ``long_seconds`` 8-channel 192 kHz FLAC."""
+    out = {}
+    for name, seconds in (("short", 3.0), ("long", long_seconds)):
+        src = os.path.join(root, f"mem-{name}", "src")
+        write_multichannel_flac(os.path.join(src, "g", f"{name}.flac"), seconds)
+        out[f"peak_rss_mb_{name}"] = round(
+            preprocess_peak_rss_mb(src, os.path.join(root, f"mem-{name}", "dst"), cfg), 1)
+    return {"memory_input": f"{long_seconds:g} s vs 3 s, 8 channels, 192 kHz FLAC",
+            **out, "peak_rss_ratio": round(out["peak_rss_mb_long"] / out["peak_rss_mb_short"], 3)}
 
 
 def _cpu_seconds() -> float:
@@ -130,6 +185,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
             "repeats": repeats,
             "target_realtime_factor_1proc": 250.0,
             "target_speedup_2proc": 1.7,
+            **memory(cfg, root, long_seconds=10.0 if quick else 90.0),
             "machine": machine(),
         }
     finally:

@@ -23,7 +23,8 @@ from wavenet.config import ExperimentConfig
 from wavenet.errors import ConfigError
 from wavenet.launch import WorkerError, run_local_workers
 from wavenet.manifest import read_manifest
-from wavenet.train.checks import check_batch, check_data
+from wavenet.memory import check_training
+from wavenet.train.checks import check_batch, check_data, worker_role
 from wavenet.train.exit_codes import is_retryable
 from wavenet.train.outputs import TrainResult, read_result
 from wavenet.train.progress import progress_mode
@@ -177,10 +178,13 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
             raise ConfigError("--worker reads --init-model as a .keras path (local or gs://) that "
                               "every worker can open; resolve MLflow URIs before starting the "
                               f"workers. Received: init_model={init_model!r}")
+        # One worker of a cluster: its share of the batch, on its own machine (pod).
+        check_training(cfg, worker_role(tf_config).workers, share=True, environ=environ)
         return _train_here(data, out, cfg, tf_config, init_model, common)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
     check_batch(cfg, workers)
+    check_training(cfg, workers, environ=environ)  # every local worker runs on this machine
     check_data(data, read_manifest(data), cfg, workers)
     tracking.check_tracking_server(uri)
     if init_model:
