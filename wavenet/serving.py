@@ -16,7 +16,7 @@ column      type     meaning
 label       string   the model's label name (its vocabulary); absent for an unconditioned model
 seconds     double   clip length, in (0, ``max_seconds``]
 temperature double   softmax temperature in [``min_temperature``, ``max_temperature``]; 1.0
-seed        long     the clip's random seed (>= 0); the same seed gives the same clip
+seed        double   the clip's random seed, an integer in [0, 2**53); the same seed, the same clip
 prime       string   optional base64 audio file (WAV, FLAC, OGG) to continue from
 ========== ======== ==========================================================================
 
@@ -198,8 +198,9 @@ class _Rows:
         seed = 0 if _missing(seed) else seed
         if isinstance(seed, float) and seed.is_integer():
             seed = int(seed)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-            raise BadRequest(f"row {i}: seed must be an integer >= 0. Received: seed={seed!r}")
+        # Below 2**53: the signature's seed is a double (wavenet.tracking.serving_signature).
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**53:
+            raise BadRequest(f"row {i}: seed must be an integer in [0, 2**53). Received: seed={seed!r}")
         return Clip(label=self._label(row.get("label"), i), samples=round(seconds * self.sample_rate),
                     temperature=temperature, seed=int(seed), prime=self._prime(row.get("prime"), i))
 
@@ -223,9 +224,9 @@ class _Rows:
         try:
             data, rate = sf.read(io.BytesIO(base64.b64decode(str(prime), validate=True)),
                                  dtype="float32", always_2d=True)
-        except (binascii.Error, ValueError, RuntimeError, sf.LibsndfileError) as e:
-            raise BadRequest(f"row {i}: prime must be a base64 audio file (WAV, FLAC, OGG): "
-                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        except (binascii.Error, ValueError, RuntimeError, sf.LibsndfileError):
+            raise BadRequest(f"row {i}: prime must be an audio file (WAV, FLAC, OGG) in base64. "
+                             f"Received: {str(prime)[:16]!r}...") from None
         if len(data) == 0 or len(data) > self.settings.max_prime_seconds * rate:
             raise BadRequest(f"row {i}: prime must hold (0, {self.settings.max_prime_seconds:g}] s "
                              f"of audio. Received: {len(data) / rate:g} s")

@@ -625,15 +625,21 @@ def model_signature(quantization_channels: int, conditioned: bool) -> Any:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def serving_signature(conditioned: bool) -> Any:
+def serving_signature() -> Any:
     """The signature of the served model (:mod:`wavenet.serving`): rows of label, seconds,
-    temperature, seed and an optional prime -> rows of a base64 WAV, its rate and length."""
+    temperature, seed and an optional prime -> rows of a base64 WAV, its rate and length.
+
+    Every input column is optional to MLflow: the model itself says, in one line, that a row
+    lacks ``seconds`` or a conditioned model's ``label``; MLflow's schema enforcement would
+    answer with the whole request in a many-line message.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, Schema
 
-    inputs = [ColSpec("string", "label", required=conditioned), ColSpec("double", "seconds"),
+    inputs = [ColSpec("string", "label", required=False), ColSpec("double", "seconds", required=False),
               ColSpec("double", "temperature", required=False),
-              ColSpec("long", "seed", required=False), ColSpec("string", "prime", required=False)]
+              # double: MLflow refuses a long column with a missing value (a row without a seed)
+              ColSpec("double", "seed", required=False), ColSpec("string", "prime", required=False)]
     outputs = [ColSpec("string", "audio"), ColSpec("long", "sample_rate"), ColSpec("double", "seconds")]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
@@ -683,7 +689,7 @@ class _ServedWaveNet:
                         ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.h"))
         add_to_model(mlflow_model, loader_module="wavenet.serving", data="data", code="code",
                      conda_env="conda.yaml", python_env="python_env.yaml")
-        mlflow_model.signature = serving_signature(model.config.conditioned)
+        mlflow_model.signature = serving_signature()
         _save_example(mlflow_model, serving.input_example(model.labels), path)
         mlflow_model.save(os.path.join(path, "MLmodel"))
 
