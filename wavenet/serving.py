@@ -70,10 +70,12 @@ class ServerBusy(WavenetError):
 class ServeSettings:
     """Bounds and batching of the served model; saved with it, overridable where it is served.
 
-    Defaults: a clip of 30 s is what a listener asks for in an app; 32 streams run at about
-    ten times the samples per second of one (README "Fast generation"), more gain little; a
-    50 ms window to gather concurrent requests costs a first listener little against seconds
-    of generation.
+    Defaults: a clip of 30 s is what a listener asks for in an app. On a CPU the int8 kernel
+    makes about as many samples per second per core at 1 to 4 streams as at one, and fewer
+    beyond (demo preset, one core: 47.6k, 47.5k, 44.2k, 38.6k, 23.8k, 15.0k samples/s at 1, 2,
+    4, 8, 16, 32 streams; README "Serving the champion"): batches of 4, and one batch per core
+    at a time (the kernel releases the GIL), so more listeners use more cores. A 50 ms window
+    to gather concurrent requests costs a first listener little against seconds of generation.
     """
 
     weights: str = "int8"
@@ -82,9 +84,10 @@ class ServeSettings:
     max_temperature: float = 5.0
     max_prime_seconds: float = 30.0
     max_rows: int = 64          # rows in one request
-    max_batch: int = 32         # streams generated together
+    max_batch: int = 4          # streams generated together
     max_wait_ms: float = 50.0   # how long a batch waits for more requests after its first
     max_queue: int = 256        # rows waiting; beyond it requests are refused (busy)
+    threads: int = 0            # batches generated at once; 0: one per CPU this process may use
 
     # WAVENET_SERVE_<FIELD> in the serving process overrides a field (k8s/serving.yaml).
     ENV_PREFIX = "WAVENET_SERVE_"
@@ -100,8 +103,14 @@ class ServeSettings:
             value = getattr(self, f)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise WavenetError(f"serving {f} must be a positive number. Received: {f}={value!r}")
-        if self.max_wait_ms < 0:
-            raise WavenetError(f"serving max_wait_ms must be >= 0. Received: {self.max_wait_ms!r}")
+        if self.max_wait_ms < 0 or self.threads < 0:
+            raise WavenetError(f"serving max_wait_ms and threads must be >= 0. Received: "
+                               f"max_wait_ms={self.max_wait_ms!r}, threads={self.threads!r}")
+
+    @property
+    def workers(self) -> int:
+        """Batches generated at once: ``threads``, or one per CPU this process may run on."""
+        return self.threads or len(os.sched_getaffinity(0))
 
     @classmethod
     def load(cls, values: Mapping[str, Any], environ: Mapping[str, str]) -> ServeSettings:
@@ -241,11 +250,12 @@ class _Rows:
 class StreamBatcher:
     """Generates the clips of concurrent requests together, as one batch of streams.
 
-    One worker thread takes the first waiting clip, then whatever else arrives within
-    ``max_wait_ms`` (up to ``max_batch`` clips), and runs them as one batch of the fast
-    generator (clips of another temperature or prime length run in a batch of their own,
-    right after). The queue holds at most ``max_queue`` clips: a request that would overflow
-    it is refused at once (``BadRequest``, "busy") rather than waiting without bound.
+    Each of ``settings.workers`` threads takes the first waiting clip, then whatever else
+    arrives within ``max_wait_ms`` (up to ``max_batch`` clips), and runs them as one batch of
+    the fast generator (clips of another temperature or prime length run in a batch of their
+    own, right after); the kernel releases the GIL, so the threads use as many cores. The
+    queue holds at most ``max_queue`` clips: a request that would overflow it is refused at
+    once (:class:`ServerBusy`) rather than waiting without bound.
 
     Args:
         model: the :class:`wavenet.model.WaveNet` to sample.
@@ -258,10 +268,12 @@ class StreamBatcher:
         self._queue: queue.Queue[Clip] = queue.Queue()
         self._waiting = threading.BoundedSemaphore(settings.max_queue)
         self._generators: dict[int, Any] = {}
+        self._lock = threading.Lock()  # the generators and the counts below
+        self._collecting = threading.Lock()  # one thread gathers a batch at a time
         self.batches = 0
         self.streams = 0
-        self._thread = threading.Thread(target=self._loop, name="wavenet-batcher", daemon=True)
-        self._thread.start()
+        for i in range(settings.workers):
+            threading.Thread(target=self._loop, name=f"wavenet-batcher-{i}", daemon=True).start()
 
     def generate(self, clips: Sequence[Clip], timeout: float | None = None) -> list[np.ndarray]:
         """Queue ``clips`` and wait for their codes ((samples,) uint8 each)."""
@@ -287,13 +299,15 @@ class StreamBatcher:
         return [clip.codes for clip in clips]
 
     def _collect(self) -> list[Clip]:
-        batch = [self._queue.get()]
-        deadline = time.monotonic() + self.settings.max_wait_ms / 1000.0
-        while len(batch) < self.settings.max_batch:
-            try:
-                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
-            except queue.Empty:
-                break
+        # Whole batches: two threads gathering at once would split a burst into halves.
+        with self._collecting:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + self.settings.max_wait_ms / 1000.0
+            while len(batch) < self.settings.max_batch:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
         return batch
 
     def _loop(self) -> None:
@@ -319,10 +333,11 @@ class StreamBatcher:
         from wavenet.generate import FastGenerator
 
         size = 1 << (streams - 1).bit_length()
-        if size not in self._generators:
-            self._generators[size] = FastGenerator(self.model, batch_size=size,
-                                                   weights=self.settings.weights)
-        return self._generators[size]
+        with self._lock:  # a generator's weights are read-only; each call has its own state
+            if size not in self._generators:
+                self._generators[size] = FastGenerator(self.model, batch_size=size,
+                                                       weights=self.settings.weights)
+            return self._generators[size]
 
     def _run(self, group: list[Clip]) -> None:
         gen = self._generator(len(group))
@@ -338,8 +353,9 @@ class StreamBatcher:
                              seed=[c.seed for c in group] + [0] * pad)
         for b, clip in enumerate(group):
             clip.codes = codes[b, :clip.samples]
-        self.batches += 1
-        self.streams += len(group)
+        with self._lock:
+            self.batches += 1
+            self.streams += len(group)
 
 
 # -- the python_function model ---------------------------------------------------------------
