@@ -5,7 +5,7 @@ one-at-a-time; first-request latency; the server's peak memory; a bounded load t
 The server is the real one, ``mlflow models serve --env-manager local`` on a free 127.0.0.1
 port, started by this process; the listeners are threads of this process (a second process,
 as a user's app would be). One-at-a-time is the same server with ``WAVENET_SERVE_MAX_BATCH=1``
-(each clip generated on its own, in arrival order).
+and ``WAVENET_SERVE_THREADS=1``: each clip generated on its own, in arrival order.
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def _rss_kib(pid: int, field: str) -> int:
 class _Server:
     """``mlflow models serve`` of ``model`` on a free port (stopped with its process group)."""
 
-    def __init__(self, model: str, max_batch: int | None, log: str):
+    def __init__(self, model: str, one_at_a_time: bool, log: str):
         from wavenet.launch import free_ports
 
         self.url = f"http://127.0.0.1:{free_ports(1)[0]}"
         env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-        if max_batch is not None:
-            env["WAVENET_SERVE_MAX_BATCH"] = str(max_batch)
+        if one_at_a_time:  # one clip at a time, on one thread
+            env.update(WAVENET_SERVE_MAX_BATCH="1", WAVENET_SERVE_THREADS="1")
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
@@ -159,8 +159,8 @@ def run(cfg, quick: bool = False, model: str | None = None, seconds: float = 2.0
     out: dict[str, Any] = {"model": model, "seconds_per_request": seconds, "requests_per_client": requests,
                            "machine": machine(), "load_average": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="wavenet-bench-serve-") as tmp:
-        for mode, max_batch in (("one_at_a_time", 1), ("batched", None)):
-            server = _Server(model, max_batch, os.path.join(tmp, f"{mode}.log"))
+        for mode in ("one_at_a_time", "batched"):
+            server = _Server(model, mode == "one_at_a_time", os.path.join(tmp, f"{mode}.log"))
             try:
                 result: dict[str, Any] = {"start_s": round(server.wait(), 2)}
                 t0 = time.perf_counter()
