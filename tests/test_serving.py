@@ -229,3 +229,34 @@ def test_concurrent_listeners_are_served_together(server):
     assert [s for s, _ in answers] == [200] * 6
     audio = {a["predictions"][0]["audio"] for _, a in answers}
     assert len(audio) == 6  # six seeds, six clips
+
+
+# -- the CPU image, as the cluster runs it (k8s/serving.yaml) ------------------------------------
+
+@pytest.mark.slow
+def test_the_cpu_image_serves_the_champion_non_root_on_a_read_only_root(engine, cpu_image, model,
+                                                                      mlflow_server):
+    from pipelines.containers import step_run_args
+
+    name = "wavenet-in-a-container"
+    tracking.use_tracking_uri(mlflow_server.uri)
+    with mlflow.start_run(experiment_id=mlflow.create_experiment(name)):
+        logged = tracking.log_model(model)
+    registry.set_champion(name, registry.register(logged, name).version)
+    port = free_port()
+    c = engine.containers.run(cpu_image, ["mlflow", "models", "serve", "-m", f"models:/{name}@champion",
+                                          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              detach=True, **step_run_args({"MLFLOW_TRACKING_URI": mlflow_server.uri}))
+    try:
+        def alive():
+            c.reload()
+            return c.status in ("created", "running")
+
+        assert tracking.wait_until_healthy(f"http://127.0.0.1:{port}", 600, alive), c.logs().decode()[-3000:]
+        status, answer = post(f"http://127.0.0.1:{port}", json.dumps(
+            {"dataframe_records": [{"label": "high", "seconds": 0.5, "seed": 1}]}))
+        assert status == 200, answer
+        audio, rate = wav(answer["predictions"][0]["audio"])
+        assert rate == 16000 and len(audio) == 8000 and np.abs(audio).max() > 0
+    finally:
+        c.remove(force=True)
