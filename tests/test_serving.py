@@ -101,6 +101,26 @@ def test_a_bad_row_is_refused_in_one_line(model, rows, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+def test_serving_settings_travel_with_the_model_and_yield_to_the_environment(model, tmp_path):
+    from wavenet.errors import WavenetError
+    from wavenet.serving import load, write_settings
+
+    saved = {"max_batch": 8, "max_seconds": 10.0}
+    s = ServeSettings.load(saved, {"WAVENET_SERVE_MAX_BATCH": "1", "WAVENET_SERVE_WEIGHTS": "float32"})
+    assert (s.max_batch, s.max_seconds, s.weights) == (1, 10.0, "float32")
+    with pytest.raises(WavenetError, match=r"^WAVENET_SERVE_THREADS must be a number. Received: 'two'$"):
+        ServeSettings.load({}, {"WAVENET_SERVE_THREADS": "two"})
+    with pytest.raises(WavenetError, match="serving weights must be one of"):
+        ServeSettings.load({}, {"WAVENET_SERVE_WEIGHTS": "int4"})
+    # The served model reads them from its data folder, as MLflow hands it over.
+    model.save(str(tmp_path / "model.keras"))
+    write_settings(str(tmp_path), ServeSettings(max_seconds=0.5))
+    served = load(str(tmp_path), environ={"WAVENET_SERVE_THREADS": "1"})
+    assert served.settings.max_seconds == 0.5 and served.settings.workers == 1
+    with pytest.raises(BadRequest, match="seconds must lie in"):
+        served.predict([{"label": "low", "seconds": 1}])
+
+
 def test_a_prime_is_continued(model):
     served = GenerationModel(model, ServeSettings())
     tone = (0.5 * np.sin(np.arange(8000) * 2 * np.pi * 440 / 8000)).astype(np.float32)
@@ -123,7 +143,7 @@ FRESH = textwrap.dedent("""
     import mlflow, mlflow.keras, mlflow.pyfunc, soundfile as sf
     mlflow.set_tracking_uri(sys.argv[1])
     generator = mlflow.pyfunc.load_model("models:/wavenet@champion")
-    out = generator.predict({"label": ["high"], "seconds": [0.25], "seed": [3]})
+    out = generator.predict({"label": ["high"], "seconds": [0.25], "seed": [3]})  # ints and floats
     audio, rate = sf.read(io.BytesIO(base64.b64decode(out["audio"][0])), dtype="int16")
     net = mlflow.keras.load_model("models:/wavenet@champion")
     print(len(audio), rate, type(net).__name__, ",".join(net.labels), sys.modules["wavenet"].__file__)
@@ -203,7 +223,8 @@ def test_mlflow_models_serve_answers_with_playable_audio(server, tmp_path):
     ('{"dataframe_records": [{"label": "low"}]}', "row 0: seconds is required"),
     (json.dumps({"dataframe_records": [{"label": "low", "seconds": 0.01}] * 65}),
      "a request holds at most 64 rows"),
-    ('{"dataframe_records": [{"label": "low", "seconds": "long"}]}', "Failed to convert column seconds"),
+    ('{"dataframe_records": [{"label": "low", "seconds": "long"}]}',
+     "row 0: seconds must be a number. Received: seconds='long'"),
     ("{not json", "Ensure that input is a valid JSON"),
 ])
 def test_a_bad_request_gets_a_400_and_the_server_stays_up(server, body, message):

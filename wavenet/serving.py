@@ -16,7 +16,7 @@ column      type     meaning
 label       string   the model's label name (its vocabulary); absent for an unconditioned model
 seconds     double   clip length, in (0, ``max_seconds``]
 temperature double   softmax temperature in [``min_temperature``, ``max_temperature``]; 1.0
-seed        double   the clip's random seed, an integer in [0, 2**53); the same seed, the same clip
+seed        long     the clip's random seed, an integer in [0, 2**53); the same seed, the same clip
 prime       string   optional base64 audio file (WAV, FLAC, OGG) to continue from
 ========== ======== ==========================================================================
 
@@ -137,11 +137,12 @@ def write_settings(folder: str, settings: ServeSettings | None = None) -> str:
     return path
 
 
-def input_example(labels: Sequence[str] | None) -> dict[str, list[Any]]:
-    """A one-row request (the logged model's input example): one second of the first label."""
+def input_example(model) -> dict[str, list[Any]]:
+    """A one-row request (the logged model's input example): one second of the first label
+    (label id 0 by number for a conditioned model saved without a vocabulary)."""
     row: dict[str, list[Any]] = {"seconds": [1.0], "temperature": [1.0], "seed": [0]}
-    if labels:
-        row = {"label": [labels[0]], **row}
+    if model.config.conditioned:
+        row = {"label": [model.labels[0] if model.labels else "0"], **row}
     return row
 
 
@@ -207,7 +208,7 @@ class _Rows:
         seed = 0 if _missing(seed) else seed
         if isinstance(seed, float) and seed.is_integer():
             seed = int(seed)
-        # Below 2**53: the signature's seed is a double (wavenet.tracking.serving_signature).
+        # Below 2**53: JSON numbers may arrive as doubles.
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**53:
             raise BadRequest(f"row {i}: seed must be an integer in [0, 2**53). Received: seed={seed!r}")
         return Clip(label=self._label(row.get("label"), i), samples=round(seconds * self.sample_rate),

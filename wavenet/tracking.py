@@ -629,17 +629,18 @@ def serving_signature() -> Any:
     """The signature of the served model (:mod:`wavenet.serving`): rows of label, seconds,
     temperature, seed and an optional prime -> rows of a base64 WAV, its rate and length.
 
-    Every input column is optional to MLflow: the model itself says, in one line, that a row
-    lacks ``seconds`` or a conditioned model's ``label``; MLflow's schema enforcement would
-    answer with the whole request in a many-line message.
+    Every input column is optional to MLflow, and the numbers are of any type: the model itself
+    checks each row and says in one line what is wrong (a missing ``seconds``, a string for a
+    number). MLflow's schema enforcement would answer with the whole request in a many-line
+    message, and would refuse ``seconds=10`` from a notebook as an int64 it "can not safely
+    convert" to a double (mlflow/models/utils.py ``_enforce_mlflow_datatype``).
     """
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    inputs = [ColSpec("string", "label", required=False), ColSpec("double", "seconds", required=False),
-              ColSpec("double", "temperature", required=False),
-              # double: MLflow refuses a long column with a missing value (a row without a seed)
-              ColSpec("double", "seed", required=False), ColSpec("string", "prime", required=False)]
+    inputs = [ColSpec("string", "label", required=False), ColSpec(AnyType(), "seconds", required=False),
+              ColSpec(AnyType(), "temperature", required=False), ColSpec(AnyType(), "seed", required=False),
+              ColSpec("string", "prime", required=False)]
     outputs = [ColSpec("string", "audio"), ColSpec("long", "sample_rate"), ColSpec("double", "seconds")]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
@@ -690,7 +691,7 @@ class _ServedWaveNet:
         add_to_model(mlflow_model, loader_module="wavenet.serving", data="data", code="code",
                      conda_env="conda.yaml", python_env="python_env.yaml")
         mlflow_model.signature = serving_signature()
-        _save_example(mlflow_model, serving.input_example(model.labels), path)
+        _save_example(mlflow_model, serving.input_example(model), path)
         mlflow_model.save(os.path.join(path, "MLmodel"))
 
 
