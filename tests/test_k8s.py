@@ -363,3 +363,20 @@ def test_the_compiled_pipelines_steps_run_non_root_with_scratch(tmp_path):
     broken.write_text(yaml.safe_dump_all(docs))
     (problem,) = check_compiled_pipeline(broken)
     assert f"step {name} must run non-root as uid 1000" in problem
+
+
+def test_the_serving_deployment_serves_the_champion_from_the_image_hardened(objects):
+    deploy = objects[("Deployment", "wavenet-serve")]
+    pod = deploy["spec"]["template"]["spec"]
+    assert check_pod_hardening(pod, "wavenet-serve") == []
+    (c,) = pod["containers"]
+    # The command tests/test_serving.py runs for real, on the cluster's port.
+    assert c["command"][:6] == ["mlflow", "models", "serve", "-m", "models:/wavenet@champion",
+                                "--env-manager"] and c["command"][6] == "local"
+    assert c["command"][c["command"].index("--port") + 1] == str(c["ports"][0]["containerPort"])
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"  # the Service of mlflow.yaml
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/ping", "port": "http"}, probe
+    service = objects[("Service", "wavenet-serve")]
+    assert service["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]

@@ -76,10 +76,10 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     assert version.tags["train.run_id"] == train_run.info.run_id
     assert float(version.tags["eval/bits_per_sample"]) == pytest.approx(g2["new_bits"], abs=1e-6)
     assert "validation_bits_per_sample" not in version.tags
+    # The registered version serves music (wavenet.serving): rows of label, seconds, ... -> WAV.
     signature = mlflow.models.get_model_info(f"models:/{name}/2").signature.to_dict()
-    assert '"name": "codes"' in signature["inputs"] and '"dtype": "int32"' in signature["inputs"]
-    assert '"name": "labels"' in signature["inputs"]  # the tiny model is conditioned
-    assert '"shape": [-1, -1, 256]' in signature["outputs"] and "float32" in signature["outputs"]
+    assert '"name": "seconds"' in signature["inputs"] and '"name": "audio"' in signature["outputs"]
+    assert '"name": "label"' in signature["inputs"]
 
     # 3. The untrained model again: worse than the champion, nothing registered.
     third = evaluate(untrained_model_path, eval_data, cfg, **kw)

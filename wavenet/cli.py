@@ -265,11 +265,12 @@ def _cmd_generate(args) -> int:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks; print one JSON object")
-    p.add_argument("what", choices=["generate", "preprocess", "train"])
+    p.add_argument("what", choices=["generate", "preprocess", "train", "serve"])
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.add_argument("--quick", action="store_true", help="a short run (smoke test)")
     p.add_argument("--model", default=None,
-                   help="generate only: a trained model (.keras or MLflow URI) instead of random weights")
+                   help="generate: a trained model (.keras or MLflow URI) instead of random weights; "
+                        "serve: the MLflow model URI to serve (e.g. models:/wavenet@champion)")
     p.add_argument("--data", default=None,
                    help="generate only, with --model: its shards; adds each weight precision's agreement")
     _add_config_args(p)
@@ -295,6 +296,8 @@ def _cmd_bench(args) -> int:
             raise ConfigError("bench generate --data needs --model (the trained model to compare). "
                               f"Received: --data {args.data}")
         result = module.run(cfg, quick=args.quick, model=args.model, data=args.data)
+    elif args.what == "serve" and not args.data:
+        result = module.run(cfg, quick=args.quick, model=args.model)
     elif args.model or args.data:
         raise ConfigError(f"--model and --data apply to `bench generate` only. Received: bench {args.what}")
     else:

@@ -45,7 +45,7 @@ of 0.0), which is fed but not returned.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -426,7 +426,8 @@ class FastGenerator:
 
     def generate(self, num_samples: int, *, prime: np.ndarray | None = None,
                  labels: np.ndarray | None = None, temperature: float = 1.0,
-                 seed: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+                 seed: int | Sequence[int] | None = None,
+                 progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Sample ``num_samples`` new codes per stream.
 
         Args:
@@ -435,7 +436,10 @@ class FastGenerator:
                 every stream from one code of silence.
             labels: (B,) int labels, required for (only for) a conditioned model.
             temperature: > 0; logits are divided by it before the softmax.
-            seed: seeds ``numpy.random.default_rng``; None draws fresh entropy.
+            seed: seeds ``numpy.random.default_rng``; None draws fresh entropy. A sequence
+                of ``batch_size`` seeds gives each stream its own generator: stream b then
+                samples what it would alone (batch 1) with ``seed=seed[b]``, so requests
+                batched together (:mod:`wavenet.serving`) each get their own seed's audio.
             progress: called with the number of samples done so far, every chunk.
 
         Returns:
@@ -447,7 +451,7 @@ class FastGenerator:
         if prime is None:
             prime = np.full((nb, 1), silence_code(c.quantization_channels), np.int32)
         seq = _check_codes("prime", prime, nb, c.quantization_channels)
-        rng = np.random.default_rng(seed)
+        draw = _uniforms(seed, nb)
         buffers = self._fresh(lab)
         params, state, xq = buffers
         out = np.zeros((nb, num_samples), np.int32)
@@ -459,7 +463,7 @@ class FastGenerator:
         inv_temp = 1.0 / float(temperature)
         while done < num_samples:
             n = min(self._chunk, num_samples - done)
-            uniforms = rng.random((n, nb))
+            uniforms = draw(n)
             self._run(self._plan, self._wbuf, params, state, xq, t, cur, None, uniforms, inv_temp,
                       out, done)
             t += n
@@ -467,6 +471,25 @@ class FastGenerator:
             if progress is not None:
                 progress(done)
         return out.astype(np.uint8)
+
+
+def _uniforms(seed: int | Sequence[int] | None, nb: int) -> Callable[[int], np.ndarray]:
+    """``draw(n)``: the next (n, nb) uniforms, one column per stream, in step order.
+
+    One seed: one generator for the batch, drawn row by row. One seed per stream: column b
+    comes from its own generator, the same numbers a batch of one draws with that seed
+    (``random((n, 1))`` consumes the generator in order, whatever the chunking).
+    """
+    if seed is None or isinstance(seed, (int, np.integer)):
+        rng = np.random.default_rng(seed)
+        return lambda n: rng.random((n, nb))
+    seeds = list(seed)
+    if len(seeds) != nb or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+                                   and s >= 0 for s in seeds):
+        raise GenerateArgumentError(f"seed must be an integer, None, or {nb} integers >= 0 (one per "
+                                    f"stream). Received: {seeds[:8]!r}")
+    rngs = [np.random.default_rng(int(s)) for s in seeds]
+    return lambda n: np.stack([r.random(n) for r in rngs], axis=1)
 
 
 def _sample_rows(logits: np.ndarray, inv_temp: float, uniforms: np.ndarray) -> np.ndarray:

@@ -49,6 +49,7 @@ __all__ = [
     "TRAIN_KEY_TAG",
     "find_by_train_key",
     "download_keras",
+    "input_example",
     "record_train_key",
     "train_key_of",
 ]
@@ -117,6 +118,24 @@ def download_keras(uri: str, dest: str, tracking_uri: str | None = None) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
         shutil.copyfile(files[0], dest)
     return dest
+
+
+def input_example(uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The input example logged with MLflow model ``uri`` (a served WaveNet's: one request,
+    :func:`wavenet.serving.input_example`), as columns; {} when it has none."""
+    use_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            from mlflow.models import Model
+
+            example = Model.load(local).load_input_example(local)
+        except (MlflowException, OSError) as e:
+            raise TrackingError(f"cannot read the input example of {uri}: "
+                                f"{one_line(e, with_type=False)}") from None
+    if example is None:
+        return {}
+    return example.to_dict(orient="list") if hasattr(example, "to_dict") else dict(example)
 
 
 def _client() -> MlflowClient:

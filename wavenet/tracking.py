@@ -77,7 +77,9 @@ __all__ = [
     "comparison_view_state",
     "run_tag",
     "model_signature",
+    "serving_signature",
     "log_model",
+    "served_model",
     "log_dataset",
     "MetricsBuffer",
 ]
@@ -603,8 +605,10 @@ def log_artifacts(paths: Sequence[str], artifact_path: str | None = None) -> Non
 
 
 # The model's pip requirements, written out rather than inferred (inference
-# reloads the model in a subprocess, about 20 s, and cannot resolve our layers).
-MODEL_REQUIREMENTS = ("keras", "tensorflow", "wavenet-pipelines")
+# reloads the model in a subprocess, about 20 s, and cannot resolve our layers). The
+# model carries the wavenet package itself as code (serving); these are what it imports.
+MODEL_REQUIREMENTS = ("keras", "tensorflow", "numpy", "pandas", "pyyaml", "soundfile", "soxr",
+                      "matplotlib")
 
 
 def model_signature(quantization_channels: int, conditioned: bool) -> Any:
@@ -621,28 +625,133 @@ def model_signature(quantization_channels: int, conditioned: bool) -> Any:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def log_model(model: Any, name: str = "model") -> str:
-    """Log a WaveNet as an MLflow Keras model in the active run; returns its model URI.
+def serving_signature() -> Any:
+    """The signature of the served model (:mod:`wavenet.serving`): rows of label, seconds,
+    temperature, seed and an optional prime -> rows of a base64 WAV, its rate and length.
 
-    The one way models enter MLflow (training's model and the gate's alike).
-    ``mlflow.keras.load_model(uri)`` loads it back once ``wavenet.model`` (the
-    module defining its layers) is imported. MLflow 3 stores logged models as
-    their own entities: the URI is ``models:/m-<id>``, and
-    ``runs:/<run_id>/<name>`` resolves to the same model.
+    Every input column is optional to MLflow, and the numbers are of any type: the model itself
+    checks each row and says in one line what is wrong (a missing ``seconds``, a string for a
+    number). MLflow's schema enforcement would answer with the whole request in a many-line
+    message, and would refuse ``seconds=10`` from a notebook as an int64 it "can not safely
+    convert" to a double (mlflow/models/utils.py ``_enforce_mlflow_datatype``).
     """
-    import mlflow.keras  # loads Keras and TensorFlow: only logging a model needs them
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    if mlflow.active_run() is None:
-        raise TrackingError("log_model needs an active MLflow run")
+    inputs = [ColSpec("string", "label", required=False), ColSpec(AnyType(), "seconds", required=False),
+              ColSpec(AnyType(), "temperature", required=False), ColSpec(AnyType(), "seed", required=False),
+              ColSpec("string", "prime", required=False)]
+    outputs = [ColSpec("string", "audio"), ColSpec("long", "sample_rate"), ColSpec("double", "seconds")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def _requirements() -> list[str]:
     reqs = []
     for pkg in MODEL_REQUIREMENTS:
         try:
             reqs.append(f"{pkg}=={version(pkg)}")
         except PackageNotFoundError:
             pass
-    signature = model_signature(model.config.quantization_channels, model.config.conditioned)
-    return mlflow.keras.log_model(model, name=name, pip_requirements=reqs,
-                                  signature=signature).model_uri
+    return reqs
+
+
+class _ServedWaveNet:
+    """The flavor ``Model.log`` saves a WaveNet with (mlflow/models/model.py ``Model.log``
+    calls ``flavor.save_model(path=..., mlflow_model=..., **kwargs)``): one MLflow model with
+
+    * the ``keras`` flavor, written by ``mlflow.keras.save_model`` (data/model.keras);
+    * a ``python_function`` flavor that generates music (:mod:`wavenet.serving` as its loader
+      module, this package as its code), in place of the Keras flavor's own, which maps codes
+      to logits (mlflow/keras/save.py adds ``loader_module="mlflow.keras"``).
+    """
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, *, model: Any, **_: Any) -> None:
+        import logging
+        import shutil
+
+        import mlflow.keras
+        from mlflow.models.utils import _save_example
+        from mlflow.pyfunc import add_to_model
+
+        import wavenet
+        from wavenet import serving
+
+        # No signature here: mlflow.keras accepts tensor signatures only; the model's is set below.
+        keras_log = logging.getLogger("mlflow.keras.save")
+        level = keras_log.level
+        keras_log.setLevel(logging.ERROR)  # "saving a Keras model without specifying model signature"
+        try:
+            mlflow.keras.save_model(model, path, mlflow_model=mlflow_model, pip_requirements=_requirements())
+        finally:
+            keras_log.setLevel(level)
+        serving.write_settings(os.path.join(path, "data"))
+        shutil.copytree(os.path.dirname(wavenet.__file__), os.path.join(path, "code", "wavenet"),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.h"))
+        add_to_model(mlflow_model, loader_module="wavenet.serving", data="data", code="code",
+                     conda_env="conda.yaml", python_env="python_env.yaml")
+        mlflow_model.signature = serving_signature()
+        _save_example(mlflow_model, serving.input_example(model), path)
+        mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+def log_model(model: Any, name: str = "model") -> str:
+    """Log a WaveNet in the active run as an MLflow model that serves music; returns its URI.
+
+    The one way models enter MLflow (training's model and the gate's alike). The model has
+    two flavors (:class:`_ServedWaveNet`): ``mlflow.pyfunc.load_model(uri)`` gives the
+    generator of :mod:`wavenet.serving` (what ``mlflow models serve`` serves), and
+    ``mlflow.keras.load_model(uri)`` the trained network, once ``wavenet.model`` (its layers)
+    is imported: Keras resolves custom classes only from its registry
+    (keras/src/saving/serialization_lib.py ``_retrieve_class_or_fn`` imports keras modules
+    only), and ``mlflow.pyfunc.load_model`` of the same URI imports them from the model's own
+    code. MLflow 3 stores logged models as their own entities: the URI is ``models:/m-<id>``,
+    and ``runs:/<run_id>/<name>`` resolves to the same model.
+    """
+    import mlflow.models
+
+    if mlflow.active_run() is None:
+        raise TrackingError("log_model needs an active MLflow run")
+    # validate_serving_input: MLflow would load the model again and generate its example
+    # (seconds of work on every log); the tests serve it for real instead.
+    return mlflow.models.Model.log(None, name=name, flavor=_ServedWaveNet, model=model,
+                                   flavor_name="keras", validate_serving_input=False).model_uri
+
+
+def served_model(model: Any, bad_request: type[Exception], busy: type[Exception]) -> Any:
+    """``model`` (``predict(rows)``) for MLflow's scoring server: its ``bad_request`` errors
+    answer 400 and its ``busy`` errors 503, each with the error's one line as the message."""
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    class Served:
+        def __init__(self):
+            self.model = model
+
+        def predict(self, model_input: Any, params: Any = None) -> Any:
+            try:
+                return model.predict(model_input, params)
+            except busy as e:
+                raise _OneLineError(str(e), TEMPORARILY_UNAVAILABLE) from None
+            except bad_request as e:
+                raise _OneLineError(str(e), INVALID_PARAMETER_VALUE) from None
+
+    return Served()
+
+
+class _OneLineError(MlflowException):
+    """An MlflowException whose message stays one line: MLflow's scoring server rewrites the
+    message of an error from ``predict`` as ``"Failed to predict data '<the request's
+    DataFrame>'. \nError: ..."`` (mlflow/pyfunc/scoring_server/__init__.py ``invocations``),
+    which would answer a bad request with the whole request, over many lines."""
+
+    @property
+    def message(self) -> str:
+        return self._one_line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_one_line"):
+            self._one_line = one_line(Exception(value), with_type=False)
 
 
 def log_dataset(source: str, name: str, digest: str, context: str = "training",
