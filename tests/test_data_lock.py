@@ -167,6 +167,18 @@ def test_a_pinned_version_outlives_later_runs_until_it_is_dropped(tmp_path):
     assert on_disk == named  # what no kept version names is gone
 
 
+def test_a_new_version_sorts_after_one_whose_clock_ran_ahead(tmp_path):
+    # Another machine, its clock a year ahead, committed the newest version: ours must
+    # still sort after it, or garbage collection would count ours as the oldest.
+    dst = str(tmp_path / "data")
+    tone = (np.arange(4000) % 256).astype(np.uint8)
+    dataset_from_codes(dst, CFG, [(tone, "x", "train"), (tone, "x", "validation")])
+    ahead = os.path.join(dst, "manifests", "20991231T235959999999999Z-0123456789ab.json")
+    shutil.copy(version_files(dst)[-1], ahead)
+    ours = dataset_from_codes(dst, CFG, [(np.roll(tone, 1), "x", "train"), (tone, "x", "validation")])
+    assert version_files(dst)[-2:] == [ahead, ours.uri]
+
+
 def test_bucket_gc_drops_old_versions_files_but_never_an_upload_no_version_names_yet(gcs_cas):
     dst = f"{gcs_cas}/data"
     tone = (np.arange(4000) % 256).astype(np.uint8)

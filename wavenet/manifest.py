@@ -17,6 +17,7 @@ The JSON keys are documented in README (Data: Manifest); a reader of another
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import hashlib
 import json
@@ -438,6 +439,30 @@ def version_files(data_dir: str) -> list[str]:
             if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")]
 
 
+def _stamp(ns: int) -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9)) + f"{ns % 10**9:09d}Z"
+
+
+def _version_stamp(data_dir: str) -> str:
+    """A UTC time that sorts after every version already in the folder.
+
+    One clock reading for seconds and nanoseconds (two readings straddle a second
+    boundary: ``12:00:00`` + ``.000001`` would sort before ``12:00:00.999``), and
+    never at or before the newest existing name, whose clock may run ahead of ours
+    (another machine's): the order of the names is the order of the commits.
+    """
+    ns = time.time_ns()
+    newest = version_files(data_dir)[-1:]
+    if newest:
+        last = newest[0].rsplit("/", 1)[-1].split("-", 1)[0]
+        try:
+            secs = calendar.timegm(time.strptime(last[:15], "%Y%m%dT%H%M%S"))
+            ns = max(ns, secs * 10**9 + int(last[15:24]) + 1)
+        except ValueError:
+            pass  # a name of another form: it sorts where it sorts
+    return _stamp(ns)
+
+
 def commit_manifest(data_dir: str, manifest: Manifest, generation: int) -> Manifest | None:
     """Write ``manifest`` as a new version and make it the folder's live ``manifest.json``.
 
@@ -453,8 +478,7 @@ def commit_manifest(data_dir: str, manifest: Manifest, generation: int) -> Manif
     """
     raw = json.dumps(manifest.to_dict(), indent=1).encode("utf-8")
     sha = hashlib.sha256(raw).hexdigest()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time_ns() % 10**9:09d}Z"
-    version = storage.join(data_dir, MANIFESTS, f"{stamp}-{sha[:12]}.json")
+    version = storage.join(data_dir, MANIFESTS, f"{_version_stamp(data_dir)}-{sha[:12]}.json")
     storage.write_bytes_atomic(version, raw)
     live = storage.join(data_dir, MANIFEST)
     try:
