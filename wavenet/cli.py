@@ -1,7 +1,9 @@
 """The `wavenet` command line: one subcommand per verb, each a thin call into the library.
 
 Errors meant for the user (:class:`wavenet.errors.WavenetError`) print as one
-line, ``error: ...``, and exit with status 2.
+line, ``error: ...`` (passwords in URIs masked), and exit with status 2; a service
+that stayed unavailable past its retries (:class:`wavenet.errors.ServiceUnavailable`)
+exits 138, which the Training Operator retries.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from wavenet.errors import ConfigError, Interrupted, WavenetError, one_line
+from wavenet.errors import ConfigError, Interrupted, WavenetError, one_line, redact
 
 
 def _quiet_tensorflow() -> None:
@@ -317,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except WavenetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from wavenet.train.exit_codes import exit_code
+
+        # 2 (bad input), or 138 when a service stayed unavailable (errors.ServiceUnavailable).
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return exit_code(e)
     except Interrupted as e:  # stopped by a signal after saving what it could
         if getattr(args, "worker", False):
             return _worker_exit(e)
