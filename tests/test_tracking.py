@@ -9,7 +9,7 @@ from conftest import run_mlflow_server
 from mlflow import MlflowClient
 
 from wavenet import tracking
-from wavenet.errors import TrackingError, TrackingUnavailable
+from wavenet.errors import TrackingUnavailable
 from wavenet.launch import free_ports
 
 

@@ -321,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     except WavenetError as e:
         from wavenet.train.exit_codes import exit_code
 
+        if getattr(args, "worker", False):
+            return _worker_exit(e)
         # 2 (bad input), or 138 when a service stayed unavailable (errors.ServiceUnavailable).
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return exit_code(e)
@@ -352,7 +354,8 @@ def _worker_exit(e: BaseException) -> int:
     code = exit_code(e)
     kind = "retryable" if is_retryable(code) else "permanent"
     # "error: " first, as the local launcher expects of a worker's one-line error.
-    print(f"error: {one_line(e, with_type=not isinstance(e, Interrupted))} (exit {code}, {kind})",
+    print(f"error: {one_line(e, with_type=not isinstance(e, (Interrupted, WavenetError)))} "
+          f"(exit {code}, {kind})",
           file=sys.stderr)
     return code
 
