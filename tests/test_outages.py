@@ -97,9 +97,11 @@ def test_two_worker_training_rides_out_an_mlflow_restart(tiny_shards, tmp_path):
             timeline["chief noticed"] = time.monotonic() - start
             # Training goes on without the server: a checkpoint after the stop (or, on a fast
             # machine, the end of training waiting for the server).
-            _wait_for(lambda: _checkpoint_step(out) > stopped_at_step or "retrying" in log.read_text(),
+            _wait_for(lambda: _checkpoint_step(out) > stopped_at_step
+                      or "retrying for up to" in log.read_text(),
                       "training going on during the outage", launcher, log)
-            timeline["trained on"] = time.monotonic() - start
+            timeline[f"trained on (checkpoint {stopped_at_step} -> {_checkpoint_step(out)})"] = \
+                time.monotonic() - start
             server = run_mlflow_server(folder, port=port)  # same port, same store
             server.__enter__()
             timeline["server back"] = time.monotonic() - start
