@@ -90,6 +90,8 @@ def test_two_worker_training_rides_out_an_mlflow_restart(tiny_shards, tmp_path):
             _wait_for(lambda: _logged_steps(uri, run_id, "train_bits_per_sample"), "a logged metric",
                       launcher, log)
             stopped_at_step = _checkpoint_step(out)
+            timeline[f"first metric logged, stopping the server (checkpoint {stopped_at_step})"] = \
+                time.monotonic() - start
             server.__exit__(None, None, None)  # the outage: SIGTERM to the server, port closed
             timeline["server stopped"] = time.monotonic() - start
             _wait_for(lambda: "unreachable" in log.read_text(), "the chief noticing the outage",
