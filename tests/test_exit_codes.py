@@ -6,7 +6,8 @@ import sys
 import pytest
 import tensorflow as tf
 
-from wavenet.errors import ConfigError, DataError
+from wavenet.errors import ConfigError, DataError, StorageUnavailable, TrackingError, TrackingUnavailable
+from wavenet.launch import WorkerError
 from wavenet.train.exit_codes import PeerLost, exit_code, is_retryable
 
 
@@ -23,7 +24,18 @@ def test_lost_peers_exit_138(error):
     assert is_retryable(exit_code(error))
 
 
-@pytest.mark.parametrize("error", [ConfigError("train.steps must be > 0"), DataError("no shards")])
+@pytest.mark.parametrize("error", [TrackingUnavailable("MLflow refused connections for 180 s"),
+                                   StorageUnavailable("bucket answered 503 for 180 s"),
+                                   WorkerError("worker 1 exited 138", worker=1, returncode=138),
+                                   WorkerError("worker 1 was killed", worker=1, returncode=-9)])
+def test_outages_exit_138(error):
+    """A service away past the retry budget, or a launcher whose workers kept ending retryably."""
+    assert exit_code(error) == 138
+
+
+@pytest.mark.parametrize("error", [ConfigError("train.steps must be > 0"), DataError("no shards"),
+                                   TrackingError("denied user 'bob' (HTTP 403)"),
+                                   WorkerError("worker 1 exited 2", worker=1, returncode=2)])
 def test_bad_input_exits_2_permanently(error):
     assert exit_code(error) == 2
     assert not is_retryable(2)

@@ -9,13 +9,14 @@ from conftest import run_mlflow_server
 from mlflow import MlflowClient
 
 from wavenet import tracking
-from wavenet.errors import TrackingError
+from wavenet.errors import TrackingUnavailable
 from wavenet.launch import free_ports
 
 
-def test_unreachable_server_is_one_line_error():
+def test_unreachable_server_is_one_line_error(monkeypatch):
+    monkeypatch.setenv("WAVENET_SERVICE_RETRY_S", "0")  # no retries (tests/test_outages.py has them)
     (port,) = free_ports(1)
-    with pytest.raises(TrackingError) as info:
+    with pytest.raises(TrackingUnavailable) as info:
         tracking.check_tracking_server(f"http://127.0.0.1:{port}", timeout=2)
     assert str(info.value).startswith(f"cannot reach MLflow tracking server at http://127.0.0.1:{port}")
     assert "\n" not in str(info.value)

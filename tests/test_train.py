@@ -131,19 +131,21 @@ def test_worker_role_from_tf_config():
         worker_role({**two, "task": {"type": "ps", "index": 0}})
 
 
-def _one_line_error(capsys, argv):
+def _one_line_error(capsys, argv, code=2):
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2
+    assert rc == code
     assert len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
 
 
-def test_unreachable_tracking_server_fails_before_training(tiny_shards, tmp_path, capsys):
+def test_unreachable_tracking_server_fails_before_training(tiny_shards, tmp_path, capsys, monkeypatch):
     (port,) = free_ports(1)  # free now, so nothing listens there
     out = tmp_path / "run"
+    # An outage, not bad input: 138, the operator's "retry" (no retry budget here: at once).
+    monkeypatch.setenv("WAVENET_SERVICE_RETRY_S", "0")
     line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(out), "--preset", "tiny",
-                                    "--tracking-uri", f"http://127.0.0.1:{port}"])
+                                    "--tracking-uri", f"http://127.0.0.1:{port}"], code=138)
     assert f"cannot reach MLflow tracking server at http://127.0.0.1:{port}" in line
     assert not out.exists()  # nothing trained, nothing written
 

@@ -1,8 +1,10 @@
 """The `wavenet` command line: one subcommand per verb, each a thin call into the library.
 
 Errors meant for the user (:class:`wavenet.errors.WavenetError`) print as one
-line, ``error: ...``, and exit with status 2 (138 for :class:`wavenet.errors.Busy`:
-another run holds the data folder, and running again later succeeds).
+line, ``error: ...`` (passwords in URIs masked), and exit with status 2; a service
+that stayed unavailable past its retries (:class:`wavenet.errors.ServiceUnavailable`)
+or a data folder another run holds (:class:`wavenet.errors.Busy`) exits 138, which the
+Training Operator retries and which succeeds when run again later.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from wavenet.errors import ConfigError, Interrupted, WavenetError, one_line
+from wavenet.errors import ConfigError, Interrupted, WavenetError, one_line, redact
 
 
 def _quiet_tensorflow() -> None:
@@ -327,8 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except WavenetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)  # 2 (bad input) unless the error says retry (Busy: 138)
+        from wavenet.train.exit_codes import exit_code
+
+        if getattr(args, "worker", False):
+            return _worker_exit(e)
+        # 2 (bad input), or 138 when a service stayed unavailable (errors.ServiceUnavailable).
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return exit_code(e)
     except Interrupted as e:  # stopped by a signal after saving what it could
         if getattr(args, "worker", False):
             return _worker_exit(e)
@@ -357,7 +364,8 @@ def _worker_exit(e: BaseException) -> int:
     code = exit_code(e)
     kind = "retryable" if is_retryable(code) else "permanent"
     # "error: " first, as the local launcher expects of a worker's one-line error.
-    print(f"error: {one_line(e, with_type=not isinstance(e, Interrupted))} (exit {code}, {kind})",
+    print(f"error: {one_line(e, with_type=not isinstance(e, (Interrupted, WavenetError)))} "
+          f"(exit {code}, {kind})",
           file=sys.stderr)
     return code
 

@@ -2,8 +2,15 @@
 
 Raised at the boundary (configs, files, servers) with a one-line message that
 names the field, file or address and what was received. The CLI prints them as
-``error: <message>`` and exits with status 2; nothing deeper is shown.
+``error: <message>`` and exits with status 2; nothing deeper is shown, except for
+:class:`ServiceUnavailable` (a server that did not answer for a while), which exits
+138, the code the Kubeflow Training Operator and our local launcher retry.
+
+Messages never show a password: :func:`one_line` and the CLI pass them through
+:func:`redact`, which masks the user-info of any URI in the text.
 """
+
+import re
 
 
 class WavenetError(Exception):
@@ -36,6 +43,23 @@ class TrackingError(WavenetError):
     """The MLflow tracking server cannot be used."""
 
 
+class ServiceUnavailable(WavenetError):
+    """A service (MLflow, a bucket) stayed unreachable, answered 5xx or timed out for longer
+    than the in-process retries waited (:mod:`wavenet.retry`).
+
+    Nothing is wrong with the input: the same command, later, succeeds. Workers and the CLI
+    exit 138 (:mod:`wavenet.train.exit_codes`), which the Training Operator retries.
+    """
+
+
+class TrackingUnavailable(TrackingError, ServiceUnavailable):
+    """The MLflow tracking server did not answer (refused, timed out, 5xx) for the retry budget."""
+
+
+class StorageUnavailable(StorageError, ServiceUnavailable):
+    """The storage endpoint did not answer (refused, timed out, 5xx) for the retry budget."""
+
+
 class Interrupted(BaseException):
     """Work stopped on request (SIGTERM, SIGINT) after saving what it could.
 
@@ -54,11 +78,36 @@ class Interrupted(BaseException):
         self.exit_code = exit_code
 
 
+# scheme://user:password@ or scheme://token@ (RFC 3986 user-info) in any text.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/\s?#]+)@")
+
+
+def _mask(m: re.Match) -> str:
+    user, colon, _ = m.group("info").partition(":")
+    # user:password keeps the user (it helps to tell which account); a lone user-info may be
+    # a token (https://TOKEN@host), so it is masked whole.
+    return f"{m.group('scheme')}{user}:***@" if colon else f"{m.group('scheme')}***@"
+
+
+def redact(text: str) -> str:
+    """``text`` with the password (or token) of every URI in it replaced by ``***``.
+
+    ``postgresql://alice:secret@db/mlflow`` becomes ``postgresql://alice:***@db/mlflow``.
+    """
+    return _USERINFO.sub(_mask, text)
+
+
+def has_userinfo(uri: str) -> bool:
+    """Whether ``uri`` (or any URI in it) carries user-info (``user:password@``, ``token@``)."""
+    return _USERINFO.search(uri) is not None
+
+
 def one_line(e: BaseException, *, with_type: bool = True) -> str:
     """The first line of an exception's message, for a one-line error that wraps it.
 
     Libraries put the useful text in different places (MLflow and TensorFlow
     errors carry a ``message`` attribute); this reads that first, then ``str(e)``.
+    A password in a URI of the message is masked (:func:`redact`).
 
     Args:
         e: any exception.
@@ -67,7 +116,7 @@ def one_line(e: BaseException, *, with_type: bool = True) -> str:
     Returns:
         One line, never empty: the type name stands in for an empty message.
     """
-    text = str(getattr(e, "message", None) or e).strip()
+    text = redact(str(getattr(e, "message", None) or e).strip())
     first = text.splitlines()[0] if text else ""
     if not with_type:
         return first or type(e).__name__

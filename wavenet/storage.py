@@ -6,11 +6,13 @@ writes are atomic: a temporary file in the same folder, then ``os.replace``.
 A GCS object upload is atomic by itself (the object appears whole or not at all).
 
 Every bucket call goes through :func:`_gcs`, the edge where google-cloud-storage's
-errors that no retry can mend become one-line :class:`StorageError` errors: missing
-credentials (naming the bucket and what to set) and an endpoint that refuses or
-drops connections (naming the endpoint). Connection errors are retried only a
-few times (:data:`CONNECT_ATTEMPTS`, about 7 s), not for the library's default
-120 s; HTTP 429/5xx answers keep the library's default retry budget.
+errors become one-line errors: missing credentials (naming the bucket and what to
+set) a :class:`StorageError` (exit 2); an outage, :class:`StorageUnavailable` (exit
+138, which the Training Operator retries). Outages are what the library's own retry
+predicate retries (refused or reset connections, timeouts, HTTP 408, 429 and 5xx;
+``google/cloud/storage/retry.py``, ``_should_retry``): each call retries them with the
+library's exponential backoff for the budget of :mod:`wavenet.retry`
+(``$WAVENET_SERVICE_RETRY_S``), then gives up.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
-from wavenet.errors import Busy, StorageError, one_line
+from wavenet import retry
+from wavenet.errors import Busy, StorageError, StorageUnavailable, one_line, redact
 
 log = logging.getLogger("wavenet.storage")
 
@@ -77,9 +81,6 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(base, *parts)
 
 
-# Connection errors (refused, reset, DNS) are retried this many times with
-# backoff 1 s, 2 s, 4 s; an endpoint that is down fails in seconds, not minutes.
-CONNECT_ATTEMPTS = 4
 # Seconds to open a connection, and to wait for each answer.
 TIMEOUT = (10.0, 120.0)
 
@@ -89,21 +90,22 @@ def _endpoint() -> str:
 
 
 def _retry():
-    """The library's default retry, with connection errors allowed CONNECT_ATTEMPTS tries."""
-    import requests
-    from google.auth.exceptions import TransportError
+    """The library's default retry (its predicate and backoff) for the outage budget, saying
+    once per call on stderr that it waits (none with a budget of 0: it fails at once)."""
+    from google.api_core.retry import Retry
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    tries = [0]
+    budget = retry.budget_s()
+    warned = []
 
-    def predicate(exc: Exception) -> bool:
-        inner = exc.args[0] if isinstance(exc, TransportError) and exc.args else exc
-        if isinstance(inner, (ConnectionError, requests.exceptions.ConnectionError)):
-            tries[0] += 1
-            return tries[0] < CONNECT_ATTEMPTS
-        return DEFAULT_RETRY._predicate(exc)
+    def on_error(exc: Exception) -> None:
+        if budget > 0 and not warned:
+            warned.append(exc)
+            print(f"warning: the storage endpoint {redact(_endpoint())} is unavailable "
+                  f"({one_line(exc)[:200]}); retrying for up to {budget:g} s ({retry.BUDGET_ENV})",
+                  file=sys.stderr, flush=True)
 
-    return DEFAULT_RETRY.with_predicate(predicate)
+    return Retry(predicate=DEFAULT_RETRY._predicate, timeout=budget, on_error=on_error)
 
 
 def _call_kwargs() -> dict[str, Any]:
@@ -113,9 +115,9 @@ def _call_kwargs() -> dict[str, Any]:
 @contextlib.contextmanager
 def _gcs(uri: str) -> Iterator[None]:
     """Translate credential and connection failures of a bucket call into StorageError."""
-    import requests
     from google.api_core.exceptions import RetryError
-    from google.auth.exceptions import DefaultCredentialsError, TransportError
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud.storage.retry import DEFAULT_RETRY
 
     bucket = split_gcs(uri)[0] if is_gcs(uri) else uri
     try:
@@ -125,11 +127,14 @@ def _gcs(uri: str) -> Iterator[None]:
             f"no Google Cloud credentials for gs://{bucket}: set GOOGLE_APPLICATION_CREDENTIALS "
             "to a service-account key file (or run `gcloud auth application-default login`; "
             "on GKE use Workload Identity), or STORAGE_EMULATOR_HOST for an emulator") from None
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, RetryError,
-            TransportError, ConnectionError) as e:
+    except Exception as e:
+        # RetryError: the library's retries ran out of the budget; an outage seen without
+        # a retry (a call that takes none) is classified by the library's own predicate.
+        if not isinstance(e, RetryError) and not DEFAULT_RETRY._predicate(e):
+            raise
         cause = getattr(e, "cause", None) or e
-        raise StorageError(f"cannot reach the storage endpoint {_endpoint()} for gs://{bucket}: "
-                           f"{one_line(cause)}"[:400]) from None
+        raise StorageUnavailable(f"the storage endpoint {redact(_endpoint())} for gs://{bucket} "
+                                 f"is unavailable: {one_line(cause)}"[:400]) from None
 
 
 def _client():
@@ -384,18 +389,19 @@ def write_bytes_if_generation(path: str, data: bytes, generation: int) -> bool:
         False when the precondition failed (someone else wrote first).
     """
     from google.api_core.exceptions import PreconditionFailed
-    from google.cloud.storage.retry import DEFAULT_RETRY
 
     if not is_gcs(path):
         raise ValueError(f"write_bytes_if_generation takes a gs:// URI. Received: {path!r}")
     try:
         with _gcs(path):
-            # With if_generation_match the upload is idempotent, so the default retry is
-            # safe (python-storage docs/retry_timeout.rst, "conditional retries").
-            _blob(path).upload_from_string(data, if_generation_match=generation, retry=DEFAULT_RETRY,
-                                           timeout=TIMEOUT)
+            # With if_generation_match the upload is idempotent, so retrying it within the
+            # outage budget is safe (python-storage docs/retry_timeout.rst, "conditional
+            # retries").
+            _blob(path).upload_from_string(data, if_generation_match=generation, **_call_kwargs())
     except PreconditionFailed:
-        return False
+        # A retry whose first attempt was applied (its answer lost) is refused too: the
+        # object then holds exactly our bytes, and the write was ours.
+        return read_bytes_generation(path)[0] == data
     return True
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from wavenet.errors import ConfigError, Interrupted, WavenetError
+from wavenet.errors import ConfigError, Interrupted, WavenetError, has_userinfo, redact
 
 __all__ = [
     "GROUP",
@@ -220,6 +220,13 @@ def _merged_env(template_env: list[dict[str, Any]], env: Mapping[str, str], name
         raise ConfigError(f"{', '.join(clear)} would be written into TFJob {name} in clear: the "
                           "TFJob template must take it from a Secret (env valueFrom.secretKeyRef, "
                           "as k8s/tfjob-template.yaml does)")
+    # A URI with user-info (http://alice:secret@host, postgresql://u:p@db/x) is a credential too.
+    in_uri = sorted(k for k, v in env.items() if k not in bound and has_userinfo(str(v)))
+    if in_uri:
+        raise ConfigError(f"{', '.join(f'{k}={redact(str(env[k]))}' for k in in_uri)} would write a "
+                          f"credential into TFJob {name} in clear: give the URI without it and the "
+                          "credentials through MLFLOW_TRACKING_USERNAME/PASSWORD or "
+                          "MLFLOW_TRACKING_TOKEN from a Secret")
     literal = {k: v for k, v in env.items() if k not in bound}
     existing = [e for e in template_env if e.get("name") not in literal]
     return existing + [{"name": k, "value": str(v)} for k, v in sorted(literal.items())]

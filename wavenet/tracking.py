@@ -8,6 +8,17 @@ core modules that import mlflow.
 Training logs metrics through :class:`MetricsBuffer`, which keeps whatever
 could not be sent (server restarting, network blip) and sends it again later,
 so a tracking outage never stops training and never loses a metric.
+
+Every other request goes through :func:`_call`: an outage (connection refused or
+reset, timeout, HTTP 5xx or 429) is retried within :mod:`wavenet.retry`'s budget and
+then raised as :class:`~wavenet.errors.TrackingUnavailable` (exit 138, retried by the
+Training Operator); refusals (401, 403), "not found" and bad requests are not retried.
+
+Credentials travel only in the environment variables MLflow defines,
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (basic auth) and
+``MLFLOW_TRACKING_TOKEN`` (bearer), never in the URI: an ``http(s)`` tracking URI with
+user-info is refused (:func:`resolve_tracking_uri`), and the password of any other URI
+(a database's) is masked wherever one is printed (:func:`wavenet.errors.redact`).
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from wavenet import storage
-from wavenet.errors import Interrupted, TrackingError, one_line
+from wavenet.errors import Interrupted, TrackingError, TrackingUnavailable, has_userinfo, one_line, redact
+from wavenet.retry import with_retries
 
 __all__ = [
     "DEFAULT_STORE",
@@ -99,35 +111,114 @@ FAST_FAIL_HTTP_ENV: dict[str, str] = {
 
 # -- the store -------------------------------------------------------------------
 
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _refuse_credentials_in(uri: str) -> None:
+    """Refuse an HTTP tracking URI with user-info (``http://alice:secret@host``).
+
+    Such a URI is printed (errors, "View run" lines), passed on (worker command lines, a
+    TFJob's environment) and read by whoever may list processes or TFJobs; and urllib does
+    not parse it as MLflow's client does ("Name or service not known"). MLflow defines
+    variables for the credentials instead, read by its HTTP client at each request:
+    https://mlflow.org/docs/latest/self-hosting/security/basic-http-auth/ (username and
+    password) and mlflow/environment_variables.py in mlflow/mlflow (MLFLOW_TRACKING_TOKEN).
+    """
+    if _is_http(uri) and has_userinfo(uri):
+        raise TrackingError(
+            f"the tracking URI {redact(uri)} carries credentials: give it without them and set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in "
+            "the environment, which is not printed or passed on in command lines")
+
+
 def resolve_tracking_uri(uri: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The tracking URI: the argument, else ``MLFLOW_TRACKING_URI``, else local SQLite."""
+    """The tracking URI: the argument, else ``MLFLOW_TRACKING_URI``, else local SQLite.
+
+    Raises:
+        TrackingError: an ``http(s)`` URI with credentials in it (see :func:`_refuse_credentials_in`).
+    """
     env = os.environ if environ is None else environ
     uri = uri or env.get("MLFLOW_TRACKING_URI")
     if uri:
+        _refuse_credentials_in(uri)
         return uri
     return "sqlite:///" + os.path.abspath(DEFAULT_STORE)
 
 
-def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, in one line, when an HTTP tracking server cannot be reached, or refuses this
-    process's credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``; a server with MLflow's
-    basic-auth app answers 401 to anonymous and wrong-password requests)."""
-    if not uri.startswith(("http://", "https://")):
-        return
+# MLflow's client turns a failed connection or a timeout into a plain MlflowException
+# "API request to URL failed with [timeout ]exception ..." (mlflow/utils/rest_utils.py,
+# http_request), and an answer that is not JSON into "... failed with error code N != 200".
+_CONNECTION_FAILED = re.compile(r"^API request to \S+ failed with (timeout )?exception")
+
+
+def _failed_status(e: BaseException) -> int | None:
+    """The HTTP status a failed MLflow request answered with; 0 when no answer came (refused,
+    reset, timed out); None when ``e`` is not a failed request."""
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code
+    if isinstance(e, (ConnectionError, TimeoutError, urllib.error.URLError)):
+        return 0
+    if not isinstance(e, MlflowException):
+        return None
+    text = str(getattr(e, "message", e))
+    if _CONNECTION_FAILED.match(text):
+        return 0
+    m = _HTTP_STATUS.search(text)
+    if m:
+        return int(m.group(1))
+    if hasattr(e, "json"):  # RestException: the server's JSON error; its code maps to a status
+        return e.get_http_status_code()
+    return None  # raised by the client itself (bad argument, ...), not by a request
+
+
+def _outage(e: BaseException, uri: str, what: str) -> TrackingUnavailable | None:
+    """The one classification of MLflow failures: no answer (refused, reset, timed out), 5xx
+    and 429 are outages (retried, then exit 138); every other failure is not."""
+    status = _failed_status(e)
+    if status is None or 0 < status < 500 and status != 429:
+        return None
+    if status == 0:
+        reason = getattr(e, "reason", None) if isinstance(e, urllib.error.URLError) else None
+        return TrackingUnavailable(f"cannot reach MLflow tracking server at {redact(uri)} ({what}): "
+                                   f"{redact(str(reason)) if reason else one_line(e)}"[:500])
+    return TrackingUnavailable(f"MLflow tracking server at {redact(uri)} answered HTTP {status} "
+                               f"({what}): {one_line(e)}"[:500])
+
+
+def _call(uri: str, what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, with an outage of the server at ``uri`` retried (:func:`wavenet.retry.with_retries`)."""
+    return with_retries(fn, lambda e: _outage(e, uri, what))
+
+
+def _health(uri: str, timeout: float) -> None:
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - user's server
-            if r.status != 200:
-                raise TrackingError(f"MLflow tracking server at {uri} answered {r.status} on /health")
+            status = r.status
     except urllib.error.HTTPError as e:
-        raise TrackingError(f"MLflow tracking server at {uri} answered {e.code} on /health") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise TrackingError(f"cannot reach MLflow tracking server at {uri}: {reason}") from None
+        status = e.code
+        if status >= 500 or status == 429:
+            raise
+    if status != 200:
+        raise TrackingError(f"MLflow tracking server at {redact(uri)} answered {status} on /health")
+
+
+def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail early, in one line, when an HTTP tracking server cannot be reached (after the retry
+    budget: :class:`~wavenet.errors.TrackingUnavailable`), or refuses this process's credentials
+    (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``; a server with MLflow's basic-auth app answers
+    401 to anonymous and wrong-password requests)."""
+    if not _is_http(uri):
+        return
+    _refuse_credentials_in(uri)
+    _call(uri, "GET /health", lambda: _health(uri, timeout))
     # /health needs no credentials: one authenticated read, through MLflow's own client (which
     # also honours MLFLOW_TRACKING_TOKEN, TLS settings and auth plugins), before any work starts.
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        _call(uri, "search experiments", lambda: MlflowClient(uri).search_experiments(max_results=1))
+    except TrackingError:
+        raise
     except Exception as e:  # noqa: BLE001 - only an authentication answer is decided here
         refused = credentials_error(e, uri)
         if refused is not None:
@@ -175,13 +266,13 @@ def credentials_error(e: BaseException, uri: str,
     user = env.get("MLFLOW_TRACKING_USERNAME")
     if status == 401:
         if user:
-            return TrackingError(f"MLflow tracking server at {uri} refused the credentials of user "
+            return TrackingError(f"MLflow tracking server at {redact(uri)} refused the credentials of user "
                                  f"{user!r} (HTTP 401): check MLFLOW_TRACKING_PASSWORD")
-        return TrackingError(f"MLflow tracking server at {uri} requires authentication (HTTP 401): "
+        return TrackingError(f"MLflow tracking server at {redact(uri)} requires authentication (HTTP 401): "
                              "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
     if status == 403:
         who = f"user {user!r}" if user else "anonymous requests"
-        return TrackingError(f"MLflow tracking server at {uri} denied {who} (HTTP 403): an MLflow "
+        return TrackingError(f"MLflow tracking server at {redact(uri)} denied {who} (HTTP 403): an MLflow "
                              "admin must grant EDIT on the experiment or registered model")
     return None
 
@@ -406,13 +497,21 @@ def _open_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, s
         client = MlflowClient(uri)
         target = run_id
         if target is None:
-            experiment_id = env.get("MLFLOW_EXPERIMENT_ID") or _experiment_id(client, experiment, uri)
-            target = client.create_run(experiment_id, run_name=run_name, tags=tags or None).info.run_id
-        # mlflow.start_run(run_id) refuses a run outside the process's active
-        # experiment (set by an earlier stage in this process): make the run's
-        # own experiment active.
-        _set_active_experiment(client.get_run(target).info.experiment_id)
-        return mlflow.start_run(run_id=target, log_system_metrics=system or None)
+            experiment_id = env.get("MLFLOW_EXPERIMENT_ID") or _call(
+                uri, f"experiment {experiment!r}", lambda: _experiment_id(client, experiment, uri))
+            # Retried like the rest: a create whose answer was lost in a timeout may leave
+            # an empty run behind, but the run this one trains in is the one returned here.
+            target = _call(uri, "create a run", lambda: client.create_run(
+                experiment_id, run_name=run_name, tags=tags or None).info.run_id)
+
+        def start() -> Any:
+            # mlflow.start_run(run_id) refuses a run outside the process's active
+            # experiment (set by an earlier stage in this process): make the run's
+            # own experiment active.
+            _set_active_experiment(client.get_run(target).info.experiment_id)
+            return mlflow.start_run(run_id=target, log_system_metrics=system or None)
+
+        return _call(uri, f"open run {target}", start)
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001 - mlflow raises many types; report one line
@@ -420,7 +519,7 @@ def _open_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, s
         if refused is not None:
             raise refused from None
         what = f"continue run {run_id}" if run_id else "start a run"
-        raise TrackingError(f"cannot {what} on MLflow at {uri}: {one_line(e)}") from None
+        raise TrackingError(f"cannot {what} on MLflow at {redact(uri)}: {one_line(e)}") from None
 
 
 @contextmanager
@@ -460,9 +559,10 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
     run = _open_run(uri, experiment, run_name, all_tags, run_id, env, system)
     try:
         if run_id is not None and all_tags:
-            mlflow.set_tags(all_tags)
+            _call(uri, "set tags", lambda: mlflow.set_tags(all_tags))
         if params and run_id is None:
-            mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+            _call(uri, "log params", lambda: mlflow.log_params(
+                {k: ("" if v is None else v) for k, v in params.items()}))
         yield run
     except BaseException as e:
         with contextlib.suppress(Exception):  # the original error matters more
@@ -470,19 +570,37 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
             _end_run("KILLED" if isinstance(e, Interrupted) else "FAILED")
         raise
     try:
-        _end_run("FINISHED")
+        _call(uri, f"close run {run.info.run_id}", lambda: _end_run("FINISHED"))
+    except TrackingError:
+        raise
     except Exception as e:  # noqa: BLE001
-        raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {uri}: "
+        raise TrackingError(f"cannot close MLflow run {run.info.run_id} at {redact(uri)}: "
                             f"{one_line(e)}") from None
 
 
 def run_exists(run_id: str, tracking_uri: str) -> bool:
-    """Whether ``run_id`` exists (and is not deleted) in the store at ``tracking_uri``."""
+    """Whether ``run_id`` exists (and is not deleted) in the store at ``tracking_uri``.
+
+    Only the store's "not found" (RESOURCE_DOES_NOT_EXIST, HTTP 404) means no: an outage is
+    retried and then raised (:class:`~wavenet.errors.TrackingUnavailable`), a refusal is
+    raised (:func:`credentials_error`), so a blip at resume never starts a second run.
+    """
+    def get() -> Any:
+        try:
+            return MlflowClient(tracking_uri).get_run(run_id)
+        except MlflowException as e:
+            if _failed_status(e) == 404 or e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
     try:
-        run = MlflowClient(tracking_uri).get_run(run_id)
-    except MlflowException:
-        return False
-    return run.info.lifecycle_stage != "deleted"
+        run = _call(tracking_uri, f"read run {run_id}", get)
+    except TrackingError:
+        raise
+    except MlflowException as e:
+        raise (credentials_error(e, tracking_uri) or TrackingError(
+            f"cannot read MLflow run {run_id} at {redact(tracking_uri)}: {one_line(e)}")) from None
+    return run is not None and run.info.lifecycle_stage != "deleted"
 
 
 def active_run_id() -> str | None:
@@ -589,7 +707,7 @@ def log_metrics_to_run(run_id: str, metrics: Mapping[str, float]) -> None:
 
 def set_tags(tags: Mapping[str, Any]) -> None:
     """Set tags on the active run."""
-    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    _call(mlflow.get_tracking_uri(), "set tags", lambda: mlflow.set_tags({k: str(v) for k, v in tags.items()}))
 
 
 def log_dict(obj: Mapping[str, Any], artifact_file: str) -> None:
@@ -601,7 +719,9 @@ def log_artifacts(paths: Sequence[str], artifact_path: str | None = None) -> Non
     """Log files to the active run; ``gs://`` ones (a TFJob's run directory) are downloaded first."""
     with tempfile.TemporaryDirectory(prefix="wavenet-artifacts-") as tmp:
         for p in paths:
-            mlflow.log_artifact(storage.local_copy(p, tmp), artifact_path=artifact_path)
+            local = storage.local_copy(p, tmp)
+            _call(mlflow.get_tracking_uri(), f"log artifact {os.path.basename(local)}",
+                  lambda f=local: mlflow.log_artifact(f, artifact_path=artifact_path))
 
 
 # The model's pip requirements, written out rather than inferred (inference
@@ -714,8 +834,9 @@ def log_model(model: Any, name: str = "model") -> str:
         raise TrackingError("log_model needs an active MLflow run")
     # validate_serving_input: MLflow would load the model again and generate its example
     # (seconds of work on every log); the tests serve it for real instead.
-    return mlflow.models.Model.log(None, name=name, flavor=_ServedWaveNet, model=model,
-                                   flavor_name="keras", validate_serving_input=False).model_uri
+    return _call(mlflow.get_tracking_uri(), "log the model", lambda: mlflow.models.Model.log(
+        None, name=name, flavor=_ServedWaveNet, model=model, flavor_name="keras",
+        validate_serving_input=False).model_uri)
 
 
 def served_model(model: Any, bad_request: type[Exception], busy: type[Exception]) -> Any:
@@ -776,7 +897,8 @@ def log_dataset(source: str, name: str, digest: str, context: str = "training",
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local folder, either way
         warnings.simplefilter("ignore", UserWarning)
         resolved = resolve_dataset_source(source)
-    mlflow.log_input(_Dataset(resolved, name=name, digest=digest), context=context)
+    _call(mlflow.get_tracking_uri(), "log the dataset",
+          lambda: mlflow.log_input(_Dataset(resolved, name=name, digest=digest), context=context))
 
 
 class MetricsBuffer:
@@ -817,6 +939,7 @@ class MetricsBuffer:
         self._failed_at: float | None = None
         self._warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
         self._client = None
+        self._last_error: Exception | None = None
         self.sent = 0
         self.failures = 0
 
@@ -860,8 +983,9 @@ class MetricsBuffer:
                     Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in chunk])
             except Exception as e:  # noqa: BLE001 - any failure: keep the metrics, retry later
                 self.failures += 1
+                self._last_error = e
                 if self._failed_at is None:
-                    self._warn(f"MLflow at {self.tracking_uri} unreachable ({one_line(e)}); "
+                    self._warn(f"MLflow at {redact(self.tracking_uri)} unreachable ({one_line(e)}); "
                                f"{len(self._pending)} metrics kept, retrying every "
                                f"{self.retry_after_s:g} s")
                 self._failed_at = self._clock()
@@ -870,8 +994,32 @@ class MetricsBuffer:
             self._sent_keys.update((m["key"], int(m["step"])) for m in chunk)
             self.sent += len(chunk)
         if self._failed_at is not None:
-            self._warn(f"MLflow at {self.tracking_uri} reachable again; queued metrics sent")
+            self._warn(f"MLflow at {redact(self.tracking_uri)} reachable again; queued metrics sent")
         self._failed_at = None
+        self._last_error = None
+        return True
+
+    @property
+    def outage(self) -> bool:
+        """Whether the last failed send was an outage (refused, timeout, 5xx), not a refusal."""
+        return self._last_error is not None and _outage(self._last_error, self.tracking_uri, "") is not None
+
+    def drain(self) -> bool:
+        """Send everything queued, waiting out an outage within the retry budget
+        (:mod:`wavenet.retry`); for the end of a run, when nothing else is left to do.
+
+        Returns:
+            True when nothing is left queued; False after the budget, or at once on a
+            failure that is not an outage (a refusal: see :attr:`outage`).
+        """
+        def send() -> None:
+            if not self.flush(force=True):
+                raise self._last_error or RuntimeError("metrics not sent")
+
+        try:
+            _call(self.tracking_uri, "log metrics", send)
+        except Exception:  # noqa: BLE001 - what is left stays queued for the caller to keep
+            return False
         return True
 
     def to_json(self) -> str:

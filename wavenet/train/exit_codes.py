@@ -7,12 +7,14 @@ and every other code are permanent (kubeflow/training-operator
 ``pkg/util/train/train_util.go``, ``IsRetryableExitCode``). A worker therefore
 exits 143 (or 130) when SIGTERM (or SIGINT) stopped it, after the checkpoint
 of :mod:`wavenet.train.stopping`; 138 when a peer or the coordination service
-is lost (the run can resume from its last checkpoint); 2 on bad input or
-config; and 1 on anything else. Nothing here imports TensorFlow: errors are
+is lost (the run can resume from its last checkpoint), or when MLflow or the
+bucket stayed unavailable past the in-process retries
+(:class:`~wavenet.errors.ServiceUnavailable`, :mod:`wavenet.retry`); 2 on bad
+input or config, refused credentials and "not found" included; and 1 on anything else. Nothing here imports TensorFlow: errors are
 recognised by class name, so the policy stays a pure, cheap function.
 """
 
-from wavenet.errors import Interrupted
+from wavenet.errors import Busy, Interrupted, ServiceUnavailable
 
 RETRY = 138            # SIGUSR1's code: the operator's "user says retry"
 BAD_INPUT = 2          # WavenetError: one-line error, fixing the input is the cure
@@ -44,13 +46,19 @@ def exit_code(e: BaseException) -> int:
     Returns:
         ``e.exit_code`` for an :class:`~wavenet.errors.Interrupted` (143 after
         SIGTERM, 130 after SIGINT), 138 for other retryable failures (lost peer,
-        collective error or timeout), 2 for a ``WavenetError`` (bad input or
-        config), 1 otherwise.
+        collective error or timeout, a service unavailable past its retries, a data
+        folder another run holds (:class:`~wavenet.errors.Busy`), a
+        launcher's worker that ended retryably after the launcher's own restarts),
+        2 for a ``WavenetError`` (bad input or config), 1 otherwise.
     """
     if isinstance(e, Interrupted):
         return e.exit_code
     names = _class_names(e)
-    if isinstance(e, PeerLost) or names & _RETRYABLE_TF_ERRORS or "TimeoutError" in names:
+    if (isinstance(e, (PeerLost, ServiceUnavailable, Busy)) or names & _RETRYABLE_TF_ERRORS
+            or "TimeoutError" in names):
+        return RETRY
+    worker_code = getattr(e, "returncode", None) if "WorkerError" in names else None
+    if worker_code is not None and is_retryable(worker_code):
         return RETRY
     if "WavenetError" in names:
         return BAD_INPUT

@@ -7,7 +7,6 @@ The file names and :class:`~wavenet.train.outputs.TrainResult` are in
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import numpy as np
 
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
-from wavenet.errors import TrackingError, one_line
+from wavenet.errors import ServiceUnavailable, TrackingError, TrackingUnavailable, one_line, redact
 from wavenet.model import WaveNet, build_model, save_model
 from wavenet.train.loop import LoopStats
 from wavenet.train.outputs import (
@@ -96,33 +95,35 @@ def _log_outputs(model: WaveNet, summary: dict[str, Any], out: str, buffer: trac
     """Send metrics, the model and the files to MLflow; keep what fails for the next run.
 
     The summary is written (with ``model_uri``) whatever MLflow does: an outage
-    must never lose the local results.
+    must never lose the local results. An outage that outlasts the retries ends in
+    :class:`~wavenet.errors.TrackingUnavailable` (exit 138: the operator's restart logs
+    the rest); a refusal in :class:`~wavenet.errors.TrackingError` (exit 2).
     """
     summary_path, pending_path = storage.join(out, SUMMARY_FILE), storage.join(out, PENDING_FILE)
-    sent = buffer.flush(force=True)
-    error = None
+    sent = buffer.drain()
+    failure: Exception | None = None
     try:
         summary["model_uri"] = tracking.log_model(model, name="model")
     except Exception as e:  # noqa: BLE001 - any MLflow failure: keep the local results
-        summary["model_uri"], error = None, one_line(e)
+        summary["model_uri"], failure = None, e
     storage.write_text_atomic(summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    if sent and error is None:
+    if sent and failure is None:
         try:
             tracking.set_tags({"model_path": summary["model_path"],
                                **({"model.labels": json.dumps(summary["labels"])}
                                   if summary.get("labels") is not None else {})})
             tracking.log_artifacts([storage.join(out, CONFIG_FILE), summary_path])
         except Exception as e:  # noqa: BLE001
-            error = one_line(e)
-    if not sent or error:
+            failure = e
+    if not sent or failure is not None:
         storage.write_text_atomic(pending_path, buffer.to_json())
-        raise TrackingError(
-            f"training finished ({summary['model_path']} saved) but MLflow at {buffer.tracking_uri} "
+        outage = isinstance(failure, ServiceUnavailable) if failure is not None else buffer.outage
+        raise (TrackingUnavailable if outage else TrackingError)(
+            f"training finished ({summary['model_path']} saved) but MLflow at {redact(buffer.tracking_uri)} "
             f"failed: {len(buffer.pending)} metrics queued in {pending_path}"
-            + (f", model not logged ({error})" if error else "")
+            + (f", model not logged ({one_line(failure)})" if failure is not None else "")
             + "; re-run the same command to log them")
-    if storage.exists(pending_path) and not storage.is_gcs(pending_path):
-        os.remove(pending_path)
+    storage.remove(pending_path)  # logged: a re-run must not log it again (local or gs://)
 
 
 def export_run(trainer: Trainer, out: str, stats: LoopStats, validation: Validation,

@@ -88,12 +88,15 @@ def _train_local_workers(data: str, out: str, cfg: ExperimentConfig, *, workers:
     # Decided here, where the terminal is: the chief's stderr is a pipe to this process.
     mode = progress_mode(progress)
     commands = [train_command(data, out, cfg, worker=True, threads=per_worker,
-                              progress=mode if i == 0 else "off", tracking_uri=tracking_uri,
+                              progress=mode if i == 0 else "off",
                               experiment=experiment, run_name=run_name, init_model=init_model)
                 for i in range(workers)]
     # Workers inherit this process's environment; MLflow requests fail fast
-    # (training retries through its own metrics buffer).
-    env = {**tracking.FAST_FAIL_HTTP_ENV, **(os.environ if environ is None else environ)}
+    # (training retries through its own metrics buffer). The tracking URI goes there too,
+    # not into the command line, which any user of the machine can read (ps, /proc/PID/cmdline;
+    # /proc/PID/environ is the owner's only): a database URI may hold a password.
+    env = {**tracking.FAST_FAIL_HTTP_ENV, **(os.environ if environ is None else environ),
+           "MLFLOW_TRACKING_URI": tracking_uri}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if kfp_run_id:
         env["KFP_RUN_ID"] = kfp_run_id

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
-from wavenet.errors import Interrupted
+from wavenet.errors import Interrupted, redact
 from wavenet.manifest import Manifest, read_manifest
 from wavenet.train.checks import check_data, worker_role
 from wavenet.train.export import TrackedRun, export_run
@@ -49,7 +49,7 @@ def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, t
     storage.makedirs(out)
     prior = _read_optional(storage.join(out, RUN_ID_FILE))
     if prior and not tracking.run_exists(prior, tracking_uri):
-        print(f"warning: MLflow run {prior} from {out}/{RUN_ID_FILE} is not in {tracking_uri}; "
+        print(f"warning: MLflow run {prior} from {out}/{RUN_ID_FILE} is not in {redact(tracking_uri)}; "
               "starting a new run", file=sys.stderr)
         prior = None
     version = manifest.data_version
@@ -69,7 +69,10 @@ def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, t
         run_id = run.info.run_id
         if run_id != prior:
             storage.write_text_atomic(storage.join(out, RUN_ID_FILE), run_id + "\n")
-        pending = json.loads(_read_optional(storage.join(out, PENDING_FILE)) or "[]")
+        pending_path = storage.join(out, PENDING_FILE)
+        # Sent now; the file goes when the run's outputs are logged (export), since it also
+        # marks the outputs as not logged yet (export._finished).
+        pending = json.loads(_read_optional(pending_path) or "[]")
         buffer = tracking.MetricsBuffer(run_id, tracking_uri, pending=pending)
         if pending:
             buffer.flush(force=True)
@@ -84,7 +87,6 @@ def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, t
         except Interrupted:
             # Stopped to be resumed (the run is marked KILLED): what is logged goes
             # now, or with the next start of the same command.
-            pending_path = storage.join(out, PENDING_FILE)
             if not buffer.flush(force=True):
                 storage.write_text_atomic(pending_path, buffer.to_json())
             else:  # sent, those read from the file at start included: not again on resume
