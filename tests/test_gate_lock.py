@@ -94,7 +94,7 @@ def locker(tmp_path):
 
 def test_a_holder_stalled_past_its_lease_does_not_move_the_alias(mlflow_server, locker, tmp_path):
     script, procs = locker
-    uri, name = mlflow_server.uri, "stalled-holder"
+    uri, name = mlflow_server.uri, f"stalled-{tmp_path.name}"
     client = model_with_versions(uri, name, 2)
     holder = start_locker(script, uri, name, "1", tmp_path, "holder")
     procs.append(holder)
@@ -107,6 +107,11 @@ def test_a_holder_stalled_past_its_lease_does_not_move_the_alias(mlflow_server, 
     wait_for_file(tmp_path / "contender-moved", contender)  # took over after a lease of silence
     os.kill(holder.pid, signal.SIGCONT)
     (tmp_path / "holder-go").touch()
+    deadline = time.monotonic() + 180
+    while holder.poll() is None:  # it ends (lost), or it moves the alias (the bug)
+        assert not (tmp_path / "holder-moved").exists(), "the stalled holder moved the alias"
+        assert time.monotonic() < deadline, "the resumed holder neither ended nor moved the alias"
+        time.sleep(0.01)
     code, _, err = finish(holder)
     # It finds the lock lost before its alias write, says so in one line, and moves nothing.
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
@@ -127,7 +132,7 @@ def test_a_live_holder_keeps_its_lock_past_the_lease(mlflow_server, locker, tmp_
     """The heartbeat renews the lease: a holder that takes four leases (a slow registration)
     keeps the lock, and a contender gives up after its wait, in one line naming the holder."""
     script, procs = locker
-    uri, name = mlflow_server.uri, "live-holder"
+    uri, name = mlflow_server.uri, f"live-{tmp_path.name}"
     client = model_with_versions(uri, name, 1)
     holder = start_locker(script, uri, name, "1", tmp_path, "holder")
     procs.append(holder)

@@ -26,15 +26,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from wavenet.errors import TrackingError, WavenetError, one_line
-from wavenet.model import WaveNet, load_model
 from wavenet.tracking import MLFLOW_SCHEMES, is_mlflow_uri, registry_version, use_tracking_uri
+
+if TYPE_CHECKING:  # TensorFlow loads only with a model: a gate lock or a download needs none
+    from wavenet.model import WaveNet
 
 __all__ = [
     "CHAMPION",
@@ -95,6 +97,8 @@ def load_wavenet(uri: str, tracking_uri: str | None = None) -> WaveNet:
         TrackingError: the URI cannot be resolved or downloaded.
         WavenetError: the file is missing or is not a WaveNet.
     """
+    from wavenet.model import load_model
+
     if not is_mlflow_uri(uri):
         return load_model(uri)
     with tempfile.TemporaryDirectory() as tmp:
