@@ -92,13 +92,21 @@ def locker(tmp_path):
             p.wait()
 
 
+def hold(locker, uri, name, versions, folder):
+    """(client, holder): model ``name`` with ``versions`` versions; a locker holding its gate lock
+    for version 1."""
+    script, procs = locker
+    client = model_with_versions(uri, name, versions)
+    holder = start_locker(script, uri, name, "1", folder, "holder")
+    procs.append(holder)
+    wait_for_file(folder / "holder-holds", holder)
+    return client, holder
+
+
 def test_a_holder_stalled_past_its_lease_does_not_move_the_alias(mlflow_server, locker, tmp_path):
     script, procs = locker
     uri, name = mlflow_server.uri, f"stalled-{tmp_path.name}"
-    client = model_with_versions(uri, name, 2)
-    holder = start_locker(script, uri, name, "1", tmp_path, "holder")
-    procs.append(holder)
-    wait_for_file(tmp_path / "holder-holds", holder)
+    client, holder = hold(locker, uri, name, 2, tmp_path)
     # The whole holder stops (heartbeat included): a VM pause, a long GC, an unscheduled pod.
     os.kill(holder.pid, signal.SIGSTOP)
     (tmp_path / "contender-go").touch()
@@ -131,12 +139,8 @@ def test_a_holder_stalled_past_its_lease_does_not_move_the_alias(mlflow_server, 
 def test_a_live_holder_keeps_its_lock_past_the_lease(mlflow_server, locker, tmp_path):
     """The heartbeat renews the lease: a holder that takes four leases (a slow registration)
     keeps the lock, and a contender gives up after its wait, in one line naming the holder."""
-    script, procs = locker
     uri, name = mlflow_server.uri, f"live-{tmp_path.name}"
-    client = model_with_versions(uri, name, 1)
-    holder = start_locker(script, uri, name, "1", tmp_path, "holder")
-    procs.append(holder)
-    wait_for_file(tmp_path / "holder-holds", holder)
+    client, holder = hold(locker, uri, name, 1, tmp_path)
     mlflow.set_tracking_uri(uri)
     with pytest.raises(TrackingError) as e, registry.champion_lock(name, lease_s=LEASE_S,
                                                                    wait_s=4 * LEASE_S):

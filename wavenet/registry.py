@@ -210,8 +210,8 @@ def set_champion(name: str, version: str) -> None:
 #
 # MLflow's registry has no compare-and-set on an alias and no conditional update or
 # delete of anything. What it guarantees is that creating a registered model is atomic:
-# the store refuses a second model of the same name (RESOURCE_ALREADY_EXISTS; the name
-# is the primary key of registered_models in the SQL stores,
+# the store refuses a second model of the same name (RESOURCE_ALREADY_EXISTS; (workspace,
+# name) is the primary key of registered_models in the SQL stores,
 # mlflow/store/model_registry/dbmodels/models.py). That unique-name creation is the one
 # compare-and-swap the lock is built on: the lock is a registered model named
 # ``<name>.gate-lock``, created to acquire and deleted to release; its tags name the
