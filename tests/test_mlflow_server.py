@@ -306,3 +306,55 @@ def test_the_admin_password_secret_only_seeds_the_first_start(production, tmp_pa
         assert request(s2.uri + SEARCH, auth=(ADMIN, ADMIN_PASSWORD))[0] == 401
     # The first server shares the user store: it sees the rotation too.
     assert request(production.server.uri + SEARCH, auth=(ADMIN, new_password))[0] == 200
+
+
+def test_another_users_dead_gate_lock_ends_the_gate_in_one_line(production, untrained_model_path,
+                                                                eval_data, monkeypatch):
+    """A gate lock that the pipeline's user may not delete (issue 19, Found 3a): another MLflow
+    user's gate died holding it. The gate waits one lease of silence, tries to delete it once
+    (HTTP 403 from the basic-auth app), and ends in one line that names the lock and how an admin
+    removes it: no get/delete/create cycle past its deadline."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from wavenet import registry
+
+    uri = production.server.uri
+    other, other_password = "other-team", "test-only-Other-Pw-4471"
+    status, body = request(uri + "/api/2.0/mlflow/users/create", auth=(ADMIN, ADMIN_PASSWORD),
+                           data={"username": other, "password": other_password})
+    assert status == 200, body
+    name = "wavenet-stale-lock"
+    lock = f"{name}.gate-lock"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", other)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", other_password)
+    # Its lease ran out an hour ago (by its own clock too, for gates of earlier releases).
+    MlflowClient(uri).create_registered_model(lock, tags={
+        "owner": "other-host:4242:deadbeef", "lease_s": "2", "expires_at": f"{time.time() - 3600:.3f}"})
+
+    def deletes():
+        return production.server.logs().count("/api/2.0/mlflow/registered-models/delete")
+
+    before = deletes()
+    r = _cli(["evaluate", untrained_model_path, eval_data, "--preset", "tiny", "--gate", "--tracking-uri", uri,
+              "--experiment", "production-stale-lock", "--set", f"evaluate.registered_model_name={name}"],
+             {"MLFLOW_TRACKING_USERNAME": PIPELINE_USER, "MLFLOW_TRACKING_PASSWORD": PIPELINE_PASSWORD},
+             timeout=registry.LOCK_WAIT_S + 120)  # ended within the gate's deadline, with margin
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr[-3000:]
+    assert errors[0].startswith(f"error: the gate lock {lock!r} of other-host:4242:deadbeef has not "
+                                "been renewed for "), errors[0]
+    assert errors[0].endswith(f"(its lease: 2 s), and this MLflow user may not delete it (HTTP 403): an "
+                              f"MLflow admin or its owner deletes registered model {lock!r} (MLflow UI > "
+                              f"Models, or MlflowClient().delete_registered_model({lock!r}))"), errors[0]
+    assert deletes() - before == 1, "one delete tried, not a loop"
+    # The admin removes it as the line says; the next gate takes the lock at once.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    MlflowClient(uri).delete_registered_model(lock)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_PASSWORD)
+    mlflow.set_tracking_uri(uri)
+    with registry.champion_lock(name, wait_s=30) as held:
+        assert MlflowClient(uri).get_registered_model(lock).tags["owner"] == held.owner
+    assert lock not in [m.name for m in MlflowClient(uri).search_registered_models()]

@@ -361,19 +361,21 @@ def _registrable_source(model, model_uri: str | None, name: str) -> str:
     return tracking.log_model(model, name="model")
 
 
-def _promote(source: str, name: str, tags: dict[str, str]) -> str:
-    """Make ``source`` the champion of ``name`` (call under the gate lock): its version.
+def _promote(source: str, lock: registry.GateLock, tags: dict[str, str]) -> str:
+    """Make ``source`` the champion of ``lock.name`` under the held gate ``lock``: its version.
 
-    A version of ``name`` already (a reused model, ``models:/NAME/V``) only gets the
+    A version of the model already (a reused model, ``models:/NAME/V``) only gets the
     alias; anything else is registered as a new version, tagged with its training
-    run's train key (:mod:`wavenet.reuse`) when it has one.
+    run's train key (:mod:`wavenet.reuse`) when it has one. The alias moves only if
+    the lock is still held right before (:meth:`wavenet.registry.GateLock.set_champion`).
     """
+    name = lock.name
     version = _version_of(source, name)
     if version is None:
         key = registry.train_key_of(tracking.model_run_id(source))
         version = registry.register(
             source, name, tags={**tags, **({registry.TRAIN_KEY_TAG: key} if key else {})}).version
-    registry.set_champion(name, version)
+    lock.set_champion(version)
     return version
 
 
@@ -481,10 +483,10 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
             break
         _test_pause_before_promotion()
         source = source or _registrable_source(model, model_uri, name)
-        with registry.champion_lock(name):
+        with registry.champion_lock(name) as lock:
             current = registry.get_champion(name)
             if _version(current) == _version(champion):
-                new_version = _promote(source, name, {
+                new_version = _promote(source, lock, {
                     "eval/bits_per_sample": f"{scores['models'][0]:.6f}",
                     "data.version": read_manifest(data_dir).data_version,
                     "data.uri": data_label or data_dir,

@@ -16,23 +16,27 @@ together the two are the only core modules that import mlflow.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from wavenet.errors import TrackingError, WavenetError, one_line
-from wavenet.model import WaveNet, load_model
 from wavenet.tracking import MLFLOW_SCHEMES, is_mlflow_uri, registry_version, use_tracking_uri
+
+if TYPE_CHECKING:  # TensorFlow loads only with a model: a gate lock or a download needs none
+    from wavenet.model import WaveNet
 
 __all__ = [
     "CHAMPION",
@@ -44,6 +48,7 @@ __all__ = [
     "register",
     "set_champion",
     "champion_lock",
+    "GateLock",
     "ModelInfo",
     "describe_model",
     "TRAIN_KEY_TAG",
@@ -93,6 +98,8 @@ def load_wavenet(uri: str, tracking_uri: str | None = None) -> WaveNet:
         TrackingError: the URI cannot be resolved or downloaded.
         WavenetError: the file is missing or is not a WaveNet.
     """
+    from wavenet.model import load_model
+
     if not is_mlflow_uri(uri):
         return load_model(uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,11 +182,27 @@ def _model_absent_behind_auth(client: Any, name: str, e: BaseException) -> bool:
 
     if http_status(e) != 403:
         return False
-    escaped = name.replace("\\", "\\\\").replace("'", "\\'")
     try:
-        return not client.search_registered_models(filter_string=f"name = '{escaped}'", max_results=1)
+        found = client.search_registered_models(filter_string=_name_filter(name), max_results=100)
     except Exception:  # noqa: BLE001 - cannot tell: report the original error
         return False
+    return not any(m.name == name for m in found)
+
+
+def _name_filter(name: str) -> str:
+    """A search filter clause that matches registered model ``name`` (and maybe others: check).
+
+    MLflow's filter strings have no escape for quotes: a value is the text between its quotes,
+    taken as it is (mlflow/utils/search_utils.py, SearchUtils._strip_quotes; ``'it\\'s'``
+    searches for ``it\\'s``). So the name goes inside the quote it does not contain; a name
+    holding both kinds is matched with LIKE, each ``'`` a ``_`` wildcard, and the caller keeps
+    the results of exactly that name.
+    """
+    if "'" not in name:
+        return f"name = '{name}'"
+    if '"' not in name:
+        return f'name = "{name}"'
+    return "name LIKE '" + name.replace("'", "_") + "'"
 
 
 def register(model_uri: str, name: str, tags: dict[str, Any] | None = None) -> ModelRef:
@@ -204,92 +227,293 @@ def set_champion(name: str, version: str) -> None:
 
 # -- one gate at a time ------------------------------------------------------------
 #
-# MLflow's registry has no compare-and-set on an alias, but creating a registered
-# model is atomic: the tracking store refuses a second model of the same name
-# (RESOURCE_ALREADY_EXISTS, a unique key in the SQL stores). The lock is therefore a
-# registered model named ``<name>.gate-lock``, created to acquire and deleted to
-# release; its tags name the owner and when the lease expires. The gate holds it only
-# to re-read the champion, register and move the alias (seconds), so the lease is
-# short; a holder that died (SIGKILL) blocks others at most until its lease expires.
+# MLflow's registry has no compare-and-set on an alias and no conditional update or
+# delete of anything. What it guarantees is that creating a registered model is atomic:
+# the store refuses a second model of the same name (RESOURCE_ALREADY_EXISTS; (workspace,
+# name) is the primary key of registered_models in the SQL stores,
+# mlflow/store/model_registry/dbmodels/models.py). That unique-name creation is the one
+# compare-and-swap the lock is built on: the lock is a registered model named
+# ``<name>.gate-lock``, created to acquire and deleted to release; its tags name the
+# owner and the lease (``lease_s``) it holds.
 #
-# Limits: taking over an expired lease is a delete then a create, and two waiters
-# could both see the same expired lease: the second's delete can remove the first's
-# fresh lock. That needs a holder dead past its lease *and* two contenders within one
-# round trip; a holder that outlives its lease (a stall longer than LOCK_LEASE_S) can
-# also overlap with a new one. The lock model shows in the registry while held.
+# Time: no machine's clock is compared with another's. The holder renews its lease by
+# updating the lock model's description, which the server stamps with its own clock
+# (``last_updated_timestamp``, mlflow/store/model_registry/sqlalchemy_store.py,
+# update_registered_model). A contender treats the lock as dead when nothing about it
+# (owner, the server's creation and update stamps, description) has changed for one
+# declared lease on the contender's own monotonic clock, as Kubernetes' leader election
+# does (kubernetes/kubernetes, staging/src/k8s.io/client-go/tools/leaderelection/doc.go:
+# timestamps "captured locally", tolerant of clock skew, not of skew rate). A dead holder
+# costs a new contender one lease of waiting. A lease tag that is not a number of seconds
+# in (0, LOCK_MAX_LEASE_S] (inf, nan, text) is ignored: the contender's own lease applies.
+#
+# Holding: a heartbeat thread renews every lease/3. The holder counts its lease from when
+# it *sent* its last renewal that finished within LOCK_GUARD of the lease, and once less
+# than that is left the lock is lost for good (a stalled process, an unreachable server):
+# a contender may already have seen the lease expire, so it is never revived.
+#
+# Fencing: MLflow cannot check a token on the alias write, which is what makes a lease a
+# lock (Kleppmann, "How to do distributed locking",
+# https://martin.kleppmann.com/2016/02/08/how-to-do-distributed-locking.html). The nearest
+# thing, :meth:`GateLock.set_champion`: right before the alias moves it re-reads the lock,
+# checks that it is still this holder's instance (owner tag and the server's creation
+# stamp: the token), renews it, and aborts in one line otherwise; the alias write then
+# has a fresh lease to land in.
+#
+# Release reads the owner, then deletes (two calls: MLflow has no conditional delete). It
+# deletes only while this holder's lease has at least LOCK_GUARD left, so no contender can
+# have replaced the lock in between (a contender first waits a whole lease of silence); a
+# holder whose lease ran out leaves the lock to expire. What remains is the limit of an
+# API without conditional writes: a delete, renewal or alias write that takes longer than
+# the rest of the lease; and two contenders removing one dead lock within one round trip,
+# where the second's delete removes the first's fresh lock (the first then finds its lock
+# gone at the re-check and aborts). A lock this user may not delete (another MLflow user's,
+# HTTP 403) ends the wait in one line that names it.
 
 LOCK_SUFFIX = ".gate-lock"
 LOCK_LEASE_S = 120.0
 LOCK_WAIT_S = 300.0
+# A declared lease longer than this is a malformed tag, not a lease.
+LOCK_MAX_LEASE_S = 3600.0
+# The share of the lease a renewal (or the release's delete) must finish within.
+LOCK_GUARD = 0.25
+_LOCK_DESCRIPTION = "wavenet gate lock: one champion at a time"
 
 
 def _lock_name(name: str) -> str:
     return f"{name}{LOCK_SUFFIX}"
 
 
-def _try_acquire(client: MlflowClient, lock: str, owner: str, lease_s: float) -> bool:
+def _declared_lease(tags: dict[str, str], default: float) -> float:
+    """The lease a lock's ``lease_s`` tag declares; ``default`` for a missing or malformed one."""
     try:
-        client.create_registered_model(lock, tags={"owner": owner,
-                                                   "expires_at": f"{time.time() + lease_s:.3f}"},
-                                       description="wavenet gate lock: one champion at a time")
+        lease = float(tags.get("lease_s", ""))
+    except ValueError:
+        return default
+    return lease if math.isfinite(lease) and 0 < lease <= LOCK_MAX_LEASE_S else default
+
+
+def _gone(e: MlflowException) -> bool:
+    """Whether a failed call on a lock model means that it no longer exists.
+
+    MLflow's basic-auth app answers 403 where a model is missing and the default
+    permission does not allow the call (mlflow/server/auth/__init__.py): to a holder,
+    which may edit its own lock, a 403 also means that the lock is gone.
+    """
+    from wavenet.tracking import http_status
+
+    return getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or http_status(e) in (403, 404)
+
+
+class GateLock:
+    """A held gate lock (yielded by :func:`champion_lock`), renewed while held.
+
+    Attributes:
+        name: the registered model whose champion the lock guards.
+        lock: the lock model's name, ``<name>.gate-lock``.
+        owner: this holder's id (host, pid and a random part).
+        lease_s: the lease, in seconds.
+    """
+
+    def __init__(self, client: MlflowClient, name: str, owner: str, lease_s: float,
+                 created_ms: int, sent: float):
+        self.name, self.lock, self.owner, self.lease_s = name, _lock_name(name), owner, lease_s
+        self._client = client
+        self._created_ms = created_ms  # with the owner: this instance of the lock model
+        self._renewed_at = sent  # monotonic; when the last counted renewal was sent
+        self._renewals = 0
+        self._lost: str | None = None
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name=f"renew {self.lock}", daemon=True)
+        self._thread.start()
+
+    def _check(self) -> None:
+        """Raise TrackingError unless the lock is still this holder's (call under the mutex)."""
+        left = self._renewed_at + self.lease_s - time.monotonic()
+        if self._lost is None and left <= LOCK_GUARD * self.lease_s:
+            self._lost = (f"its {self.lease_s:g} s lease was not renewed in time "
+                          "(a stalled process or an unreachable server)")
+        if self._lost is None:
+            try:
+                rm = self._client.get_registered_model(self.lock)
+            except MlflowException as e:
+                if not _gone(e):
+                    raise
+                self._lost = "the lock model was deleted"
+            else:
+                if (rm.tags.get("owner"), rm.creation_timestamp) != (self.owner, self._created_ms):
+                    self._lost = f"gate {rm.tags.get('owner', '?')} holds it now"
+        if self._lost is not None:
+            raise TrackingError(f"lost the gate lock {self.lock!r} of {self.owner}: {self._lost}; "
+                                f"{CHAMPION} of {self.name!r} was not moved, run the gate again")
+
+    def renew(self) -> None:
+        """Re-check that the lock is this holder's and extend its lease.
+
+        Raises:
+            TrackingError: the lock is lost (see :meth:`_check`).
+            MlflowException: the server failed (the lease runs out on its own).
+        """
+        with self._mutex:
+            self._check()
+            self._renewals += 1
+            sent = time.monotonic()
+            self._client.update_registered_model(
+                self.lock, description=f"{_LOCK_DESCRIPTION} (renewal {self._renewals})")
+            if time.monotonic() - sent < LOCK_GUARD * self.lease_s:
+                self._renewed_at = sent
+
+    def set_champion(self, version: str) -> None:
+        """Point the ``champion`` alias at ``version``, only while this lock is held.
+
+        Raises:
+            TrackingError: the lock is lost (nothing moved), or the server failed.
+        """
+        try:
+            self.renew()  # the fencing check: this holder's lock, with a fresh lease
+        except MlflowException as e:
+            raise TrackingError(f"cannot renew the gate lock {self.lock!r}: "
+                                f"{one_line(e, with_type=False)}") from None
+        set_champion(self.name, version)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.renew()
+            except TrackingError:
+                return  # lost: set_champion says so before the alias could move
+            except Exception:  # noqa: BLE001, S112 - a blip: the next beat tries again
+                continue
+
+    def release(self) -> None:
+        """Delete the lock if it is still this holder's with time to spare; else leave it to expire."""
+        self._stop.set()
+        self._thread.join(timeout=self.lease_s)
+        if not self._mutex.acquire(timeout=LOCK_GUARD * self.lease_s):
+            return  # a renewal is stuck on the server: the lease runs out on its own
+        try:
+            self._check()
+            self._client.delete_registered_model(self.lock)
+        except Exception:  # noqa: BLE001 - lost or unreachable: the lease expires
+            pass
+        finally:
+            self._mutex.release()
+
+
+@dataclass(frozen=True)
+class _Sighting:
+    """A lock model as a contender saw it: what identifies its state, and since when (monotonic)."""
+
+    token: tuple
+    since: float
+    owner: str
+    lease_s: float
+
+
+def _try_create(client: MlflowClient, lock: str, owner: str, lease_s: float) -> Any | None:
+    """The lock model, created now; None when it exists already."""
+    try:
+        return client.create_registered_model(
+            lock, description=_LOCK_DESCRIPTION,
+            # expires_at: the holder's wall clock, read by nothing here; gates of earlier
+            # releases wait for it (they delete a lock without one at once).
+            tags={"owner": owner, "lease_s": f"{lease_s:g}",
+                  "expires_at": f"{time.time() + lease_s:.3f}"})
+    except MlflowException as e:
+        if getattr(e, "error_code", "") == "RESOURCE_ALREADY_EXISTS":
+            return None
+        raise TrackingError(f"cannot take the gate lock {lock!r}: "
+                            f"{one_line(e, with_type=False)}") from None
+
+
+def _look(client: MlflowClient, lock: str, last: _Sighting | None, lease_s: float) -> _Sighting | None:
+    """The lock as it is now; ``last`` when unchanged since then; None when gone or unreadable."""
+    try:
+        rm = client.get_registered_model(lock)
+    except MlflowException:
+        return None  # gone, or cannot tell: the next create attempt decides
+    token = (rm.tags.get("owner"), rm.creation_timestamp, rm.last_updated_timestamp, rm.description)
+    if last is not None and last.token == token:
+        return last
+    return _Sighting(token, time.monotonic(), str(rm.tags.get("owner", "?")),
+                     _declared_lease(rm.tags, lease_s))
+
+
+def _remove_dead(client: MlflowClient, lock: str, seen: _Sighting) -> bool:
+    """Delete a lock whose holder stopped renewing; whether it was deleted.
+
+    Raises:
+        TrackingError: this user may not delete it (another MLflow user's lock).
+    """
+    from wavenet.tracking import http_status
+
+    try:
+        client.delete_registered_model(lock)
         return True
     except MlflowException as e:
-        if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
-            raise TrackingError(f"cannot take the gate lock {lock!r}: "
-                                f"{one_line(e, with_type=False)}") from None
-    return False
+        status = http_status(e)
+    if status not in (401, 403):
+        return False  # a blip, or gone already: look again after the back-off
+    # A 403 also answers a delete of a model that is gone: undeletable only if still there.
+    if _look(client, lock, seen, seen.lease_s) is not seen:
+        return False
+    silent = time.monotonic() - seen.since
+    raise TrackingError(
+        f"the gate lock {lock!r} of {seen.owner} has not been renewed for {silent:.0f} s (its lease: "
+        f"{seen.lease_s:g} s), and this MLflow user may not delete it (HTTP {status}): an MLflow admin "
+        f"or its owner deletes registered model {lock!r} (MLflow UI > Models, or "
+        f"MlflowClient().delete_registered_model({lock!r}))")
 
 
-def _expired_holder(client: MlflowClient, lock: str) -> str | None:
-    """The owner of ``lock`` when its lease has expired (None: held, or already gone)."""
-    try:
-        tags = client.get_registered_model(lock).tags
-    except MlflowException:
-        return None
-    try:
-        expires_at = float(tags.get("expires_at", "0"))
-    except ValueError:
-        expires_at = 0.0
-    return tags.get("owner", "?") if time.time() > expires_at else None
-
-
-def _release(client: MlflowClient, lock: str, owner: str) -> None:
-    with contextlib.suppress(MlflowException):
-        if client.get_registered_model(lock).tags.get("owner") == owner:
-            client.delete_registered_model(lock)
+def _acquire(client: MlflowClient, name: str, lease_s: float, wait_s: float) -> GateLock:
+    lock = _lock_name(name)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    delay, seen = 0.05, None
+    while True:
+        sent = time.monotonic()
+        created = _try_create(client, lock, owner, lease_s)
+        if created is not None:
+            return GateLock(client, name, owner, lease_s, created.creation_timestamp, sent)
+        seen = _look(client, lock, seen, lease_s)
+        if seen is not None and time.monotonic() - seen.since >= seen.lease_s \
+                and _remove_dead(client, lock, seen):
+            seen = None
+            continue  # create at once: the next look sees any lock created meanwhile
+        if time.monotonic() > deadline:
+            holder = f" by {seen.owner}" if seen else ""
+            raise TrackingError(f"the gate lock {lock!r} stayed held{holder} for {wait_s:.0f} s; if no "
+                                f"gate is running, delete registered model {lock!r}")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
 
 
 @contextlib.contextmanager
 def champion_lock(name: str, *, lease_s: float = LOCK_LEASE_S,
-                  wait_s: float = LOCK_WAIT_S) -> Iterator[str]:
+                  wait_s: float = LOCK_WAIT_S) -> Iterator[GateLock]:
     """Hold the gate lock of registered model ``name`` (see the comment above).
 
+    Move the alias with :meth:`GateLock.set_champion` inside the block: it re-checks
+    that the lock is still held.
+
+    Args:
+        name: the registered model.
+        lease_s: how long the lock stays held without a renewal (renewed every third of it).
+        wait_s: how long to wait for another holder before giving up.
+
     Yields:
-        This holder's owner id (host, pid and a random part).
+        The :class:`GateLock`.
 
     Raises:
-        TrackingError: the lock stayed held for ``wait_s`` seconds, or the server failed.
+        TrackingError: the lock stayed held for ``wait_s`` seconds, another user's dead lock
+            cannot be deleted, or the server failed.
     """
-    client = _client()
-    lock = _lock_name(name)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + wait_s
-    delay = 0.05
-    while not _try_acquire(client, lock, owner, lease_s):
-        stale = _expired_holder(client, lock)
-        if stale is not None:
-            with contextlib.suppress(MlflowException):
-                client.delete_registered_model(lock)  # a dead holder's lease
-            continue
-        if time.monotonic() > deadline:
-            raise TrackingError(f"the gate lock {lock!r} stayed held for {wait_s:.0f} s; if no "
-                                f"gate is running, delete registered model {lock!r}")
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+    held = _acquire(_client(), name, lease_s, wait_s)
     try:
-        yield owner
+        yield held
     finally:
-        _release(client, lock, owner)
+        held.release()
 
 
 @dataclass(frozen=True)
@@ -360,10 +584,11 @@ def find_by_train_key(name: str, key: str) -> ModelRef | None:
     """The newest version of registered model ``name`` tagged with train key ``key``, if any."""
     try:
         found = _client().search_model_versions(
-            f"name = '{name}' and tags.`{TRAIN_KEY_TAG}` = '{key}'")
+            f"{_name_filter(name)} and tags.`{TRAIN_KEY_TAG}` = '{key}'")  # key: sha256 hex
     except MlflowException as e:
         raise TrackingError(f"cannot search registered model {name!r} for {TRAIN_KEY_TAG}: "
                             f"{one_line(e, with_type=False)}") from None
+    found = [mv for mv in found if mv.name == name]
     return _ref(max(found, key=lambda mv: int(mv.version))) if found else None
 
 
