@@ -261,6 +261,24 @@ def test_overrides_reach_the_components(local_root):
     assert len(manifest["shards"]) == 2
 
 
+def test_the_merge_step_resolves_num_classes_auto_against_the_datas_labels(local_root):
+    # The first step that knows the labels hands every later step the resolved config.
+    @dsl.pipeline(name="labels")
+    def p() -> dsl.Artifact:
+        listed = list_partitions(source_uri="", preset="tiny",
+                                 config_yaml=yaml.safe_dump({"model": {"num_classes": "auto"}}),
+                                 partitions=1, demo_seconds=2.0)
+        with dsl.ParallelFor(listed.outputs["Output"]) as part:
+            pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
+                                       config=listed.outputs["config"], shards_uri="")
+        return merge_shards(partials=dsl.Collected(pre.outputs["partial"]),
+                            config=listed.outputs["config"], shards_uri="").outputs["data_config"]
+
+    resolved = runtime.load_config(p().outputs["Output"].path)
+    assert resolved.model.num_classes == 3  # the demo corpus: drums, organ, strings
+    assert resolved == preset("tiny").with_overrides({"model.num_classes": 3})
+
+
 # -- the same stages on gs:// (a real GCS emulator process on 127.0.0.1) ----------------------
 
 @pytest.fixture

@@ -127,6 +127,18 @@ def test_cli_generate_unprimed_from_a_keras_file(trained_model_path, tmp_path, m
     assert "log_mel_distance_db" not in printed["clips"][0]["metrics"]  # no reference without data
 
 
+def test_a_conditioned_model_gets_one_clip_per_label_whatever_num_clips_says(
+        eval_data, trained_model_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config().with_overrides({"generate.num_clips": 1, "generate.seconds": 0.1})
+    result = generate_samples(trained_model_path, str(tmp_path / "s"), cfg, data_dir=eval_data,
+                              tracking_uri=f"sqlite:///{tmp_path}/m.db", progress=False)
+    assert [c["label"] for c in result["clips"]] == EVAL_LABELS
+    assert "2 clips, one per label (generate.num_clips=1)" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert [c["label"] for c in summary["clips"]] == EVAL_LABELS
+
+
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory):
     """The demo corpus (one 12 s track per genre) preprocessed with the tiny preset."""

@@ -393,6 +393,28 @@ def _write_references(data_dir: str, vocabulary: list[str], label_ids: np.ndarra
     return summaries, refs, written
 
 
+def _clips_per_label(g: GenerateConfig, net: WaveNet, vocabulary: list[str] | None,
+                     who: str) -> tuple[GenerateConfig, ClipLabels]:
+    """The clips' labels, with ``num_clips`` raised to one clip per label the model knows.
+
+    A conditioned model is judged by how each genre sounds: every label it can be
+    asked for gets a clip, whatever ``generate.num_clips`` says (more clips than labels
+    cycle through them).
+    """
+    clip = clip_labels(g.num_clips, net.config.num_classes, vocabulary, net.labels, who)
+    if not net.config.conditioned:
+        return g, clip
+    if vocabulary is None:
+        known = len(net.labels) if net.labels else net.config.num_classes
+    else:
+        known = len(vocabulary) - len(clip.not_generated)
+    if known <= g.num_clips:
+        return g, clip
+    print(f"generate: {known} clips, one per label (generate.num_clips={g.num_clips})", file=sys.stderr)
+    g = dataclasses.replace(g, num_clips=known)
+    return g, clip_labels(g.num_clips, net.config.num_classes, vocabulary, net.labels, who)
+
+
 def _gate_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     """The gate decision and scores that samples.json keeps (None without an evaluation)."""
     if not evaluation:
@@ -457,7 +479,6 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
     num_samples = max(1, int(round(g.seconds * sr)))
     prime_len = int(round(g.prime_seconds * sr))
-    _check_generation_memory(net, g, num_samples)
     if prime_len and not data_dir:
         raise ConfigError(f"generate.prime_seconds={g.prime_seconds} primes with validation audio: "
                           f"pass the data folder (--data)")
@@ -465,8 +486,9 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     vocabulary, examples, calibrations = None, [], {}
     if data_dir:
         vocabulary = [str(x) for x in read_manifest(data_dir).labels]
-    clip = clip_labels(g.num_clips, net.config.num_classes, vocabulary, net.labels,
-                       model_uri or "the model")
+    g, clip = _clips_per_label(g, net, vocabulary, model_uri or "the model")
+    config, ecfg = (dataclasses.replace(c, generate=g) for c in (config, ecfg))
+    _check_generation_memory(net, g, num_samples)
     if clip.not_generated:
         print(f"generate: no clips of {', '.join(clip.not_generated)}: {model_uri or 'the model'} "
               "was never trained on them", file=sys.stderr)
