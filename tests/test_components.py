@@ -141,8 +141,9 @@ def test_every_experiment_we_use_gets_the_comparison_view(tmp_path):
         # The table: key metrics first, in their order, then the key parameters.
         order = state["columnOrder"]
         assert order[0] == "attributes.`Run Name`"
-        assert order[1:6] == [f"metrics.`{m}`" for m in tracking.KEY_METRICS]
-        assert order[1] == "metrics.`eval/bits_per_sample`"
+        assert order[1:7] == [f"metrics.`{m}`" for m in tracking.KEY_METRICS]
+        # How a model sounds, beside how it scores.
+        assert order[1:3] == ["metrics.`eval/bits_per_sample`", "metrics.`samples/checks_passed_fraction`"]
         assert set(order[1:]) <= set(state["selectedColumns"])
         # The charts: one section first, its cards on the key metrics and parameters.
         (section,) = state["compareRunSections"]
@@ -152,7 +153,7 @@ def test_every_experiment_we_use_gets_the_comparison_view(tmp_path):
         assert cards[0]["type"] == "PARALLEL" and cards[0]["selectedMetrics"] == ["eval/bits_per_sample"]
         assert cards[0]["selectedParams"] == list(tracking.KEY_PARAMS)
         assert [c.get("metricKey") for c in cards[1:]] == \
-            [tracking.KEY_METRICS[i] for i in (0, 1, 3, 4)]
+            [tracking.KEY_METRICS[i] for i in (0, 1, 2, 4, 5)]
 
 
 def test_data_location_prefers_persistent_shards_and_needs_a_bucket_for_pods():
