@@ -243,20 +243,24 @@ def test_empty_source_folder_fails_the_list_step_with_a_clear_message(local_root
     assert "no audio files found under" in capfd.readouterr().out
 
 
-def test_overrides_reach_the_components(local_root):
-    # num_shards from the YAML overrides decides how many shards the merge writes.
-    @dsl.pipeline(name="overrides")
-    def p() -> dsl.Dataset:
-        listed = list_partitions(source_uri="", preset="tiny",
-                                 config_yaml=yaml.safe_dump({"data": {"num_shards": 1}}),
+def _one_partition(overrides: dict, output: str):
+    """The data stages on the demo corpus with these YAML overrides; the merge step's ``output``."""
+    @dsl.pipeline(name="one-partition")
+    def p() -> dsl.Artifact:
+        listed = list_partitions(source_uri="", preset="tiny", config_yaml=yaml.safe_dump(overrides),
                                  partitions=1, demo_seconds=2.0)
         with dsl.ParallelFor(listed.outputs["Output"]) as part:
             pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
                                        config=listed.outputs["config"], shards_uri="")
         return merge_shards(partials=dsl.Collected(pre.outputs["partial"]),
-                            config=listed.outputs["config"], shards_uri="").outputs["shards"]
+                            config=listed.outputs["config"], shards_uri="").outputs[output]
 
-    shards = p().outputs["Output"]
+    return p().outputs["Output"]
+
+
+def test_overrides_reach_the_components(local_root):
+    # num_shards from the YAML overrides decides how many shards the merge writes.
+    shards = _one_partition({"data": {"num_shards": 1}}, "shards")
     manifest = json.loads(open(os.path.join(shards.path, "manifest.json")).read())
     assert {s["split"] for s in manifest["shards"]} == {"train", "validation"}
     assert len(manifest["shards"]) == 2
@@ -264,18 +268,7 @@ def test_overrides_reach_the_components(local_root):
 
 def test_the_merge_step_resolves_num_classes_auto_against_the_datas_labels(local_root):
     # The first step that knows the labels hands every later step the resolved config.
-    @dsl.pipeline(name="labels")
-    def p() -> dsl.Artifact:
-        listed = list_partitions(source_uri="", preset="tiny",
-                                 config_yaml=yaml.safe_dump({"model": {"num_classes": "auto"}}),
-                                 partitions=1, demo_seconds=2.0)
-        with dsl.ParallelFor(listed.outputs["Output"]) as part:
-            pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
-                                       config=listed.outputs["config"], shards_uri="")
-        return merge_shards(partials=dsl.Collected(pre.outputs["partial"]),
-                            config=listed.outputs["config"], shards_uri="").outputs["data_config"]
-
-    resolved = runtime.load_config(p().outputs["Output"].path)
+    resolved = runtime.load_config(_one_partition({"model": {"num_classes": "auto"}}, "data_config").path)
     assert resolved.model.num_classes == 3  # the demo corpus: drums, organ, strings
     assert resolved == preset("tiny").with_overrides({"model.num_classes": 3})
 
