@@ -9,7 +9,8 @@ parameters.)
 Artifacts between stages:
 ``list_partitions`` -> audio (Dataset) + partitions (JSON lists of file names) + config ->
 ``preprocess_partition`` (one per partition, in a ParallelFor) -> partial (Dataset) ->
-``merge_shards`` (Collected partials) -> shards (Dataset) + data version ->
+``merge_shards`` (Collected partials) -> shards (Dataset) + data version + the config
+resolved against the data's labels (``model.num_classes: auto``) ->
 ``train_model`` (or the registered model of an identical earlier run) -> model (Model) +
 metrics -> ``evaluate_model`` -> promoted (bool) + metrics + evaluation ->
 ``generate_samples`` (model, evaluation) -> samples (Artifact) + report (HTML).
@@ -107,13 +108,15 @@ def preprocess_partition(audio: Input[Dataset], partition: str, config: Input[Ar
 
 @dsl.component(**_COMMON)
 def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards_uri: str,
-                 shards: Output[Dataset]) -> str:
+                 shards: Output[Dataset], data_config: Output[Artifact]) -> str:
     """Merge the partial manifests into TFRecord shards + manifest.json.
 
     With ``shards_uri`` the shards are (re)written there, old tracks included, and the
     artifact keeps a copy of the manifest with ``data_dir`` pointing at the manifest
     version this run committed (``SHARDS_URI/manifests/<version>.json``): later steps
     read exactly this run's data, whatever another run commits to ``shards_uri`` meanwhile.
+    ``data_config`` is the config resolved against the data (``model.num_classes: auto``
+    becomes the number of labels: the first step that knows them), for every later step.
 
     Returns:
         The data version: a digest of the shards' sha256s.
@@ -123,11 +126,15 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
 
     from components import runtime
     from wavenet import storage
+    from wavenet.config import resolve_num_classes
     from wavenet.preprocess import merge_manifests
 
     paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
     os.makedirs(shards.path, exist_ok=True)
-    manifest = merge_manifests(paths, shards_uri or shards.path, runtime.load_config(config.path))
+    cfg = runtime.load_config(config.path)
+    manifest = merge_manifests(paths, shards_uri or shards.path, cfg)
+    os.makedirs(os.path.dirname(data_config.path), exist_ok=True)
+    storage.write_text_atomic(data_config.path, resolve_num_classes(cfg, manifest.labels).to_yaml())
     if shards_uri:
         # A copy of the manifest keeps lineage in the artifact store.
         storage.write_text_atomic(os.path.join(shards.path, "manifest.json"),

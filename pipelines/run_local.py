@@ -100,7 +100,20 @@ def summarize(run_dir: Path) -> dict[str, Any]:
             out["wavs"] = sorted(str(p) for p in samples.rglob("*.wav"))
             report = samples / "report.html"
             out["report"] = str(report) if report.exists() else None
+            out["clips"] = clip_lines((_read_json(samples / "samples.json") or {}).get("clips", []))
     return out
+
+
+def clip_lines(clips: list[dict[str, Any]]) -> list[str]:
+    """One line per generated clip: its file, the label it was asked for, its checks' verdict."""
+    lines = []
+    for c in clips:
+        asked = f"asked for {c['label']}" if c.get("label") is not None else "unconditioned"
+        checks = c.get("checks") or []
+        passed = sum(bool(k["passed"]) for k in checks)
+        verdict = f"{passed}/{len(checks)} calibrated checks passed" if checks else "no calibrated checks"
+        lines.append(f"{c['name']}: {asked}, {verdict}")
+    return lines
 
 
 def _latest_run(root: Path, before: set[Path]) -> Path | None:
@@ -185,6 +198,8 @@ def print_summary(s: dict[str, Any]) -> None:
     if s.get("samples"):
         _say(f"  samples   {len(s['wavs'])} WAV files in {s['samples']}")
         _say(f"  report    {s.get('report')}  (open it in a browser to listen)")
+        for line in s.get("clips") or []:
+            _say(f"    {line}")
     else:
         _say("  samples   none (the gate rejected the model)")
     if s.get("log"):

@@ -128,6 +128,8 @@ def wavenet_train(
                           shards_uri=shards_uri)
     merged.set_display_name("merge into shards").set_memory_limit("8G")
     _step_pod(merged)
+    # From here on, the config as the data resolved it (model.num_classes: auto -> the labels).
+    config = merged.outputs["data_config"]
 
     trained = train_model(
         shards=merged.outputs["shards"], data_version=merged.outputs["Output"], config=config,

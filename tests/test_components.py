@@ -141,8 +141,9 @@ def test_every_experiment_we_use_gets_the_comparison_view(tmp_path):
         # The table: key metrics first, in their order, then the key parameters.
         order = state["columnOrder"]
         assert order[0] == "attributes.`Run Name`"
-        assert order[1:6] == [f"metrics.`{m}`" for m in tracking.KEY_METRICS]
-        assert order[1] == "metrics.`eval/bits_per_sample`"
+        assert order[1:7] == [f"metrics.`{m}`" for m in tracking.KEY_METRICS]
+        # How a model sounds, beside how it scores.
+        assert order[1:3] == ["metrics.`eval/bits_per_sample`", "metrics.`samples/checks_passed_fraction`"]
         assert set(order[1:]) <= set(state["selectedColumns"])
         # The charts: one section first, its cards on the key metrics and parameters.
         (section,) = state["compareRunSections"]
@@ -152,7 +153,7 @@ def test_every_experiment_we_use_gets_the_comparison_view(tmp_path):
         assert cards[0]["type"] == "PARALLEL" and cards[0]["selectedMetrics"] == ["eval/bits_per_sample"]
         assert cards[0]["selectedParams"] == list(tracking.KEY_PARAMS)
         assert [c.get("metricKey") for c in cards[1:]] == \
-            [tracking.KEY_METRICS[i] for i in (0, 1, 3, 4)]
+            [tracking.KEY_METRICS[i] for i in (0, 1, 2, 4, 5)]
 
 
 def test_data_location_prefers_persistent_shards_and_needs_a_bucket_for_pods():
@@ -246,23 +247,34 @@ def test_empty_source_folder_fails_the_list_step_with_a_clear_message(local_root
     assert "no audio files found under" in capfd.readouterr().out
 
 
-def test_overrides_reach_the_components(local_root):
-    # num_shards from the YAML overrides decides how many shards the merge writes.
-    @dsl.pipeline(name="overrides")
-    def p() -> dsl.Dataset:
-        listed = list_partitions(source_uri="", preset="tiny",
-                                 config_yaml=yaml.safe_dump({"data": {"num_shards": 1}}),
+def _one_partition(overrides: dict, output: str):
+    """The data stages on the demo corpus with these YAML overrides; the merge step's ``output``."""
+    @dsl.pipeline(name="one-partition")
+    def p() -> dsl.Artifact:
+        listed = list_partitions(source_uri="", preset="tiny", config_yaml=yaml.safe_dump(overrides),
                                  partitions=1, demo_seconds=2.0)
         with dsl.ParallelFor(listed.outputs["Output"]) as part:
             pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
                                        config=listed.outputs["config"], shards_uri="")
         return merge_shards(partials=dsl.Collected(pre.outputs["partial"]),
-                            config=listed.outputs["config"], shards_uri="").outputs["shards"]
+                            config=listed.outputs["config"], shards_uri="").outputs[output]
 
-    shards = p().outputs["Output"]
+    return p().outputs["Output"]
+
+
+def test_overrides_reach_the_components(local_root):
+    # num_shards from the YAML overrides decides how many shards the merge writes.
+    shards = _one_partition({"data": {"num_shards": 1}}, "shards")
     manifest = json.loads(open(os.path.join(shards.path, "manifest.json")).read())
     assert {s["split"] for s in manifest["shards"]} == {"train", "validation"}
     assert len(manifest["shards"]) == 2
+
+
+def test_the_merge_step_resolves_num_classes_auto_against_the_datas_labels(local_root):
+    # The first step that knows the labels hands every later step the resolved config.
+    resolved = runtime.load_config(_one_partition({"model": {"num_classes": "auto"}}, "data_config").path)
+    assert resolved.model.num_classes == 3  # the demo corpus: drums, organ, strings
+    assert resolved == preset("tiny").with_overrides({"model.num_classes": 3})
 
 
 # -- the same stages on gs:// (a real GCS emulator process on 127.0.0.1) ----------------------

@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 
 from wavenet.config import (
+    AUTO_CLASSES,
     PRESETS,
     ExperimentConfig,
     ModelConfig,
@@ -10,6 +11,7 @@ from wavenet.config import (
     load_config,
     preset,
     resolve_config,
+    resolve_num_classes,
 )
 from wavenet.errors import ConfigError
 
@@ -41,6 +43,8 @@ def test_receptive_field_is_derived():
     ({"quantization_channels": 512}, "Received: model.quantization_channels=512"),
     ({"residual_channels": 8.5}, "Received: model.residual_channels=8.5"),
     ({"num_classes": -1}, "Received: model.num_classes=-1"),
+    ({"num_classes": "many"}, "model.num_classes must be an integer >= 0 or 'auto'. "
+                              "Received: model.num_classes='many'"),
 ])
 def test_model_validation_names_field_and_value(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
@@ -105,3 +109,33 @@ def test_flat_params():
     flat = preset("tiny").flat()
     assert flat["model.stacks"] == 1 and flat["audio.sample_rate"] == 16000
     assert all("." in k or k in ("name", "preset") for k in flat)
+
+
+def test_num_classes_auto_is_one_class_per_label_from_two_labels_on():
+    cfg = preset("tiny").with_overrides({"model.num_classes": "auto"})
+    assert cfg.model.num_classes == AUTO_CLASSES and not cfg.model.conditioned
+    three = resolve_num_classes(cfg, ["drums", "organ", "strings"])
+    assert three.model.num_classes == 3 and three.model.conditioned
+    assert three.train == cfg.train  # only the model's classes change
+    # One label (or none) has nothing to tell apart: unconditioned.
+    assert resolve_num_classes(cfg, ["music"]).model.num_classes == 0
+    assert resolve_num_classes(cfg, []).model.num_classes == 0
+    # A number the user chose stays, whatever the data.
+    assert resolve_num_classes(tiny_with(num_classes=5), ["a", "b"]).model.num_classes == 5
+    assert resolve_num_classes(tiny_with(num_classes=0), ["a", "b"]).model.num_classes == 0
+
+
+def tiny_with(**model):
+    return preset("tiny").with_overrides({f"model.{k}": v for k, v in model.items()})
+
+
+def test_the_demo_preset_is_conditioned_on_its_datas_labels():
+    assert preset("demo").model.num_classes == AUTO_CLASSES
+    assert resolve_config("demo", overrides=["model.num_classes=auto"]) == preset("demo")
+
+
+def test_a_model_is_never_built_with_num_classes_still_auto():
+    from wavenet.model import build_model
+
+    with pytest.raises(ConfigError, match="model.num_classes is 'auto': resolve it"):
+        build_model(preset("demo"))

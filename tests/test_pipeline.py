@@ -264,7 +264,7 @@ def test_full_pipeline_runs_locally_then_an_identical_run_reuses_the_registered_
     def run():
         rc = run_local.main(["--preset", "tiny", "--demo-seconds", "4", "--workers", "2",
                              "--root", str(tmp_path / "runs"), "--tracking-uri", uri,
-                             "--experiment", "pipeline-test"])
+                             "--experiment", "pipeline-test", "--set", "model.num_classes=auto"])
         out = capsys.readouterr().out
         assert rc == 0, out[-3000:]
         return out, run_local.summarize(Path(re.search(r"Outputs under (\S+):", out).group(1)))
@@ -279,6 +279,10 @@ def test_full_pipeline_runs_locally_then_an_identical_run_reuses_the_registered_
     assert summary["wavs"], "no WAV files generated"
     assert all(os.path.getsize(w) > 44 for w in summary["wavs"])
     assert summary["report"] and "make ui" in out
+    # Conditioned on the demo corpus's three genres (resolved by the merge step): one clip each,
+    # and the summary says which genre each clip was asked for.
+    assert set(re.findall(r"asked for (\w+), \d+/\d+ calibrated checks passed", out)) == {
+        "drums", "organ", "strings"}, out
     manifest = json.loads((Path(summary["shards"]) / "manifest.json").read_text())
     assert manifest["summary"]["processed"] == 3
 
@@ -291,7 +295,7 @@ def test_full_pipeline_runs_locally_then_an_identical_run_reuses_the_registered_
     assert len(train_runs) == 1, [r.info.run_name for r in runs]
     train = train_runs[0]
     assert train.info.run_id == summary["train_run_id"]
-    assert train.data.params["train.steps"] == "30" and "model.stacks" in train.data.params
+    assert train.data.params["train.steps"] == "30" and train.data.params["model.num_classes"] == "3"
     assert "val_bits_per_sample" in train.data.metrics
     assert train.data.tags.get("kfp.run_id")  # the pipeline run it came from
     names = {r.info.run_name for r in runs}

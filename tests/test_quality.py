@@ -192,7 +192,7 @@ def test_calibration_ranges_are_percentiles_over_windows_widened():
     windows = quality.reference_windows([x], SR)
     assert cal["windows"] == len(windows) == 11 and cal["window_seconds"] == 1.0
     for check in quality.CHECKS:
-        if check.metric == "log_mel_distance_db":
+        if check.metric in ("log_mel_distance_db", "joint_distance"):  # not per-window features
             continue
         values = [quality.clip_features(w, SR)[check.metric] for w in windows]
         lo, hi = np.percentile(values, quality.REFERENCE_PERCENTILES)
@@ -202,6 +202,42 @@ def test_calibration_ranges_are_percentiles_over_windows_widened():
     results, warnings = quality.check_ranges(quality.analyze(x[:SR], SR)["metrics"], cal)
     assert warnings == [] and all(r["passed"] for r in results)
     assert quality.calibrate([x], SR, SR, max_windows=4)["windows"] == 4
+    # The joint distance's range: the 97.5th percentile of windows' held-out distances, widened.
+    joint = cal["ranges"]["joint_distance"]
+    assert joint["low"] is None and joint["high"] == pytest.approx(
+        joint["reference_high"] * quality.JOINT_TOLERANCE)
+
+
+def test_tonal_flatness_is_noise_like_for_any_colour_and_low_for_harmonic_sounds():
+    rng = np.random.default_rng(1)
+    for exponent in (0, 1, 2):
+        assert 0.45 < quality.tonal_flatness(coloured_noise(exponent), SR) < 0.62, exponent
+    assert 0.5 < quality.tonal_flatness(low_passed_noise(500.0), SR) < 0.62
+    # A chord's harmonic lines stand far above their envelope, even with a little noise.
+    assert quality.tonal_flatness(music(2.0) + 0.001 * rng.normal(size=2 * SR), SR) < 0.2
+    assert quality.tonal_flatness(np.zeros(SR), SR) == 0.0
+
+
+def test_level_variation_is_small_for_steady_noise_and_large_for_notes():
+    assert quality.level_variation_db(coloured_noise(0), SR) < 1.0
+    assert quality.level_variation_db(music(2.0), SR) > 4.0
+
+
+def test_joint_distance_is_about_one_for_the_reference_and_large_far_from_it():
+    rng = np.random.default_rng(2)
+    names = [n for n, _ in quality.JOINT_FEATURES]
+    centre = np.array([-15.0, -30.0, -2.5, 0.7, 2.0, 0.2, 0.6, 3.0])
+    spread = np.array([2.0, 3.0, 0.3, 0.1, 1.0, 0.05, 0.2, 1.0])
+    vectors = centre + spread * rng.normal(size=(400, len(names)))
+    model = quality.fit_joint(vectors)
+    assert np.median([quality.joint_distance(v, model) for v in vectors]) == pytest.approx(0.92, abs=0.1)
+    assert np.asarray(model["scale"]) == pytest.approx(spread, rel=0.15)
+    far = centre.copy()
+    far[3] -= 6 * spread[3]  # six spreads off in one feature
+    assert quality.joint_distance(far, model) > 2.0
+    # Held out by group: every window gets a distance from a fit without its own group.
+    held = quality.held_out_distances(vectors[:40], [i // 10 for i in range(40)])
+    assert held.shape == (40,) and np.all(held > 0)
 
 
 # -- the checks on real (demo) music and on failure cases -------------------------------
@@ -240,6 +276,15 @@ def coloured_noise(exponent, seed=5):
     return np.clip(0.3 * x / x.std(), -1, 1)
 
 
+def low_passed_noise(cutoff_hz, seed=6):
+    """White noise through a brick-wall low-pass at ``cutoff_hz``, 0.3 RMS: no harmonic line."""
+    rng = np.random.default_rng(seed)
+    spectrum = np.fft.rfft(rng.normal(size=CLIP))
+    spectrum[np.fft.rfftfreq(CLIP, 1.0 / SR) > cutoff_hz] = 0.0
+    x = np.fft.irfft(spectrum, CLIP)
+    return np.clip(0.3 * x / x.std(), -1, 1)
+
+
 def test_real_demo_music_of_a_track_the_ranges_never_saw_passes(demo_calibrations):
     for genre, (cal, unseen) in demo_calibrations.items():
         for i in range(0, unseen.size - CLIP + 1, CLIP // 2):
@@ -251,12 +296,19 @@ def test_real_demo_music_of_a_track_the_ranges_never_saw_passes(demo_calibration
 
 FAILURES = {
     # name: (audio, warnings every label's checks must raise)
-    "white noise": (lambda: coloured_noise(0), {"white noise", "band energy", "harmonicity"}),
-    "pink noise": (lambda: coloured_noise(1), {"harmonicity", "spectral flatness"}),
-    "brown noise": (lambda: coloured_noise(2), {"harmonicity", "spectral flatness", "dc offset"}),
+    "white noise": (lambda: coloured_noise(0), {"white noise", "band energy", "harmonicity", "atypical"}),
+    "pink noise": (lambda: coloured_noise(1), {"harmonicity", "spectral flatness", "atypical"}),
+    "brown noise": (lambda: coloured_noise(2), {"harmonicity", "spectral flatness", "dc offset", "atypical"}),
+    # Low-passed noise has a pitched label's band energy and flatness: its distance from
+    # every real window gives it away (and, against pitched labels, its noise-like fine structure).
+    "low-passed noise 500 Hz": (lambda: low_passed_noise(500.0), {"atypical"}),
+    "low-passed noise 1 kHz": (lambda: low_passed_noise(1000.0), {"atypical"}),
     "silence": (lambda: np.zeros(CLIP), {"silence", "level", "harmonicity"}),
     "stuck value": (lambda: np.full(CLIP, 0.05), {"stuck value", "dc offset", "harmonicity"}),
 }
+# Labels whose real windows have harmonic lines: any noise is also flagged as "noise" there
+# (drums are noise-like themselves; the joint distance separates those).
+PITCHED = {"organ", "strings"}
 
 
 @pytest.mark.parametrize("case", FAILURES)
@@ -266,6 +318,8 @@ def test_each_failure_case_is_flagged_against_every_label(demo_calibrations, cas
     for genre, (cal, _) in demo_calibrations.items():
         r = quality.analyze(audio, SR, codes=mu_law_encode(audio), calibration=cal)
         assert expected <= set(kinds(r)), (genre, r["warnings"])
+        if "noise" in case and genre in PITCHED:
+            assert "noise" in kinds(r), (genre, r["warnings"])
         failed = [c for c in r["checks"] if not c["passed"]]
         assert failed and all(genre in w for w in r["warnings"] if w.split(":")[0] in
                               {c["name"] for c in failed})

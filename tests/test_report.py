@@ -96,9 +96,9 @@ def test_cli_generate_everyday_flags_win_over_set(trained_model_path, tmp_path, 
     assert len(printed["clips"]) == 2 and printed["num_samples"] == 1600
     assert printed["temperature"] == 0.5 and printed["seed"] == 7 and printed["weights"] == "float32"
     # --set still works where no flag is given.
-    assert main([*common, "--out", str(tmp_path / "t"), "--set", "generate.num_clips=1",
+    assert main([*common, "--out", str(tmp_path / "t"), "--set", "generate.num_clips=3",
                  "--seconds", "0.05"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["clips"]) == 1
+    assert len(json.loads(capsys.readouterr().out)["clips"]) == 3
     # The config validates the flags: one line naming the field.
     for flag, value, field in (("--temperature", "0", "generate.temperature"),
                                ("--clips", "two", "generate.num_clips"),

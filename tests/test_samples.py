@@ -127,6 +127,45 @@ def test_cli_generate_unprimed_from_a_keras_file(trained_model_path, tmp_path, m
     assert "log_mel_distance_db" not in printed["clips"][0]["metrics"]  # no reference without data
 
 
+def test_a_conditioned_model_gets_one_clip_per_label_whatever_num_clips_says(
+        eval_data, trained_model_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config().with_overrides({"generate.num_clips": 1, "generate.seconds": 0.1})
+    result = generate_samples(trained_model_path, str(tmp_path / "s"), cfg, data_dir=eval_data,
+                              tracking_uri=f"sqlite:///{tmp_path}/m.db", progress=False)
+    assert [c["label"] for c in result["clips"]] == EVAL_LABELS
+    assert "2 clips, one per label (generate.num_clips=1)" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert [c["label"] for c in summary["clips"]] == EVAL_LABELS
+    # How the clips sound, in MLflow: the share of calibrated checks passed, overall and per label.
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(result["run_id"]).data.metrics
+    expected = {"samples/checks_passed_fraction", "samples/clips_passed_fraction",
+                *(f"samples/checks_passed_fraction/{label}" for label in EVAL_LABELS)}
+    assert expected <= set(logged) and set(summary["checks_passed"]) == expected
+    for key in expected:
+        assert logged[key] == pytest.approx(summary["checks_passed"][key])
+    per_label = [c for c in result["clips"] if c["label"] == EVAL_LABELS[1]]
+    assert logged[f"samples/checks_passed_fraction/{EVAL_LABELS[1]}"] == pytest.approx(
+        np.mean([k["passed"] for c in per_label for k in c["checks"]]))
+
+
+def test_checks_passed_counts_checks_overall_and_per_label_and_whole_clips():
+    from wavenet.generate_samples import checks_passed
+
+    def clip(label, *verdicts):
+        return {"label": label, "checks": [{"passed": v} for v in verdicts]}
+
+    got = checks_passed([clip("organ", True, True, False, True), clip("drums", False, False, False, False),
+                         clip("organ", True, True, True, True)])
+    assert got == {"samples/checks_passed_fraction": pytest.approx(7 / 12),
+                   "samples/clips_passed_fraction": pytest.approx(1 / 3),
+                   "samples/checks_passed_fraction/drums": 0.0,
+                   "samples/checks_passed_fraction/organ": pytest.approx(7 / 8)}
+    assert checks_passed([{"label": None, "checks": []}]) == {}  # nothing calibrated: nothing to log
+
+
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory):
     """The demo corpus (one 12 s track per genre) preprocessed with the tiny preset."""

@@ -15,7 +15,7 @@ from conftest import write_shards
 from mlflow import MlflowClient
 
 from wavenet.cli import main
-from wavenet.config import preset
+from wavenet.config import ExperimentConfig, preset
 from wavenet.errors import ConfigError
 from wavenet.launch import free_ports
 from wavenet.manifest import read_manifest
@@ -283,3 +283,20 @@ def test_workers_need_a_file_to_warm_start_from(tiny_shards, tmp_path, capsys, m
                                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert "--worker reads --init-model as a .keras path" in line
     assert "Received: init_model='models:/wavenet@champion'" in line
+
+
+@pytest.mark.parametrize("labels, classes", [(("a", "b"), 2), (("solo",), 0)])
+def test_num_classes_auto_is_resolved_from_the_datas_labels(tmp_path, capsys, labels, classes):
+    # `wavenet train` resolves model.num_classes "auto" as the pipeline's merge step does.
+    data = write_shards(tmp_path / "data", labels=labels)
+    out = tmp_path / "run"
+    rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--no-progress",
+               "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--set", "train.steps=2",
+               "--set", "model.num_classes=auto"])
+    capsys.readouterr()
+    assert rc == 0
+    saved = ExperimentConfig.from_yaml((out / "config.yaml").read_text())
+    assert saved.model.num_classes == classes
+    model = load_model(str(out / "model.keras"))
+    assert model.config.num_classes == classes
+    assert model.labels == (tuple(labels) if classes else None)

@@ -267,14 +267,18 @@ def _cmd_generate(args) -> int:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks; print one JSON object")
-    p.add_argument("what", choices=["generate", "preprocess", "train", "serve"])
+    p.add_argument("what", choices=["generate", "preprocess", "train", "serve", "quality"])
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.add_argument("--quick", action="store_true", help="a short run (smoke test)")
     p.add_argument("--model", default=None,
                    help="generate: a trained model (.keras or MLflow URI) instead of random weights; "
                         "serve: the MLflow model URI to serve (e.g. models:/wavenet@champion)")
     p.add_argument("--data", default=None,
-                   help="generate only, with --model: its shards; adds each weight precision's agreement")
+                   help="generate, with --model: its shards; adds each weight precision's agreement. "
+                   "quality: the shards to train on (default: the demo corpus)")
+    p.add_argument("--budgets", default=None, metavar="N,N,...",
+                   help="quality only: training budgets in predicted samples (steps x batch x window)")
+    p.add_argument("--workers", type=int, default=1, help="quality only: training workers per run")
     _add_config_args(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -291,9 +295,12 @@ def _cmd_bench(args) -> int:
         os.environ.update(BENCH_THREADS_ENV)  # the edge: before the benchmark's imports
     module = importlib.import_module(f"wavenet.bench.{args.what}")
     if args.preset is None and args.config is None and args.config_yaml is None:
-        args.preset = "bench"
+        args.preset = "demo" if args.what == "quality" else "bench"
     cfg = _config(args)
-    if args.what == "generate":
+    if args.what == "quality":
+        result = module.run(cfg, quick=args.quick, data=args.data, budgets=_budgets(args.budgets),
+                            workers=args.workers)
+    elif args.what == "generate":
         if args.data and not args.model:
             raise ConfigError("bench generate --data needs --model (the trained model to compare). "
                               f"Received: --data {args.data}")
@@ -309,6 +316,19 @@ def _cmd_bench(args) -> int:
     else:
         _print_json(result)
     return 0
+
+
+def _budgets(text: str | None) -> tuple[int, ...] | None:
+    """``--budgets 1228800,2457600`` -> budgets in samples (None: the benchmark's default)."""
+    if text is None:
+        return None
+    try:
+        budgets = tuple(int(float(b)) for b in text.split(","))
+    except ValueError:
+        budgets = ()
+    if not budgets or min(budgets) < 1:
+        raise ConfigError(f"--budgets must be positive sample counts separated by commas. Received: {text!r}")
+    return budgets
 
 
 _COMMANDS: list[Callable] = [_add_config, _add_demo_data, _add_preprocess, _add_train,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ __all__ = [
     "load_config",
     "overrides_from_yaml",
     "resolve_config",
+    "AUTO_CLASSES",
+    "resolve_num_classes",
 ]
 
 
@@ -92,6 +94,10 @@ UPPER_BOUNDS: dict[str, float] = {
     "evaluate.window": 1 << 22,
     "evaluate.batch_size": 4096,
 }
+
+
+# model.num_classes: one class per label of the data (resolve_num_classes).
+AUTO_CLASSES = "auto"
 
 
 def _check_finite_and_bounded(section: Any, prefix: str) -> None:
@@ -189,8 +195,10 @@ class ModelConfig:
     skip_channels: int = 256
     quantization_channels: int = 256
     # 0: unconditioned. >0: a label embedding is added inside every gate
-    # (global conditioning, paper section 2.5).
-    num_classes: int = 0
+    # (global conditioning, paper section 2.5). "auto": one class per label of
+    # the data when it has two or more, else unconditioned; resolved against the
+    # manifest by resolve_num_classes before a model is built.
+    num_classes: int | str = 0
 
     def __post_init__(self) -> None:
         _check_finite_and_bounded(self, "model")
@@ -203,8 +211,9 @@ class ModelConfig:
         _require(_is_int(self.quantization_channels) and 2 <= self.quantization_channels <= 256,
                  "model.quantization_channels", self.quantization_channels,
                  "an integer in [2, 256]")
-        _require(_is_int(self.num_classes) and self.num_classes >= 0,
-                 "model.num_classes", self.num_classes, "an integer >= 0")
+        _require((_is_int(self.num_classes) and self.num_classes >= 0)
+                 or self.num_classes == AUTO_CLASSES,
+                 "model.num_classes", self.num_classes, f"an integer >= 0 or {AUTO_CLASSES!r}")
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -221,14 +230,16 @@ class ModelConfig:
 
     @property
     def conditioned(self) -> bool:
-        return self.num_classes > 0
+        """Whether labels condition the model (False while ``num_classes`` is still "auto")."""
+        return _is_int(self.num_classes) and self.num_classes > 0
 
     @property
     def num_params(self) -> int:
         """Weights of the model built from this config (an estimate within a few biases)."""
         r, g, s, q, k = (self.residual_channels, self.gate_channels, self.skip_channels,
                          self.quantization_channels, self.kernel_size)
-        per_layer = k * r * 2 * g + 2 * g + g * r + r + g * s + s + self.num_classes * 2 * g
+        classes = self.num_classes if self.conditioned else 0  # "auto": counted as none
+        per_layer = k * r * 2 * g + 2 * g + g * r + r + g * s + s + classes * 2 * g
         return q * r + self.num_layers * per_layer + s * s + s + s * q + q
 
     @property
@@ -533,8 +544,11 @@ def demo() -> ExperimentConfig:
         preset="demo",
         data=DataConfig(num_shards=4, chunk_seconds=10.0),
         # Receptive field 511 samples (32 ms at 16 kHz): a couple of pitch periods.
+        # Conditioned on the data's labels (genres) when it has two or more: the
+        # demo corpus's three genres share one model, and each clip is asked for
+        # one of them (an unconditioned model mixes them into one sound).
         model=ModelConfig(stacks=2, layers_per_stack=8, residual_channels=32, gate_channels=32,
-                          skip_channels=64),
+                          skip_channels=64, num_classes=AUTO_CLASSES),
         train=TrainConfig(global_batch_size=8, window=2048, steps=300, learning_rate=2e-3,
                           warmup_steps=30, checkpoint_every=50, log_every=10, validate_every=100,
                           validation_batches=4),
@@ -689,3 +703,24 @@ def resolve_config(preset_name: str | None = None, config_file: str | None = Non
             pairs = dict(parse_override(o) for o in overrides)
         cfg = cfg.with_overrides(pairs)
     return cfg
+
+
+def resolve_num_classes(cfg: ExperimentConfig, labels: Sequence[str]) -> ExperimentConfig:
+    """``model.num_classes: auto`` resolved against the data's labels (other values kept).
+
+    Global conditioning (paper section 2.5) needs at least two labels to tell
+    apart: with two or more, one class per label; with one (or none), the model
+    stays unconditioned (``num_classes: 0``), since a single label's embedding
+    would only duplicate the gates' biases.
+
+    Args:
+        cfg: the config, possibly with ``model.num_classes == "auto"``.
+        labels: the manifest's labels (id order).
+
+    Returns:
+        ``cfg`` itself when nothing is to resolve, else a copy with an integer ``num_classes``.
+    """
+    if cfg.model.num_classes != AUTO_CLASSES:
+        return cfg
+    n = len(labels) if len(labels) >= 2 else 0
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=n))

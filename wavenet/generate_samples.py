@@ -39,7 +39,7 @@ from wavenet.quality import absolute_thresholds, analyze, calibrate
 from wavenet.report import render_html, spectrogram_png, wav_bytes
 
 __all__ = ["REPORT_FILE", "SUMMARY_FILE", "ClipLabels", "clip_labels", "read_examples", "read_validation_codes",
-           "prime_codes", "calibrate_labels", "generate_samples"]
+           "prime_codes", "calibrate_labels", "checks_passed", "generate_samples"]
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "samples.json"
@@ -280,7 +280,52 @@ def _quality_metrics(result: dict[str, Any]) -> dict[str, float]:
     for k in clips[0]["metrics"]:
         metrics[tracking.metric_key("quality", "mean", k)] = float(
             np.mean([c["metrics"][k] for c in clips]))
-    return metrics
+    return {**metrics, **result["checks_passed"]}
+
+
+def checks_passed(clips: list[dict[str, Any]]) -> dict[str, float]:
+    """How the clips sound, in numbers a runs table can sort on (empty without calibrated checks).
+
+    ``samples/checks_passed_fraction``: passed calibrated checks over all clips'
+    checks (1.0: every clip within its label's real audio on every check);
+    ``samples/checks_passed_fraction/<label>``: the same over that label's clips;
+    ``samples/clips_passed_fraction``: clips that pass every check.
+    """
+    checked = [c for c in clips if c["checks"]]
+    if not checked:
+        return {}
+    out = {"samples/checks_passed_fraction": _passed_fraction(checked),
+           "samples/clips_passed_fraction": float(np.mean([all(k["passed"] for k in c["checks"])
+                                                           for c in checked]))}
+    for label in sorted({c["label"] for c in checked if c["label"] is not None}):
+        out[tracking.metric_key("samples", "checks_passed_fraction", label)] = _passed_fraction(
+            [c for c in checked if c["label"] == label])
+    return out
+
+
+def _passed_fraction(clips: list[dict[str, Any]]) -> float:
+    verdicts = [k["passed"] for c in clips for k in c["checks"]]
+    return float(np.mean(verdicts))
+
+
+def _log_on_training_run(model_uri: str | None, data_dir: str | None, metrics: dict[str, float]) -> str | None:
+    """Log the checks' fractions on the model's training run too, beside its eval/bits_per_sample.
+
+    As :func:`wavenet.evaluate.evaluate` does with its score: only when the clips were
+    calibrated on the data the run trained on (its ``data.version`` tag, or untagged), so
+    the runs table and the comparison view show one row per model with how it sounds.
+
+    Returns:
+        The training run's id when logged there, else None.
+    """
+    src_run = tracking.model_run_id(model_uri) if model_uri else None
+    if not (src_run and data_dir and metrics):
+        return None
+    trained_on = tracking.run_tag(src_run, "data.version")
+    if trained_on not in (None, read_manifest(data_dir).data_version):
+        return None
+    tracking.log_metrics_to_run(src_run, metrics)
+    return src_run
 
 
 def _report_info(result: dict[str, Any], g: GenerateConfig, net: WaveNet) -> dict[str, Any]:
@@ -393,6 +438,28 @@ def _write_references(data_dir: str, vocabulary: list[str], label_ids: np.ndarra
     return summaries, refs, written
 
 
+def _clips_per_label(g: GenerateConfig, net: WaveNet, vocabulary: list[str] | None,
+                     who: str) -> tuple[GenerateConfig, ClipLabels]:
+    """The clips' labels, with ``num_clips`` raised to one clip per label the model knows.
+
+    A conditioned model is judged by how each genre sounds: every label it can be
+    asked for gets a clip, whatever ``generate.num_clips`` says (more clips than labels
+    cycle through them).
+    """
+    clip = clip_labels(g.num_clips, net.config.num_classes, vocabulary, net.labels, who)
+    if not net.config.conditioned:
+        return g, clip
+    if vocabulary is None:
+        known = len(net.labels) if net.labels else net.config.num_classes
+    else:
+        known = len(vocabulary) - len(clip.not_generated)
+    if known <= g.num_clips:
+        return g, clip
+    print(f"generate: {known} clips, one per label (generate.num_clips={g.num_clips})", file=sys.stderr)
+    g = dataclasses.replace(g, num_clips=known)
+    return g, clip_labels(g.num_clips, net.config.num_classes, vocabulary, net.labels, who)
+
+
 def _gate_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     """The gate decision and scores that samples.json keeps (None without an evaluation)."""
     if not evaluation:
@@ -446,7 +513,9 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         "reference_clips" ([{"label", "label_id", "seconds", "source", "wav",
         "png"}]: validation audio, one clip per label), "model_labels" (the
         model's vocabulary; None: saved without one), "labels_not_generated"
-        (data labels the model was never trained on: no clips), "run_id"}``.
+        (data labels the model was never trained on: no clips), "checks_passed"
+        (:func:`checks_passed`: the fractions logged to MLflow, also on the
+        model's training run when it trained on this data), "run_id"}``.
         Clip labels go to the model by name (:func:`clip_labels`); ``label_id``
         is the data's id.
     """
@@ -457,7 +526,6 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
     num_samples = max(1, int(round(g.seconds * sr)))
     prime_len = int(round(g.prime_seconds * sr))
-    _check_generation_memory(net, g, num_samples)
     if prime_len and not data_dir:
         raise ConfigError(f"generate.prime_seconds={g.prime_seconds} primes with validation audio: "
                           f"pass the data folder (--data)")
@@ -465,8 +533,9 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     vocabulary, examples, calibrations = None, [], {}
     if data_dir:
         vocabulary = [str(x) for x in read_manifest(data_dir).labels]
-    clip = clip_labels(g.num_clips, net.config.num_classes, vocabulary, net.labels,
-                       model_uri or "the model")
+    g, clip = _clips_per_label(g, net, vocabulary, model_uri or "the model")
+    config, ecfg = (dataclasses.replace(c, generate=g) for c in (config, ecfg))
+    _check_generation_memory(net, g, num_samples)
     if clip.not_generated:
         print(f"generate: no clips of {', '.join(clip.not_generated)}: {model_uri or 'the model'} "
               "was never trained on them", file=sys.stderr)
@@ -507,7 +576,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             "thresholds": absolute_thresholds(), "title": info.title,
             "model_info": info.to_dict(),
             "evaluation": _gate_summary(evaluation), "reference_clips": ref_summaries,
-            "run_id": run.info.run_id,
+            "run_id": run.info.run_id, "checks_passed": checks_passed(clips),
         }
         html = render_html(f"WaveNet samples: {info.title}", report_clips,
                            _report_info(result, g, net), config_yaml=ecfg.to_yaml(),
@@ -515,6 +584,8 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
                            thresholds=result["thresholds"])
         _write_outputs(local_dir, html, result)
         tracking.log_metrics(_quality_metrics(result))
+        on_training = _log_on_training_run(model_uri, data_dir, result["checks_passed"])
+        tracking.set_tags({"samples.metrics_run_id": on_training or run.info.run_id})
         tracking.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
         tracking.log_artifacts([os.path.join(local_dir, f) for f in written], "samples")
     _publish(local_dir, out_dir, written, staged)

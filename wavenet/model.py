@@ -27,8 +27,8 @@ import keras
 from keras import ops
 
 from wavenet import storage
-from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig
-from wavenet.errors import WavenetError, one_line
+from wavenet.config import AUTO_CLASSES, AudioConfig, ExperimentConfig, ModelConfig
+from wavenet.errors import ConfigError, WavenetError, one_line
 from wavenet.labels import check_vocabulary
 from wavenet.memory import check_fits
 
@@ -187,6 +187,10 @@ class WaveNet(keras.Model):
             audio_config = AudioConfig(quantization_channels=model_config.quantization_channels)
         elif isinstance(audio_config, dict):
             audio_config = AudioConfig(**audio_config)
+        if model_config.num_classes == AUTO_CLASSES:
+            raise ConfigError("model.num_classes is 'auto': resolve it against the data's labels "
+                              "(wavenet.config.resolve_num_classes) before building a model. "
+                              f"Received: model.num_classes={model_config.num_classes!r}")
         self.config = model_config
         self.audio_config = audio_config
         self.labels = check_vocabulary(labels, model_config.num_classes)

@@ -62,6 +62,13 @@ __all__ = [
     "onset_rate",
     "dc_offset",
     "clip_features",
+    "tonal_flatness",
+    "level_variation_db",
+    "JOINT_FEATURES",
+    "joint_vector",
+    "fit_joint",
+    "joint_distance",
+    "held_out_distances",
     "Check",
     "CHECKS",
     "REFERENCE_PERCENTILES",
@@ -385,6 +392,65 @@ def dc_offset(x: np.ndarray) -> float:
     return float(abs(np.mean(x))) if x.size else 0.0
 
 
+def tonal_flatness(x: np.ndarray, sample_rate: int, frame_seconds: float = 0.064,
+                   envelope_hz: float = 500.0, range_db: float = 50.0,
+                   threshold_db: float = SILENCE_DBFS) -> float:
+    """Spectral flatness after dividing out the spectral envelope: near 0.56 for any noise.
+
+    Per audible frame (Hann, about 64 ms, half overlap), the power spectrum is
+    divided by its running median over ``envelope_hz`` (the envelope), and the
+    flatness (geometric / arithmetic mean) of that ratio is taken over the bins
+    within ``range_db`` of the frame's loudest envelope value. Noise of any
+    colour, low-passed noise included, has exponentially distributed bin powers
+    around its envelope, hence ``exp(-gamma) ~ 0.56`` whatever its spectrum's
+    shape, where :func:`spectral_flatness` is low for coloured noise. Harmonic
+    lines stand far above their envelope: pitched music scores 0.05-0.3.
+
+    Returns:
+        The mean over audible frames; 0.56 is noise-like, 0 when nothing is audible.
+    """
+    n_fft = 1 << max(6, int(round(np.log2(frame_seconds * sample_rate))))
+    audible = _db(frame_power(x, n_fft, n_fft // 2)) >= threshold_db
+    if not np.any(audible):
+        return 0.0
+    power = power_spectrogram(x, n_fft, n_fft // 2)[audible][:, 1:]  # (N, F); DC is not timbre
+    half = max(1, int(round(envelope_hz * n_fft / sample_rate / 2.0)))
+    # The envelope is the running median over bins k - half .. k + half (edges reflected):
+    # harmonic peaks, sparse in the window, leave it alone, and it follows a filter's
+    # edge within a bin or two, where a running mean would smear a pass band into the
+    # stop band beside it.
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    padded = np.pad(power, ((0, 0), (half, half)), mode="reflect")
+    envelope = np.median(sliding_window_view(padded, 2 * half + 1, axis=1), axis=-1) + _EPS
+    # Floored at -30 dB: an empty bin (a brick-wall filter's stop band) would otherwise
+    # drag the geometric mean to 0; noise has a bin that far below its envelope once in 1000.
+    ratio = np.maximum(power / envelope, 1e-3)
+    keep = _db(envelope) >= _db(envelope.max(axis=1, keepdims=True)) - range_db  # (N, F)
+    # Below envelope_hz / 2 the window spans more than an octave (and is reflected at 0 Hz):
+    # on a steep spectrum (brown noise, 12 dB per octave) the median there misses the level.
+    keep[:, :half] = False
+    logs = np.where(keep, np.log(ratio + _EPS), 0.0)
+    counts = np.maximum(keep.sum(axis=1), 1)
+    geometric = np.exp(logs.sum(axis=1) / counts)
+    arithmetic = np.where(keep, ratio, 0.0).sum(axis=1) / counts + _EPS
+    return float(np.mean(geometric / arithmetic))
+
+
+def level_variation_db(x: np.ndarray, sample_rate: int, frame_seconds: float = 0.02,
+                       range_db: float = 60.0) -> float:
+    """Standard deviation over 20 ms frames of the frame level (dB), floored ``range_db`` below the loudest.
+
+    Steady noise varies by well under 1 dB from frame to frame; notes that start
+    and decay, and drum hits, by several dB.
+    """
+    length = max(1, int(round(frame_seconds * sample_rate)))
+    levels = _db(frame_power(x, length))
+    if levels.size < 2:
+        return 0.0
+    return float(np.std(np.maximum(levels, levels.max() - range_db)))
+
+
 def _bands(sample_rate: int) -> tuple[tuple[float, float], tuple[float, float]]:
     # 4-8 kHz vs 0-1 kHz at 16 kHz and above; the same fractions of Nyquist below.
     return ((min(4000.0, sample_rate / 4.0), min(8000.0, sample_rate / 2.0)),
@@ -408,7 +474,106 @@ def clip_features(audio: np.ndarray, sample_rate: int) -> dict[str, float]:
         "harmonicity": harmonicity(audio, sample_rate, fmax=min(1000.0, sample_rate / 4.0)),
         "onset_rate": onset_rate(audio, sample_rate),
         "dc_offset": dc_offset(audio),
+        "tonal_flatness": tonal_flatness(audio, sample_rate),
+        "level_variation_db": level_variation_db(audio, sample_rate),
     }
+
+
+# -- the joint verdict: a clip's features against the distribution of real windows ------
+
+# The features judged together, and how each is made roughly Gaussian over real
+# windows first ("log": log10 of the value, floored; flatness and level
+# variation span orders of magnitude). DC offset is left out: real audio has
+# none to speak of, so its spread says nothing; its own check catches it.
+JOINT_FEATURES: tuple[tuple[str, str], ...] = (
+    ("rms_dbfs", "linear"), ("band_energy_ratio_db", "linear"), ("spectral_flatness", "log"),
+    ("harmonicity", "linear"), ("onset_rate", "linear"), ("tonal_flatness", "linear"),
+    ("level_variation_db", "log"), ("log_mel_distance_db", "linear"))
+# The least spread each feature is given (in its transformed unit), so that a feature
+# that real windows hold constant (an organ's zero onset rate) does not turn a tiny
+# difference into a huge distance: 1 dB, a factor 10**0.1, 0.03 of salience, 0.5
+# onsets per second, 0.02 of tonal flatness.
+JOINT_MIN_SCALE = {"rms_dbfs": 1.0, "band_energy_ratio_db": 1.0, "spectral_flatness": 0.1,
+                   "harmonicity": 0.03, "onset_rate": 0.5, "tonal_flatness": 0.02,
+                   "level_variation_db": 0.05, "log_mel_distance_db": 0.5}
+# Weight of the identity in the correlation estimate (Ledoit and Wolf 2004's
+# shrinkage towards a diagonal target, with a fixed intensity): a few dozen
+# windows estimate 8 x 8 correlations poorly, and an unshrunk inverse would
+# reward any direction the reference happens not to vary in.
+JOINT_SHRINKAGE = 0.3
+# The accepted distance: the JOINT_PERCENTILE of the reference windows' own
+# distances, each measured with its signal (track) held out of the fit, times
+# JOINT_TOLERANCE (what a good model may add to a new track's spread).
+JOINT_PERCENTILE = 97.5
+JOINT_TOLERANCE = 1.25
+
+
+def joint_vector(metrics: dict[str, float]) -> np.ndarray:
+    """(D,) the :data:`JOINT_FEATURES` of a clip's metrics, transformed."""
+    out = []
+    for name, transform in JOINT_FEATURES:
+        v = float(metrics[name])
+        out.append(np.log10(max(v, 1e-6)) if transform == "log" else v)
+    return np.asarray(out)
+
+
+def fit_joint(vectors: np.ndarray, shrinkage: float = JOINT_SHRINKAGE) -> dict[str, list]:
+    """A robust Gaussian model of real windows' :func:`joint_vector` s.
+
+    Centre: the median; scale: 1.4826 x the median absolute deviation (the
+    standard deviation for Gaussian data), at least :data:`JOINT_MIN_SCALE`;
+    correlation of the standardised values (clipped to +-5, so one odd window
+    cannot dominate), shrunk towards the identity.
+
+    Args:
+        vectors: (N, D) one row per real window.
+
+    Returns:
+        ``{"centre", "scale", "precision"}`` (lists: JSON-ready); precision is
+        the inverse of the shrunk correlation, (D, D).
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    centre = np.median(v, axis=0)
+    floor = np.asarray([JOINT_MIN_SCALE[name] for name, _ in JOINT_FEATURES])
+    scale = np.maximum(1.4826 * np.median(np.abs(v - centre), axis=0), floor)
+    z = np.clip((v - centre) / scale, -5.0, 5.0)
+    corr = np.eye(v.shape[1])
+    if len(z) > 2:
+        zc = z - z.mean(axis=0)
+        norm = np.sqrt((zc * zc).sum(axis=0))
+        norm = np.where(norm > _EPS, norm, np.inf)  # a constant feature correlates with nothing
+        corr = (zc.T @ zc) / np.outer(norm, norm)
+        np.fill_diagonal(corr, 1.0)
+    shrunk = (1.0 - shrinkage) * corr + shrinkage * np.eye(v.shape[1])
+    return {"centre": centre.tolist(), "scale": scale.tolist(),
+            "precision": np.linalg.inv(shrunk).tolist()}
+
+
+def joint_distance(vector: np.ndarray, model: dict[str, list]) -> float:
+    """Mahalanobis distance of one :func:`joint_vector` from a :func:`fit_joint` model, per dimension.
+
+    ``sqrt(z' P z / D)`` with ``z`` the robustly standardised vector: about 1
+    for a typical real window, whatever the number of features.
+    """
+    z = (np.asarray(vector) - np.asarray(model["centre"])) / np.asarray(model["scale"])
+    return float(np.sqrt(max(z @ np.asarray(model["precision"]) @ z, 0.0) / z.size))
+
+
+def held_out_distances(vectors: np.ndarray, groups: Sequence[int]) -> np.ndarray:
+    """Each window's :func:`joint_distance` from a model fitted without its group (track).
+
+    With one group only, each window is left out alone (optimistic: windows of
+    one track resemble each other).
+    """
+    v, g = np.asarray(vectors, dtype=np.float64), np.asarray(groups)
+    if np.unique(g).size < 2:
+        g = np.arange(len(v))
+    out = np.empty(len(v))
+    for k in np.unique(g):
+        held = g == k
+        model = fit_joint(v[~held] if (~held).sum() >= 2 else v)
+        out[held] = [joint_distance(x, model) for x in v[held]]
+    return out
 
 
 # -- calibration on real audio ------------------------------------------------------
@@ -468,6 +633,14 @@ CHECKS: tuple[Check, ...] = (
     # Only too far from the label's average timbre is a fault; another key moves
     # the peaks of the narrow low mel bands, hence a wide margin.
     Check("log_mel_distance_db", "spectral mismatch", "dB", "add", 6.0, upper_only=True),
+    # Noise of any colour, low-passed too, sits at 0.51-0.58 (exp(-gamma) ~ 0.56 around
+    # its envelope); real windows of a label reach 0.25 (organ, strings) to 0.46
+    # (drums, an orchestral score): 0.04 above their range is noise.
+    Check("tonal_flatness", "noise", "", "add", 0.04, upper_only=True),
+    # All features at once (JOINT_FEATURES): a clip each of whose features lies inside
+    # its own wide range can still be far from every real window (low-passed noise:
+    # music's level and band energy, but no harmonic line, no level changes).
+    Check("joint_distance", "atypical", "", "factor", JOINT_TOLERANCE, upper_only=True),
 )
 # Percentiles over windows rather than min/max: one odd window of a long
 # reference (a fade-out, a silent bar) does not widen the range for everyone.
@@ -489,16 +662,22 @@ def reference_windows(signals: Sequence[np.ndarray], length: int, count: int | N
     Returns:
         The windows (views into ``signals``), in signal order.
     """
+    return [w for _, w in _windows(signals, length, count, hop)]
+
+
+def _windows(signals: Sequence[np.ndarray], length: int, count: int | None = None,
+             hop: int | None = None) -> list[tuple[int, np.ndarray]]:
+    """:func:`reference_windows` with the index of the signal each window comes from."""
     if length < 1:
         raise ValueError(f"window length must be >= 1. Received: {length}")
     hop = hop or max(1, length // 2)
     starts = [(k, i) for k, s in enumerate(signals) for i in range(0, len(s) - length + 1, hop)]
     if not starts:
-        return [np.asarray(s) for s in signals if len(s)]
+        return [(k, np.asarray(s)) for k, s in enumerate(signals) if len(s)]
     if count is not None and count < len(starts):
         picks = np.unique(np.round(np.linspace(0, len(starts) - 1, max(1, count))).astype(int))
         starts = [starts[j] for j in picks]
-    return [np.asarray(signals[k])[i:i + length] for k, i in starts]
+    return [(k, np.asarray(signals[k])[i:i + length]) for k, i in starts]
 
 
 def calibrate(signals: Sequence[np.ndarray], sample_rate: int, window: int,
@@ -529,16 +708,22 @@ def calibrate(signals: Sequence[np.ndarray], sample_rate: int, window: int,
         ValueError: no audio.
     """
     signals = [np.asarray(s, dtype=np.float64).reshape(-1) for s in signals]
-    windows = reference_windows(signals, window, count=max_windows)
-    if not windows:
+    tagged = _windows(signals, window, count=max_windows)
+    if not tagged:
         raise ValueError(f"no reference audio to calibrate on. Received: {len(signals)} empty signals")
+    windows = [w for _, w in tagged]
     log_mel = average_log_mel(np.concatenate(windows), sample_rate)
     rows = [clip_features(w, sample_rate) for w in windows]
     for row, w in zip(rows, windows):
         row["log_mel_distance_db"] = log_mel_distance_db(average_log_mel(w, sample_rate), log_mel)
+    vectors = np.stack([joint_vector(r) for r in rows])
+    # The accepted joint distance comes from windows of tracks the fit did not see, as a clip is.
+    for row, d in zip(rows, held_out_distances(vectors, [k for k, _ in tagged])):
+        row["joint_distance"] = float(d)
     ranges = {}
     for c in checks:
-        lo, hi = (float(v) for v in np.percentile([r[c.metric] for r in rows], percentiles))
+        pct = (percentiles[0], JOINT_PERCENTILE) if c.metric == "joint_distance" else percentiles
+        lo, hi = (float(v) for v in np.percentile([r[c.metric] for r in rows], pct))
         accept_lo, accept_hi = c.widen(lo, hi)
         ranges[c.metric] = {"low": accept_lo, "high": accept_hi, "reference_low": lo,
                             "reference_high": hi, "tolerance": c.describe(), "unit": c.unit}
@@ -546,7 +731,7 @@ def calibrate(signals: Sequence[np.ndarray], sample_rate: int, window: int,
             "window_seconds": max(len(w) for w in windows) / sample_rate,
             "seconds": sum(len(w) for w in windows) / sample_rate,
             "percentiles": list(percentiles), "log_mel": [float(v) for v in log_mel],
-            "ranges": ranges}
+            "joint": fit_joint(vectors), "ranges": ranges}
 
 
 def _fmt(v: float) -> str:
@@ -642,6 +827,8 @@ def analyze(audio: np.ndarray, sample_rate: int, codes: np.ndarray | None = None
     if reference_log_mel is not None:
         m["log_mel_distance_db"] = log_mel_distance_db(
             average_log_mel(audio, sample_rate, n_mels=len(reference_log_mel)), reference_log_mel)
+    if calibration is not None and "joint" in calibration:  # calibrations from before have none
+        m["joint_distance"] = joint_distance(joint_vector(m), calibration["joint"])
     warnings: list[str] = []
     if m["rms_dbfs"] < SILENCE_DBFS or m["silent_fraction"] > SILENT_FRAMES_FRACTION:
         warnings.append(f"silence: level {m['rms_dbfs']:.1f} dBFS, {m['silent_fraction']:.0%} of "

@@ -305,8 +305,13 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 # The numbers a person compares models on, in this order: the runs table's first columns and
 # the first charts of the comparison view below.
-KEY_METRICS = ("eval/bits_per_sample", "eval/baseline_bigram_bits", "eval/baseline_unigram_bits",
-               "val_bits_per_sample", "train_bits_per_sample")
+# How a model scores, then how it sounds (the share of its clips' calibrated checks passed,
+# wavenet.generate_samples.checks_passed), then the baselines and the training curves.
+KEY_METRICS = ("eval/bits_per_sample", "samples/checks_passed_fraction", "eval/baseline_bigram_bits",
+               "eval/baseline_unigram_bits", "val_bits_per_sample", "train_bits_per_sample")
+# Bars compare one number per model; lines follow a metric over training steps.
+_BAR_METRICS = ("eval/bits_per_sample", "samples/checks_passed_fraction", "eval/baseline_bigram_bits")
+_LINE_METRICS = ("val_bits_per_sample", "train_bits_per_sample")
 KEY_PARAMS = ("preset", "train.steps", "train.learning_rate")
 
 # MLflow's UI keeps named views of an experiment's runs page (its "Views" menu, and links with
@@ -333,7 +338,8 @@ def comparison_view_state() -> dict[str, Any]:
     Table: run names at full width, then the key metrics, then the key parameters, the dataset
     and the logged model. Charts: a "Compare models" section first, with a
     parallel-coordinates plot of the key parameters against ``eval/bits_per_sample``, bars of the
-    evaluation and its bigram baseline, and the training curves; the UI adds every other
+    evaluation, the share of calibrated checks the model's clips pass and the bigram baseline,
+    and the training curves; the UI adds every other
     metric's chart in its own sections after it. Sorted newest first (the UI's default).
     """
     metrics = [_column("metrics", m) for m in KEY_METRICS]
@@ -344,11 +350,11 @@ def comparison_view_state() -> dict[str, Any]:
         {"uuid": "wavenet-parallel", "type": "PARALLEL", "metricSectionId": section,
          "deleted": False, "isGenerated": False, "runsCountToCompare": 100,
          "selectedParams": list(KEY_PARAMS), "selectedMetrics": [KEY_METRICS[0]], "showAllRuns": False}]
-    for key in KEY_METRICS[:2]:
+    for key in _BAR_METRICS:
         charts.append({"uuid": f"wavenet-bar-{key.replace('/', '-')}", "type": "BAR", "metricKey": key,
                        "metricSectionId": section, "deleted": False, "isGenerated": False,
                        "runsCountToCompare": 10})
-    for key in KEY_METRICS[3:]:
+    for key in _LINE_METRICS:
         charts.append({"uuid": f"wavenet-line-{key}", "type": "LINE", "metricKey": key,
                        "selectedMetricKeys": [key], "metricSectionId": section, "deleted": False,
                        "isGenerated": False, "runsCountToCompare": 10, "xAxisKey": "step",

@@ -178,6 +178,7 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
     from wavenet.bench import machine, peak_rss_mb, pin_threads
 
     pin_threads(1)
+    from wavenet.config import resolve_num_classes
     from wavenet.generate import FastGenerator, kernel_isa, naive_generate
     from wavenet.model import build_model
 
@@ -189,7 +190,9 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
         source, model = model, load_wavenet(model)
         cfg = dataclasses.replace(cfg, model=model.config, audio=model.audio_config)
     else:
-        source, model = None, build_model(cfg)
+        # No data: a preset's num_classes "auto" has no labels to count, and a speed benchmark
+        # needs none (conditioning adds one embedding row per layer, read once per clip).
+        source, model = None, build_model(resolve_num_classes(cfg, []))
     mc = model.config
     flops = mc.flops_per_sample
     rng = np.random.default_rng(0)

@@ -18,9 +18,12 @@ training examples per label -> :func:`wavenet.generate_samples.calibrate_labels`
 * **A model's clips, ``--samples DIR``:** the verdict recorded in
   ``samples.json`` by ``wavenet generate`` (e.g. ``make run``'s), and the
   clips' WAVs checked against each demo label's ranges.
-* **Failure cases:** white, pink and brown noise (0.3 RMS), silence and a
-  stuck value (code 160, +0.035), each checked against every label's ranges
-  (calibrated on all of the label's tracks).
+* **Failure cases:** white, pink and brown noise (0.3 RMS), low-passed
+  white noise (500 Hz and 2 kHz brick walls), silence and a stuck value
+  (code 160, +0.035), each checked against every label's ranges (calibrated
+  on all of the label's tracks).
+* **Rates:** the false-fail rate (held-out real windows that fail a check)
+  per source and the false-pass rate (failure cases that pass every check).
 """
 
 from __future__ import annotations
@@ -50,7 +53,13 @@ def failure_cases(n: int, sample_rate: int, seed: int = 0) -> dict[str, np.ndarr
         x = np.fft.irfft(spectrum / f ** (exponent / 2.0), n)
         return np.clip(0.3 * x / x.std(), -1.0, 1.0)
 
+    def low_passed(cutoff_hz: float) -> np.ndarray:
+        # A brick wall: music's band energy and flatness, no harmonic line (issue 20's failure).
+        x = np.fft.irfft(np.where(f > cutoff_hz, 0.0, spectrum), n)
+        return np.clip(0.3 * x / x.std(), -1.0, 1.0)
+
     cases = {"white noise": coloured(0.0), "pink noise": coloured(1.0), "brown noise": coloured(2.0),
+             "low-passed noise 500 Hz": low_passed(500.0), "low-passed noise 2 kHz": low_passed(2000.0),
              "silence": np.zeros(n), "stuck value": mu_law_decode(np.full(n, 160))}
     return {k: mu_law_decode(mu_law_encode(v)) for k, v in cases.items()}
 
@@ -121,6 +130,24 @@ def real_audio(src: str, work: str, name: str, folds: int = 5) -> tuple[dict[str
     return rows, every
 
 
+def rates(out: dict[str, Any]) -> list[str]:
+    """False-fail (held-out real windows failing) and false-pass (failure cases passing) rates."""
+    lines = []
+    for title, rows in out.items():
+        if title in ("samples", "failures"):
+            continue
+        windows = sum(r["windows"] for r in rows.values())
+        passed = sum(r["passed"] for r in rows.values())
+        if windows:
+            lines.append(f"false-fail rate, {title}: {windows - passed}/{windows} held-out real windows "
+                         f"fail a check ({(windows - passed) / windows:.1%})")
+    verdicts = [bool(failed) for per in out.get("failures", {}).values() for failed in per.values()]
+    if verdicts:
+        lines.append(f"false-pass rate, failure cases x labels: {verdicts.count(False)}/{len(verdicts)} "
+                     f"pass every check ({verdicts.count(False) / len(verdicts):.1%})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wavenet.bench.sanity", description=__doc__.splitlines()[0])
     p.add_argument("--samples", help="a `wavenet generate` output folder (samples.json)")
@@ -183,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                     out["failures"].setdefault(case, {})[f"{title}: {cal['label']}"] = failed
                     cells.append(", ".join(failed) if failed else "**passes**")
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    lines += ["", *rates(out)]
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

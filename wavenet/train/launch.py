@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from wavenet import storage, tracking
-from wavenet.config import ExperimentConfig
+from wavenet.config import ExperimentConfig, resolve_num_classes
 from wavenet.errors import ConfigError
 from wavenet.launch import WorkerError, run_local_workers
 from wavenet.manifest import read_manifest
@@ -186,9 +186,13 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
         return _train_here(data, out, cfg, tf_config, init_model, common)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
+    manifest = read_manifest(data)
+    # The data decides model.num_classes "auto": resolved once, here, so every local worker,
+    # the saved config and the MLflow params carry the number.
+    cfg = resolve_num_classes(cfg, manifest.labels)
     check_batch(cfg, workers)
     check_training(cfg, workers, environ=environ)  # every local worker runs on this machine
-    check_data(data, read_manifest(data), cfg, workers)
+    check_data(data, manifest, cfg, workers)
     tracking.check_tracking_server(uri)
     if init_model:
         from wavenet.train.warm_start import prepare_init_model  # loads a Keras model

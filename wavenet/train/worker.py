@@ -17,7 +17,7 @@ from typing import Any
 import tensorflow as tf
 
 from wavenet import storage, tracking
-from wavenet.config import ExperimentConfig
+from wavenet.config import ExperimentConfig, resolve_num_classes
 from wavenet.errors import Interrupted, redact
 from wavenet.manifest import Manifest, read_manifest
 from wavenet.train.checks import check_data, worker_role
@@ -146,6 +146,7 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
     """
     role = worker_role(tf_config)
     manifest = read_manifest(data)  # read once: the checks, the input and the run's tags use it
+    cfg = resolve_num_classes(cfg, manifest.labels)  # a TFJob pod gets the config as given
     has_validation = check_data(data, manifest, cfg, role.workers)
     trainer = set_up_worker(out, cfg, tf_config=tf_config, role=role, threads=threads,
                             init_model=init_model, labels=manifest.labels)

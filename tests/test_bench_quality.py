@@ -1,0 +1,29 @@
+"""`wavenet bench quality`: a preset trained for fixed budgets, scored and listened to per budget."""
+
+import json
+
+from wavenet.cli import main
+
+
+def test_bench_quality_trains_each_budget_afresh_and_reports_bits_and_checks_per_label(capsys):
+    rc = main(["bench", "quality", "--quick", "--json", "--preset", "tiny", "--budgets", "256,1024",
+               "--set", "model.num_classes=auto", "--set", "generate.seconds=0.25"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["rows"]
+    # Budgets in predicted samples: the tiny preset predicts 4 x 256 per step.
+    assert [r["budget_samples"] for r in rows] == [1024, 1024] and [r["steps"] for r in rows] == [1, 1]
+    for r in rows:
+        assert 0 < r["bits_per_sample"] <= 8.5 and r["bigram_bits"] > 0
+        # One clip per genre of the demo corpus, each checked against its own genre.
+        assert sorted(r["checks_passed_per_label"]) == ["drums", "organ", "strings"]
+        assert 0.0 <= r["checks_passed_fraction"] <= 1.0
+        assert sorted(r["failed"]) == ["drums", "organ", "strings"]
+    assert result["table"].splitlines()[0].startswith("| budget (samples) | steps |")
+    assert len(result["table"].splitlines()) == 2 + len(rows)
+
+
+def test_bench_quality_budgets_are_checked_in_one_line(capsys):
+    assert main(["bench", "quality", "--budgets", "10,x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budgets must be positive sample counts" in err[0]
