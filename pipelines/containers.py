@@ -231,8 +231,9 @@ def run_step(docker_client, image: str, command: list[str], volumes: Mapping[str
         The container's exit status.
 
     Raises:
-        ContainerError: the image is missing, or the container vanished before its exit
-            status was read (never taken for a success).
+        ContainerError: the image is missing, the engine refused the container (e.g. a
+            command that does not exist), or the container vanished before its exit status
+            was read (never taken for a success).
     """
     import docker
 
@@ -247,7 +248,8 @@ def run_step(docker_client, image: str, command: list[str], volumes: Mapping[str
         if _vanished(e):
             raise ContainerError(f"the container {container.short_id} of {image} vanished before "
                                  f"its exit status was read: {e.explanation or e}") from None
-        raise
+        raise ContainerError(f"the container {container.short_id} of {image}: "
+                             f"{e.explanation or e}") from None
     finally:
         try:
             container.remove(force=True)

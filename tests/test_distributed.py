@@ -212,7 +212,9 @@ def test_ctrl_c_stops_every_worker(tiny_shards, tmp_path, moment):
         elif moment == "training":
             _wait_for_step(out, 10, launcher)
         launcher.send_signal(signal.SIGINT)
+        sent = time.monotonic()
         _, err = launcher.communicate(timeout=300)
+        print(f"{moment}: the launcher ended {time.monotonic() - sent:.1f} s after Ctrl-C")
     finally:
         if launcher.poll() is None:
             launcher.kill()

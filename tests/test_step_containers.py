@@ -56,11 +56,14 @@ def test_a_container_removed_under_a_step_is_never_a_success(engine, cpu_image):
     result: dict = {}
 
     def run():
+        own = containers.client()  # a client of its own: the test's goes on in this thread
         try:
-            result["status"] = containers.run_step(engine, cpu_image, ["sleep", "600"], {},
+            result["status"] = containers.run_step(own, cpu_image, ["sleep", "600"], {},
                                                    labels=label, **containers.step_run_args())
         except containers.ContainerError as e:
             result["error"] = str(e)
+        finally:
+            own.close()
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
