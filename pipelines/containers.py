@@ -44,11 +44,16 @@ class ContainerError(WavenetError):
     """No container engine, a missing image, or a container that failed."""
 
 
+# How long a socket that exists may take to answer. podman 4.3's API answers nothing while a
+# build or a commit holds its store (seconds on a busy machine); a missing engine fails at once.
+PROBE_TIMEOUT_S = 60
+
+
 def _answers(url: str) -> bool:
     import docker
 
     try:
-        c = docker.DockerClient(base_url=url, timeout=5)
+        c = docker.DockerClient(base_url=url, timeout=PROBE_TIMEOUT_S)
         try:
             return bool(c.ping())
         finally:
