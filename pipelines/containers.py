@@ -14,11 +14,13 @@ Docker engine, or podman's Docker API socket (``podman system service``, started
 
 :func:`step_run_args` are these settings as ``docker`` ``containers.run`` arguments (what
 ``kfp.local.DockerRunner`` takes); :mod:`pipelines.tfjob_containers` derives the same from a
-rendered TFJob's pod spec.
+rendered TFJob's pod spec. :func:`run_step` runs one step's container to its end and returns
+its real exit status; :func:`owned_step_containers` makes ``kfp.local`` run its steps with it.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import urllib.parse
@@ -28,7 +30,7 @@ from typing import Any
 from wavenet.errors import WavenetError
 
 __all__ = ["ContainerError", "SCRATCH", "USER", "docker_host", "client", "require_image",
-           "step_run_args"]
+           "step_run_args", "run_step", "owned_step_containers"]
 
 # The writable mount of every manifest (an emptyDir on a cluster, a tmpfs here).
 SCRATCH = "/scratch"
@@ -42,11 +44,16 @@ class ContainerError(WavenetError):
     """No container engine, a missing image, or a container that failed."""
 
 
+# How long a socket that exists may take to answer. podman 4.3's API answers nothing while a
+# build or a commit holds its store (seconds on a busy machine); a missing engine fails at once.
+PROBE_TIMEOUT_S = 60
+
+
 def _answers(url: str) -> bool:
     import docker
 
     try:
-        c = docker.DockerClient(base_url=url, timeout=5)
+        c = docker.DockerClient(base_url=url, timeout=PROBE_TIMEOUT_S)
         try:
             return bool(c.ping())
         finally:
@@ -170,3 +177,113 @@ def container_address(container, network: str) -> str:
     if not address:
         raise ContainerError(f"container {container.name} has no address on network {network!r}")
     return address
+
+
+# -- one step's container, from creation to removal ---------------------------------------------
+
+# kfp.local 2.17's DockerRunner runs a step with ``containers.run(..., auto_remove=True)``, then
+# streams its logs and waits (kfp/local/docker_task_handler.py, ``run_docker_container``). A
+# step that ends before those calls is removed first: podman then answers 500, which kfp lets
+# through (it catches only docker's NotFound, a 404), and when the 404 does come kfp returns
+# exit status 0 "since we couldn't get the actual status code", so a step that fails fast
+# counts as a success. Here the container is ours until its status is read.
+_ENGINE_OWNED = ("auto_remove", "remove", "detach", "stdout", "stderr", "stream")
+
+
+def _vanished(e: Exception) -> bool:
+    """Whether a Docker API error says the container does not exist (any more).
+
+    Docker answers 404 (``docker.errors.NotFound``); podman's Docker API answers some calls
+    on a removed container with 500 "... does not exist in database: no such container"
+    (e.g. containers/podman#17341; the same text as in this project's failed runs).
+    """
+    import docker
+
+    return isinstance(e, docker.errors.NotFound) or (
+        isinstance(e, docker.errors.APIError) and "no such container" in str(e).lower())
+
+
+def _print_lines(chunks: Iterator[bytes]) -> None:
+    """Print a container's output line by line (kfp.local indents each ``print`` of a step)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a chunk may split a character
+    held = ""
+    for chunk in chunks:
+        held += decoder.decode(chunk)
+        *lines, held = held.split("\n")
+        for line in lines:
+            print(line, flush=True)
+    held += decoder.decode(b"", final=True)
+    if held:
+        print(held, flush=True)
+
+
+def run_step(docker_client, image: str, command: list[str], volumes: Mapping[str, Any],
+             **run_args: Any) -> int:
+    """Run one step's container to its end: print its output, return its real exit status.
+
+    Create, start, stream the output, ``wait`` for the status, and only then remove the
+    container (also on Ctrl-C or an error, which kills it). Nothing is pulled.
+
+    Args:
+        docker_client: a ``docker.DockerClient``.
+        image: the step's image, already in the engine's store.
+        command: the step's command line.
+        volumes: ``containers.create`` volumes.
+        **run_args: ``containers.run`` arguments (:func:`step_run_args`); those that would
+            let the engine remove the container or change what ``run`` returns are dropped.
+
+    Returns:
+        The container's exit status.
+
+    Raises:
+        ContainerError: the image is missing, the engine refused the container (e.g. a
+            command that does not exist), or the container vanished before its exit status
+            was read (never taken for a success).
+    """
+    import docker
+
+    require_image(docker_client, image)
+    args = {k: v for k, v in run_args.items() if k not in _ENGINE_OWNED}
+    container = docker_client.containers.create(image, command, volumes=dict(volumes), **args)
+    try:
+        container.start()
+        _print_lines(container.logs(stream=True, follow=True, stdout=True, stderr=True))
+        return int(container.wait()["StatusCode"])
+    except docker.errors.APIError as e:
+        if _vanished(e):
+            raise ContainerError(f"the container {container.short_id} of {image} vanished before "
+                                 f"its exit status was read: {e.explanation or e}") from None
+        raise ContainerError(f"the container {container.short_id} of {image}: "
+                             f"{e.explanation or e}") from None
+    finally:
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError as e:
+            if not _vanished(e):
+                print(f"warning: could not remove container {container.short_id}: "
+                      f"{e.explanation or e}", flush=True)
+
+
+@contextlib.contextmanager
+def owned_step_containers() -> Iterator[None]:
+    """``kfp.local.DockerRunner`` runs each step with :func:`run_step` while this is open.
+
+    kfp.local 2.17's ``DockerTaskHandler.run`` (kfp/local/docker_task_handler.py) builds the
+    volumes, environment and pip-install serialisation, then calls that module's
+    ``run_docker_container(client, image, command, volumes, **container_run_args)``, which
+    returns the exit status; only that function is replaced (and put back on exit), so the
+    rest of kfp's task handling stays kfp's.
+    """
+    from kfp.local import docker_task_handler
+
+    def run_docker_container(client, image: str, command: list[str], volumes: dict[str, Any],
+                             **container_run_args: Any) -> int:
+        return run_step(client, docker_task_handler.add_latest_tag_if_not_present(image),
+                        command, volumes, **container_run_args)
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = run_docker_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original

@@ -163,6 +163,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # This process reads the bucket too (the summary's manifest).
             os.environ.update({k: env[k] for k in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT")})
         runner = local.DockerRunner(**containers.step_run_args(env, user=user, network_mode=network))
+        # Each step's container stays until its output and real exit status are read.
+        stack.enter_context(containers.owned_step_containers())
         summary = run_local.run(args, runner=runner)
     summary.update({"tracking_uri": f"sqlite:///{store}/mlflow.db",
                     "ui_command": f"make ui MLFLOW_STORE={store}",

@@ -166,6 +166,12 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
+    if args.worker:
+        # A worker of a cluster stops only with the others, at a step they agree on
+        # (wavenet.train.stopping): until its handlers are in (wavenet.train.stopping.StopSignals),
+        # SIGTERM and SIGINT stay pending, neither acted on alone nor lost to TensorFlow's
+        # handler. First thing, before the imports below: threads they start inherit the mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
     from wavenet.tracking import FAST_FAIL_HTTP_ENV
     from wavenet.train import train
     from wavenet.train.checks import parse_tf_config

@@ -144,9 +144,13 @@ FAILURE_GRACE_S = 5.0
 _SAVED_STOP_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 
 
-def _stop(procs: Sequence[subprocess.Popen], grace_s: float) -> None:
+def _stop(procs: Sequence[subprocess.Popen], grace_s: float, *, agreed: bool = False,
+          poll_s: float = 0.2) -> None:
     """SIGTERM the running workers, SIGKILL those still there after ``grace_s``.
 
+    With ``agreed`` (they are to stop together at a step, wavenet.train.stopping) the wait
+    also ends once a worker has ended otherwise (killed by the signal before it could hold
+    it, or failed): the rest can no longer agree and would wait for it in a collective.
     A KeyboardInterrupt meanwhile (a second Ctrl-C) cuts the wait short: the rest are killed.
     """
     for p in procs:
@@ -157,11 +161,10 @@ def _stop(procs: Sequence[subprocess.Popen], grace_s: float) -> None:
                 pass
     deadline = time.monotonic() + grace_s
     try:
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if agreed and any(p.returncode not in (None, 0, *_SAVED_STOP_CODES) for p in procs):
+                break
+            time.sleep(poll_s)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -223,14 +226,14 @@ def run_local_workers(commands: Sequence[Sequence[str]], environ: Mapping[str, s
             else:
                 time.sleep(poll_s)
     except BaseException:  # Ctrl-C or SIGTERM here: the workers save and stop too
-        _stop(procs, grace_s=SAVE_GRACE_S)
+        _stop(procs, grace_s=SAVE_GRACE_S, agreed=True)
         raise
     if failed is None:
         for pump in pumps:
             pump.join(timeout=5)
         return
     stopped = procs[failed].returncode in _SAVED_STOP_CODES
-    _stop(procs, grace_s=SAVE_GRACE_S if stopped else FAILURE_GRACE_S)
+    _stop(procs, grace_s=SAVE_GRACE_S if stopped else FAILURE_GRACE_S, agreed=stopped)
     for pump in pumps:
         pump.join(timeout=5)
     rc = procs[failed].returncode

@@ -1,6 +1,6 @@
 """One worker's set-up: threads, strategy, precision, model and optimizer, checkpoints, input.
 
-:func:`set_up_worker` does it all in the order that makes a run reproducible
+:func:`make_strategy` joins the cluster; :func:`set_up_worker` does the rest in the order that makes a run reproducible
 (seed, then model, then optimizer, then restore) and returns a :class:`Trainer`,
 the state the step loop works on. :class:`Checkpoints` is the one place where
 checkpoint storage is decided.
@@ -28,6 +28,7 @@ from wavenet.manifest import Manifest
 from wavenet.model import WaveNet, build_model
 from wavenet.train.checks import WorkerRole, check_batch
 from wavenet.train.schedule import WarmupCosine
+from wavenet.train.stopping import reclaim_sigterm
 from wavenet.train.warm_start import load_init_weights
 
 __all__ = [
@@ -74,8 +75,13 @@ def _set_threads(threads: int) -> None:
             pass  # TensorFlow already running in this process: keep its pools
 
 
-def make_strategy(tf_config: Mapping[str, Any] | None) -> tf.distribute.MultiWorkerMirroredStrategy:
-    """MultiWorkerMirroredStrategy for the cluster in ``tf_config`` (None: this process alone)."""
+def make_strategy(tf_config: Mapping[str, Any] | None,
+                  threads: int = 0) -> tf.distribute.MultiWorkerMirroredStrategy:
+    """MultiWorkerMirroredStrategy for the cluster in ``tf_config`` (None: this process alone).
+
+    ``threads``: TensorFlow intra/inter-op threads (0: TensorFlow's default), set first.
+    """
+    _set_threads(threads)
     if tf_config:
         cluster = tf.train.ClusterSpec(dict(tf_config["cluster"]))
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
@@ -86,7 +92,9 @@ def make_strategy(tf_config: Mapping[str, Any] | None) -> tf.distribute.MultiWor
         # turn a one-process run into a worker waiting for peers.
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec({}), task_type="worker", task_id=0, rpc_layer="grpc")
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    reclaim_sigterm()  # TensorFlow's cluster set-up took SIGTERM (wavenet.train.stopping)
+    return strategy
 
 
 class PreReducedAdam(keras.optimizers.Adam):
@@ -190,24 +198,21 @@ class Trainer:
         return self.strategy.num_replicas_in_sync
 
 
-def set_up_worker(out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, Any] | None,
-                  role: WorkerRole, threads: int = 0, init_model: str | None = None,
+def set_up_worker(out: str, cfg: ExperimentConfig, *, strategy: tf.distribute.Strategy,
+                  role: WorkerRole, init_model: str | None = None,
                   labels: Sequence[str] | None = None) -> Trainer:
-    """Threads, strategy, precision, seeded model and optimizer, restored or warm-started.
+    """Precision, seeded model and optimizer, restored or warm-started, under ``strategy``.
 
     Args:
         out: the run directory (checkpoints under ``out/checkpoints``).
         cfg: the experiment config.
-        tf_config: this worker's parsed ``TF_CONFIG`` (None: one process).
+        strategy: this worker's :func:`make_strategy`.
         role: this worker's place in the cluster.
-        threads: TensorFlow intra/inter-op threads (0: TensorFlow's default).
         init_model: a ``.keras`` file whose weights start a new run; ignored
             when the run resumes from its own checkpoint.
         labels: the data's label vocabulary (id order): a warm start copies label
             embedding rows by name onto these ids.
     """
-    _set_threads(threads)
-    strategy = make_strategy(tf_config)
     check_batch(cfg, strategy.num_replicas_in_sync)
     precision = resolve_precision(cfg.train, bool(tf.config.list_logical_devices("GPU")))
     keras.mixed_precision.set_global_policy(precision)

@@ -25,7 +25,7 @@ from wavenet.train.export import TrackedRun, export_run
 from wavenet.train.loop import Callbacks, MetricsReporter, run_steps
 from wavenet.train.outputs import PENDING_FILE, RUN_ID_FILE, TrainResult
 from wavenet.train.progress import progress_callback, progress_mode
-from wavenet.train.setup import Trainer, distributed_batches, set_up_worker
+from wavenet.train.setup import Trainer, distributed_batches, make_strategy, set_up_worker
 from wavenet.train.step import Validation, bits_fn, make_train_step
 from wavenet.train.stopping import StopSignals, TrainingStopped
 
@@ -106,14 +106,32 @@ def _callbacks(trainer: Trainer, run: TrackedRun | None, validation: Validation,
                                            validate=lambda: validation(val_fn))])
 
 
-def _final_barrier(strategy: tf.distribute.Strategy) -> None:
-    """Block until every worker of ``strategy`` gets here (one all-reduce of a scalar)."""
-    @tf.function
-    def barrier():
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)),
-                               axis=None)
+def _cluster_sum(strategy: tf.distribute.Strategy, value: float) -> float:
+    """``value`` summed over every replica of ``strategy``'s cluster: one all-reduce.
 
-    barrier()
+    Every worker must call it at the same point of its run; none returns before all got there
+    (a barrier).
+    """
+    @tf.function
+    def all_sum():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                               strategy.run(lambda: tf.constant(value)), axis=None)
+
+    return float(all_sum())
+
+
+def _stop_point(trainer: Trainer, stop: StopSignals) -> None:
+    """Before the step loop: if any worker was asked to stop, all of them stop here, together.
+
+    Raises:
+        TrainingStopped: a stop was requested (nothing new to save: no step ran yet).
+    """
+    requested = float(stop.requested)
+    if trainer.role.workers > 1:
+        requested = _cluster_sum(trainer.strategy, requested)
+    if requested > 0:
+        raise TrainingStopped(int(trainer.step.numpy()), trainer.cfg.train.steps, None,
+                              stop.signum)
 
 
 def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, Any] | None,
@@ -148,24 +166,32 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
     manifest = read_manifest(data)  # read once: the checks, the input and the run's tags use it
     cfg = resolve_num_classes(cfg, manifest.labels)  # a TFJob pod gets the config as given
     has_validation = check_data(data, manifest, cfg, role.workers)
-    trainer = set_up_worker(out, cfg, tf_config=tf_config, role=role, threads=threads,
-                            init_model=init_model, labels=manifest.labels)
-    try:
-        iterator = distributed_batches(trainer, data, manifest)
-        train_step = make_train_step(trainer)
-        validation = Validation(data, manifest, cfg, has_split=has_validation, warn=role.is_chief)
+    strategy = make_strategy(tf_config, threads)
+    # From here to the end a stop is recorded and acted on where all workers agree (two stop
+    # points, then the steps): one that left alone would leave the others waiting for it in a
+    # collective, deaf to their own signals. Entering takes SIGTERM back from TensorFlow, and
+    # the signals a `--worker` held pending since it started (wavenet.train.stopping).
+    with StopSignals() as stop:
+        trainer = set_up_worker(out, cfg, strategy=strategy, role=role, init_model=init_model,
+                                labels=manifest.labels)
         try:
-            with _tracked_run(trainer, out, data, manifest, tracking_uri=tracking_uri,
-                              experiment=experiment, run_name=run_name, kfp_run_id=kfp_run_id,
-                              init_model=init_model, environ=environ) as run:
-                with StopSignals() as stop:
+            with contextlib.closing(trainer.checkpoints):
+                _stop_point(trainer, stop)
+                iterator = distributed_batches(trainer, data, manifest)
+                train_step = make_train_step(trainer)
+                validation = Validation(data, manifest, cfg, has_split=has_validation,
+                                        warn=role.is_chief)
+                with _tracked_run(trainer, out, data, manifest, tracking_uri=tracking_uri,
+                                  experiment=experiment, run_name=run_name, kfp_run_id=kfp_run_id,
+                                  init_model=init_model, environ=environ) as run:
+                    _stop_point(trainer, stop)
                     stats = run_steps(trainer, train_step, iterator,
                                       _callbacks(trainer, run, validation, progress), stop)
-                result = export_run(trainer, out, stats, validation, run,
-                                    labels=manifest.labels if cfg.model.conditioned else None)
+                    result = export_run(trainer, out, stats, validation, run,
+                                        labels=manifest.labels if cfg.model.conditioned else None)
         except TrainingStopped:
             if role.workers > 1:
-                _final_barrier(trainer.strategy)  # as below: no worker leaves before the chief
+                _cluster_sum(strategy, 1.0)  # as below: no worker leaves before the chief
             raise
         if role.workers > 1:
             # The other workers leave only once the chief has written the model and logged it:
@@ -173,7 +199,5 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
             # chief's coordination service then aborts the chief ("tasks have crashed"; seen
             # with a gs:// run directory and a remote MLflow server, where the chief's final
             # steps are long).
-            _final_barrier(trainer.strategy)
+            _cluster_sum(strategy, 1.0)
         return result
-    finally:
-        trainer.checkpoints.close()
