@@ -247,8 +247,8 @@ CLIP = 2 * SR  # the demo preset's clips: 2 s
 
 def demo_track(genre, track, seconds=14.0):
     """A demo-corpus track at 16 kHz as preprocessing leaves it (trimmed, normalised, mu-law)."""
+    from wavenet.audio import peak_normalize, trim_silence
     from wavenet.demo import synthesize
-    from wavenet.preprocess import peak_normalize, trim_silence
 
     x = trim_silence(synthesize(genre, seconds, track=track, sample_rate=SR), SR, -50.0)
     return mu_law_decode(mu_law_encode(peak_normalize(x, -1.0)))
