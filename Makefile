@@ -41,7 +41,7 @@ run: install
 	$(PY) -m pipelines.run_local $(if $(DATA),--data $(DATA)) $(if $(FORCE),--force-train)
 
 # Scheduled retraining, end to end: two pipeline runs on one shards_uri with warm_start, new
-# tracks (and a new genre) arriving in between (README: Scheduled retraining, run here).
+# tracks (and a new genre) arriving in between (docs/pipeline.md: Scheduled retraining, run here).
 retrain-demo: install
 	$(PY) -m pipelines.retrain_demo
 
@@ -54,7 +54,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check wavenet components pipelines tests
 
-# Each benchmark prints one JSON object (see README, Benchmarks).
+# Each benchmark prints one JSON object (see docs/benchmarks.md).
 bench: install
 	$(VENV)/bin/wavenet bench generate --json
 	$(VENV)/bin/wavenet bench generate --preset large --json
@@ -64,7 +64,7 @@ bench: install
 # The MLflow UI over a local store: ./mlflow.db (make run), or MLFLOW_STORE=<folder> with
 # mlflow.db and mlartifacts/ (make run-containers prints its folder).
 MLFLOW_STORE ?= $(CURDIR)
-# On a machine with an NVIDIA GPU (README, Benchmarks): large-preset training (mixed bfloat16, XLA)
+# On a machine with an NVIDIA GPU (docs/benchmarks.md): large-preset training (mixed bfloat16, XLA)
 # and many-stream generation, in one JSON file; installs TensorFlow's CUDA wheels if needed.
 # Without a GPU it says so and fails; ARGS=--quick runs a smoke version on the CPU.
 gpu-check: install
@@ -80,7 +80,7 @@ ui: install
 ui-screenshots: install
 	$(PY) -m pipelines.mlflow_ui --store $(MLFLOW_STORE) --experiment $(or $(EXPERIMENT),wavenet) --out mlflow-screenshots
 
-# -- images and the cluster (README: Images, registries and the cluster) ---------------------
+# -- images and the cluster (docs/containers.md, docs/cluster.md) ---------------------
 # One setting names every image: IMAGE_REGISTRY and IMAGE_TAG flow into make image, push,
 # compile, submit-pipeline and run-containers (components/images.py reads the same variables).
 IMAGE_REGISTRY ?= ghcr.io/wavenet-pipelines
@@ -137,7 +137,7 @@ push-%: install
 	  $(PY) -m pipelines.image_digests record $(IMAGE_$*) --lock $(IMAGE_DIGESTS) --digest-file $$d; \
 	  s=$$?; rm -f $$d; exit $$s)
 
-# The wavenet-train pipeline with every step in its own container of the CPU image (README).
+# The wavenet-train pipeline with every step in its own container of the CPU image (docs/containers.md).
 run-containers: install image-cpu image-mlflow
 	$(PY) -m pipelines.run_containers $(if $(DATA),--data $(DATA))
 

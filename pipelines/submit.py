@@ -5,7 +5,7 @@ Usage::
     KFP_HOST=https://kubeflow.example.com/pipeline KFP_TOKEN=... \\
         python -m pipelines.submit --args run.yaml [--experiment wavenet] [--namespace NS]
 
-``run.yaml`` maps pipeline parameters to values (see README for an example).
+``run.yaml`` maps pipeline parameters to values (see docs/cluster.md for an example).
 """
 
 from __future__ import annotations

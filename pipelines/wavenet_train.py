@@ -29,7 +29,7 @@ from components.stages import (
 PIPELINE_NAME = "wavenet-train"
 # Preprocessing tasks running at once (a compile-time constant in KFP).
 PREPROCESS_PARALLELISM = 8
-# Optional Secret with MLflow basic-auth credentials for the steps that log (README).
+# Optional Secret with MLflow basic-auth credentials for the steps that log (docs/mlflow.md).
 MLFLOW_CLIENT_SECRET = "mlflow-client"
 
 
@@ -48,7 +48,7 @@ def _step_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
     (allowPrivilegeEscalation false, drop ALL capabilities, seccompProfile RuntimeDefault), and
     offers no readOnlyRootFilesystem: the namespace's Pod Security Admission label
     (k8s/namespace.yaml) refuses a step pod without the former; the latter is not settable from
-    the SDK (README, "Kubernetes hardening").
+    the SDK (docs/cluster.md, "Kubernetes hardening").
     """
     kubernetes.empty_dir_mount(task, volume_name=SCRATCH_VOLUME, mount_path=SCRATCH)
     return kubernetes.set_security_context(task, run_as_user=STEP_UID, run_as_group=STEP_GID,

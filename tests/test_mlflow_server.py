@@ -34,7 +34,7 @@ from production_mlflow import (
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-# Test values for the Secrets k8s/mlflow.yaml references (README: "The MLflow server on the
+# Test values for the Secrets k8s/mlflow.yaml references (docs/mlflow.md: "The MLflow server on the
 # cluster" shows the same keys).
 DB_USER, DB_PASSWORD = "mlflow", "test-only-db-Pw-5521"
 ADMIN, ADMIN_PASSWORD = "admin", "test-only-Admin-Pw-8842"
@@ -42,7 +42,7 @@ PIPELINE_USER, PIPELINE_PASSWORD = "pipeline", "test-only-Pipeline-Pw-3107"
 
 
 def basic_auth_ini(database_uri: str) -> str:
-    """The `basic_auth.ini` key of Secret mlflow-auth (README shows the same)."""
+    """The `basic_auth.ini` key of Secret mlflow-auth (docs/mlflow.md shows the same)."""
     return ("[mlflow]\n"
             "default_permission = READ\n"
             f"database_uri = {database_uri}\n"
@@ -118,7 +118,7 @@ def production(tmp_path_factory):
             extra_env={"STORAGE_EMULATOR_HOST": emulator}, engine=engine, image=image))
         print(f"PostgreSQL up in {pg_seconds:.1f} s; mlflow server ({server.how}) healthy in "
               f"{server.start_seconds:.1f} s")
-        # The pipeline's own user (Secret mlflow-client), created by the admin as README says.
+        # The pipeline's own user (Secret mlflow-client), created by the admin as docs/mlflow.md says.
         status, body = request(server.uri + "/api/2.0/mlflow/users/create", auth=(ADMIN, ADMIN_PASSWORD),
                                data={"username": PIPELINE_USER, "password": PIPELINE_PASSWORD})
         assert status == 200, body
@@ -288,7 +288,7 @@ def test_an_evaluation_gate_logs_and_registers_through_the_server(production, un
 def test_the_admin_password_secret_only_seeds_the_first_start(production, tmp_path):
     """MLflow creates the admin from MLFLOW_AUTH_ADMIN_PASSWORD only when the user store has no
     admin yet (mlflow/server/auth/__init__.py, create_admin_user): a changed Secret does not
-    change the password; the update-password API does (README: rotating the admin password)."""
+    change the password; the update-password API does (docs/mlflow.md: rotating the admin password)."""
     new_password = "test-only-Rotated-Pw-6603"
     with run_manifest_mlflow(free_port(), secrets_for(production.pg, admin_password=new_password),
                              tmp_path / "server-2", extra_env={"STORAGE_EMULATOR_HOST": production.emulator},
@@ -296,7 +296,7 @@ def test_the_admin_password_secret_only_seeds_the_first_start(production, tmp_pa
         print(f"second start on the same stores ({s2.how}): healthy in {s2.start_seconds:.1f} s")
         assert request(s2.uri + SEARCH, auth=(ADMIN, new_password))[0] == 401
         assert request(s2.uri + SEARCH, auth=(ADMIN, ADMIN_PASSWORD))[0] == 200
-        # Rotation as README says: the admin changes it through the API.
+        # Rotation as docs/mlflow.md says: the admin changes it through the API.
         status, body = request(s2.uri + "/api/2.0/mlflow/users/update-password", method="PATCH",
                                auth=(ADMIN, ADMIN_PASSWORD),
                                data={"username": ADMIN, "password": new_password,

@@ -1,6 +1,6 @@
 """The TFJob the launcher creates: rendering, schema validation, outcome detection.
 
-No cluster here: these tests stop at the Kubernetes API boundary (see README for what
+No cluster here: these tests stop at the Kubernetes API boundary (see docs/cluster.md for what
 was and was not exercised against a real cluster).
 """
 

@@ -342,7 +342,7 @@ class GenerateConfig:
     # "int8" (per output channel). Generation reads every weight once per sample,
     # so fewer bytes are faster. int8: within 0.001 bits/sample of the float32
     # model on trained demo and large models, and the fastest at batch 1 (6x
-    # float32 for large), where generation is slowest; README "Fast generation".
+    # float32 for large), where generation is slowest; docs/generation.md.
     weights: str = "int8"
 
     def __post_init__(self) -> None:

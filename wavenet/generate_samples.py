@@ -375,7 +375,7 @@ def _calibrations(data_dir: str, g: GenerateConfig, sr: int, q: int, num_samples
     """The sanity-check ranges for the clips' labels, from the data's training audio."""
     # The checks are calibrated on training audio: it spans every track of a
     # label, where validation may hold one track, whose range rejects most
-    # windows of the label's other tracks (README, Sanity checks).
+    # windows of the label's other tracks (docs/evaluation.md, "Sanity checks").
     reference = int(g.reference_seconds * sr)
     return calibrate_labels(
         read_examples(data_dir, "train", 8 * max(reference, num_samples)), sr, q, window=num_samples,

@@ -11,7 +11,7 @@ exactly the data one run wrote, whatever later runs commit).
 :func:`commit_manifest` is the only writer, called by
 :func:`wavenet.shards.update_dataset`. Everything else works on :class:`Manifest`.
 
-The JSON keys are documented in README (Data: Manifest); a reader of another
+The JSON keys are documented in docs/data.md ("The manifest"); a reader of another
 ``version`` refuses the file with one line instead of misreading it.
 """
 
@@ -198,7 +198,7 @@ class Manifest:
         return shards_version(self.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (README: Data, Manifest)."""
+        """The JSON form (docs/data.md, "The manifest")."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sha256", "uri")}
         d["audio"], d["data"] = dataclasses.asdict(self.audio), dataclasses.asdict(self.data)
         d["labels"] = list(self.labels)

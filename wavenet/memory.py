@@ -14,7 +14,7 @@ TensorFlow builds anything (:func:`check_training`, :func:`check_evaluation`):
 the activations of a batch of crops through every residual block and the
 output head, plus, for training, the weights with their gradients and Adam
 state. How the activation formulas were checked against TensorFlow's real
-peak is in README, "Training" (memory).
+peak is in docs/training.md (memory).
 """
 
 from __future__ import annotations

@@ -779,7 +779,7 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
 
     Returns:
         The manifest (also written to ``dst/manifest.json``; ``uri``: its version file);
-        see README, Data.
+        see docs/data.md.
 
     Raises:
         DataError: ``src`` has no audio files, or none of them is usable.

@@ -73,7 +73,7 @@ class ServeSettings:
     Defaults: a clip of 30 s is what a listener asks for in an app. On a CPU the int8 kernel
     makes about as many samples per second per core at 1 to 4 streams as at one, and fewer
     beyond (demo preset, one core: 47.6k, 47.5k, 44.2k, 38.6k, 23.8k, 15.0k samples/s at 1, 2,
-    4, 8, 16, 32 streams; README "Serving the champion"): batches of 4, and one batch per core
+    4, 8, 16, 32 streams; docs/serving.md): batches of 4, and one batch per core
     at a time (the kernel releases the GIL), so more listeners use more cores. A 50 ms window
     to gather concurrent requests costs a first listener little against seconds of generation.
     """

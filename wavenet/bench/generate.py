@@ -173,7 +173,7 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
         data: the model's shards folder (for :func:`agreement`).
 
     Returns:
-        A JSON-able dict of figures (see the module docstring and README).
+        A JSON-able dict of figures (see the module docstring and docs/benchmarks.md).
     """
     from wavenet.bench import machine, peak_rss_mb, pin_threads
 

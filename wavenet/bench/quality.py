@@ -79,7 +79,7 @@ def _one_budget(data: str, cfg: ExperimentConfig, budget: int, work: str, uri: s
 
 
 def table(result: dict[str, Any]) -> str:
-    """The result as a Markdown table (README's "Quality per compute")."""
+    """The result as a Markdown table (docs/benchmarks.md's "Quality per compute")."""
     labels = sorted({lab for r in result["rows"] for lab in r["checks_passed_per_label"]})
     head = ("| budget (samples) | steps | train s | val bits/sample (bigram) | checks passed | "
             + " | ".join(labels) + " |")

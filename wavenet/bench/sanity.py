@@ -1,6 +1,6 @@
 """Measure the sanity checks: their verdict on real music, on a model's clips, on failure cases.
 
-Not a speed benchmark: it prints the table README's "Sanity checks" section
+Not a speed benchmark: it prints the table docs/evaluation.md's "Sanity checks" section
 reports, through the same code path ``wavenet generate`` uses (shards ->
 training examples per label -> :func:`wavenet.generate_samples.calibrate_labels` ->
 :func:`wavenet.quality.analyze`)::

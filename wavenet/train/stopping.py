@@ -55,7 +55,7 @@ behave the same in one process, in local workers and in TFJob pods. Its cost
 is one more float in a collective that runs anyway and one scalar read per
 step: with the ``tiny`` preset (the shortest step) it measured -4% with 2
 workers and +4% in one process, inside the +-20% spread of the rounds on the
-shared 2-core VM (README, "Stopping and restarts").
+shared 2-core VM (docs/operations.md, "Stopping and restarts").
 
 A second Ctrl-C while the stop is under way raises ``KeyboardInterrupt`` (for
 a save that hangs, e.g. on a dead peer); a second SIGTERM changes nothing (the
