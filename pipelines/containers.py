@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -203,18 +204,62 @@ def _vanished(e: Exception) -> bool:
         isinstance(e, docker.errors.APIError) and "no such container" in str(e).lower())
 
 
-def _print_lines(chunks: Iterator[bytes]) -> None:
-    """Print a container's output line by line (kfp.local indents each ``print`` of a step)."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a chunk may split a character
-    held = ""
-    for chunk in chunks:
-        held += decoder.decode(chunk)
-        *lines, held = held.split("\n")
+class _Output:
+    """A container's output, followed on a thread of its own and printed line by line as it
+    comes (kfp.local indents each ``print`` of a step); counts the bytes it printed."""
+
+    def __init__(self, container):
+        self.container, self.printed, self.stream = container, 0, None
+        self.done, self._lock, self._abandoned = threading.Event(), threading.Lock(), False
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")  # chunks split characters
+        self._held = ""
+        threading.Thread(target=self._follow, daemon=True, name="step-output").start()
+
+    def _follow(self) -> None:
+        try:
+            self.stream = self.container.logs(stream=True, follow=True, stdout=True, stderr=True)
+            for chunk in self.stream:
+                with self._lock:
+                    if self._abandoned:  # finish() took the rest from the whole log
+                        return
+                    self.write(chunk)
+        except Exception:  # noqa: BLE001 - closed under it by finish(); what is missing is fetched there
+            pass
+        finally:
+            self.done.set()
+
+    def write(self, chunk: bytes) -> None:
+        self.printed += len(chunk)
+        self._held += self._decoder.decode(chunk)
+        *lines, self._held = self._held.split("\n")
         for line in lines:
             print(line, flush=True)
-    held += decoder.decode(b"", final=True)
-    if held:
-        print(held, flush=True)
+
+    def finish(self) -> None:
+        """After the container's exit: the rest of its output, then the last partial line.
+
+        podman 4.3's API may never end a followed stream of a container that exited as the
+        stream began (seen here: a step's ``logs(follow=True)`` blocked 15 minutes after its
+        ``echo`` exited). After :data:`OUTPUT_GRACE_S` the stream is closed and the bytes it
+        did not deliver are taken from the container's whole log: nothing lost, nothing twice.
+        """
+        if not self.done.wait(OUTPUT_GRACE_S):
+            if self.stream is not None:
+                with contextlib.suppress(Exception):
+                    self.stream.close()
+            self.done.wait(OUTPUT_GRACE_S)
+            with self._lock:
+                self._abandoned = True
+                rest = self.container.logs(stdout=True, stderr=True)[self.printed:]
+                if rest:
+                    self.write(rest)
+        self._held += self._decoder.decode(b"", final=True)
+        if self._held:
+            print(self._held, flush=True)
+
+
+# How long a followed output stream may take to end after its container exited.
+OUTPUT_GRACE_S = 10.0
 
 
 def run_step(docker_client, image: str, command: list[str], volumes: Mapping[str, Any],
@@ -247,8 +292,10 @@ def run_step(docker_client, image: str, command: list[str], volumes: Mapping[str
     container = docker_client.containers.create(image, command, volumes=dict(volumes), **args)
     try:
         container.start()
-        _print_lines(container.logs(stream=True, follow=True, stdout=True, stderr=True))
-        return int(container.wait()["StatusCode"])
+        output = _Output(container)
+        status = int(container.wait()["StatusCode"])
+        output.finish()
+        return status
     except docker.errors.APIError as e:
         if _vanished(e):
             raise ContainerError(f"the container {container.short_id} of {image} vanished before "
