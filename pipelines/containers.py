@@ -294,6 +294,12 @@ def run_step(docker_client, image: str, command: list[str], volumes: Mapping[str
         container.start()
         output = _Output(container)
         status = int(container.wait()["StatusCode"])
+        # podman answers wait() of a container removed under it with status 0: the status
+        # counts only if the container is still there, exited with that code.
+        container.reload()
+        if container.attrs["State"].get("ExitCode") != status:
+            raise ContainerError(f"the container {container.short_id} of {image} reported status "
+                                 f"{status} but its state says {container.attrs['State']}")
         output.finish()
         return status
     except docker.errors.APIError as e:

@@ -450,8 +450,10 @@ def test_make_push_records_digests_that_compile_the_tfjob_and_k8s_use(registry, 
 
         objs = kubectl_kustomize(tmp_path / "k8s")
         if objs is not None:
-            (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
-            assert [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]] == [pinned["mlflow"]]
+            deployments = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Deployment"}
+            for name, target in (("mlflow", "mlflow"), ("wavenet-serve", "cpu")):  # server, serving
+                pod = deployments[name]["spec"]["template"]["spec"]
+                assert [c["image"] for c in pod["containers"]] == [pinned[target]], name
 
         subprocess.run([engine_cli, "rmi", "-f", names["gpu"]], check=True, capture_output=True)
         pull = [engine_cli, "pull", "-q"] + (["--tls-verify=false"] if engine_name == "podman" else [])

@@ -306,6 +306,11 @@ def test_the_admin_password_secret_only_seeds_the_first_start(production, tmp_pa
         assert request(s2.uri + SEARCH, auth=(ADMIN, ADMIN_PASSWORD))[0] == 401
     # The first server shares the user store: it sees the rotation too.
     assert request(production.server.uri + SEARCH, auth=(ADMIN, new_password))[0] == 200
+    # Rotated back, for the later tests of this module's server (they sign in as the admin).
+    status, body = request(production.server.uri + "/api/2.0/mlflow/users/update-password",
+                           method="PATCH", auth=(ADMIN, new_password),
+                           data={"username": ADMIN, "password": ADMIN_PASSWORD, "current_password": new_password})
+    assert status == 200, body
 
 
 def test_another_users_dead_gate_lock_ends_the_gate_in_one_line(production, untrained_model_path,
