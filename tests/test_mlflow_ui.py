@@ -12,7 +12,7 @@ installs it), where that is a failure.
 import pytest
 from conftest import REQUIRE_CONTAINERS, run_mlflow_server
 
-from pipelines.mlflow_ui import chromium, find_chromium, pages, runs_table
+from pipelines.mlflow_ui import budget_ms, chromium, find_chromium, pages, runs_table
 from wavenet import tracking
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def test_the_printed_link_opens_the_comparison_view(browser, tmp_path):
         found = pages(server.uri, exp_id, newest_first)
         assert found["experiment"] == tracking.experiment_page(server.uri, exp_id)
         # Wide enough for every column of the table: the grid renders only what fits.
-        dom = {page: chromium(browser, url, width=2800) for page, url in found.items()}
+        dom = {page: chromium(browser, url, width=2800, budget_ms=budget_ms(page)) for page, url in found.items()}
 
     # The runs table: the named view is applied, run names at full width, then the key
     # metrics in their order, then the key parameters.
