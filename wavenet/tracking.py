@@ -845,24 +845,27 @@ def log_model(model: Any, name: str = "model") -> str:
         validate_serving_input=False).model_uri)
 
 
-def served_model(model: Any, bad_request: type[Exception], busy: type[Exception]) -> Any:
+class _Served:
     """``model`` (``predict(rows)``) for MLflow's scoring server: its ``bad_request`` errors
     answer 400 and its ``busy`` errors 503, each with the error's one line as the message."""
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-    class Served:
-        def __init__(self):
-            self.model = model
+    def __init__(self, model: Any, bad_request: type[Exception], busy: type[Exception]):
+        self.model, self._bad_request, self._busy = model, bad_request, busy
 
-        def predict(self, model_input: Any, params: Any = None) -> Any:
-            try:
-                return model.predict(model_input, params)
-            except busy as e:
-                raise _OneLineError(str(e), TEMPORARILY_UNAVAILABLE) from None
-            except bad_request as e:
-                raise _OneLineError(str(e), INVALID_PARAMETER_VALUE) from None
+    def predict(self, model_input: Any, params: Any = None) -> Any:
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-    return Served()
+        try:
+            return self.model.predict(model_input, params)
+        except self._busy as e:
+            raise _OneLineError(str(e), TEMPORARILY_UNAVAILABLE) from None
+        except self._bad_request as e:
+            raise _OneLineError(str(e), INVALID_PARAMETER_VALUE) from None
+
+
+def served_model(model: Any, bad_request: type[Exception], busy: type[Exception]) -> Any:
+    """``model`` wrapped for MLflow's scoring server (:class:`_Served`)."""
+    return _Served(model, bad_request, busy)
 
 
 class _OneLineError(MlflowException):
