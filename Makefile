@@ -52,7 +52,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check wavenet components pipelines tests
+	$(VENV)/bin/ruff check wavenet components pipelines tests devtools
 
 # Each benchmark prints one JSON object (see docs/benchmarks.md).
 bench: install
