@@ -43,7 +43,7 @@ run: install
 # Scheduled retraining, end to end: two pipeline runs on one shards_uri with warm_start, new
 # tracks (and a new genre) arriving in between (docs/pipeline.md: Scheduled retraining, run here).
 retrain-demo: install
-	$(PY) -m pipelines.retrain_demo
+	$(PY) -m devtools.retrain_demo
 
 test: install
 	$(PY) -m pytest
@@ -78,7 +78,7 @@ ui: install
 # Screenshots of the MLflow UI (experiment, newest training run, compare view) in headless
 # Chromium (Debian's chromium package), for checking what a person sees: make ui-screenshots.
 ui-screenshots: install
-	$(PY) -m pipelines.mlflow_ui --store $(MLFLOW_STORE) --experiment $(or $(EXPERIMENT),wavenet) --out mlflow-screenshots
+	$(PY) -m devtools.mlflow_ui --store $(MLFLOW_STORE) --experiment $(or $(EXPERIMENT),wavenet) --out mlflow-screenshots
 
 # -- images and the cluster (docs/containers.md, docs/cluster.md) ---------------------
 # One setting names every image: IMAGE_REGISTRY and IMAGE_TAG flow into make image, push,
@@ -139,7 +139,7 @@ push-%: install
 
 # The wavenet-train pipeline with every step in its own container of the CPU image (docs/containers.md).
 run-containers: install image-cpu image-mlflow
-	$(PY) -m pipelines.run_containers $(if $(DATA),--data $(DATA))
+	$(PY) -m devtools.run_containers $(if $(DATA),--data $(DATA))
 
 # KFP IR YAML, committed beside the pipeline with the default image names (a test checks it
 # matches the code); with your IMAGE_REGISTRY/IMAGE_TAG, write it elsewhere: COMPILED=my.yaml.
@@ -160,7 +160,7 @@ schedule-pipeline: install
 # pod hardening (Python checks), the TFJob admission policy (its CEL run by cel-python) and the
 # step pods of the compiled pipelines.
 k8s-validate: install
-	$(PY) -m pipelines.validate_k8s k8s $(wildcard pipelines/*.yaml)
+	$(PY) -m devtools.validate_k8s k8s $(wildcard pipelines/*.yaml)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache runs

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
     Args:
         args: the parsed command line.
         runner: a ``kfp.local`` runner; None: ``SubprocessRunner(use_venv=False)``
-            (``pipelines.run_containers`` passes a ``DockerRunner``).
+            (``devtools.run_containers`` passes a ``DockerRunner``).
     """
     from kfp import local
 

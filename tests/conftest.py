@@ -373,7 +373,7 @@ def _unavailable(reason: str):
 @pytest.fixture(scope="session")
 def engine():
     """A Docker API client (Docker, or podman's socket from scripts/setup-containers.sh)."""
-    from pipelines.containers import ContainerError, client
+    from devtools.containers import ContainerError, client
 
     try:
         c = client()
@@ -386,7 +386,7 @@ def engine():
 def built_image(engine, target: str) -> str:
     """The name of a docker/Dockerfile target's image, which `make image` must have built."""
     from components.images import image_name
-    from pipelines.containers import ContainerError, require_image
+    from devtools.containers import ContainerError, require_image
 
     name = image_name(target)
     try:
@@ -414,12 +414,12 @@ def mlflow_image(engine):
 
 def run_container(engine, image, command, *, environment=None, volumes=None, entrypoint=None,
                   timeout=600, network_mode="host"):
-    """Run ``command`` in ``image`` as a pod runs (pipelines.containers.step_run_args).
+    """Run ``command`` in ``image`` as a pod runs (devtools.containers.step_run_args).
 
     Returns:
         (exit status, output text).
     """
-    from pipelines.containers import step_run_args
+    from devtools.containers import step_run_args
 
     c = engine.containers.run(image, command, detach=True, volumes=volumes or {},
                               entrypoint=entrypoint,

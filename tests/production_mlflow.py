@@ -205,7 +205,7 @@ def run_manifest_mlflow(port: int, secrets: Mapping[str, Mapping[str, str]], fol
     uri = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     if engine is not None:
-        from pipelines.containers import step_run_args
+        from devtools.containers import step_run_args
 
         ctx = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
         run_args = step_run_args(env, user=f"{ctx['runAsUser']}:{ctx.get('runAsGroup', ctx['runAsUser'])}")

@@ -1,7 +1,9 @@
-"""Data contracts: audio settings, label ids, shard integrity, the gs:// cache, manifest paths."""
+"""Contracts: audio settings, label ids, shard integrity, the gs:// cache, manifest paths, and
+which way the code's imports point (the layers)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -10,7 +12,7 @@ import shutil
 import sqlite3
 
 import pytest
-from conftest import copy_tree, run_gcs_emulator, write_shards
+from conftest import ROOT, copy_tree, run_gcs_emulator, write_shards
 
 from wavenet import storage
 from wavenet.cli import main
@@ -180,3 +182,46 @@ def test_a_planted_cache_entry_is_rehashed_and_replaced(bucket_data, tmp_path):
     assert path == str(planted)
     assert hashlib.sha256(planted.read_bytes()).hexdigest() == shard.sha256
     assert [p.name for p in cache.iterdir()] == [planted.name]  # no temp file left
+
+
+# -- the layers: imports point one way (docs/contributing.md, "The code's layers") ------------
+
+# Top-level packages each floor must never import. devtools/ is the top floor: tooling that may
+# import everything below it, and nothing ships it (the images copy wavenet, components and
+# pipelines only), so a pipeline, component or library module importing it would break there.
+FORBIDDEN_IMPORTS = {
+    "wavenet": {"kfp", "components", "pipelines", "devtools"},
+    "components": {"pipelines", "devtools"},
+    "pipelines": {"devtools"},
+}
+
+
+def imports_breaking_the_layers(root) -> list[str]:
+    """``path:line: module`` for every import (top-level or inside a function) of a package the
+    floor's folder must not import; relative imports stay inside their own package."""
+    found = []
+    for floor, forbidden in FORBIDDEN_IMPORTS.items():
+        for path in sorted((root / floor).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names
+                          if n.split(".")[0] in forbidden]
+    return found
+
+
+def test_imports_point_down_the_floors():
+    assert imports_breaking_the_layers(ROOT) == []
+
+
+def test_the_layer_check_sees_an_import_inside_a_function(tmp_path):
+    for floor in FORBIDDEN_IMPORTS:
+        (tmp_path / floor).mkdir()
+    (tmp_path / "pipelines" / "run.py").write_text("def f():\n    from devtools import containers\n")
+    (tmp_path / "wavenet" / "x.py").write_text("import kfp.dsl\nfrom . import y\n")
+    assert imports_breaking_the_layers(tmp_path) == ["wavenet/x.py:1: kfp.dsl",
+                                                     "pipelines/run.py:2: devtools"]

@@ -182,7 +182,7 @@ def test_steps_on_the_run_network_reach_the_host_service_and_nothing_beyond(engi
     import http.server
     import threading
 
-    from pipelines.containers import internal_network, step_run_args
+    from devtools.containers import internal_network, step_run_args
 
     network = f"wavenet-test-{os.getpid()}"
     with internal_network(engine, network) as gateway:
@@ -228,7 +228,7 @@ def test_generate_runs_as_uid_1000_on_a_read_only_root(engine, cpu_image, traine
     assert all(w.stat().st_uid == 1000 for w in wavs)
     # Control: the same container with /scratch read-only (no emptyDir) cannot run, so this test
     # would catch an image or runner that writes outside /scratch by accident of a writable mount.
-    from pipelines.containers import SCRATCH, step_run_args
+    from devtools.containers import SCRATCH, step_run_args
 
     args = step_run_args()
     args["tmpfs"][SCRATCH] = "ro,size=64k"
@@ -251,7 +251,7 @@ ADMIN_PASSWORD = "test-only-Passw0rd-4217"
 
 
 def test_mlflow_image_serves_with_basic_auth_on_a_read_only_root(engine, mlflow_image):
-    from pipelines.containers import step_run_args
+    from devtools.containers import step_run_args
 
     port = free_port()
     c = engine.containers.run(mlflow_image, ["server", "--app-name", "basic-auth", "--host", "127.0.0.1",
@@ -446,7 +446,7 @@ def test_make_push_records_digests_that_compile_the_tfjob_and_k8s_use(registry, 
         pod = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
         assert [c["image"] for c in pod["containers"]] == [pinned["gpu"]]
 
-        from pipelines.validate_k8s import kubectl_kustomize
+        from devtools.validate_k8s import kubectl_kustomize
 
         objs = kubectl_kustomize(tmp_path / "k8s")
         if objs is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.validate_k8s import (
+from devtools.validate_k8s import (
     K8sValidationError,
     check_allowed_hosts,
     check_compiled_pipeline,

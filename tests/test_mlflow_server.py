@@ -69,7 +69,7 @@ def artifact_bucket() -> tuple[str, str]:
 def _engine_and_image():
     """(docker client, MLflow image), or (None, None) where containers are not available here."""
     from components.images import image_name
-    from pipelines.containers import ContainerError, client, require_image
+    from devtools.containers import ContainerError, client, require_image
 
     try:
         c = client()

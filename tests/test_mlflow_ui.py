@@ -12,7 +12,7 @@ installs it), where that is a failure.
 import pytest
 from conftest import REQUIRE_CONTAINERS, run_mlflow_server
 
-from pipelines.mlflow_ui import budget_ms, chromium, find_chromium, pages, runs_table
+from devtools.mlflow_ui import budget_ms, chromium, find_chromium, pages, runs_table
 from wavenet import tracking
 
 pytestmark = pytest.mark.slow

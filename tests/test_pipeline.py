@@ -333,7 +333,7 @@ def test_full_pipeline_runs_in_containers_of_the_images(engine, cpu_image, mlflo
     and writing the shards to a bucket on the GCS emulator, both on 127.0.0.1."""
     import mlflow
 
-    from pipelines import run_containers
+    from devtools import run_containers
 
     root = tmp_path / "runs"
     rc = run_containers.main(["--preset", "tiny", "--demo-seconds", "4", "--workers", "2",

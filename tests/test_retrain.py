@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 from test_mlflow_server import PIPELINE_PASSWORD, PIPELINE_USER, production  # noqa: F401 (fixture)
 
-from pipelines import retrain_demo
+from devtools import retrain_demo
 from wavenet.manifest import read_manifest
 
 

@@ -257,7 +257,7 @@ def test_concurrent_listeners_are_served_together(server):
 @pytest.mark.slow
 def test_the_cpu_image_serves_the_champion_non_root_on_a_read_only_root(engine, cpu_image, model,
                                                                       mlflow_server):
-    from pipelines.containers import step_run_args
+    from devtools.containers import step_run_args
 
     name = "wavenet-in-a-container"
     tracking.use_tracking_uri(mlflow_server.uri)

@@ -1,5 +1,5 @@
 """`make run-containers`' steps: each container is ours until its output and real exit status
-are read (pipelines.containers.run_step), whatever the speed of the step or the engine."""
+are read (devtools.containers.run_step), whatever the speed of the step or the engine."""
 
 import threading
 import time
@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from pipelines import containers
+from devtools import containers
 
 
 def _component(image: str, script: str):
@@ -26,7 +26,7 @@ def docker_runner(engine, tmp_path, monkeypatch):
     """kfp.local with a DockerRunner, steps as our pods run, through :func:`owned_step_containers`."""
     from kfp import local
 
-    # kfp.local's DockerRunner connects with docker.from_env() (as pipelines.run_containers sets).
+    # kfp.local's DockerRunner connects with docker.from_env() (as devtools.run_containers sets).
     monkeypatch.setenv("DOCKER_HOST", containers.docker_host())
     local.init(runner=local.DockerRunner(**containers.step_run_args()), pipeline_root=str(tmp_path),
                raise_on_error=True)

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from components import runtime
-from pipelines.validate_k8s import TFJOB_SCHEMA, validate_tfjob
+from devtools.validate_k8s import TFJOB_SCHEMA, validate_tfjob
 from wavenet import cli, tfjob
 from wavenet.config import preset
 from wavenet.errors import ConfigError

@@ -8,8 +8,8 @@ import pytest
 from conftest import run_gcs_emulator
 
 from components import runtime
-from pipelines.containers import ContainerError
-from pipelines.tfjob_containers import cluster_addresses, operator_tf_config, pod_run_args
+from devtools.containers import ContainerError
+from devtools.tfjob_containers import cluster_addresses, operator_tf_config, pod_run_args
 from wavenet import tfjob
 from wavenet.config import preset
 from wavenet.train.cluster import ClusterSettings, training_tfjob
@@ -92,7 +92,7 @@ def test_two_worker_containers_train_and_the_launcher_collects_the_model(
         engine, cpu_image, mlflow_server, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from pipelines.tfjob_containers import run_tfjob_in_containers
+    from devtools.tfjob_containers import run_tfjob_in_containers
     from wavenet.demo import make_demo_corpus
     from wavenet.model import load_model
     from wavenet.preprocess import preprocess

@@ -19,7 +19,7 @@
 - Compiled pipelines given on the command line: every step's pod is non-root (uid 1000) with
   the /scratch emptyDir.
 
-Usage: ``python -m pipelines.validate_k8s [K8S_DIR [PIPELINE.yaml ...]]``; exits 1 listing every
+Usage: ``python -m devtools.validate_k8s [K8S_DIR [PIPELINE.yaml ...]]``; exits 1 listing every
 problem.
 """
 

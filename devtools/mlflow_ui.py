@@ -1,6 +1,6 @@
 """The MLflow UI as a person sees it, in headless Chromium: screenshots and what the pages show.
 
-``make ui-screenshots`` (``python -m pipelines.mlflow_ui --store . --experiment wavenet``)
+``make ui-screenshots`` (``python -m devtools.mlflow_ui --store . --experiment wavenet``)
 starts ``mlflow ui`` on a free port of 127.0.0.1 over STORE (``mlflow.db`` and its
 artifacts, as ``make run`` leaves them) and saves, for the experiment EXPERIMENT:
 

@@ -13,7 +13,7 @@ Docker engine, or podman's Docker API socket (``podman system service``, started
   127.0.0.1 (the tests' MLflow server and GCS emulator).
 
 :func:`step_run_args` are these settings as ``docker`` ``containers.run`` arguments (what
-``kfp.local.DockerRunner`` takes); :mod:`pipelines.tfjob_containers` derives the same from a
+``kfp.local.DockerRunner`` takes); :mod:`devtools.tfjob_containers` derives the same from a
 rendered TFJob's pod spec. :func:`run_step` runs one step's container to its end and returns
 its real exit status; :func:`owned_step_containers` makes ``kfp.local`` run its steps with it.
 """

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipelines.containers import ContainerError
+from devtools.containers import ContainerError
 from wavenet.launch import free_ports
 from wavenet.tfjob import CONTAINER, GPU_RESOURCE
 

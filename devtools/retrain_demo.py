@@ -21,7 +21,7 @@ number of genres (training refuses data with more labels than
 ``ROOT/logs/retrain-<UTC>.log``; the terminal gets a few lines per run, read
 back from the manifest, MLflow and the registry (:func:`facts`).
 
-Usage: ``python -m pipelines.retrain_demo [--root runs/retrain-demo] [--preset tiny]``
+Usage: ``python -m devtools.retrain_demo [--root runs/retrain-demo] [--preset tiny]``
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ NEW_GENRE = "drums"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.retrain_demo",
+    p = argparse.ArgumentParser(prog="python -m devtools.retrain_demo",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--root", default=ROOT,
                    help=f"folder for the audio, shards, MLflow store and runs; emptied first (default {ROOT})")

@@ -2,10 +2,10 @@
 
 The same pipeline and components as ``make run``, through ``kfp.local.DockerRunner`` (the
 Docker API: a Docker engine or podman's socket). Each step is a container of
-``components.images.WAVENET_IMAGE`` run as on a cluster (:mod:`pipelines.containers`: uid
+``components.images.WAVENET_IMAGE`` run as on a cluster (:mod:`devtools.containers`: uid
 1000, read-only root, a fresh ``/scratch``, only the pipeline root mounted writable) on an
 internal network made for the run, which has no route out of this machine
-(:func:`pipelines.containers.internal_network`). On it the steps reach only two services
+(:func:`devtools.containers.internal_network`). On it the steps reach only two services
 started for the run:
 
 * an MLflow server, itself a container of the MLflow image on the same network (its SQLite
@@ -16,7 +16,7 @@ started for the run:
   it keeps its objects in ``ROOT/gcs/``.
 
 Both stop when the run ends; the summary is the one ``make run`` prints.
-Usage: ``python -m pipelines.run_containers [--data PATH_OR_GS] [--preset demo] [...]``.
+Usage: ``python -m devtools.run_containers [--data PATH_OR_GS] [--preset demo] [...]``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines import containers, run_local
+from devtools import containers
+from pipelines import run_local
 from wavenet.tracking import wait_until_healthy
 
 PIPELINE_ROOT = os.path.join("runs", "pipeline-containers")
@@ -42,7 +43,7 @@ BUCKET = "wavenet-containers"
 
 def build_parser() -> argparse.ArgumentParser:
     p = run_local.build_parser()
-    p.prog = "python -m pipelines.run_containers"
+    p.prog = "python -m devtools.run_containers"
     p.description = __doc__.splitlines()[0]
     p.set_defaults(root=PIPELINE_ROOT, shards_uri=f"gs://{BUCKET}/shards")
     return p
