@@ -13,7 +13,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from wavenet.config import ExperimentConfig
+# The one reader of a config file (a ``preset:`` key names its base). A step's ``config``
+# artifact holds the whole config the first step resolved (``cfg.to_yaml()``, which names its
+# preset), so the components read it as the CLI reads ``--config FILE``.
+from wavenet.config import load_config  # noqa: F401 - components call runtime.load_config
 from wavenet.errors import ConfigError
 
 # What KFP's MLflow integration and the user's tracking settings put in a step's
@@ -38,12 +41,6 @@ def quiet_logs(environ: dict[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     for key, value in QUIET_ENV.items():
         env.setdefault(key, value)
-
-
-def load_config(path: str) -> ExperimentConfig:
-    """The config a step received: the YAML file of the first step's ``config`` artifact."""
-    with open(path) as f:
-        return ExperimentConfig.from_yaml(f.read())
 
 
 def relative_names(root: str, files: list[str]) -> list[str]:

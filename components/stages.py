@@ -1,6 +1,6 @@
 """The components. Bodies import inside (KFP ships each body on its own) and stay thin.
 
-The first step resolves the pipeline's ``preset`` and ``config_yaml`` overrides
+The first step resolves the pipeline's ``preset`` and ``overrides_yaml``
 once and writes the whole config (``cfg.to_yaml()``) to its ``config`` artifact;
 every later step reads it from there. (An artifact, not a string parameter:
 kfp.local 2.17 hands a ParallelFor body the producer's "Output" for any of its
@@ -28,7 +28,7 @@ _COMMON = {"base_image": WAVENET_IMAGE, "install_kfp_package": False}
 
 
 @dsl.component(**_COMMON)
-def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: int,
+def list_partitions(source_uri: str, preset: str, overrides_yaml: str, partitions: int,
                     demo_seconds: float, audio: Output[Dataset],
                     config: Output[Artifact]) -> list[str]:
     """Resolve the config, list the input audio and split it into partitions.
@@ -37,7 +37,7 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
         source_uri: folder or gs:// prefix with audio; empty: synthesise the demo corpus
             into ``audio``.
         preset: config preset.
-        config_yaml: YAML overrides of the preset (nested or dotted keys).
+        overrides_yaml: YAML overrides of the preset (nested or dotted keys).
         partitions: how many preprocessing tasks to fan out to (at most one per file).
         demo_seconds: seconds of demo audio per genre (0: the corpus default).
         audio: the audio root (the demo corpus itself, or a pointer to ``source_uri``).
@@ -55,7 +55,7 @@ def list_partitions(source_uri: str, preset: str, config_yaml: str, partitions: 
     from wavenet.errors import DataError
     from wavenet.preprocess import list_audio, partition
 
-    cfg = resolve_config(preset, overrides=overrides_from_yaml(config_yaml))
+    cfg = resolve_config(preset, overrides=overrides_from_yaml(overrides_yaml))
     os.makedirs(audio.path, exist_ok=True)
     if source_uri:
         root = source_uri

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from wavenet.launch import free_ports
+from wavenet.local_workers import free_ports
 from wavenet.tracking import wait_until_healthy
 
 # No name but 127.0.0.1 resolves, and nothing runs in the background (updates, sync, field

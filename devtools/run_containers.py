@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from kfp import local
 
     from components.images import MLFLOW_IMAGE, WAVENET_IMAGE
-    from wavenet.launch import free_ports
+    from wavenet.local_workers import free_ports
 
     client = containers.client()
     # kfp.local's DockerRunner connects with docker.from_env(): point it at the same engine.

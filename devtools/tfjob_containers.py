@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools.containers import ContainerError
-from wavenet.launch import free_ports
+from wavenet.local_workers import free_ports
 from wavenet.tfjob import CONTAINER, GPU_RESOURCE
 
 __all__ = ["OPERATOR_PORT", "operator_tf_config", "cluster_addresses", "pod_run_args",

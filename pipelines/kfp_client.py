@@ -76,14 +76,19 @@ def load_arguments(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"arguments file {path} is not valid YAML: {e}") from None
     if not isinstance(d, Mapping):
         raise ConfigError(f"arguments file {path} must hold a mapping of pipeline parameters")
+    if "config_yaml" in d:
+        # The pipeline's parameter was called config_yaml until it was renamed: config_yaml
+        # now means a whole config everywhere (`wavenet --config-yaml`), overrides_yaml a part.
+        raise ConfigError(f"{path}: config_yaml is now called overrides_yaml (YAML overrides of "
+                          "the preset): rename the key")
     known = pipeline_parameters()
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown pipeline parameter {unknown[0]!r}. "
                           f"Known: {', '.join(sorted(known))}")
-    # config_yaml may be written as a nested mapping in the file: the pipeline takes a string.
-    if isinstance(d.get("config_yaml"), Mapping):
-        d = {**d, "config_yaml": yaml.safe_dump(dict(d["config_yaml"]), sort_keys=True)}
+    # overrides_yaml may be written as a nested mapping in the file: the pipeline takes a string.
+    if isinstance(d.get("overrides_yaml"), Mapping):
+        d = {**d, "overrides_yaml": yaml.safe_dump(dict(d["overrides_yaml"]), sort_keys=True)}
     return dict(d)
 
 

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
     from wavenet.tracking import resolve_tracking_uri
 
     overrides = args.overrides + ([f"train.steps={args.steps}"] if args.steps else [])
-    config_yaml = overrides_yaml(overrides)
+    overrides_text = overrides_yaml(overrides)
     resolve_config(args.preset, None, overrides)  # bad presets/overrides fail here, in one line
     if args.data and not args.data.startswith("gs://") and not os.path.isdir(args.data):
         from wavenet.errors import DataError
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
                raise_on_error=True)
     t0 = time.perf_counter()
     wavenet_train(source_uri=data, demo_seconds=args.demo_seconds, preset=args.preset,
-                  config_yaml=config_yaml, partitions=args.partitions, shards_uri=args.shards_uri,
+                  overrides_yaml=overrides_text, partitions=args.partitions, shards_uri=args.shards_uri,
                   num_workers=args.workers, train_on_cluster=False,
                   warm_start=args.warm_start, mlflow_tracking_uri=tracking_uri,
                   mlflow_experiment=args.experiment, generate_if_rejected=args.report_if_rejected,

@@ -71,7 +71,7 @@ def wavenet_train(
     source_uri: str = "",
     demo_seconds: float = 0.0,
     preset: str = "demo",
-    config_yaml: str = "",
+    overrides_yaml: str = "",
     partitions: int = 2,
     shards_uri: str = "",
     num_workers: int = 2,
@@ -91,7 +91,7 @@ def wavenet_train(
     source_uri: folder or gs:// prefix of audio; empty: the synthesised demo corpus.
     demo_seconds: seconds per genre of the demo corpus (0: its default).
     preset: config preset (tiny, demo, bench, large).
-    config_yaml: YAML overrides of the preset, e.g. ``train: {steps: 500}``; resolved once,
+    overrides_yaml: YAML overrides of the preset, e.g. ``train: {steps: 500}``; resolved once,
         by the first step, which hands the whole config to every later step.
     partitions: parallel preprocessing tasks.
     shards_uri: persistent prefix for incremental preprocessing (partials and shards
@@ -110,7 +110,7 @@ def wavenet_train(
     force_train: train even when a registered model already came from the same data, config
         and seed (otherwise that model is reused: wavenet.reuse).
     """
-    listed = list_partitions(source_uri=source_uri, preset=preset, config_yaml=config_yaml,
+    listed = list_partitions(source_uri=source_uri, preset=preset, overrides_yaml=overrides_yaml,
                              partitions=partitions, demo_seconds=demo_seconds)
     # The source may change under the same URI: always list it again.
     listed.set_caching_options(False).set_display_name("list audio")

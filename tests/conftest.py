@@ -18,7 +18,7 @@ import pytest
 
 from wavenet.audio import mu_law_encode
 from wavenet.config import preset
-from wavenet.launch import free_ports
+from wavenet.local_workers import free_ports
 from wavenet.shards import dataset_from_codes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from wavenet.train.warm_start import champion_init_model
 
 
 def build_config(preset_name, text):
-    """What the first pipeline step does with its ``preset`` and ``config_yaml`` parameters."""
+    """What the first pipeline step does with its ``preset`` and ``overrides_yaml`` parameters."""
     return resolve_config(preset_name, overrides=overrides_from_yaml(text))
 
 
@@ -190,7 +190,7 @@ from components.stages import list_partitions, merge_shards, preprocess_partitio
 
 @dsl.pipeline(name="data-stages")
 def data_stages(source_uri: str, shards_uri: str, demo_seconds: float) -> dsl.Dataset:
-    listed = list_partitions(source_uri=source_uri, preset="tiny", config_yaml="", partitions=2,
+    listed = list_partitions(source_uri=source_uri, preset="tiny", overrides_yaml="", partitions=2,
                              demo_seconds=demo_seconds)
     with dsl.ParallelFor(listed.outputs["Output"]) as part:
         pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,
@@ -251,7 +251,7 @@ def _one_partition(overrides: dict, output: str):
     """The data stages on the demo corpus with these YAML overrides; the merge step's ``output``."""
     @dsl.pipeline(name="one-partition")
     def p() -> dsl.Artifact:
-        listed = list_partitions(source_uri="", preset="tiny", config_yaml=yaml.safe_dump(overrides),
+        listed = list_partitions(source_uri="", preset="tiny", overrides_yaml=yaml.safe_dump(overrides),
                                  partitions=1, demo_seconds=2.0)
         with dsl.ParallelFor(listed.outputs["Output"]) as part:
             pre = preprocess_partition(audio=listed.outputs["audio"], partition=part,

@@ -16,7 +16,7 @@ import tensorflow as tf
 from mlflow import MlflowClient
 
 from wavenet.config import preset
-from wavenet.launch import WorkerError, run_local_workers, tf_config
+from wavenet.local_workers import WorkerError, run_local_workers, tf_config
 from wavenet.model import build_model, load_model
 
 
@@ -166,7 +166,7 @@ def test_sigkilled_worker_is_restarted_and_the_run_finishes_on_its_own(tiny_shar
 
 # The launcher with its SIGKILL fallback out of reach: a worker that ignores the stop keeps the
 # launcher waiting past the test's deadline instead of being killed unnoticed after 60 s.
-_LAUNCHER_WITHOUT_SIGKILL = ("import sys, wavenet.launch; wavenet.launch.SAVE_GRACE_S = 3600; "
+_LAUNCHER_WITHOUT_SIGKILL = ("import sys, wavenet.local_workers; wavenet.local_workers.SAVE_GRACE_S = 3600; "
                              "from wavenet.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

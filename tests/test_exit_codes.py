@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from wavenet.errors import ConfigError, DataError, StorageUnavailable, TrackingError, TrackingUnavailable
-from wavenet.launch import WorkerError
+from wavenet.local_workers import WorkerError
 from wavenet.train.exit_codes import PeerLost, exit_code, is_retryable
 
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from wavenet.launch import WorkerError
+from wavenet.local_workers import WorkerError
 from wavenet.train.launch import _run_with_restarts
 
 # Worker 1 fails with CODE on its first start (marker file), every start is counted.
@@ -73,7 +73,7 @@ sys.exit(143)
 
 
 def test_workers_stopping_after_sigterm_get_time_to_save(tmp_path):
-    from wavenet.launch import FAILURE_GRACE_S, SAVE_GRACE_S
+    from wavenet.local_workers import FAILURE_GRACE_S, SAVE_GRACE_S
 
     save_s = FAILURE_GRACE_S + 2
     assert save_s < SAVE_GRACE_S

@@ -57,7 +57,7 @@ def test_committed_ir_is_what_the_code_compiles_to(compiled):
 
 def test_pipeline_parameters_cover_data_training_cluster_and_mlflow(ir):
     params = ir["spec"]["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"source_uri", "demo_seconds", "preset", "config_yaml", "partitions",
+    assert set(params) == {"source_uri", "demo_seconds", "preset", "overrides_yaml", "partitions",
                            "shards_uri", "num_workers", "train_on_cluster",
                            "namespace", "train_image", "gpus_per_worker", "accelerator",
                            "cluster_run_root", "warm_start", "mlflow_tracking_uri",
@@ -150,10 +150,14 @@ def test_logging_steps_get_mlflow_credentials_from_an_optional_secret(ir):
 
 def test_arguments_file_is_checked_against_pipeline_parameters(tmp_path):
     f = tmp_path / "run.yaml"
-    f.write_text("source_uri: gs://bucket/music\ntrain_on_cluster: true\nconfig_yaml:\n  train: {steps: 5000}\n")
+    f.write_text("source_uri: gs://bucket/music\ntrain_on_cluster: true\noverrides_yaml:\n  train: {steps: 5000}\n")
     args = kfp_client.load_arguments(str(f))
     assert args["train_on_cluster"] is True
-    assert yaml.safe_load(args["config_yaml"]) == {"train": {"steps": 5000}}
+    assert yaml.safe_load(args["overrides_yaml"]) == {"train": {"steps": 5000}}
+    # A file written before the parameter's rename: one line that says what to rename.
+    f.write_text("config_yaml:\n  train: {steps: 5000}\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: config_yaml is now called overrides_yaml"):
+        kfp_client.load_arguments(str(f))
     f.write_text("source_url: gs://typo\n")
     with pytest.raises(ConfigError, match=r"run.yaml: unknown pipeline parameter 'source_url'"):
         kfp_client.load_arguments(str(f))

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from wavenet import tracking
 from wavenet.errors import TrackingUnavailable
-from wavenet.launch import free_ports
+from wavenet.local_workers import free_ports
 
 
 def test_unreachable_server_is_one_line_error(monkeypatch):

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from wavenet.cli import main
 from wavenet.config import ExperimentConfig, preset
 from wavenet.errors import ConfigError
-from wavenet.launch import free_ports
+from wavenet.local_workers import free_ports
 from wavenet.manifest import read_manifest
 from wavenet.model import load_model
 from wavenet.train import worker_role

@@ -49,7 +49,7 @@ class _Server:
     """``mlflow models serve`` of ``model`` on a free port (stopped with its process group)."""
 
     def __init__(self, model: str, one_at_a_time: bool, log: str):
-        from wavenet.launch import free_ports
+        from wavenet.local_workers import free_ports
 
         self.url = f"http://127.0.0.1:{free_ports(1)[0]}"
         env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}

@@ -5,7 +5,7 @@ Keras 3 ``model.fit`` does not run under ``tf.distribute.MultiWorkerMirroredStra
 One code path serves three set-ups:
 
 * one process (``wavenet train DATA --out RUN``): a one-worker strategy;
-* N local processes (``--workers N``): :mod:`wavenet.launch` starts N copies of
+* N local processes (``--workers N``): :mod:`wavenet.local_workers` starts N copies of
   :func:`train_command` on 127.0.0.1, each with its own ``TF_CONFIG``;
 * N pods of a Kubeflow TFJob (:func:`train_on_cluster`): the operator sets
   ``TF_CONFIG`` and every pod runs the same :func:`train_command`.

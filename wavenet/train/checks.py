@@ -27,10 +27,10 @@ class WorkerRole(NamedTuple):
 
 
 def parse_tf_config(text: str | None) -> dict[str, Any]:
-    """The ``TF_CONFIG`` that the TFJob operator or :mod:`wavenet.launch` set, parsed."""
+    """The ``TF_CONFIG`` that the TFJob operator or :mod:`wavenet.local_workers` set, parsed."""
     if not text:
         raise ConfigError("--worker needs TF_CONFIG in the environment (set by the TFJob "
-                          "operator or wavenet.launch)")
+                          "operator or wavenet.local_workers)")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -41,7 +41,7 @@ def worker_role(tf_config: Mapping[str, Any] | None) -> WorkerRole:
     """``(index, number of workers, is_chief)`` from a TF_CONFIG dict (None: one process).
 
     The chief is the ``chief`` task when the cluster has one, else worker 0
-    (the Kubeflow training operator and :mod:`wavenet.launch` both use the latter).
+    (the Kubeflow training operator and :mod:`wavenet.local_workers` both use the latter).
     """
     if not tf_config:
         return WorkerRole(0, 1, True)

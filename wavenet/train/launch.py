@@ -21,7 +21,7 @@ from typing import Any
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig, resolve_num_classes
 from wavenet.errors import ConfigError
-from wavenet.launch import WorkerError, run_local_workers
+from wavenet.local_workers import WorkerError, run_local_workers
 from wavenet.manifest import read_manifest
 from wavenet.memory import check_training
 from wavenet.train.checks import check_batch, check_data, worker_role
@@ -83,7 +83,7 @@ def _train_local_workers(data: str, out: str, cfg: ExperimentConfig, *, workers:
                          progress: bool | str, tracking_uri: str, experiment: str | None,
                          run_name: str | None, init_model: str | None, kfp_run_id: str | None,
                          environ: Mapping[str, str] | None) -> TrainResult:
-    """``workers`` processes of :func:`train_command` on 127.0.0.1 (:mod:`wavenet.launch`)."""
+    """``workers`` processes of :func:`train_command` on 127.0.0.1 (:mod:`wavenet.local_workers`)."""
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
     # Decided here, where the terminal is: the chief's stderr is a pipe to this process.
     mode = progress_mode(progress)
@@ -149,7 +149,7 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
         out: the run directory (checkpoints, model.keras, config.yaml,
             train_summary.json). Re-running with the same ``out`` resumes.
         cfg: the experiment config (``train.steps`` and the rest).
-        workers: local worker processes (>1: started by :mod:`wavenet.launch`).
+        workers: local worker processes (>1: started by :mod:`wavenet.local_workers`).
         tf_config: run as one worker of this cluster (a TFJob pod's parsed
             ``TF_CONFIG``); ``workers`` is then ignored.
         tracking_uri, experiment, run_name: the MLflow store (default
@@ -171,7 +171,7 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
 
     Raises:
         ConfigError, DataError, TrackingError: bad input, found before training.
-        wavenet.launch.WorkerError: a local worker failed.
+        wavenet.local_workers.WorkerError: a local worker failed.
     """
     uri = tracking.resolve_tracking_uri(tracking_uri, environ)
     common = dict(tracking_uri=uri, experiment=experiment, run_name=run_name, progress=progress,
