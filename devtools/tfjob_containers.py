@@ -93,6 +93,91 @@ def _write_files(folder: Path, files: Mapping[str, str]) -> None:
     folder.chmod(0o555)
 
 
+def _pod_env(c: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]] | None
+             ) -> dict[str, str]:
+    """The container's ``env`` with plain values and ``secretKeyRef`` resolved from ``secrets``."""
+    env: dict[str, str] = {}
+    for e in c.get("env") or []:
+        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+        if ref is not None:
+            # As the kubelet: the key of ``secrets[name]``; a missing optional one leaves the
+            # variable unset, a missing required one keeps the pod from starting.
+            value = (secrets or {}).get(ref.get("name"), {}).get(ref.get("key"))
+            if value is not None:
+                env[e["name"]] = value
+            elif not ref.get("optional"):
+                raise ContainerError(f"env {e.get('name')!r} takes key {ref.get('key')!r} of secret "
+                                     f"{ref.get('name')!r}: pass it in secrets")
+            continue
+        if "value" not in e:
+            raise ContainerError(f"env {e.get('name')!r} comes from {sorted(set(e) - {'name'})}: "
+                                 "pass its value in extra_env")
+        env[e["name"]] = str(e["value"])
+    return env
+
+
+def _mount(v: Mapping[str, Any], path: str, ro: bool, pod_dir: Path, volumes: dict, tmpfs: dict,
+           sources: Mapping[str, Mapping[str, Mapping[str, str]] | None]) -> None:
+    """Add volume ``v`` mounted at ``path`` to ``volumes`` (binds) or ``tmpfs``.
+
+    ``sources`` maps ``"configMap"`` and ``"secret"`` to their ``{name: {key: text}}``.
+    """
+    if "emptyDir" in v:
+        spec = v["emptyDir"] or {}
+        if spec.get("medium") == "Memory":
+            size = str(spec.get("sizeLimit", "1Gi")).replace("Gi", "g").replace("Mi", "m")
+            tmpfs[path] = f"size={size},mode=1777"
+        else:
+            folder = pod_dir / "emptyDir" / v["name"]
+            folder.mkdir(parents=True, mode=0o777)
+            folder.chmod(0o1777)  # an emptyDir is writable by the pod's user
+            volumes[str(folder)] = {"bind": path, "mode": "ro" if ro else "rw"}
+    elif "hostPath" in v:
+        volumes[v["hostPath"]["path"]] = {"bind": path, "mode": "ro" if ro else "rw"}
+    elif "configMap" in v or "secret" in v:
+        kind = "configMap" if "configMap" in v else "secret"
+        source = sources[kind]
+        ref = v[kind].get("name") or v[kind].get("secretName")
+        if not source or ref not in source:
+            raise ContainerError(f"volume {v['name']!r} mounts {kind} {ref!r}: pass its files")
+        folder = pod_dir / kind / v["name"]
+        _write_files(folder, source[ref])
+        volumes[str(folder)] = {"bind": path, "mode": "ro"}
+    else:
+        raise ContainerError(f"volume {v['name']!r}: only emptyDir, hostPath, configMap and "
+                             f"secret volumes run here. Received: {sorted(set(v) - {'name'})}")
+
+
+def _pod_volumes(pod: Mapping[str, Any], c: Mapping[str, Any], pod_dir: Path,
+                 sources: Mapping[str, Mapping[str, Mapping[str, str]] | None]
+                 ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The container's ``volumeMounts`` as ``(binds, tmpfs)``; /tmp and /var/tmp read-only."""
+    volumes: dict[str, dict[str, str]] = {}
+    tmpfs: dict[str, str] = {"/tmp": "ro,size=64k", "/var/tmp": "ro,size=64k"}
+    by_name = {v["name"]: v for v in pod.get("volumes") or []}
+    for m in c.get("volumeMounts") or []:
+        v = by_name.get(m["name"])
+        if v is None:
+            raise ContainerError(f"volumeMount {m['name']!r} names no volume of the pod")
+        _mount(v, m["mountPath"], bool(m.get("readOnly")), pod_dir, volumes, tmpfs, sources)
+    return volumes, tmpfs
+
+
+def _security_args(pod: Mapping[str, Any], c: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod's and container's securityContext as ``containers.run`` arguments."""
+    args: dict[str, Any] = {}
+    user = _user(pod, c)
+    if user:
+        args["user"] = user
+    ctx = {**(pod.get("securityContext") or {}), **(c.get("securityContext") or {})}
+    drop = ((ctx.get("capabilities") or {}).get("drop")) or []
+    if drop:
+        args["cap_drop"] = list(drop)
+    if ctx.get("allowPrivilegeEscalation") is False:
+        args["security_opt"] = ["no-new-privileges"]
+    return args
+
+
 def pod_run_args(job: Mapping[str, Any], index: int, addresses: list[str], pod_dir: Path, *,
                  extra_env: Mapping[str, str] | None = None,
                  config_maps: Mapping[str, Mapping[str, str]] | None = None,
@@ -113,60 +198,10 @@ def pod_run_args(job: Mapping[str, Any], index: int, addresses: list[str], pod_d
     if int(limits.get(GPU_RESOURCE, 0) or 0) > 0:
         raise ContainerError(f"the TFJob asks for {GPU_RESOURCE}; render it with gpus_per_worker=0 "
                              "to run it here")
-    env: dict[str, str] = {}
-    for e in c.get("env") or []:
-        ref = (e.get("valueFrom") or {}).get("secretKeyRef")
-        if ref is not None:
-            # As the kubelet: the key of ``secrets[name]``; a missing optional one leaves the
-            # variable unset, a missing required one keeps the pod from starting.
-            value = (secrets or {}).get(ref.get("name"), {}).get(ref.get("key"))
-            if value is not None:
-                env[e["name"]] = value
-            elif not ref.get("optional"):
-                raise ContainerError(f"env {e.get('name')!r} takes key {ref.get('key')!r} of secret "
-                                     f"{ref.get('name')!r}: pass it in secrets")
-            continue
-        if "value" not in e:
-            raise ContainerError(f"env {e.get('name')!r} comes from {sorted(set(e) - {'name'})}: "
-                                 "pass its value in extra_env")
-        env[e["name"]] = str(e["value"])
+    env = _pod_env(c, secrets)
     env.update(extra_env or {})
     env["TF_CONFIG"] = operator_tf_config(addresses, index)
-
-    user = _user(pod, c)
-    volumes: dict[str, dict[str, str]] = {}
-    tmpfs: dict[str, str] = {"/tmp": "ro,size=64k", "/var/tmp": "ro,size=64k"}
-    by_name = {v["name"]: v for v in pod.get("volumes") or []}
-    for m in c.get("volumeMounts") or []:
-        v = by_name.get(m["name"])
-        if v is None:
-            raise ContainerError(f"volumeMount {m['name']!r} names no volume of the pod")
-        path, ro = m["mountPath"], bool(m.get("readOnly"))
-        if "emptyDir" in v:
-            spec = v["emptyDir"] or {}
-            if spec.get("medium") == "Memory":
-                size = str(spec.get("sizeLimit", "1Gi")).replace("Gi", "g").replace("Mi", "m")
-                tmpfs[path] = f"size={size},mode=1777"
-            else:
-                folder = pod_dir / "emptyDir" / v["name"]
-                folder.mkdir(parents=True, mode=0o777)
-                folder.chmod(0o1777)  # an emptyDir is writable by the pod's user
-                volumes[str(folder)] = {"bind": path, "mode": "ro" if ro else "rw"}
-        elif "hostPath" in v:
-            volumes[v["hostPath"]["path"]] = {"bind": path, "mode": "ro" if ro else "rw"}
-        elif "configMap" in v or "secret" in v:
-            kind, source = ("configMap", config_maps) if "configMap" in v else ("secret", secrets)
-            ref = v[kind].get("name") or v[kind].get("secretName")
-            if not source or ref not in source:
-                raise ContainerError(f"volume {v['name']!r} mounts {kind} {ref!r}: pass its files")
-            folder = pod_dir / kind / v["name"]
-            _write_files(folder, source[ref])
-            volumes[str(folder)] = {"bind": path, "mode": "ro"}
-        else:
-            raise ContainerError(f"volume {v['name']!r}: only emptyDir, hostPath, configMap and "
-                                 f"secret volumes run here. Received: {sorted(set(v) - {'name'})}")
-
-    ctx = {**(pod.get("securityContext") or {}), **(c.get("securityContext") or {})}
+    volumes, tmpfs = _pod_volumes(pod, c, pod_dir, {"configMap": config_maps, "secret": secrets})
     args: dict[str, Any] = {
         "image": c["image"],
         "entrypoint": list(c.get("command") or []) or None,
@@ -180,16 +215,52 @@ def pod_run_args(job: Mapping[str, Any], index: int, addresses: list[str], pod_d
         "name": f"{job['metadata']['name']}-worker-{index}",
         "detach": True,
     }
-    if user:
-        args["user"] = user
     if c.get("workingDir"):
         args["working_dir"] = c["workingDir"]
-    drop = ((ctx.get("capabilities") or {}).get("drop")) or []
-    if drop:
-        args["cap_drop"] = list(drop)
-    if ctx.get("allowPrivilegeEscalation") is False:
-        args["security_opt"] = ["no-new-privileges"]
+    args.update(_security_args(pod, c))
     return args
+
+
+def _exit_codes(started: list[Any], codes: list[int | None]) -> None:
+    """Fill in ``codes`` for the containers of ``started`` that have exited since."""
+    for i, ctr in enumerate(started):
+        if codes[i] is None:
+            ctr.reload()
+            if ctr.status == "exited":
+                codes[i] = int(ctr.attrs["State"]["ExitCode"])
+
+
+def _failure(name: str, started: list[Any], codes: list[int | None],
+             log: Callable[[str], None]) -> ContainerError:
+    """The error naming every failed worker (exit status, last error line); the tails of
+    workers other than 0 (whose log was streamed) go to ``log``."""
+    failures = []
+    for j in [k for k, c in enumerate(codes) if c not in (None, 0)]:
+        tail = started[j].logs(tail=30).decode("utf-8", "replace").strip().splitlines()
+        errors = [ln for ln in tail if ln.startswith("error: ")]
+        failures.append(f"worker {j} exited with status {codes[j]}: "
+                        f"{(errors or tail or ['(no output)'])[-1]}")
+        if j != 0:
+            for ln in tail[-15:]:
+                log(f"worker {j}| {ln}")
+    return ContainerError(f"TFJob {name}: " + "; ".join(failures))
+
+
+def _wait_for_workers(name: str, started: list[Any], timeout_s: float, poll_s: float,
+                      log: Callable[[str], None]) -> list[int | None]:
+    """Every worker's exit status, once all exited 0; raises at the first failure or the timeout."""
+    deadline = time.monotonic() + timeout_s
+    codes: list[int | None] = [None] * len(started)
+    while any(c is None for c in codes):
+        _exit_codes(started, codes)
+        if any(c not in (None, 0) for c in codes):
+            time.sleep(2)  # let a peer that fails with it exit too: name every failure
+            _exit_codes(started, codes)
+            raise _failure(name, started, codes, log)
+        if time.monotonic() > deadline:
+            raise ContainerError(f"TFJob {name} did not finish within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+    return codes
 
 
 def run_tfjob_in_containers(job: Mapping[str, Any], docker_client, *,
@@ -224,34 +295,7 @@ def run_tfjob_in_containers(job: Mapping[str, Any], docker_client, *,
             started.append(docker_client.containers.run(image, **args))
         follower = threading.Thread(target=_follow, args=(started[0], log), daemon=True)
         follower.start()
-        deadline = time.monotonic() + timeout_s
-        codes: list[int | None] = [None] * n
-        while any(c is None for c in codes):
-            for i, ctr in enumerate(started):
-                if codes[i] is None:
-                    ctr.reload()
-                    if ctr.status == "exited":
-                        codes[i] = int(ctr.attrs["State"]["ExitCode"])
-            bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
-            if bad:
-                time.sleep(2)  # let a peer that fails with it exit too: name every failure
-                for j, ctr in enumerate(started):
-                    ctr.reload()
-                    if codes[j] is None and ctr.status == "exited":
-                        codes[j] = int(ctr.attrs["State"]["ExitCode"])
-                failures = []
-                for j in [k for k, c in enumerate(codes) if c not in (None, 0)]:
-                    tail = started[j].logs(tail=30).decode("utf-8", "replace").strip().splitlines()
-                    errors = [ln for ln in tail if ln.startswith("error: ")]
-                    failures.append(f"worker {j} exited with status {codes[j]}: "
-                                    f"{(errors or tail or ['(no output)'])[-1]}")
-                    if j != 0:
-                        for ln in tail[-15:]:
-                            log(f"worker {j}| {ln}")
-                raise ContainerError(f"TFJob {job['metadata']['name']}: " + "; ".join(failures))
-            if time.monotonic() > deadline:
-                raise ContainerError(f"TFJob {job['metadata']['name']} did not finish within {timeout_s:.0f} s")
-            time.sleep(poll_s)
+        codes = _wait_for_workers(job["metadata"]["name"], started, timeout_s, poll_s, log)
         follower.join(timeout=10)
         return {"workers": n, "exit_codes": codes, "addresses": addresses, "tf_configs": tf_configs}
     finally:

@@ -383,20 +383,11 @@ def check_compiled_pipeline(path: str | Path) -> list[str]:
     return problems
 
 
-def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION,
-                 pipelines: list[str | Path] = ()) -> list[str]:
-    """Validate every manifest in ``k8s_dir``.
-
-    Returns:
-        One line per object validated (``kind/namespace/name: how``).
-
-    Raises:
-        K8sValidationError: listing every problem found.
-    """
-    k8s_dir = Path(k8s_dir)
+def _validate_base(k8s_dir: Path, version: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(rendered objects, report lines, problems) of the kustomize base: its schema (as
+    ``kubectl kustomize`` renders it, where kubectl exists), policy, hardening and quota."""
     report: list[str] = []
     problems: list[str] = []
-
     rendered = render_kustomization(k8s_dir)
     by_kubectl = kubectl_kustomize(k8s_dir)
     if by_kubectl is not None:
@@ -412,10 +403,16 @@ def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION,
     problems += check_policy(rendered)
     problems += check_hardening(rendered)
     problems += check_quota(rendered)
+    return rendered, report, problems
 
-    template = k8s_dir / TFJOB_TEMPLATE
-    docs = _load_docs(template)
-    problems += check_policy(docs)
+
+def _validate_template(k8s_dir: Path, version: str, rendered: list[dict[str, Any]]
+                       ) -> tuple[list[str], list[str]]:
+    """(report lines, problems) of the TFJob template, and of the admission policies of the
+    base against the TFJobs rendered from it."""
+    report: list[str] = []
+    docs = _load_docs(k8s_dir / TFJOB_TEMPLATE)
+    problems = check_policy(docs)
     problems += [f"{TFJOB_TEMPLATE}: {p}" for p in check_hardening(docs)]
     for job in docs:
         try:
@@ -430,6 +427,32 @@ def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION,
             problems += found
         except Exception as e:  # noqa: BLE001 - e.g. a template render_tfjob refuses
             problems.append(f"admission policy check: {str(e).splitlines()[0]}")
+    return report, problems
+
+
+def _unlisted(k8s_dir: Path) -> list[str]:
+    """Every other YAML file in ``k8s_dir`` must be part of the base or the template."""
+    known = {"kustomization.yaml", TFJOB_TEMPLATE,
+             *yaml.safe_load((k8s_dir / "kustomization.yaml").read_text()).get("resources", [])}
+    return [f"{extra}: not listed in kustomization.yaml resources (unvalidated)"
+            for extra in sorted(p.name for p in k8s_dir.glob("*.yaml") if p.name not in known)]
+
+
+def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION,
+                 pipelines: list[str | Path] = ()) -> list[str]:
+    """Validate every manifest in ``k8s_dir``.
+
+    Returns:
+        One line per object validated (``kind/namespace/name: how``).
+
+    Raises:
+        K8sValidationError: listing every problem found.
+    """
+    k8s_dir = Path(k8s_dir)
+    rendered, report, problems = _validate_base(k8s_dir, version)
+    lines, found = _validate_template(k8s_dir, version, rendered)
+    report += lines
+    problems += found
     if not problems:
         report.append(f"hardening (Python policy checks): every pod spec in {k8s_dir}")
 
@@ -439,12 +462,7 @@ def validate_all(k8s_dir: str | Path = "k8s", version: str = K8S_VERSION,
         if not found:
             report.append(f"{Path(pipeline).name}: every step non-root (uid {RUN_AS}) with {SCRATCH}")
 
-    # Every other YAML file in k8s/ must be part of the base or the template.
-    known = {"kustomization.yaml", TFJOB_TEMPLATE,
-             *yaml.safe_load((k8s_dir / "kustomization.yaml").read_text()).get("resources", [])}
-    for extra in sorted(p.name for p in k8s_dir.glob("*.yaml") if p.name not in known):
-        problems.append(f"{extra}: not listed in kustomization.yaml resources (unvalidated)")
-
+    problems += _unlisted(k8s_dir)
     if problems:
         raise K8sValidationError("\n".join(problems))
     return report
