@@ -11,10 +11,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from components import runtime
 from pipelines.validate_k8s import TFJOB_SCHEMA, validate_tfjob
 from wavenet import cli, tfjob
 from wavenet.config import preset
+from wavenet.context import RunContext
 from wavenet.errors import ConfigError
 from wavenet.tracking import run_name
 from wavenet.train import ClusterSettings, training_tfjob
@@ -144,9 +144,10 @@ def test_the_train_components_tfjob_is_valid_and_carries_the_whole_config():
         cfg, name, "gs://bucket/shards", f"gs://bucket/runs/{name}",
         ClusterSettings(namespace="wavenet", image="reg/gpu:1", workers=4, gpus_per_worker=1,
                         accelerator="nvidia-l4"),
-        run_name="demo-d01234567-20260101T000000Z", experiment="wavenet",
-        init_model=f"gs://bucket/runs/{name}/init_model.keras",
-        env={"MLFLOW_TRACKING_URI": "http://mlflow.wavenet:5000"}, labels={"wavenet/data-version": "0123"})
+        RunContext("http://mlflow.wavenet:5000", run_name="demo-d01234567-20260101T000000Z",
+                   experiment="wavenet", init_model=f"gs://bucket/runs/{name}/init_model.keras",
+                   environ={}),
+        labels={"wavenet/data-version": "0123"})
     validate_tfjob(job, SCHEMA)
     assert len(name) <= 45 and name.startswith("wavenet-demo-d01234567-")
     c = _container(job)
@@ -171,8 +172,8 @@ def test_tfjob_pods_take_the_mlflow_credentials_from_the_steps_secret_by_referen
     step_env = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_USERNAME": "alice",
                 "MLFLOW_TRACKING_PASSWORD": "s3cret-Pw-77", "HOME": "/scratch"}
     job = training_tfjob(preset("tiny"), "wavenet-tiny-creds", "gs://b/shards", "gs://b/runs/x",
-                         ClusterSettings("wavenet", "reg/gpu:1", workers=2), run_name="r",
-                         env=runtime.mlflow_env(step_env))
+                         ClusterSettings("wavenet", "reg/gpu:1", workers=2),
+                         RunContext.create(run_name="r", environ=step_env))
     validate_tfjob(job, SCHEMA)
     env = {e["name"]: e for e in _container(job)["env"]}
     for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
@@ -395,7 +396,8 @@ def test_the_train_components_job_and_run_folder_derive_from_run_and_task():
     cfg = preset("tiny")
     cluster = ClusterSettings("ml", "reg/wavenet-gpu:1", run_root="gs://b/runs")
     jobs = [training_tfjob(cfg, tfjob.stable_job_name("wavenet", KFP_RUN, "train-model"),
-                           "gs://b/shards", "gs://b/runs/x", cluster, run_name=run_name("tiny", "d0"))
+                           "gs://b/shards", "gs://b/runs/x", cluster,
+                           RunContext("http://mlflow:5000", run_name=run_name("tiny", "d0"), environ={}))
             for _ in range(2)]
     assert jobs[0]["metadata"]["name"] == jobs[1]["metadata"]["name"]
 

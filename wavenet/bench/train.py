@@ -34,6 +34,7 @@ import numpy as np
 from wavenet.audio import mu_law_encode
 from wavenet.bench import machine, matmul_gflops, pin_threads
 from wavenet.config import ExperimentConfig, preset
+from wavenet.context import RunContext
 from wavenet.shards import dataset_from_codes
 from wavenet.train import train_command
 
@@ -73,9 +74,11 @@ def _train(data: str, cfg: ExperimentConfig, workdir: Path, name: str, workers: 
     env.pop("TF_CONFIG", None)
     env.pop("MLFLOW_RUN_ID", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    argv = train_command(data, str(workdir / name), cfg.with_overrides({"train.steps": steps}),
-                         workers=workers, threads=1, tracking_uri=f"sqlite:///{workdir}/mlflow.db",
-                         experiment="bench-train")
+    ctx = RunContext(f"sqlite:///{workdir}/mlflow.db", experiment="bench-train", threads=1,
+                     progress=False)
+    env.update(ctx.worker_env())  # the tracking URI, as a launcher passes it
+    argv = train_command(data, str(workdir / name), cfg.with_overrides({"train.steps": steps}), ctx,
+                         workers=workers)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir)
     if done.returncode != 0:
         raise RuntimeError(f"bench training ({name}) failed: {done.stderr.strip()[-2000:]}")
