@@ -622,7 +622,7 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
     counts = training_code_counts(data_dir, net.config.quantization_channels, count_splits)
     names = _label_names(manifest)
 
-    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
+    exp, tags = tracking.run_placement(model_uri, experiment, config.name, tracking_uri)
     tags.update({"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
                  "wavenet.data": data_dir})
     params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,

@@ -555,7 +555,7 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
     written += ref_files + [REPORT_FILE, SUMMARY_FILE]
     info = _model_info(model_uri, config, tracking_uri)
 
-    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
+    exp, tags = tracking.run_placement(model_uri, experiment, config.name, tracking_uri)
     tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
                  "wavenet.data": data_dir or ""})
     params = {**ecfg.flat(), "generate.model": model_uri or "<in memory>",
