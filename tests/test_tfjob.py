@@ -28,7 +28,14 @@ def _render(**kw):
                 command=["wavenet", "train"], args=["gs://b/shards", "--out", "gs://b/run"],
                 workers=3, gpus_per_worker=2, accelerator="nvidia-a100-80gb")
     args.update(kw)
-    return tfjob.render_tfjob(**args)
+    return render(**args)
+
+
+def render(name, namespace, image, command, args=(), labels=None, template=None, **kw):
+    """render_tfjob from flat keywords: each goes to the Pods or the JobPolicy field of its name."""
+    pods = {k: kw.pop(k) for k in list(kw) if k in tfjob.Pods.__dataclass_fields__}
+    return tfjob.render_tfjob(name, namespace, tfjob.Pods(image, command, args, **pods),
+                              policy=tfjob.JobPolicy(**kw), labels=labels, template=template)
 
 
 def _worker(job):
@@ -213,7 +220,7 @@ def test_outcome_is_read_from_terminal_conditions(conditions, outcome):
 def test_job_names_are_valid_dns_labels(prefix, suffix):
     name = tfjob.job_name(prefix, suffix)
     assert len(name) <= 45
-    tfjob.render_tfjob(name, "ns", "img", ["wavenet"])  # raises if the name is invalid
+    render(name, "ns", "img", ["wavenet"])  # raises if the name is invalid
 
 
 # -- run_tfjob against a loopback stand-in for the API endpoints it calls --------------------
@@ -381,7 +388,7 @@ def test_the_job_name_is_the_same_for_every_attempt_of_a_task_and_differs_betwee
     assert name == tfjob.stable_job_name("wavenet", KFP_RUN, "train-model")
     assert name != tfjob.stable_job_name("wavenet", KFP_RUN.replace("0f3c", "0f3d"), "train-model")
     assert name != tfjob.stable_job_name("wavenet", KFP_RUN, "train-model-2")
-    tfjob.render_tfjob(name, "ns", "img", ["wavenet"])  # a valid DNS-1035 name of <= 45 characters
+    render(name, "ns", "img", ["wavenet"])  # a valid DNS-1035 name of <= 45 characters
     # Too long for a pod name's room: a readable head and a hash of the whole identity.
     assert len(name) <= 45 and name.startswith("wavenet-0f3c9a52-") and re.fullmatch(r".*-[0-9a-f]{12}", name)
     # A short identity keeps its plain name.

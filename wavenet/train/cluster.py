@@ -65,11 +65,10 @@ def training_tfjob(cfg: ExperimentConfig, name: str, data: str, out: str, cluste
     # the pod's own business.
     argv = train_command(data, out, cfg, ctx.replace(progress="lines", threads=0), worker=True,
                          program=POD_PROGRAM)
-    return tfjob.render_tfjob(name, cluster.namespace, cluster.image, list(POD_PROGRAM),
-                              argv[len(POD_PROGRAM):], workers=cluster.workers,
-                              gpus_per_worker=cluster.gpus_per_worker,
-                              accelerator=cluster.accelerator, env=ctx.pod_env(), labels=labels,
-                              template=cluster.template)
+    pods = tfjob.Pods(cluster.image, list(POD_PROGRAM), argv[len(POD_PROGRAM):],
+                      workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker,
+                      accelerator=cluster.accelerator, env=ctx.pod_env())
+    return tfjob.render_tfjob(name, cluster.namespace, pods, labels=labels, template=cluster.template)
 
 
 def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings, ctx: RunContext, *,
