@@ -1,4 +1,4 @@
-"""Held-out evaluation: bits per sample against baselines, and gating against the champion.
+"""Held-out scores: bits per sample of models and of three baselines on the same windows.
 
 The model's score is the negative log-likelihood of the validation split in
 bits per predicted sample (``-log2 p(x_t | x_<t)``, averaged), over every
@@ -13,21 +13,12 @@ scored, so a number means something on its own:
 
 A WaveNet should beat the bigram baseline clearly; one that only matches the
 unigram has learnt the amplitude distribution and nothing about time.
-
-Gating (``evaluate(..., gate=True)``): the new model and the registered
-model's ``champion`` are scored in one pass over the same validation windows;
-the new model is registered and becomes champion only when it is better by
-``evaluate.promotion_margin_bits`` (the first model becomes champion).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,28 +27,13 @@ import numpy as np
 import tensorflow as tf
 
 from wavenet import labels as vocab
-from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
-from wavenet.data import eval_shards, local_shard_paths, parse_example, validation_dataset
-from wavenet.errors import DataError, TrackingError, one_line
-from wavenet.manifest import Manifest, check_audio, check_shards, read_manifest
+from wavenet.data import local_shard_paths, parse_example, validation_dataset
+from wavenet.errors import DataError, one_line
+from wavenet.manifest import Manifest, check_audio, read_manifest
 from wavenet.memory import check_evaluation
 from wavenet.model import bits_per_sample
 
-__all__ = [
-    "CodeCounts",
-    "count_codes",
-    "smoothed_log2_probs",
-    "baseline_log2_probs",
-    "baseline_bits",
-    "training_code_counts",
-    "score_models",
-    "decide",
-    "gate",
-    "evaluate",
-]
-
-METRICS_FILE = "metrics.json"
 BASELINES = ("uniform", "unigram", "bigram")
 
 
@@ -186,7 +162,7 @@ def _bits_fn(model, context: int):
                        reduce_retracing=True)
 
 
-def _check_model_fits_data(model, manifest: Manifest, what: str, data_dir: str = "DATA", *,
+def check_model_fits_data(model, manifest: Manifest, what: str, data_dir: str = "DATA", *,
                            allow_missing: bool = False) -> np.ndarray | None:
     """The model's id of each data label (by name), checking the audio settings too.
 
@@ -247,7 +223,7 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
                                   config.evaluate.bigram_smoothing)
     if label_maps is None:
         manifest = read_manifest(data_dir)
-        label_maps = [_check_model_fits_data(m, manifest, "the model", data_dir) for m in models]
+        label_maps = [check_model_fits_data(m, manifest, "the model", data_dir) for m in models]
     fns = [_bits_fn(m, context) for m in models]
     ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size, split=split)
     per_label: dict[int, dict[str, Any]] = {}
@@ -304,387 +280,3 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         }
     return result
 
-
-# -- gating -------------------------------------------------------------------------
-
-def decide(new_bits: float, champion_bits: float | None, margin: float) -> tuple[bool, str]:
-    """Promote or keep: lower bits are better, by at least ``margin``.
-
-    Returns:
-        ``(promoted, reason)``.
-    """
-    if champion_bits is None:
-        return True, "no champion yet: the first evaluated model becomes champion"
-    improvement = champion_bits - new_bits
-    if improvement > 0 and improvement >= margin:
-        return True, (f"better than the champion by {improvement:.4f} bits/sample "
-                      f"({new_bits:.4f} vs {champion_bits:.4f}; margin {margin})")
-    return False, (f"not better than the champion by the margin: {new_bits:.4f} vs "
-                   f"{champion_bits:.4f} bits/sample (improvement {improvement:.4f}, margin {margin})")
-
-
-def _is_champion_uri(uri: str | None, name: str, champion_version: str) -> bool:
-    return uri in (f"models:/{name}@champion", f"models:/{name}/{champion_version}")
-
-
-# Rounds of "score, then find the champion changed" before a gate gives up.
-MAX_GATE_ROUNDS = 5
-# Test hook: seconds a gate waits between its decision and taking the lock, so a
-# test can make a race's interleaving deterministic. The real code path runs.
-TEST_PAUSE_ENV = "WAVENET_TEST_GATE_PAUSE_S"
-
-
-def _test_pause_before_promotion() -> None:
-    pause = float(os.environ.get(TEST_PAUSE_ENV) or 0)
-    if pause > 0:
-        time.sleep(pause)
-
-
-def _version(ref: registry.ModelRef | None) -> str | None:
-    return None if ref is None else ref.version
-
-
-def _version_of(uri: str | None, name: str) -> str | None:
-    """The version ``models:/NAME/V`` names (a reused model), else None."""
-    prefix = f"models:/{name}/"
-    if uri and uri.startswith(prefix) and uri[len(prefix):].isdigit():
-        return uri[len(prefix):]
-    return None
-
-
-def _registrable_source(model, model_uri: str | None, name: str) -> str:
-    """An MLflow model URI for ``model``: a version of ``name``, its own, or the model
-    logged to the active run (done before the gate lock: logging uploads)."""
-    if _version_of(model_uri, name) or (model_uri and (model_uri.startswith("runs:/")
-                                                       or model_uri.startswith("models:/m-"))):
-        return model_uri
-    return tracking.log_model(model, name="model")
-
-
-def _promote(source: str, lock: registry.GateLock, tags: dict[str, str]) -> str:
-    """Make ``source`` the champion of ``lock.name`` under the held gate ``lock``: its version.
-
-    A version of the model already (a reused model, ``models:/NAME/V``) only gets the
-    alias; anything else is registered as a new version, tagged with its training
-    run's train key (:mod:`wavenet.reuse`) when it has one. The alias moves only if
-    the lock is still held right before (:meth:`wavenet.registry.GateLock.set_champion`).
-    """
-    name = lock.name
-    version = _version_of(source, name)
-    if version is None:
-        key = registry.train_key_of(tracking.model_run_id(source))
-        version = registry.register(
-            source, name, tags={**tags, **({registry.TRAIN_KEY_TAG: key} if key else {})}).version
-    lock.set_champion(version)
-    return version
-
-
-def _compare(model, data_dir: str, config: ExperimentConfig, champion, counts: CodeCounts,
-             split: str, model_uri: str | None, margin: float
-             ) -> tuple[dict[str, Any], float | None, bool, str, dict[str, Any]]:
-    """Score ``model`` (and ``champion``) on the same windows.
-
-    Returns ``(scores, champion_bits, promote, why, labels)``; ``labels`` says
-    which data labels the comparison covers (see :func:`gate`). A model that is
-    the champion itself is scored once; its champion_bits are its own.
-
-    Labels go to each model by name. The candidate must know every label of the
-    data (else a one-line DataError naming the label). A champion that never saw
-    a label of the data (a genre added since it was trained) is compared on the
-    windows of the labels both know, and the decision says so; the candidate's
-    own score (``scores["models"][0]``) still covers every label.
-    """
-    name = config.evaluate.registered_model_name
-    manifest = read_manifest(data_dir)
-    already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
-    maps = [_check_model_fits_data(model, manifest, f"candidate {model_uri or 'model'}", data_dir)]
-    notes = [] if not model.config.conditioned or model.labels is not None else [
-        "the candidate records no label vocabulary: its ids are taken to be the data's"]
-    champion_model = None
-    if champion is not None and not already:
-        champion_model = registry.load_wavenet(champion.uri)
-        maps.append(_check_model_fits_data(champion_model, manifest, f"champion {champion.uri}",
-                                           data_dir, allow_missing=True))
-        if champion_model.config.conditioned and champion_model.labels is None:
-            notes.append("the champion records no label vocabulary: its ids are taken to be the data's")
-    models = [model] if champion_model is None else [model, champion_model]
-    scores = score_models(models, data_dir, config, counts, split=split, label_maps=maps)
-    names = [str(x) for x in manifest.labels]
-    scored = sorted(scores["per_label"])
-    lacking = [names[k] for k in scored if k not in scores["shared"]["labels"]]
-    info = {"compared_labels": [names[k] for k in scores["shared"]["labels"]],
-            "labels_champion_lacks": lacking, "notes": notes}
-    if already:
-        return scores, scores["models"][0], False, (f"the evaluated model is the champion "
-                                                    f"(version {champion.version})"), info
-    if champion_model is None:
-        promoted, reason = decide(scores["models"][0], None, margin)
-        return scores, None, promoted, reason, info
-    if not scores["shared"]["labels"]:
-        raise DataError(f"champion {champion.uri} was trained on none of the labels scored in "
-                        f"{data_dir} ({', '.join(names[k] for k in scored)}): nothing to compare")
-    new_bits, champion_bits = scores["shared"]["models"]
-    promoted, reason = decide(new_bits, champion_bits, margin)
-    if lacking:
-        reason += (f"; compared on {', '.join(info['compared_labels'])} only: the champion was "
-                   f"never trained on {', '.join(lacking)}")
-    if notes:
-        reason += "; " + "; ".join(notes)
-    return scores, champion_bits, promoted, reason, info
-
-
-def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | None = None,
-         counts: CodeCounts | None = None, data_label: str | None = None,
-         split: str = "validation") -> dict[str, Any]:
-    """Score ``model`` against the registered champion; promote it when it is better.
-
-    Runs inside an active MLflow run (:func:`evaluate` opens one): the decision
-    and both scores are logged there. A model that is not yet an MLflow model
-    (a local ``.keras``) is logged to that run first, then registered.
-
-    Args:
-        model: the new WaveNet.
-        data_dir: folder with manifest.json and shards.
-        config: ``evaluate.registered_model_name`` and ``promotion_margin_bits``.
-        model_uri: where ``model`` came from (``runs:/``, ``models:/`` or a path).
-        counts: training code counts (computed when omitted).
-        data_label: how the data is named in reports (default ``data_dir``).
-        split: which examples both models are scored on (see :func:`score_models`).
-
-    Returns:
-        ``{"promoted": bool, "reason": str, "registered_model": name,
-        "new_bits": float, "champion_bits": float | None, "improvement_bits":
-        float | None, "margin": float, "champion_version": str | None (the
-        champion compared against), "new_version": str | None (registered when
-        promoted), "already_champion": the evaluated model is the champion
-        itself (a reused model), "registered_uri": the MLflow model URI registered (None when
-        kept), "champion_uri": "models:/NAME@champion", "compared_labels": the
-        data labels whose windows both models were scored on, "labels_champion_lacks":
-        data labels the champion was never trained on (the comparison leaves
-        them out; new_bits is then the candidate's score on compared_labels),
-        "notes": models without a recorded vocabulary, "evaluation": the
-        scores of the new model on the shared windows (see :func:`score_models`)}``.
-    """
-    name = config.evaluate.registered_model_name
-    margin = float(config.evaluate.promotion_margin_bits)
-    counts = counts or training_code_counts(data_dir, model.config.quantization_channels)
-    source, new_version = None, None
-    # Compare-and-set under the registry's gate lock: scoring (slow) runs unlocked
-    # against the champion read first; the alias moves only if, under the lock, the
-    # champion is still the one compared against. Otherwise another gate promoted
-    # meanwhile, and this model is scored again against the new champion.
-    for _ in range(MAX_GATE_ROUNDS):
-        champion = registry.get_champion(name)
-        scores, champion_bits, promoted, reason, label_info = _compare(
-            model, data_dir, config, champion, counts, split, model_uri, margin)
-        # The candidate's number that was compared: on the labels both models know.
-        new_bits = scores["shared"]["models"][0] if champion_bits is not None else scores["models"][0]
-        if not promoted:
-            break
-        _test_pause_before_promotion()
-        source = source or _registrable_source(model, model_uri, name)
-        with registry.champion_lock(name) as lock:
-            current = registry.get_champion(name)
-            if _version(current) == _version(champion):
-                new_version = _promote(source, lock, {
-                    "eval/bits_per_sample": f"{scores['models'][0]:.6f}",
-                    "data.version": read_manifest(data_dir).data_version,
-                    "data.uri": data_label or data_dir,
-                    "train.run_id": tracking.model_run_id(source) or "",
-                    "eval.run_id": tracking.active_run_id() or ""})
-                break
-    else:
-        raise TrackingError(f"the champion of {name!r} changed {MAX_GATE_ROUNDS} times while "
-                            "this gate scored; run the gate again")
-    if not promoted:
-        source = None
-    already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
-    decision = {
-        "promoted": promoted,
-        "already_champion": already,
-        "reason": reason,
-        "registered_model": name,
-        "new_bits": new_bits,
-        "champion_bits": champion_bits,
-        "improvement_bits": None if champion_bits is None else champion_bits - new_bits,
-        "margin": margin,
-        "champion_version": champion.version if champion else None,
-        "new_version": new_version,
-        "registered_uri": source,
-        "champion_uri": f"models:/{name}@{registry.CHAMPION}",
-        **label_info,
-    }
-    if tracking.active_run_id():
-        # The candidate's own score is eval/bits_per_sample (logged by evaluate): one name per number.
-        tracking.log_metrics({"gate/champion_bits": champion_bits,
-                              "gate/improvement_bits": decision["improvement_bits"],
-                              "gate/promoted": float(promoted)})
-        tracking.set_tags({"gate.decision": "promoted" if promoted else "kept",
-                           "gate.reason": reason, "gate.registered_model": name,
-                           "gate.champion_version": decision["champion_version"] or "",
-                           "gate.new_version": new_version or ""})
-        tracking.log_dict(decision, "gate.json")
-    decision["evaluation"] = scores
-    return decision
-
-
-# evaluate() takes a `gate` flag, which shadows the function inside it.
-_gate = gate
-
-
-# -- the verb -------------------------------------------------------------------
-
-def _label_names(manifest: Manifest) -> list[str]:
-    return [str(x) for x in manifest.labels]
-
-
-def holdout_kinds(manifest: Manifest) -> dict[str, str]:
-    """How each label's validation audio was held out: ``"tracks"``, ``"tail"`` or ``"tracks+tail"``.
-
-    Whole validation tracks were never heard in training; a held-out tail
-    (a label with one track) shares its recording with training audio, so its
-    score is optimistic. Labels without validation audio are absent.
-    """
-    kinds: dict[str, set[str]] = {}
-    for f in manifest.files:
-        if f.split in ("validation", "tail"):
-            kinds.setdefault(f.label, set()).add("tracks" if f.split == "validation" else "tail")
-    return {label: "+".join(sorted(k, reverse=True)) for label, k in kinds.items()}
-
-
-def _report(scores: dict[str, Any], index: int, names: list[str]) -> dict[str, Any]:
-    """The result dict of one model from :func:`score_models` output."""
-    bits = scores["models"][index]
-    base = scores["baselines"]
-    per_label = {}
-    for label, t in scores["per_label"].items():
-        key = names[label] if label < len(names) else str(label)
-        per_label[key] = {"label_id": label, "bits_per_sample": t["models"][index],
-                          "samples": t["samples"], "windows": t["windows"],
-                          "baselines": t["baselines"]}
-    return {
-        "bits_per_sample": bits,
-        "baselines": base,
-        "improvement_over_bigram_bits": base["bigram"] - bits,
-        "improvement_over_unigram_bits": base["unigram"] - bits,
-        "samples": scores["samples"],
-        "windows": scores["windows"],
-        "context": scores["context"],
-        "window": scores["window"],
-        "per_label": per_label,
-    }
-
-
-def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | None = None,
-             gate: bool = False, tracking_uri: str | None = None, experiment: str | None = None,
-             run_name: str | None = None, split: str = "validation") -> dict[str, Any]:
-    """Validation bits per sample next to baselines; optionally gate against the champion.
-
-    Args:
-        model: a ``.keras`` path, an MLflow model URI (``runs:/ID/model``,
-            ``models:/NAME@champion``), or a loaded WaveNet.
-        data_dir: folder (local or gs://) with manifest.json and shards.
-        config: the experiment config (the model's own architecture is used,
-            whatever ``config.model`` says).
-        out_dir: where ``metrics.json`` is written (atomic); optional.
-        gate: also compare with the champion and promote (see :func:`gate`).
-        tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db).
-        experiment: MLflow experiment (default: the training run's for a
-            ``runs:/`` model, else ``config.name``).
-        run_name: MLflow run name (default "evaluate").
-        split: ``"validation"`` (the held-out split; baselines counted on the
-            training split), or ``"all"``: every example of ``data_dir``, e.g. a
-            test folder preprocessed on its own; the baselines are then counted
-            on the same examples they score (in-sample, so harder to beat).
-
-    Returns:
-        ``{"model", "data", "split", "baselines_counted_on", "holdout" (per
-        label: "tracks", "tail", "tracks+tail"; "all" for split all),
-        "labels_not_scored" (vocabulary labels without a scored window),
-        "bits_per_sample", "baselines": {"uniform",
-        "unigram", "bigram"}, "improvement_over_bigram_bits",
-        "improvement_over_unigram_bits", "samples", "windows", "context",
-        "window", "per_label": {name: {"label_id", "bits_per_sample", "samples",
-        "windows", "baselines"}}, "conditioned", "receptive_field", "run_id",
-        "metrics_path"}`` plus ``"gate"`` (see :func:`gate`, without
-        ``evaluation``) and ``"promoted"`` when ``gate`` is true. Bits are per
-        predicted sample.
-    """
-    model_uri = model if isinstance(model, str) else None
-    manifest = read_manifest(data_dir)
-    eval_shards(manifest, data_dir, split)  # a bad split or nothing to score: one line, before any run
-    net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
-    _check_model_fits_data(net, manifest, model_uri or "the model", data_dir)
-    check_evaluation([net.config], config)  # an absurd batch: one line, before the MLflow run
-    check_shards(data_dir, eval_shards(manifest, data_dir, split))  # before the MLflow run
-    ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
-    count_splits = ("train", "validation") if split == "all" else ("train",)
-    counts = training_code_counts(data_dir, net.config.quantization_channels, count_splits)
-    names = _label_names(manifest)
-
-    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
-    tags.update({"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
-                 "wavenet.data": data_dir})
-    params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
-              "eval.gate": gate, "eval.split": split}
-    with tracking.start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
-                   params=params) as run:
-        if gate:
-            decision = _gate(net, data_dir, ecfg, model_uri=model_uri, counts=counts, split=split)
-            scores = decision.pop("evaluation")
-        else:
-            decision = None
-            scores = score_models([net], data_dir, ecfg, counts, split=split)
-        report = _report(scores, 0, names)
-        holdout = holdout_kinds(manifest) if split == "validation" else {}
-        for label, t in report["per_label"].items():
-            # "unknown": a manifest without per-track entries.
-            t["holdout"] = holdout.get(label, "unknown") if split == "validation" else split
-        result: dict[str, Any] = {"model": model_uri or "<in memory>", "data": data_dir,
-                                  "split": split, "baselines_counted_on": "+".join(count_splits),
-                                  "labels_not_scored": [n for n in names if n not in report["per_label"]],
-                                  **report,
-                                  "conditioned": net.config.conditioned,
-                                  # The model's vocabulary (None: saved without one; its ids
-                                  # were then taken to be the data's).
-                                  "model_labels": None if net.labels is None else list(net.labels),
-                                  "receptive_field": net.receptive_field,
-                                  "run_id": run.info.run_id}
-        if decision is not None:
-            result["gate"] = decision
-            result["promoted"] = decision["promoted"]
-        metrics = {"eval/bits_per_sample": result["bits_per_sample"],
-                   "eval/samples": result["samples"], "eval/windows": result["windows"],
-                   "eval/improvement_over_bigram_bits": result["improvement_over_bigram_bits"]}
-        for n, v in result["baselines"].items():
-            metrics[f"eval/baseline_{n}_bits"] = v
-        for label, t in result["per_label"].items():
-            metrics[tracking.metric_key("eval", "label", label, "bits_per_sample")] = \
-                t["bits_per_sample"]
-            metrics[tracking.metric_key("eval", "label", label, "samples")] = t["samples"]
-        # Each metric on one run. The model's training run (reached from a runs:/, models:/m-
-        # or registry URI) holds its score on its own validation split: the data version its
-        # run was tagged with, or any when untagged. In the runs table and the compare view that
-        # gives a row per model, next to val_bits_per_sample. Another data version, or
-        # --split all, is not that score: it stays on this evaluation run, as does a .keras
-        # file's. The gate's decision and metrics.json stay on this run too.
-        src_run = tracking.model_run_id(model_uri) if model_uri else None
-        trained_on = tracking.run_tag(src_run, "data.version") if src_run else None
-        if split != "validation" or trained_on not in (None, manifest.data_version):
-            src_run = None
-        if src_run:
-            tracking.log_metrics_to_run(src_run, metrics)
-        else:
-            tracking.log_metrics(metrics)
-        result["metrics"] = metrics
-        tracking.set_tags({"eval.split": split, "eval.metrics_run_id": src_run or run.info.run_id,
-                           "eval.labels_not_scored": ", ".join(result["labels_not_scored"]) or "none"})
-        result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
-        text = json.dumps(result, indent=2, sort_keys=True)
-        if out_dir:
-            storage.write_text_atomic(result["metrics_path"], text)
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, METRICS_FILE), "w") as f:
-                f.write(text)
-            tracking.log_artifacts([os.path.join(tmp, METRICS_FILE)], "evaluation")
-    return result
