@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from wavenet import registry, tracking
@@ -185,14 +186,42 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         "notes": models without a recorded vocabulary, "evaluation": the
         scores of the new model on the shared windows (see :func:`score_models`)}``.
     """
+    counts = counts or training_code_counts(data_dir, model.config.quantization_channels)
+    outcome = _compare_and_set(model, data_dir, config, counts, split, model_uri, data_label)
+    decision = _decision(outcome, config, model_uri)
+    if tracking.active_run_id():
+        _log_decision(decision)
+    decision["evaluation"] = outcome.scores
+    return decision
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one gate compared and did (the fields of :func:`gate`'s decision)."""
+
+    champion: registry.ModelRef | None  # the champion compared against
+    scores: dict[str, Any]  # score_models' result: the candidate, then the champion
+    champion_bits: float | None
+    new_bits: float  # the candidate's number that was compared
+    promoted: bool
+    reason: str
+    labels: dict[str, Any]  # compared_labels, labels_champion_lacks, notes
+    registered_uri: str | None  # the model URI registered (None when kept)
+    new_version: str | None
+
+
+def _compare_and_set(model, data_dir: str, config: ExperimentConfig, counts: CodeCounts,
+                     split: str, model_uri: str | None, data_label: str | None) -> _Outcome:
+    """Score ``model`` against the champion and promote it if better, compare-and-set.
+
+    Compare-and-set under the registry's gate lock: scoring (slow) runs unlocked
+    against the champion read first; the alias moves only if, under the lock, the
+    champion is still the one compared against. Otherwise another gate promoted
+    meanwhile, and this model is scored again against the new champion.
+    """
     name = config.evaluate.registered_model_name
     margin = float(config.evaluate.promotion_margin_bits)
-    counts = counts or training_code_counts(data_dir, model.config.quantization_channels)
     source, new_version = None, None
-    # Compare-and-set under the registry's gate lock: scoring (slow) runs unlocked
-    # against the champion read first; the alias moves only if, under the lock, the
-    # champion is still the one compared against. Otherwise another gate promoted
-    # meanwhile, and this model is scored again against the new champion.
     for _ in range(MAX_GATE_ROUNDS):
         champion = registry.get_champion(name)
         scores, champion_bits, promoted, reason, label_info = _compare(
@@ -206,44 +235,58 @@ def gate(model, data_dir: str, config: ExperimentConfig, *, model_uri: str | Non
         with registry.champion_lock(name) as lock:
             current = registry.get_champion(name)
             if _version(current) == _version(champion):
-                new_version = _promote(source, lock, {
-                    "eval/bits_per_sample": f"{scores['models'][0]:.6f}",
-                    "data.version": read_manifest(data_dir).data_version,
-                    "data.uri": data_label or data_dir,
-                    "train.run_id": tracking.model_run_id(source) or "",
-                    "eval.run_id": tracking.active_run_id() or ""})
+                new_version = _promote(source, lock, _version_tags(scores, data_dir, data_label, source))
                 break
     else:
         raise TrackingError(f"the champion of {name!r} changed {MAX_GATE_ROUNDS} times while "
                             "this gate scored; run the gate again")
-    if not promoted:
-        source = None
-    already = champion is not None and _is_champion_uri(model_uri, name, champion.version)
-    decision = {
-        "promoted": promoted,
-        "already_champion": already,
-        "reason": reason,
+    return _Outcome(champion=champion, scores=scores, champion_bits=champion_bits,
+                    new_bits=new_bits, promoted=promoted, reason=reason, labels=label_info,
+                    registered_uri=source if promoted else None, new_version=new_version)
+
+
+def _version_tags(scores: dict[str, Any], data_dir: str, data_label: str | None,
+                  source: str) -> dict[str, str]:
+    """The tags of a newly registered champion version: its score, data and runs."""
+    return {"eval/bits_per_sample": f"{scores['models'][0]:.6f}",
+            "data.version": read_manifest(data_dir).data_version,
+            "data.uri": data_label or data_dir,
+            "train.run_id": tracking.model_run_id(source) or "",
+            "eval.run_id": tracking.active_run_id() or ""}
+
+
+def _decision(outcome: _Outcome, config: ExperimentConfig, model_uri: str | None) -> dict[str, Any]:
+    """:func:`gate`'s decision dict (without ``evaluation``)."""
+    name = config.evaluate.registered_model_name
+    champion, champion_bits = outcome.champion, outcome.champion_bits
+    return {
+        "promoted": outcome.promoted,
+        "already_champion": champion is not None and _is_champion_uri(model_uri, name,
+                                                                      champion.version),
+        "reason": outcome.reason,
         "registered_model": name,
-        "new_bits": new_bits,
+        "new_bits": outcome.new_bits,
         "champion_bits": champion_bits,
-        "improvement_bits": None if champion_bits is None else champion_bits - new_bits,
-        "margin": margin,
+        "improvement_bits": None if champion_bits is None else champion_bits - outcome.new_bits,
+        "margin": float(config.evaluate.promotion_margin_bits),
         "champion_version": champion.version if champion else None,
-        "new_version": new_version,
-        "registered_uri": source,
+        "new_version": outcome.new_version,
+        "registered_uri": outcome.registered_uri,
         "champion_uri": f"models:/{name}@{registry.CHAMPION}",
-        **label_info,
+        **outcome.labels,
     }
-    if tracking.active_run_id():
-        # The candidate's own score is eval/bits_per_sample (logged by evaluate): one name per number.
-        tracking.log_metrics({"gate/champion_bits": champion_bits,
-                              "gate/improvement_bits": decision["improvement_bits"],
-                              "gate/promoted": float(promoted)})
-        tracking.set_tags({"gate.decision": "promoted" if promoted else "kept",
-                           "gate.reason": reason, "gate.registered_model": name,
-                           "gate.champion_version": decision["champion_version"] or "",
-                           "gate.new_version": new_version or ""})
-        tracking.log_dict(decision, "gate.json")
-    decision["evaluation"] = scores
-    return decision
+
+
+def _log_decision(decision: dict[str, Any]) -> None:
+    """The decision on the active MLflow run: metrics, tags and ``gate.json``."""
+    # The candidate's own score is eval/bits_per_sample (logged by evaluate): one name per number.
+    tracking.log_metrics({"gate/champion_bits": decision["champion_bits"],
+                          "gate/improvement_bits": decision["improvement_bits"],
+                          "gate/promoted": float(decision["promoted"])})
+    tracking.set_tags({"gate.decision": "promoted" if decision["promoted"] else "kept",
+                       "gate.reason": decision["reason"],
+                       "gate.registered_model": decision["registered_model"],
+                       "gate.champion_version": decision["champion_version"] or "",
+                       "gate.new_version": decision["new_version"] or ""})
+    tracking.log_dict(decision, "gate.json")
 

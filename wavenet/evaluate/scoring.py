@@ -208,19 +208,13 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         {"labels": [label ids every model scored], "samples", "models": [bits
         on those labels' windows]}}``.
     """
-    if not models:
-        raise ValueError("score_models needs at least one model")
-    q = counts.quantization_channels
-    for m in models:
-        if m.config.quantization_channels != q:
-            raise DataError(f"model has {m.config.quantization_channels} quantisation channels but "
-                            f"the baselines were counted with {q}")
+    _check_quantization(models, counts)
     check_evaluation([m.config for m in models], config, batch_size)  # before any batch exists
     widest = max(models, key=lambda m: m.receptive_field)
     ecfg = dataclasses.replace(config, model=widest.config, audio=widest.audio_config)
     context, window = widest.receptive_field, config.evaluate.window
-    uni, bi = baseline_log2_probs(counts, config.evaluate.unigram_smoothing,
-                                  config.evaluate.bigram_smoothing)
+    log2_probs = baseline_log2_probs(counts, config.evaluate.unigram_smoothing,
+                                     config.evaluate.bigram_smoothing)
     if label_maps is None:
         manifest = read_manifest(data_dir)
         label_maps = [check_model_fits_data(m, manifest, "the model", data_dir) for m in models]
@@ -228,49 +222,89 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
     ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size, split=split)
     per_label: dict[int, dict[str, Any]] = {}
     for crops, labels in ds:
-        c = crops.numpy().astype(np.int64)
         lab = labels.numpy()
-        targets, prev = c[:, context:], c[:, context - 1:-1]
-        base = {"uniform": np.full(len(c), math.log2(q) * window),
-                "unigram": -uni[targets].sum(axis=1),
-                "bigram": -bi[prev, targets].sum(axis=1)}
-        # Summed bits per window, in float64 so that thousands of windows add up exactly;
-        # each model sees its own ids of the data's labels (NaN: a label it never saw).
-        model_bits = []
-        for fn, ids in zip(fns, label_maps, strict=True):
-            seen = lab if ids is None else ids[lab]
-            bits = fn(crops, np.maximum(seen, 0).astype(np.int32)).numpy().astype(np.float64) * window
-            model_bits.append(np.where(seen >= 0, bits, np.nan))
-        for i, label in enumerate(lab.tolist()):
-            t = per_label.setdefault(int(label), {
-                "samples": 0, "windows": 0, "models": [0.0] * len(models),
-                "baselines": dict.fromkeys(BASELINES, 0.0)})
-            t["samples"] += window
-            t["windows"] += 1
-            for j, b in enumerate(model_bits):
-                t["models"][j] += float(b[i])  # NaN stays NaN: the label is not scored
-            for name in BASELINES:
-                t["baselines"][name] += float(base[name][i])
+        base = _baseline_window_bits(crops.numpy(), context, window, log2_probs,
+                                     counts.quantization_channels)
+        _tally(per_label, lab, _model_window_bits(fns, label_maps, crops, lab, window), base, window)
     if not per_label:
         raise DataError(f"no {split} example in {data_dir} is long enough to score: each needs "
                         f"receptive_field + evaluate.window = {context} + {window} codes")
+    return _summarise(per_label, len(models), context, window)
+
+
+def _check_quantization(models: Sequence, counts: CodeCounts) -> None:
+    """At least one model, each with the quantisation the baselines were counted with."""
+    if not models:
+        raise ValueError("score_models needs at least one model")
+    q = counts.quantization_channels
+    for m in models:
+        if m.config.quantization_channels != q:
+            raise DataError(f"model has {m.config.quantization_channels} quantisation channels but "
+                            f"the baselines were counted with {q}")
+
+
+def _baseline_window_bits(crops: np.ndarray, context: int, window: int,
+                          log2_probs: tuple[np.ndarray, np.ndarray], q: int) -> dict[str, np.ndarray]:
+    """Summed bits of each baseline over the last ``window`` codes of each crop: {name: (B,)}."""
+    uni, bi = log2_probs
+    c = crops.astype(np.int64)
+    targets, prev = c[:, context:], c[:, context - 1:-1]
+    return {"uniform": np.full(len(c), math.log2(q) * window),
+            "unigram": -uni[targets].sum(axis=1),
+            "bigram": -bi[prev, targets].sum(axis=1)}
+
+
+def _model_window_bits(fns: Sequence, label_maps: Sequence[np.ndarray | None], crops,
+                       lab: np.ndarray, window: int) -> list[np.ndarray]:
+    """Summed bits per window of each model: a (B,) float64 array per model.
+
+    In float64 so that thousands of windows add up exactly; each model sees its
+    own ids of the data's labels (NaN: a label it never saw).
+    """
+    model_bits = []
+    for fn, ids in zip(fns, label_maps, strict=True):
+        seen = lab if ids is None else ids[lab]
+        bits = fn(crops, np.maximum(seen, 0).astype(np.int32)).numpy().astype(np.float64) * window
+        model_bits.append(np.where(seen >= 0, bits, np.nan))
+    return model_bits
+
+
+def _tally(per_label: dict[int, dict[str, Any]], lab: np.ndarray, model_bits: list[np.ndarray],
+           base: dict[str, np.ndarray], window: int) -> None:
+    """Add one batch's windows to the running sums of their labels."""
+    for i, label in enumerate(lab.tolist()):
+        t = per_label.setdefault(int(label), {
+            "samples": 0, "windows": 0, "models": [0.0] * len(model_bits),
+            "baselines": dict.fromkeys(BASELINES, 0.0)})
+        t["samples"] += window
+        t["windows"] += 1
+        for j, b in enumerate(model_bits):
+            t["models"][j] += float(b[i])  # NaN stays NaN: the label is not scored
+        for name in BASELINES:
+            t["baselines"][name] += float(base[name][i])
+
+
+def _mean_bits(per_label: dict[int, dict[str, Any]], j: int, labels: Iterable[int]) -> float | None:
+    """Model ``j``'s bits per sample over the windows of ``labels`` it scored (None: none)."""
+    scored = [per_label[k] for k in labels if not math.isnan(per_label[k]["models"][j])]
+    n = sum(t["samples"] for t in scored)
+    return sum(t["models"][j] for t in scored) / n if n else None
+
+
+def _summarise(per_label: dict[int, dict[str, Any]], n_models: int, context: int,
+               window: int) -> dict[str, Any]:
+    """:func:`score_models`'s result from the summed bits of each label."""
     samples = sum(t["samples"] for t in per_label.values())
-
-    def mean(j: int, labels: Iterable[int]) -> float | None:
-        scored = [per_label[k] for k in labels if not math.isnan(per_label[k]["models"][j])]
-        n = sum(t["samples"] for t in scored)
-        return sum(t["models"][j] for t in scored) / n if n else None
-
     shared = sorted(k for k, t in per_label.items() if not any(math.isnan(b) for b in t["models"]))
     result: dict[str, Any] = {
         "context": context, "window": window, "samples": samples,
         "windows": sum(t["windows"] for t in per_label.values()),
-        "models": [mean(j, per_label) for j in range(len(models))],
+        "models": [_mean_bits(per_label, j, per_label) for j in range(n_models)],
         "baselines": {n: sum(t["baselines"][n] for t in per_label.values()) / samples
                       for n in BASELINES},
         "per_label": {},
         "shared": {"labels": shared, "samples": sum(per_label[k]["samples"] for k in shared),
-                   "models": [mean(j, shared) for j in range(len(models))]},
+                   "models": [_mean_bits(per_label, j, shared) for j in range(n_models)]},
     }
     for label, t in sorted(per_label.items()):
         result["per_label"][label] = {

@@ -12,7 +12,12 @@ from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.data import eval_shards
 from wavenet.evaluate import gating
-from wavenet.evaluate.scoring import check_model_fits_data, score_models, training_code_counts
+from wavenet.evaluate.scoring import (
+    CodeCounts,
+    check_model_fits_data,
+    score_models,
+    training_code_counts,
+)
 from wavenet.manifest import Manifest, check_shards, read_manifest
 from wavenet.memory import check_evaluation
 
@@ -99,78 +104,118 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
     manifest = read_manifest(data_dir)
     eval_shards(manifest, data_dir, split)  # a bad split or nothing to score: one line, before any run
     net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
-    check_model_fits_data(net, manifest, model_uri or "the model", data_dir)
-    check_evaluation([net.config], config)  # an absurd batch: one line, before the MLflow run
-    check_shards(data_dir, eval_shards(manifest, data_dir, split))  # before the MLflow run
+    _check_before_the_run(net, manifest, data_dir, config, split, model_uri)
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
     count_splits = ("train", "validation") if split == "all" else ("train",)
     counts = training_code_counts(data_dir, net.config.quantization_channels, count_splits)
-    names = _label_names(manifest)
-
-    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
-    tags.update({"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
-                 "wavenet.data": data_dir})
-    params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
-              "eval.gate": gate, "eval.split": split}
-    with tracking.start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri, tags=tags,
-                   params=params) as run:
-        if gate:
-            decision = gating.gate(net, data_dir, ecfg, model_uri=model_uri, counts=counts, split=split)
-            scores = decision.pop("evaluation")
-        else:
-            decision = None
-            scores = score_models([net], data_dir, ecfg, counts, split=split)
-        report = _report(scores, 0, names)
-        holdout = holdout_kinds(manifest) if split == "validation" else {}
-        for label, t in report["per_label"].items():
-            # "unknown": a manifest without per-track entries.
-            t["holdout"] = holdout.get(label, "unknown") if split == "validation" else split
+    exp, placement = tracking.run_placement(model_uri, experiment, config.name)
+    tags, params = _run_tags_and_params(ecfg, model_uri, data_dir, gate, split)
+    with tracking.start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri,
+                            tags={**placement, **tags}, params=params) as run:
+        scores, decision = _score_or_gate(net, data_dir, ecfg, counts, split, model_uri, gate)
         result: dict[str, Any] = {"model": model_uri or "<in memory>", "data": data_dir,
                                   "split": split, "baselines_counted_on": "+".join(count_splits),
-                                  "labels_not_scored": [n for n in names if n not in report["per_label"]],
-                                  **report,
-                                  "conditioned": net.config.conditioned,
-                                  # The model's vocabulary (None: saved without one; its ids
-                                  # were then taken to be the data's).
-                                  "model_labels": None if net.labels is None else list(net.labels),
-                                  "receptive_field": net.receptive_field,
+                                  **_model_report(scores, net, manifest, split),
                                   "run_id": run.info.run_id}
         if decision is not None:
             result["gate"] = decision
             result["promoted"] = decision["promoted"]
-        metrics = {"eval/bits_per_sample": result["bits_per_sample"],
-                   "eval/samples": result["samples"], "eval/windows": result["windows"],
-                   "eval/improvement_over_bigram_bits": result["improvement_over_bigram_bits"]}
-        for n, v in result["baselines"].items():
-            metrics[f"eval/baseline_{n}_bits"] = v
-        for label, t in result["per_label"].items():
-            metrics[tracking.metric_key("eval", "label", label, "bits_per_sample")] = \
-                t["bits_per_sample"]
-            metrics[tracking.metric_key("eval", "label", label, "samples")] = t["samples"]
-        # Each metric on one run. The model's training run (reached from a runs:/, models:/m-
-        # or registry URI) holds its score on its own validation split: the data version its
-        # run was tagged with, or any when untagged. In the runs table and the compare view that
-        # gives a row per model, next to val_bits_per_sample. Another data version, or
-        # --split all, is not that score: it stays on this evaluation run, as does a .keras
-        # file's. The gate's decision and metrics.json stay on this run too.
-        src_run = tracking.model_run_id(model_uri) if model_uri else None
-        trained_on = tracking.run_tag(src_run, "data.version") if src_run else None
-        if split != "validation" or trained_on not in (None, manifest.data_version):
-            src_run = None
-        if src_run:
-            tracking.log_metrics_to_run(src_run, metrics)
-        else:
-            tracking.log_metrics(metrics)
-        result["metrics"] = metrics
-        tracking.set_tags({"eval.split": split, "eval.metrics_run_id": src_run or run.info.run_id,
-                           "eval.labels_not_scored": ", ".join(result["labels_not_scored"]) or "none"})
-        result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
-        text = json.dumps(result, indent=2, sort_keys=True)
-        if out_dir:
-            storage.write_text_atomic(result["metrics_path"], text)
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, METRICS_FILE), "w") as f:
-                f.write(text)
-            tracking.log_artifacts([os.path.join(tmp, METRICS_FILE)], "evaluation")
+        result["metrics"] = _log_scores(result, model_uri, manifest, run.info.run_id)
+        _write_metrics(result, out_dir)
     return result
+
+
+def _check_before_the_run(net, manifest: Manifest, data_dir: str, config: ExperimentConfig,
+                          split: str, model_uri: str | None) -> None:
+    """The checks that fail in one line before an MLflow run exists."""
+    check_model_fits_data(net, manifest, model_uri or "the model", data_dir)
+    check_evaluation([net.config], config)  # an absurd batch: one line, before the MLflow run
+    check_shards(data_dir, eval_shards(manifest, data_dir, split))  # before the MLflow run
+
+
+def _run_tags_and_params(ecfg: ExperimentConfig, model_uri: str | None, data_dir: str, gate: bool,
+                         split: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """The evaluation run's own tags (beside its placement's) and its params."""
+    tags = {"wavenet.stage": "evaluate", "wavenet.model": model_uri or "<in memory>",
+            "wavenet.data": data_dir}
+    params = {**ecfg.flat(), "eval.model": model_uri or "<in memory>", "eval.data": data_dir,
+              "eval.gate": gate, "eval.split": split}
+    return tags, params
+
+
+def _score_or_gate(net, data_dir: str, ecfg: ExperimentConfig, counts: CodeCounts, split: str,
+                   model_uri: str | None, gate: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(scores, decision)``: the gate's (:func:`wavenet.evaluate.gating.gate`), or the
+    model's scores alone with no decision."""
+    if gate:
+        decision = gating.gate(net, data_dir, ecfg, model_uri=model_uri, counts=counts, split=split)
+        return decision.pop("evaluation"), decision
+    return score_models([net], data_dir, ecfg, counts, split=split), None
+
+
+def _model_report(scores: dict[str, Any], net, manifest: Manifest, split: str) -> dict[str, Any]:
+    """The model's part of the result: its scores, how each label was held out, the model."""
+    names = _label_names(manifest)
+    report = _report(scores, 0, names)
+    holdout = holdout_kinds(manifest) if split == "validation" else {}
+    for label, t in report["per_label"].items():
+        # "unknown": a manifest without per-track entries.
+        t["holdout"] = holdout.get(label, "unknown") if split == "validation" else split
+    return {"labels_not_scored": [n for n in names if n not in report["per_label"]],
+            **report,
+            "conditioned": net.config.conditioned,
+            # The model's vocabulary (None: saved without one; its ids
+            # were then taken to be the data's).
+            "model_labels": None if net.labels is None else list(net.labels),
+            "receptive_field": net.receptive_field}
+
+
+def _eval_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of an evaluation result: the score, baselines and each label's."""
+    metrics = {"eval/bits_per_sample": result["bits_per_sample"],
+               "eval/samples": result["samples"], "eval/windows": result["windows"],
+               "eval/improvement_over_bigram_bits": result["improvement_over_bigram_bits"]}
+    for n, v in result["baselines"].items():
+        metrics[f"eval/baseline_{n}_bits"] = v
+    for label, t in result["per_label"].items():
+        metrics[tracking.metric_key("eval", "label", label, "bits_per_sample")] = \
+            t["bits_per_sample"]
+        metrics[tracking.metric_key("eval", "label", label, "samples")] = t["samples"]
+    return metrics
+
+
+def _log_scores(result: dict[str, Any], model_uri: str | None, manifest: Manifest,
+                run_id: str) -> dict[str, float]:
+    """Log the result's metrics (to the model's training run where they are its score): them."""
+    metrics = _eval_metrics(result)
+    # Each metric on one run. The model's training run (reached from a runs:/, models:/m-
+    # or registry URI) holds its score on its own validation split: the data version its
+    # run was tagged with, or any when untagged. In the runs table and the compare view that
+    # gives a row per model, next to val_bits_per_sample. Another data version, or
+    # --split all, is not that score: it stays on this evaluation run, as does a .keras
+    # file's. The gate's decision and metrics.json stay on this run too.
+    split = result["split"]
+    src_run = tracking.model_run_id(model_uri) if model_uri else None
+    trained_on = tracking.run_tag(src_run, "data.version") if src_run else None
+    if split != "validation" or trained_on not in (None, manifest.data_version):
+        src_run = None
+    if src_run:
+        tracking.log_metrics_to_run(src_run, metrics)
+    else:
+        tracking.log_metrics(metrics)
+    tracking.set_tags({"eval.split": split, "eval.metrics_run_id": src_run or run_id,
+                       "eval.labels_not_scored": ", ".join(result["labels_not_scored"]) or "none"})
+    return metrics
+
+
+def _write_metrics(result: dict[str, Any], out_dir: str | None) -> None:
+    """``metrics.json``: to ``out_dir`` (atomic) when given, and to the run's artifacts."""
+    result["metrics_path"] = storage.join(out_dir, METRICS_FILE) if out_dir else None
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if out_dir:
+        storage.write_text_atomic(result["metrics_path"], text)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, METRICS_FILE), "w") as f:
+            f.write(text)
+        tracking.log_artifacts([os.path.join(tmp, METRICS_FILE)], "evaluation")
 
