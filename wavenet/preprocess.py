@@ -83,7 +83,7 @@ from wavenet.manifest import (
     read_manifest,
     track_codes_path,
 )
-from wavenet.shards import LOCK_WAIT_S, Writes, build_dataset, update_dataset
+from wavenet.shards import LOCK_WAIT_S, Provenance, Writes, build_dataset, update_dataset
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -621,8 +621,9 @@ def _merge(old: Manifest | None, records: list, src: str | None, dst: str, confi
     # Labels keep their ids: the old vocabulary in its order, new labels appended (sorted).
     known = tuple(old.labels) if old is not None else ()
     labels = known + tuple(sorted({t.label for t in tracks} - set(known)))
-    return build_dataset(dst, config, tracks, codes, writes, new=new_codes.keys(), src=src, labels=labels,
-                         skipped=skipped, processed=len(new), unchanged=unchanged, started=started)
+    return build_dataset(dst, config, tracks, codes, writes, new=new_codes.keys(), labels=labels,
+                         provenance=Provenance(src=src, skipped=skipped, processed=len(new),
+                                               unchanged=unchanged, started=started))
 
 
 # -- the whole run ---------------------------------------------------------------------
