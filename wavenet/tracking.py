@@ -43,6 +43,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
@@ -966,17 +967,25 @@ def log_dataset(source: str, name: str, digest: str, context: str = "training",
         profile: a few numbers about it, shown with the dataset.
     """
     from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    class _Dataset(MetaDataset):  # MetaDataset records no profile of its own
-        def to_dict(self) -> dict[str, str]:
-            return {**super().to_dict(), **({"profile": json.dumps(dict(profile))} if profile else {})}
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local folder, either way
         warnings.simplefilter("ignore", UserWarning)
         resolved = resolve_dataset_source(source)
     _call(mlflow.get_tracking_uri(), "log the dataset",
-          lambda: mlflow.log_input(_Dataset(resolved, name=name, digest=digest), context=context))
+          lambda: mlflow.log_input(_ProfiledDataset(resolved, name=name, digest=digest, profile=profile),
+                                   context=context))
+
+
+class _ProfiledDataset(MetaDataset):
+    """A :class:`MetaDataset` with a profile (MetaDataset records no profile of its own)."""
+
+    def __init__(self, source, name: str, digest: str, profile: Mapping[str, Any] | None):
+        super().__init__(source, name=name, digest=digest)
+        self._profile = profile
+
+    def to_dict(self) -> dict[str, str]:
+        profile = self._profile
+        return {**super().to_dict(), **({"profile": json.dumps(dict(profile))} if profile else {})}
 
 
 class MetricsBuffer:

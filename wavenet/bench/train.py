@@ -85,6 +85,27 @@ def _train(data: str, cfg: ExperimentConfig, workdir: Path, name: str, workers: 
     return json.loads(done.stdout)
 
 
+def _training_runs(cfg: ExperimentConfig, quick: bool, steps: int
+                   ) -> tuple[dict, dict, dict | None, dict]:
+    """The measured runs' summaries, on synthetic shards: one worker, two workers, one
+    worker without XLA (None when quick) and the demo preset on two workers."""
+    with tempfile.TemporaryDirectory(prefix="wavenet-bench-train-") as tmp:
+        workdir = Path(tmp)
+        data = write_synthetic_shards(str(workdir / "data"), cfg,
+                                      seconds=1.0 if quick else 4.0)
+        one = _train(data, cfg, workdir, "one", 1, steps)
+        two = _train(data, cfg, workdir, "two", 2, steps)
+        # The same 1-worker run without XLA, to show what train.jit_compile buys.
+        plain = None if quick else _train(data, cfg.with_overrides({"train.jit_compile": "off"}),
+                                          workdir, "one-no-xla", 1, steps)
+        demo_cfg = preset("demo").with_overrides({"train.validate_every": 0,
+                                                  "train.validation_batches": 1})
+        demo_data = data if quick else write_synthetic_shards(
+            str(workdir / "demo-data"), demo_cfg, train_shards=2, seconds=4.0)
+        demo = _train(demo_data, cfg if quick else demo_cfg, workdir, "demo", 2, 2 if quick else 3)
+    return one, two, plain, demo
+
+
 def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
     """Measure training throughput, FLOP efficiency and memory; one JSON-able dict.
 
@@ -105,20 +126,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
     m = cfg.model
     useful = 3 * m.flops_per_sample
     executed = useful * (m.receptive_field - 1 + cfg.train.window) / cfg.train.window
-    with tempfile.TemporaryDirectory(prefix="wavenet-bench-train-") as tmp:
-        workdir = Path(tmp)
-        data = write_synthetic_shards(str(workdir / "data"), cfg,
-                                      seconds=1.0 if quick else 4.0)
-        one = _train(data, cfg, workdir, "one", 1, steps)
-        two = _train(data, cfg, workdir, "two", 2, steps)
-        # The same 1-worker run without XLA, to show what train.jit_compile buys.
-        plain = None if quick else _train(data, cfg.with_overrides({"train.jit_compile": "off"}),
-                                          workdir, "one-no-xla", 1, steps)
-        demo_cfg = preset("demo").with_overrides({"train.validate_every": 0,
-                                                  "train.validation_batches": 1})
-        demo_data = data if quick else write_synthetic_shards(
-            str(workdir / "demo-data"), demo_cfg, train_shards=2, seconds=4.0)
-        demo = _train(demo_data, cfg if quick else demo_cfg, workdir, "demo", 2, 2 if quick else 3)
+    one, two, plain, demo = _training_runs(cfg, quick, steps)
     sps1, sps2 = one["samples_per_s"], two["samples_per_s"]
     reached = sps1 * useful / (gflops * 1e9)
     return {
