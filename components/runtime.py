@@ -8,15 +8,17 @@ the numbers a KFP Metrics artifact can show. Everything else is a library call.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 # The one reader of a config file (a ``preset:`` key names its base). A step's ``config``
 # artifact holds the whole config the first step resolved (``cfg.to_yaml()``, which names its
 # preset), so the components read it as the CLI reads ``--config FILE``.
-from wavenet.config import load_config  # noqa: F401 - components call runtime.load_config
+from wavenet.config import ExperimentConfig, load_config  # noqa: F401 - runtime.load_config
+from wavenet.context import RunContext
 from wavenet.errors import ConfigError
 
 # What KFP's MLflow integration and the user's tracking settings put in a step's
@@ -100,6 +102,44 @@ def mlflow_env(environ: Mapping[str, str], tracking_uri: str = "") -> dict[str, 
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     return env
+
+
+def training(cfg: ExperimentConfig, ctx: RunContext, shards: Any, out: str, *, workers: int,
+             cluster: Any, labels: Mapping[str, str],
+             job_key: Sequence[str]) -> tuple[str, Callable[[], Any]]:
+    """Where the train step's data is, and the call that trains on it: ``workers`` local
+    processes (:func:`wavenet.train.train`), or a TFJob on ``cluster``
+    (:func:`wavenet.train.train_on_cluster`, a :class:`~wavenet.train.ClusterSettings`).
+
+    Args:
+        shards: the shards artifact (``path``, ``uri``, ``metadata``).
+        out: the model artifact's local path.
+        labels, job_key: the TFJob's extra labels and identity (see ``train_on_cluster``).
+    """
+    from wavenet.train import train, train_on_cluster
+
+    if cluster is None:
+        data = data_location(shards.path, shards.uri, shards.metadata)
+        return data, functools.partial(train, data, out, cfg, ctx, workers=workers)
+    data = data_location(shards.path, shards.uri, shards.metadata, for_pods=True)
+    return data, functools.partial(train_on_cluster, data, cfg, cluster, ctx, local_dir=out,
+                                   labels=labels, job_key=job_key)
+
+
+def model_metadata(result: Any, ctx: RunContext, cfg: ExperimentConfig, data_version: str,
+                   warm_line: str, *, on_cluster: bool) -> dict[str, Any]:
+    """The train step's model artifact metadata, from its :class:`~wavenet.train.TrainResult`."""
+    summary = result.summary
+    meta = {"run_name": summary.get("run_name") or ctx.run_name, "run_id": result.run_id or "",
+            "data_version": data_version, "preset": cfg.preset, "reused": summary["reused"],
+            "registered_version": summary.get("registered_version") or "",
+            "model_uri": summary.get("model_uri") or "",
+            # The champion it started from ("" when none), and the line saying
+            # why or why not and how labels were mapped.
+            "warm_start_from": ctx.init_model or "", "warm_start": warm_line}
+    if on_cluster and not summary["reused"]:
+        meta["cluster_run_dir"] = result.out_dir
+    return meta
 
 
 def numeric_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

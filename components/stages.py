@@ -147,6 +147,9 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
 
 
 @dsl.component(**_COMMON)
+# The user's pipeline parameters and KFP's artifacts, as the KFP UI shows them (kfp.dsl reads the
+# signature); the body makes one RunContext and one ClusterSettings of them at once (runtime.training).
+# params: pipeline parameters (see above). # length: 30 lines are the signature and its Args.
 def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifact], workers: int,
                 on_cluster: bool, namespace: str, image: str, gpus_per_worker: int,
                 accelerator: str, cluster_run_root: str, warm_start: bool, tracking_uri: str,
@@ -177,7 +180,6 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
     Returns:
         The MLflow run id of the training run (of the reused model's run when reused).
     """
-    import functools
     import os
     import sys
 
@@ -185,51 +187,38 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
 
     runtime.quiet_logs()  # before the library loads TensorFlow
     from wavenet import tfjob
+    from wavenet.context import RunContext
     from wavenet.errors import Interrupted
     from wavenet.reuse import train_or_reuse
     from wavenet.tracking import run_name
-    from wavenet.train import ClusterSettings, train, train_on_cluster
+    from wavenet.train import ClusterSettings
 
     cfg = runtime.load_config(config.path)
-    name = run_name(cfg.preset, f"d{data_version[:8]}")
-    init_model, warm_line = None, ""
+    # The run's settings, once (this step is an entry point, as the command line is).
+    ctx = RunContext.create(tracking_uri, environ=os.environ, experiment=experiment,
+                            run_name=run_name(cfg.preset, f"d{data_version[:8]}"),
+                            kfp_run_id=kfp_run_id, progress="lines")
+    warm_line = ""
     if warm_start:
         from wavenet.train.warm_start import champion_init_model
 
         init_model, warm_line = champion_init_model(
-            cfg, tracking_uri or None, runtime.data_location(shards.path, shards.uri, shards.metadata))
-    common = {"tracking_uri": tracking_uri or None, "experiment": experiment or None,
-              "run_name": name, "init_model": init_model}
-    if on_cluster:
-        cluster = ClusterSettings(namespace, image, workers, gpus_per_worker, accelerator,
-                                  cluster_run_root,
-                                  tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
-        data = runtime.data_location(shards.path, shards.uri, shards.metadata, for_pods=True)
-        train_fn = functools.partial(
-            train_on_cluster, data, cfg, cluster, local_dir=model.path,
-            env={**runtime.mlflow_env(os.environ, tracking_uri), "KFP_RUN_ID": kfp_run_id},
-            labels={"wavenet/data-version": data_version[:63]},
-            job_key=(kfp_run_id, kfp_task) if kfp_run_id else (), **common)
-    else:
-        data = runtime.data_location(shards.path, shards.uri, shards.metadata)
-        train_fn = functools.partial(train, data, model.path, cfg, workers=workers, progress="lines",
-                                     environ=os.environ, kfp_run_id=kfp_run_id, **common)
+            cfg, ctx.tracking_uri, runtime.data_location(shards.path, shards.uri, shards.metadata))
+        ctx = ctx.replace(init_model=init_model)
+    cluster = ClusterSettings(namespace, image, workers, gpus_per_worker, accelerator, cluster_run_root,
+                              tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE"))
+                              ) if on_cluster else None
+    data, train_fn = runtime.training(cfg, ctx, shards, model.path, workers=workers, cluster=cluster,
+                                      labels={"wavenet/data-version": data_version[:63]},
+                                      job_key=(kfp_run_id, kfp_task) if kfp_run_id else ())
     try:
         result = train_or_reuse(train_fn, data, model.path, cfg, force=force_train,
-                                tracking_uri=tracking_uri or None, init_model=init_model)
+                                tracking_uri=ctx.tracking_uri, init_model=ctx.init_model)
     except Interrupted as e:  # SIGTERM while a TFJob ran (and was deleted): one line, exit 143
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
-    if on_cluster and not result.summary["reused"]:
-        model.metadata["cluster_run_dir"] = result.out_dir
-    model.metadata.update({"run_name": result.summary.get("run_name") or name,
-                           "run_id": result.run_id or "", "data_version": data_version,
-                           "preset": cfg.preset, "reused": result.summary["reused"],
-                           "registered_version": result.summary.get("registered_version") or "",
-                           "model_uri": result.summary.get("model_uri") or "",
-                           # The champion it started from ("" when none), and the line saying
-                           # why or why not and how labels were mapped.
-                           "warm_start_from": init_model or "", "warm_start": warm_line})
+    model.metadata.update(runtime.model_metadata(result, ctx, cfg, data_version, warm_line,
+                                                 on_cluster=on_cluster))
     for k, v in runtime.numeric_metrics(result.summary).items():
         metrics.log_metric(k, v)
     return result.run_id or ""

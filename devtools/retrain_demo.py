@@ -112,7 +112,7 @@ def facts(summary: dict[str, Any], shards_uri: str, tracking_uri: str, model_nam
     run_id = summary.get("train_run_id") or meta.get("run_id")
     tags = MlflowClient(tracking_uri).get_run(run_id).data.tags if run_id else {}
     metrics = json.loads(Path(summary["metrics_file"]).read_text()) if summary.get("metrics_file") else {}
-    champion = registry.get_champion(model_name)
+    champion = registry.get_champion(model_name, tracking_uri)
     return {
         "labels": list(manifest.labels), "decoded": manifest.summary.processed,
         "reused": manifest.summary.unchanged, "data_version": manifest.data_version,
@@ -174,7 +174,7 @@ def story(args: argparse.Namespace, say=print) -> list[dict[str, Any]]:
                                      genres=(NEW_GENRE,))
             say(f"new tracks: {', '.join(os.path.relpath(p, audio) for p in more)}")
         tracking.use_tracking_uri(tracking_uri)
-        before = registry.get_champion(name)
+        before = registry.get_champion(name, tracking_uri)
         genres = len(FIRST_GENRES) + (n == 2)
         say(f"run {n}: pipeline running (model.num_classes={genres}, warm_start, shards_uri "
             f"{root / 'shards'}) ...")

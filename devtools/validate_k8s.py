@@ -333,6 +333,7 @@ def rendered_tfjobs(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     program (``wavenet train`` and its arguments) is the one a real run has.
     """
     from wavenet.config import preset
+    from wavenet.context import RunContext
     from wavenet.train import ClusterSettings, training_tfjob
 
     cfg = preset("demo")
@@ -341,8 +342,8 @@ def rendered_tfjobs(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     cpu = ClusterSettings("wavenet", "ghcr.io/wavenet-pipelines/wavenet:0.1.0", workers=1, template=template)
     return {what: training_tfjob(cfg, f"wavenet-policy-{what.lower()}", "gs://b/shards",
                                  f"gs://b/runs/wavenet-policy-{what.lower()}", cluster,
-                                 run_name="demo-d01234567-1206T140000", experiment="wavenet",
-                                 env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+                                 RunContext("http://mlflow:5000", run_name="demo-d01234567-1206T140000",
+                                            experiment="wavenet", environ={}))
             for what, cluster in (("GPU", gpu), ("CPU", cpu))}
 
 

@@ -67,6 +67,7 @@ def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 @dsl.pipeline(name=PIPELINE_NAME,
               description="Train a WaveNet music generator: preprocess in parallel, shard, train "
                           "(local workers or a TFJob), gate against the champion, generate samples.")
+# params: the pipeline's run parameters, as the KFP UI lists them (kfp.dsl reads the signature).
 def wavenet_train(
     source_uri: str = "",
     demo_seconds: float = 0.0,

@@ -313,6 +313,7 @@ def test_a_planted_cache_entry_is_not_trusted(tmp_path, gcs_cas):
 def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tmp_path, monkeypatch):
     from conftest import tiny_config, write_shard_dataset
 
+    from wavenet.context import RunContext
     from wavenet.evaluate import evaluate
     from wavenet.generate_samples import generate_samples
     from wavenet.train import train
@@ -325,7 +326,7 @@ def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tm
     write_shard_dataset(data, tiny_config(), labels=["a", "b", "c"])
     assert len(read_manifest(data).labels) == 3 and len(read_manifest(mine).labels) == 2
     cfg, db = tiny_config().with_overrides({"train.steps": 4}), f"sqlite:///{tmp_path}/m.db"
-    result = train(mine, str(tmp_path / "run"), cfg, tracking_uri=db, progress=False)
+    result = train(mine, str(tmp_path / "run"), cfg, RunContext(db, progress=False))
     model = os.path.join(result.out_dir, "model.keras")
     scored = evaluate(model, mine, cfg, tracking_uri=db)
     assert scored["data"] == mine and scored["metrics"]["eval/bits_per_sample"] > 0
@@ -333,4 +334,4 @@ def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tm
         {"generate.num_clips": 2, "generate.seconds": 0.05}), data_dir=mine, tracking_uri=db, progress=False)
     assert [c["label"] for c in clips["clips"]] == ["low", "high"]
     with pytest.raises(DataError, match="labels"):  # the live folder is another dataset now
-        train(data, str(tmp_path / "live"), cfg, tracking_uri=db, progress=False)
+        train(data, str(tmp_path / "live"), cfg, RunContext(db, progress=False))

@@ -143,7 +143,7 @@ def test_a_live_holder_keeps_its_lock_past_the_lease(mlflow_server, locker, tmp_
     client, holder = hold(locker, uri, name, 1, tmp_path)
     mlflow.set_tracking_uri(uri)
     with pytest.raises(TrackingError) as e, registry.champion_lock(name, lease_s=LEASE_S,
-                                                                   wait_s=4 * LEASE_S):
+                                                                   wait_s=4 * LEASE_S, tracking_uri=uri):
         pass
     owner = (tmp_path / "holder-holds").read_text()
     assert str(e.value) == (f"the gate lock '{name}.gate-lock' stayed held by {owner} for "
@@ -168,7 +168,7 @@ def test_a_lock_with_a_malformed_lease_expires_after_the_contenders_own_lease(
                                                               "expires_at": expires_at})
     mlflow.set_tracking_uri(uri)
     started = time.monotonic()
-    with registry.champion_lock(name, lease_s=1.0, wait_s=60.0) as lock:
+    with registry.champion_lock(name, lease_s=1.0, wait_s=60.0, tracking_uri=uri) as lock:
         assert client.get_registered_model(f"{name}.gate-lock").tags["owner"] == lock.owner
     assert time.monotonic() - started >= 1.0  # it waited one lease of silence first
     assert f"{name}.gate-lock" not in [m.name for m in client.search_registered_models()]
@@ -184,6 +184,6 @@ def test_find_by_train_key_finds_a_model_whose_name_holds_quotes(mlflow_server, 
         client.create_registered_model(n)
         client.create_model_version(n, source="s3://wavenet-test/x", tags={registry.TRAIN_KEY_TAG: key})
     mlflow.set_tracking_uri(mlflow_server.uri)
-    found = registry.find_by_train_key(name, key)
+    found = registry.find_by_train_key(name, key, mlflow_server.uri)
     assert found is not None and (found.name, found.version) == (name, "1")
-    assert registry.find_by_train_key(name, os.urandom(32).hex()) is None
+    assert registry.find_by_train_key(name, os.urandom(32).hex(), mlflow_server.uri) is None

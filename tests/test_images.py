@@ -439,10 +439,12 @@ def test_make_push_records_digests_that_compile_the_tfjob_and_k8s_use(registry, 
         assert train_image == pinned["gpu"]
 
         from wavenet.config import preset
+        from wavenet.context import RunContext
         from wavenet.train import ClusterSettings, training_tfjob
 
         job = training_tfjob(preset("tiny"), "wavenet-x", "gs://b/d", "gs://b/r",
-                             ClusterSettings("wavenet", train_image, gpus_per_worker=1), run_name="r")
+                             ClusterSettings("wavenet", train_image, gpus_per_worker=1),
+                             RunContext("http://mlflow:5000", run_name="r", environ={}))
         pod = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
         assert [c["image"] for c in pod["containers"]] == [pinned["gpu"]]
 

@@ -152,7 +152,7 @@ def test_gate_compares_on_the_labels_both_know_and_maps_each_by_name(
             / sum(scores["per_label"][k]["samples"] for k in shared))
     assert decision["new_bits"] == pytest.approx(want, abs=1e-9)
     assert scores["models"][0] != pytest.approx(want)  # the candidate's own score covers extra too
-    version = registry.get_champion(cfg.evaluate.registered_model_name).version
+    version = registry.get_champion(cfg.evaluate.registered_model_name, db).version
     assert version == (decision["new_version"] if decision["promoted"] else first["new_version"])
 
 

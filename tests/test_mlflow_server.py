@@ -360,6 +360,6 @@ def test_another_users_dead_gate_lock_ends_the_gate_in_one_line(production, untr
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_PASSWORD)
     mlflow.set_tracking_uri(uri)
-    with registry.champion_lock(name, wait_s=30) as held:
+    with registry.champion_lock(name, wait_s=30, tracking_uri=uri) as held:
         assert MlflowClient(uri).get_registered_model(lock).tags["owner"] == held.owner
     assert lock not in [m.name for m in MlflowClient(uri).search_registered_models()]

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from wavenet import storage, tracking
 from wavenet.config import preset
 from wavenet.errors import TrackingError, TrackingUnavailable, redact
-from wavenet.tfjob import render_tfjob
+from wavenet.tfjob import Pods, render_tfjob
 
 BUCKET = "wavenet-outages"
 SECRET = "s3cret-Pa55"
@@ -317,10 +317,10 @@ def test_a_database_uri_password_is_masked_in_errors(tiny_shards, tmp_path):
 def test_a_tfjob_never_carries_a_uri_with_credentials():
     for value in (f"http://alice:{SECRET}@mlflow:5000", f"postgresql://u:{SECRET}@db/x"):
         with pytest.raises(Exception, match="would write a credential into TFJob") as e:
-            render_tfjob("wavenet-x", "ns", "img", ["wavenet", "train"], env={"MLFLOW_TRACKING_URI": value})
+            render_tfjob("wavenet-x", "ns", Pods("img", ["wavenet", "train"], env={"MLFLOW_TRACKING_URI": value}))
         assert SECRET not in str(e.value)
-    job = render_tfjob("wavenet-x", "ns", "img", ["wavenet", "train"],
-                       env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    job = render_tfjob("wavenet-x", "ns", Pods("img", ["wavenet", "train"],
+                                               env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"}))
     assert SECRET not in json.dumps(job)
 
 

@@ -43,7 +43,7 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     with mlflow.start_run() as train_run:
         logged_uri = tracking.log_model(load_model(trained_model_path), name="model")
     assert logged_uri.startswith("models:/m-")
-    assert tracking.model_run_id(logged_uri) == train_run.info.run_id
+    assert tracking.model_run_id(logged_uri, tracking_uri) == train_run.info.run_id
     runs_uri = f"runs:/{train_run.info.run_id}/model"
     second = evaluate(runs_uri, eval_data, cfg, **kw)
     g2 = second["gate"]
@@ -54,9 +54,9 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     client = mlflow.MlflowClient(tracking_uri)
     assert client.get_model_version(name, "2").run_id == train_run.info.run_id
     for uri in (f"models:/{name}/2", f"models:/{name}@champion"):
-        assert tracking.model_run_id(uri) == train_run.info.run_id, uri
-    assert tracking.model_run_id(f"models:/{name}/99") is None
-    assert tracking.model_run_id(f"models:/{name}@nosuchalias") is None
+        assert tracking.model_run_id(uri, tracking_uri) == train_run.info.run_id, uri
+    assert tracking.model_run_id(f"models:/{name}/99", tracking_uri) is None
+    assert tracking.model_run_id(f"models:/{name}@nosuchalias", tracking_uri) is None
     eval_run = client.get_run(second["run_id"])
     assert eval_run.data.tags["mlflow.parentRunId"] == train_run.info.run_id  # nested
     assert eval_run.data.tags["gate.decision"] == "promoted"

@@ -7,6 +7,7 @@ import pytest
 from conftest import tiny_config
 
 from wavenet import registry
+from wavenet.context import RunContext
 from wavenet.decision import gate_line, reuse_line, verdict
 from wavenet.evaluate import evaluate
 from wavenet.manifest import read_manifest
@@ -63,8 +64,8 @@ def test_an_identical_run_reuses_the_registered_model_and_force_or_a_new_seed_tr
     def run(out, config, force=False):
         def train_fn():
             trained.append(out)
-            return train(eval_data, str(tmp_path / out), config, tracking_uri=uri,
-                         experiment="reuse-test", run_name=out, progress=False)
+            return train(eval_data, str(tmp_path / out), config,
+                         RunContext(uri, experiment="reuse-test", run_name=out, progress=False))
         return train_or_reuse(train_fn, eval_data, str(tmp_path / out), config, force=force,
                               tracking_uri=uri)
 

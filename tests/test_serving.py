@@ -48,8 +48,8 @@ def champion_store(model, tmp_path_factory):
     exp = mlflow.create_experiment("serve-test", artifact_location=(folder / "mlruns").as_uri())
     with mlflow.start_run(experiment_id=exp):
         logged = tracking.log_model(model)
-    ref = registry.register(logged, NAME)
-    registry.set_champion(NAME, ref.version)
+    ref = registry.register(logged, NAME, tracking_uri=uri)
+    registry.set_champion(NAME, ref.version, uri)
     return uri
 
 
@@ -263,7 +263,8 @@ def test_the_cpu_image_serves_the_champion_non_root_on_a_read_only_root(engine, 
     tracking.use_tracking_uri(mlflow_server.uri)
     with mlflow.start_run(experiment_id=mlflow.create_experiment(name)):
         logged = tracking.log_model(model)
-    registry.set_champion(name, registry.register(logged, name).version)
+    registry.set_champion(name, registry.register(logged, name, tracking_uri=mlflow_server.uri).version,
+                          mlflow_server.uri)
     port = free_port()
     c = engine.containers.run(cpu_image, ["mlflow", "models", "serve", "-m", f"models:/{name}@champion",
                                           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],

@@ -11,10 +11,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from components import runtime
 from devtools.validate_k8s import TFJOB_SCHEMA, validate_tfjob
 from wavenet import cli, tfjob
 from wavenet.config import preset
+from wavenet.context import RunContext
 from wavenet.errors import ConfigError
 from wavenet.tracking import run_name
 from wavenet.train import ClusterSettings, training_tfjob
@@ -28,7 +28,14 @@ def _render(**kw):
                 command=["wavenet", "train"], args=["gs://b/shards", "--out", "gs://b/run"],
                 workers=3, gpus_per_worker=2, accelerator="nvidia-a100-80gb")
     args.update(kw)
-    return tfjob.render_tfjob(**args)
+    return render(**args)
+
+
+def render(name, namespace, image, command, args=(), labels=None, template=None, **kw):
+    """render_tfjob from flat keywords: each goes to the Pods or the JobPolicy field of its name."""
+    pods = {k: kw.pop(k) for k in list(kw) if k in tfjob.Pods.__dataclass_fields__}
+    return tfjob.render_tfjob(name, namespace, tfjob.Pods(image, command, args, **pods),
+                              policy=tfjob.JobPolicy(**kw), labels=labels, template=template)
 
 
 def _worker(job):
@@ -144,9 +151,10 @@ def test_the_train_components_tfjob_is_valid_and_carries_the_whole_config():
         cfg, name, "gs://bucket/shards", f"gs://bucket/runs/{name}",
         ClusterSettings(namespace="wavenet", image="reg/gpu:1", workers=4, gpus_per_worker=1,
                         accelerator="nvidia-l4"),
-        run_name="demo-d01234567-20260101T000000Z", experiment="wavenet",
-        init_model=f"gs://bucket/runs/{name}/init_model.keras",
-        env={"MLFLOW_TRACKING_URI": "http://mlflow.wavenet:5000"}, labels={"wavenet/data-version": "0123"})
+        RunContext("http://mlflow.wavenet:5000", run_name="demo-d01234567-20260101T000000Z",
+                   experiment="wavenet", init_model=f"gs://bucket/runs/{name}/init_model.keras",
+                   environ={}),
+        labels={"wavenet/data-version": "0123"})
     validate_tfjob(job, SCHEMA)
     assert len(name) <= 45 and name.startswith("wavenet-demo-d01234567-")
     c = _container(job)
@@ -171,8 +179,8 @@ def test_tfjob_pods_take_the_mlflow_credentials_from_the_steps_secret_by_referen
     step_env = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_USERNAME": "alice",
                 "MLFLOW_TRACKING_PASSWORD": "s3cret-Pw-77", "HOME": "/scratch"}
     job = training_tfjob(preset("tiny"), "wavenet-tiny-creds", "gs://b/shards", "gs://b/runs/x",
-                         ClusterSettings("wavenet", "reg/gpu:1", workers=2), run_name="r",
-                         env=runtime.mlflow_env(step_env))
+                         ClusterSettings("wavenet", "reg/gpu:1", workers=2),
+                         RunContext.create(run_name="r", environ=step_env))
     validate_tfjob(job, SCHEMA)
     env = {e["name"]: e for e in _container(job)["env"]}
     for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
@@ -212,7 +220,7 @@ def test_outcome_is_read_from_terminal_conditions(conditions, outcome):
 def test_job_names_are_valid_dns_labels(prefix, suffix):
     name = tfjob.job_name(prefix, suffix)
     assert len(name) <= 45
-    tfjob.render_tfjob(name, "ns", "img", ["wavenet"])  # raises if the name is invalid
+    render(name, "ns", "img", ["wavenet"])  # raises if the name is invalid
 
 
 # -- run_tfjob against a loopback stand-in for the API endpoints it calls --------------------
@@ -380,7 +388,7 @@ def test_the_job_name_is_the_same_for_every_attempt_of_a_task_and_differs_betwee
     assert name == tfjob.stable_job_name("wavenet", KFP_RUN, "train-model")
     assert name != tfjob.stable_job_name("wavenet", KFP_RUN.replace("0f3c", "0f3d"), "train-model")
     assert name != tfjob.stable_job_name("wavenet", KFP_RUN, "train-model-2")
-    tfjob.render_tfjob(name, "ns", "img", ["wavenet"])  # a valid DNS-1035 name of <= 45 characters
+    render(name, "ns", "img", ["wavenet"])  # a valid DNS-1035 name of <= 45 characters
     # Too long for a pod name's room: a readable head and a hash of the whole identity.
     assert len(name) <= 45 and name.startswith("wavenet-0f3c9a52-") and re.fullmatch(r".*-[0-9a-f]{12}", name)
     # A short identity keeps its plain name.
@@ -395,7 +403,8 @@ def test_the_train_components_job_and_run_folder_derive_from_run_and_task():
     cfg = preset("tiny")
     cluster = ClusterSettings("ml", "reg/wavenet-gpu:1", run_root="gs://b/runs")
     jobs = [training_tfjob(cfg, tfjob.stable_job_name("wavenet", KFP_RUN, "train-model"),
-                           "gs://b/shards", "gs://b/runs/x", cluster, run_name=run_name("tiny", "d0"))
+                           "gs://b/shards", "gs://b/runs/x", cluster,
+                           RunContext("http://mlflow:5000", run_name=run_name("tiny", "d0"), environ={}))
             for _ in range(2)]
     assert jobs[0]["metadata"]["name"] == jobs[1]["metadata"]["name"]
 

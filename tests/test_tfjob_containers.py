@@ -7,23 +7,24 @@ from pathlib import Path
 import pytest
 from conftest import run_gcs_emulator
 
-from components import runtime
 from devtools.containers import ContainerError
 from devtools.tfjob_containers import cluster_addresses, operator_tf_config, pod_run_args
 from wavenet import tfjob
 from wavenet.config import preset
+from wavenet.context import RunContext
 from wavenet.train.cluster import ClusterSettings, training_tfjob
 from wavenet.train.outputs import RUN_OUTPUTS, collect_run
 
 CFG = preset("tiny").with_overrides({"train.steps": 20})
 
 
-def _render(image="example/wavenet:1", workers=2, gpus=0, env=None):
+def _render(image="example/wavenet:1", workers=2, gpus=0):
     cluster = ClusterSettings("wavenet", image, workers=workers, gpus_per_worker=gpus,
                               template=tfjob.load_template())
     return training_tfjob(CFG, "wavenet-tiny-test", "gs://b/shards", "gs://b/runs/wavenet-tiny-test",
-                          cluster, run_name="tiny-test", experiment="tfjob-containers",
-                          env=env or {"KFP_RUN_ID": "run-1"})
+                          cluster, RunContext("http://127.0.0.1:9", run_name="tiny-test",
+                                              experiment="tfjob-containers", kfp_run_id="run-1",
+                                              environ={}))
 
 
 def test_tf_config_is_written_as_the_training_operator_writes_it():
@@ -107,10 +108,10 @@ def test_two_worker_containers_train_and_the_launcher_collects_the_model(
         # The job exactly as the train step renders it (train.cluster.training_tfjob), CPU pods.
         name = tfjob.job_name("wavenet", "tiny-containers")
         out = f"gs://{bucket}/runs/{name}"
-        env = {**runtime.mlflow_env({}, mlflow_server.uri), "KFP_RUN_ID": "kfp-run-42"}
+        ctx = RunContext(mlflow_server.uri, run_name="tiny-containers", experiment="tfjob-containers",
+                         kfp_run_id="kfp-run-42", environ={})
         cluster = ClusterSettings("wavenet", cpu_image, workers=2, template=tfjob.load_template())
-        job = training_tfjob(CFG, name, f"gs://{bucket}/shards", out, cluster, run_name="tiny-containers",
-                             experiment="tfjob-containers", env=env)
+        job = training_tfjob(CFG, name, f"gs://{bucket}/shards", out, cluster, ctx)
         lines: list[str] = []
         try:
             result = run_tfjob_in_containers(

@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 
+from wavenet.context import RunContext
 from wavenet.errors import ConfigError, Interrupted, WavenetError, one_line, redact
 
 
@@ -188,17 +189,23 @@ def _cmd_train(args) -> int:
     # in-process (a test, a notebook) keeps its own SIGTERM behaviour afterwards.
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        result = train(args.data, args.out, cfg, workers=args.workers, tf_config=tf_config,
-                       tracking_uri=args.tracking_uri, experiment=args.experiment,
-                       run_name=args.run_name, progress="off" if args.no_progress else args.progress,
-                       threads=args.threads,
-                       init_model=args.init_model, kfp_run_id=os.environ.get("KFP_RUN_ID"),
-                       environ=os.environ)
+        result = train(args.data, args.out, cfg, _train_context(args), workers=args.workers,
+                       tf_config=tf_config)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if result.run_id is not None:  # the chief (or the only process) reports
         _print_json(result.summary)
     return 0
+
+
+def _train_context(args) -> RunContext:
+    """The run's settings, from the flags and this process's environment (the one entry point
+    of a `wavenet train` process: a launcher's workers and a TFJob's pods get the same flags
+    and variables back, wavenet.context.RunContext.worker_args/worker_env)."""
+    return RunContext.create(args.tracking_uri, environ=os.environ, experiment=args.experiment,
+                             run_name=args.run_name, kfp_run_id=os.environ.get("KFP_RUN_ID"),
+                             init_model=args.init_model, threads=args.threads,
+                             progress="off" if args.no_progress else args.progress)
 
 
 # -- evaluate -----------------------------------------------------------------

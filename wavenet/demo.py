@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
@@ -41,10 +42,32 @@ def _hz(midi: float) -> float:
     return 440.0 * 2.0 ** ((midi - 69) / 12.0)
 
 
+@dataclass(frozen=True)
+class _Timbre:
+    """How a note sounds: harmonic amplitudes under an attack/decay/release envelope.
+
+    Attributes:
+        harmonics: amplitude of the fundamental and each overtone.
+        decay: exponential decay rate of the envelope (1/s).
+        attack: seconds to full level.
+        release: seconds to silence after the note's duration.
+        vibrato: phase modulation depth (radians) at 5 Hz.
+        bright_decay: extra decay rate per harmonic above the fundamental (1/s).
+    """
+
+    harmonics: tuple[float, ...]
+    decay: float
+    attack: float = 0.005
+    release: float = 0.05
+    vibrato: float = 0.0
+    bright_decay: float = 0.0
+
+
 def _add_note(out: np.ndarray, sr: int, onset: float, dur: float, freq: float, amp: float,
-              harmonics: tuple[float, ...], decay: float, attack: float = 0.005,
-              release: float = 0.05, vibrato: float = 0.0, bright_decay: float = 0.0) -> None:
+              timbre: _Timbre) -> None:
     """Add one note (sum of harmonics under an attack/decay/release envelope) into ``out``."""
+    harmonics, decay, attack = timbre.harmonics, timbre.decay, timbre.attack
+    release, vibrato, bright_decay = timbre.release, timbre.vibrato, timbre.bright_decay
     start = int(onset * sr)
     n = min(int((dur + release) * sr), out.size - start)
     if n <= 0:
@@ -77,10 +100,10 @@ def _strings(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
         d = chord[pattern[i % 8]]
         midi = tonic + 12 * (d // 7) + MAJOR[d % 7] + (12 if rng.random() < 0.2 else 0)
         _add_note(out, sr, i * step, step * 1.8, _hz(midi), rng.uniform(0.5, 0.8),
-                  (1.0, 0.6, 0.35, 0.25, 0.15, 0.1), decay=3.0, attack=0.002, bright_decay=2.0)
+                  _Timbre((1.0, 0.6, 0.35, 0.25, 0.15, 0.1), decay=3.0, attack=0.002, bright_decay=2.0))
         if i % 8 == 0:  # the chord's root an octave down, held for the bar
             root = tonic - 12 + MAJOR[degree % 7]
-            _add_note(out, sr, i * step, 8 * step, _hz(root), 0.5, (1.0, 0.4, 0.2), decay=0.8)
+            _add_note(out, sr, i * step, 8 * step, _hz(root), 0.5, _Timbre((1.0, 0.4, 0.2), decay=0.8))
         i += 1
     return out
 
@@ -95,13 +118,14 @@ def _organ(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
         degree = progression[b % len(progression)]
         for d in (degree, degree + 2, degree + 4):
             midi = tonic - 12 + 12 * (d // 7) + MAJOR[d % 7]
-            _add_note(out, sr, b * bar, bar, _hz(midi), 0.25, drawbars, decay=0.1, attack=0.08,
-                      release=0.15)
+            _add_note(out, sr, b * bar, bar, _hz(midi), 0.25,
+                      _Timbre(drawbars, decay=0.1, attack=0.08, release=0.15))
         for half in range(2):  # a slow melody: two notes per bar, chord tones or steps
             d = degree + int(rng.choice((0, 2, 4, 1, 3)))
             midi = tonic + 12 + 12 * (d // 7) + MAJOR[d % 7]
             _add_note(out, sr, b * bar + half * bar / 2, bar / 2, _hz(midi), 0.35,
-                      (1.0, 0.3, 0.1), decay=0.3, attack=0.04, release=0.1, vibrato=0.004 * _hz(midi) / 5)
+                      _Timbre((1.0, 0.3, 0.1), decay=0.3, attack=0.04, release=0.1,
+                              vibrato=0.004 * _hz(midi) / 5))
     return out
 
 
@@ -135,7 +159,7 @@ def _drums(rng: np.random.Generator, seconds: float, sr: int) -> np.ndarray:
         if k in (0, 3, 6, 10, 12) and rng.random() < 0.9:
             midi = tonic + MINOR_PENTATONIC[int(rng.integers(0, 5))]
             _add_note(out, sr, i * step, step * 2.5, _hz(midi), 0.45,
-                      (1.0, 0.5, 0.33, 0.25, 0.2), decay=4.0, attack=0.003, bright_decay=3.0)
+                      _Timbre((1.0, 0.5, 0.33, 0.25, 0.2), decay=4.0, attack=0.003, bright_decay=3.0))
     return out
 
 

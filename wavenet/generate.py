@@ -228,6 +228,146 @@ def _check_common(num_samples, temperature) -> None:
         raise GenerateArgumentError(f"temperature must be a positive finite number. Received: {temperature!r}")
 
 
+# -- the generator's buffers: weights, parameters and state, laid out for the kernel ---
+
+def _check_generator_args(model, batch_size, weights: str) -> None:
+    from wavenet.model import WaveNet
+
+    if not isinstance(model, WaveNet):
+        raise GenerateArgumentError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise GenerateArgumentError(f"batch_size must be an integer >= 1. Received: {batch_size!r}")
+    if weights not in WEIGHT_PRECISIONS:
+        raise GenerateArgumentError(f"weights must be one of {', '.join(WEIGHT_PRECISIONS)}. "
+                                    f"Received: weights={weights!r}")
+
+
+def _check_finite(model) -> None:
+    for v in model.weights:
+        if not np.all(np.isfinite(v.numpy())):
+            raise GenerateArgumentError(f"model weight {v.path} has NaN or infinite values "
+                                        "(did training diverge?). Received: a model with non-finite weights")
+
+
+def _as_float32(v) -> np.ndarray:
+    """A weight (a Keras variable or an array) as a float32 NumPy array."""
+    return np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float32)
+
+
+def _rows(a: np.ndarray, width: int) -> np.ndarray:
+    """``a`` (n, m) as float32 rows of ``width`` (>= m), zero-padded."""
+    out = np.zeros((a.shape[0], width), np.float32)
+    out[:, :a.shape[1]] = a
+    return out
+
+
+def _strides(c) -> tuple[int, int, int, int, int, int]:
+    """Row strides ``(ldr, ldin, ldz, ldh, lds, ldq)`` of the residual, block input
+    (k * R), filter-gate, gate, skip and logits rows.
+
+    Every width padded to 16 floats (with zeros), which also covers each matrix's
+    padded inputs (Kp) and outputs (Np).
+    """
+    k, r, g, s, q = (c.kernel_size, c.residual_channels, c.gate_channels, c.skip_channels,
+                     c.quantization_channels)
+    return _pad16(r), _pad16(k * r), _pad16(2 * g), _pad16(g), _pad16(s), _pad16(q)
+
+
+def _step_matrices(model) -> list[np.ndarray | None]:
+    """The matrices in the order a step reads them, so one sample's weights stream
+    through the cache sequentially. The last block is skip-only (its residual output
+    would feed nothing): an empty placeholder (None) in the plan."""
+    k, r, g = model.config.kernel_size, model.config.residual_channels, model.config.gate_channels
+    mats: list[np.ndarray | None] = []
+    for bl in model.blocks:
+        mats += [_as_float32(bl.filter_gate_kernel).reshape(k * r, 2 * g), _as_float32(bl.skip_kernel),
+                 None if bl.skip_only else _as_float32(bl.residual_kernel)]
+    mats += [_as_float32(model.head_hidden.kernel), _as_float32(model.head_logits.kernel)]
+    return mats
+
+
+def _pack_weights(mats: list[np.ndarray | None], weights: str
+                  ) -> tuple[np.ndarray, int, list[tuple[int, ...]], list[np.ndarray | None]]:
+    """Every matrix packed (:func:`pack_matrix`) into one aligned buffer, each at a 64-byte offset.
+
+    Returns:
+        ``(buffer, weight bytes read per step, fields, scales)``: per matrix its plan
+        fields ``(K, N, Kp, Np, offset, scale offset)`` (zeros for a placeholder; the
+        scale offset -1 until :func:`_float_params` places int8 scales) and, per
+        packed matrix, its int8 column scales (None otherwise).
+    """
+    packed, scales, fields, offset = [], [], [], 0
+    for m in mats:
+        if m is None:
+            fields.append((0, 0, 0, 0, 0, -1))
+            continue
+        data, sc, kp, np_ = pack_matrix(m, weights)
+        packed.append((offset, data))
+        scales.append(sc)
+        fields.append((m.shape[0], m.shape[1], kp, np_, offset, -1))
+        offset += -(-data.size // 64) * 64
+    wbuf = _aligned_empty(max(offset, 64))
+    for off, data in packed:
+        wbuf[off:off + data.size] = data
+    weight_bytes = int(sum(d.size for _, d in packed) + sum(sc.size * 4 for sc in scales if sc is not None))
+    return wbuf, weight_bytes, fields, scales
+
+
+def _float_params(model, mats: list[np.ndarray | None], scales: list[np.ndarray | None],
+                  fields: list[tuple[int, ...]], weights: str) -> tuple[np.ndarray, dict[str, int]]:
+    """The read-only float parameters and each one's offset.
+
+    The per-stream gate biases (bias + label embedding, at offset ``"bfg"``) are
+    appended per call, as they depend on the labels. With int8 weights the
+    per-column scales follow the base parameters; their offsets are written into
+    ``fields`` (in place).
+    """
+    blocks, r = model.blocks, model.config.residual_channels
+    ldr, _, _, _, lds, ldq = _strides(model.config)
+    base = [("emb", _rows(_as_float32(model.embedding.embeddings), ldr)),
+            # the skip-only last block has no residual bias: a zero row, never read
+            ("bres", _rows(np.stack([_as_float32(bl.residual_bias) for bl in blocks if not bl.skip_only]
+                                    + [np.zeros(r, np.float32)]), ldr)),
+            ("bskip", _rows(np.sum([_as_float32(bl.skip_bias) for bl in blocks], axis=0,
+                                   dtype=np.float32)[None], lds)),
+            ("bh", _rows(_as_float32(model.head_hidden.bias)[None], lds)),
+            ("bo", _rows(_as_float32(model.head_logits.bias)[None], ldq))]
+    poff, pos = {}, 0
+    for name, a in base:
+        poff[name] = pos
+        pos += a.size
+    flat = [a.ravel() for _, a in base]
+    if weights == "int8":  # per-column scales follow the base parameters
+        packed_index = [i for i, m in enumerate(mats) if m is not None]
+        for i, sc in zip(packed_index, scales):
+            fields[i] = (*fields[i][:5], pos)
+            flat.append(sc)
+            pos += sc.size
+    poff["bfg"] = pos
+    return np.concatenate(flat).astype(np.float32), poff
+
+
+def _queue_offsets(c) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each layer's dilation, the offset of its queue of past inputs, and all queues' length."""
+    dil = np.asarray(c.dilations, dtype=np.int64)
+    lens = (c.kernel_size - 1) * dil
+    qoff = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    return dil, qoff, int(lens.sum())
+
+
+def _state_layout(c, nb: int, qtotal: int) -> tuple[list[tuple[str, int]], dict[str, int], int]:
+    """The per-stream state buffers: ``(sizes, offsets, total floats)``, each 16-aligned."""
+    ldr, ldin, ldz, ldh, lds, ldq = _strides(c)
+    sizes = [("queue", qtotal * nb * ldr), ("x", nb * ldr), ("xin", nb * ldin), ("z", nb * ldz),
+             ("h", nb * ldh), ("skip", nb * lds), ("hid", nb * lds), ("logits", nb * ldq),
+             ("xs", nb)]
+    soff, pos = {}, 0
+    for name, n in sizes:
+        soff[name] = pos
+        pos += -(-n // 16) * 16
+    return sizes, soff, pos
+
+
 # -- public API ----------------------------------------------------------------
 
 class FastGenerator:
@@ -250,15 +390,7 @@ class FastGenerator:
     """
 
     def __init__(self, model, batch_size: int, weights: str = "float32"):
-        from wavenet.model import WaveNet
-
-        if not isinstance(model, WaveNet):
-            raise GenerateArgumentError(f"model must be a wavenet.model.WaveNet. Received: {type(model).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise GenerateArgumentError(f"batch_size must be an integer >= 1. Received: {batch_size!r}")
-        if weights not in WEIGHT_PRECISIONS:
-            raise GenerateArgumentError(f"weights must be one of {', '.join(WEIGHT_PRECISIONS)}. "
-                                        f"Received: weights={weights!r}")
+        _check_generator_args(model, batch_size, weights)
         kernel = _kernel()
         if not model.built:
             model.build()
@@ -267,93 +399,23 @@ class FastGenerator:
         self.batch_size = int(batch_size)
         self.weights = weights
         self._run = kernel.run
-        for v in model.weights:
-            if not np.all(np.isfinite(v.numpy())):
-                raise GenerateArgumentError(f"model weight {v.path} has NaN or infinite values "
-                                            "(did training diverge?). Received: a model with non-finite weights")
-
-        def arr(v):
-            return np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float32)
-
-        blocks, nl = model.blocks, c.num_layers
-        k, r, g, s, q, nb = (c.kernel_size, c.residual_channels, c.gate_channels, c.skip_channels,
-                             c.quantization_channels, self.batch_size)
-        # Row strides: every width padded to 16 floats (with zeros), which also
-        # covers each matrix's padded inputs (Kp) and outputs (Np).
-        ldr, ldin, ldz, ldh, lds, ldq = (_pad16(r), _pad16(k * r), _pad16(2 * g), _pad16(g),
-                                         _pad16(s), _pad16(q))
-        # Matrices in the order a step reads them, so one sample's weights stream
-        # through the cache sequentially. The last block is skip-only (its
-        # residual output would feed nothing): an empty placeholder in the plan.
-        mats: list[np.ndarray | None] = []
-        for bl in blocks:
-            mats += [arr(bl.filter_gate_kernel).reshape(k * r, 2 * g), arr(bl.skip_kernel),
-                     None if bl.skip_only else arr(bl.residual_kernel)]
-        mats += [arr(model.head_hidden.kernel), arr(model.head_logits.kernel)]
-        packed, scales, fields, offset = [], [], [], 0
-        for m in mats:
-            if m is None:
-                fields.append((0, 0, 0, 0, 0, -1))
-                continue
-            data, sc, kp, np_ = pack_matrix(m, weights)
-            packed.append((offset, data))
-            scales.append(sc)
-            fields.append((m.shape[0], m.shape[1], kp, np_, offset, -1))
-            offset += -(-data.size // 64) * 64
-        self._wbuf = _aligned_empty(max(offset, 64))
-        for off, data in packed:
-            self._wbuf[off:off + data.size] = data
-        self.weight_bytes = int(sum(d.size for _, d in packed)
-                                + sum(sc.size * 4 for sc in scales if sc is not None))
-
-        # Read-only float parameters; the per-stream gate biases (bias + label
-        # embedding) are appended per call, as they depend on the labels.
-        def rows(a, width):
-            out = np.zeros((a.shape[0], width), np.float32)
-            out[:, :a.shape[1]] = a
-            return out
-
-        base = [("emb", rows(arr(model.embedding.embeddings), ldr)),
-                # the skip-only last block has no residual bias: a zero row, never read
-                ("bres", rows(np.stack([arr(bl.residual_bias) for bl in blocks if not bl.skip_only]
-                                       + [np.zeros(r, np.float32)]), ldr)),
-                ("bskip", rows(np.sum([arr(bl.skip_bias) for bl in blocks], axis=0,
-                                      dtype=np.float32)[None], lds)),
-                ("bh", rows(arr(model.head_hidden.bias)[None], lds)),
-                ("bo", rows(arr(model.head_logits.bias)[None], ldq))]
-        poff, pos = {}, 0
-        for name, a in base:
-            poff[name] = pos
-            pos += a.size
-        flat = [a.ravel() for _, a in base]
-        if weights == "int8":  # per-column scales follow the base parameters
-            packed_index = [i for i, m in enumerate(mats) if m is not None]
-            for i, sc in zip(packed_index, scales):
-                fields[i] = (*fields[i][:5], pos)
-                flat.append(sc)
-                pos += sc.size
-        poff["bfg"] = pos
-        self._params_base = np.concatenate(flat).astype(np.float32)
-        self._bfg = np.stack([arr(bl.filter_gate_bias) for bl in blocks])  # (L, 2G)
-        self._cond = (np.stack([arr(bl.condition_embedding) for bl in blocks])
+        _check_finite(model)
+        nb = self.batch_size
+        ldr, ldin, ldz, ldh, lds, ldq = _strides(c)
+        mats = _step_matrices(model)
+        self._wbuf, self.weight_bytes, fields, scales = _pack_weights(mats, weights)
+        self._params_base, poff = _float_params(model, mats, scales, fields, weights)
+        self._bfg = np.stack([_as_float32(bl.filter_gate_bias) for bl in model.blocks])  # (L, 2G)
+        self._cond = (np.stack([_as_float32(bl.condition_embedding) for bl in model.blocks])
                       if c.conditioned else None)  # (L, C, 2G)
         self._ldz = ldz
 
-        dil = np.asarray(c.dilations, dtype=np.int64)
-        lens = (k - 1) * dil
-        qoff = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-        qtotal = int(lens.sum())
-        sizes = [("queue", qtotal * nb * ldr), ("x", nb * ldr), ("xin", nb * ldin), ("z", nb * ldz),
-                 ("h", nb * ldh), ("skip", nb * lds), ("hid", nb * lds), ("logits", nb * ldq),
-                 ("xs", nb)]
-        soff, pos = {}, 0
-        for name, n in sizes:
-            soff[name] = pos
-            pos += -(-n // 16) * 16
-        self._state_size = pos
+        dil, qoff, qtotal = _queue_offsets(c)
+        sizes, soff, self._state_size = _state_layout(c, nb, qtotal)
         self._ldxq = _pad16(max(f[2] for f in fields))
-        header = [kernel.MAGIC, WEIGHT_PRECISIONS.index(weights), nb, r, g, s, q, k, nl,
-                  ldr, ldin, ldz, ldh, lds, ldq, self._ldxq, qtotal,
+        header = [kernel.MAGIC, WEIGHT_PRECISIONS.index(weights), nb, c.residual_channels,
+                  c.gate_channels, c.skip_channels, c.quantization_channels, c.kernel_size,
+                  c.num_layers, ldr, ldin, ldz, ldh, lds, ldq, self._ldxq, qtotal,
                   poff["emb"], poff["bfg"], poff["bres"], poff["bskip"], poff["bh"], poff["bo"],
                   *(soff[name] for name, _ in sizes)]
         assert len(header) == kernel.HEADER

@@ -7,6 +7,29 @@ conditioned model. Each clip is measured with :mod:`wavenet.quality`, with
 data against the range training audio of its label spans; WAVs
 (16-bit PCM), spectrogram PNGs, ``report.html`` and ``samples.json`` go to
 the output folder and, as artifacts, to an MLflow run.
+
+The result of :func:`generate_samples` (also ``samples.json``): ``{"model",
+"data", "out_dir", "report" (path of report.html), "summary" (path of
+samples.json), "sample_rate", "num_samples" (per clip), "prime_samples",
+"temperature", "seed", "weights" (the generator's weight precision),
+"samples_per_second" (all clips together, generation alone),
+"generation_seconds", "wall_seconds" (set-up of the generator included),
+"clips": [{"index", "name", "label", "label_id", "wav", "png", "metrics",
+"checks" (calibrated: value, range, passed), "reference" (the label whose
+audio calibrated them, or "all labels"), "warnings"}], "warnings" (every
+clip's, prefixed with the clip name), "reference" ({label: calibration}: the
+ranges, percentiles, tolerances and how much audio), "thresholds" (of the
+checks that need no data), "title" (the training run's name and the
+registered version), "model_info" ({"run_id", "run_name", "registered_model",
+"registered_version", "champion"}), "evaluation" (bits/sample, baselines and
+the gate decision, or None), "reference_clips" ([{"label", "label_id",
+"seconds", "source", "wav", "png"}]: validation audio, one clip per label),
+"model_labels" (the model's vocabulary; None: saved without one),
+"labels_not_generated" (data labels the model was never trained on: no
+clips), "checks_passed" (:func:`checks_passed`: the fractions logged to
+MLflow, also on the model's training run when it trained on this data),
+"run_id"}``. Clip labels go to the model by name (:func:`clip_labels`);
+``label_id`` is the data's id.
 """
 
 from __future__ import annotations
@@ -19,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -495,98 +519,145 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             the gate's decision and reason.
 
     Returns:
-        ``{"model", "data", "out_dir", "report" (path of report.html),
-        "summary" (path of samples.json), "sample_rate", "num_samples" (per
-        clip), "prime_samples", "temperature", "seed", "weights" (the
-        generator's weight precision), "samples_per_second" (all clips
-        together, generation alone), "generation_seconds", "wall_seconds"
-        (set-up of the generator included), "clips": [{"index", "name",
-        "label", "label_id", "wav", "png", "metrics", "checks" (calibrated:
-        value, range, passed), "reference" (the label whose audio calibrated
-        them, or "all labels"), "warnings"}], "warnings" (every clip's,
-        prefixed with the clip name), "reference" ({label: calibration}: the
-        ranges, percentiles, tolerances and how much audio), "thresholds"
-        (of the checks that need no data), "title" (the training run's name and
-        the registered version), "model_info" ({"run_id", "run_name",
-        "registered_model", "registered_version", "champion"}), "evaluation"
-        (bits/sample, baselines and the gate decision, or None),
-        "reference_clips" ([{"label", "label_id", "seconds", "source", "wav",
-        "png"}]: validation audio, one clip per label), "model_labels" (the
-        model's vocabulary; None: saved without one), "labels_not_generated"
-        (data labels the model was never trained on: no clips), "checks_passed"
-        (:func:`checks_passed`: the fractions logged to MLflow, also on the
-        model's training run when it trained on this data), "run_id"}``.
-        Clip labels go to the model by name (:func:`clip_labels`); ``label_id``
-        is the data's id.
+        The result described in this module's docstring (also written as
+        ``samples.json``): paths, settings, speed, each clip with its checks,
+        the references, the model and the run.
     """
-    g = config.generate
     model_uri = model if isinstance(model, str) else None
     net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
-    sr, q = net.audio_config.sample_rate, net.config.quantization_channels
+    plan = _plan(net, config, data_dir, model_uri)
+    drawn = _draw(net, plan, progress, out_dir)
+    info = _model_info(model_uri, plan.config, tracking_uri)
+
+    exp, tags = tracking.run_placement(model_uri, experiment, config.name, tracking_uri)
+    tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
+                 "wavenet.data": data_dir or ""})
+    params = {**plan.ecfg.flat(), "generate.model": model_uri or "<in memory>",
+              "generate.data": data_dir or ""}
+    with tracking.start_run(exp, run_name=run_name or "generate", tracking_uri=tracking_uri,
+                            tags=tags, params=params) as run:
+        result = _result(net, plan, drawn, out_dir, info, evaluation, run.info.run_id)
+        _write_report(result, net, plan, drawn, info, evaluation)
+        _log_samples(result, plan, drawn, run.info.run_id)
+    _publish(drawn.local_dir, out_dir, drawn.written, drawn.staged)
+    return result
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The clips to draw, once the model and the data are known."""
+
+    config: ExperimentConfig  # generate.num_clips raised to one clip per label
+    ecfg: ExperimentConfig  # ``config`` with the model's architecture and audio
+    model_uri: str | None  # None: a model in memory
+    data_dir: str | None
+    vocabulary: list[str] | None  # the data's label names (None without data)
+    num_samples: int  # per clip
+    prime_len: int  # priming codes per clip
+    clip: ClipLabels
+
+
+def _plan(net: WaveNet, config: ExperimentConfig, data_dir: str | None,
+          model_uri: str | None) -> _Plan:
+    """How many clips of how many samples, with which labels; refused early if they cannot fit."""
+    g = config.generate
+    sr = net.audio_config.sample_rate
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
     num_samples = max(1, int(round(g.seconds * sr)))
     prime_len = int(round(g.prime_seconds * sr))
     if prime_len and not data_dir:
         raise ConfigError(f"generate.prime_seconds={g.prime_seconds} primes with validation audio: "
                           f"pass the data folder (--data)")
-
-    vocabulary, examples, calibrations = None, [], {}
-    if data_dir:
-        vocabulary = [str(x) for x in read_manifest(data_dir).labels]
+    vocabulary = [str(x) for x in read_manifest(data_dir).labels] if data_dir else None
     g, clip = _clips_per_label(g, net, vocabulary, model_uri or "the model")
     config, ecfg = (dataclasses.replace(c, generate=g) for c in (config, ecfg))
     _check_generation_memory(net, g, num_samples)
     if clip.not_generated:
         print(f"generate: no clips of {', '.join(clip.not_generated)}: {model_uri or 'the model'} "
               "was never trained on them", file=sys.stderr)
+    return _Plan(config=config, ecfg=ecfg, model_uri=model_uri, data_dir=data_dir,
+                 vocabulary=vocabulary, num_samples=num_samples, prime_len=prime_len, clip=clip)
+
+
+class _Drawn(NamedTuple):
+    """The clips drawn and written to the (staging) folder, with what was measured."""
+
+    calibrations: dict[int | None, dict[str, Any]]
+    elapsed: float  # generation alone, seconds
+    wall: float  # with the generator's set-up
+    local_dir: str  # where the files are written (a staging folder for gs://)
+    staged: bool
+    clips: list[dict]
+    report_clips: list[dict]
+    warnings: list[str]
+    written: list[str]  # file names, the report and summary included
+    ref_summaries: list[dict]
+    references: dict[str, dict] | None
+
+
+def _draw(net: WaveNet, plan: _Plan, progress: bool, out_dir: str) -> _Drawn:
+    """Calibrate and prime from the data, sample every clip, write clips and references."""
+    g, data_dir = plan.config.generate, plan.data_dir
+    sr, q = net.audio_config.sample_rate, net.config.quantization_channels
+    examples, calibrations = [], {}
     # Data ids index the data (calibration, priming, references); the model sees its own ids.
-    label_ids, label_names = clip.data_ids, clip.names
+    label_ids = plan.clip.data_ids
     if data_dir:
-        if prime_len:
-            examples = read_validation_codes(data_dir, prime_len * g.num_clips)
-        calibrations = _calibrations(data_dir, g, sr, q, num_samples, vocabulary, label_ids)
-    prime = prime_codes(examples, prime_len, label_ids, g.num_clips) if prime_len else None
-    codes, elapsed, wall = _sample(net, g, num_samples, prime, clip.model_ids, progress)
+        if plan.prime_len:
+            examples = read_validation_codes(data_dir, plan.prime_len * g.num_clips)
+        calibrations = _calibrations(data_dir, g, sr, q, plan.num_samples, plan.vocabulary, label_ids)
+    prime = prime_codes(examples, plan.prime_len, label_ids, g.num_clips) if plan.prime_len else None
+    codes, elapsed, wall = _sample(net, g, plan.num_samples, prime, plan.clip.model_ids, progress)
     local_dir, staged = _stage_dir(out_dir)
     clips, report_clips, all_warnings, written = _write_clips(
-        codes, local_dir, out_dir, sr, q, label_ids, label_names, calibrations)
+        codes, local_dir, out_dir, sr, q, label_ids, plan.clip.names, calibrations)
     ref_summaries, references, ref_files = (_write_references(
-        data_dir, vocabulary, label_ids, g.seconds, sr, q, local_dir, out_dir) if data_dir else ([], None, []))
+        data_dir, plan.vocabulary, label_ids, g.seconds, sr, q, local_dir, out_dir) if data_dir else ([], None, []))
     written += ref_files + [REPORT_FILE, SUMMARY_FILE]
-    info = _model_info(model_uri, config, tracking_uri)
+    return _Drawn(calibrations=calibrations, elapsed=elapsed, wall=wall, local_dir=local_dir,
+                  staged=staged, clips=clips, report_clips=report_clips, warnings=all_warnings,
+                  written=written, ref_summaries=ref_summaries, references=references)
 
-    exp, tags = tracking.run_placement(model_uri, experiment, config.name)
-    tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
-                 "wavenet.data": data_dir or ""})
-    params = {**ecfg.flat(), "generate.model": model_uri or "<in memory>",
-              "generate.data": data_dir or ""}
-    with tracking.start_run(exp, run_name=run_name or "generate", tracking_uri=tracking_uri,
-                            tags=tags, params=params) as run:
-        result: dict[str, Any] = {
-            "model": model_uri or "<in memory>", "data": data_dir, "out_dir": out_dir,
-            "model_labels": None if net.labels is None else list(net.labels),
-            "labels_not_generated": clip.not_generated,
-            "report": storage.join(out_dir, REPORT_FILE),
-            "summary": storage.join(out_dir, SUMMARY_FILE),
-            "sample_rate": sr, "num_samples": num_samples, "prime_samples": prime_len,
-            "temperature": g.temperature, "seed": g.seed, "weights": g.weights,
-            "samples_per_second": num_samples * g.num_clips / elapsed if elapsed > 0 else float("inf"),
-            "generation_seconds": elapsed, "wall_seconds": wall, "clips": clips, "warnings": all_warnings,
-            "reference": {(c["label"] or "all labels"): c for c in calibrations.values()},
-            "thresholds": absolute_thresholds(), "title": info.title,
-            "model_info": info.to_dict(),
-            "evaluation": _gate_summary(evaluation), "reference_clips": ref_summaries,
-            "run_id": run.info.run_id, "checks_passed": checks_passed(clips),
-        }
-        html = render_html(f"WaveNet samples: {info.title}", report_clips,
-                           _report_info(result, g, net), config_yaml=ecfg.to_yaml(),
-                           evaluation=evaluation, references=references,
-                           thresholds=result["thresholds"])
-        _write_outputs(local_dir, html, result)
-        tracking.log_metrics(_quality_metrics(result))
-        on_training = _log_on_training_run(model_uri, data_dir, result["checks_passed"])
-        tracking.set_tags({"samples.metrics_run_id": on_training or run.info.run_id})
-        tracking.set_tags({"quality.warnings": "; ".join(all_warnings)[:5000] or "none"})
-        tracking.log_artifacts([os.path.join(local_dir, f) for f in written], "samples")
-    _publish(local_dir, out_dir, written, staged)
-    return result
+
+def _result(net: WaveNet, plan: _Plan, drawn: _Drawn, out_dir: str, info: registry.ModelInfo,
+            evaluation: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
+    """:func:`generate_samples`'s result (the module docstring lists its keys)."""
+    g, num_samples, elapsed = plan.config.generate, plan.num_samples, drawn.elapsed
+    return {
+        "model": plan.model_uri or "<in memory>", "data": plan.data_dir, "out_dir": out_dir,
+        "model_labels": None if net.labels is None else list(net.labels),
+        "labels_not_generated": plan.clip.not_generated,
+        "report": storage.join(out_dir, REPORT_FILE),
+        "summary": storage.join(out_dir, SUMMARY_FILE),
+        "sample_rate": net.audio_config.sample_rate, "num_samples": num_samples,
+        "prime_samples": plan.prime_len,
+        "temperature": g.temperature, "seed": g.seed, "weights": g.weights,
+        "samples_per_second": num_samples * g.num_clips / elapsed if elapsed > 0 else float("inf"),
+        "generation_seconds": elapsed, "wall_seconds": drawn.wall, "clips": drawn.clips,
+        "warnings": drawn.warnings,
+        "reference": {(c["label"] or "all labels"): c for c in drawn.calibrations.values()},
+        "thresholds": absolute_thresholds(), "title": info.title,
+        "model_info": info.to_dict(),
+        "evaluation": _gate_summary(evaluation), "reference_clips": drawn.ref_summaries,
+        "run_id": run_id, "checks_passed": checks_passed(drawn.clips),
+    }
+
+
+def _write_report(result: dict[str, Any], net: WaveNet, plan: _Plan, drawn: _Drawn,
+                  info: registry.ModelInfo, evaluation: dict[str, Any] | None) -> None:
+    """``report.html`` and ``samples.json`` into the (staging) folder."""
+    html = render_html(f"WaveNet samples: {info.title}", drawn.report_clips,
+                       _report_info(result, plan.config.generate, net), config_yaml=plan.ecfg.to_yaml(),
+                       evaluation=evaluation, references=drawn.references,
+                       thresholds=result["thresholds"])
+    _write_outputs(drawn.local_dir, html, result)
+
+
+def _log_samples(result: dict[str, Any], plan: _Plan, drawn: _Drawn, run_id: str) -> None:
+    """The clips' metrics, tags and files on the active MLflow run (the checks' fractions
+    also on the model's training run, :func:`_log_on_training_run`)."""
+    tracking.log_metrics(_quality_metrics(result))
+    on_training = _log_on_training_run(plan.model_uri, plan.data_dir, result["checks_passed"])
+    tracking.set_tags({"samples.metrics_run_id": on_training or run_id})
+    tracking.set_tags({"quality.warnings": "; ".join(drawn.warnings)[:5000] or "none"})
+    tracking.log_artifacts([os.path.join(drawn.local_dir, f) for f in drawn.written], "samples")

@@ -200,21 +200,13 @@ def run_local_workers(commands: Sequence[Sequence[str]], environ: Mapping[str, s
             have been stopped by then.
     """
     forward = stderr if stderr is not None else sys.stderr.buffer
-    n = len(commands)
-    addresses = [f"{host}:{p}" for p in free_ports(n, host)]
+    addresses = [f"{host}:{p}" for p in free_ports(len(commands), host)]
     procs: list[subprocess.Popen] = []
     pumps: list[_Pump] = []
     try:
         for i, argv in enumerate(commands):
-            env = dict(environ)
-            env["TF_CONFIG"] = json.dumps(tf_config(addresses, i))
-            p = subprocess.Popen(list(argv), env=env, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-            procs.append(p)
-            pump = _Pump(p.stderr, forward if i == 0 else None)
-            pump.start()
-            pumps.append(pump)
+            _start(argv, {**environ, "TF_CONFIG": json.dumps(tf_config(addresses, i))},
+                   forward if i == 0 else None, procs, pumps)
         failed: int | None = None
         while failed is None:
             codes = [p.poll() for p in procs]
@@ -236,16 +228,31 @@ def run_local_workers(commands: Sequence[Sequence[str]], environ: Mapping[str, s
     _stop(procs, grace_s=SAVE_GRACE_S if stopped else FAILURE_GRACE_S, agreed=stopped)
     for pump in pumps:
         pump.join(timeout=5)
-    rc = procs[failed].returncode
-    lines = pumps[failed].lines()
+    raise _failure(failed, procs[failed].returncode, pumps[failed].lines())
+
+
+def _start(argv: Sequence[str], env: Mapping[str, str], forward: IO[bytes] | None,
+           procs: list[subprocess.Popen], pumps: list[_Pump]) -> None:
+    """Start one worker (appended to ``procs``) and the pump of its stderr (to ``pumps``)."""
+    p = subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    procs.append(p)
+    pump = _Pump(p.stderr, forward)
+    pump.start()
+    pumps.append(pump)
+
+
+def _failure(failed: int, rc: int, lines: list[str]) -> WorkerError:
+    """The error of worker ``failed``: its one-line ``error:``, else its last output printed."""
     errors = [ln for ln in lines if ln.startswith("error: ")]
     if errors:
-        raise WorkerError(f"worker {failed} {_describe(rc)}: {errors[-1][len('error: '):]}",
-                          worker=failed, returncode=rc)
+        return WorkerError(f"worker {failed} {_describe(rc)}: {errors[-1][len('error: '):]}",
+                           worker=failed, returncode=rc)
     if lines and failed != 0:
         print(f"--- last output of worker {failed} ---", file=sys.stderr)
         for ln in lines[-_TAIL_LINES:]:
             print(f"worker {failed}| {ln}", file=sys.stderr)
-    raise WorkerError(f"worker {failed} {_describe(rc)}"
-                      + (" (its last output is above)" if lines else ""),
-                      worker=failed, returncode=rc)
+    return WorkerError(f"worker {failed} {_describe(rc)}"
+                       + (" (its last output is above)" if lines else ""),
+                       worker=failed, returncode=rc)

@@ -83,7 +83,7 @@ from wavenet.manifest import (
     read_manifest,
     track_codes_path,
 )
-from wavenet.shards import LOCK_WAIT_S, Writes, build_dataset, update_dataset
+from wavenet.shards import LOCK_WAIT_S, Provenance, Writes, build_dataset, update_dataset
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -456,19 +456,29 @@ def assign_splits(tracks: list[dict[str, Any]], fraction: float, min_tail: int, 
         if not fresh:
             continue
         if len(group) == 1:
-            t = group[0]
-            tail = max(math.ceil(fraction * t["samples"]), min_tail)
-            if t["samples"] - tail >= min_head:
-                t["split"], t["validation_start"] = "tail", int(t["samples"] - tail)
-            else:
-                t["split"] = "train"
-            continue
-        for t in fresh:
-            t["split"] = split_of(t["relpath"], fraction)
-        if not any(t["split"] in ("validation", "tail") for t in group):
-            fresh[0]["split"] = "validation"
-        if not any(t["split"] in ("train", "tail") for t in group):
-            fresh[-1]["split"] = "train"
+            _hold_out_tail(group[0], fraction, min_tail, min_head)
+        else:
+            _split_whole_tracks(group, fresh, fraction)
+
+
+def _hold_out_tail(t: dict[str, Any], fraction: float, min_tail: int, min_head: int) -> None:
+    """A label's only track: its tail held out for validation, unless the head would be too short."""
+    tail = max(math.ceil(fraction * t["samples"]), min_tail)
+    if t["samples"] - tail >= min_head:
+        t["split"], t["validation_start"] = "tail", int(t["samples"] - tail)
+    else:
+        t["split"] = "train"
+
+
+def _split_whole_tracks(group: list[dict[str, Any]], fresh: list[dict[str, Any]], fraction: float) -> None:
+    """A label's new tracks (``fresh``, by hash) to train or validation, so that the label
+    keeps audio in both: :func:`assign_splits`, two or more tracks."""
+    for t in fresh:
+        t["split"] = split_of(t["relpath"], fraction)
+    if not any(t["split"] in ("validation", "tail") for t in group):
+        fresh[0]["split"] = "validation"
+    if not any(t["split"] in ("train", "tail") for t in group):
+        fresh[-1]["split"] = "train"
 
 
 def _read_partials(partial_paths: Sequence[str], src: str | None) -> tuple[list, str | None]:
@@ -611,8 +621,9 @@ def _merge(old: Manifest | None, records: list, src: str | None, dst: str, confi
     # Labels keep their ids: the old vocabulary in its order, new labels appended (sorted).
     known = tuple(old.labels) if old is not None else ()
     labels = known + tuple(sorted({t.label for t in tracks} - set(known)))
-    return build_dataset(dst, config, tracks, codes, writes, new=new_codes.keys(), src=src, labels=labels,
-                         skipped=skipped, processed=len(new), unchanged=unchanged, started=started)
+    return build_dataset(dst, config, tracks, codes, writes, new=new_codes.keys(), labels=labels,
+                         provenance=Provenance(src=src, skipped=skipped, processed=len(new),
+                                               unchanged=unchanged, started=started))
 
 
 # -- the whole run ---------------------------------------------------------------------

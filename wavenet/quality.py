@@ -784,6 +784,25 @@ def absolute_thresholds() -> dict[str, Any]:
             "spectral mismatch (no calibration)": {"log_mel_distance_db_above": MEL_DISTANCE_DB}}
 
 
+def _absolute_warnings(m: dict[str, float], top_value, top_fraction: float, what: str) -> list[str]:
+    """The warnings of the checks that need no data (:func:`absolute_thresholds`): silence,
+    white noise, a stuck ``what`` (code or value: ``top_value`` is ``top_fraction`` of
+    them), clipping."""
+    warnings: list[str] = []
+    if m["rms_dbfs"] < SILENCE_DBFS or m["silent_fraction"] > SILENT_FRAMES_FRACTION:
+        warnings.append(f"silence: level {m['rms_dbfs']:.1f} dBFS, {m['silent_fraction']:.0%} of "
+                        f"frames below {SILENCE_DBFS:.0f} dBFS")
+    if m["spectral_flatness"] > NOISE_FLATNESS:
+        warnings.append(f"white noise: spectral flatness {m['spectral_flatness']:.2f} "
+                        f"(> {NOISE_FLATNESS}; white noise ~0.56, music < 0.1)")
+    if top_fraction > STUCK_FRACTION or m["distinct_codes"] <= 2:
+        warnings.append(f"stuck value: {what} {top_value} is {top_fraction:.0%} of samples, "
+                        f"{int(m['distinct_codes'])} distinct {what}s")
+    if m["clipped_fraction"] > CLIPPED_FRACTION:
+        warnings.append(f"clipping: {m['clipped_fraction']:.1%} of samples at full scale")
+    return warnings
+
+
 def analyze(audio: np.ndarray, sample_rate: int, codes: np.ndarray | None = None,
             reference_log_mel: np.ndarray | None = None,
             calibration: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -829,19 +848,7 @@ def analyze(audio: np.ndarray, sample_rate: int, codes: np.ndarray | None = None
             average_log_mel(audio, sample_rate, n_mels=len(reference_log_mel)), reference_log_mel)
     if calibration is not None and "joint" in calibration:  # calibrations from before have none
         m["joint_distance"] = joint_distance(joint_vector(m), calibration["joint"])
-    warnings: list[str] = []
-    if m["rms_dbfs"] < SILENCE_DBFS or m["silent_fraction"] > SILENT_FRAMES_FRACTION:
-        warnings.append(f"silence: level {m['rms_dbfs']:.1f} dBFS, {m['silent_fraction']:.0%} of "
-                        f"frames below {SILENCE_DBFS:.0f} dBFS")
-    if m["spectral_flatness"] > NOISE_FLATNESS:
-        warnings.append(f"white noise: spectral flatness {m['spectral_flatness']:.2f} "
-                        f"(> {NOISE_FLATNESS}; white noise ~0.56, music < 0.1)")
-    if top_fraction > STUCK_FRACTION or m["distinct_codes"] <= 2:
-        what = "code" if codes is not None else "value"
-        warnings.append(f"stuck value: {what} {top_value} is {top_fraction:.0%} of samples, "
-                        f"{int(m['distinct_codes'])} distinct {what}s")
-    if m["clipped_fraction"] > CLIPPED_FRACTION:
-        warnings.append(f"clipping: {m['clipped_fraction']:.1%} of samples at full scale")
+    warnings = _absolute_warnings(m, top_value, top_fraction, "code" if codes is not None else "value")
     checks: list[dict[str, Any]] = []
     if calibration is not None:
         checks, range_warnings = check_ranges(m, calibration)

@@ -33,7 +33,15 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from wavenet.errors import TrackingError, WavenetError, one_line
-from wavenet.tracking import MLFLOW_SCHEMES, is_mlflow_uri, registry_version, use_tracking_uri
+from wavenet.tracking import (
+    MLFLOW_SCHEMES,
+    check_tracking_server,
+    client,
+    fluent_store,
+    is_mlflow_uri,
+    registry_version,
+    store_uri,
+)
 
 if TYPE_CHECKING:  # TensorFlow loads only with a model: a gate lock or a download needs none
     from wavenet.model import WaveNet
@@ -111,10 +119,10 @@ def download_keras(uri: str, dest: str, tracking_uri: str | None = None) -> str:
 
     No TensorFlow is loaded (a launcher that only hands the model on stays light).
     """
-    use_tracking_uri(tracking_uri)
+    local_dir = _download(uri, tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            local = local_dir(tmp)
         except (MlflowException, OSError) as e:
             raise TrackingError(f"cannot download model {uri}: "
                                 f"{one_line(e, with_type=False)}") from None
@@ -130,10 +138,10 @@ def download_keras(uri: str, dest: str, tracking_uri: str | None = None) -> str:
 def input_example(uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """The input example logged with MLflow model ``uri`` (a served WaveNet's: one request,
     :func:`wavenet.serving.input_example`), as columns; {} when it has none."""
-    use_tracking_uri(tracking_uri)
+    local_dir = _download(uri, tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            local = local_dir(tmp)
             from mlflow.models import Model
 
             example = Model.load(local).load_input_example(local)
@@ -145,13 +153,25 @@ def input_example(uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     return example.to_dict(orient="list") if hasattr(example, "to_dict") else dict(example)
 
 
-def _client() -> MlflowClient:
-    return MlflowClient()
+def _download(uri: str, tracking_uri: str | None) -> Any:
+    """A function that downloads MLflow model ``uri`` from the store of ``tracking_uri`` into a
+    folder; the store is checked first (an outage: one line, exit 138)."""
+    store = store_uri(tracking_uri)
+    check_tracking_server(store)
+    return lambda dst: mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst,
+                                                           tracking_uri=store, registry_uri=store)
 
 
-def get_champion(name: str) -> ModelRef | None:
-    """The version that the ``champion`` alias of registered model ``name`` points to, if any."""
-    client = _client()
+def _client(tracking_uri: str | None = None) -> MlflowClient:
+    return client(tracking_uri)
+
+
+def get_champion(name: str, tracking_uri: str | None = None) -> ModelRef | None:
+    """The version that the ``champion`` alias of registered model ``name`` points to, if any.
+
+    ``tracking_uri``: the store (here and below: :func:`wavenet.tracking.store_uri`).
+    """
+    client = _client(tracking_uri)
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as e:
@@ -205,21 +225,26 @@ def _name_filter(name: str) -> str:
     return "name LIKE '" + name.replace("'", "_") + "'"
 
 
-def register(model_uri: str, name: str, tags: dict[str, Any] | None = None) -> ModelRef:
+def register(model_uri: str, name: str, tags: dict[str, Any] | None = None,
+             tracking_uri: str | None = None) -> ModelRef:
     """Register ``model_uri`` as a new version of ``name`` (created if needed)."""
     try:
-        mv = mlflow.register_model(model_uri, name,
-                                   tags={k: str(v) for k, v in (tags or {}).items()} or None)
+        # mlflow.register_model takes no URI: it resolves runs:/ and models:/m- sources and
+        # registers through MlflowClient() (mlflow/mlflow, mlflow/tracking/_model_registry/
+        # fluent.py, _register_model). Inside the gate's run nothing changes.
+        with fluent_store(store_uri(tracking_uri)):
+            mv = mlflow.register_model(model_uri, name,
+                                       tags={k: str(v) for k, v in (tags or {}).items()} or None)
     except MlflowException as e:
         raise TrackingError(f"cannot register {model_uri} as {name!r}: "
                             f"{one_line(e, with_type=False)}") from None
     return ModelRef(name=name, version=str(mv.version), run_id=mv.run_id, source=mv.source)
 
 
-def set_champion(name: str, version: str) -> None:
+def set_champion(name: str, version: str, tracking_uri: str | None = None) -> None:
     """Point the ``champion`` alias of ``name`` at ``version``."""
     try:
-        _client().set_registered_model_alias(name, CHAMPION, str(version))
+        _client(tracking_uri).set_registered_model_alias(name, CHAMPION, str(version))
     except MlflowException as e:
         raise TrackingError(f"cannot set {CHAMPION} of {name!r} to version {version}: "
                             f"{one_line(e, with_type=False)}") from None
@@ -490,8 +515,8 @@ def _acquire(client: MlflowClient, name: str, lease_s: float, wait_s: float) -> 
 
 
 @contextlib.contextmanager
-def champion_lock(name: str, *, lease_s: float = LOCK_LEASE_S,
-                  wait_s: float = LOCK_WAIT_S) -> Iterator[GateLock]:
+def champion_lock(name: str, *, lease_s: float = LOCK_LEASE_S, wait_s: float = LOCK_WAIT_S,
+                  tracking_uri: str | None = None) -> Iterator[GateLock]:
     """Hold the gate lock of registered model ``name`` (see the comment above).
 
     Move the alias with :meth:`GateLock.set_champion` inside the block: it re-checks
@@ -509,7 +534,7 @@ def champion_lock(name: str, *, lease_s: float = LOCK_LEASE_S,
         TrackingError: the lock stayed held for ``wait_s`` seconds, another user's dead lock
             cannot be deleted, or the server failed.
     """
-    held = _acquire(_client(), name, lease_s, wait_s)
+    held = _acquire(_client(tracking_uri), name, lease_s, wait_s)
     try:
         yield held
     finally:
@@ -563,11 +588,10 @@ def describe_model(uri: str, name: str, tracking_uri: str | None = None) -> Mode
 
     if not is_mlflow_uri(uri):
         return ModelInfo(uri=uri, run_id=None, run_name=None, version=None, champion=False)
-    use_tracking_uri(tracking_uri)
-    client = _client()
+    client = _client(tracking_uri)
     try:
         version = _registry_version(client, uri)
-        run_id = version.run_id if version else model_run_id(uri)
+        run_id = version.run_id if version else model_run_id(uri, tracking_uri)
         if version is None and run_id:
             found = [mv for mv in client.search_model_versions(f"run_id = '{run_id}'")
                      if mv.name == name]
@@ -575,15 +599,15 @@ def describe_model(uri: str, name: str, tracking_uri: str | None = None) -> Mode
         run_name = client.get_run(run_id).info.run_name if run_id else None
     except MlflowException:
         return ModelInfo(uri=uri, run_id=None, run_name=None, version=None, champion=False)
-    champion = get_champion(version.name) if version else None
+    champion = get_champion(version.name, tracking_uri) if version else None
     return ModelInfo(uri=uri, run_id=run_id, run_name=run_name, version=version,
                      champion=champion is not None and champion.version == version.version)
 
 
-def find_by_train_key(name: str, key: str) -> ModelRef | None:
+def find_by_train_key(name: str, key: str, tracking_uri: str | None = None) -> ModelRef | None:
     """The newest version of registered model ``name`` tagged with train key ``key``, if any."""
     try:
-        found = _client().search_model_versions(
+        found = _client(tracking_uri).search_model_versions(
             f"{_name_filter(name)} and tags.`{TRAIN_KEY_TAG}` = '{key}'")  # key: sha256 hex
     except MlflowException as e:
         raise TrackingError(f"cannot search registered model {name!r} for {TRAIN_KEY_TAG}: "
@@ -592,20 +616,20 @@ def find_by_train_key(name: str, key: str) -> ModelRef | None:
     return _ref(max(found, key=lambda mv: int(mv.version))) if found else None
 
 
-def record_train_key(run_id: str, key: str) -> None:
+def record_train_key(run_id: str, key: str, tracking_uri: str | None = None) -> None:
     """Tag training run ``run_id`` with its train key (the gate copies it onto the version it registers)."""
     try:
-        _client().set_tag(run_id, TRAIN_KEY_TAG, key)
+        _client(tracking_uri).set_tag(run_id, TRAIN_KEY_TAG, key)
     except MlflowException as e:
         raise TrackingError(f"cannot tag run {run_id} with {TRAIN_KEY_TAG}: "
                             f"{one_line(e, with_type=False)}") from None
 
 
-def train_key_of(run_id: str | None) -> str | None:
+def train_key_of(run_id: str | None, tracking_uri: str | None = None) -> str | None:
     """The train key tagged on training run ``run_id``, if any."""
     if not run_id:
         return None
     try:
-        return _client().get_run(run_id).data.tags.get(TRAIN_KEY_TAG)
+        return _client(tracking_uri).get_run(run_id).data.tags.get(TRAIN_KEY_TAG)
     except MlflowException:
         return None

@@ -53,8 +53,9 @@ def train_key(data_version: str, cfg: ExperimentConfig, init_model: str | None =
 
 def find_trained(key: str, cfg: ExperimentConfig, tracking_uri: str | None = None) -> registry.ModelRef | None:
     """The newest registered version of ``cfg.evaluate.registered_model_name`` trained with ``key``."""
-    tracking.use_tracking_uri(tracking_uri)
-    return registry.find_by_train_key(cfg.evaluate.registered_model_name, key)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_tracking_server(uri)  # an outage: one line (exit 138), before training
+    return registry.find_by_train_key(cfg.evaluate.registered_model_name, key, uri)
 
 
 def train_or_reuse(train_fn: Callable[[], TrainResult], data: str, out: str, cfg: ExperimentConfig, *,
@@ -86,7 +87,7 @@ def train_or_reuse(train_fn: Callable[[], TrainResult], data: str, out: str, cfg
     if found is None:
         result = train_fn()
         if result.run_id:
-            registry.record_train_key(result.run_id, key)
+            registry.record_train_key(result.run_id, key, tracking.resolve_tracking_uri(tracking_uri))
         result.summary.update({"train_key": key, "reused": False})
         return result
     info = registry.describe_model(found.uri, found.name, tracking_uri)

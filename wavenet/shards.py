@@ -61,6 +61,7 @@ __all__ = [
     "Writes",
     "update_dataset",
     "build_dataset",
+    "Provenance",
     "serialize_example",
     "TFRecordWriter",
     "ShardSet",
@@ -461,11 +462,29 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """How a dataset was made, as its manifest records it (nothing here changes the shards).
+
+    Attributes:
+        src: where the audio came from.
+        skipped: files left out, with reasons.
+        processed: tracks decoded in this run (default: the number of new tracks).
+        unchanged: tracks already in the data folder.
+        started: when the run started (``time.time()``; default: now), for ``merge_seconds``.
+    """
+
+    src: str | None = None
+    skipped: Sequence[Skipped] = ()
+    processed: int | None = None
+    unchanged: int = 0
+    started: float | None = None
+
+
 def build_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
                   codes: Callable[[Track], np.ndarray], writes: Writes, *, new: Collection[str] = (),
-                  labels: Sequence[str] | None = None, src: str | None = None,
-                  skipped: Sequence[Skipped] = (), processed: int | None = None,
-                  unchanged: int = 0, started: float | None = None) -> Manifest:
+                  labels: Sequence[str] | None = None,
+                  provenance: Provenance = Provenance()) -> Manifest:
     """Write a dataset's files (codes of new tracks, balanced shards per split); return its manifest.
 
     The one writer of shards: preprocessing, test fixtures and the benchmarks all
@@ -483,11 +502,8 @@ def build_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
         writes: collects the files written (removed again if the manifest is not committed).
         new: sha256s of tracks whose codes are written to ``dst/<track.codes>`` here.
         labels: the label vocabulary, in id order (default: the tracks' labels, sorted).
-        src: where the audio came from (recorded).
-        skipped: files left out, with reasons (recorded).
-        processed: tracks decoded in this run (default: ``len(new)``).
-        unchanged: tracks already in ``dst``.
-        started: when the run started (``time.time()``), for ``merge_seconds``.
+        provenance: where the audio came from, what was skipped, processed and
+            unchanged, and when the run started (recorded).
 
     Returns:
         The manifest to commit (not written yet).
@@ -495,7 +511,8 @@ def build_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
     Raises:
         StorageError: a local ``dst`` has less free space than the files need.
     """
-    started = time.time() if started is None else started
+    src, skipped, processed = provenance.src, provenance.skipped, provenance.processed
+    started = time.time() if provenance.started is None else provenance.started
     vocabulary = list(labels) if labels is not None else sorted({t.label for t in tracks})
     label_ids = {name: i for i, name in enumerate(vocabulary)}
     ordered = sorted(tracks, key=lambda t: t.sha256)
@@ -509,7 +526,7 @@ def build_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
         labels=tuple(vocabulary), files=tuple(sorted(done, key=lambda t: t.relpath)),
         skipped=tuple(skipped), shards=tuple(shards), code_stats=stats,
         summary=_summary(done, len(vocabulary), len(skipped),
-                         len(new) if processed is None else processed, unchanged,
+                         len(new) if processed is None else processed, provenance.unchanged,
                          config.audio.sample_rate, started))
 
 
@@ -556,4 +573,4 @@ def dataset_from_codes(dst: str, config: ExperimentConfig,
                             shards=()))
         arrays[sha] = codes
     return write_dataset(dst, config, tracks, lambda t: arrays[t.sha256], new=arrays.keys(),
-                         labels=labels, src=src)
+                         labels=labels, provenance=Provenance(src=src))

@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ __all__ = [
     "job_name",
     "stable_job_name",
     "resume_action",
+    "Pods",
+    "JobPolicy",
     "render_tfjob",
     "tfjob_outcome",
     "run_tfjob",
@@ -131,19 +134,11 @@ def stable_job_name(prefix: str, *identity: str) -> str:
     return f"{full[:32].rstrip('-')}-{digest}"
 
 
-def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
-                 args: Sequence[str] = (), *, workers: int = 1, gpus_per_worker: int = 0,
-                 accelerator: str = "", accelerator_label: str = DEFAULT_ACCELERATOR_LABEL,
-                 env: Mapping[str, str] | None = None, backoff_limit: int | None = None,
-                 ttl_seconds_after_finished: int | None = None, clean_pod_policy: str | None = None,
-                 restart_policy: str | None = None, service_account: str | None = None,
-                 termination_grace_s: int | None = None, labels: Mapping[str, str] | None = None,
-                 template: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Render the TFJob the launcher creates. Pure: no cluster, no environment.
+@dataclass(frozen=True)
+class Pods:
+    """What every Worker pod of a TFJob runs, and on what.
 
-    Args:
-        name: job name (DNS-1035 label, at most 45 characters).
-        namespace: namespace the job runs in.
+    Attributes:
         image: container image (the GPU image for GPU workers).
         command: container command, e.g. ``["wavenet", "train"]``.
         args: container arguments.
@@ -156,26 +151,57 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
         env: extra container environment (MLflow URI and KFP's MLflow run, ...). A
             variable the template takes from a Secret (``valueFrom``) keeps the template's
             reference; a credential (``*PASSWORD*``, ``*TOKEN*``, ...) without one is refused.
-        backoff_limit: ``runPolicy.backoffLimit``; None keeps the template's.
-        ttl_seconds_after_finished: ``runPolicy.ttlSecondsAfterFinished``; None keeps the template's.
-        clean_pod_policy: ``runPolicy.cleanPodPolicy`` (None, Running, All); None keeps the template's.
+    """
+
+    image: str
+    command: Sequence[str]
+    args: Sequence[str] = ()
+    workers: int = 1
+    gpus_per_worker: int = 0
+    accelerator: str = ""
+    accelerator_label: str = DEFAULT_ACCELERATOR_LABEL
+    env: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """How the operator runs, retries and cleans up the job; None keeps the template's.
+
+    Attributes:
+        backoff_limit: ``runPolicy.backoffLimit``.
+        ttl_seconds_after_finished: ``runPolicy.ttlSecondsAfterFinished``.
+        clean_pod_policy: ``runPolicy.cleanPodPolicy`` (None, Running, All).
         restart_policy: Worker ``restartPolicy`` (OnFailure, ExitCode, Never, Always).
-        service_account: pod service account; None keeps the template's.
+        service_account: pod service account.
         termination_grace_s: the pods' ``terminationGracePeriodSeconds``, the time a
-            worker has from SIGTERM to its final checkpoint (:mod:`wavenet.train.stopping`);
-            None keeps the template's.
+            worker has from SIGTERM to its final checkpoint (:mod:`wavenet.train.stopping`).
+    """
+
+    backoff_limit: int | None = None
+    ttl_seconds_after_finished: int | None = None
+    clean_pod_policy: str | None = None
+    restart_policy: str | None = None
+    service_account: str | None = None
+    termination_grace_s: int | None = None
+
+
+def render_tfjob(name: str, namespace: str, pods: Pods, *, policy: JobPolicy = JobPolicy(),
+                 labels: Mapping[str, str] | None = None,
+                 template: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Render the TFJob the launcher creates. Pure: no cluster, no environment.
+
+    Args:
+        name: job name (DNS-1035 label, at most 45 characters).
+        namespace: namespace the job runs in.
+        pods: what the Worker pods run, how many, on which GPUs, with which environment.
+        policy: run policy, restart policy, service account, grace period.
         labels: extra labels on the job and its pods.
         template: the TFJob template; None loads ``k8s/tfjob-template.yaml``.
 
     Returns:
         The TFJob object, ready for ``create_namespaced_custom_object``.
     """
-    _check_settings(name, workers, gpus_per_worker, command, clean_pod_policy, restart_policy)
-    if termination_grace_s is not None and (not isinstance(termination_grace_s, int)
-                                            or isinstance(termination_grace_s, bool)
-                                            or termination_grace_s < 0):
-        raise ConfigError(f"termination_grace_s must be an integer >= 0. "
-                          f"Received: termination_grace_s={termination_grace_s!r}")
+    _check_settings(name, pods, policy)
     job = copy.deepcopy(dict(template if template is not None else load_template()))
     meta = job.setdefault("metadata", {})
     meta["name"] = name
@@ -183,28 +209,28 @@ def render_tfjob(name: str, namespace: str, image: str, command: Sequence[str],
     meta.setdefault("labels", {}).update(dict(labels or {}))
     spec = job.setdefault("spec", {})
     run_policy = spec.setdefault("runPolicy", {})
-    for key, value in (("backoffLimit", backoff_limit),
-                       ("ttlSecondsAfterFinished", ttl_seconds_after_finished)):
+    for key, value in (("backoffLimit", policy.backoff_limit),
+                       ("ttlSecondsAfterFinished", policy.ttl_seconds_after_finished)):
         if value is not None:
             run_policy[key] = int(value)
-    if clean_pod_policy is not None:
-        run_policy["cleanPodPolicy"] = clean_pod_policy
-    worker = _worker_spec(spec, workers, restart_policy)
+    if policy.clean_pod_policy is not None:
+        run_policy["cleanPodPolicy"] = policy.clean_pod_policy
+    worker = _worker_spec(spec, pods.workers, policy.restart_policy)
     pod = worker.setdefault("template", {})
     pod.setdefault("metadata", {}).setdefault("labels", {}).update(
         {**meta["labels"], "wavenet/job": name})
     pod_spec = pod.setdefault("spec", {})
-    if service_account is not None:
-        pod_spec["serviceAccountName"] = service_account
-    if termination_grace_s is not None:
-        pod_spec["terminationGracePeriodSeconds"] = termination_grace_s
+    if policy.service_account is not None:
+        pod_spec["serviceAccountName"] = policy.service_account
+    if policy.termination_grace_s is not None:
+        pod_spec["terminationGracePeriodSeconds"] = policy.termination_grace_s
     c = _container(pod_spec)
-    c["image"] = image
-    c["command"] = list(command)
-    c["args"] = [str(a) for a in args]
-    if env:
-        c["env"] = _merged_env(c.get("env", []), env, name)
-    _place_on_gpus(pod_spec, c, gpus_per_worker, accelerator, accelerator_label)
+    c["image"] = pods.image
+    c["command"] = list(pods.command)
+    c["args"] = [str(a) for a in pods.args]
+    if pods.env:
+        c["env"] = _merged_env(c.get("env", []), pods.env, name)
+    _place_on_gpus(pod_spec, c, pods.gpus_per_worker, pods.accelerator, pods.accelerator_label)
     return job
 
 
@@ -232,24 +258,29 @@ def _merged_env(template_env: list[dict[str, Any]], env: Mapping[str, str], name
     return existing + [{"name": k, "value": str(v)} for k, v in sorted(literal.items())]
 
 
-def _check_settings(name: str, workers: int, gpus_per_worker: int, command: Sequence[str],
-                    clean_pod_policy: str | None, restart_policy: str | None) -> None:
+def _check_settings(name: str, pods: Pods, policy: JobPolicy) -> None:
     if not isinstance(name, str) or len(name) > 45 or not _NAME_RE.match(name):
         raise ConfigError(f"TFJob name must be a DNS-1035 label of at most 45 characters. "
                           f"Received: name={name!r}")
+    workers, gpus_per_worker = pods.workers, pods.gpus_per_worker
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
     if not isinstance(gpus_per_worker, int) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
         raise ConfigError(f"gpus_per_worker must be an integer >= 0. Received: "
                           f"gpus_per_worker={gpus_per_worker!r}")
-    if not command:
+    if not pods.command:
         raise ConfigError("TFJob command must not be empty")
-    if clean_pod_policy is not None and clean_pod_policy not in ("None", "Running", "All"):
+    if policy.clean_pod_policy is not None and policy.clean_pod_policy not in ("None", "Running", "All"):
         raise ConfigError(f"clean_pod_policy must be one of None, Running, All. "
-                          f"Received: {clean_pod_policy!r}")
-    if restart_policy is not None and restart_policy not in ("OnFailure", "ExitCode", "Never", "Always"):
+                          f"Received: {policy.clean_pod_policy!r}")
+    if policy.restart_policy is not None and policy.restart_policy not in (
+            "OnFailure", "ExitCode", "Never", "Always"):
         raise ConfigError(f"restart_policy must be one of OnFailure, ExitCode, Never, Always. "
-                          f"Received: {restart_policy!r}")
+                          f"Received: {policy.restart_policy!r}")
+    grace = policy.termination_grace_s
+    if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
+        raise ConfigError(f"termination_grace_s must be an integer >= 0. "
+                          f"Received: termination_grace_s={grace!r}")
 
 
 def _worker_spec(spec: dict[str, Any], workers: int, restart_policy: str | None) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
@@ -57,6 +58,9 @@ __all__ = [
     "check_tracking_server",
     "wait_until_healthy",
     "use_tracking_uri",
+    "store_uri",
+    "client",
+    "fluent_store",
     "MLFLOW_SCHEMES",
     "is_mlflow_uri",
     "run_name",
@@ -278,11 +282,74 @@ def credentials_error(e: BaseException, uri: str,
 
 
 def use_tracking_uri(tracking_uri: str | None = None) -> str:
-    """Point mlflow at the tracking (and registry) store; returns the URI used."""
+    """Point mlflow's process-wide state at the tracking (and registry) store; returns the URI.
+
+    For scripts and tests that call MLflow's fluent API themselves. The library never relies
+    on it: it passes the URI (:func:`client`), and :func:`start_run` sets it for its run.
+    """
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_server(uri)
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)  # and MLFLOW_TRACKING_URI: store_uri() without a URI reads it
     return uri
+
+
+def store_uri(tracking_uri: str | None = None) -> str:
+    """The store a call goes to: ``tracking_uri``; without one, the store of the run that
+    :func:`start_run` made active (inside a stage's run); else :func:`resolve_tracking_uri`
+    (``MLFLOW_TRACKING_URI``, else ./mlflow.db). Never whatever an earlier stage of this
+    process pointed mlflow at."""
+    if tracking_uri:
+        return tracking_uri
+    if mlflow.active_run() is not None:
+        return mlflow.get_tracking_uri()  # set from the run's own URI by start_run
+    return resolve_tracking_uri()
+
+
+def client(tracking_uri: str | None = None) -> MlflowClient:
+    """An MLflow client of one store (:func:`store_uri`), its model registry included.
+
+    The registry URI is given too: without it MlflowClient takes a process-wide
+    ``mlflow.set_registry_uri``/``MLFLOW_REGISTRY_URI`` first (mlflow/mlflow,
+    mlflow/tracking/_model_registry/utils.py, _resolve_registry_uri).
+    """
+    uri = store_uri(tracking_uri)
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _point_mlflow_at(uri: str | None) -> None:
+    """mlflow's process-wide tracking URI; ``MLFLOW_TRACKING_URI`` in os.environ stays as it was.
+
+    mlflow.set_tracking_uri also writes the variable into os.environ (for subprocesses:
+    mlflow/mlflow, mlflow/tracking/_tracking_service/utils.py), where a later
+    :func:`resolve_tracking_uri` of this process would take it for the user's setting.
+    """
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        tracking_utils.set_tracking_uri(uri)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@contextmanager
+def fluent_store(uri: str) -> Iterator[None]:
+    """mlflow's process-wide tracking URI at ``uri`` for a fluent call that takes none, then
+    back as it was (nothing changes inside a run of the same store)."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    before = tracking_utils._tracking_uri  # None: unset (mlflow then reads the environment)
+    if before == uri:
+        yield
+        return
+    _point_mlflow_at(uri)
+    try:
+        yield
+    finally:
+        _point_mlflow_at(before)
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -457,7 +524,7 @@ def experiment_page(ui_url: str, experiment_id: str | None) -> str:
 def experiment_id(name: str, tracking_uri: str | None = None) -> str | None:
     """The id of experiment ``name`` (None when the store does not have it or cannot be read)."""
     try:
-        exp = MlflowClient(tracking_uri).get_experiment_by_name(name)
+        exp = client(tracking_uri).get_experiment_by_name(name)
     except Exception:  # a summary line is not worth failing a finished run
         return None
     return exp.experiment_id if exp else None
@@ -555,7 +622,10 @@ def start_run(experiment: str, run_name: str | None = None, tracking_uri: str | 
     env = os.environ if environ is None else environ
     uri = resolve_tracking_uri(tracking_uri, env)
     check_tracking_server(uri)
-    mlflow.set_tracking_uri(uri)
+    # The one place the library sets mlflow's process-wide URI: the fluent API that the run
+    # is opened and logged through (mlflow.start_run, log_params/metrics/artifacts,
+    # Model.log, log_input) reads only that. Every call outside the run takes its URI.
+    _point_mlflow_at(uri)
     all_tags = dict(tags or {})
     if env.get("MLFLOW_RUN_ID") and run_id is None:
         all_tags["mlflow.parentRunId"] = env["MLFLOW_RUN_ID"]
@@ -636,44 +706,44 @@ def registry_version(client: MlflowClient, uri: str) -> Any:
     return client.get_model_version(name, version.split("/", 1)[0]) if version else None
 
 
-def model_run_id(uri: str) -> str | None:
+def model_run_id(uri: str, tracking_uri: str | None = None) -> str | None:
     """The run that logged a model: from ``runs:/<id>/...``, or looked up for ``models:/m-<id>``
     and for registry URIs (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``: the version's run).
 
-    Files, and what the store cannot resolve, give None. Needs the tracking URI set
-    (:func:`use_tracking_uri`) for the lookups.
+    Files, and what the store (:func:`store_uri` of ``tracking_uri``) cannot resolve, give None.
     """
     run_id = source_run_id(uri)
     if run_id or not str(uri).startswith("models:/"):
         return run_id
     try:
+        store = client(tracking_uri)
         if uri.startswith("models:/m-"):
-            return mlflow.get_logged_model(uri[len("models:/"):].split("/", 1)[0]).source_run_id
-        version = registry_version(MlflowClient(), uri)
+            return store.get_logged_model(uri[len("models:/"):].split("/", 1)[0]).source_run_id
+        version = registry_version(store, uri)
         return (version.run_id or None) if version else None
     except MlflowException:
         return None
 
 
-def run_tag(run_id: str, key: str) -> str | None:
+def run_tag(run_id: str, key: str, tracking_uri: str | None = None) -> str | None:
     """Tag ``key`` of run ``run_id``, or None when absent or the run cannot be read."""
     try:
-        return MlflowClient().get_run(run_id).data.tags.get(key)
+        return client(tracking_uri).get_run(run_id).data.tags.get(key)
     except MlflowException:
         return None
 
 
-def run_experiment_name(run_id: str) -> str | None:
+def run_experiment_name(run_id: str, tracking_uri: str | None = None) -> str | None:
     """The experiment name of run ``run_id``, or None when it cannot be read."""
-    client = MlflowClient()
+    store = client(tracking_uri)
     try:
-        return client.get_experiment(client.get_run(run_id).info.experiment_id).name
+        return store.get_experiment(store.get_run(run_id).info.experiment_id).name
     except MlflowException:
         return None
 
 
-def run_placement(model_uri: str | None, experiment: str | None,
-                  default_experiment: str) -> tuple[str, dict[str, str]]:
+def run_placement(model_uri: str | None, experiment: str | None, default_experiment: str,
+                  tracking_uri: str | None = None) -> tuple[str, dict[str, str]]:
     """Where a stage run about ``model_uri`` goes: ``(experiment, tags)``.
 
     A model logged by a run (``runs:/<id>/...`` or that run's ``models:/m-<id>``)
@@ -681,12 +751,12 @@ def run_placement(model_uri: str | None, experiment: str | None,
     ``mlflow.parentRunId``), in its experiment unless ``experiment`` is given;
     :func:`start_run` lets a KFP-injected ``MLFLOW_RUN_ID`` take precedence as the parent.
     """
-    src = model_run_id(model_uri) if model_uri else None
+    src = model_run_id(model_uri, tracking_uri) if model_uri else None
     tags: dict[str, str] = {}
     exp = experiment
     if src:
         tags["mlflow.parentRunId"] = src
-        exp = exp or run_experiment_name(src)
+        exp = exp or run_experiment_name(src, tracking_uri)
     return exp or default_experiment, tags
 
 
@@ -705,10 +775,10 @@ def log_metrics(metrics: Mapping[str, float | None], step: int | None = None) ->
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
 
 
-def log_metrics_to_run(run_id: str, metrics: Mapping[str, float]) -> None:
+def log_metrics_to_run(run_id: str, metrics: Mapping[str, float], tracking_uri: str | None = None) -> None:
     """Log metrics to another (possibly finished) run, e.g. the training run of a model."""
     now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client(tracking_uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
@@ -897,17 +967,25 @@ def log_dataset(source: str, name: str, digest: str, context: str = "training",
         profile: a few numbers about it, shown with the dataset.
     """
     from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    class _Dataset(MetaDataset):  # MetaDataset records no profile of its own
-        def to_dict(self) -> dict[str, str]:
-            return {**super().to_dict(), **({"profile": json.dumps(dict(profile))} if profile else {})}
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local folder, either way
         warnings.simplefilter("ignore", UserWarning)
         resolved = resolve_dataset_source(source)
     _call(mlflow.get_tracking_uri(), "log the dataset",
-          lambda: mlflow.log_input(_Dataset(resolved, name=name, digest=digest), context=context))
+          lambda: mlflow.log_input(_ProfiledDataset(resolved, name=name, digest=digest, profile=profile),
+                                   context=context))
+
+
+class _ProfiledDataset(MetaDataset):
+    """A :class:`MetaDataset` with a profile (MetaDataset records no profile of its own)."""
+
+    def __init__(self, source, name: str, digest: str, profile: Mapping[str, Any] | None):
+        super().__init__(source, name=name, digest=digest)
+        self._profile = profile
+
+    def to_dict(self) -> dict[str, str]:
+        profile = self._profile
+        return {**super().to_dict(), **({"profile": json.dumps(dict(profile))} if profile else {})}
 
 
 class MetricsBuffer:

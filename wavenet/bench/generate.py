@@ -178,8 +178,47 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
     from wavenet.bench import machine, peak_rss_mb, pin_threads
 
     pin_threads(1)
+    from wavenet.generate import kernel_isa
+
+    cfg, source, model = _model_to_measure(cfg, model)
+    mc = model.config
+    rng = np.random.default_rng(0)
+
+    def labels(batch):
+        return rng.integers(0, mc.num_classes, batch) if mc.conditioned else None
+
+    out: dict = {"preset": cfg.preset, "model": source, "threads": 1, "quick": quick, "kernels": kernel_isa(),
+                 "receptive_field": mc.receptive_field, "flops_per_sample": mc.flops_per_sample,
+                 "default_weights": cfg.generate.weights}
+    matmul = _matmul_timer(512 if quick else 1024)
+    timers = _fast_timers(model, labels, quick, out)
+    for _ in range(2 if quick else 8):
+        matmul.once()
+        for timer in timers.values():
+            timer.once()
+    for (p, batch), timer in timers.items():
+        for key, value in timer.figures().items():
+            out[f"{p}_b{batch}_{key}"] = value
+    out["naive_b1_samples_per_s"] = _naive_samples_per_s(model, labels(1), quick)
+
+    # The matmul is timed in the same rounds; its best round is the peak fractions are judged against.
+    out["matmul_gflops"] = matmul.figures()["samples_per_s"] / 1e9
+    out["matmul_gflops_median"] = matmul.figures()["samples_per_s_median"] / 1e9
+    _add_derived_figures(out, mc.flops_per_sample, cfg.generate.weights)
+    out["targets"] = targets_for(cfg.preset)
+    out["meets_targets"] = {k: out[k] >= v for k, v in out["targets"].items()}
+    if data is not None:
+        out["agreement"] = agreement(model, data, cfg, max_windows=2 if quick else 16)
+    out["load_average_1m"] = os.getloadavg()[0]
+    out["peak_rss_mb"] = peak_rss_mb()
+    out["machine"] = {**machine(), "cpu_flags": cpu_flags()}
+    return out
+
+
+def _model_to_measure(cfg, model: str | None):
+    """``(cfg, source, model)``: the trained model at ``model`` (``cfg`` takes its
+    architecture), or random weights of ``cfg.model`` (source None)."""
     from wavenet.config import resolve_num_classes
-    from wavenet.generate import FastGenerator, kernel_isa, naive_generate
     from wavenet.model import build_model
 
     if model is not None:
@@ -188,27 +227,21 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
         from wavenet.registry import load_wavenet
 
         source, model = model, load_wavenet(model)
-        cfg = dataclasses.replace(cfg, model=model.config, audio=model.audio_config)
-    else:
-        # No data: a preset's num_classes "auto" has no labels to count, and a speed benchmark
-        # needs none (conditioning adds one embedding row per layer, read once per clip).
-        source, model = None, build_model(resolve_num_classes(cfg, []))
-    mc = model.config
-    flops = mc.flops_per_sample
-    rng = np.random.default_rng(0)
+        return dataclasses.replace(cfg, model=model.config, audio=model.audio_config), source, model
+    # No data: a preset's num_classes "auto" has no labels to count, and a speed benchmark
+    # needs none (conditioning adds one embedding row per layer, read once per clip).
+    return cfg, None, build_model(resolve_num_classes(cfg, []))
 
-    def labels(batch):
-        return rng.integers(0, mc.num_classes, batch) if mc.conditioned else None
 
-    out: dict = {"preset": cfg.preset, "model": source, "threads": 1, "quick": quick, "kernels": kernel_isa(),
-                 "receptive_field": mc.receptive_field, "flops_per_sample": flops,
-                 "default_weights": cfg.generate.weights}
-    matmul = _matmul_timer(512 if quick else 1024)
+def _fast_timers(model, labels, quick: bool, out: dict) -> dict[tuple[str, int], _Timer]:
+    """A timer of the cached generator per (precision, batch); the weight bytes one stream
+    reads per sample go into ``out``."""
+    from wavenet.generate import FastGenerator
 
     # Each timed call lasts about call_s (first sized from a short warm-up call):
     # short enough that the best of several finds a quiet moment on a busy machine,
     # long enough that setting up the streams is a small part of it.
-    call_s, rounds = (0.1, 2) if quick else (0.4, 8)
+    call_s = 0.1 if quick else 0.4
     timers: dict[tuple[str, int], _Timer] = {}
     for p in PRECISIONS:
         for batch in BATCHES:
@@ -221,25 +254,24 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
             if batch == 1:  # one stream reads every weight once per sample
                 out[f"{p}_weight_bytes_per_sample"] = gen.weight_bytes
             timers[p, batch] = _Timer(lambda g=gen, n=n, lab=lab: g.generate(n, labels=lab, seed=1), n * batch)
-    for _ in range(rounds):
-        matmul.once()
-        for timer in timers.values():
-            timer.once()
-    for (p, batch), timer in timers.items():
-        for key, value in timer.figures().items():
-            out[f"{p}_b{batch}_{key}"] = value
+    return timers
+
+
+def _naive_samples_per_s(model, lab, quick: bool) -> float:
+    """Samples/s of the uncached generator (the full model per sample), one stream."""
+    from wavenet.generate import naive_generate
 
     naive_n = 2 if quick else 24
-    lab = labels(1)
     naive_generate(model, 1, labels=lab, seed=0)  # traces the model once
     naive = _Timer(lambda: naive_generate(model, naive_n, labels=lab, seed=1), naive_n)
     for _ in range(1 if quick else 2):
         naive.once()
-    out["naive_b1_samples_per_s"] = naive.figures()["samples_per_s"]
+    return naive.figures()["samples_per_s"]
 
-    # The matmul is timed in the same rounds; its best round is the peak fractions are judged against.
-    out["matmul_gflops"] = matmul.figures()["samples_per_s"] / 1e9
-    out["matmul_gflops_median"] = matmul.figures()["samples_per_s_median"] / 1e9
+
+def _add_derived_figures(out: dict, flops: float, default_weights: str) -> None:
+    """GFLOP/s, fractions of the matmul peak, ratios between precisions, and the
+    ``fast_*`` figures (those of the default weight precision)."""
     for p in PRECISIONS:
         for batch in BATCHES:
             gflops = out[f"{p}_b{batch}_samples_per_s"] * flops / 1e9
@@ -248,17 +280,8 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
         out[f"{p}_b1_vs_float32"] = out[f"{p}_b1_samples_per_s"] / out["float32_b1_samples_per_s"]
         out[f"{p}_b1_weight_gb_per_s"] = (out[f"{p}_b1_samples_per_s"]
                                           * out[f"{p}_weight_bytes_per_sample"] / 1e9)
-    d = cfg.generate.weights
     for batch in BATCHES:
         for key in ("samples_per_s", "samples_per_cpu_s", "samples_per_s_median", "gflops",
                     "fraction_of_matmul"):
-            out[f"fast_b{batch}_{key}"] = out[f"{d}_b{batch}_{key}"]
+            out[f"fast_b{batch}_{key}"] = out[f"{default_weights}_b{batch}_{key}"]
     out["fast_vs_naive_b1"] = out["fast_b1_samples_per_s"] / out["naive_b1_samples_per_s"]
-    out["targets"] = targets_for(cfg.preset)
-    out["meets_targets"] = {k: out[k] >= v for k, v in out["targets"].items()}
-    if data is not None:
-        out["agreement"] = agreement(model, data, cfg, max_windows=2 if quick else 16)
-    out["load_average_1m"] = os.getloadavg()[0]
-    out["peak_rss_mb"] = peak_rss_mb()
-    out["machine"] = {**machine(), "cpu_flags": cpu_flags()}
-    return out

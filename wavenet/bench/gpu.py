@@ -234,7 +234,6 @@ def run(quick: bool = False, train_batch: int = 8, train_steps: int = 20,
     import tensorflow as tf
 
     from wavenet.config import preset
-    from wavenet.model import build_model
 
     start = time.perf_counter()
     gpus = tf.config.list_physical_devices("GPU")
@@ -262,32 +261,50 @@ def run(quick: bool = False, train_batch: int = 8, train_steps: int = 20,
     with tf.device("/GPU:0" if gpus else "/CPU:0"):
         out["bf16_matmul_tflops"] = _bf16_matmul_tflops(512 if quick else 8192, 0.3 if quick else 3.0)
     phases["matmul"] = time.perf_counter() - t0
+    out["train"] = _train_figures(cfg, summary, train_batch, train_steps, out)
+    gen_start = time.perf_counter()
+    out["generate"] = _generate_figures(cfg, streams, gen_steps, start, bool(gpus))
+    phases["generate"] = time.perf_counter() - gen_start
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def _train_figures(cfg, summary: dict, train_batch: int, train_steps: int, out: dict) -> dict:
+    """The training measurement: samples/s and useful TFLOP/s (forward and backward: 3x
+    the forward FLOPs), as fractions of the measured matmul and the spec peak in ``out``."""
     useful = 3 * cfg.model.flops_per_sample
     train = {"global_batch": train_batch, "window": cfg.train.window, "steps": train_steps,
              "precision": summary.get("precision", "mixed_bfloat16"), "xla": summary.get("jit_compile", True),
              "useful_flops_per_sample": useful}
     if "error" in summary:
         train["error"] = summary["error"]
-    else:
-        sps = summary.get("samples_per_s") or 0.0
-        train["samples_per_s"] = sps
-        train["useful_tflops"] = sps * useful / 1e12
-        train["fraction_of_measured_bf16_matmul"] = train["useful_tflops"] / out["bf16_matmul_tflops"]
-        if out["spec_bf16_tflops"]:
-            train["fraction_of_spec_bf16_peak"] = train["useful_tflops"] / out["spec_bf16_tflops"]
-        train["host_peak_rss_mb"] = summary.get("peak_rss_mb")
-    out["train"] = train
+        return train
+    sps = summary.get("samples_per_s") or 0.0
+    train["samples_per_s"] = sps
+    train["useful_tflops"] = sps * useful / 1e12
+    train["fraction_of_measured_bf16_matmul"] = train["useful_tflops"] / out["bf16_matmul_tflops"]
+    if out["spec_bf16_tflops"]:
+        train["fraction_of_spec_bf16_peak"] = train["useful_tflops"] / out["spec_bf16_tflops"]
+    train["host_peak_rss_mb"] = summary.get("peak_rss_mb")
+    return train
 
-    gen_start = time.perf_counter()
+
+def _generate_figures(cfg, streams: tuple[int, ...], gen_steps: int, start: float, gpu: bool) -> dict:
+    """Generation with :class:`TFCachedGenerator` (bfloat16) per number of streams, while the
+    time budget since ``start`` lasts."""
+    import tensorflow as tf
+
+    from wavenet.model import build_model
+
     keras_model = build_model(cfg)
     gen = TFCachedGenerator(keras_model, "bfloat16")
     flops = cfg.model.flops_per_sample
-    out["generate"] = {"dtype": "bfloat16", "steps_per_call": gen_steps, "streams": {}}
+    figures: dict = {"dtype": "bfloat16", "steps_per_call": gen_steps, "streams": {}}
     for batch in streams:
         if time.perf_counter() - start > BUDGET_S - 30:
-            out["generate"]["streams"][str(batch)] = {"skipped": "time budget"}
+            figures["streams"][str(batch)] = {"skipped": "time budget"}
             continue
-        with tf.device("/GPU:0" if gpus else "/CPU:0"):
+        with tf.device("/GPU:0" if gpu else "/CPU:0"):
             sample = gen.sampler(batch, gen_steps)
             t0 = time.perf_counter()
             codes = sample(tf.constant(0)).numpy()  # compiles
@@ -296,13 +313,11 @@ def run(quick: bool = False, train_batch: int = 8, train_steps: int = 20,
             codes = sample(tf.constant(1)).numpy()
             dt = time.perf_counter() - t0
         assert codes.shape == (batch, gen_steps)
-        out["generate"]["streams"][str(batch)] = {
+        figures["streams"][str(batch)] = {
             "samples_per_s": batch * gen_steps / dt, "per_stream_samples_per_s": gen_steps / dt,
             "tflops_float32_equivalent": batch * gen_steps * flops / dt / 1e12, "first_call_s": compile_s,
             "distinct_codes": int(len(np.unique(codes)))}
-    phases["generate"] = time.perf_counter() - gen_start
-    out["seconds"] = time.perf_counter() - start
-    return out
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

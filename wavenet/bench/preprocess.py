@@ -122,6 +122,25 @@ def _decode_seconds(folder: str) -> float:
     return time.perf_counter() - start
 
 
+def _best_times(src: str, root: str, cfg: ExperimentConfig, repeats: int):
+    """``(wall, cpu)`` seconds of ``preprocess`` with 1 and 2 processes (the best of
+    ``repeats`` each, by wall time), and the last run's manifest."""
+    walls: dict[int, float] = {}
+    cpus: dict[int, float] = {}
+    manifest = None
+    for procs in (1, 2):
+        best = (float("inf"), 0.0)
+        for r in range(repeats):
+            dst = os.path.join(root, f"out-{procs}-{r}")
+            cpu0 = _cpu_seconds()
+            start = time.perf_counter()
+            manifest = preprocess(src, dst, cfg, processes=procs, progress=False)
+            best = min(best, (time.perf_counter() - start, _cpu_seconds() - cpu0))
+            shutil.rmtree(dst)
+        walls[procs], cpus[procs] = best
+    return walls, cpus, manifest
+
+
 def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
     """Time ``preprocess`` on synthesised 44.1 kHz stereo OGG Vorbis music.
 
@@ -142,19 +161,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
         input_seconds = make_input(src, files, seconds)
         synth_s = time.perf_counter() - t0
         decode_s = _decode_seconds(src)
-        walls: dict[int, float] = {}
-        cpus: dict[int, float] = {}
-        manifest = None
-        for procs in (1, 2):
-            best = (float("inf"), 0.0)
-            for r in range(repeats):
-                dst = os.path.join(root, f"out-{procs}-{r}")
-                cpu0 = _cpu_seconds()
-                start = time.perf_counter()
-                manifest = preprocess(src, dst, cfg, processes=procs, progress=False)
-                best = min(best, (time.perf_counter() - start, _cpu_seconds() - cpu0))
-                shutil.rmtree(dst)
-            walls[procs], cpus[procs] = best
+        walls, cpus, manifest = _best_times(src, root, cfg, repeats)
         assert manifest is not None and manifest.summary.processed == files
         rtf1, rtf2 = input_seconds / walls[1], input_seconds / walls[2]
         return {

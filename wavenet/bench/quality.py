@@ -47,6 +47,7 @@ def _demo_shards(work: str, cfg: ExperimentConfig, seconds_per_genre: float) -> 
 def _one_budget(data: str, cfg: ExperimentConfig, budget: int, work: str, uri: str,
                 workers: int) -> dict[str, Any]:
     """Train a fresh run for ``budget`` predicted samples, evaluate it, listen to it."""
+    from wavenet.context import RunContext
     from wavenet.evaluate import evaluate
     from wavenet.generate_samples import generate_samples
     from wavenet.train import train
@@ -59,7 +60,7 @@ def _one_budget(data: str, cfg: ExperimentConfig, budget: int, work: str, uri: s
         "train.log_every": max(1, min(cfg.train.log_every, steps))})
     out = os.path.join(work, f"run-{budget}")
     start = time.perf_counter()
-    train(data, out, run_cfg, workers=workers, tracking_uri=uri, progress="off")
+    train(data, out, run_cfg, RunContext.create(uri, progress="off"), workers=workers)
     train_seconds = time.perf_counter() - start
     model = os.path.join(out, "model.keras")
     scores = evaluate(model, data, run_cfg, tracking_uri=uri)

@@ -148,6 +148,69 @@ def rates(out: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _real_audio_rows(sources: list[tuple[str, str]], work: str, out: dict[str, Any],
+                     lines: list[str]) -> dict[str, dict]:
+    """Held-out real windows of each source against its own calibration: a row per label
+    (``out[title]``, ``lines``). Returns each source's calibrations."""
+    all_cals = {}
+    for title, src in sources:
+        rows, cals = real_audio(src, work, "demo" if title == "demo corpus" else "music")
+        all_cals[title] = cals
+        out[title] = rows
+        for label, r in sorted(rows.items()):
+            failed = ", ".join(f"{k} ({v})" for k, v in sorted(r["failed"].items())) or "-"
+            lines.append(f"| {title} ({r['tracks']} tracks, {r['folds']} folds) | {label} | {r['windows']} | "
+                         f"{r['passed']} ({r['passed'] / r['windows']:.0%}) | {failed} |")
+    return all_cals
+
+
+def _sample_rows(samples_dir: str, all_cals: dict[str, dict], out: dict[str, Any], lines: list[str]) -> None:
+    """A model's clips (a `wavenet generate` folder): their verdicts in samples.json, and
+    against each demo label's calibration (``out["samples"]``, ``lines``)."""
+    import soundfile as sf
+
+    from wavenet.quality import analyze
+
+    summary = json.load(open(os.path.join(samples_dir, "samples.json")))
+    demo = {c["label"]: c for k, c in all_cals["demo corpus"].items() if k is not None}
+    out["samples"] = []
+    lines += ["", "| model clip (label) | verdict in samples.json (value; accepted range) | "
+              + " | ".join(f"vs demo {lab}" for lab in demo) + " |", "|---|---|" + "---|" * len(demo)]
+    for clip in summary["clips"]:
+        failed = [f"{c['name']} {c['value']:.3g} ({_range(c)})" for c in clip["checks"] if not c["passed"]]
+        failed += [w.split(":")[0] for w in clip["warnings"]
+                   if w.split(":")[0] in ("silence", "white noise", "stuck value", "clipping")]
+        audio, sr = sf.read(os.path.join(samples_dir, os.path.basename(clip["wav"])), dtype="float64")
+        per_label = {lab: _failed(analyze(audio, sr, calibration=cal)) for lab, cal in demo.items()}
+        out["samples"].append({"clip": clip["name"], "label": clip["label"], "reference": clip["reference"],
+                               "failed": failed, "per_label": per_label})
+        lines.append(f"| {clip['name']} ({clip['label'] or 'unconditioned'}; vs {clip['reference']}) | "
+                     f"{'; '.join(failed) or 'none: passes'} | "
+                     + " | ".join(", ".join(v) or "**passes**" for v in per_label.values()) + " |")
+
+
+def _failure_case_rows(all_cals: dict[str, dict], out: dict[str, Any], lines: list[str]) -> None:
+    """Each synthetic failure case against every label's calibration (``out["failures"]``, ``lines``)."""
+    from wavenet.quality import analyze
+
+    lines += ["", "| failure case | " + " | ".join(f"{t}: {lab}" for t, cals in all_cals.items()
+                                              for lab in [c["label"] for k, c in cals.items() if k is not None])
+              + " |"]
+    lines.append("|---|" + "---|" * sum(k is not None for c in all_cals.values() for k in c))
+    sr = 16000
+    out["failures"] = {}
+    for case, audio in failure_cases(int(CLIP_SECONDS * sr), sr).items():
+        cells = []
+        for title, cals in all_cals.items():
+            for key, cal in cals.items():
+                if key is None:
+                    continue
+                failed = _failed(analyze(audio, sr, calibration=cal))
+                out["failures"].setdefault(case, {})[f"{title}: {cal['label']}"] = failed
+                cells.append(", ".join(failed) if failed else "**passes**")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wavenet.bench.sanity", description=__doc__.splitlines()[0])
     p.add_argument("--samples", help="a `wavenet generate` output folder (samples.json)")
@@ -156,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from wavenet.demo import make_demo_corpus
-    from wavenet.quality import analyze
 
     out: dict[str, Any] = {}
     lines = ["| audio | label | windows (2 s) | pass every check | failed checks (windows) |",
@@ -166,50 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         sources = [("demo corpus", os.path.join(work, "demo-src"))]
         if args.music:
             sources.append((f"music: {args.music}", args.music))
-        all_cals = {}
-        for title, src in sources:
-            rows, cals = real_audio(src, work, "demo" if title == "demo corpus" else "music")
-            all_cals[title] = cals
-            out[title] = rows
-            for label, r in sorted(rows.items()):
-                failed = ", ".join(f"{k} ({v})" for k, v in sorted(r["failed"].items())) or "-"
-                lines.append(f"| {title} ({r['tracks']} tracks, {r['folds']} folds) | {label} | {r['windows']} | "
-                             f"{r['passed']} ({r['passed'] / r['windows']:.0%}) | {failed} |")
+        all_cals = _real_audio_rows(sources, work, out, lines)
         if args.samples:
-            import soundfile as sf
-
-            summary = json.load(open(os.path.join(args.samples, "samples.json")))
-            demo = {c["label"]: c for k, c in all_cals["demo corpus"].items() if k is not None}
-            out["samples"] = []
-            lines += ["", "| model clip (label) | verdict in samples.json (value; accepted range) | "
-                      + " | ".join(f"vs demo {lab}" for lab in demo) + " |", "|---|---|" + "---|" * len(demo)]
-            for clip in summary["clips"]:
-                failed = [f"{c['name']} {c['value']:.3g} ({_range(c)})" for c in clip["checks"] if not c["passed"]]
-                failed += [w.split(":")[0] for w in clip["warnings"]
-                           if w.split(":")[0] in ("silence", "white noise", "stuck value", "clipping")]
-                audio, sr = sf.read(os.path.join(args.samples, os.path.basename(clip["wav"])), dtype="float64")
-                per_label = {lab: _failed(analyze(audio, sr, calibration=cal)) for lab, cal in demo.items()}
-                out["samples"].append({"clip": clip["name"], "label": clip["label"], "reference": clip["reference"],
-                                       "failed": failed, "per_label": per_label})
-                lines.append(f"| {clip['name']} ({clip['label'] or 'unconditioned'}; vs {clip['reference']}) | "
-                             f"{'; '.join(failed) or 'none: passes'} | "
-                             + " | ".join(", ".join(v) or "**passes**" for v in per_label.values()) + " |")
-        lines += ["", "| failure case | " + " | ".join(f"{t}: {lab}" for t, cals in all_cals.items()
-                                                  for lab in [c["label"] for k, c in cals.items() if k is not None])
-                  + " |"]
-        lines.append("|---|" + "---|" * sum(k is not None for c in all_cals.values() for k in c))
-        sr = 16000
-        out["failures"] = {}
-        for case, audio in failure_cases(int(CLIP_SECONDS * sr), sr).items():
-            cells = []
-            for title, cals in all_cals.items():
-                for key, cal in cals.items():
-                    if key is None:
-                        continue
-                    failed = _failed(analyze(audio, sr, calibration=cal))
-                    out["failures"].setdefault(case, {})[f"{title}: {cal['label']}"] = failed
-                    cells.append(", ".join(failed) if failed else "**passes**")
-            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+            _sample_rows(args.samples, all_cals, out, lines)
+        _failure_case_rows(all_cals, out, lines)
     lines += ["", *rates(out)]
     print("\n".join(lines))
     if args.json:

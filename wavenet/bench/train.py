@@ -34,6 +34,7 @@ import numpy as np
 from wavenet.audio import mu_law_encode
 from wavenet.bench import machine, matmul_gflops, pin_threads
 from wavenet.config import ExperimentConfig, preset
+from wavenet.context import RunContext
 from wavenet.shards import dataset_from_codes
 from wavenet.train import train_command
 
@@ -73,13 +74,36 @@ def _train(data: str, cfg: ExperimentConfig, workdir: Path, name: str, workers: 
     env.pop("TF_CONFIG", None)
     env.pop("MLFLOW_RUN_ID", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    argv = train_command(data, str(workdir / name), cfg.with_overrides({"train.steps": steps}),
-                         workers=workers, threads=1, tracking_uri=f"sqlite:///{workdir}/mlflow.db",
-                         experiment="bench-train")
+    ctx = RunContext(f"sqlite:///{workdir}/mlflow.db", experiment="bench-train", threads=1,
+                     progress=False)
+    env.update(ctx.worker_env())  # the tracking URI, as a launcher passes it
+    argv = train_command(data, str(workdir / name), cfg.with_overrides({"train.steps": steps}), ctx,
+                         workers=workers)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=workdir)
     if done.returncode != 0:
         raise RuntimeError(f"bench training ({name}) failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout)
+
+
+def _training_runs(cfg: ExperimentConfig, quick: bool, steps: int
+                   ) -> tuple[dict, dict, dict | None, dict]:
+    """The measured runs' summaries, on synthetic shards: one worker, two workers, one
+    worker without XLA (None when quick) and the demo preset on two workers."""
+    with tempfile.TemporaryDirectory(prefix="wavenet-bench-train-") as tmp:
+        workdir = Path(tmp)
+        data = write_synthetic_shards(str(workdir / "data"), cfg,
+                                      seconds=1.0 if quick else 4.0)
+        one = _train(data, cfg, workdir, "one", 1, steps)
+        two = _train(data, cfg, workdir, "two", 2, steps)
+        # The same 1-worker run without XLA, to show what train.jit_compile buys.
+        plain = None if quick else _train(data, cfg.with_overrides({"train.jit_compile": "off"}),
+                                          workdir, "one-no-xla", 1, steps)
+        demo_cfg = preset("demo").with_overrides({"train.validate_every": 0,
+                                                  "train.validation_batches": 1})
+        demo_data = data if quick else write_synthetic_shards(
+            str(workdir / "demo-data"), demo_cfg, train_shards=2, seconds=4.0)
+        demo = _train(demo_data, cfg if quick else demo_cfg, workdir, "demo", 2, 2 if quick else 3)
+    return one, two, plain, demo
 
 
 def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
@@ -102,20 +126,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
     m = cfg.model
     useful = 3 * m.flops_per_sample
     executed = useful * (m.receptive_field - 1 + cfg.train.window) / cfg.train.window
-    with tempfile.TemporaryDirectory(prefix="wavenet-bench-train-") as tmp:
-        workdir = Path(tmp)
-        data = write_synthetic_shards(str(workdir / "data"), cfg,
-                                      seconds=1.0 if quick else 4.0)
-        one = _train(data, cfg, workdir, "one", 1, steps)
-        two = _train(data, cfg, workdir, "two", 2, steps)
-        # The same 1-worker run without XLA, to show what train.jit_compile buys.
-        plain = None if quick else _train(data, cfg.with_overrides({"train.jit_compile": "off"}),
-                                          workdir, "one-no-xla", 1, steps)
-        demo_cfg = preset("demo").with_overrides({"train.validate_every": 0,
-                                                  "train.validation_batches": 1})
-        demo_data = data if quick else write_synthetic_shards(
-            str(workdir / "demo-data"), demo_cfg, train_shards=2, seconds=4.0)
-        demo = _train(demo_data, cfg if quick else demo_cfg, workdir, "demo", 2, 2 if quick else 3)
+    one, two, plain, demo = _training_runs(cfg, quick, steps)
     sps1, sps2 = one["samples_per_s"], two["samples_per_s"]
     reached = sps1 * useful / (gflops * 1e9)
     return {

@@ -15,6 +15,7 @@ from typing import Any
 
 from wavenet import storage, tfjob
 from wavenet.config import ExperimentConfig
+from wavenet.context import RunContext
 from wavenet.errors import ConfigError
 from wavenet.train.launch import POD_PROGRAM, train_command
 from wavenet.train.outputs import TrainResult, collect_run
@@ -45,10 +46,8 @@ class ClusterSettings:
     template: Mapping[str, Any] | None = None
 
 
-def training_tfjob(cfg: ExperimentConfig, name: str, data: str, out: str, cluster: ClusterSettings, *,
-                   run_name: str, experiment: str | None = None, init_model: str | None = None,
-                   env: Mapping[str, str] | None = None,
-                   labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+def training_tfjob(cfg: ExperimentConfig, name: str, data: str, out: str, cluster: ClusterSettings,
+                   ctx: RunContext, *, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The TFJob that trains ``cfg``: ``wavenet train --worker`` on every pod.
 
     Args:
@@ -57,68 +56,63 @@ def training_tfjob(cfg: ExperimentConfig, name: str, data: str, out: str, cluste
         data: the shards, a gs:// prefix the pods can read.
         out: the run directory, a gs:// prefix.
         cluster: where the pods run.
-        run_name: the MLflow run's name.
-        experiment: the MLflow experiment.
-        init_model: a ``.keras`` file every pod starts from (warm start).
-        env: extra container environment (MLflow variables, ``KFP_RUN_ID``).
+        ctx: the run's settings: experiment, run name and ``init_model`` (a ``.keras`` file
+            every pod starts from) in the pods' arguments; the tracking URI, KFP run id and
+            the caller's MLflow variables in their environment (:meth:`RunContext.pod_env`).
         labels: extra labels on the job and its pods.
     """
-    # Worker 0's log is streamed to the launcher: progress as lines, not a bar.
-    argv = train_command(data, out, cfg, worker=True, run_name=run_name, experiment=experiment,
-                         init_model=init_model, program=POD_PROGRAM, progress="lines")
-    return tfjob.render_tfjob(name, cluster.namespace, cluster.image, list(POD_PROGRAM),
-                              argv[len(POD_PROGRAM):], workers=cluster.workers,
-                              gpus_per_worker=cluster.gpus_per_worker,
-                              accelerator=cluster.accelerator, env=env, labels=labels,
-                              template=cluster.template)
+    # Worker 0's log is streamed to the launcher: progress as lines, not a bar. Threads are
+    # the pod's own business.
+    argv = train_command(data, out, cfg, ctx.replace(progress="lines", threads=0), worker=True,
+                         program=POD_PROGRAM)
+    pods = tfjob.Pods(cluster.image, list(POD_PROGRAM), argv[len(POD_PROGRAM):],
+                      workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker,
+                      accelerator=cluster.accelerator, env=ctx.pod_env())
+    return tfjob.render_tfjob(name, cluster.namespace, pods, labels=labels, template=cluster.template)
 
 
-def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings, *, run_name: str,
-                     local_dir: str, tracking_uri: str | None = None, experiment: str | None = None,
-                     init_model: str | None = None, env: Mapping[str, str] | None = None,
-                     labels: Mapping[str, str] | None = None, job_key: Sequence[str] = (),
-                     log: Callable[[str], None] = print) -> TrainResult:
+def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings, ctx: RunContext, *,
+                     local_dir: str, labels: Mapping[str, str] | None = None,
+                     job_key: Sequence[str] = (), log: Callable[[str], None] = print) -> TrainResult:
     """Train as a TFJob and bring the model, config and summary back into ``local_dir``.
 
     Args:
         data: the shards, a gs:// prefix.
         cfg: the experiment config.
         cluster: where the pods run; ``cluster.run_root`` must be a gs:// prefix.
-        run_name: the MLflow run's name (also names the job).
+        ctx: the run's settings; ``ctx.run_name`` (required) also names the job, and an MLflow
+            ``ctx.init_model`` is resolved here, once, against ``ctx.tracking_uri``.
         local_dir: where ``model.keras``, ``config.yaml`` and ``train_summary.json`` are copied.
-        tracking_uri: MLflow URI, for resolving an MLflow ``init_model`` here, once.
-        experiment: the MLflow experiment.
-        init_model: warm start from this model (a .keras path or MLflow URI).
-        env: extra pod environment.
         labels: extra labels on the job and its pods.
         job_key: what makes two attempts the same job: the KFP run id and task name. The
             job's name and run folder derive from it alone (:func:`wavenet.tfjob.stable_job_name`),
             so a retried step adopts the job still running or, after it failed or was deleted,
             creates it again on the same run folder and resumes from its checkpoint
             (:func:`wavenet.tfjob.run_tfjob`). Empty: a new job (and folder) named after
-            ``run_name``, which carries the start time.
+            ``ctx.run_name``, which carries the start time.
         log: where the job's progress and worker 0's log go.
 
     Returns:
         The run's :class:`~wavenet.train.export.TrainResult`, ``out_dir`` the bucket run directory.
 
     Raises:
-        ConfigError: ``run_root`` is not a bucket, or the warm-start model does not fit.
+        ConfigError: ``run_root`` is not a bucket, no run name, or the warm-start model does not fit.
         wavenet.tfjob.TFJobError: the job could not be created, failed or timed out.
         wavenet.errors.Interrupted: SIGTERM arrived while waiting (the job was deleted).
     """
     if not cluster.run_root.startswith("gs://"):
         raise ConfigError(f"cluster_run_root must be a gs:// prefix for TFJob pods. "
                           f"Received: {cluster.run_root!r}")
-    name = tfjob.stable_job_name("wavenet", *job_key) if job_key else tfjob.job_name("wavenet", run_name)
+    if not ctx.run_name:
+        raise ConfigError("training on the cluster needs a run name (it names the TFJob)")
+    name = tfjob.stable_job_name("wavenet", *job_key) if job_key else tfjob.job_name("wavenet", ctx.run_name)
     out = storage.join(cluster.run_root, name)
-    if init_model:
+    if ctx.init_model:
         # Pods open a file, not a registry URI: resolve the model once, here (this
         # loads Keras, which the launcher otherwise never needs).
         from wavenet.train.warm_start import prepare_init_model
 
-        init_model = prepare_init_model(init_model, out, cfg, tracking_uri)
-    job = training_tfjob(cfg, name, data, out, cluster, run_name=run_name, experiment=experiment,
-                         init_model=init_model, env=env, labels=labels)
+        ctx = ctx.replace(init_model=prepare_init_model(ctx.init_model, out, cfg, ctx.tracking_uri))
+    job = training_tfjob(cfg, name, data, out, cluster, ctx, labels=labels)
     tfjob.run_tfjob(job, log=log)
     return collect_run(out, local_dir)

@@ -20,6 +20,7 @@ from typing import Any
 
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig, resolve_num_classes
+from wavenet.context import RunContext
 from wavenet.errors import ConfigError
 from wavenet.local_workers import WorkerError, run_local_workers
 from wavenet.manifest import read_manifest
@@ -39,23 +40,19 @@ LOCAL_PROGRAM = (sys.executable, "-m", "wavenet.cli", "train")
 POD_PROGRAM = ("wavenet", "train")
 
 
-def train_command(data: str, out: str, cfg: ExperimentConfig, *, worker: bool = False,
-                  workers: int = 1, threads: int = 0, progress: bool | str = False,
-                  tracking_uri: str | None = None, experiment: str | None = None,
-                  run_name: str | None = None, init_model: str | None = None,
+def train_command(data: str, out: str, cfg: ExperimentConfig, ctx: RunContext | None = None, *,
+                  worker: bool = False, workers: int = 1,
                   program: Sequence[str] = LOCAL_PROGRAM) -> list[str]:
     """The ``wavenet train`` command line that trains ``cfg`` on ``data`` into ``out``.
 
     Args:
         data, out, cfg: as for :func:`train`; the whole config travels as
             ``--config-yaml <cfg.to_yaml()>``.
+        ctx: the run's settings, as flags (:meth:`RunContext.worker_args`); its tracking URI
+            and KFP run id travel in the environment (:meth:`RunContext.worker_env`), never here.
+            None: the command's defaults.
         worker: one worker of the cluster in ``TF_CONFIG`` (``--worker``).
         workers: local worker processes (when not ``worker``).
-        threads: TensorFlow threads per process (0: TensorFlow's default).
-        progress: ``"bar"``, ``"lines"`` (``--progress MODE``), False or ``"off"``
-            (``--no-progress``), True or ``"auto"`` (the command's default: a bar on a
-            terminal, else lines).
-        tracking_uri, experiment, run_name, init_model: passed when given.
         program: the command that starts ``wavenet train``.
 
     Returns:
@@ -66,40 +63,23 @@ def train_command(data: str, out: str, cfg: ExperimentConfig, *, worker: bool = 
         argv.append("--worker")
     elif workers != 1:
         argv += ["--workers", str(workers)]
-    if threads:
-        argv += ["--threads", str(threads)]
-    if progress is False or progress == "off":
-        argv.append("--no-progress")
-    elif progress in ("bar", "lines"):
-        argv += ["--progress", progress]
-    for flag, value in (("--tracking-uri", tracking_uri), ("--experiment", experiment),
-                        ("--run-name", run_name), ("--init-model", init_model)):
-        if value:
-            argv += [flag, value]
-    return argv
+    return argv + (ctx.worker_args() if ctx is not None else [])
 
 
-def _train_local_workers(data: str, out: str, cfg: ExperimentConfig, *, workers: int, threads: int,
-                         progress: bool | str, tracking_uri: str, experiment: str | None,
-                         run_name: str | None, init_model: str | None, kfp_run_id: str | None,
-                         environ: Mapping[str, str] | None) -> TrainResult:
+def _train_local_workers(data: str, out: str, cfg: ExperimentConfig, ctx: RunContext,
+                         workers: int) -> TrainResult:
     """``workers`` processes of :func:`train_command` on 127.0.0.1 (:mod:`wavenet.local_workers`)."""
-    per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+    per_worker = ctx.threads or max(1, (os.cpu_count() or 1) // workers)
     # Decided here, where the terminal is: the chief's stderr is a pipe to this process.
-    mode = progress_mode(progress)
-    commands = [train_command(data, out, cfg, worker=True, threads=per_worker,
-                              progress=mode if i == 0 else "off",
-                              experiment=experiment, run_name=run_name, init_model=init_model)
-                for i in range(workers)]
+    chief = ctx.replace(threads=per_worker, progress=progress_mode(ctx.progress))
+    commands = [train_command(data, out, cfg, chief if i == 0 else chief.replace(progress="off"),
+                              worker=True) for i in range(workers)]
     # Workers inherit this process's environment; MLflow requests fail fast
     # (training retries through its own metrics buffer). The tracking URI goes there too,
     # not into the command line, which any user of the machine can read (ps, /proc/PID/cmdline;
     # /proc/PID/environ is the owner's only): a database URI may hold a password.
-    env = {**tracking.FAST_FAIL_HTTP_ENV, **(os.environ if environ is None else environ),
-           "MLFLOW_TRACKING_URI": tracking_uri}
+    env = {**tracking.FAST_FAIL_HTTP_ENV, **ctx.env, **ctx.worker_env()}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if kfp_run_id:
-        env["KFP_RUN_ID"] = kfp_run_id
     storage.makedirs(out)
     _run_with_restarts(commands, env, cfg.train.max_restarts, out)
     return read_result(out)
@@ -137,11 +117,8 @@ def _run_with_restarts(commands: list[list[str]], env: Mapping[str, str], max_re
                   f"restart {restart + 1} of {max_restarts}", file=sys.stderr, flush=True)
 
 
-def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
-          tf_config: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
-          experiment: str | None = None, run_name: str | None = None, progress: bool | str = True,
-          threads: int = 0, init_model: str | None = None, kfp_run_id: str | None = None,
-          environ: Mapping[str, str] | None = None) -> TrainResult:
+def train(data: str, out: str, cfg: ExperimentConfig, ctx: RunContext | None = None, *,
+          workers: int = 1, tf_config: Mapping[str, Any] | None = None) -> TrainResult:
     """Train (or resume training) a WaveNet on the shards in ``data``.
 
     Args:
@@ -149,41 +126,29 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
         out: the run directory (checkpoints, model.keras, config.yaml,
             train_summary.json). Re-running with the same ``out`` resumes.
         cfg: the experiment config (``train.steps`` and the rest).
+        ctx: where and how the run is tracked (:class:`~wavenet.context.RunContext`: MLflow
+            store, experiment, run name, KFP run id, warm start, progress, threads, the
+            caller's environment). None: ``RunContext.create()`` (``MLFLOW_TRACKING_URI``,
+            else ./mlflow.db). A warm start (``ctx.init_model``, a ``.keras`` path or MLflow
+            model URI) must have ``cfg.model``'s architecture; a run that already has
+            checkpoints resumes from them instead.
         workers: local worker processes (>1: started by :mod:`wavenet.local_workers`).
         tf_config: run as one worker of this cluster (a TFJob pod's parsed
             ``TF_CONFIG``); ``workers`` is then ignored.
-        tracking_uri, experiment, run_name: the MLflow store (default
-            ``MLFLOW_TRACKING_URI``, else ./mlflow.db), experiment (default
-            ``cfg.name``) and run name (default :func:`wavenet.tracking.run_name`).
-        progress: the chief's progress display: True or ``"auto"`` (a tqdm bar when
-            stderr is a terminal, else a line every N steps with step/total, bits,
-            samples/s and ETA), ``"bar"``, ``"lines"``, or False/``"off"``.
-        threads: TensorFlow intra/inter-op threads per worker (0: TensorFlow's
-            default in one process, cores / workers for local workers).
-        init_model: warm start: a ``.keras`` path or MLflow model URI (e.g.
-            ``models:/wavenet@champion``) whose weights initialise a new run.
-            Its architecture must equal ``cfg.model``; a run that already has
-            checkpoints resumes from them instead.
-        kfp_run_id: the Kubeflow Pipelines run, tagged on the MLflow run.
-        environ: the caller's environment: ``MLFLOW_*`` for the MLflow run
-            (KFP's ``MLFLOW_RUN_ID`` becomes its parent) and what local worker
-            processes inherit (default: this process's).
 
     Raises:
         ConfigError, DataError, TrackingError: bad input, found before training.
         wavenet.local_workers.WorkerError: a local worker failed.
     """
-    uri = tracking.resolve_tracking_uri(tracking_uri, environ)
-    common = dict(tracking_uri=uri, experiment=experiment, run_name=run_name, progress=progress,
-                  threads=threads, kfp_run_id=kfp_run_id, environ=environ)
+    ctx = ctx if ctx is not None else RunContext.create()
     if tf_config is not None:
-        if init_model and tracking.is_mlflow_uri(init_model):
+        if ctx.init_model and tracking.is_mlflow_uri(ctx.init_model):
             raise ConfigError("--worker reads --init-model as a .keras path (local or gs://) that "
                               "every worker can open; resolve MLflow URIs before starting the "
-                              f"workers. Received: init_model={init_model!r}")
+                              f"workers. Received: init_model={ctx.init_model!r}")
         # One worker of a cluster: its share of the batch, on its own machine (pod).
-        check_training(cfg, worker_role(tf_config).workers, share=True, environ=environ)
-        return _train_here(data, out, cfg, tf_config, init_model, common)
+        check_training(cfg, worker_role(tf_config).workers, share=True, environ=ctx.environ)
+        return _train_here(data, out, cfg, ctx, tf_config)
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an integer >= 1. Received: workers={workers!r}")
     manifest = read_manifest(data)
@@ -191,21 +156,21 @@ def train(data: str, out: str, cfg: ExperimentConfig, *, workers: int = 1,
     # the saved config and the MLflow params carry the number.
     cfg = resolve_num_classes(cfg, manifest.labels)
     check_batch(cfg, workers)
-    check_training(cfg, workers, environ=environ)  # every local worker runs on this machine
+    check_training(cfg, workers, environ=ctx.environ)  # every local worker runs on this machine
     check_data(data, manifest, cfg, workers)
-    tracking.check_tracking_server(uri)
-    if init_model:
+    tracking.check_tracking_server(ctx.tracking_uri)
+    if ctx.init_model:
         from wavenet.train.warm_start import prepare_init_model  # loads a Keras model
 
-        init_model = prepare_init_model(init_model, out, cfg, uri)
+        ctx = ctx.replace(init_model=prepare_init_model(ctx.init_model, out, cfg, ctx.tracking_uri))
     if workers == 1:
-        return _train_here(data, out, cfg, None, init_model, common)
-    return _train_local_workers(data, out, cfg, workers=workers, init_model=init_model, **common)
+        return _train_here(data, out, cfg, ctx, None)
+    return _train_local_workers(data, out, cfg, ctx, workers)
 
 
-def _train_here(data: str, out: str, cfg: ExperimentConfig, tf_config: Mapping[str, Any] | None,
-                init_model: str | None, common: dict[str, Any]) -> TrainResult:
+def _train_here(data: str, out: str, cfg: ExperimentConfig, ctx: RunContext,
+                tf_config: Mapping[str, Any] | None) -> TrainResult:
     """Train in this process (alone, or as one worker of ``tf_config``'s cluster)."""
     from wavenet.train.worker import train_worker  # this process trains: TensorFlow now
 
-    return train_worker(data, out, cfg, tf_config=tf_config, init_model=init_model, **common)
+    return train_worker(data, out, cfg, ctx, tf_config=tf_config)

@@ -98,14 +98,15 @@ def champion_init_model(cfg: ExperimentConfig, tracking_uri: str | None,
     says why. With ``data_dir``, the line also says how the data's labels map
     onto the champion's (copied by name, or new). The line is printed too.
     """
-    tracking.use_tracking_uri(tracking_uri)
+    tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_tracking_server(tracking_uri)
     name = cfg.evaluate.registered_model_name
-    champion = registry.get_champion(name)
+    champion = registry.get_champion(name, tracking_uri)
     uri = None
     if champion is None:
         text = f"warm start: no champion of {name!r} yet; training from scratch"
     else:
-        source = registry.load_wavenet(champion.uri)
+        source = registry.load_wavenet(champion.uri, tracking_uri)
         why = architecture_fits(source.config, cfg.model)
         if why:
             text = (f"warm start: not from champion {name} version {champion.version}: {why}; "

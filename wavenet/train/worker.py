@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig, resolve_num_classes
+from wavenet.context import RunContext
 from wavenet.errors import Interrupted, redact
 from wavenet.manifest import Manifest, read_manifest
 from wavenet.train.checks import check_data, worker_role
@@ -37,10 +38,8 @@ def _read_optional(path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, tracking_uri: str,
-                 experiment: str | None, run_name: str | None, kfp_run_id: str | None,
-                 init_model: str | None,
-                 environ: Mapping[str, str] | None) -> Iterator[TrackedRun | None]:
+def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest,
+                 ctx: RunContext) -> Iterator[TrackedRun | None]:
     """The chief's MLflow run (continued when ``RUN_DIR/mlflow_run_id`` names one); None elsewhere."""
     if not trainer.role.is_chief:
         yield None
@@ -48,23 +47,23 @@ def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, t
     cfg = trainer.cfg
     storage.makedirs(out)
     prior = _read_optional(storage.join(out, RUN_ID_FILE))
-    if prior and not tracking.run_exists(prior, tracking_uri):
-        print(f"warning: MLflow run {prior} from {out}/{RUN_ID_FILE} is not in {redact(tracking_uri)}; "
+    if prior and not tracking.run_exists(prior, ctx.tracking_uri):
+        print(f"warning: MLflow run {prior} from {out}/{RUN_ID_FILE} is not in {redact(ctx.tracking_uri)}; "
               "starting a new run", file=sys.stderr)
         prior = None
     version = manifest.data_version
     tags = {"wavenet.stage": "train", "data.version": version, "preset": cfg.preset,
             "workers": str(trainer.role.workers), "replicas": str(trainer.replicas),
             "precision": trainer.precision}
-    if kfp_run_id:
-        tags["kfp.run_id"] = kfp_run_id
-    if init_model and not trainer.resumed:
-        tags["warm_start"] = init_model
+    if ctx.kfp_run_id:
+        tags["kfp.run_id"] = ctx.kfp_run_id
+    if ctx.init_model and not trainer.resumed:
+        tags["warm_start"] = ctx.init_model
         tags["warm_start.weights"] = trainer.warm_start  # which label rows were copied, which are new
-    name = run_name or tracking.run_name(cfg.preset, f"d{version[:8]}",
-                                         datetime.datetime.now(datetime.UTC))
-    with tracking.start_run(experiment or cfg.name, run_name=name, tracking_uri=tracking_uri,
-                            tags=tags, params=cfg.flat(), run_id=prior, environ=environ,
+    name = ctx.run_name or tracking.run_name(cfg.preset, f"d{version[:8]}",
+                                             datetime.datetime.now(datetime.UTC))
+    with tracking.start_run(ctx.experiment or cfg.name, run_name=name, tracking_uri=ctx.tracking_uri,
+                            tags=tags, params=cfg.flat(), run_id=prior, environ=ctx.environ,
                             log_system_metrics=True) as run:
         run_id = run.info.run_id
         if run_id != prior:
@@ -73,7 +72,7 @@ def _tracked_run(trainer: Trainer, out: str, data: str, manifest: Manifest, *, t
         # Sent now; the file goes when the run's outputs are logged (export), since it also
         # marks the outputs as not logged yet (export._finished).
         pending = json.loads(_read_optional(pending_path) or "[]")
-        buffer = tracking.MetricsBuffer(run_id, tracking_uri, pending=pending)
+        buffer = tracking.MetricsBuffer(run_id, ctx.tracking_uri, pending=pending)
         if pending:
             buffer.flush(force=True)
         if run_id != prior:  # lineage: the shards as an MLflow dataset, digest = data version
@@ -134,30 +133,18 @@ def _stop_point(trainer: Trainer, stop: StopSignals) -> None:
                               stop.signum)
 
 
-def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mapping[str, Any] | None,
-                 tracking_uri: str, experiment: str | None = None, run_name: str | None = None,
-                 progress: bool | str = True, threads: int = 0, kfp_run_id: str | None = None,
-                 init_model: str | None = None,
-                 environ: Mapping[str, str] | None = None) -> TrainResult:
+def train_worker(data: str, out: str, cfg: ExperimentConfig, ctx: RunContext, *,
+                 tf_config: Mapping[str, Any] | None) -> TrainResult:
     """Run one worker of a training cluster (or the only one when ``tf_config`` is None).
 
     Args:
         data: shards folder.
         out: run directory, shared by all workers (a PVC or gs:// on a cluster).
         cfg: the experiment config.
+        ctx: the run's settings (:class:`~wavenet.context.RunContext`); ``ctx.init_model`` is
+            a ``.keras`` file whose weights start a new run (warm start), ignored when the
+            run resumes from its own checkpoint.
         tf_config: the parsed ``TF_CONFIG`` of this worker, or None.
-        tracking_uri: resolved MLflow URI.
-        experiment: MLflow experiment (default ``cfg.name``).
-        run_name: name of a new MLflow run (default :func:`wavenet.tracking.run_name`).
-        progress: the chief's progress display: ``"bar"``, ``"lines"``, ``"off"``, or
-            True/``"auto"`` (a bar on a terminal, else lines; see
-            :func:`wavenet.train.loop.progress_mode`).
-        threads: TensorFlow intra/inter-op threads (0: default).
-        kfp_run_id: Kubeflow Pipelines run id, tagged on the MLflow run.
-        init_model: a ``.keras`` file whose weights start a new run (warm start);
-            ignored when the run resumes from its own checkpoint.
-        environ: environment for :func:`wavenet.tracking.start_run` (KFP's
-            ``MLFLOW_RUN_ID`` becomes the parent run).
 
     Returns:
         A :class:`TrainResult` (full summary on the chief).
@@ -166,29 +153,18 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
     manifest = read_manifest(data)  # read once: the checks, the input and the run's tags use it
     cfg = resolve_num_classes(cfg, manifest.labels)  # a TFJob pod gets the config as given
     has_validation = check_data(data, manifest, cfg, role.workers)
-    strategy = make_strategy(tf_config, threads)
+    strategy = make_strategy(tf_config, ctx.threads)
     # From here to the end a stop is recorded and acted on where all workers agree (two stop
     # points, then the steps): one that left alone would leave the others waiting for it in a
     # collective, deaf to their own signals. Entering takes SIGTERM back from TensorFlow, and
     # the signals a `--worker` held pending since it started (wavenet.train.stopping).
     with StopSignals() as stop:
-        trainer = set_up_worker(out, cfg, strategy=strategy, role=role, init_model=init_model,
+        trainer = set_up_worker(out, cfg, strategy=strategy, role=role, init_model=ctx.init_model,
                                 labels=manifest.labels)
         try:
             with contextlib.closing(trainer.checkpoints):
-                _stop_point(trainer, stop)
-                iterator = distributed_batches(trainer, data, manifest)
-                train_step = make_train_step(trainer)
-                validation = Validation(data, manifest, cfg, has_split=has_validation,
-                                        warn=role.is_chief)
-                with _tracked_run(trainer, out, data, manifest, tracking_uri=tracking_uri,
-                                  experiment=experiment, run_name=run_name, kfp_run_id=kfp_run_id,
-                                  init_model=init_model, environ=environ) as run:
-                    _stop_point(trainer, stop)
-                    stats = run_steps(trainer, train_step, iterator,
-                                      _callbacks(trainer, run, validation, progress), stop)
-                    result = export_run(trainer, out, stats, validation, run,
-                                        labels=manifest.labels if cfg.model.conditioned else None)
+                result = _train_and_export(trainer, data, out, manifest, ctx, stop,
+                                           has_validation=has_validation)
         except TrainingStopped:
             if role.workers > 1:
                 _cluster_sum(strategy, 1.0)  # as below: no worker leaves before the chief
@@ -201,3 +177,20 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, *, tf_config: Mappi
             # steps are long).
             _cluster_sum(strategy, 1.0)
         return result
+
+
+def _train_and_export(trainer: Trainer, data: str, out: str, manifest: Manifest, ctx: RunContext,
+                      stop: StopSignals, *, has_validation: bool) -> TrainResult:
+    """The step loop inside the chief's MLflow run, then the export: between the stop points."""
+    cfg = trainer.cfg
+    _stop_point(trainer, stop)
+    iterator = distributed_batches(trainer, data, manifest)
+    train_step = make_train_step(trainer)
+    validation = Validation(data, manifest, cfg, has_split=has_validation,
+                            warn=trainer.role.is_chief)
+    with _tracked_run(trainer, out, data, manifest, ctx) as run:
+        _stop_point(trainer, stop)
+        stats = run_steps(trainer, train_step, iterator,
+                          _callbacks(trainer, run, validation, ctx.progress), stop)
+        return export_run(trainer, out, stats, validation, run,
+                          labels=manifest.labels if cfg.model.conditioned else None)
