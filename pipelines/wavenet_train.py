@@ -68,6 +68,7 @@ def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
               description="Train a WaveNet music generator: preprocess in parallel, shard, train "
                           "(local workers or a TFJob), gate against the champion, generate samples.")
 # params: the pipeline's run parameters, as the KFP UI lists them (kfp.dsl reads the signature).
+# length: 40 of its lines are that signature and its Args; the graph's parts are helpers below.
 def wavenet_train(
     source_uri: str = "",
     demo_seconds: float = 0.0,
@@ -116,19 +117,7 @@ def wavenet_train(
     # The source may change under the same URI: always list it again.
     listed.set_caching_options(False).set_display_name("list audio")
     _step_pod(listed)
-
-    config = listed.outputs["config"]
-    with dsl.ParallelFor(listed.outputs["Output"], parallelism=PREPROCESS_PARALLELISM,
-                         name="partitions") as part:
-        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, config=config,
-                                   shards_uri=shards_uri)
-        pre.set_display_name("preprocess partition").set_cpu_request("2").set_memory_limit("8G")
-        _step_pod(pre)
-
-    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), config=config,
-                          shards_uri=shards_uri)
-    merged.set_display_name("merge into shards").set_memory_limit("8G")
-    _step_pod(merged)
+    merged = _preprocess_and_merge(listed, shards_uri)
     # From here on, the config as the data resolved it (model.num_classes: auto -> the labels).
     config = merged.outputs["data_config"]
 
@@ -149,17 +138,41 @@ def wavenet_train(
     trained.set_display_name("train").set_caching_options(False)
     _mlflow_credentials(trained)
     _step_pod(trained)
+    _gate_and_generate(trained, merged, config, mlflow_tracking_uri, mlflow_experiment,
+                       generate_if_rejected)
 
+
+# The helpers below run while the pipeline is compiled: they add tasks to the graph that
+# wavenet_train is building (kfp.dsl records every component call inside a pipeline function).
+
+def _preprocess_and_merge(listed, shards_uri):
+    """Preprocess each listed partition in parallel, then merge the partials into shards."""
+    config = listed.outputs["config"]
+    with dsl.ParallelFor(listed.outputs["Output"], parallelism=PREPROCESS_PARALLELISM,
+                         name="partitions") as part:
+        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, config=config,
+                                   shards_uri=shards_uri)
+        pre.set_display_name("preprocess partition").set_cpu_request("2").set_memory_limit("8G")
+        _step_pod(pre)
+
+    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), config=config,
+                          shards_uri=shards_uri)
+    merged.set_display_name("merge into shards").set_memory_limit("8G")
+    _step_pod(merged)
+    return merged
+
+
+def _gate_and_generate(trained, merged, config, tracking_uri, experiment, generate_if_rejected):
+    """Evaluate and gate the trained model; generate samples when it is promoted (or anyway)."""
     gate = evaluate_model(model=trained.outputs["model"], shards=merged.outputs["shards"],
-                          config=config, tracking_uri=mlflow_tracking_uri,
-                          experiment=mlflow_experiment)
+                          config=config, tracking_uri=tracking_uri, experiment=experiment)
     gate.set_display_name("evaluate and gate").set_caching_options(False)
     _mlflow_credentials(gate)
     _step_pod(gate)
 
     def _generate(display: str) -> None:
         gen = generate_samples(model=trained.outputs["model"], shards=merged.outputs["shards"],
-                               config=config, tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
+                               config=config, tracking_uri=tracking_uri, experiment=experiment,
                                evaluation=gate.outputs["evaluation"])
         gen.set_display_name(display).set_caching_options(False)
         _mlflow_credentials(gen)
