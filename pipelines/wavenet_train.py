@@ -67,8 +67,8 @@ def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 @dsl.pipeline(name=PIPELINE_NAME,
               description="Train a WaveNet music generator: preprocess in parallel, shard, train "
                           "(local workers or a TFJob), gate against the champion, generate samples.")
-# params: the pipeline's run parameters, as the KFP UI lists them (kfp.dsl reads the signature).
-# length: 40 of its lines are that signature and its Args; the graph's parts are helpers below.
+# The pipeline's run parameters, as the KFP UI lists them (kfp.dsl reads the signature).
+# params: run parameters (above). # length: 40 lines are the signature and its Args.
 def wavenet_train(
     source_uri: str = "",
     demo_seconds: float = 0.0,
