@@ -35,6 +35,9 @@ HARMLESS: tuple[tuple[str, str], ...] = (
      "kfp's executor start-up and shut-down"),
     (r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
      "absl's notice before TensorFlow initialises logging"),
+    (r"port\.cc:\d+\] oneDNN custom operations are on\. ",
+     "TensorFlow's notice that its oneDNN kernels are on (the x86 default), printed by absl "
+     "before TensorFlow applies TF_CPP_MIN_LOG_LEVEL, once per TensorFlow library loaded"),
     (r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used",
      "TensorFlow on a machine without a GPU"),
     (r"failed call to cuInit: .*(UNKNOWN ERROR \(303\)|CUDA_ERROR_NO_DEVICE)",

@@ -67,6 +67,10 @@ def test_the_known_harmless_warnings_leave_the_terminal_and_our_own_stay():
         'that uses custom or non-Python base image "ghcr.io/x/wavenet:0.1.0" in a Python environment.',
         "  warnings.warn(",
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796577375.062438    9660 port.cc:153] oneDNN custom operations are on. You may "
+        "see slightly different numerical results due to floating-point round-off errors from "
+        "different computation orders. To turn them off, set the environment variable "
+        "`TF_ENABLE_ONEDNN_OPTS=0`.",
         "I0000 00:00:1795843562.079725    6738 cudart_stub.cc:31] Could not find cuda drivers on "
         "your machine, GPU will not be used.",
         "E0000 00:00:1795843616.735071    6738 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
