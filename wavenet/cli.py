@@ -203,11 +203,13 @@ def _cmd_train(args) -> int:
     if result.run_id is not None:  # the chief (or the only process) reports
         _print_json(result.summary)
     if args.worker:
-        _leave_with_the_cluster()
+        from wavenet.train.checks import worker_role
+
+        _leave_with_the_cluster(worker_role(tf_config).workers)
     return 0
 
 
-def _leave_with_the_cluster() -> None:
+def _leave_with_the_cluster(workers: int) -> None:
     """End a ``--worker`` process together with the cluster's others, without the interpreter's
     teardown.
 
@@ -221,15 +223,19 @@ def _leave_with_the_cluster() -> None:
     step waited for both. Here every worker, its training's objects released, meets the others
     at a barrier of the coordination service, and all leave at once with ``os._exit``, which
     runs no atexit handler: the streams and logging are flushed here.
+
+    Args:
+        workers: the cluster's number of workers (one: nobody to wait for).
     """
     import logging
 
     from tensorflow.python.eager import context  # tensorflow/python/eager/context.py wait_at_barrier
 
-    try:
-        context.context().wait_at_barrier("wavenet/exit", EXIT_BARRIER_TIMEOUT_S * 1000)
-    except Exception as e:  # a peer gone already: the work is done either way
-        print(f"warning: leaving without the other workers ({one_line(e)})", file=sys.stderr)
+    if workers > 1:  # a one-worker cluster has no coordination service
+        try:
+            context.context().wait_at_barrier("wavenet/exit", EXIT_BARRIER_TIMEOUT_S * 1000)
+        except Exception as e:  # a peer gone already: the work is done either way
+            print(f"warning: leaving without the other workers ({one_line(e)})", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
