@@ -47,6 +47,8 @@ HARMLESS: tuple[tuple[str, str], ...] = (
     (r"INFO mlflow\.system_metrics\.system_metrics_monitor: (Skip logging GPU metrics|Started monitoring"
      r"|Stopping system metrics monitoring|Successfully terminated)",
      "MLflow's CPU/memory sampler starting and stopping"),
+    (r"INFO\]: generated new fontManager$",
+     "matplotlib building its font cache in a container's fresh home (/scratch)"),
     (r"INFO - Streamed logs:$", "kfp.local's header before a step's output"),
     (r"^-{20,}$", "kfp.local's separators"),
 )
@@ -54,6 +56,7 @@ _HARMLESS = re.compile("|".join(f"(?:{p})" for p, _ in HARMLESS))
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _KFP_LOG = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - ")
 _EXECUTING = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '[^']+' finished with status")
 _OUTPUTS = re.compile(r"Task '[^']+' outputs:$")
 _DUMP = re.compile(r"\[KFP Executor [^\]]*\]: Got executor_input:$")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -82,6 +85,7 @@ class TerminalFilter:
         self._lock = threading.Lock()
         self._threads: dict[int, _Thread] = {}
         self._labels: dict[str, int] = {}
+        self._latest = ""  # the label of the task started last, in any thread
 
     def write(self, text: str) -> int:
         with self._lock:
@@ -142,9 +146,14 @@ class TerminalFilter:
         if _KFP_LOG.match(text):
             match = _EXECUTING.search(text)
             if match:
-                state.label = self._label(match.group(1))
+                state.label = self._latest = self._label(match.group(1))
+            elif _FINISHED.search(text):
+                # kfp.local's DockerRunner streams a later task's output from a pool thread that
+                # ran a ParallelFor task before: a finished task's label must not stick to it.
+                state.label = ""
             return text
-        return f"  [{state.label}] {text}" if state.label else text
+        label = state.label or self._latest
+        return f"  [{label}] {text}" if label else text
 
 
 @contextmanager
