@@ -110,17 +110,21 @@ CA_BUNDLE ?= $(or $(PIP_CERT),$(SSL_CERT_FILE))
 # A plain-HTTP registry is only ever on loopback (the tests' docker-registry).
 PUSH_FLAGS ?= $(if $(and $(filter-out docker,$(ENGINE)),$(filter 127.0.0.1:% localhost:%,$(firstword $(subst /, ,$(IMAGE_REGISTRY))))),--tls-verify=false)
 
+# One line per image on the terminal; the engine's build log goes to IMAGE_LOGS/image-<target>.log
+# and is printed whole when the build fails.
+IMAGE_LOGS ?= build/logs
 image: $(addprefix image-,$(TARGETS))
 image-%:
 	@test -n "$(ENGINE)" || { echo "error: no container engine: install Docker, or run scripts/setup-containers.sh (podman)" >&2; exit 2; }
-	@echo "$(ENGINE): building $(IMAGE_$*) (target $*, base $(or $(BASE_IMAGE),the Dockerfile's default))"
-	@start=$$(date +%s); \
-	$(if $(filter buildah,$(ENGINE)),buildah build,$(if $(filter docker,$(ENGINE)),DOCKER_BUILDKIT=1 docker build,podman build)) \
+	@mkdir -p $(IMAGE_LOGS); log=$(IMAGE_LOGS)/image-$*.log; start=$$(date +%s); \
+	printf '%s' "$(ENGINE): building $(IMAGE_$*) (target $*, base $(or $(BASE_IMAGE),the Dockerfile's default), log $$log) ... "; \
+	{ $(if $(filter buildah,$(ENGINE)),buildah build,$(if $(filter docker,$(ENGINE)),DOCKER_BUILDKIT=1 docker build,podman build)) \
 	  -f docker/Dockerfile --target $* -t $(IMAGE_$*) --build-arg UV_VERSION=$(UV_VERSION) \
 	  --label org.wavenet-pipelines.source=$$(python3 docker/source_digest.py) \
 	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
-	  $(if $(wildcard $(CA_BUNDLE)),--secret id=ca$(,)src=$(CA_BUNDLE)) $(BUILD_FLAGS) . && \
-	echo "built $(IMAGE_$*) in $$(( $$(date +%s) - start )) s: $$($(ENGINE) image inspect --format '{{.Size}}' $(IMAGE_$*) | awk '{printf "%.0f MB", $$1/1e6}')"
+	  $(if $(wildcard $(CA_BUNDLE)),--secret id=ca$(,)src=$(CA_BUNDLE)) $(BUILD_FLAGS) . ; } >$$log 2>&1 || \
+	{ s=$$?; echo "failed"; cat $$log >&2; echo "error: building $(IMAGE_$*) failed (exit $$s); its log above and in $$log" >&2; exit $$s; }; \
+	echo "built in $$(( $$(date +%s) - start )) s: $$($(ENGINE) image inspect --format '{{.Size}}' $(IMAGE_$*) | awk '{printf "%.0f MB", $$1/1e6}')"
 
 # Every push records the manifest digest the registry got (podman/buildah --digestfile, docker's
 # RepoDigests) in IMAGE_DIGESTS; compile and submit-pipeline then name images by that digest, and

@@ -35,7 +35,12 @@ MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
 # without a GPU) `make run` filters from the terminal (pipelines/terminal.py).
 # MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false: MLflow draws a tqdm bar for every model download
 # (8 lines per step in a log, where a bar cannot redraw; mlflow/environment_variables.py).
-QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+# MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true: MLflow prints "View run ... at: <server URL>" and
+# "View experiment at:" when a run on an HTTP server ends (mlflow/tracking/_tracking_service/
+# client.py); from a step that is the server's address inside the cluster or the run's network,
+# not one a browser opens, and the summary links the experiment.
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def quiet_logs(environ: dict[str, str] | None = None) -> None:

@@ -35,6 +35,9 @@ HARMLESS: tuple[tuple[str, str], ...] = (
      "kfp's executor start-up and shut-down"),
     (r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
      "absl's notice before TensorFlow initialises logging"),
+    (r"port\.cc:\d+\] oneDNN custom operations are on\. ",
+     "TensorFlow's notice that its oneDNN kernels are on (the x86 default), printed by absl "
+     "before TensorFlow applies TF_CPP_MIN_LOG_LEVEL, once per TensorFlow library loaded"),
     (r"cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine, GPU will not be used",
      "TensorFlow on a machine without a GPU"),
     (r"failed call to cuInit: .*(UNKNOWN ERROR \(303\)|CUDA_ERROR_NO_DEVICE)",
@@ -44,6 +47,8 @@ HARMLESS: tuple[tuple[str, str], ...] = (
     (r"INFO mlflow\.system_metrics\.system_metrics_monitor: (Skip logging GPU metrics|Started monitoring"
      r"|Stopping system metrics monitoring|Successfully terminated)",
      "MLflow's CPU/memory sampler starting and stopping"),
+    (r"INFO\]: generated new fontManager$",
+     "matplotlib building its font cache in a container's fresh home (/scratch)"),
     (r"INFO - Streamed logs:$", "kfp.local's header before a step's output"),
     (r"^-{20,}$", "kfp.local's separators"),
 )
@@ -51,6 +56,7 @@ _HARMLESS = re.compile("|".join(f"(?:{p})" for p, _ in HARMLESS))
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _KFP_LOG = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - ")
 _EXECUTING = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '[^']+' finished with status")
 _OUTPUTS = re.compile(r"Task '[^']+' outputs:$")
 _DUMP = re.compile(r"\[KFP Executor [^\]]*\]: Got executor_input:$")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -79,6 +85,7 @@ class TerminalFilter:
         self._lock = threading.Lock()
         self._threads: dict[int, _Thread] = {}
         self._labels: dict[str, int] = {}
+        self._latest = ""  # the label of the task started last, in any thread
 
     def write(self, text: str) -> int:
         with self._lock:
@@ -139,9 +146,14 @@ class TerminalFilter:
         if _KFP_LOG.match(text):
             match = _EXECUTING.search(text)
             if match:
-                state.label = self._label(match.group(1))
+                state.label = self._latest = self._label(match.group(1))
+            elif _FINISHED.search(text):
+                # kfp.local's DockerRunner streams a later task's output from a pool thread that
+                # ran a ParallelFor task before: a finished task's label must not stick to it.
+                state.label = ""
             return text
-        return f"  [{state.label}] {text}" if state.label else text
+        label = state.label or self._latest
+        return f"  [{label}] {text}" if label else text
 
 
 @contextmanager

@@ -165,6 +165,41 @@ def test_make_image_uses_docker_only_where_an_engine_answers(tmp_path):
     assert "DOCKER_BUILDKIT=1 docker build" in out and "--target cpu" in out
 
 
+def _scripted_podman(folder: Path, build_status: int) -> Path:
+    """A ``podman`` whose ``build`` writes a 40-line build log and exits ``build_status``, and
+    whose ``image inspect`` answers a size: `make image`'s own output, without a real build."""
+    folder.mkdir()
+    exe = folder / "podman"
+    exe.write_text("#!/bin/sh\n"
+                   'if [ "$1" = build ]; then\n'
+                   '  i=1; while [ $i -le 40 ]; do echo "STEP $i/40: RUN layer $i"; i=$((i+1)); done\n'
+                   f'  echo "error building at STEP 40: exit status 1" >&2; exit {build_status}\n'
+                   "fi\n"
+                   'echo 123456789\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return folder
+
+
+@pytest.mark.parametrize("build_status", [0, 1])
+def test_make_image_prints_one_line_and_the_build_log_only_when_the_build_fails(tmp_path, build_status):
+    podman = _scripted_podman(tmp_path / "bin", build_status)
+    env = {**os.environ, "ENGINE": "podman", "PATH": f"{podman}:{os.environ['PATH']}",
+           "IMAGE_REGISTRY": "ghcr.io/wavenet-pipelines", "IMAGE_TAG": "quiet-test"}
+    r = subprocess.run(["make", "--no-print-directory", "image-mlflow", f"IMAGE_LOGS={tmp_path / 'logs'}"],
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+    log = tmp_path / "logs" / "image-mlflow.log"
+    assert "STEP 40/40: RUN layer 40" in log.read_text()  # the whole log, kept in a file either way
+    if build_status == 0:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.splitlines() == [r.stdout.strip()] and "built in " in r.stdout, r.stdout
+        assert "123 MB" in r.stdout and "STEP" not in r.stdout + r.stderr
+    else:
+        assert r.returncode != 0
+        assert "STEP 1/40: RUN layer 1" in r.stderr and "error building at STEP 40" in r.stderr
+        assert f"error: building ghcr.io/wavenet-pipelines/mlflow:quiet-test failed (exit 1); " \
+               f"its log above and in {log}" in r.stderr
+
+
 # -- the built images, run as a cluster runs them ------------------------------------------------
 
 def test_cpu_image_runs_non_root_on_a_read_only_root(engine, cpu_image):

@@ -53,6 +53,36 @@ def champion_store(model, tmp_path_factory):
     return uri
 
 
+def test_logging_a_model_gives_mlflow_its_environment_and_prints_nothing(model, tmp_path, caplog,
+                                                                       monkeypatch):
+    """log_model from a uv checkout (as `make run` does): no "Detected uv project" and no
+    "Failed to resolve installed pip version" line; the environment MLflow writes is ours."""
+    import logging
+
+    import yaml
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "uv.lock").write_text("version = 1\n")
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    monkeypatch.chdir(root)
+    tracking.use_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("log-model", artifact_location=(tmp_path / "mlruns").as_uri())
+    caplog.set_level(logging.INFO, logger="mlflow")
+    with mlflow.start_run(experiment_id=exp):
+        caplog.clear()  # the store's creation
+        logged = tracking.log_model(model)
+    noise = [r.getMessage() for r in caplog.records if r.name.startswith("mlflow")
+             and r.levelno >= logging.INFO]
+    assert not noise, noise
+    local = mlflow.artifacts.download_artifacts(logged, dst_path=str(tmp_path / "model"))
+    env = yaml.safe_load(open(os.path.join(local, "conda.yaml")))
+    assert "pip" in env["dependencies"]
+    requirements = open(os.path.join(local, "requirements.txt")).read().split()
+    assert f"mlflow=={mlflow.__version__}" in requirements
+    assert any(r.startswith("tensorflow==") for r in requirements), requirements
+
+
 # -- in-process ---------------------------------------------------------------------------------
 
 def test_a_stream_batched_with_others_is_the_stream_generated_alone(model):

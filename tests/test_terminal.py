@@ -67,11 +67,16 @@ def test_the_known_harmless_warnings_leave_the_terminal_and_our_own_stay():
         'that uses custom or non-Python base image "ghcr.io/x/wavenet:0.1.0" in a Python environment.',
         "  warnings.warn(",
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796577375.062438    9660 port.cc:153] oneDNN custom operations are on. You may "
+        "see slightly different numerical results due to floating-point round-off errors from "
+        "different computation orders. To turn them off, set the environment variable "
+        "`TF_ENABLE_ONEDNN_OPTS=0`.",
         "I0000 00:00:1795843562.079725    6738 cudart_stub.cc:31] Could not find cuda drivers on "
         "your machine, GPU will not be used.",
         "E0000 00:00:1795843616.735071    6738 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
         "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
         "2026/11/28 05:27:24 INFO mlflow.store.db.utils: Creating initial MLflow database tables...",
+        "[KFP Executor 2026-12-06 18:06:09,841 INFO]: generated new fontManager",
         "warning: skipped drums/bad.wav: not decodable audio",
         "E0000 00:00:1795843616.735071    6738 coordination_service.cc:1] tasks have crashed",
     ]
@@ -79,6 +84,35 @@ def test_the_known_harmless_warnings_leave_the_terminal_and_our_own_stay():
     TerminalFilter(out, log).write("\n".join(lines) + "\n")
     assert out.getvalue().splitlines() == lines[-2:]
     assert log.getvalue().splitlines() == lines
+
+
+def test_a_thread_that_ran_a_finished_task_labels_its_later_output_with_the_task_now_running():
+    import threading
+
+    out, log = io.StringIO(), io.StringIO()
+    filt = TerminalFilter(out, log)
+
+    # One pool thread runs a ParallelFor task, then streams the next task's output.
+    ready, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def pool():
+        filt.write("18:01:09.349 - INFO - Executing task 'preprocess-partition'\nshard written\n"
+                   "18:01:19.461 - INFO - Task 'preprocess-partition' finished with status SUCCESS\n")
+        ready.set()
+        go.wait()
+        filt.write("train step 5/30\n")
+        done.set()
+
+    worker = threading.Thread(target=pool)
+    worker.start()
+    ready.wait()
+    filt.write("18:01:28.445 - INFO - Executing task 'train-model'\n")
+    go.set()
+    done.wait()
+    worker.join()
+    shown = out.getvalue().splitlines()
+    assert "  [preprocess-partition] shard written" in shown
+    assert "  [train-model] train step 5/30" in shown, shown
 
 
 def test_filtered_terminal_restores_the_streams_and_keeps_unknown_lines(tmp_path):

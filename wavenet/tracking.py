@@ -851,6 +851,21 @@ def _requirements() -> list[str]:
     return reqs
 
 
+def _conda_env() -> dict[str, Any]:
+    """The model's environment, given whole: this Python, pip, and :func:`_requirements`.
+
+    Given as ``conda_env`` rather than ``pip_requirements``, MLflow writes it as it is; from
+    ``pip_requirements`` it builds one itself and pins pip to the installed version, which a
+    uv-made virtualenv does not have ("Failed to resolve installed pip version", a warning on
+    every log: mlflow/utils/environment.py ``_mlflow_conda_env``). requirements.txt and
+    python_env.yaml say the same (mlflow/keras/save.py ``save_model`` writes all three).
+    """
+    import platform
+
+    return {"name": "mlflow-env", "channels": ["conda-forge"],
+            "dependencies": [f"python={platform.python_version()}", "pip", {"pip": _requirements()}]}
+
+
 class _ServedWaveNet:
     """The flavor ``Model.log`` saves a WaveNet with (mlflow/models/model.py ``Model.log``
     calls ``flavor.save_model(path=..., mlflow_model=..., **kwargs)``): one MLflow model with
@@ -878,7 +893,7 @@ class _ServedWaveNet:
         level = keras_log.level
         keras_log.setLevel(logging.ERROR)  # "saving a Keras model without specifying model signature"
         try:
-            mlflow.keras.save_model(model, path, mlflow_model=mlflow_model, pip_requirements=_requirements())
+            mlflow.keras.save_model(model, path, mlflow_model=mlflow_model, conda_env=_conda_env())
         finally:
             keras_log.setLevel(level)
         serving.write_settings(os.path.join(path, "data"))
@@ -910,9 +925,30 @@ def log_model(model: Any, name: str = "model") -> str:
         raise TrackingError("log_model needs an active MLflow run")
     # validate_serving_input: MLflow would load the model again and generate its example
     # (seconds of work on every log); the tests serve it for real instead.
-    return _call(mlflow.get_tracking_uri(), "log the model", lambda: mlflow.models.Model.log(
-        None, name=name, flavor=_ServedWaveNet, model=model, flavor_name="keras",
-        validate_serving_input=False).model_uri)
+    # MLFLOW_UV_AUTO_DETECT=false: the environment is given whole (_conda_env); left on, MLflow
+    # looks for uv.lock in the working directory (this checkout, under `make run`) and logs
+    # "Detected uv project" on every log, for a model saved without uv's files
+    # (mlflow/models/model.py ``Model.log``: ``uses_uv``; the variable is documented in
+    # mlflow/environment_variables.py ``MLFLOW_UV_AUTO_DETECT``).
+    with _environ(MLFLOW_UV_AUTO_DETECT="false"):
+        return _call(mlflow.get_tracking_uri(), "log the model", lambda: mlflow.models.Model.log(
+            None, name=name, flavor=_ServedWaveNet, model=model, flavor_name="keras",
+            validate_serving_input=False).model_uri)
+
+
+@contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block (MLflow reads its settings from there)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class _Served:
