@@ -64,6 +64,48 @@ def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
         optional=True)
 
 
+# These two run while wavenet_train is traced (kfp.dsl builds the graph when @dsl.pipeline is
+# applied, so they are defined first): every component call in them adds a task to that graph.
+
+def _preprocess_and_merge(listed, shards_uri):
+    """Preprocess each listed partition in parallel, then merge the partials into shards."""
+    config = listed.outputs["config"]
+    with dsl.ParallelFor(listed.outputs["Output"], parallelism=PREPROCESS_PARALLELISM,
+                         name="partitions") as part:
+        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, config=config,
+                                   shards_uri=shards_uri)
+        pre.set_display_name("preprocess partition").set_cpu_request("2").set_memory_limit("8G")
+        _step_pod(pre)
+
+    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), config=config,
+                          shards_uri=shards_uri)
+    merged.set_display_name("merge into shards").set_memory_limit("8G")
+    _step_pod(merged)
+    return merged
+
+
+def _gate_and_generate(trained, merged, config, tracking_uri, experiment, generate_if_rejected):
+    """Evaluate and gate the trained model; generate samples when it is promoted (or anyway)."""
+    gate = evaluate_model(model=trained.outputs["model"], shards=merged.outputs["shards"],
+                          config=config, tracking_uri=tracking_uri, experiment=experiment)
+    gate.set_display_name("evaluate and gate").set_caching_options(False)
+    _mlflow_credentials(gate)
+    _step_pod(gate)
+
+    def _generate(display: str) -> None:
+        gen = generate_samples(model=trained.outputs["model"], shards=merged.outputs["shards"],
+                               config=config, tracking_uri=tracking_uri, experiment=experiment,
+                               evaluation=gate.outputs["evaluation"])
+        gen.set_display_name(display).set_caching_options(False)
+        _mlflow_credentials(gen)
+        _step_pod(gen)
+
+    with dsl.If(gate.outputs["promoted"] == True, name="promoted"):  # noqa: E712 - KFP condition
+        _generate("generate samples (champion)")
+    with dsl.Elif(generate_if_rejected == True, name="report-anyway"):  # noqa: E712
+        _generate("generate samples (rejected)")
+
+
 @dsl.pipeline(name=PIPELINE_NAME,
               description="Train a WaveNet music generator: preprocess in parallel, shard, train "
                           "(local workers or a TFJob), gate against the champion, generate samples.")
@@ -140,48 +182,6 @@ def wavenet_train(
     _step_pod(trained)
     _gate_and_generate(trained, merged, config, mlflow_tracking_uri, mlflow_experiment,
                        generate_if_rejected)
-
-
-# The helpers below run while the pipeline is compiled: they add tasks to the graph that
-# wavenet_train is building (kfp.dsl records every component call inside a pipeline function).
-
-def _preprocess_and_merge(listed, shards_uri):
-    """Preprocess each listed partition in parallel, then merge the partials into shards."""
-    config = listed.outputs["config"]
-    with dsl.ParallelFor(listed.outputs["Output"], parallelism=PREPROCESS_PARALLELISM,
-                         name="partitions") as part:
-        pre = preprocess_partition(audio=listed.outputs["audio"], partition=part, config=config,
-                                   shards_uri=shards_uri)
-        pre.set_display_name("preprocess partition").set_cpu_request("2").set_memory_limit("8G")
-        _step_pod(pre)
-
-    merged = merge_shards(partials=dsl.Collected(pre.outputs["partial"]), config=config,
-                          shards_uri=shards_uri)
-    merged.set_display_name("merge into shards").set_memory_limit("8G")
-    _step_pod(merged)
-    return merged
-
-
-def _gate_and_generate(trained, merged, config, tracking_uri, experiment, generate_if_rejected):
-    """Evaluate and gate the trained model; generate samples when it is promoted (or anyway)."""
-    gate = evaluate_model(model=trained.outputs["model"], shards=merged.outputs["shards"],
-                          config=config, tracking_uri=tracking_uri, experiment=experiment)
-    gate.set_display_name("evaluate and gate").set_caching_options(False)
-    _mlflow_credentials(gate)
-    _step_pod(gate)
-
-    def _generate(display: str) -> None:
-        gen = generate_samples(model=trained.outputs["model"], shards=merged.outputs["shards"],
-                               config=config, tracking_uri=tracking_uri, experiment=experiment,
-                               evaluation=gate.outputs["evaluation"])
-        gen.set_display_name(display).set_caching_options(False)
-        _mlflow_credentials(gen)
-        _step_pod(gen)
-
-    with dsl.If(gate.outputs["promoted"] == True, name="promoted"):  # noqa: E712 - KFP condition
-        _generate("generate samples (champion)")
-    with dsl.Elif(generate_if_rejected == True, name="report-anyway"):  # noqa: E712
-        _generate("generate samples (rejected)")
 
 
 def compile_pipeline(path: str) -> str:
