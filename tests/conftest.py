@@ -33,6 +33,34 @@ SOURCE_LABEL = "org.wavenet-pipelines.source"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# -- what a test needs (markers; pyproject.toml declares them) --------------------
+
+# The marks that keep a test out of the quick loop (`make test-fast` = `pytest -m unit`).
+COSTLY = ("slow", "training", "server", "containers", "pipeline", "subprocess", "mlflow")
+
+# A test using one of these fixtures (directly or through another fixture) needs what it
+# starts, so it gets the mark without one written on it.
+FIXTURE_MARKS = {
+    "trained_model_path": "training",
+    "mlflow_server": "server",
+    "gcs_emulator": "server",
+    "gcs_cas": "server",
+    "production": "server",
+    "engine": "containers",
+    "local_root": "pipeline",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by the costly fixtures it uses; mark ``unit`` the tests that need none."""
+    for item in items:
+        for name in item.fixturenames:
+            if name in FIXTURE_MARKS:
+                item.add_marker(FIXTURE_MARKS[name])
+        if not any(item.get_closest_marker(mark) for mark in COSTLY):
+            item.add_marker("unit")
+
+
 # -- datasets -------------------------------------------------------------------
 
 def synthetic_codes(length: int, rng: np.random.Generator, quantization_channels: int = 256) -> np.ndarray:

@@ -103,6 +103,7 @@ def test_run_names_tell_preset_data_version_and_start_time_apart():
     assert child_run_name("generate", None) == "generate"
 
 
+@pytest.mark.mlflow
 def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tmp_path):
     from wavenet.tracking import experiment_id, experiment_page
 
@@ -117,6 +118,7 @@ def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tm
     assert experiment_page("http://127.0.0.1:5000", None) == "http://127.0.0.1:5000"
 
 
+@pytest.mark.mlflow
 def test_every_experiment_we_use_gets_the_comparison_view(tmp_path):
     import mlflow
 
@@ -306,6 +308,7 @@ def test_bucket_source_and_persistent_bucket_shards(local_root, gcs_bucket):
     assert second.metadata["summary.unchanged"] == 3 and second.metadata["summary.processed"] == 0
 
 
+@pytest.mark.mlflow
 def test_warm_start_takes_the_champion_only_when_it_fits(eval_data, untrained_model_path, tmp_path,
                                                          monkeypatch, capsys):
     from conftest import tiny_config

@@ -193,6 +193,7 @@ def test_clip_labels_go_to_the_model_by_name():
     assert clip.names == ["low", "high", "low"] and clip.model_ids.tolist() == [0, 1, 0]
 
 
+@pytest.mark.training
 def test_training_records_the_data_vocabulary_and_refuses_too_few_classes(
         eval_data, tmp_path, capsys):
     from wavenet import registry

@@ -118,6 +118,7 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
         pytest.approx(second["bits_per_sample"])
 
 
+@pytest.mark.mlflow
 def test_load_wavenet_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WAVENET_SERVICE_RETRY_S", "0")  # the closed port below: no retries

@@ -178,6 +178,7 @@ def demo_shards(tmp_path_factory):
     return str(root / "out")
 
 
+@pytest.mark.training
 def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_is_not(
         demo_shards, tmp_path, monkeypatch):
     from wavenet.audio import mu_law_decode

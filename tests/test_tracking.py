@@ -28,6 +28,7 @@ def test_resolve_tracking_uri_order(tmp_path):
     assert tracking.resolve_tracking_uri(None, {}).startswith("sqlite:///")
 
 
+@pytest.mark.mlflow
 def test_start_run_continues_a_run_and_nests_under_kfp_parent(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with tracking.start_run("exp", run_name="parent", tracking_uri=uri) as parent:
