@@ -287,13 +287,12 @@ def test_sigterm_during_preprocess_removes_its_work_folder(tmp_path):
 
 # -- metrics re-sent after an outage reach MLflow once -------------------------------
 
-@pytest.mark.mlflow
-def test_pending_metrics_and_a_repeat_at_the_same_step_are_logged_once(tmp_path):
+def test_pending_metrics_and_a_repeat_at_the_same_step_are_logged_once(tmp_path, mlflow_db):
     from mlflow import MlflowClient
 
     from wavenet import tracking
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("dedupe")).info.run_id
     saved = [{"key": "val_bits_per_sample", "value": 5.0, "step": 30, "timestamp": 1000}]

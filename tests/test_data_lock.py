@@ -313,7 +313,7 @@ def test_a_planted_cache_entry_is_not_trusted(tmp_path, gcs_cas):
 # -- later steps read the version their run wrote -----------------------------------------
 
 @pytest.mark.training
-def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tmp_path, monkeypatch):
+def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tmp_path, monkeypatch, mlflow_db):
     from conftest import tiny_config, write_shard_dataset
 
     from wavenet.evaluate import evaluate
@@ -327,7 +327,7 @@ def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tm
     # Another run commits three labels to the same folder: the live manifest no longer fits the model.
     write_shard_dataset(data, tiny_config(), labels=["a", "b", "c"])
     assert len(read_manifest(data).labels) == 3 and len(read_manifest(mine).labels) == 2
-    cfg, db = tiny_config().with_overrides({"train.steps": 4}), f"sqlite:///{tmp_path}/m.db"
+    cfg, db = tiny_config().with_overrides({"train.steps": 4}), mlflow_db
     result = train(mine, str(tmp_path / "run"), cfg, tracking_uri=db, progress=False)
     model = os.path.join(result.out_dir, "model.keras")
     scored = evaluate(model, mine, cfg, tracking_uri=db)

@@ -152,18 +152,18 @@ def test_unreachable_tracking_server_fails_before_training(tiny_shards, tmp_path
     assert not out.exists()  # nothing trained, nothing written
 
 
-def test_fewer_shards_than_workers_is_one_line(tiny_shards, tmp_path, capsys):
+def test_fewer_shards_than_workers_is_one_line(tiny_shards, tmp_path, capsys, mlflow_db):
     line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
                                     "--preset", "tiny", "--workers", "4",
-                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+                                    "--tracking-uri", mlflow_db])
     assert "has 2 training shards but training uses 4 workers" in line
 
 
-def test_global_batch_must_divide_among_workers(tiny_shards, tmp_path, capsys):
+def test_global_batch_must_divide_among_workers(tiny_shards, tmp_path, capsys, mlflow_db):
     line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
                                     "--preset", "tiny", "--workers", "2", "--set",
                                     "train.global_batch_size=5",
-                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+                                    "--tracking-uri", mlflow_db])
     assert "train.global_batch_size must be divisible by the number of replicas (2)" in line
 
 
@@ -241,8 +241,8 @@ def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_ser
 
 
 @pytest.mark.training
-def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, capsys):
-    db = f"sqlite:///{tmp_path}/m.db"
+def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, capsys, mlflow_db):
+    db = mlflow_db
     common = ["--preset", "tiny", "--no-progress", "--tracking-uri", db]
 
     def run(out, *extra):
@@ -277,25 +277,25 @@ def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, 
                              "its model config differs")
 
 
-def test_workers_need_a_file_to_warm_start_from(tiny_shards, tmp_path, capsys, monkeypatch):
+def test_workers_need_a_file_to_warm_start_from(tiny_shards, tmp_path, capsys, monkeypatch, mlflow_db):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
                                                 "task": {"type": "worker", "index": 0}}))
     line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
                                     "--preset", "tiny", "--worker", "--init-model",
                                     "models:/wavenet@champion",
-                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+                                    "--tracking-uri", mlflow_db])
     assert "--worker reads --init-model as a .keras path" in line
     assert "Received: init_model='models:/wavenet@champion'" in line
 
 
 @pytest.mark.training
 @pytest.mark.parametrize("labels, classes", [(("a", "b"), 2), (("solo",), 0)])
-def test_num_classes_auto_is_resolved_from_the_datas_labels(tmp_path, capsys, labels, classes):
+def test_num_classes_auto_is_resolved_from_the_datas_labels(tmp_path, capsys, labels, classes, mlflow_db):
     # `wavenet train` resolves model.num_classes "auto" as the pipeline's merge step does.
     data = write_shards(tmp_path / "data", labels=labels)
     out = tmp_path / "run"
     rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--no-progress",
-               "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--set", "train.steps=2",
+               "--tracking-uri", mlflow_db, "--set", "train.steps=2",
                "--set", "model.num_classes=auto"])
     capsys.readouterr()
     assert rc == 0
