@@ -153,7 +153,7 @@ def test_briefly_trained_model_beats_uniform_and_reports_everything(
     assert run.data.params["model.num_classes"] == "2"
 
 
-def test_evaluate_rejects_a_model_with_too_few_labels(eval_data, tmp_path, monkeypatch, mlflow_db):
+def test_evaluate_rejects_a_model_with_too_few_labels(eval_data, tmp_path, monkeypatch):
     from wavenet.model import build_model, save_model
 
     monkeypatch.chdir(tmp_path)
@@ -162,7 +162,7 @@ def test_evaluate_rejects_a_model_with_too_few_labels(eval_data, tmp_path, monke
     # Saved without a vocabulary: its ids are the data's, and data id 1 has no row.
     with pytest.raises(DataError, match=f"data label 'high' has id 1 but {path} is conditioned on "
                                         "1 labels and records no vocabulary"):
-        evaluate(path, eval_data, tiny_config(), tracking_uri=mlflow_db)
+        evaluate(path, eval_data, tiny_config(), tracking_uri=f"sqlite:///{tmp_path}/m.db")
 
 
 def test_cli_evaluate_prints_json_and_reports_bad_input_in_one_line(

@@ -152,18 +152,18 @@ def test_unreachable_tracking_server_fails_before_training(tiny_shards, tmp_path
     assert not out.exists()  # nothing trained, nothing written
 
 
-def test_fewer_shards_than_workers_is_one_line(tiny_shards, tmp_path, capsys, mlflow_db):
+def test_fewer_shards_than_workers_is_one_line(tiny_shards, tmp_path, capsys):
     line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
                                     "--preset", "tiny", "--workers", "4",
-                                    "--tracking-uri", mlflow_db])
+                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert "has 2 training shards but training uses 4 workers" in line
 
 
-def test_global_batch_must_divide_among_workers(tiny_shards, tmp_path, capsys, mlflow_db):
+def test_global_batch_must_divide_among_workers(tiny_shards, tmp_path, capsys):
     line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
                                     "--preset", "tiny", "--workers", "2", "--set",
                                     "train.global_batch_size=5",
-                                    "--tracking-uri", mlflow_db])
+                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert "train.global_batch_size must be divisible by the number of replicas (2)" in line
 
 
@@ -277,13 +277,13 @@ def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, 
                              "its model config differs")
 
 
-def test_workers_need_a_file_to_warm_start_from(tiny_shards, tmp_path, capsys, monkeypatch, mlflow_db):
+def test_workers_need_a_file_to_warm_start_from(tiny_shards, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
                                                 "task": {"type": "worker", "index": 0}}))
     line = _one_line_error(capsys, ["train", str(tiny_shards), "--out", str(tmp_path / "run"),
                                     "--preset", "tiny", "--worker", "--init-model",
                                     "models:/wavenet@champion",
-                                    "--tracking-uri", mlflow_db])
+                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert "--worker reads --init-model as a .keras path" in line
     assert "Received: init_model='models:/wavenet@champion'" in line
 
