@@ -48,8 +48,10 @@ retrain-demo: install
 test: install
 	$(PY) -m pytest
 
+# The pre-commit loop: tests that need no training, server, container, kfp.local run or
+# TensorFlow subprocess (the `unit` mark, added in tests/conftest.py; see docs/contributing.md).
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m unit
 
 lint: install
 	$(VENV)/bin/ruff check wavenet components pipelines tests devtools

@@ -33,6 +33,35 @@ SOURCE_LABEL = "org.wavenet-pipelines.source"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# -- what a test needs (markers; pyproject.toml declares them) --------------------
+
+# The marks that keep a test out of the quick loop (`make test-fast` = `pytest -m unit`).
+COSTLY = ("slow", "training", "server", "containers", "pipeline", "subprocess", "mlflow")
+
+# A test using one of these fixtures (directly or through another fixture) needs what it
+# starts, so it gets the mark without one written on it.
+FIXTURE_MARKS = {
+    "trained_model_path": "training",
+    "mlflow_server": "server",
+    "mlflow_store_template": "mlflow",
+    "gcs_emulator": "server",
+    "gcs_cas": "server",
+    "production": "server",
+    "engine": "containers",
+    "local_root": "pipeline",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by the costly fixtures it uses; mark ``unit`` the tests that need none."""
+    for item in items:
+        for name in item.fixturenames:
+            if name in FIXTURE_MARKS:
+                item.add_marker(FIXTURE_MARKS[name])
+        if not any(item.get_closest_marker(mark) for mark in COSTLY):
+            item.add_marker("unit")
+
+
 # -- datasets -------------------------------------------------------------------
 
 def synthetic_codes(length: int, rng: np.random.Generator, quantization_channels: int = 256) -> np.ndarray:
@@ -87,6 +116,40 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# A new SQLite tracking store spends seconds (11 s here under load, 0.3 s for a copy) running
+# MLflow's schema migrations: the session migrates one template and each test gets a copy.
+@pytest.fixture(scope="session")
+def mlflow_store_template(tmp_path_factory) -> Path:
+    """An MLflow SQLite store, migrated, without its Default experiment (read-only: copy it).
+
+    MLflow's store creates the Default experiment when experiment 0 is missing, with the
+    artifact root of the process that opens it (mlflow/store/tracking/sqlalchemy_store.py,
+    ``SqlAlchemyStore.__init__``): a copy then opens as a store created there would.
+    """
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("DELETE FROM experiments WHERE experiment_id = 0")
+    return path
+
+
+def new_mlflow_store(template: Path, path: Path) -> str:
+    """A copy of ``template`` at ``path`` (a new, empty tracking store); returns its URI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def mlflow_db(mlflow_store_template, tmp_path) -> str:
+    """The URI of a new SQLite tracking store of this test's own: ``tmp_path/mlflow.db``."""
+    return new_mlflow_store(mlflow_store_template, tmp_path / "mlflow.db")
+
+
 @dataclass
 class MlflowServer:
     """A running ``mlflow server``: ``uri`` is its tracking URI (http://127.0.0.1:PORT)."""
@@ -131,16 +194,20 @@ def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def run_mlflow_server(folder, port: int | None = None, timeout: float = 300.0):
+def run_mlflow_server(folder, port: int | None = None, timeout: float = 300.0,
+                      template: Path | None = None):
     """Start a real ``mlflow server`` on 127.0.0.1 (SQLite store and artifacts in ``folder``).
 
     Restarting with the same ``folder`` and ``port`` brings back the same store:
-    tests use that to simulate an outage.
+    tests use that to simulate an outage. A new store starts as a copy of ``template``
+    (the ``mlflow_store_template`` fixture) where one is given.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     backend = f"sqlite:///{folder / 'mlflow.db'}"
+    if template and not (folder / "mlflow.db").exists():
+        new_mlflow_store(template, folder / "mlflow.db")
     artifacts = folder / "artifacts"
     log = open(folder / f"server-{port}.log", "ab")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
@@ -162,12 +229,12 @@ def run_mlflow_server(folder, port: int | None = None, timeout: float = 300.0):
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def mlflow_server(tmp_path_factory, mlflow_store_template):
     """One real ``mlflow server`` for the session (SQLite backend, served artifacts).
 
     Yields a :class:`MlflowServer`; its ``uri`` is the tracking URI.
     """
-    with run_mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+    with run_mlflow_server(tmp_path_factory.mktemp("mlflow"), template=mlflow_store_template) as server:
         yield server
 
 
@@ -439,3 +506,19 @@ def give_to_containers(path: Path) -> Path:
     else:
         path.chmod(0o777)
     return path
+
+
+# -- the production MLflow set-up (PostgreSQL, GCS emulator, k8s/mlflow.yaml's server) ---------
+
+@pytest.fixture(scope="session")
+def production(tmp_path_factory):
+    """One production MLflow set-up for the session (tests/production_mlflow.py).
+
+    Shared by tests/test_mlflow_server.py and tests/test_retrain.py, which each started their
+    own: a test that changes a user or the admin password puts it back; each test logs to
+    experiments and registered models of its own names.
+    """
+    from production_mlflow import run_production
+
+    with run_production(tmp_path_factory.mktemp("production-mlflow")) as setup:
+        yield setup

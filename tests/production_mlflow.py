@@ -16,20 +16,25 @@ naming it (``STORAGE_EMULATOR_HOST``: the GCS emulator instead of Workload Ident
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from conftest import stop_process_group, wait_healthy
+from conftest import REQUIRE_CONTAINERS, free_port, run_gcs_emulator, stop_process_group, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "k8s" / "mlflow.yaml"
@@ -263,3 +268,119 @@ def run_manifest_mlflow(port: int, secrets: Mapping[str, Mapping[str, str]], fol
     finally:
         stop_process_group(proc, timeout=15)
         log.close()
+
+
+# -- the whole set-up (the session's `production` fixture, tests/conftest.py) ---------------------
+
+# Test values for the Secrets k8s/mlflow.yaml references (docs/mlflow.md: "The MLflow server on the
+# cluster" shows the same keys).
+DB_USER, DB_PASSWORD = "mlflow", "test-only-db-Pw-5521"
+ADMIN, ADMIN_PASSWORD = "admin", "test-only-Admin-Pw-8842"
+PIPELINE_USER, PIPELINE_PASSWORD = "pipeline", "test-only-Pipeline-Pw-3107"
+
+
+def basic_auth_ini(database_uri: str) -> str:
+    """The `basic_auth.ini` key of Secret mlflow-auth (docs/mlflow.md shows the same)."""
+    return ("[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = {database_uri}\n"
+            f"admin_username = {ADMIN}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+
+
+def secrets_for(pg: Postgres, admin_password: str = ADMIN_PASSWORD) -> dict[str, dict[str, str]]:
+    return {"mlflow-backend": {"uri": pg.uri("mlflow", DB_USER, DB_PASSWORD)},
+            "mlflow-auth": {"basic_auth.ini": basic_auth_ini(pg.uri("mlflow_auth", DB_USER, DB_PASSWORD)),
+                            "admin-password": admin_password,
+                            "flask-secret-key": "test-only-flask-secret-key-0123456789"}}
+
+
+def artifact_bucket() -> tuple[str, str]:
+    """(bucket, prefix) of the manifest's --artifacts-destination."""
+    _, c = mlflow_deployment()
+    (dest,) = [a.split("=", 1)[1] for a in c["args"] if a.startswith("--artifacts-destination=")]
+    assert dest.startswith("gs://"), dest
+    bucket, _, prefix = dest[len("gs://"):].partition("/")
+    return bucket, prefix
+
+
+def _engine_and_image():
+    """(docker client, MLflow image), or (None, None) where containers are not available here."""
+    from components.images import image_name
+    from devtools.containers import ContainerError, client, require_image
+
+    try:
+        c = client()
+        require_image(c, image_name("mlflow"))
+        return c, image_name("mlflow")
+    except ContainerError as e:
+        if REQUIRE_CONTAINERS:
+            pytest.fail(f"{e} (WAVENET_REQUIRE_CONTAINERS=1)")
+        print(f"no container engine or MLflow image ({e}): running the server from .venv")
+        return None, None
+
+
+@dataclass
+class Production:
+    server: ManifestServer
+    pg: Postgres
+    emulator: str
+    bucket: str
+    prefix: str
+    engine: object
+    image: str | None
+    folder: Path
+
+
+@contextlib.contextmanager
+def run_production(folder: Path) -> Iterator[Production]:
+    """The whole production set-up: PostgreSQL, the GCS emulator, the manifest's ``mlflow server``.
+
+    Skips (fails under WAVENET_REQUIRE_CONTAINERS=1) where PostgreSQL is not installed. Yields
+    a :class:`Production` whose admin and pipeline users exist; ``folder`` holds its files.
+    """
+    if postgres_bin() is None:
+        msg = "PostgreSQL is not installed: run scripts/setup-services.sh (Debian's postgresql)"
+        if REQUIRE_CONTAINERS:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    engine, image = _engine_and_image()
+    bucket, prefix = artifact_bucket()
+    with contextlib.ExitStack() as stack:
+        started = time.monotonic()
+        pg = stack.enter_context(run_postgres(free_port()))
+        pg.sql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'")
+        for db in ("mlflow", "mlflow_auth"):
+            pg.sql(f"CREATE DATABASE {db} OWNER {DB_USER}")
+        pg_seconds = time.monotonic() - started
+        emulator = stack.enter_context(run_gcs_emulator(bucket))
+        server = stack.enter_context(run_manifest_mlflow(
+            free_port(), secrets_for(pg), folder / "server-1",
+            # What Workload Identity gives the pod on a cluster: here, the emulator's address.
+            extra_env={"STORAGE_EMULATOR_HOST": emulator}, engine=engine, image=image))
+        print(f"PostgreSQL up in {pg_seconds:.1f} s; mlflow server ({server.how}) healthy in "
+              f"{server.start_seconds:.1f} s")
+        # The pipeline's own user (Secret mlflow-client), created by the admin as docs/mlflow.md says.
+        status, body = request(server.uri + "/api/2.0/mlflow/users/create", auth=(ADMIN, ADMIN_PASSWORD),
+                               data={"username": PIPELINE_USER, "password": PIPELINE_PASSWORD})
+        assert status == 200, body
+        yield Production(server, pg, emulator, bucket, prefix, engine, image, Path(folder))
+
+
+def request(url, auth=None, data=None, method=None, host=None):
+    """(HTTP status, body text) of one request; ``auth`` = (user, password) for Basic auth."""
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    if host:
+        headers["Host"] = host
+    body = None
+    if data is not None:
+        body = json.dumps(data).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from wavenet.cli import main
 
 
+@pytest.mark.training
 def test_bench_quality_trains_each_budget_afresh_and_reports_bits_and_checks_per_label(capsys):
     rc = main(["bench", "quality", "--quick", "--json", "--preset", "tiny", "--budgets", "256,1024",
                "--set", "model.num_classes=auto", "--set", "generate.seconds=0.25"])

@@ -127,6 +127,7 @@ def test_corrupt_keras_file_is_reported_as_not_a_valid_keras_file(tmp_path, untr
 
 # -- the CLI end to end --------------------------------------------------------------
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("override, needle", [
     ("generate.seconds=.inf", "generate.seconds must be a finite number"),
     ("data.chunk_seconds=.nan", "data.chunk_seconds must be a finite number"),
@@ -138,6 +139,7 @@ def test_cli_config_errors_are_one_line_with_exit_2(override, needle):
     assert_one_line_error(status, err, needle)
 
 
+@pytest.mark.subprocess
 def test_cli_yaml_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  steps: [1\n")
@@ -158,6 +160,7 @@ def small_corpus(tmp_path_factory):
     return root
 
 
+@pytest.mark.subprocess
 def test_preprocess_with_infinite_chunks_fails_in_one_line_and_writes_nothing(small_corpus, tmp_path):
     dst = tmp_path / "out"
     status, _, err, _ = cli("preprocess", small_corpus, dst, "--preset", "tiny", "--no-progress",
@@ -166,6 +169,7 @@ def test_preprocess_with_infinite_chunks_fails_in_one_line_and_writes_nothing(sm
     assert not dst.exists() or not any(dst.iterdir())
 
 
+@pytest.mark.subprocess
 def test_preprocess_into_a_file_fails_in_one_line(small_corpus, tmp_path):
     dst = tmp_path / "a-file"
     dst.write_text("keep me")
@@ -177,6 +181,7 @@ def test_preprocess_into_a_file_fails_in_one_line(small_corpus, tmp_path):
     assert dst.read_text() == "keep me"
 
 
+@pytest.mark.subprocess
 def test_unreachable_storage_endpoint_fails_fast_in_one_line(tmp_path):
     port = free_port()  # nothing listens there
     endpoint = f"http://127.0.0.1:{port}"
@@ -190,6 +195,7 @@ def test_unreachable_storage_endpoint_fails_fast_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_storage_calls_retry_a_closed_port_for_the_budget_then_give_up(monkeypatch, capsys):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("WAVENET_SERVICE_RETRY_S", "2")
@@ -281,12 +287,12 @@ def test_sigterm_during_preprocess_removes_its_work_folder(tmp_path):
 
 # -- metrics re-sent after an outage reach MLflow once -------------------------------
 
-def test_pending_metrics_and_a_repeat_at_the_same_step_are_logged_once(tmp_path):
+def test_pending_metrics_and_a_repeat_at_the_same_step_are_logged_once(tmp_path, mlflow_db):
     from mlflow import MlflowClient
 
     from wavenet import tracking
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("dedupe")).info.run_id
     saved = [{"key": "val_bits_per_sample", "value": 5.0, "step": 30, "timestamp": 1000}]

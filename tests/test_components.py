@@ -103,10 +103,10 @@ def test_run_names_tell_preset_data_version_and_start_time_apart():
     assert child_run_name("generate", None) == "generate"
 
 
-def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tmp_path):
+def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tmp_path, mlflow_db):
     from wavenet.tracking import experiment_id, experiment_page
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     import mlflow
 
     made = mlflow.MlflowClient(uri).create_experiment("links")
@@ -117,12 +117,12 @@ def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tm
     assert experiment_page("http://127.0.0.1:5000", None) == "http://127.0.0.1:5000"
 
 
-def test_every_experiment_we_use_gets_the_comparison_view(tmp_path):
+def test_every_experiment_we_use_gets_the_comparison_view(tmp_path, mlflow_db):
     import mlflow
 
     from wavenet import tracking
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     client = mlflow.MlflowClient(uri)
     # One made by us, one made elsewhere before (tagged on first use), one whose view a user
     # changed (left as it is).
@@ -307,13 +307,13 @@ def test_bucket_source_and_persistent_bucket_shards(local_root, gcs_bucket):
 
 
 def test_warm_start_takes_the_champion_only_when_it_fits(eval_data, untrained_model_path, tmp_path,
-                                                         monkeypatch, capsys):
+                                                         monkeypatch, capsys, mlflow_db):
     from conftest import tiny_config
 
     from wavenet.evaluate import evaluate
 
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
-    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = mlflow_db
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": "warm-test"})
     # The first scheduled run: no champion yet, so training starts from scratch.
     assert champion_init_model(cfg, db)[0] is None

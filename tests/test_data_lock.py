@@ -128,6 +128,7 @@ def test_two_runs_at_once_on_one_bucket_keep_both(tmp_path, gcs_cas):
 
 # -- the lock's refusal, versions, garbage collection -------------------------------------
 
+@pytest.mark.subprocess
 def test_a_writer_that_waits_too_long_gives_up_in_one_line_with_exit_138(tmp_path):
     import fcntl
 
@@ -233,6 +234,7 @@ def files_under(root) -> dict[str, bytes]:
             for d, _, names in os.walk(root) for n in names if n != ".wavenet.lock"}
 
 
+@pytest.mark.subprocess
 def test_preprocessing_onto_a_full_disk_is_one_line_and_changes_nothing(tmp_path, tiny_fs):
     dst = str(tiny_fs / "data")
     small = corpus(tmp_path / "small", "alpha", 300.0, n=2)
@@ -310,7 +312,8 @@ def test_a_planted_cache_entry_is_not_trusted(tmp_path, gcs_cas):
 
 # -- later steps read the version their run wrote -----------------------------------------
 
-def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tmp_path, monkeypatch):
+@pytest.mark.training
+def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tmp_path, monkeypatch, mlflow_db):
     from conftest import tiny_config, write_shard_dataset
 
     from wavenet.context import RunContext
@@ -325,7 +328,7 @@ def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tm
     # Another run commits three labels to the same folder: the live manifest no longer fits the model.
     write_shard_dataset(data, tiny_config(), labels=["a", "b", "c"])
     assert len(read_manifest(data).labels) == 3 and len(read_manifest(mine).labels) == 2
-    cfg, db = tiny_config().with_overrides({"train.steps": 4}), f"sqlite:///{tmp_path}/m.db"
+    cfg, db = tiny_config().with_overrides({"train.steps": 4}), mlflow_db
     result = train(mine, str(tmp_path / "run"), cfg, RunContext(db, progress=False))
     model = os.path.join(result.out_dir, "model.keras")
     scored = evaluate(model, mine, cfg, tracking_uri=db)

@@ -118,11 +118,11 @@ def independent_baselines(data_dir, config, receptive_field):
 
 
 def test_briefly_trained_model_beats_uniform_and_reports_everything(
-        eval_data, trained_model_path, tmp_path, monkeypatch):
+        eval_data, trained_model_path, tmp_path, monkeypatch, mlflow_db):
     import mlflow
 
     monkeypatch.chdir(tmp_path)  # the SQLite store's artifacts land in ./mlruns
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     cfg = tiny_config()
     out = tmp_path / "eval"
     result = evaluate(trained_model_path, eval_data, cfg, out_dir=str(out), tracking_uri=uri,
@@ -166,11 +166,11 @@ def test_evaluate_rejects_a_model_with_too_few_labels(eval_data, tmp_path, monke
 
 
 def test_cli_evaluate_prints_json_and_reports_bad_input_in_one_line(
-        eval_data, trained_model_path, tmp_path, monkeypatch, capsys):
+        eval_data, trained_model_path, tmp_path, monkeypatch, capsys, mlflow_db):
     from wavenet.cli import main
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     rc = main(["evaluate", trained_model_path, eval_data, "--preset", "tiny", "--tracking-uri", uri,
                "--out", str(tmp_path / "o")])
     assert rc == 0
@@ -199,7 +199,7 @@ def labelled_folder(root, seconds=1.0):
     return root
 
 
-def test_every_label_is_scored_and_says_how_it_was_held_out(trained_model_path, tmp_path, monkeypatch):
+def test_every_label_is_scored_and_says_how_it_was_held_out(trained_model_path, tmp_path, monkeypatch, mlflow_db):
     from wavenet.preprocess import preprocess
 
     monkeypatch.chdir(tmp_path)
@@ -209,12 +209,12 @@ def test_every_label_is_scored_and_says_how_it_was_held_out(trained_model_path, 
     m = preprocess(str(src), str(tmp_path / "data"), cfg, processes=1, progress=False)
     assert {f.relpath: f.split for f in m.files}["high/take0.wav"] == "tail"
     result = evaluate(trained_model_path, str(tmp_path / "data"), cfg,
-                      tracking_uri=f"sqlite:///{tmp_path}/m.db")
+                      tracking_uri=mlflow_db)
     assert result["split"] == "validation" and result["labels_not_scored"] == []
     assert {k: t["holdout"] for k, t in result["per_label"].items()} == {"low": "tracks", "high": "tail"}
 
 
-def test_a_test_folder_is_scored_whole_with_split_all(trained_model_path, tmp_path, monkeypatch, capsys):
+def test_a_test_folder_is_scored_whole_with_split_all(trained_model_path, tmp_path, monkeypatch, capsys, mlflow_db):
     import tensorflow as tf
 
     from wavenet.cli import main
@@ -222,7 +222,7 @@ def test_a_test_folder_is_scored_whole_with_split_all(trained_model_path, tmp_pa
     from wavenet.preprocess import preprocess
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     cfg = tiny_config().with_overrides({"data.validation_fraction": 0.0})
     preprocess(str(labelled_folder(tmp_path / "test")), str(tmp_path / "shards"), cfg, processes=1,
                progress=False)
@@ -260,7 +260,7 @@ def test_a_test_folder_is_scored_whole_with_split_all(trained_model_path, tmp_pa
 
 
 def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
-        eval_data, trained_model_path, tmp_path, monkeypatch, request):
+        eval_data, trained_model_path, tmp_path, monkeypatch, request, mlflow_db):
     from pathlib import Path
 
     from wavenet import storage
@@ -273,7 +273,7 @@ def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
     for f in sorted(Path(eval_data).rglob("*")):
         if f.is_file():
             storage.write_bytes_atomic(f"{bucket}/data/{f.relative_to(eval_data)}", f.read_bytes())
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     cfg = tiny_config().with_overrides({"generate.num_clips": 2, "generate.seconds": 0.1})
 
     local = evaluate(trained_model_path, eval_data, cfg, tracking_uri=uri)

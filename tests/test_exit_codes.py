@@ -58,6 +58,7 @@ def test_retryable_codes_are_the_operators(code, retry):
     assert is_retryable(code) is retry
 
 
+@pytest.mark.subprocess
 def test_worker_with_bad_config_exits_2_with_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "wavenet.cli", "train", str(tmp_path), "--out", str(tmp_path / "o"),

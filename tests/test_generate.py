@@ -203,6 +203,7 @@ def test_errors_name_the_argument_and_what_was_received():
     assert plain.generate(0, seed=0).shape == (2, 0)
 
 
+@pytest.mark.subprocess
 def test_bench_generate_cli_quick_json():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(

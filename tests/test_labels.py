@@ -111,22 +111,22 @@ def test_scores_follow_the_names_not_the_ids(trained, eval_data, reordered_data)
     assert max(abs(blind[n] - own[n]) for n in EVAL_LABELS) > 1e-4
 
 
-def test_evaluate_refuses_a_label_the_model_never_saw(trained, extra_data, tmp_path):
+def test_evaluate_refuses_a_label_the_model_never_saw(trained, extra_data, tmp_path, mlflow_db):
     path = str(tmp_path / "two.keras")
     save_model(trained, path)
     with pytest.raises(DataError, match=f"data label 'extra' is not one {path} was trained on "
                                         r"\(its labels: low, high\)"):
-        evaluate(path, extra_data, tiny_config(3), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+        evaluate(path, extra_data, tiny_config(3), tracking_uri=mlflow_db)
 
 
 def test_gate_compares_on_the_labels_both_know_and_maps_each_by_name(
-        trained, eval_data, extra_data, tmp_path):
+        trained, eval_data, extra_data, tmp_path, mlflow_db):
     import mlflow
 
     from wavenet import registry, tracking
 
     cfg = tiny_config(3)
-    db = f"sqlite:///{tmp_path}/m.db"
+    db = mlflow_db
     tracking.use_tracking_uri(db)
     # Its own experiment: mlflow.start_run() alone would take an experiment id another test
     # made active in this process, which this fresh store does not have.
@@ -193,11 +193,12 @@ def test_clip_labels_go_to_the_model_by_name():
     assert clip.names == ["low", "high", "low"] and clip.model_ids.tolist() == [0, 1, 0]
 
 
+@pytest.mark.training
 def test_training_records_the_data_vocabulary_and_refuses_too_few_classes(
-        eval_data, tmp_path, capsys):
+        eval_data, tmp_path, capsys, mlflow_db):
     from wavenet import registry
 
-    db = f"sqlite:///{tmp_path}/m.db"
+    db = mlflow_db
     common = ["--preset", "tiny", "--no-progress", "--tracking-uri", db, "--steps", "2"]
     rc = main(["train", eval_data, "--out", str(tmp_path / "run"), *common,
                "--set", "model.num_classes=3"])

@@ -72,6 +72,7 @@ sys.exit(143)
 """
 
 
+@pytest.mark.subprocess
 def test_workers_stopping_after_sigterm_get_time_to_save(tmp_path):
     from wavenet.local_workers import FAILURE_GRACE_S, SAVE_GRACE_S
 

@@ -62,6 +62,7 @@ def measured_activation_bytes(cfg, small: int, big: int, mode: str) -> tuple[int
     return out["peaks"][2] - out["peaks"][1], out["length"]
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("mode", ["train", "evaluate"])
 def test_activation_estimate_is_within_a_factor_of_two_of_tensorflows_peak(mode):
     # The tiny model with long crops, so that activations (not TensorFlow's ~800 MB of
@@ -84,6 +85,7 @@ def test_activation_estimate_is_within_a_factor_of_two_of_tensorflows_peak(mode)
 ABSURD_TRAIN = ("--set", "train.global_batch_size=65536", "--set", "train.window=2048")
 
 
+@pytest.mark.subprocess
 def test_train_refuses_a_batch_that_cannot_fit_in_one_line_before_tensorflow(tiny_shards, tmp_path):
     out = tmp_path / "run"
     status, _, err, _ = cli("train", tiny_shards, "--out", out, "--preset", "tiny", "--no-progress",
@@ -93,6 +95,7 @@ def test_train_refuses_a_batch_that_cannot_fit_in_one_line_before_tensorflow(tin
     assert not out.exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.subprocess
 def test_a_cluster_worker_refuses_its_share_of_the_batch_with_exit_2(tiny_shards, tmp_path):
     tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
     status, _, err, _ = cli("train", tiny_shards, "--out", tmp_path / "run", "--preset", "tiny", "--worker",
@@ -100,6 +103,7 @@ def test_a_cluster_worker_refuses_its_share_of_the_batch_with_exit_2(tiny_shards
     assert_one_line_error(status, err, "training 32768 crops of 2064 codes", "train.global_batch_size")
 
 
+@pytest.mark.subprocess
 def test_evaluate_refuses_a_batch_that_cannot_fit_in_one_line(untrained_model_path, eval_data, tmp_path):
     status, _, err, _ = cli("evaluate", untrained_model_path, eval_data, "--preset", "tiny",
                             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -126,6 +126,7 @@ def test_untrained_loss_is_about_eight_bits():
     assert np.all(np.abs(bits - 8.0) < 0.3)
 
 
+@pytest.mark.training
 def test_targets_are_shifted_inputs():
     """A periodic signal whose next code is fully determined: the loss must go near zero.
 

@@ -154,6 +154,7 @@ def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
+@pytest.mark.subprocess
 def test_a_worker_retries_a_closed_mlflow_port_then_exits_138(tiny_shards, tmp_path):
     port = free_port()  # nothing listens there
     proc, _ = _worker(tiny_shards, tmp_path, f"http://127.0.0.1:{port}", WAVENET_SERVICE_RETRY_S="4")
@@ -164,6 +165,7 @@ def test_a_worker_retries_a_closed_mlflow_port_then_exits_138(tiny_shards, tmp_p
     assert line.endswith("(exit 138, retryable)"), line
 
 
+@pytest.mark.server
 def test_the_retries_wait_out_a_server_that_comes_back(tmp_path, monkeypatch):
     """check_tracking_server, started while nothing listens, returns once the server is up."""
     import threading
@@ -208,6 +210,7 @@ def _not_mlflow():
         stop_process_group(proc, timeout=10)
 
 
+@pytest.mark.subprocess
 def test_a_server_answering_404_is_bad_input_at_once(tiny_shards, tmp_path):
     with _not_mlflow() as uri:
         proc, seconds = _worker(tiny_shards, tmp_path, uri, WAVENET_SERVICE_RETRY_S="600")
@@ -272,6 +275,7 @@ def test_refusals_401_and_403_are_bad_input_at_once(tiny_shards, tmp_path, monke
     assert "retrying" not in proc.stderr
 
 
+@pytest.mark.server
 def test_run_exists_tells_not_found_from_an_outage(tmp_path, monkeypatch):
     for key, value in tracking.FAST_FAIL_HTTP_ENV.items():  # as `wavenet train` sets them
         monkeypatch.setenv(key, value)
@@ -288,6 +292,7 @@ def test_run_exists_tells_not_found_from_an_outage(tmp_path, monkeypatch):
 
 # -- point 7: credentials stay out of URIs, messages, command lines and TFJobs ------------------
 
+@pytest.mark.subprocess
 def test_a_tracking_uri_with_a_password_is_refused_without_printing_it(tiny_shards, tmp_path):
     proc = subprocess.run(_wavenet("train", tiny_shards, "--out", tmp_path / "run", "--preset", "tiny",
                                    "--tracking-uri", f"http://alice:{SECRET}@127.0.0.1:1"),
@@ -302,6 +307,7 @@ def test_a_tracking_uri_with_a_password_is_refused_without_printing_it(tiny_shar
         tracking.resolve_tracking_uri(None, {"MLFLOW_TRACKING_URI": f"https://{SECRET}@mlflow:5000"})
 
 
+@pytest.mark.subprocess
 def test_a_database_uri_password_is_masked_in_errors(tiny_shards, tmp_path):
     """A database URI has no other place for its password: it is used, and masked when shown."""
     uri = f"postgresql://alice:{SECRET}@127.0.0.1:{free_port()}/mlflow"

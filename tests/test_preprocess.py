@@ -449,6 +449,7 @@ def test_a_flac_whose_header_gives_no_length_is_skipped_with_that_reason(tmp_pat
                                                    "(an unfinished or streamed recording?); re-encode it"}]
 
 
+@pytest.mark.subprocess
 def test_peak_memory_follows_the_output_not_the_file(tmp_path):
     # A real `wavenet preprocess` process per file: 90 s of 8 channels at 192 kHz (1.1 GB of
     # float32 when decoded whole) against 3 s of the same. Decoding it whole took 9.7x the

@@ -14,7 +14,7 @@ from wavenet.model import load_model
 def tracking_uri(request, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'mlflow.db'}"
+        return request.getfixturevalue("mlflow_db")
     server = request.getfixturevalue("mlflow_server")
     return getattr(server, "uri", server)  # the URI, or a server object carrying it
 
@@ -118,10 +118,10 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
         pytest.approx(second["bits_per_sample"])
 
 
-def test_load_wavenet_errors_are_one_line(tmp_path, monkeypatch):
+def test_load_wavenet_errors_are_one_line(tmp_path, monkeypatch, mlflow_db):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WAVENET_SERVICE_RETRY_S", "0")  # the closed port below: no retries
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     with pytest.raises(TrackingError, match="cannot download model models:/nothing@champion") as e:
         registry.load_wavenet("models:/nothing@champion", uri)
     assert "\n" not in str(e.value)

@@ -36,9 +36,9 @@ def test_reference_clips_take_the_middle_of_each_labels_longest_example():
 
 
 def test_a_rejected_models_report_says_so_with_numbers_references_and_thresholds(
-        eval_data, trained_model_path, untrained_model_path, tmp_path, monkeypatch):
+        eval_data, trained_model_path, untrained_model_path, tmp_path, monkeypatch, mlflow_db):
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db
     name = "wavenet-report-test"
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": name, "generate.num_clips": 2,
                                         "generate.seconds": 0.1})
@@ -84,10 +84,10 @@ def test_a_rejected_models_report_says_so_with_numbers_references_and_thresholds
     assert "no gate decision" in (tmp_path / "c" / "report.html").read_text()
 
 
-def test_cli_generate_everyday_flags_win_over_set(trained_model_path, tmp_path, monkeypatch, capsys):
+def test_cli_generate_everyday_flags_win_over_set(trained_model_path, tmp_path, monkeypatch, capsys, mlflow_db):
     monkeypatch.chdir(tmp_path)
     common = ["generate", trained_model_path, "--preset", "tiny", "--no-progress",
-              "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+              "--tracking-uri", mlflow_db]
     rc = main([*common, "--out", str(tmp_path / "s"), "--set", "generate.num_clips=4",
                "--set", "generate.seconds=1", "--clips", "2", "--seconds", "0.1",
                "--temperature", "0.5", "--seed", "7", "--weights", "float32"])

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from mlflow import MlflowClient
-from test_mlflow_server import PIPELINE_PASSWORD, PIPELINE_USER, production  # noqa: F401 (fixture)
+from production_mlflow import PIPELINE_PASSWORD, PIPELINE_USER
 
 from devtools import retrain_demo
 from wavenet.manifest import read_manifest
@@ -16,7 +16,7 @@ from wavenet.manifest import read_manifest
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_second_run_decodes_only_new_files_warm_starts_gates_every_label_and_moves_the_champion_only_when_better(
-        production, tmp_path, monkeypatch, capsys):  # noqa: F811 (the fixture)
+        production, tmp_path, monkeypatch, capsys):
     from google.cloud import storage
 
     monkeypatch.chdir(tmp_path)

@@ -99,7 +99,7 @@ def test_generate_from_the_champion_writes_wavs_pngs_and_a_self_contained_report
 
 
 def test_priming_needs_data_and_cli_reports_it_in_one_line(trained_model_path, tmp_path,
-                                                             monkeypatch, capsys):
+                                                             monkeypatch, capsys, mlflow_db):
     from wavenet.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -108,18 +108,18 @@ def test_priming_needs_data_and_cli_reports_it_in_one_line(trained_model_path, t
         generate_samples(trained_model_path, str(tmp_path / "s"), cfg, progress=False)
     rc = main(["generate", trained_model_path, "--out", str(tmp_path / "s"), "--preset", "tiny",
                "--set", "generate.prime_seconds=0.1", "--no-progress",
-               "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+               "--tracking-uri", mlflow_db])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: generate.prime_seconds") and err.count("\n") == 1
 
 
-def test_cli_generate_unprimed_from_a_keras_file(trained_model_path, tmp_path, monkeypatch, capsys):
+def test_cli_generate_unprimed_from_a_keras_file(trained_model_path, tmp_path, monkeypatch, capsys, mlflow_db):
     from wavenet.cli import main
 
     monkeypatch.chdir(tmp_path)
     rc = main(["generate", trained_model_path, "--out", str(tmp_path / "s"), "--preset", "tiny",
                "--set", "generate.num_clips=2", "--no-progress",
-               "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+               "--tracking-uri", mlflow_db])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     assert [c["label"] for c in printed["clips"]] == ["0", "1"]  # no data: label ids
@@ -128,11 +128,11 @@ def test_cli_generate_unprimed_from_a_keras_file(trained_model_path, tmp_path, m
 
 
 def test_a_conditioned_model_gets_one_clip_per_label_whatever_num_clips_says(
-        eval_data, trained_model_path, tmp_path, monkeypatch, capsys):
+        eval_data, trained_model_path, tmp_path, monkeypatch, capsys, mlflow_db):
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config().with_overrides({"generate.num_clips": 1, "generate.seconds": 0.1})
     result = generate_samples(trained_model_path, str(tmp_path / "s"), cfg, data_dir=eval_data,
-                              tracking_uri=f"sqlite:///{tmp_path}/m.db", progress=False)
+                              tracking_uri=mlflow_db, progress=False)
     assert [c["label"] for c in result["clips"]] == EVAL_LABELS
     assert "2 clips, one per label (generate.num_clips=1)" in capsys.readouterr().err
     summary = json.loads((tmp_path / "s" / "samples.json").read_text())
@@ -140,7 +140,7 @@ def test_a_conditioned_model_gets_one_clip_per_label_whatever_num_clips_says(
     # How the clips sound, in MLflow: the share of calibrated checks passed, overall and per label.
     from mlflow import MlflowClient
 
-    logged = MlflowClient(f"sqlite:///{tmp_path}/m.db").get_run(result["run_id"]).data.metrics
+    logged = MlflowClient(mlflow_db).get_run(result["run_id"]).data.metrics
     expected = {"samples/checks_passed_fraction", "samples/clips_passed_fraction",
                 *(f"samples/checks_passed_fraction/{label}" for label in EVAL_LABELS)}
     assert expected <= set(logged) and set(summary["checks_passed"]) == expected
@@ -178,8 +178,9 @@ def demo_shards(tmp_path_factory):
     return str(root / "out")
 
 
+@pytest.mark.training
 def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_is_not(
-        demo_shards, tmp_path, monkeypatch):
+        demo_shards, tmp_path, monkeypatch, mlflow_db):
     from wavenet.audio import mu_law_decode
     from wavenet.generate_samples import read_validation_codes
     from wavenet.quality import CHECKS, analyze
@@ -189,7 +190,7 @@ def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_
     cfg = tiny_config(3).with_overrides({"generate.num_clips": 3, "generate.seconds": 1.5})
     model = train_briefly(demo_shards, cfg, steps=60)
     result = generate_samples(model, str(tmp_path / "s"), cfg, data_dir=demo_shards,
-                              tracking_uri=f"sqlite:///{tmp_path}/m.db", progress=False)
+                              tracking_uri=mlflow_db, progress=False)
     labels = ["drums", "organ", "strings"]
     assert [c["label"] for c in result["clips"]] == labels
     for clip in result["clips"]:

@@ -31,6 +31,7 @@ def _pipeline(word: str):
     _fails(word=first.output)
 
 
+@pytest.mark.pipeline
 def test_a_failing_step_reaches_the_terminal_and_the_executor_dumps_only_the_log(tmp_path):
     terminal = io.StringIO()
     log = tmp_path / "run.log"

@@ -28,8 +28,8 @@ def test_resolve_tracking_uri_order(tmp_path):
     assert tracking.resolve_tracking_uri(None, {}).startswith("sqlite:///")
 
 
-def test_start_run_continues_a_run_and_nests_under_kfp_parent(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_start_run_continues_a_run_and_nests_under_kfp_parent(tmp_path, monkeypatch, mlflow_db):
+    uri = mlflow_db
     with tracking.start_run("exp", run_name="parent", tracking_uri=uri) as parent:
         parent_id = parent.info.run_id
     # As KFP injects it: in the real process environment (mlflow's own

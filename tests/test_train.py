@@ -38,6 +38,7 @@ def test_learning_rate_warms_up_then_decays_to_floor():
     assert learning_rate_at(mid, t) == pytest.approx(t.learning_rate * (1 + t.min_lr_ratio) / 2)
 
 
+@pytest.mark.subprocess
 def test_launchers_never_import_tensorflow():
     """`wavenet train --workers N`, the train component and the TFJob launcher stay light."""
     code = ("import sys; import wavenet.train, wavenet.train.launch, wavenet.train.cluster; "
@@ -90,6 +91,7 @@ print(json.dumps({"adam": first_moment(keras.optimizers.Adam), "pre": first_mome
 """
 
 
+@pytest.mark.training
 def test_pre_reduced_adam_does_not_sum_again():
     """Fails loudly when Keras changes the private method PreReducedAdam overrides.
 
@@ -238,8 +240,9 @@ def test_training_lowers_loss_and_logs_everything_to_mlflow(tmp_path, mlflow_ser
     assert len(client.get_metric_history(run.info.run_id, "val_bits_per_sample")) == 3
 
 
-def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, capsys):
-    db = f"sqlite:///{tmp_path}/m.db"
+@pytest.mark.training
+def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, capsys, mlflow_db):
+    db = mlflow_db
     common = ["--preset", "tiny", "--no-progress", "--tracking-uri", db]
 
     def run(out, *extra):
@@ -285,13 +288,14 @@ def test_workers_need_a_file_to_warm_start_from(tiny_shards, tmp_path, capsys, m
     assert "Received: init_model='models:/wavenet@champion'" in line
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("labels, classes", [(("a", "b"), 2), (("solo",), 0)])
-def test_num_classes_auto_is_resolved_from_the_datas_labels(tmp_path, capsys, labels, classes):
+def test_num_classes_auto_is_resolved_from_the_datas_labels(tmp_path, capsys, labels, classes, mlflow_db):
     # `wavenet train` resolves model.num_classes "auto" as the pipeline's merge step does.
     data = write_shards(tmp_path / "data", labels=labels)
     out = tmp_path / "run"
     rc = main(["train", str(data), "--out", str(out), "--preset", "tiny", "--no-progress",
-               "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--set", "train.steps=2",
+               "--tracking-uri", mlflow_db, "--set", "train.steps=2",
                "--set", "model.num_classes=auto"])
     capsys.readouterr()
     assert rc == 0
