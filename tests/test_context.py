@@ -5,6 +5,7 @@ import os
 
 import mlflow
 import pytest
+from conftest import new_mlflow_store
 from mlflow import MlflowClient
 
 from wavenet import cli, registry, tracking
@@ -32,18 +33,19 @@ def test_a_worker_rebuilds_the_launchers_context_from_its_flags_and_environment(
     assert cli._train_context(cli.build_parser().parse_args(argv)) == ctx
 
 
-def _store(tmp_path, name):
-    uri = f"sqlite:///{tmp_path / name}.db"
+def _store(template, tmp_path, name):
+    uri = new_mlflow_store(template, tmp_path / f"{name}.db")
     tracking.check_tracking_server(uri)
     return uri
 
 
-def test_registry_and_tracking_calls_go_to_the_given_store_not_mlflows_global_one(tmp_path, monkeypatch):
+def test_registry_and_tracking_calls_go_to_the_given_store_not_mlflows_global_one(tmp_path, monkeypatch,
+                                                                                 mlflow_store_template):
     """Two stores in one process: a run open in A, the registry read in B; each call lands in
     its own store, and the run's own logging still lands in A afterwards."""
     monkeypatch.chdir(tmp_path)  # artifacts of SQLite stores
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    a, b = _store(tmp_path, "a"), _store(tmp_path, "b")
+    a, b = _store(mlflow_store_template, tmp_path, "a"), _store(mlflow_store_template, tmp_path, "b")
     name, key = "ctx-model", "ab" * 32
     with tracking.start_run("exp-b", run_name="trained-in-b", tracking_uri=b) as trained:
         b_run = trained.info.run_id
