@@ -147,6 +147,17 @@ def model_metadata(result: Any, ctx: RunContext, cfg: ExperimentConfig, data_ver
     return meta
 
 
+def stage_context(stage: str, tracking_uri: str, experiment: str,
+                  model_meta: Mapping[str, Any]) -> RunContext:
+    """The run settings of an evaluate or generate step (an entry point, as the command line
+    is): the tracking URI resolved once (empty: ``MLFLOW_TRACKING_URI``, else ./mlflow.db), the
+    experiment (empty: the model's), the run named after the model's training run."""
+    from wavenet.tracking import child_run_name  # mlflow: after quiet_logs, when the step runs
+
+    return RunContext.create(tracking_uri, environ=os.environ, experiment=experiment,
+                             run_name=child_run_name(stage, model_meta.get("run_name")))
+
+
 def numeric_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Flatten a result dict to the numbers a KFP Metrics artifact can show."""
     out: dict[str, float] = {}

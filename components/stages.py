@@ -240,16 +240,15 @@ def evaluate_model(model: Input[Model], shards: Input[Dataset], config: Input[Ar
 
     runtime.quiet_logs()  # before the library loads TensorFlow
     from wavenet.evaluate import evaluate
-    from wavenet.tracking import child_run_name
 
     os.makedirs(evaluation.path, exist_ok=True)
     # The MLflow model of the training run when it was logged (the registry then links
     # the version to that run), else the .keras file of the artifact.
     model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
     result = evaluate(model_uri, runtime.data_location(shards.path, shards.uri, shards.metadata),
-                      runtime.load_config(config.path), out_dir=evaluation.path, gate=True,
-                      tracking_uri=tracking_uri or None, experiment=experiment or None,
-                      run_name=child_run_name("evaluate", model.metadata.get("run_name")))
+                      runtime.load_config(config.path),
+                      runtime.stage_context("evaluate", tracking_uri, experiment, model.metadata),
+                      out_dir=evaluation.path, gate=True)
     # The names MLflow shows (eval/bits_per_sample, eval/baseline_*), and the gate's; the
     # candidate's gate/new_bits is eval/bits_per_sample under another name: left out.
     gate_numbers = runtime.numeric_metrics(result["gate"], "gate/")
@@ -278,7 +277,6 @@ def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[
 
     runtime.quiet_logs()  # before the library loads TensorFlow
     from wavenet.generate_samples import generate_samples as _generate
-    from wavenet.tracking import child_run_name
 
     os.makedirs(samples.path, exist_ok=True)
     # As in evaluate_model: the training run's MLflow model when logged (the samples run
@@ -286,10 +284,9 @@ def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[
     model_uri = model.metadata.get("model_uri") or os.path.join(model.path, "model.keras")
     gate = runtime.read_json(os.path.join(evaluation.path, "metrics.json")) if evaluation else None
     result = _generate(model_uri, samples.path, runtime.load_config(config.path),
+                       runtime.stage_context("generate", tracking_uri, experiment, model.metadata),
                        data_dir=runtime.data_location(shards.path, shards.uri, shards.metadata),
-                       tracking_uri=tracking_uri or None, experiment=experiment or None,
-                       progress=False, evaluation=gate,
-                       run_name=child_run_name("generate", model.metadata.get("run_name")))
+                       progress=False, evaluation=gate)
     if result.get("report") and os.path.exists(result["report"]):
         shutil.copyfile(result["report"], report.path)
     samples.metadata.update({"clips": len(result.get("clips", [])), "run_id": result.get("run_id") or "",

@@ -12,6 +12,7 @@ from kfp import dsl, local
 from components import runtime
 from wavenet import cli
 from wavenet.config import overrides_from_yaml, preset, resolve_config
+from wavenet.context import RunContext
 from wavenet.errors import ConfigError
 from wavenet.manifest import Shard, data_root, read_manifest, shards_version
 from wavenet.preprocess import known_tracks
@@ -101,6 +102,18 @@ def test_run_names_tell_preset_data_version_and_start_time_apart():
     # Children are short (the UI nests them under the training run) and keep its time.
     assert child_run_name("evaluate", "demo-dabcdef01-1125T010203") == "evaluate-1125T010203"
     assert child_run_name("generate", None) == "generate"
+
+
+def test_evaluate_and_generate_steps_build_their_context_once_from_parameters_and_environment(
+        monkeypatch):
+    meta = {"run_name": "demo-dabcdef01-1125T010203"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env-store:5000")
+    # Empty pipeline parameters mean "not given": the step's environment, the model's experiment.
+    ctx = runtime.stage_context("evaluate", "", "", meta)
+    assert (ctx.tracking_uri, ctx.experiment, ctx.run_name) == (
+        "http://env-store:5000", None, "evaluate-1125T010203")
+    ctx = runtime.stage_context("generate", "sqlite:///m.db", "exp", {})
+    assert (ctx.tracking_uri, ctx.experiment, ctx.run_name) == ("sqlite:///m.db", "exp", "generate")
 
 
 def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tmp_path, mlflow_db):
@@ -318,8 +331,8 @@ def test_warm_start_takes_the_champion_only_when_it_fits(eval_data, untrained_mo
     # The first scheduled run: no champion yet, so training starts from scratch.
     assert champion_init_model(cfg, db)[0] is None
     assert "no champion of 'warm-test' yet" in capsys.readouterr().out
-    gate = evaluate(untrained_model_path, str(eval_data), cfg, gate=True, tracking_uri=db,
-                    experiment="warm-test")
+    gate = evaluate(untrained_model_path, str(eval_data), cfg,
+                    RunContext.create(db, experiment="warm-test"), gate=True)
     assert gate["promoted"]
     uri, line = champion_init_model(cfg, db, str(eval_data))
     assert uri == "models:/warm-test/1"

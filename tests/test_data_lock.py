@@ -331,10 +331,11 @@ def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tm
     cfg, db = tiny_config().with_overrides({"train.steps": 4}), mlflow_db
     result = train(mine, str(tmp_path / "run"), cfg, RunContext(db, progress=False))
     model = os.path.join(result.out_dir, "model.keras")
-    scored = evaluate(model, mine, cfg, tracking_uri=db)
+    scored = evaluate(model, mine, cfg, ctx=RunContext.create(db))
     assert scored["data"] == mine and scored["metrics"]["eval/bits_per_sample"] > 0
     clips = generate_samples(model, str(tmp_path / "samples"), cfg.with_overrides(
-        {"generate.num_clips": 2, "generate.seconds": 0.05}), data_dir=mine, tracking_uri=db, progress=False)
+        {"generate.num_clips": 2, "generate.seconds": 0.05}), data_dir=mine,
+        ctx=RunContext.create(db), progress=False)
     assert [c["label"] for c in clips["clips"]] == ["low", "high"]
     with pytest.raises(DataError, match="labels"):  # the live folder is another dataset now
         train(data, str(tmp_path / "live"), cfg, RunContext(db, progress=False))

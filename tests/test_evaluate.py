@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import EVAL_LABELS, tiny_config
 
+from wavenet.context import RunContext
 from wavenet.errors import DataError
 from wavenet.evaluate import (
     baseline_bits,
@@ -125,8 +126,8 @@ def test_briefly_trained_model_beats_uniform_and_reports_everything(
     uri = mlflow_db
     cfg = tiny_config()
     out = tmp_path / "eval"
-    result = evaluate(trained_model_path, eval_data, cfg, out_dir=str(out), tracking_uri=uri,
-                      experiment="eval-test")
+    result = evaluate(trained_model_path, eval_data, cfg, RunContext.create(uri, experiment="eval-test"),
+                      out_dir=str(out))
 
     assert result["bits_per_sample"] < result["baselines"]["uniform"] == 8.0
     want, label_samples = independent_baselines(eval_data, cfg, result["receptive_field"])
@@ -162,7 +163,7 @@ def test_evaluate_rejects_a_model_with_too_few_labels(eval_data, tmp_path, monke
     # Saved without a vocabulary: its ids are the data's, and data id 1 has no row.
     with pytest.raises(DataError, match=f"data label 'high' has id 1 but {path} is conditioned on "
                                         "1 labels and records no vocabulary"):
-        evaluate(path, eval_data, tiny_config(), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+        evaluate(path, eval_data, tiny_config(), ctx=RunContext.create(f"sqlite:///{tmp_path}/m.db"))
 
 
 def test_cli_evaluate_prints_json_and_reports_bad_input_in_one_line(
@@ -209,7 +210,7 @@ def test_every_label_is_scored_and_says_how_it_was_held_out(trained_model_path, 
     m = preprocess(str(src), str(tmp_path / "data"), cfg, processes=1, progress=False)
     assert {f.relpath: f.split for f in m.files}["high/take0.wav"] == "tail"
     result = evaluate(trained_model_path, str(tmp_path / "data"), cfg,
-                      tracking_uri=mlflow_db)
+                      ctx=RunContext.create(mlflow_db))
     assert result["split"] == "validation" and result["labels_not_scored"] == []
     assert {k: t["holdout"] for k, t in result["per_label"].items()} == {"low": "tracks", "high": "tail"}
 
@@ -276,16 +277,16 @@ def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
     uri = mlflow_db
     cfg = tiny_config().with_overrides({"generate.num_clips": 2, "generate.seconds": 0.1})
 
-    local = evaluate(trained_model_path, eval_data, cfg, tracking_uri=uri)
+    local = evaluate(trained_model_path, eval_data, cfg, ctx=RunContext.create(uri))
     remote = evaluate(trained_model_path, f"{bucket}/data", cfg, out_dir=f"{bucket}/eval",
-                      tracking_uri=uri)
+                      ctx=RunContext.create(uri))
     assert remote["bits_per_sample"] == pytest.approx(local["bits_per_sample"], rel=1e-9)
     assert remote["baselines"] == pytest.approx(local["baselines"])
     on_bucket = json.loads(storage.read_text(f"{bucket}/eval/metrics.json"))
     assert on_bucket["bits_per_sample"] == remote["bits_per_sample"]
 
     result = generate_samples(trained_model_path, f"{bucket}/samples", cfg,
-                              data_dir=f"{bucket}/data", tracking_uri=uri, progress=False)
+                              data_dir=f"{bucket}/data", ctx=RunContext.create(uri), progress=False)
     assert storage.exists(f"{bucket}/samples/report.html")
     for clip in result["clips"]:
         assert clip["wav"].startswith(f"{bucket}/samples/")

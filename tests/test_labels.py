@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from wavenet import labels as vocab
 from wavenet.cli import main
+from wavenet.context import RunContext
 from wavenet.errors import DataError
 from wavenet.evaluate import evaluate, gate, score_models, training_code_counts
 from wavenet.generate_samples import clip_labels
@@ -116,7 +117,7 @@ def test_evaluate_refuses_a_label_the_model_never_saw(trained, extra_data, tmp_p
     save_model(trained, path)
     with pytest.raises(DataError, match=f"data label 'extra' is not one {path} was trained on "
                                         r"\(its labels: low, high\)"):
-        evaluate(path, extra_data, tiny_config(3), tracking_uri=mlflow_db)
+        evaluate(path, extra_data, tiny_config(3), ctx=RunContext.create(mlflow_db))
 
 
 def test_gate_compares_on_the_labels_both_know_and_maps_each_by_name(

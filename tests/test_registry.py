@@ -4,6 +4,7 @@ import pytest
 from conftest import tiny_config
 
 from wavenet import registry, tracking
+from wavenet.context import RunContext
 from wavenet.errors import TrackingError, WavenetError
 from wavenet.evaluate import evaluate
 from wavenet.manifest import read_manifest
@@ -28,7 +29,7 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     name = f"wavenet-gate-{request.node.callspec.id}"
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": name,
                                         "evaluate.promotion_margin_bits": 0.05})
-    kw = dict(gate=True, tracking_uri=tracking_uri, experiment="gate-test")
+    kw = dict(gate=True, ctx=RunContext.create(tracking_uri, experiment="gate-test"))
 
     # 1. No champion yet: the (untrained) model becomes champion, logged to MLflow first.
     first = evaluate(untrained_model_path, eval_data, cfg, out_dir=str(tmp_path / "e1"), **kw)
@@ -110,7 +111,7 @@ def test_gate_promotes_a_better_model_and_keeps_the_champion_against_a_worse_one
     # 5. Every example of the folder (--split all) is not the validation score: its numbers stay
     # on its own run, and the training run keeps its eval/bits_per_sample.
     whole = evaluate(f"models:/{name}@champion", eval_data, cfg, split="all",
-                     tracking_uri=tracking_uri, experiment="gate-test")
+                     ctx=RunContext.create(tracking_uri, experiment="gate-test"))
     whole_run = client.get_run(whole["run_id"])
     assert whole_run.data.metrics["eval/bits_per_sample"] == pytest.approx(whole["bits_per_sample"])
     assert whole_run.data.tags["eval.metrics_run_id"] == whole["run_id"]

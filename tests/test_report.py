@@ -11,6 +11,7 @@ from conftest import EVAL_LABELS, tiny_config
 
 from wavenet import tracking
 from wavenet.cli import main
+from wavenet.context import RunContext
 from wavenet.evaluate import evaluate
 from wavenet.generate_samples import generate_samples, reference_clips
 from wavenet.model import load_model
@@ -43,12 +44,13 @@ def test_a_rejected_models_report_says_so_with_numbers_references_and_thresholds
     cfg = tiny_config().with_overrides({"evaluate.registered_model_name": name, "generate.num_clips": 2,
                                         "generate.seconds": 0.1})
     good = _log_as_training_run(trained_model_path, uri, "good-run")
-    assert evaluate(good, eval_data, cfg, gate=True, tracking_uri=uri)["promoted"]
+    assert evaluate(good, eval_data, cfg, gate=True, ctx=RunContext.create(uri))["promoted"]
     bad = _log_as_training_run(untrained_model_path, uri, "bad-run")
-    evaluation = evaluate(bad, eval_data, cfg, gate=True, tracking_uri=uri, out_dir=str(tmp_path / "e"))
+    evaluation = evaluate(bad, eval_data, cfg, RunContext.create(uri), gate=True,
+                          out_dir=str(tmp_path / "e"))
     assert evaluation["promoted"] is False
 
-    result = generate_samples(bad, str(tmp_path / "s"), cfg, data_dir=eval_data, tracking_uri=uri,
+    result = generate_samples(bad, str(tmp_path / "s"), cfg, data_dir=eval_data, ctx=RunContext.create(uri),
                               progress=False, evaluation=evaluation)
     html = (tmp_path / "s" / "report.html").read_text()
     title = re.search(r"<title>(.*)</title>", html).group(1)
@@ -78,7 +80,7 @@ def test_a_rejected_models_report_says_so_with_numbers_references_and_thresholds
     assert summary["evaluation"]["gate"]["promoted"] is False and summary["title"] == "bad-run · not registered"
 
     # The champion's report is titled with its run and registered version.
-    champ = generate_samples(f"models:/{name}@champion", str(tmp_path / "c"), cfg, tracking_uri=uri,
+    champ = generate_samples(f"models:/{name}@champion", str(tmp_path / "c"), cfg, ctx=RunContext.create(uri),
                              progress=False)
     assert champ["title"] == f"good-run · {name} version 1 (champion)"
     assert "no gate decision" in (tmp_path / "c" / "report.html").read_text()

@@ -76,8 +76,8 @@ def test_an_identical_run_reuses_the_registered_model_and_force_or_a_new_seed_tr
     client = mlflow.MlflowClient(uri)
     assert client.get_run(first.run_id).data.tags[registry.TRAIN_KEY_TAG] == key
     # The gate registers the model; the version carries the training run's key.
-    assert evaluate(first.summary["model_uri"], eval_data, cfg, gate=True, tracking_uri=uri,
-                    experiment="reuse-test")["promoted"]
+    assert evaluate(first.summary["model_uri"], eval_data, cfg,
+                    RunContext.create(uri, experiment="reuse-test"), gate=True)["promoted"]
     assert client.get_model_version(name, "1").tags[registry.TRAIN_KEY_TAG] == key
 
     capsys.readouterr()
@@ -96,8 +96,8 @@ def test_an_identical_run_reuses_the_registered_model_and_force_or_a_new_seed_tr
                   if r.data.tags.get("wavenet.stage") == "train"]
     assert len(train_runs) == 1
     # The gate on the reused version says it already is the champion, and registers nothing.
-    again = evaluate(second.summary["model_uri"], eval_data, cfg, gate=True, tracking_uri=uri,
-                     experiment="reuse-test")["gate"]
+    again = evaluate(second.summary["model_uri"], eval_data, cfg,
+                     RunContext.create(uri, experiment="reuse-test"), gate=True)["gate"]
     assert verdict(again) == "kept" and len(client.search_model_versions(f"name='{name}'")) == 1
 
     forced = run("forced", cfg, force=True)

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 from conftest import EVAL_LABELS, tiny_config, train_briefly
 
+from wavenet.context import RunContext
 from wavenet.errors import ConfigError, DataError
 from wavenet.evaluate import evaluate
 from wavenet.generate_samples import clip_labels, generate_samples, prime_codes
@@ -57,12 +58,12 @@ def test_generate_from_the_champion_writes_wavs_pngs_and_a_self_contained_report
         "evaluate.registered_model_name": name, "generate.num_clips": 3,
         "generate.seconds": 0.25, "generate.prime_seconds": 0.01, "generate.seed": 3,
         "generate.weights": "bfloat16"})
-    assert evaluate(trained_model_path, eval_data, cfg, gate=True, tracking_uri=server_uri,
-                    experiment="samples-test")["promoted"]
+    assert evaluate(trained_model_path, eval_data, cfg,
+                    RunContext.create(server_uri, experiment="samples-test"), gate=True)["promoted"]
 
     out = tmp_path / "samples"
     result = generate_samples(f"models:/{name}@champion", str(out), cfg, data_dir=eval_data,
-                              tracking_uri=server_uri, experiment="samples-test", progress=False)
+                              ctx=RunContext.create(server_uri, experiment="samples-test"), progress=False)
 
     assert result["num_samples"] == 4000 and result["prime_samples"] == 160
     assert result["samples_per_second"] > 0
@@ -132,7 +133,7 @@ def test_a_conditioned_model_gets_one_clip_per_label_whatever_num_clips_says(
     monkeypatch.chdir(tmp_path)
     cfg = tiny_config().with_overrides({"generate.num_clips": 1, "generate.seconds": 0.1})
     result = generate_samples(trained_model_path, str(tmp_path / "s"), cfg, data_dir=eval_data,
-                              tracking_uri=mlflow_db, progress=False)
+                              ctx=RunContext.create(mlflow_db), progress=False)
     assert [c["label"] for c in result["clips"]] == EVAL_LABELS
     assert "2 clips, one per label (generate.num_clips=1)" in capsys.readouterr().err
     summary = json.loads((tmp_path / "s" / "samples.json").read_text())
@@ -190,7 +191,7 @@ def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_
     cfg = tiny_config(3).with_overrides({"generate.num_clips": 3, "generate.seconds": 1.5})
     model = train_briefly(demo_shards, cfg, steps=60)
     result = generate_samples(model, str(tmp_path / "s"), cfg, data_dir=demo_shards,
-                              tracking_uri=mlflow_db, progress=False)
+                              ctx=RunContext.create(mlflow_db), progress=False)
     labels = ["drums", "organ", "strings"]
     assert [c["label"] for c in result["clips"]] == labels
     for clip in result["clips"]:

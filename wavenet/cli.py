@@ -249,6 +249,12 @@ def _leave_with_the_cluster(workers: int) -> None:
     os._exit(0)
 
 
+def _stage_context(args) -> RunContext:
+    """The settings of an evaluate or generate run (this command is its entry point): the
+    tracking URI resolved once against this process's environment, the experiment."""
+    return RunContext.create(args.tracking_uri, environ=os.environ, experiment=args.experiment)
+
+
 # -- evaluate -----------------------------------------------------------------
 
 def _add_evaluate(sub) -> None:
@@ -271,8 +277,8 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     from wavenet.evaluate import evaluate
 
-    result = evaluate(args.model, args.data, _config(args), out_dir=args.out, gate=args.gate,
-                      tracking_uri=args.tracking_uri, experiment=args.experiment, split=args.split)
+    result = evaluate(args.model, args.data, _config(args), _stage_context(args), out_dir=args.out,
+                      gate=args.gate, split=args.split)
     _print_json(result)
     return 0
 
@@ -310,9 +316,9 @@ def _cmd_generate(args) -> int:
     evaluation = None
     if args.evaluation:
         evaluation = _read_json(args.evaluation, "--evaluation")
-    result = generate_samples(args.model, args.out, _config(args), data_dir=args.data,
-                              tracking_uri=args.tracking_uri, experiment=args.experiment,
-                              progress=not args.no_progress, evaluation=evaluation)
+    result = generate_samples(args.model, args.out, _config(args), _stage_context(args),
+                              data_dir=args.data, progress=not args.no_progress,
+                              evaluation=evaluation)
     _print_json(result)
     return 0
 

@@ -53,6 +53,7 @@ from wavenet import labels as vocab
 from wavenet import registry, storage, tracking
 from wavenet.audio import mu_law_decode
 from wavenet.config import ExperimentConfig, GenerateConfig
+from wavenet.context import RunContext
 from wavenet.data import local_shard_paths, parse_example
 from wavenet.errors import ConfigError, DataError, one_line
 from wavenet.generate import FastGenerator
@@ -492,9 +493,8 @@ def _gate_summary(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: evaluation[k] for k in keep if k in evaluation}
 
 
-def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir: str | None = None,
-                     tracking_uri: str | None = None, experiment: str | None = None,
-                     progress: bool = True, run_name: str | None = None,
+def generate_samples(model, out_dir: str, config: ExperimentConfig, ctx: RunContext | None = None, *,
+                     data_dir: str | None = None, progress: bool = True,
                      evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sample clips from a model; write WAVs, spectrograms, an HTML report; log to MLflow.
 
@@ -508,11 +508,12 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
             the audio the sanity checks are calibrated on (training audio of
             each clip's label, ``generate.reference_seconds`` of it per label);
             optional unless priming.
-        tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db).
-        experiment: MLflow experiment (default: the training run's for a
-            ``runs:/`` model, else ``config.name``).
+        ctx: where the samples run is tracked (:class:`~wavenet.context.RunContext`: its
+            MLflow URI; ``experiment``, default the training run's for a ``runs:/`` model,
+            else ``config.name``; ``run_name``, default "generate"; the caller's
+            environment). None: ``RunContext.create()`` (``MLFLOW_TRACKING_URI``, else
+            ./mlflow.db).
         progress: show a tqdm bar with samples/s.
-        run_name: MLflow run name (default "generate").
         evaluation: :func:`wavenet.evaluate.evaluate`'s result for this model
             (``metrics.json``; with ``gate`` when it was gated): the report
             shows its bits/sample against the baselines and the champion, and
@@ -523,19 +524,20 @@ def generate_samples(model, out_dir: str, config: ExperimentConfig, *, data_dir:
         ``samples.json``): paths, settings, speed, each clip with its checks,
         the references, the model and the run.
     """
+    ctx = ctx if ctx is not None else RunContext.create()
     model_uri = model if isinstance(model, str) else None
-    net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
+    net = registry.load_wavenet(model, ctx.tracking_uri) if isinstance(model, str) else model
     plan = _plan(net, config, data_dir, model_uri)
     drawn = _draw(net, plan, progress, out_dir)
-    info = _model_info(model_uri, plan.config, tracking_uri)
+    info = _model_info(model_uri, plan.config, ctx.tracking_uri)
 
-    exp, tags = tracking.run_placement(model_uri, experiment, config.name, tracking_uri)
+    exp, tags = tracking.run_placement(model_uri, ctx.experiment, config.name, ctx.tracking_uri)
     tags.update({"wavenet.stage": "generate", "wavenet.model": model_uri or "<in memory>",
                  "wavenet.data": data_dir or ""})
     params = {**plan.ecfg.flat(), "generate.model": model_uri or "<in memory>",
               "generate.data": data_dir or ""}
-    with tracking.start_run(exp, run_name=run_name or "generate", tracking_uri=tracking_uri,
-                            tags=tags, params=params) as run:
+    with tracking.start_run(exp, run_name=ctx.run_name or "generate", tracking_uri=ctx.tracking_uri,
+                            tags=tags, params=params, environ=ctx.environ) as run:
         result = _result(net, plan, drawn, out_dir, info, evaluation, run.info.run_id)
         _write_report(result, net, plan, drawn, info, evaluation)
         _log_samples(result, plan, drawn, run.info.run_id)

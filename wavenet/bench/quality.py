@@ -60,12 +60,13 @@ def _one_budget(data: str, cfg: ExperimentConfig, budget: int, work: str, uri: s
         "train.log_every": max(1, min(cfg.train.log_every, steps))})
     out = os.path.join(work, f"run-{budget}")
     start = time.perf_counter()
-    train(data, out, run_cfg, RunContext.create(uri, progress="off"), workers=workers)
+    ctx = RunContext.create(uri, progress="off")  # the three runs of this budget
+    train(data, out, run_cfg, ctx, workers=workers)
     train_seconds = time.perf_counter() - start
     model = os.path.join(out, "model.keras")
-    scores = evaluate(model, data, run_cfg, tracking_uri=uri)
-    clips = generate_samples(model, os.path.join(out, "samples"), run_cfg, data_dir=data,
-                             tracking_uri=uri, progress=False)
+    scores = evaluate(model, data, run_cfg, ctx)
+    clips = generate_samples(model, os.path.join(out, "samples"), run_cfg, ctx, data_dir=data,
+                             progress=False)
     passed = clips["checks_passed"]
     per_label = {k.rsplit("/", 1)[1]: v for k, v in passed.items()
                  if k.startswith("samples/checks_passed_fraction/")}

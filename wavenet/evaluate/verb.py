@@ -10,6 +10,7 @@ from typing import Any
 
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
+from wavenet.context import RunContext
 from wavenet.data import eval_shards
 from wavenet.evaluate import gating
 from wavenet.evaluate.scoring import (
@@ -65,9 +66,9 @@ def _report(scores: dict[str, Any], index: int, names: list[str]) -> dict[str, A
     }
 
 
-def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | None = None,
-             gate: bool = False, tracking_uri: str | None = None, experiment: str | None = None,
-             run_name: str | None = None, split: str = "validation") -> dict[str, Any]:
+def evaluate(model, data_dir: str, config: ExperimentConfig, ctx: RunContext | None = None, *,
+             out_dir: str | None = None, gate: bool = False,
+             split: str = "validation") -> dict[str, Any]:
     """Validation bits per sample next to baselines; optionally gate against the champion.
 
     Args:
@@ -76,12 +77,13 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         data_dir: folder (local or gs://) with manifest.json and shards.
         config: the experiment config (the model's own architecture is used,
             whatever ``config.model`` says).
+        ctx: where the evaluation run is tracked (:class:`~wavenet.context.RunContext`: its
+            MLflow URI; ``experiment``, default the training run's for a ``runs:/`` model,
+            else ``config.name``; ``run_name``, default "evaluate"; the caller's
+            environment). None: ``RunContext.create()`` (``MLFLOW_TRACKING_URI``, else
+            ./mlflow.db).
         out_dir: where ``metrics.json`` is written (atomic); optional.
         gate: also compare with the champion and promote (see :func:`gate`).
-        tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db).
-        experiment: MLflow experiment (default: the training run's for a
-            ``runs:/`` model, else ``config.name``).
-        run_name: MLflow run name (default "evaluate").
         split: ``"validation"`` (the held-out split; baselines counted on the
             training split), or ``"all"``: every example of ``data_dir``, e.g. a
             test folder preprocessed on its own; the baselines are then counted
@@ -100,18 +102,19 @@ def evaluate(model, data_dir: str, config: ExperimentConfig, *, out_dir: str | N
         ``evaluation``) and ``"promoted"`` when ``gate`` is true. Bits are per
         predicted sample.
     """
+    ctx = ctx if ctx is not None else RunContext.create()
     model_uri = model if isinstance(model, str) else None
     manifest = read_manifest(data_dir)
     eval_shards(manifest, data_dir, split)  # a bad split or nothing to score: one line, before any run
-    net = registry.load_wavenet(model, tracking_uri) if isinstance(model, str) else model
+    net = registry.load_wavenet(model, ctx.tracking_uri) if isinstance(model, str) else model
     _check_before_the_run(net, manifest, data_dir, config, split, model_uri)
     ecfg = dataclasses.replace(config, model=net.config, audio=net.audio_config)
     count_splits = ("train", "validation") if split == "all" else ("train",)
     counts = training_code_counts(data_dir, net.config.quantization_channels, count_splits)
-    exp, placement = tracking.run_placement(model_uri, experiment, config.name, tracking_uri)
+    exp, placement = tracking.run_placement(model_uri, ctx.experiment, config.name, ctx.tracking_uri)
     tags, params = _run_tags_and_params(ecfg, model_uri, data_dir, gate, split)
-    with tracking.start_run(exp, run_name=run_name or "evaluate", tracking_uri=tracking_uri,
-                            tags={**placement, **tags}, params=params) as run:
+    with tracking.start_run(exp, run_name=ctx.run_name or "evaluate", tracking_uri=ctx.tracking_uri,
+                            tags={**placement, **tags}, params=params, environ=ctx.environ) as run:
         scores, decision = _score_or_gate(net, data_dir, ecfg, counts, split, model_uri, gate)
         result: dict[str, Any] = {"model": model_uri or "<in memory>", "data": data_dir,
                                   "split": split, "baselines_counted_on": "+".join(count_splits),
