@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import EVAL_LABELS, tiny_config
+from conftest import EVAL_LABELS, tiny_config, write_shard_dataset
 
 from wavenet.context import RunContext
 from wavenet.errors import DataError
@@ -291,3 +291,25 @@ def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
     for clip in result["clips"]:
         assert clip["wav"].startswith(f"{bucket}/samples/")
         assert storage.read_bytes(clip["wav"])[:4] == b"RIFF"
+
+
+def test_a_champion_trained_on_other_audio_is_not_compared_and_keeps_its_title(
+        untrained_model_path, eval_data, tmp_path, monkeypatch, mlflow_db):
+    """A champion made for other audio (here 8 kHz, the data 16 kHz) cannot be scored on these
+    codes: the gate keeps it, with one reason that names the difference, instead of failing."""
+    from mlflow import MlflowClient
+
+    from wavenet.model import build_model, save_model
+
+    monkeypatch.chdir(tmp_path)
+    cfg8k = tiny_config().with_overrides({"audio.sample_rate": 8000})
+    data8k = write_shard_dataset(tmp_path / "data-8k", cfg8k)
+    model8k = str(tmp_path / "m8k.keras")
+    save_model(build_model(cfg8k), model8k)
+    assert evaluate(model8k, data8k, cfg8k, RunContext.create(mlflow_db), gate=True)["promoted"]
+
+    second = evaluate(untrained_model_path, str(eval_data), tiny_config(), RunContext.create(mlflow_db),
+                      gate=True)
+    assert not second["promoted"]
+    assert "sample_rate 8000 (the data: 16000)" in second["gate"]["reason"], second["gate"]["reason"]
+    assert str(MlflowClient(mlflow_db).get_model_version_by_alias("wavenet", "champion").version) == "1"

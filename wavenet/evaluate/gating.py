@@ -11,6 +11,7 @@ against the champion it replaces.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -100,6 +101,30 @@ def _promote(source: str, lock: registry.GateLock, tags: dict[str, str]) -> str:
     return version
 
 
+def _audio_differences(champion_model, manifest) -> list[str]:
+    """The audio settings where the champion differs from the data, e.g. ``["sample_rate 16000
+    (the data: 8000)"]``; empty when it was trained on audio like this data's."""
+    made = dataclasses.asdict(manifest.audio)
+    return [f"{name} {value} (the data: {made.get(name)})"
+            for name, value in dataclasses.asdict(champion_model.audio_config).items()
+            if made.get(name) != value]
+
+
+def _load_champion(uri: str, manifest, data_dir: str, maps: list, notes: list[str]):
+    """``(champion model or None, audio differences)``: None when it was trained on other audio
+    than the data's (scored on these codes it would claim what it never heard); else its label
+    map is appended to ``maps`` (and a note to ``notes`` where it records no vocabulary)."""
+    champion_model = registry.load_wavenet(uri)
+    other_audio = _audio_differences(champion_model, manifest)
+    if other_audio:
+        return None, other_audio
+    maps.append(check_model_fits_data(champion_model, manifest, f"champion {uri}", data_dir,
+                                       allow_missing=True))
+    if champion_model.config.conditioned and champion_model.labels is None:
+        notes.append("the champion records no label vocabulary: its ids are taken to be the data's")
+    return champion_model, []
+
+
 def _compare(model, data_dir: str, config: ExperimentConfig, champion, counts: CodeCounts,
              split: str, model_uri: str | None, margin: float
              ) -> tuple[dict[str, Any], float | None, bool, str, dict[str, Any]]:
@@ -121,13 +146,8 @@ def _compare(model, data_dir: str, config: ExperimentConfig, champion, counts: C
     maps = [check_model_fits_data(model, manifest, f"candidate {model_uri or 'model'}", data_dir)]
     notes = [] if not model.config.conditioned or model.labels is not None else [
         "the candidate records no label vocabulary: its ids are taken to be the data's"]
-    champion_model = None
-    if champion is not None and not already:
-        champion_model = registry.load_wavenet(champion.uri)
-        maps.append(check_model_fits_data(champion_model, manifest, f"champion {champion.uri}",
-                                           data_dir, allow_missing=True))
-        if champion_model.config.conditioned and champion_model.labels is None:
-            notes.append("the champion records no label vocabulary: its ids are taken to be the data's")
+    champion_model, other_audio = (None, []) if champion is None or already else _load_champion(
+        champion.uri, manifest, data_dir, maps, notes)
     models = [model] if champion_model is None else [model, champion_model]
     scores = score_models(models, data_dir, config, counts, split=split, label_maps=maps)
     names = [str(x) for x in manifest.labels]
@@ -138,6 +158,11 @@ def _compare(model, data_dir: str, config: ExperimentConfig, champion, counts: C
     if already:
         return scores, scores["models"][0], False, (f"the evaluated model is the champion "
                                                     f"(version {champion.version})"), info
+    if other_audio:
+        return scores, None, False, (
+            f"not promoted: champion {champion.uri} was trained on other audio than this data "
+            f"({', '.join(other_audio)}): bits/sample at other audio settings do not compare. "
+            f"A new line of champions takes a name of its own (evaluate.registered_model_name)"), info
     if champion_model is None:
         promoted, reason = decide(scores["models"][0], None, margin)
         return scores, None, promoted, reason, info
