@@ -51,7 +51,7 @@ def _log_training_runs(uri: str) -> dict[str, str]:
         tracking.log_metrics_to_run(ids[name], {"eval/bits_per_sample": bits,
                                                 "samples/checks_passed_fraction": 0.5,
                                                 "eval/baseline_bigram_bits": 5.0166,
-                                                "eval/baseline_unigram_bits": 7.5731})
+                                                "eval/baseline_unigram_bits": 7.5731}, uri)
         with tracking.start_run("ui-test", run_name=tracking.child_run_name("evaluate", name),
                                 tracking_uri=uri, tags={"wavenet.stage": "evaluate",
                                                         "mlflow.parentRunId": ids[name]}):
