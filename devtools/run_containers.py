@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from devtools import containers
+from devtools.processes import stop_process
 from pipelines import run_local
 from wavenet.tracking import wait_until_healthy
 
@@ -121,12 +122,7 @@ def gcs_emulator(folder: Path, bucket: str, port: int, host: str = "127.0.0.1") 
         _wait_port(host, port, lambda: proc.poll() is None, "GCS emulator", timeout=60)
         yield f"http://{host}:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools.processes import stop_process
 from wavenet.audio import mu_law_encode
 from wavenet.config import preset
 from wavenet.local_workers import free_ports
@@ -258,12 +259,7 @@ def _serve_on(port: int, argv: list[str], what: str, timeout: float):
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @contextlib.contextmanager
