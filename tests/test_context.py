@@ -74,3 +74,24 @@ def test_registry_and_tracking_calls_go_to_the_given_store_not_mlflows_global_on
     # back, or the next RunContext.create() of this process would read store A as the user's.
     assert "MLFLOW_TRACKING_URI" not in os.environ
     assert RunContext.create().tracking_uri.endswith("/mlflow.db")
+
+
+def test_a_logged_model_downloads_from_the_given_store_with_no_process_wide_one(
+        tmp_path, monkeypatch, mlflow_store_template, untrained_model_path):
+    """A step whose store comes as a parameter (no MLFLOW_TRACKING_URI, as in a container)
+    loads the training run's models:/m-<id> from that store, not from a new ./mlflow.db."""
+    from wavenet.model import load_model
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = _store(mlflow_store_template, tmp_path, "store")
+    with tracking.start_run("download-test", tracking_uri=store):
+        uri = tracking.log_model(load_model(untrained_model_path))
+    assert uri.startswith("models:/m-"), uri
+    # A new step process: mlflow's process-wide store never set.
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    net = registry.load_wavenet(uri, store)
+    assert net.config == load_model(untrained_model_path).config
+    assert not (tmp_path / "mlflow.db").exists()

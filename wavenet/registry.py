@@ -158,8 +158,17 @@ def _download(uri: str, tracking_uri: str | None) -> Any:
     folder; the store is checked first (an outage: one line, exit 138)."""
     store = store_uri(tracking_uri)
     check_tracking_server(store)
-    return lambda dst: mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst,
-                                                           tracking_uri=store, registry_uri=store)
+
+    def fetch(dst: str) -> str:
+        # download_artifacts resolves models:/m-<id> with MlflowClient(registry_uri=...) and no
+        # tracking URI (mlflow 3, mlflow/store/artifact/models_artifact_repo.py
+        # _get_model_uri_infos): that reads mlflow's process-wide store, which a step whose store
+        # comes as a parameter (no MLFLOW_TRACKING_URI) does not have ("Logged model ... not
+        # found" from a new ./mlflow.db, seen in the container pipeline).
+        with fluent_store(store):
+            return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst,
+                                                       tracking_uri=store, registry_uri=store)
+    return fetch
 
 
 def _client(tracking_uri: str | None = None) -> MlflowClient:
