@@ -12,6 +12,8 @@ from production_mlflow import PIPELINE_PASSWORD, PIPELINE_USER
 from devtools import retrain_demo
 from wavenet.manifest import read_manifest
 
+MODEL = "retrain-test"
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
@@ -27,7 +29,9 @@ def test_second_run_decodes_only_new_files_warm_starts_gates_every_label_and_mov
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_PASSWORD)
     root = tmp_path / "demo"
     uri = production.server.uri
-    rc = retrain_demo.main(["--root", str(root), "--seconds", "5", "--tracking-uri", uri])
+    # Its own registered model: the session's server holds other tests' `wavenet` champion.
+    rc = retrain_demo.main(["--root", str(root), "--seconds", "5", "--tracking-uri", uri,
+                            "--set", f"evaluate.registered_model_name={MODEL}"])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     assert len(out.splitlines()) < 25, out
@@ -50,8 +54,8 @@ def test_second_run_decodes_only_new_files_warm_starts_gates_every_label_and_mov
     assert json.loads(first.data.tags["model.labels"]) == ["organ", "strings"]
     assert json.loads(second.data.tags["model.labels"]) == ["organ", "strings", "drums"]
 
-    versions = {v.version: v for v in client.search_model_versions("name='wavenet'")}
-    champion = client.get_model_version_by_alias("wavenet", "champion")
+    versions = {v.version: v for v in client.search_model_versions(f"name='{MODEL}'")}
+    champion = client.get_model_version_by_alias(MODEL, "champion")
     v1 = [v for v in versions.values() if v.run_id == first.info.run_id]
     assert len(v1) == 1  # run 1 became the champion
     # Run 2's gate: windows of every label; against the champion on the labels it knows.
@@ -73,7 +77,7 @@ def test_second_run_decodes_only_new_files_warm_starts_gates_every_label_and_mov
         assert champion.version == v1[0].version and len(versions) == 1
     # The terminal tells the same story in a few lines.
     assert "run 2: " in out and "2 files decoded, 2 reused" in out and "new: drums" in out
-    assert "warm start: from champion wavenet version 1; labels by name: organ, strings copied; " \
+    assert f"warm start: from champion {MODEL} version 1; labels by name: organ, strings copied; " \
            "drums new (initialised)" in out
 
     # Through the production server: every run's artifacts are proxied (clients never see the
