@@ -319,13 +319,18 @@ def check_audio(data_dir: str, manifest: Manifest, audio: AudioConfig, prefix: s
     Codes made at one sample rate or quantisation and trained (or scored) under
     another give a model that claims what it never saw.
     """
-    where = manifest_file(data_dir)
+    for name, value, made in audio_differences(manifest, audio):
+        raise DataError(f"{prefix}.{name}={value} but {manifest_file(data_dir)} was made with "
+                        f"audio.{name}={made}: use --set audio.{name}={made} or "
+                        f"preprocess again with {value}")
+
+
+def audio_differences(manifest: Manifest, audio: AudioConfig) -> list[tuple[str, Any, Any]]:
+    """``(field, audio's value, the data's value)`` for each audio setting where ``audio``
+    differs from the one the data's codes were made with; empty when they match."""
     made = dataclasses.asdict(manifest.audio)
-    for name, value in dataclasses.asdict(audio).items():
-        if made.get(name) != value:
-            raise DataError(f"{prefix}.{name}={value} but {where} was made with audio.{name}="
-                            f"{made.get(name)}: use --set audio.{name}={made.get(name)} or "
-                            f"preprocess again with {value}")
+    return [(name, value, made.get(name)) for name, value in dataclasses.asdict(audio).items()
+            if made.get(name) != value]
 
 
 def check_shards(data_dir: str, shards: list[Shard] | tuple[Shard, ...]) -> None:

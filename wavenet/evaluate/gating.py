@@ -11,7 +11,6 @@ against the champion it replaces.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from wavenet.evaluate.scoring import (
     score_models,
     training_code_counts,
 )
-from wavenet.manifest import read_manifest
+from wavenet.manifest import audio_differences, read_manifest
 
 
 def decide(new_bits: float, champion_bits: float | None, margin: float) -> tuple[bool, str]:
@@ -104,10 +103,8 @@ def _promote(source: str, lock: registry.GateLock, tags: dict[str, str]) -> str:
 def _audio_differences(champion_model, manifest) -> list[str]:
     """The audio settings where the champion differs from the data, e.g. ``["sample_rate 16000
     (the data: 8000)"]``; empty when it was trained on audio like this data's."""
-    made = dataclasses.asdict(manifest.audio)
-    return [f"{name} {value} (the data: {made.get(name)})"
-            for name, value in dataclasses.asdict(champion_model.audio_config).items()
-            if made.get(name) != value]
+    return [f"{name} {value} (the data: {made})"
+            for name, value, made in audio_differences(manifest, champion_model.audio_config)]
 
 
 def _load_champion(uri: str, manifest, data_dir: str, maps: list, notes: list[str]):
