@@ -119,8 +119,11 @@ if curl -sf --unix-socket "$PODMAN_SOCKET" http://d/_ping >/dev/null 2>&1; then
 else
   mkdir -p "$(dirname "$PODMAN_SOCKET")"
   rm -f "$PODMAN_SOCKET"
-  # --time=0: no idle exit. Detached from this shell; its log goes next to the socket.
-  setsid nohup podman system service --time=0 "unix://$PODMAN_SOCKET" \
+  # --time=0: no idle exit. Detached from this shell; its log goes next to the socket. Started
+  # in /, not in this checkout: every container's conmon inherits the service's working
+  # directory, and once a clone that started it is deleted, each container start fails
+  # ("conmon: Failed to get working directory", answered 500 "write child: broken pipe").
+  env --chdir=/ setsid nohup podman system service --time=0 "unix://$PODMAN_SOCKET" \
     >"$(dirname "$PODMAN_SOCKET")/service.log" 2>&1 < /dev/null &
   for _ in $(seq 1 100); do
     curl -sf --unix-socket "$PODMAN_SOCKET" http://d/_ping >/dev/null 2>&1 && break

@@ -200,6 +200,21 @@ def test_make_image_prints_one_line_and_the_build_log_only_when_the_build_fails(
                f"its log above and in {log}" in r.stderr
 
 
+# -- the engine ----------------------------------------------------------------------------------
+
+def test_the_docker_api_service_the_setup_started_runs_in_the_root_folder(engine):
+    """conmon inherits the service's working directory: a service started in a clone that is later
+    deleted fails every container start (500 "write child: broken pipe"), so the set-up script
+    starts it in /."""
+    pidfile = Path(os.environ.get("PODMAN_SOCKET", "/run/podman/podman.sock")).parent / "service.pid"
+    if not pidfile.exists():
+        pytest.skip(f"the Docker API was not started by scripts/setup-containers.sh (no {pidfile})")
+    cwd = Path(f"/proc/{pidfile.read_text().strip()}/cwd")
+    if not cwd.exists():
+        pytest.skip(f"the service of {pidfile} has exited")
+    assert os.readlink(cwd) == "/"
+
+
 # -- the built images, run as a cluster runs them ------------------------------------------------
 
 def test_cpu_image_runs_non_root_on_a_read_only_root(engine, cpu_image):
