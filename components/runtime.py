@@ -131,6 +131,36 @@ def training(cfg: ExperimentConfig, ctx: RunContext, shards: Any, out: str, *, w
                                    labels=labels, job_key=job_key)
 
 
+def train_context(cfg: ExperimentConfig, shards: Any, data_version: str, tracking_uri: str,
+                  experiment: str, kfp_run_id: str, *, warm_start: bool) -> tuple[RunContext, str]:
+    """The train step's run settings, made once (the step is an entry point, as the command line
+    is), and the line saying whether and how it warm-starts from the registered champion
+    (``init_model`` set when it does; "" when ``warm_start`` is off)."""
+    from wavenet.tracking import run_name  # mlflow: after quiet_logs, when the step runs
+
+    ctx = RunContext.create(tracking_uri, environ=os.environ, experiment=experiment,
+                            run_name=run_name(cfg.preset, f"d{data_version[:8]}"),
+                            kfp_run_id=kfp_run_id, progress="lines")
+    if not warm_start:
+        return ctx, ""
+    from wavenet.train.warm_start import champion_init_model
+
+    init_model, warm_line = champion_init_model(
+        cfg, ctx.tracking_uri, data_location(shards.path, shards.uri, shards.metadata))
+    return ctx.replace(init_model=init_model), warm_line
+
+
+def cluster_settings(namespace: str, image: str, workers: int, gpus_per_worker: int,
+                     accelerator: str, cluster_run_root: str) -> Any:
+    """The train step's TFJob settings (:class:`~wavenet.train.ClusterSettings`), with the pod
+    template a cluster admin may give in ``$WAVENET_TFJOB_TEMPLATE``."""
+    from wavenet import tfjob
+    from wavenet.train import ClusterSettings
+
+    return ClusterSettings(namespace, image, workers, gpus_per_worker, accelerator,
+                           cluster_run_root, tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE")))
+
+
 def model_metadata(result: Any, ctx: RunContext, cfg: ExperimentConfig, data_version: str,
                    warm_line: str, *, on_cluster: bool) -> dict[str, Any]:
     """The train step's model artifact metadata, from its :class:`~wavenet.train.TrainResult`."""

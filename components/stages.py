@@ -148,8 +148,8 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
 
 @dsl.component(**_COMMON)
 # The user's pipeline parameters and KFP's artifacts, as the KFP UI shows them (kfp.dsl reads the
-# signature); the body makes one RunContext and one ClusterSettings of them at once (runtime.training).
-# params: pipeline parameters (see above). # length: 30 lines are the signature and its Args.
+# signature); the body makes one RunContext and one ClusterSettings of them at once
+# (runtime.train_context, runtime.cluster_settings). # params: pipeline parameters (see above).
 def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifact], workers: int,
                 on_cluster: bool, namespace: str, image: str, gpus_per_worker: int,
                 accelerator: str, cluster_run_root: str, warm_start: bool, tracking_uri: str,
@@ -180,34 +180,19 @@ def train_model(shards: Input[Dataset], data_version: str, config: Input[Artifac
     Returns:
         The MLflow run id of the training run (of the reused model's run when reused).
     """
-    import os
     import sys
 
     from components import runtime
 
     runtime.quiet_logs()  # before the library loads TensorFlow
-    from wavenet import tfjob
-    from wavenet.context import RunContext
     from wavenet.errors import Interrupted
     from wavenet.reuse import train_or_reuse
-    from wavenet.tracking import run_name
-    from wavenet.train import ClusterSettings
 
     cfg = runtime.load_config(config.path)
-    # The run's settings, once (this step is an entry point, as the command line is).
-    ctx = RunContext.create(tracking_uri, environ=os.environ, experiment=experiment,
-                            run_name=run_name(cfg.preset, f"d{data_version[:8]}"),
-                            kfp_run_id=kfp_run_id, progress="lines")
-    warm_line = ""
-    if warm_start:
-        from wavenet.train.warm_start import champion_init_model
-
-        init_model, warm_line = champion_init_model(
-            cfg, ctx.tracking_uri, runtime.data_location(shards.path, shards.uri, shards.metadata))
-        ctx = ctx.replace(init_model=init_model)
-    cluster = ClusterSettings(namespace, image, workers, gpus_per_worker, accelerator, cluster_run_root,
-                              tfjob.load_template(os.environ.get("WAVENET_TFJOB_TEMPLATE"))
-                              ) if on_cluster else None
+    ctx, warm_line = runtime.train_context(cfg, shards, data_version, tracking_uri, experiment,
+                                           kfp_run_id, warm_start=warm_start)
+    cluster = runtime.cluster_settings(namespace, image, workers, gpus_per_worker, accelerator,
+                                       cluster_run_root) if on_cluster else None
     data, train_fn = runtime.training(cfg, ctx, shards, model.path, workers=workers, cluster=cluster,
                                       labels={"wavenet/data-version": data_version[:63]},
                                       job_key=(kfp_run_id, kfp_task) if kfp_run_id else ())

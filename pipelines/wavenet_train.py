@@ -64,8 +64,27 @@ def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
         optional=True)
 
 
-# These two run while wavenet_train is traced (kfp.dsl builds the graph when @dsl.pipeline is
+# The run's UUID and the train task's name (kfp/dsl/__init__.py, kfp 2.17: "maps to the pipeline
+# run UUID", "maps to the component name") are the same on every retry of the step, so they name
+# its TFJob and run folder (wavenet.tfjob.stable_job_name). Not PIPELINE_TASK_ID_PLACEHOLDER: it
+# maps to the component's MLMD execution ID (same file), which nothing promises to keep across a
+# retry. (Inside a ParallelFor the task name would repeat; the train step is not in one.)
+_SAME_ON_EVERY_RETRY = {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        "kfp_task": dsl.PIPELINE_TASK_NAME_PLACEHOLDER}
+
+
+# These three run while wavenet_train is traced (kfp.dsl builds the graph when @dsl.pipeline is
 # applied, so they are defined first): every component call in them adds a task to that graph.
+
+def _list(source_uri, preset, overrides_yaml, partitions, demo_seconds):
+    """List the audio into ``partitions`` (and resolve the config, once, for every later step)."""
+    listed = list_partitions(source_uri=source_uri, preset=preset, overrides_yaml=overrides_yaml,
+                             partitions=partitions, demo_seconds=demo_seconds)
+    # The source may change under the same URI: always list it again.
+    listed.set_caching_options(False).set_display_name("list audio")
+    _step_pod(listed)
+    return listed
+
 
 def _preprocess_and_merge(listed, shards_uri):
     """Preprocess each listed partition in parallel, then merge the partials into shards."""
@@ -110,7 +129,7 @@ def _gate_and_generate(trained, merged, config, tracking_uri, experiment, genera
               description="Train a WaveNet music generator: preprocess in parallel, shard, train "
                           "(local workers or a TFJob), gate against the champion, generate samples.")
 # The pipeline's run parameters, as the KFP UI lists them (kfp.dsl reads the signature).
-# params: run parameters (above). # length: 40 lines are the signature and its Args.
+# params: run parameters (above).
 def wavenet_train(
     source_uri: str = "",
     demo_seconds: float = 0.0,
@@ -154,12 +173,8 @@ def wavenet_train(
     force_train: train even when a registered model already came from the same data, config
         and seed (otherwise that model is reused: wavenet.reuse).
     """
-    listed = list_partitions(source_uri=source_uri, preset=preset, overrides_yaml=overrides_yaml,
-                             partitions=partitions, demo_seconds=demo_seconds)
-    # The source may change under the same URI: always list it again.
-    listed.set_caching_options(False).set_display_name("list audio")
-    _step_pod(listed)
-    merged = _preprocess_and_merge(listed, shards_uri)
+    merged = _preprocess_and_merge(_list(source_uri, preset, overrides_yaml, partitions, demo_seconds),
+                                   shards_uri)
     # From here on, the config as the data resolved it (model.num_classes: auto -> the labels).
     config = merged.outputs["data_config"]
 
@@ -169,14 +184,7 @@ def wavenet_train(
         gpus_per_worker=gpus_per_worker, accelerator=accelerator,
         cluster_run_root=cluster_run_root, warm_start=warm_start,
         tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
-        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, force_train=force_train,
-        # The run's UUID and this task's name (kfp/dsl/__init__.py, kfp 2.17: "maps to the
-        # pipeline run UUID", "maps to the component name") are the same on every retry of the
-        # step, so they name its TFJob and run folder (wavenet.tfjob.stable_job_name). Not
-        # PIPELINE_TASK_ID_PLACEHOLDER: it maps to the component's MLMD execution ID (same file),
-        # which nothing promises to keep across a retry. (Inside a ParallelFor the task name
-        # would repeat; the train step is not in one.)
-        kfp_task=dsl.PIPELINE_TASK_NAME_PLACEHOLDER)
+        force_train=force_train, **_SAME_ON_EVERY_RETRY)
     trained.set_display_name("train").set_caching_options(False)
     _mlflow_credentials(trained)
     _step_pod(trained)
