@@ -4,6 +4,7 @@ No cluster here: these tests stop at the Kubernetes API boundary (see docs/clust
 was and was not exercised against a real cluster).
 """
 
+import contextlib
 import copy
 import re
 from pathlib import Path
@@ -478,10 +479,22 @@ train_model.python_func(
 """
 
 
+# How a KFP v2 pod on Argo runs the step: argoexec emissary (PID 1) starts the KFP launcher in
+# a process group of its own and forwards each signal to that whole group (argo-workflows,
+# workflow/executor/osspecific/command_unix.go StartCommand: Setpgid; signal_darwin.go, which
+# signal_linux.go links to: Kill(-pgid, sig)); the launcher runs the component's `sh -ec` script
+# with exec.Command and no group of its own (kubeflow/pipelines, backend/src/v2/component/
+# launcher_v2.go execute). So SIGTERM reaches the Python step itself, not only `sh`, which dies
+# of it at once: "kfp-wrapper" runs the step under that script and signals the group.
+_KFP_WRAPPER = 'program_path=$(mktemp -d)\nrmdir "$program_path"\n"$@"\n'
+
+
 @pytest.mark.slow
-def test_sigterm_to_the_train_step_deletes_its_tfjob_with_its_pods(fake_api, tiny_shards, tmp_path):
+@pytest.mark.parametrize("how", ["direct", "kfp-wrapper"])
+def test_sigterm_to_the_train_step_deletes_its_tfjob_with_its_pods(fake_api, tiny_shards, tmp_path, how):
     """The real component body in a real process, its kubernetes client on a loopback API:
-    SIGTERM -> DELETE (foreground: pods first) -> exit 143 with one line."""
+    SIGTERM -> DELETE (foreground: pods first) -> exit 143 with one line; also when the step
+    runs under KFP's `sh -ec` script and the signal goes to the process group, as Argo sends it."""
     import os
     import signal
     import subprocess
@@ -498,16 +511,26 @@ def test_sigterm_to_the_train_step_deletes_its_tfjob_with_its_pods(fake_api, tin
     config.write_text(preset("tiny").to_yaml())
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env.update(KUBECONFIG=str(kubeconfig), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, "-c", _STEP, str(config), str(tiny_shards), str(tmp_path),
-                             KFP_RUN], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    step = [sys.executable, "-c", _STEP, str(config), str(tiny_shards), str(tmp_path), KFP_RUN]
+    wrapped = how == "kfp-wrapper"
+    proc = subprocess.Popen(["sh", "-ec", _KFP_WRAPPER, "sh", *step] if wrapped else step, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=wrapped)
     try:
         # Wait for the event (the job was created), not for a time.
         while not srv.created.wait(1):
             assert proc.poll() is None, proc.communicate()
-        proc.send_signal(signal.SIGTERM)
+        if wrapped:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        # Returns once the step has exited too: it holds the pipes after `sh` is gone.
         out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
+        if wrapped:  # the step too, should it outlive its shell
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        elif proc.poll() is None:
             proc.kill()
     name = tfjob.stable_job_name("wavenet", KFP_RUN, "train-model")
     assert srv.bodies[0][2]["metadata"]["name"] == name
@@ -516,5 +539,6 @@ def test_sigterm_to_the_train_step_deletes_its_tfjob_with_its_pods(fake_api, tin
         "template"]["spec"]["containers"][0]["args"]
     deletes = [b for m, p, b in srv.bodies if m == "DELETE"]
     assert deletes and deletes[0]["propagationPolicy"] == "Foreground", srv.requests
-    assert proc.returncode == 143, err
+    # Wrapped, the exit status is the shell's (killed by the signal; the step's own is 143).
+    assert proc.returncode == (-signal.SIGTERM if wrapped else 143), err
     assert f"error: SIGTERM: stopped waiting for TFJob ml/{name}" in err and "Traceback" not in err, err
