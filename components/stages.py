@@ -52,8 +52,8 @@ def list_partitions(source_uri: str, preset: str, overrides_yaml: str, partition
 
     from components import runtime
     from wavenet.config import overrides_from_yaml, resolve_config
+    from wavenet.data.preprocess import list_audio, partition
     from wavenet.errors import DataError
-    from wavenet.preprocess import list_audio, partition
 
     cfg = resolve_config(preset, overrides=overrides_from_yaml(overrides_yaml))
     os.makedirs(audio.path, exist_ok=True)
@@ -64,7 +64,7 @@ def list_partitions(source_uri: str, preset: str, overrides_yaml: str, partition
             json.dump({"source_uri": source_uri}, f)
         audio.metadata["source_uri"] = source_uri
     else:
-        from wavenet.demo import make_demo_corpus
+        from wavenet.data.demo import make_demo_corpus
 
         kwargs = {"seconds_per_genre": demo_seconds} if demo_seconds > 0 else {}
         make_demo_corpus(audio.path, seed=cfg.train.seed, **kwargs)
@@ -93,7 +93,7 @@ def preprocess_partition(audio: Input[Dataset], partition: str, config: Input[Ar
     import os
 
     from components import runtime
-    from wavenet.preprocess import process_partition
+    from wavenet.data.preprocess import process_partition
 
     names = json.loads(partition)
     root = audio.metadata.get("source_uri") or audio.path
@@ -127,7 +127,7 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
     from components import runtime
     from wavenet import storage
     from wavenet.config import resolve_num_classes
-    from wavenet.preprocess import merge_manifests
+    from wavenet.data.preprocess import merge_manifests
 
     paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
     os.makedirs(shards.path, exist_ok=True)

@@ -104,7 +104,7 @@ def facts(summary: dict[str, Any], shards_uri: str, tracking_uri: str, model_nam
     from mlflow import MlflowClient
 
     from wavenet import registry, tracking
-    from wavenet.manifest import read_manifest
+    from wavenet.data.manifest import read_manifest
 
     manifest = read_manifest(shards_uri)
     tracking.use_tracking_uri(tracking_uri)
@@ -152,7 +152,7 @@ def story(args: argparse.Namespace, say=print) -> list[dict[str, Any]]:
     from pipelines.run_local import run
     from wavenet import registry, tracking
     from wavenet.config import resolve_config
-    from wavenet.demo import make_demo_corpus
+    from wavenet.data.demo import make_demo_corpus
 
     root = Path(args.root).resolve()
     if root.exists():

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from devtools.processes import stop_process
-from wavenet.audio import mu_law_encode
 from wavenet.config import preset
+from wavenet.data.audio import mu_law_encode
+from wavenet.data.shards import dataset_from_codes
 from wavenet.local_workers import free_ports
-from wavenet.shards import dataset_from_codes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docker"))
@@ -376,7 +376,7 @@ def train_briefly(data_dir, config, steps: int = 60, seed: int = 0):
     import keras
     import tensorflow as tf
 
-    from wavenet.data import train_dataset
+    from wavenet.data.dataset import train_dataset
     from wavenet.model import bits_per_sample, build_model
 
     keras.utils.set_random_seed(seed)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wavenet import audio
+from wavenet.data import audio
 
 
 def reference_mu_law(x, mu=255):

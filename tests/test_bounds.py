@@ -153,7 +153,7 @@ def test_cli_yaml_errors_are_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
-    from wavenet.demo import make_demo_corpus
+    from wavenet.data.demo import make_demo_corpus
 
     root = tmp_path_factory.mktemp("corpus")
     make_demo_corpus(str(root), seconds_per_genre=8.0)
@@ -261,7 +261,7 @@ def wait_for_work_dir(proc, tmp, timeout=120):
 
 @pytest.mark.slow
 def test_sigterm_during_preprocess_removes_its_work_folder(tmp_path):
-    from wavenet.demo import make_demo_corpus
+    from wavenet.data.demo import make_demo_corpus
 
     src = tmp_path / "corpus"
     make_demo_corpus(str(src), seconds_per_genre=120.0)  # long enough to be killed mid-run
@@ -279,7 +279,7 @@ def test_sigterm_during_preprocess_removes_its_work_folder(tmp_path):
     proc.wait(timeout=60)
     leftovers = work_dirs(tmp)
     assert len(leftovers) == 1
-    from wavenet.preprocess import sweep_stale_work_dirs
+    from wavenet.data.preprocess import sweep_stale_work_dirs
 
     assert sweep_stale_work_dirs(str(tmp)) == [str(leftovers[0])]
     assert work_dirs(tmp) == []

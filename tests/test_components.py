@@ -13,10 +13,10 @@ from components import runtime
 from wavenet import cli
 from wavenet.config import overrides_from_yaml, preset, resolve_config
 from wavenet.context import RunContext
+from wavenet.data.manifest import Shard, data_root, read_manifest, shards_version
+from wavenet.data.preprocess import known_tracks
+from wavenet.data.shards import dataset_from_codes
 from wavenet.errors import ConfigError
-from wavenet.manifest import Shard, data_root, read_manifest, shards_version
-from wavenet.preprocess import known_tracks
-from wavenet.shards import dataset_from_codes
 from wavenet.tracking import child_run_name, run_name
 from wavenet.train import train_command
 from wavenet.train.warm_start import champion_init_model
@@ -236,7 +236,7 @@ def test_demo_corpus_is_listed_preprocessed_in_parallel_and_merged(local_root):
 
 def test_persistent_shards_uri_reuses_earlier_preprocessing(local_root, tmp_path):
     audio = tmp_path / "music"
-    from wavenet.demo import make_demo_corpus
+    from wavenet.data.demo import make_demo_corpus
 
     make_demo_corpus(str(audio), seconds_per_genre=2.0)
     store = str(tmp_path / "shards")
@@ -305,7 +305,7 @@ def gcs_bucket(monkeypatch):
 
 def test_bucket_source_and_persistent_bucket_shards(local_root, gcs_bucket):
     from wavenet import storage
-    from wavenet.demo import make_demo_corpus
+    from wavenet.data.demo import make_demo_corpus
 
     make_demo_corpus(f"{gcs_bucket}/music", seconds_per_genre=2.0)
     store = f"{gcs_bucket}/shards/v1"

@@ -17,11 +17,11 @@ from conftest import ROOT, copy_tree, run_gcs_emulator, write_shards
 from wavenet import storage
 from wavenet.cli import main
 from wavenet.config import preset
-from wavenet.data import local_shard_paths
-from wavenet.demo import make_demo_corpus
+from wavenet.data.dataset import local_shard_paths
+from wavenet.data.demo import make_demo_corpus
+from wavenet.data.manifest import MANIFEST, Manifest, read_manifest
+from wavenet.data.preprocess import preprocess
 from wavenet.errors import DataError
-from wavenet.manifest import MANIFEST, Manifest, read_manifest
-from wavenet.preprocess import preprocess
 
 BUCKET = "contracts-test"
 

@@ -10,12 +10,12 @@ import pytest
 import tensorflow as tf
 
 from wavenet.config import preset
-from wavenet.data import parse_example, shard_paths, train_dataset, validation_dataset
-from wavenet.demo import make_demo_corpus
+from wavenet.data.dataset import parse_example, shard_paths, train_dataset, validation_dataset
+from wavenet.data.demo import make_demo_corpus
+from wavenet.data.manifest import read_manifest
+from wavenet.data.preprocess import preprocess
+from wavenet.data.shards import TFRecordWriter, serialize_example
 from wavenet.errors import DataError
-from wavenet.manifest import read_manifest
-from wavenet.preprocess import preprocess
-from wavenet.shards import TFRecordWriter, serialize_example
 
 CFG = preset("tiny")
 

@@ -23,10 +23,10 @@ import soundfile as sf
 
 from wavenet import storage
 from wavenet.config import preset
+from wavenet.data.manifest import KEEP_VERSIONS, read_manifest, version_files
+from wavenet.data.preprocess import check_dataset, merge_manifests, process_partition
+from wavenet.data.shards import dataset_from_codes, update_dataset
 from wavenet.errors import DataError, StorageError
-from wavenet.manifest import KEEP_VERSIONS, read_manifest, version_files
-from wavenet.preprocess import check_dataset, merge_manifests, process_partition
-from wavenet.shards import dataset_from_codes, update_dataset
 
 CFG = preset("tiny")  # crop_length 272 samples at 16 kHz
 FILES = 12  # per run
@@ -45,7 +45,7 @@ def corpus(root, label: str, base_hz: float, n: int = FILES, seconds: float = 1.
 # Runs the real CLI after installing the rendezvous in front of the shard writer.
 RACE = textwrap.dedent("""
     import os, sys, time
-    from wavenet import shards
+    from wavenet.data import shards
     sync, me, other = sys.argv[1:4]
     real, first = shards._write_shards, [True]
 
@@ -91,7 +91,7 @@ def run_two_at_once(tmp_path, dst: str) -> tuple[dict, dict]:
 
 
 def check_both_kept(results: dict, dst: str, cache_dir: str) -> None:
-    from wavenet.data import train_dataset
+    from wavenet.data.dataset import train_dataset
 
     for me, (rc, out, err) in results.items():
         assert rc == 0, f"run {me} exited {rc}: {err[-2000:]}"
@@ -274,7 +274,7 @@ def test_a_disk_that_fills_up_while_writing_leaves_the_old_dataset(tmp_path, tin
 # -- the shard cache ------------------------------------------------------------------------
 
 def test_the_default_shard_cache_is_private_to_the_user(tmp_path, monkeypatch):
-    from wavenet.data import _private_dir, default_cache_dir
+    from wavenet.data.dataset import _private_dir, default_cache_dir
 
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
@@ -294,7 +294,7 @@ def test_the_default_shard_cache_is_private_to_the_user(tmp_path, monkeypatch):
 
 
 def test_a_planted_cache_entry_is_not_trusted(tmp_path, gcs_cas):
-    from wavenet.data import local_shard_paths
+    from wavenet.data.dataset import local_shard_paths
 
     dst, cache = f"{gcs_cas}/data", tmp_path / "cache"
     tone = (np.arange(4000) % 256).astype(np.uint8)

@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 
 from wavenet.cli import main
-from wavenet.demo import GENRES, make_demo_corpus, synthesize
+from wavenet.data.demo import GENRES, make_demo_corpus, synthesize
 
 
 def digests(paths):

@@ -98,7 +98,7 @@ def independent_baselines(data_dir, config, receptive_field):
     """Baselines computed here from the shards directly, windows cut by hand."""
     import tensorflow as tf
 
-    from wavenet.data import parse_example, shard_paths
+    from wavenet.data.dataset import parse_example, shard_paths
 
     def read(split):
         ds = tf.data.TFRecordDataset(shard_paths(data_dir, split)).map(parse_example)
@@ -201,7 +201,7 @@ def labelled_folder(root, seconds=1.0):
 
 
 def test_every_label_is_scored_and_says_how_it_was_held_out(trained_model_path, tmp_path, monkeypatch, mlflow_db):
-    from wavenet.preprocess import preprocess
+    from wavenet.data.preprocess import preprocess
 
     monkeypatch.chdir(tmp_path)
     src = labelled_folder(tmp_path / "src")
@@ -219,8 +219,8 @@ def test_a_test_folder_is_scored_whole_with_split_all(trained_model_path, tmp_pa
     import tensorflow as tf
 
     from wavenet.cli import main
-    from wavenet.data import parse_example, shard_paths
-    from wavenet.preprocess import preprocess
+    from wavenet.data.dataset import parse_example, shard_paths
+    from wavenet.data.preprocess import preprocess
 
     monkeypatch.chdir(tmp_path)
     uri = mlflow_db

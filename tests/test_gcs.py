@@ -10,9 +10,9 @@ import soundfile as sf
 
 from wavenet import storage
 from wavenet.config import preset
-from wavenet.demo import make_demo_corpus
-from wavenet.manifest import read_manifest, version_files
-from wavenet.preprocess import check_dataset, list_audio, preprocess
+from wavenet.data.demo import make_demo_corpus
+from wavenet.data.manifest import read_manifest, version_files
+from wavenet.data.preprocess import check_dataset, list_audio, preprocess
 
 CFG = preset("tiny")
 BUCKET = "wavenet-test"
@@ -31,7 +31,7 @@ def test_storage_round_trip(gcs):
 def test_preprocess_bucket_to_bucket_and_train_from_it(gcs, tmp_path):
     import tensorflow as tf
 
-    from wavenet.data import train_dataset, validation_dataset
+    from wavenet.data.dataset import train_dataset, validation_dataset
 
     src, dst = f"{gcs}/corpus", f"{gcs}/shards"
     written = make_demo_corpus(src, seconds_per_genre=4.0)
@@ -76,7 +76,7 @@ def test_preprocess_bucket_to_bucket_and_train_from_it(gcs, tmp_path):
 
 def test_fan_out_with_a_bucket_work_dir(gcs):
     """The pipeline's shape: one process_partition per pod, work in the bucket, one merge."""
-    from wavenet.preprocess import merge_manifests, partition, process_partition
+    from wavenet.data.preprocess import merge_manifests, partition, process_partition
 
     src, work, dst = f"{gcs}/fan/src", f"{gcs}/fan/work", f"{gcs}/fan/out"
     make_demo_corpus(src, seconds_per_genre=2.0, seed=3)

@@ -391,7 +391,7 @@ def test_cached_bits_agree_with_keras_on_a_trained_model(trained_model_path, eva
     """Teacher-forced bits/sample on validation data, each precision against the float32 Keras model."""
     from conftest import tiny_config
 
-    from wavenet.data import validation_dataset
+    from wavenet.data.dataset import validation_dataset
     from wavenet.model import bits_per_sample, load_model
 
     model = load_model(trained_model_path)

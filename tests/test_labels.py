@@ -13,9 +13,9 @@ import pytest
 from conftest import EVAL_LABELS, tiny_config, write_shard_dataset
 from mlflow import MlflowClient
 
-from wavenet import labels as vocab
 from wavenet.cli import main
 from wavenet.context import RunContext
+from wavenet.data import labels as vocab
 from wavenet.errors import DataError
 from wavenet.evaluate import evaluate, gate, score_models, training_code_counts
 from wavenet.generate_samples import clip_labels

@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wavenet.audio import mu_law_decode, mu_law_encode, peak_normalize, resample, to_mono, trim_silence
 from wavenet.bench.preprocess import preprocess_peak_rss_mb, write_multichannel_flac
 from wavenet.cli import main
 from wavenet.config import preset
-from wavenet.demo import make_demo_corpus
-from wavenet.errors import DataError
-from wavenet.manifest import read_manifest, split_ranges
-from wavenet.preprocess import (
+from wavenet.data.audio import mu_law_decode, mu_law_encode, peak_normalize, resample, to_mono, trim_silence
+from wavenet.data.demo import make_demo_corpus
+from wavenet.data.manifest import read_manifest, split_ranges
+from wavenet.data.preprocess import (
     assign_splits,
     check_dataset,
     list_audio,
@@ -33,6 +32,7 @@ from wavenet.preprocess import (
     process_partition,
     split_of,
 )
+from wavenet.errors import DataError
 
 CFG = preset("tiny")  # crop_length 272 samples at 16 kHz
 
@@ -218,7 +218,7 @@ CRASH = textwrap.dedent("""
     import os, signal, sys
     from wavenet import storage
     from wavenet.config import preset
-    from wavenet.preprocess import preprocess
+    from wavenet.data.preprocess import preprocess
 
     point, calls = sys.argv[3], []
     real_upload, real_write = storage.upload_file, storage.write_bytes_atomic
@@ -528,7 +528,7 @@ UNREADABLE = textwrap.dedent("""
     import json, os, sys
     import soundfile, soxr  # imported while the interpreter's files are readable
     from wavenet.config import preset
-    from wavenet.preprocess import process_partition
+    from wavenet.data.preprocess import process_partition
     if os.getuid() == 0:
         os.setgid(65534)
         os.setuid(65534)  # root reads anything: drop to nobody for an honest permission error
@@ -564,7 +564,7 @@ def test_an_unreadable_file_is_skipped_with_permission_denied(tmp_path):
 
 DECODER_CRASH = textwrap.dedent("""
     import json, os, signal, sys
-    import wavenet.preprocess as P
+    import wavenet.data.preprocess as P
 
     real_decode = P._decode
 
@@ -598,10 +598,10 @@ def test_a_file_that_kills_its_worker_is_skipped_and_the_rest_kept(tmp_path):
 
 
 def test_preprocessing_never_imports_tensorflow(tmp_path):
-    # Workers stay light: shards are written by wavenet.data's TF-free writer.
+    # Workers stay light: shards are written by wavenet.data.shards' TF-free writer.
     src = str(tmp_path / "src")
     make_demo_corpus(src, seconds_per_genre=1.0)
-    code = ("import sys; from wavenet.config import preset; from wavenet.preprocess import preprocess; "
+    code = ("import sys; from wavenet.config import preset; from wavenet.data.preprocess import preprocess; "
             f"preprocess({src!r}, {str(tmp_path / 'out')!r}, preset('tiny'), processes=1, progress=False); "
             "print('tensorflow' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

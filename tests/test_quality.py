@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from wavenet import quality
-from wavenet.audio import mu_law_decode, mu_law_encode
+from wavenet.data.audio import mu_law_decode, mu_law_encode
 
 SR = 16000
 
@@ -247,8 +247,8 @@ CLIP = 2 * SR  # the demo preset's clips: 2 s
 
 def demo_track(genre, track, seconds=14.0):
     """A demo-corpus track at 16 kHz as preprocessing leaves it (trimmed, normalised, mu-law)."""
-    from wavenet.audio import peak_normalize, trim_silence
-    from wavenet.demo import synthesize
+    from wavenet.data.audio import peak_normalize, trim_silence
+    from wavenet.data.demo import synthesize
 
     x = trim_silence(synthesize(genre, seconds, track=track, sample_rate=SR), SR, -50.0)
     return mu_law_decode(mu_law_encode(peak_normalize(x, -1.0)))
@@ -257,7 +257,7 @@ def demo_track(genre, track, seconds=14.0):
 @pytest.fixture(scope="module")
 def demo_calibrations():
     """Per genre: ranges from two tracks, and a third track they never saw."""
-    from wavenet.demo import GENRES
+    from wavenet.data.demo import GENRES
 
     out = {}
     for genre in GENRES:

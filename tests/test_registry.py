@@ -5,9 +5,9 @@ from conftest import tiny_config
 
 from wavenet import registry, tracking
 from wavenet.context import RunContext
+from wavenet.data.manifest import read_manifest
 from wavenet.errors import TrackingError, WavenetError
 from wavenet.evaluate import evaluate
-from wavenet.manifest import read_manifest
 from wavenet.model import load_model
 
 

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from production_mlflow import PIPELINE_PASSWORD, PIPELINE_USER
 
 from devtools import retrain_demo
-from wavenet.manifest import read_manifest
+from wavenet.data.manifest import read_manifest
 
 MODEL = "retrain-test"
 

@@ -33,7 +33,7 @@ def test_prime_codes_take_same_label_examples():
 
 
 def test_calibrate_labels_per_label_and_all_labels_only_where_needed():
-    from wavenet.audio import mu_law_encode
+    from wavenet.data.audio import mu_law_encode
     from wavenet.generate_samples import calibrate_labels
 
     t = np.arange(8000) / 16000
@@ -170,8 +170,8 @@ def test_checks_passed_counts_checks_overall_and_per_label_and_whole_clips():
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory):
     """The demo corpus (one 12 s track per genre) preprocessed with the tiny preset."""
-    from wavenet.demo import make_demo_corpus
-    from wavenet.preprocess import preprocess
+    from wavenet.data.demo import make_demo_corpus
+    from wavenet.data.preprocess import preprocess
 
     root = tmp_path_factory.mktemp("demo-shards")
     make_demo_corpus(str(root / "src"), seconds_per_genre=12.0)
@@ -182,7 +182,7 @@ def demo_shards(tmp_path_factory):
 @pytest.mark.training
 def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_is_not(
         demo_shards, tmp_path, monkeypatch, mlflow_db):
-    from wavenet.audio import mu_law_decode
+    from wavenet.data.audio import mu_law_decode
     from wavenet.generate_samples import read_validation_codes
     from wavenet.quality import CHECKS, analyze
 

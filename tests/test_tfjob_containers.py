@@ -94,9 +94,9 @@ def test_two_worker_containers_train_and_the_launcher_collects_the_model(
     from mlflow import MlflowClient
 
     from devtools.tfjob_containers import run_tfjob_in_containers
-    from wavenet.demo import make_demo_corpus
+    from wavenet.data.demo import make_demo_corpus
+    from wavenet.data.preprocess import preprocess
     from wavenet.model import load_model
-    from wavenet.preprocess import preprocess
 
     bucket = "wavenet-tfjob"
     with run_gcs_emulator(bucket) as emulator:

@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 
 from wavenet.cli import main
 from wavenet.config import ExperimentConfig, preset
+from wavenet.data.manifest import read_manifest
 from wavenet.errors import ConfigError
 from wavenet.local_workers import free_ports
-from wavenet.manifest import read_manifest
 from wavenet.model import load_model
 from wavenet.train import worker_role
 from wavenet.train.schedule import WarmupCosine, learning_rate_at

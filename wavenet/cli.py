@@ -99,7 +99,7 @@ def _add_demo_data(sub) -> None:
 
 
 def _cmd_demo_data(args) -> int:
-    from wavenet.demo import make_demo_corpus
+    from wavenet.data.demo import make_demo_corpus
 
     kwargs = {"seed": args.seed}
     if args.seconds is not None:
@@ -124,8 +124,8 @@ def _add_preprocess(sub) -> None:
 
 
 def _cmd_preprocess(args) -> int:
-    from wavenet.preprocess import preprocess
-    from wavenet.shards import LOCK_WAIT_S
+    from wavenet.data.preprocess import preprocess
+    from wavenet.data.shards import LOCK_WAIT_S
 
     manifest = preprocess(args.src, args.dst, _config(args), processes=args.processes,
                           progress=not args.no_progress,

@@ -28,8 +28,8 @@ from keras import ops
 
 from wavenet import storage
 from wavenet.config import AUTO_CLASSES, AudioConfig, ExperimentConfig, ModelConfig
+from wavenet.data.labels import check_vocabulary
 from wavenet.errors import ConfigError, WavenetError, one_line
-from wavenet.labels import check_vocabulary
 from wavenet.memory import check_fits
 
 __all__ = [
@@ -175,7 +175,7 @@ class WaveNet(keras.Model):
     its codes back into sound at the right rate, and so does a conditioned
     model's label vocabulary (``labels``: the name of each label id, in id
     order; None for a model saved before models recorded it, see
-    :mod:`wavenet.labels`), so that other data's labels map to its ids by name.
+    :mod:`wavenet.data.labels`), so that other data's labels map to its ids by name.
     """
 
     def __init__(self, model_config: ModelConfig | dict, audio_config: AudioConfig | dict | None = None,

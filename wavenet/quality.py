@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-# The spectral maths lives in wavenet.audio; these names stay importable from here.
-from wavenet.audio import (
+# The spectral maths lives in wavenet.data.audio; these names stay importable from here.
+from wavenet.data.audio import (
     frame_power,
     frame_signal,
     hz_to_mel,
@@ -77,7 +77,7 @@ __all__ = [
     "check_ranges",
     "absolute_thresholds",
     "analyze",
-    # Re-exported from wavenet.audio, where the spectral maths lives:
+    # Re-exported from wavenet.data.audio, where the spectral maths lives:
     "frame_signal",
     "power_spectrogram",
     "hz_to_mel",

@@ -21,7 +21,7 @@ import soundfile as sf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from wavenet.audio import float_to_pcm16, power_spectrogram
+from wavenet.data.audio import float_to_pcm16, power_spectrogram
 from wavenet.decision import gate_line, verdict
 
 __all__ = ["wav_bytes", "spectrogram_png", "gate_section", "scores_section", "reference_block",

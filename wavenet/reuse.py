@@ -4,7 +4,7 @@ A training run is fully determined by its data, the config fields that shape
 the weights, its seed and (for a warm start) the model it starts from. The
 *train key* is the sha256 of exactly those:
 
-* the data version (:attr:`wavenet.manifest.Manifest.data_version`, a digest of
+* the data version (:attr:`wavenet.data.manifest.Manifest.data_version`, a digest of
   the shards' sha256s: identical shards give the same version on any machine);
 * ``audio``, ``model`` and ``train`` of the config, ``train.seed`` included,
   minus the fields that only change logging and checkpoints
@@ -30,8 +30,8 @@ from typing import Any
 
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
+from wavenet.data.manifest import read_manifest
 from wavenet.decision import reuse_line
-from wavenet.manifest import read_manifest
 from wavenet.train.outputs import MODEL_FILE, SUMMARY_FILE, TrainResult
 
 __all__ = ["NON_SEMANTIC_TRAIN", "train_key", "find_trained", "train_or_reuse"]

@@ -229,7 +229,7 @@ class _Rows:
             return None
         import soundfile as sf
 
-        from wavenet.audio import mu_law_encode, resample, to_mono
+        from wavenet.data.audio import mu_law_encode, resample, to_mono
 
         try:
             data, rate = sf.read(io.BytesIO(base64.b64decode(str(prime), validate=True)),
@@ -407,7 +407,7 @@ class GenerationModel:
         """
         import pandas as pd
 
-        from wavenet.audio import mu_law_decode
+        from wavenet.data.audio import mu_law_decode
         from wavenet.report import wav_bytes
 
         rows = _records(model_input)

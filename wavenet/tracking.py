@@ -997,7 +997,7 @@ def log_dataset(source: str, name: str, digest: str, context: str = "training",
     Args:
         source: where the data is (a local folder or ``gs://`` prefix).
         name: the dataset's name in the UI.
-        digest: its content version (:attr:`wavenet.manifest.Manifest.data_version`): the
+        digest: its content version (:attr:`wavenet.data.manifest.Manifest.data_version`): the
             same for the same data on any machine, whatever the folder.
         context: what the run used it for (MLflow's ``mlflow.data.context`` input tag).
         profile: a few numbers about it, shown with the dataset.

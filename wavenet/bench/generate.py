@@ -101,7 +101,7 @@ AGREEMENT_BITS = 0.02
 def agreement(model, data_dir: str, cfg, max_windows: int = 16, batch_size: int = 8) -> dict:
     """Teacher-forced bits/sample of the cached generator at each precision vs the float32 Keras model.
 
-    Both score the same validation windows (:func:`wavenet.data.validation_dataset`:
+    Both score the same validation windows (:func:`wavenet.data.dataset.validation_dataset`:
     ``evaluate.window`` predicted samples, each with a full receptive field of
     context), the first ``max_windows`` of them.
 
@@ -118,7 +118,7 @@ def agreement(model, data_dir: str, cfg, max_windows: int = 16, batch_size: int 
     """
     import dataclasses
 
-    from wavenet.data import validation_dataset
+    from wavenet.data.dataset import validation_dataset
     from wavenet.generate import FastGenerator
     from wavenet.model import bits_per_sample
 

@@ -35,8 +35,8 @@ import soundfile as sf
 
 from wavenet.bench import machine
 from wavenet.config import ExperimentConfig
-from wavenet.demo import GENRES, synthesize
-from wavenet.preprocess import preprocess
+from wavenet.data.demo import GENRES, synthesize
+from wavenet.data.preprocess import preprocess
 
 SAMPLE_RATE = 44100
 

@@ -35,8 +35,8 @@ DEFAULT_BUDGETS = (1_228_800, 2_457_600, 4_915_200, 9_830_400)
 
 
 def _demo_shards(work: str, cfg: ExperimentConfig, seconds_per_genre: float) -> str:
-    from wavenet.demo import make_demo_corpus
-    from wavenet.preprocess import preprocess
+    from wavenet.data.demo import make_demo_corpus
+    from wavenet.data.preprocess import preprocess
 
     make_demo_corpus(os.path.join(work, "demo-src"), seconds_per_genre=seconds_per_genre,
                      seed=cfg.train.seed)

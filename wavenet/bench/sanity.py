@@ -42,7 +42,7 @@ CLIP_SECONDS = 2.0  # the demo preset's generate.seconds
 
 def failure_cases(n: int, sample_rate: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Synthetic failures, ``n`` samples each, as mu-law codes would carry them."""
-    from wavenet.audio import mu_law_decode, mu_law_encode
+    from wavenet.data.audio import mu_law_decode, mu_law_encode
 
     rng = np.random.default_rng(seed)
     f = np.fft.rfftfreq(n, 1.0 / sample_rate)
@@ -89,10 +89,10 @@ def real_audio(src: str, work: str, name: str, folds: int = 5) -> tuple[dict[str
         ``({label: {"tracks", "windows", "passed", "failed": {check: windows}}},
         {label_id: calibration from all the label's tracks} (for the failure cases))``.
     """
-    from wavenet.audio import mu_law_decode
     from wavenet.config import preset
+    from wavenet.data.audio import mu_law_decode
+    from wavenet.data.preprocess import preprocess
     from wavenet.generate_samples import calibrate_labels
-    from wavenet.preprocess import preprocess
     from wavenet.quality import analyze
 
     cfg = preset("demo")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write every number to this file")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from wavenet.demo import make_demo_corpus
+    from wavenet.data.demo import make_demo_corpus
 
     out: dict[str, Any] = {}
     lines = ["| audio | label | windows (2 s) | pass every check | failed checks (windows) |",

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from wavenet.audio import mu_law_encode
 from wavenet.bench import machine, matmul_gflops, pin_threads
 from wavenet.config import ExperimentConfig, preset
 from wavenet.context import RunContext
-from wavenet.shards import dataset_from_codes
+from wavenet.data.audio import mu_law_encode
+from wavenet.data.shards import dataset_from_codes
 from wavenet.train import train_command
 
 __all__ = ["run", "write_synthetic_shards"]
@@ -46,7 +46,7 @@ def write_synthetic_shards(folder: str, cfg: ExperimentConfig, train_shards: int
     """A small dataset in the real format: noisy harmonic tones as mu-law codes.
 
     ``train_shards`` shards per split, ``examples_per_shard`` tracks per training
-    shard and one per validation shard, written by :func:`wavenet.shards.dataset_from_codes`.
+    shard and one per validation shard, written by :func:`wavenet.data.shards.dataset_from_codes`.
 
     Returns:
         ``folder``, holding manifest.json, train/ and validation/ shards.

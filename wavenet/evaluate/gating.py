@@ -18,6 +18,7 @@ from typing import Any
 
 from wavenet import registry, tracking
 from wavenet.config import ExperimentConfig
+from wavenet.data.manifest import audio_differences, read_manifest
 from wavenet.errors import DataError, TrackingError
 from wavenet.evaluate.scoring import (
     CodeCounts,
@@ -25,7 +26,6 @@ from wavenet.evaluate.scoring import (
     score_models,
     training_code_counts,
 )
-from wavenet.manifest import audio_differences, read_manifest
 
 
 def decide(new_bits: float, champion_bits: float | None, margin: float) -> tuple[bool, str]:

@@ -2,7 +2,7 @@
 
 The model's score is the negative log-likelihood of the validation split in
 bits per predicted sample (``-log2 p(x_t | x_<t)``, averaged), over every
-window that :func:`wavenet.data.validation_dataset` cuts, so it is
+window that :func:`wavenet.data.dataset.validation_dataset` cuts, so it is
 deterministic. On exactly the same predicted samples three baselines are
 scored, so a number means something on its own:
 
@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from wavenet import labels as vocab
 from wavenet.config import ExperimentConfig
-from wavenet.data import local_shard_paths, parse_example, validation_dataset
+from wavenet.data import labels as vocab
+from wavenet.data.dataset import local_shard_paths, parse_example, validation_dataset
+from wavenet.data.manifest import Manifest, check_audio, read_manifest
 from wavenet.errors import DataError, one_line
-from wavenet.manifest import Manifest, check_audio, read_manifest
 from wavenet.memory import check_evaluation
 from wavenet.model import bits_per_sample
 
@@ -168,7 +168,7 @@ def check_model_fits_data(model, manifest: Manifest, what: str, data_dir: str = 
 
     Returns None for an unconditioned model. A data label the model never saw
     is a one-line DataError naming the label and ``what``, unless
-    ``allow_missing`` (then its entry is :data:`wavenet.labels.MISSING`).
+    ``allow_missing`` (then its entry is :data:`wavenet.data.labels.MISSING`).
     """
     check_audio(data_dir, manifest, model.audio_config, prefix=f"{what}: audio")
     if not model.config.conditioned:
@@ -193,12 +193,12 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         counts: training-split code statistics (:func:`training_code_counts`).
         batch_size: crops per step (default ``evaluate.batch_size``).
         split: ``"validation"``, or ``"all"`` to score every example of the
-            folder (:func:`wavenet.data.validation_dataset`).
+            folder (:func:`wavenet.data.dataset.validation_dataset`).
         label_maps: per model, the model's id of each data label id
-            (:func:`wavenet.labels.model_ids`; None for an unconditioned model);
+            (:func:`wavenet.data.labels.model_ids`; None for an unconditioned model);
             default: mapped by name, a data label a model never saw being a
             DataError. A window whose label a model never saw
-            (:data:`wavenet.labels.MISSING`) is not scored for that model.
+            (:data:`wavenet.data.labels.MISSING`) is not scored for that model.
 
     Returns:
         ``{"context", "window", "samples", "windows", "models": [bits per sample

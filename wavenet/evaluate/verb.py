@@ -11,7 +11,8 @@ from typing import Any
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.context import RunContext
-from wavenet.data import eval_shards
+from wavenet.data.dataset import eval_shards
+from wavenet.data.manifest import Manifest, check_shards, read_manifest
 from wavenet.evaluate import gating
 from wavenet.evaluate.scoring import (
     CodeCounts,
@@ -19,7 +20,6 @@ from wavenet.evaluate.scoring import (
     score_models,
     training_code_counts,
 )
-from wavenet.manifest import Manifest, check_shards, read_manifest
 from wavenet.memory import check_evaluation
 
 METRICS_FILE = "metrics.json"

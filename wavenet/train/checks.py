@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from wavenet.config import ExperimentConfig
+from wavenet.data.manifest import Manifest, check_audio, check_shards
 from wavenet.errors import ConfigError, DataError
-from wavenet.manifest import Manifest, check_audio, check_shards
 
 __all__ = ["WorkerRole", "parse_tf_config", "worker_role", "check_data", "check_batch"]
 

@@ -21,9 +21,9 @@ from typing import Any
 from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig, resolve_num_classes
 from wavenet.context import RunContext
+from wavenet.data.manifest import read_manifest
 from wavenet.errors import ConfigError
 from wavenet.local_workers import WorkerError, run_local_workers
-from wavenet.manifest import read_manifest
 from wavenet.memory import check_training
 from wavenet.train.checks import check_batch, check_data, worker_role
 from wavenet.train.exit_codes import is_retryable

@@ -22,9 +22,9 @@ import tensorflow as tf
 from wavenet import storage
 from wavenet.checkpoints import CheckpointStore, MirroringManager
 from wavenet.config import ExperimentConfig, TrainConfig
-from wavenet.data import train_dataset
+from wavenet.data.dataset import train_dataset
+from wavenet.data.manifest import Manifest
 from wavenet.errors import ConfigError, one_line
-from wavenet.manifest import Manifest
 from wavenet.model import WaveNet, build_model
 from wavenet.train.checks import WorkerRole, check_batch
 from wavenet.train.schedule import WarmupCosine

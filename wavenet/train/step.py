@@ -16,9 +16,9 @@ import keras
 import tensorflow as tf
 
 from wavenet.config import ExperimentConfig
-from wavenet.data import validation_dataset
+from wavenet.data.dataset import validation_dataset
+from wavenet.data.manifest import Manifest
 from wavenet.errors import DataError
-from wavenet.manifest import Manifest
 from wavenet.model import WaveNet, bits_per_sample
 from wavenet.train.setup import Trainer
 

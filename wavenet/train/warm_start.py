@@ -2,7 +2,7 @@
 
 A model may be named by a ``.keras`` path or an MLflow URI. Its architecture
 must be the run's, except for the number of label rows of a conditioned
-model: label embeddings are copied **by name** (:mod:`wavenet.labels`), so a
+model: label embeddings are copied **by name** (:mod:`wavenet.data.labels`), so a
 model whose data gained a genre (a new label, ``model.num_classes`` raised)
 or numbers its genres differently still starts from every other weight; a
 label the source never saw keeps its freshly initialised rows (the
@@ -18,11 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wavenet import labels as vocab
 from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig, ModelConfig
+from wavenet.data import labels as vocab
+from wavenet.data.manifest import read_manifest
 from wavenet.errors import ConfigError
-from wavenet.manifest import read_manifest
 from wavenet.model import WaveNet, load_model, save_model
 
 __all__ = ["INIT_MODEL_FILE", "architecture_fits", "label_rows", "prepare_init_model",
@@ -56,7 +56,7 @@ def _check_architecture(source: str, found: ModelConfig, cfg: ExperimentConfig) 
 
 
 def label_rows(source: WaveNet, data_labels: Sequence[str], who: str) -> tuple[np.ndarray, str]:
-    """For each data label id, the source model's row (or :data:`wavenet.labels.MISSING`), and a line.
+    """For each data label id, the source model's row (or :data:`wavenet.data.labels.MISSING`), and a line.
 
     The line says which labels were copied and which start fresh, e.g.
     ``labels by name: drums, organ copied; extra new (initialised)``.

@@ -8,21 +8,21 @@ Per track (``process_partition``, no TensorFlow import): sha256 the file
 (the track's id), check its header (a file longer than
 ``data.max_track_seconds`` is skipped with that reason before it is decoded),
 decode it with soundfile (libsndfile) a block at a time, then the pure steps
-of :mod:`wavenet.audio`: average each block's channels to mono, resample it to
+of :mod:`wavenet.data.audio`: average each block's channels to mono, resample it to
 ``audio.sample_rate`` with soxr's stream (HQ), trim leading and trailing 10 ms
 frames whose RMS is below ``audio.silence_threshold_db`` dBFS, peak-normalise
 to ``audio.normalize_peak_db`` and mu-law encode to uint8. Memory per file is
 one decoded block (:data:`BLOCK_BYTES`) plus the track at the target rate
 (float32, then uint8 codes), whatever the file's channels and rate. This module handles
-the files; the signal maths is all in :mod:`wavenet.audio`. The codes go to
+the files; the signal maths is all in :mod:`wavenet.data.audio`. The codes go to
 ``WORK/tracks/<sha256>-<audio>.npy`` (``<audio>``: 8 hex digits of a hash
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
 
 ``merge_manifests`` then, in one process and as the one writer of ``DST``
-(:func:`wavenet.shards.update_dataset`: a lock, or a compare-and-swap on a
+(:func:`wavenet.data.shards.update_dataset`: a lock, or a compare-and-swap on a
 bucket), assigns each new track to train or validation and hands old and new
-tracks to :func:`wavenet.shards.build_dataset`, which copies new codes to
+tracks to :func:`wavenet.data.shards.build_dataset`, which copies new codes to
 ``DST/tracks/`` (kept so later runs can rewrite shards with old and new
 tracks), cuts tracks into chunks of at most ``data.chunk_seconds`` and writes
 ``data.num_shards`` shards per split; the manifest is committed last (a new
@@ -63,16 +63,15 @@ import soundfile as sf
 from tqdm import tqdm
 
 from wavenet import storage
-from wavenet.audio import (
+from wavenet.config import ExperimentConfig
+from wavenet.data.audio import (
     mu_law_encode,
     peak_gain,
     resample_stream,
     silence_bounds,
     to_mono,
 )
-from wavenet.config import ExperimentConfig
-from wavenet.errors import DataError, WavenetError, one_line
-from wavenet.manifest import (
+from wavenet.data.manifest import (
     MANIFEST,
     TRACKS,
     Manifest,
@@ -83,7 +82,8 @@ from wavenet.manifest import (
     read_manifest,
     track_codes_path,
 )
-from wavenet.shards import LOCK_WAIT_S, Provenance, Writes, build_dataset, update_dataset
+from wavenet.data.shards import LOCK_WAIT_S, Provenance, Writes, build_dataset, update_dataset
+from wavenet.errors import DataError, WavenetError, one_line
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -98,7 +98,7 @@ __all__ = [
     "split_of",
 ]
 
-log = logging.getLogger("wavenet.preprocess")
+log = logging.getLogger("wavenet.data.preprocess")
 
 # Extensions of formats libsndfile decodes (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF).
 # Other files under SRC (covers, notes) are ignored, not counted as skipped.
@@ -246,7 +246,7 @@ def _check_header(f: sf.SoundFile, config: ExperimentConfig) -> None:
 
 
 def _mono_blocks(f: sf.SoundFile, limit_s: float, counted: list[int]) -> Iterator[np.ndarray]:
-    """Decode ``f`` a block at a time, each averaged to mono (:func:`wavenet.audio.to_mono`).
+    """Decode ``f`` a block at a time, each averaged to mono (:func:`wavenet.data.audio.to_mono`).
 
     A block holds about :data:`BLOCK_BYTES` of float32 whatever the channel
     count. The frames read so far are counted against ``limit_s`` too: a header
@@ -297,7 +297,7 @@ def _decode(fd: int, config: ExperimentConfig) -> tuple[np.ndarray, dict[str, An
 
 
 def _encode(mono: np.ndarray, config: ExperimentConfig) -> np.ndarray:
-    """Mono at ``audio.sample_rate`` -> codes: trim silence, peak-normalise, mu-law (:mod:`wavenet.audio`).
+    """Mono at ``audio.sample_rate`` -> codes: trim silence, peak-normalise, mu-law (:mod:`wavenet.data.audio`).
 
     The whole-signal statistics (loud frames, peak) are measured first; the
     scaling and mu-law then run a block at a time into the uint8 codes, which
@@ -555,7 +555,7 @@ def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentCo
                     src: str | None = None, wait_s: float = LOCK_WAIT_S) -> Manifest:
     """Combine partial manifests with what ``dst`` already holds; write shards and the manifest.
 
-    One writer per ``dst`` at a time (:func:`wavenet.shards.update_dataset`): a
+    One writer per ``dst`` at a time (:func:`wavenet.data.shards.update_dataset`): a
     second run waits for the first and merges on top of its manifest, so the
     tracks of both are kept.
 

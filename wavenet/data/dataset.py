@@ -1,7 +1,7 @@
 """The tf.data input pipeline over a data folder's shards.
 
-The shard format and its writer are in :mod:`wavenet.shards`, the manifest in
-:mod:`wavenet.manifest`. Training reads random crops of ``receptive_field +
+The shard format and its writer are in :mod:`wavenet.data.shards`, the manifest in
+:mod:`wavenet.data.manifest`. Training reads random crops of ``receptive_field +
 window`` codes, so every predicted sample has full context; validation and
 evaluation read every non-overlapping window, in manifest order.
 """
@@ -18,10 +18,10 @@ import tensorflow as tf
 
 from wavenet import storage
 from wavenet.config import ExperimentConfig
+from wavenet.data.manifest import Manifest, Shard, check_digest, check_shard_file, data_root, read_manifest
 from wavenet.errors import DataError, StorageError
-from wavenet.manifest import Manifest, Shard, check_digest, check_shard_file, data_root, read_manifest
 
-log = logging.getLogger("wavenet.data")
+log = logging.getLogger("wavenet.data.dataset")
 
 __all__ = [
     "parse_example",

@@ -9,7 +9,7 @@ A shard is a TFRecord file of examples, one per track chunk:
 Shards live in ``DATA/train/*.tfrecord`` and ``DATA/validation/*.tfrecord``
 next to ``DATA/manifest.json`` and the tracks' codes in ``DATA/tracks/``.
 :func:`write_dataset` writes all of it, for preprocessing, test fixtures and
-benchmarks alike; :mod:`wavenet.data` reads it with tf.data.
+benchmarks alike; :mod:`wavenet.data.dataset` reads it with tf.data.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ import numpy as np
 
 from wavenet import storage
 from wavenet.config import ExperimentConfig
-from wavenet.errors import Busy, DataError, StorageError
-from wavenet.manifest import (
+from wavenet.data.manifest import (
     KEEP_VERSIONS,
     MANIFEST_VERSION,
     MANIFESTS,
@@ -54,8 +53,9 @@ from wavenet.manifest import (
     track_codes_path,
     version_files,
 )
+from wavenet.errors import Busy, DataError, StorageError
 
-log = logging.getLogger("wavenet.shards")
+log = logging.getLogger("wavenet.data.shards")
 
 __all__ = [
     "Writes",
@@ -275,7 +275,7 @@ def _retained(dst: str) -> tuple[set[str], list[str], list[str]] | None:
 def collect_garbage(dst: str) -> None:
     """Delete files that no kept manifest version (nor the live manifest) names.
 
-    Versions beyond the newest :data:`~wavenet.manifest.KEEP_VERSIONS` are
+    Versions beyond the newest :data:`~wavenet.data.manifest.KEEP_VERSIONS` are
     dropped first. A local folder is collected under its lock
     (:func:`update_dataset`), so every unnamed file of ours (``shard-*.tfrecord``,
     ``.tmp-*``, ``tracks/*.npy``) is a leftover and goes. A bucket has no such
@@ -535,7 +535,7 @@ def write_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
     """:func:`build_dataset` and commit it as ``dst``'s manifest, whatever ``dst`` held before.
 
     For data made from scratch (fixtures, benchmarks); preprocessing merges with
-    the old manifest instead (:func:`wavenet.preprocess.merge_manifests`).
+    the old manifest instead (:func:`wavenet.data.preprocess.merge_manifests`).
 
     Returns:
         The manifest committed (``uri``: its version file).

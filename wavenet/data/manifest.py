@@ -9,7 +9,7 @@ is a copy of the newest. A *data reference* is the folder (read its live
 exactly the data one run wrote, whatever later runs commit).
 :func:`read_manifest` is the only reader and checks the ``version`` field;
 :func:`commit_manifest` is the only writer, called by
-:func:`wavenet.shards.update_dataset`. Everything else works on :class:`Manifest`.
+:func:`wavenet.data.shards.update_dataset`. Everything else works on :class:`Manifest`.
 
 The JSON keys are documented in docs/data.md ("The manifest"); a reader of another
 ``version`` refuses the file with one line instead of misreading it.
@@ -336,7 +336,7 @@ def audio_differences(manifest: Manifest, audio: AudioConfig) -> list[tuple[str,
 def check_shards(data_dir: str, shards: list[Shard] | tuple[Shard, ...]) -> None:
     """Check shards before a run starts: local ones by sha256, bucket ones by existence.
 
-    Bucket shards are hashed where they are fetched (:mod:`wavenet.data`'s cache).
+    Bucket shards are hashed where they are fetched (:mod:`wavenet.data.dataset`'s cache).
 
     Raises:
         DataError: a missing shard or a sha256 mismatch, naming the file.
@@ -356,7 +356,7 @@ def split_ranges(split: str, samples: int, validation_start: int | None = None,
                  where: str = "track") -> list[tuple[str, int, int]]:
     """``(split, start, end)`` sample ranges of a track: one for a whole track, head and tail for a ``tail``.
 
-    A track with a held-out tail (see :func:`wavenet.preprocess.assign_splits`)
+    A track with a held-out tail (see :func:`wavenet.data.preprocess.assign_splits`)
     trains on ``[0, validation_start)`` and validates on the rest.
     """
     if split != "tail":
