@@ -97,7 +97,7 @@ def data_location(path: str, uri: str, metadata: Mapping[str, Any], for_pods: bo
 
 # The step's MLflow basic-auth credentials (issue 10, Found 2): passed on with the rest. A TFJob
 # gets them by reference only: k8s/tfjob-template.yaml takes both from the Secret the step read,
-# and wavenet.tfjob.render_tfjob keeps those references and never writes a password in clear.
+# and wavenet.edges.tfjob.render_tfjob keeps those references and never writes a password in clear.
 MLFLOW_CREDENTIALS_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
@@ -136,7 +136,7 @@ def train_context(cfg: ExperimentConfig, shards: Any, data_version: str, trackin
     """The train step's run settings, made once (the step is an entry point, as the command line
     is), and the line saying whether and how it warm-starts from the registered champion
     (``init_model`` set when it does; "" when ``warm_start`` is off)."""
-    from wavenet.tracking import run_name  # mlflow: after quiet_logs, when the step runs
+    from wavenet.edges.tracking import run_name  # mlflow: after quiet_logs, when the step runs
 
     ctx = RunContext.create(tracking_uri, environ=os.environ, experiment=experiment,
                             run_name=run_name(cfg.preset, f"d{data_version[:8]}"),
@@ -154,7 +154,7 @@ def cluster_settings(namespace: str, image: str, workers: int, gpus_per_worker: 
                      accelerator: str, cluster_run_root: str) -> Any:
     """The train step's TFJob settings (:class:`~wavenet.train.ClusterSettings`), with the pod
     template a cluster admin may give in ``$WAVENET_TFJOB_TEMPLATE``."""
-    from wavenet import tfjob
+    from wavenet.edges import tfjob
     from wavenet.train import ClusterSettings
 
     return ClusterSettings(namespace, image, workers, gpus_per_worker, accelerator,
@@ -182,7 +182,7 @@ def stage_context(stage: str, tracking_uri: str, experiment: str,
     """The run settings of an evaluate or generate step (an entry point, as the command line
     is): the tracking URI resolved once (empty: ``MLFLOW_TRACKING_URI``, else ./mlflow.db), the
     experiment (empty: the model's), the run named after the model's training run."""
-    from wavenet.tracking import child_run_name  # mlflow: after quiet_logs, when the step runs
+    from wavenet.edges.tracking import child_run_name  # mlflow: after quiet_logs, when the step runs
 
     return RunContext.create(tracking_uri, environ=os.environ, experiment=experiment,
                              run_name=child_run_name(stage, model_meta.get("run_name")))

@@ -125,9 +125,9 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
     import os
 
     from components import runtime
-    from wavenet import storage
     from wavenet.config import resolve_num_classes
     from wavenet.data.preprocess import merge_manifests
+    from wavenet.edges import storage
 
     paths = sorted(os.path.join(p.path, p.metadata["manifest"]) for p in partials)
     os.makedirs(shards.path, exist_ok=True)

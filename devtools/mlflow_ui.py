@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+from wavenet.edges.tracking import wait_until_healthy
 from wavenet.local_workers import free_ports
-from wavenet.tracking import wait_until_healthy
 
 # No name but 127.0.0.1 resolves, and nothing runs in the background (updates, sync, field
 # trials): the browser talks to the MLflow server on loopback and nowhere else.
@@ -146,7 +146,7 @@ def budget_ms(page: str) -> int:
 
 def pages(ui_url: str, experiment_id: str, training_runs: list[str]) -> dict[str, str]:
     """The pages a person opens: the printed link (table and charts), a run, the compare page."""
-    from wavenet.tracking import TRAINING_VIEW, experiment_page
+    from wavenet.edges.tracking import TRAINING_VIEW, experiment_page
 
     link = experiment_page(ui_url, experiment_id)
     found = {"experiment": link, "charts": f"{link}&compareRunsMode=CHART"}

@@ -103,8 +103,8 @@ def facts(summary: dict[str, Any], shards_uri: str, tracking_uri: str, model_nam
     """
     from mlflow import MlflowClient
 
-    from wavenet import registry, tracking
     from wavenet.data.manifest import read_manifest
+    from wavenet.edges import registry, tracking
 
     manifest = read_manifest(shards_uri)
     tracking.use_tracking_uri(tracking_uri)
@@ -150,9 +150,9 @@ def describe(n: int, f: dict[str, Any], new_labels: list[str]) -> list[str]:
 def story(args: argparse.Namespace, say=print) -> list[dict[str, Any]]:
     """Run the two pipeline runs; returns :func:`facts` of each."""
     from pipelines.run_local import run
-    from wavenet import registry, tracking
     from wavenet.config import resolve_config
     from wavenet.data.demo import make_demo_corpus
+    from wavenet.edges import registry, tracking
 
     root = Path(args.root).resolve()
     if root.exists():

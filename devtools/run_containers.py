@@ -36,7 +36,7 @@ from typing import Any
 from devtools import containers
 from devtools.processes import stop_process
 from pipelines import run_local
-from wavenet.tracking import wait_until_healthy
+from wavenet.edges.tracking import wait_until_healthy
 
 PIPELINE_ROOT = os.path.join("runs", "pipeline-containers")
 BUCKET = "wavenet-containers"

@@ -1,6 +1,6 @@
 """A rendered TFJob, run as containers on one machine: the Training Operator's part, minus Kubernetes.
 
-:func:`run_tfjob_in_containers` takes the object :func:`wavenet.tfjob.render_tfjob` returns
+:func:`run_tfjob_in_containers` takes the object :func:`wavenet.edges.tfjob.render_tfjob` returns
 (whatever its command, args, env and volumes are) and starts one container per ``Worker``
 replica from the pod template's ``tensorflow`` container, the way the operator and the
 kubelet would:
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from devtools.containers import ContainerError
+from wavenet.edges.tfjob import CONTAINER, GPU_RESOURCE
 from wavenet.local_workers import free_ports
-from wavenet.tfjob import CONTAINER, GPU_RESOURCE
 
 __all__ = ["OPERATOR_PORT", "operator_tf_config", "cluster_addresses", "pod_run_args",
            "run_tfjob_in_containers"]

@@ -15,7 +15,7 @@
   level; ``--allowed-hosts`` wildcards end in a cluster-internal suffix.
 - Quota: a ResourceQuota caps GPUs, TFJobs, CPU and memory requests and memory limits.
 - The TFJob admission policy (``tfjob-policy.yaml``): its CEL is evaluated offline with
-  cel-python and must admit the TFJobs ``wavenet.tfjob.render_tfjob`` makes from the template.
+  cel-python and must admit the TFJobs ``wavenet.edges.tfjob.render_tfjob`` makes from the template.
 - Compiled pipelines given on the command line: every step's pod is non-root (uid 1000) with
   the /scratch emptyDir.
 

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
 
     from pipelines.wavenet_train import wavenet_train
     from wavenet.config import resolve_config
-    from wavenet.tracking import resolve_tracking_uri
+    from wavenet.edges.tracking import resolve_tracking_uri
 
     overrides = args.overrides + ([f"train.steps={args.steps}"] if args.steps else [])
     overrides_text = overrides_yaml(overrides)
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace, runner: Any = None) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     run_dir = _latest_run(root, before)
     summary = summarize(run_dir) if run_dir else {"run_dir": None}
-    from wavenet.tracking import experiment_id
+    from wavenet.edges.tracking import experiment_id
 
     summary.update({"wall_s": round(wall, 1), "tracking_uri": tracking_uri,
                     "experiment": args.experiment,
@@ -204,7 +204,7 @@ def print_summary(s: dict[str, Any]) -> None:
         _say("  samples   none (the gate rejected the model)")
     if s.get("log"):
         _say(f"  full log  {s['log']}")
-    from wavenet.tracking import experiment_page
+    from wavenet.edges.tracking import experiment_page
 
     _say(f"MLflow: experiment '{s['experiment']}' at {s['tracking_uri']}")
     if str(s["tracking_uri"]).startswith("sqlite:"):

@@ -66,7 +66,7 @@ def _mlflow_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 # The run's UUID and the train task's name (kfp/dsl/__init__.py, kfp 2.17: "maps to the pipeline
 # run UUID", "maps to the component name") are the same on every retry of the step, so they name
-# its TFJob and run folder (wavenet.tfjob.stable_job_name). Not PIPELINE_TASK_ID_PLACEHOLDER: it
+# its TFJob and run folder (wavenet.edges.tfjob.stable_job_name). Not PIPELINE_TASK_ID_PLACEHOLDER: it
 # maps to the component's MLMD execution ID (same file), which nothing promises to keep across a
 # retry. (Inside a ParallelFor the task name would repeat; the train step is not in one.)
 _SAME_ON_EVERY_RETRY = {"kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from wavenet import storage
 from wavenet.config import UPPER_BOUNDS, ExperimentConfig, load_config, preset
+from wavenet.edges import storage
 from wavenet.errors import ConfigError, StorageUnavailable, WavenetError
 
 
@@ -290,7 +290,7 @@ def test_sigterm_during_preprocess_removes_its_work_folder(tmp_path):
 def test_pending_metrics_and_a_repeat_at_the_same_step_are_logged_once(tmp_path, mlflow_db):
     from mlflow import MlflowClient
 
-    from wavenet import tracking
+    from wavenet.edges import tracking
 
     uri = mlflow_db
     client = MlflowClient(uri)

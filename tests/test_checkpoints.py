@@ -1,4 +1,4 @@
-"""Checkpoints in a gs:// run directory go through wavenet.storage (a real GCS emulator)."""
+"""Checkpoints in a gs:// run directory go through wavenet.edges.storage (a real GCS emulator)."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from wavenet import storage
 from wavenet.checkpoints import STATE_FILE, CheckpointStore, MirroringManager, latest_in_state
+from wavenet.edges import storage
 
 BUCKET = "wavenet-ckpt"
 

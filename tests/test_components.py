@@ -16,8 +16,8 @@ from wavenet.context import RunContext
 from wavenet.data.manifest import Shard, data_root, read_manifest, shards_version
 from wavenet.data.preprocess import known_tracks
 from wavenet.data.shards import dataset_from_codes
+from wavenet.edges.tracking import child_run_name, run_name
 from wavenet.errors import ConfigError
-from wavenet.tracking import child_run_name, run_name
 from wavenet.train import train_command
 from wavenet.train.warm_start import champion_init_model
 
@@ -117,7 +117,7 @@ def test_evaluate_and_generate_steps_build_their_context_once_from_parameters_an
 
 
 def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tmp_path, mlflow_db):
-    from wavenet.tracking import experiment_id, experiment_page
+    from wavenet.edges.tracking import experiment_id, experiment_page
 
     uri = mlflow_db
     import mlflow
@@ -133,7 +133,7 @@ def test_experiment_links_open_the_comparison_view_in_the_model_training_view(tm
 def test_every_experiment_we_use_gets_the_comparison_view(tmp_path, mlflow_db):
     import mlflow
 
-    from wavenet import tracking
+    from wavenet.edges import tracking
 
     uri = mlflow_db
     client = mlflow.MlflowClient(uri)
@@ -304,8 +304,8 @@ def gcs_bucket(monkeypatch):
 
 
 def test_bucket_source_and_persistent_bucket_shards(local_root, gcs_bucket):
-    from wavenet import storage
     from wavenet.data.demo import make_demo_corpus
+    from wavenet.edges import storage
 
     make_demo_corpus(f"{gcs_bucket}/music", seconds_per_genre=2.0)
     store = f"{gcs_bucket}/shards/v1"

@@ -8,8 +8,9 @@ import pytest
 from conftest import new_mlflow_store
 from mlflow import MlflowClient
 
-from wavenet import cli, registry, tracking
+from wavenet import cli
 from wavenet.context import RunContext
+from wavenet.edges import registry, tracking
 from wavenet.errors import TrackingError
 
 

@@ -14,13 +14,13 @@ import sqlite3
 import pytest
 from conftest import ROOT, copy_tree, run_gcs_emulator, write_shards
 
-from wavenet import storage
 from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.data.dataset import local_shard_paths
 from wavenet.data.demo import make_demo_corpus
 from wavenet.data.manifest import MANIFEST, Manifest, read_manifest
 from wavenet.data.preprocess import preprocess
+from wavenet.edges import storage
 from wavenet.errors import DataError
 
 BUCKET = "contracts-test"
@@ -225,3 +225,44 @@ def test_the_layer_check_sees_an_import_inside_a_function(tmp_path):
     (tmp_path / "wavenet" / "x.py").write_text("import kfp.dsl\nfrom . import y\n")
     assert imports_breaking_the_layers(tmp_path) == ["wavenet/x.py:1: kfp.dsl",
                                                      "pipelines/run.py:2: devtools"]
+
+
+# -- the edges: one module per outside service (wavenet/edges/__init__.py) --------------------
+
+# The client of each outside service, and the only modules of wavenet/ that may import it.
+EDGE_IMPORTS = {
+    "mlflow": {"wavenet/edges/tracking.py", "wavenet/edges/registry.py"},
+    "google.cloud": {"wavenet/edges/storage.py"},
+    "kubernetes": {"wavenet/edges/tfjob.py"},
+}
+
+
+def imports_past_the_edges(root) -> list[str]:
+    """``path:line: module`` for every import (top-level or inside a function) of a service's
+    client by a module of ``wavenet/`` that is not that service's edge."""
+    found = []
+    for path in sorted((root / "wavenet").rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            found += [f"{rel}:{node.lineno}: {n}" for n in names for client, edges in EDGE_IMPORTS.items()
+                      if (n == client or n.startswith(client + ".")) and rel not in edges]
+    return found
+
+
+def test_only_the_edges_import_the_services_clients():
+    assert imports_past_the_edges(ROOT) == []
+
+
+def test_the_edge_check_sees_a_client_imported_elsewhere(tmp_path):
+    (tmp_path / "wavenet" / "edges").mkdir(parents=True)
+    (tmp_path / "wavenet" / "edges" / "storage.py").write_text("from google.cloud import storage\n")
+    (tmp_path / "wavenet" / "model.py").write_text("def f():\n    import mlflow.keras\n")
+    (tmp_path / "wavenet" / "edges" / "tracking.py").write_text("import kubernetes.client\n")
+    assert imports_past_the_edges(tmp_path) == ["wavenet/edges/tracking.py:1: kubernetes.client",
+                                                "wavenet/model.py:2: mlflow.keras"]

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wavenet import storage
 from wavenet.config import preset
 from wavenet.data.manifest import KEEP_VERSIONS, read_manifest, version_files
 from wavenet.data.preprocess import check_dataset, merge_manifests, process_partition
 from wavenet.data.shards import dataset_from_codes, update_dataset
+from wavenet.edges import storage
 from wavenet.errors import DataError, StorageError
 
 CFG = preset("tiny")  # crop_length 272 samples at 16 kHz

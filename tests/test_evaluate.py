@@ -264,7 +264,7 @@ def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
         eval_data, trained_model_path, tmp_path, monkeypatch, request, mlflow_db):
     from pathlib import Path
 
-    from wavenet import storage
+    from wavenet.edges import storage
     from wavenet.generate_samples import generate_samples
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("gcs_emulator"))

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from wavenet import registry
+from wavenet.edges import registry
 from wavenet.errors import TrackingError
 
 # One gate's lock, in a process of its own: it takes the lock, says so (<role>-holds, its owner
@@ -25,7 +25,7 @@ LOCKER = textwrap.dedent("""
     from pathlib import Path
 
     import mlflow
-    from wavenet import registry
+    from wavenet.edges import registry
     from wavenet.errors import WavenetError
 
     uri, name, version, lease, wait, folder, role = sys.argv[1:8]

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import soundfile as sf
 
-from wavenet import storage
 from wavenet.config import preset
 from wavenet.data.demo import make_demo_corpus
 from wavenet.data.manifest import read_manifest, version_files
 from wavenet.data.preprocess import check_dataset, list_audio, preprocess
+from wavenet.edges import storage
 
 CFG = preset("tiny")
 BUCKET = "wavenet-test"

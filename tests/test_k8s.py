@@ -241,7 +241,7 @@ def policy(objects):
 
 def _job(what="GPU"):
     """The TFJob the train component renders (wavenet.train.training_tfjob) from the template."""
-    from wavenet.tfjob import load_template
+    from wavenet.edges.tfjob import load_template
 
     return rendered_tfjobs(load_template(K8S / "tfjob-template.yaml"))[what]
 

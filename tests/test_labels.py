@@ -124,7 +124,7 @@ def test_gate_compares_on_the_labels_both_know_and_maps_each_by_name(
         trained, eval_data, extra_data, tmp_path, mlflow_db):
     import mlflow
 
-    from wavenet import registry, tracking
+    from wavenet.edges import registry, tracking
 
     cfg = tiny_config(3)
     db = mlflow_db
@@ -197,7 +197,7 @@ def test_clip_labels_go_to_the_model_by_name():
 @pytest.mark.training
 def test_training_records_the_data_vocabulary_and_refuses_too_few_classes(
         eval_data, tmp_path, capsys, mlflow_db):
-    from wavenet import registry
+    from wavenet.edges import registry
 
     db = mlflow_db
     common = ["--preset", "tiny", "--no-progress", "--tracking-uri", db, "--steps", "2"]

@@ -88,7 +88,7 @@ def test_a_client_logs_params_metrics_and_an_artifact_into_the_bucket(production
     from google.cloud import storage
     from mlflow import MlflowClient
 
-    from wavenet import tracking
+    from wavenet.edges import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", PIPELINE_USER)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PIPELINE_PASSWORD)
@@ -207,7 +207,7 @@ def test_another_users_dead_gate_lock_ends_the_gate_in_one_line(production, untr
     import mlflow
     from mlflow import MlflowClient
 
-    from wavenet import registry
+    from wavenet.edges import registry
 
     uri = production.server.uri
     other, other_password = "other-team", "test-only-Other-Pw-4471"

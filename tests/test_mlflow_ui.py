@@ -13,7 +13,7 @@ import pytest
 from conftest import REQUIRE_CONTAINERS, run_mlflow_server
 
 from devtools.mlflow_ui import budget_ms, chromium, find_chromium, pages, runs_table
-from wavenet import tracking
+from wavenet.edges import tracking
 
 pytestmark = pytest.mark.slow
 

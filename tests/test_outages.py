@@ -21,10 +21,10 @@ import pytest
 from conftest import free_port, run_mlflow_server, stop_process_group, wait_healthy
 from mlflow import MlflowClient
 
-from wavenet import storage, tracking
 from wavenet.config import preset
+from wavenet.edges import storage, tracking
+from wavenet.edges.tfjob import Pods, render_tfjob
 from wavenet.errors import TrackingError, TrackingUnavailable, redact
-from wavenet.tfjob import Pods, render_tfjob
 
 BUCKET = "wavenet-outages"
 SECRET = "s3cret-Pa55"

@@ -216,7 +216,7 @@ def test_rerun_processes_only_new_files(tmp_path):
 
 CRASH = textwrap.dedent("""
     import os, signal, sys
-    from wavenet import storage
+    from wavenet.edges import storage
     from wavenet.config import preset
     from wavenet.data.preprocess import preprocess
 

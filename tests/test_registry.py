@@ -3,9 +3,9 @@ import mlflow.models
 import pytest
 from conftest import tiny_config
 
-from wavenet import registry, tracking
 from wavenet.context import RunContext
 from wavenet.data.manifest import read_manifest
+from wavenet.edges import registry, tracking
 from wavenet.errors import TrackingError, WavenetError
 from wavenet.evaluate import evaluate
 from wavenet.model import load_model

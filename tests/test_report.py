@@ -9,9 +9,9 @@ import mlflow
 import soundfile as sf
 from conftest import EVAL_LABELS, tiny_config
 
-from wavenet import tracking
 from wavenet.cli import main
 from wavenet.context import RunContext
+from wavenet.edges import tracking
 from wavenet.evaluate import evaluate
 from wavenet.generate_samples import generate_samples, reference_clips
 from wavenet.model import load_model

@@ -6,10 +6,10 @@ import mlflow
 import pytest
 from conftest import tiny_config
 
-from wavenet import registry
 from wavenet.context import RunContext
 from wavenet.data.manifest import read_manifest
 from wavenet.decision import gate_line, reuse_line, verdict
+from wavenet.edges import registry
 from wavenet.evaluate import evaluate
 from wavenet.reuse import train_key, train_or_reuse
 from wavenet.train import train

@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from conftest import free_port, stop_process_group
 
-from wavenet import registry, tracking
+from wavenet.edges import registry, tracking
 from wavenet.generate import FastGenerator
 from wavenet.model import load_model
 from wavenet.serving import BadRequest, GenerationModel, ServeSettings

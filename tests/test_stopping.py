@@ -22,8 +22,8 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from wavenet import storage
 from wavenet.checkpoints import STATE_FILE, latest_in_state
+from wavenet.edges import storage
 from wavenet.train.exit_codes import exit_code, is_retryable
 from wavenet.train.stopping import StopSignals, TrainingStopped
 

@@ -13,11 +13,12 @@ import jsonschema
 import pytest
 
 from devtools.validate_k8s import TFJOB_SCHEMA, validate_tfjob
-from wavenet import cli, tfjob
+from wavenet import cli
 from wavenet.config import preset
 from wavenet.context import RunContext
+from wavenet.edges import tfjob
+from wavenet.edges.tracking import run_name
 from wavenet.errors import ConfigError
-from wavenet.tracking import run_name
 from wavenet.train import ClusterSettings, training_tfjob
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"

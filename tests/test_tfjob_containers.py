@@ -9,9 +9,9 @@ from conftest import run_gcs_emulator
 
 from devtools.containers import ContainerError
 from devtools.tfjob_containers import cluster_addresses, operator_tf_config, pod_run_args
-from wavenet import tfjob
 from wavenet.config import preset
 from wavenet.context import RunContext
+from wavenet.edges import tfjob
 from wavenet.train.cluster import ClusterSettings, training_tfjob
 from wavenet.train.outputs import RUN_OUTPUTS, collect_run
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_mlflow_server
 from mlflow import MlflowClient
 
-from wavenet import tracking
+from wavenet.edges import tracking
 from wavenet.errors import TrackingUnavailable
 from wavenet.local_workers import free_ports
 
@@ -91,7 +91,7 @@ def test_an_authentication_refusal_becomes_one_line_naming_the_server():
     (tests/test_mlflow_server.py gets them from a real server)."""
     from mlflow.exceptions import MlflowException
 
-    from wavenet.tracking import credentials_error
+    from wavenet.edges.tracking import credentials_error
 
     uri = "http://mlflow.wavenet.svc:5000"
     e401 = MlflowException("API request to endpoint /api/2.0/mlflow/experiments/search failed with error "

@@ -1,4 +1,4 @@
-"""Training checkpoints in a local folder or a ``gs://`` bucket, through :mod:`wavenet.storage`.
+"""Training checkpoints in a local folder or a ``gs://`` bucket, through :mod:`wavenet.edges.storage`.
 
 TensorFlow's ``tf.train.CheckpointManager`` writes to a local folder here. For a run
 directory in a bucket (TFJob pods), the checkpoints are mirrored to and restored from
@@ -23,7 +23,7 @@ import tempfile
 import weakref
 from typing import Any
 
-from wavenet import storage
+from wavenet.edges import storage
 
 __all__ = ["STATE_FILE", "CheckpointStore", "MirroringManager", "latest_in_state"]
 

@@ -57,7 +57,7 @@ def _config(args: argparse.Namespace):
 
 
 def _read_json(path: str, what: str) -> dict:
-    from wavenet import storage
+    from wavenet.edges import storage
 
     try:
         obj = json.loads(storage.read_text(path))
@@ -177,7 +177,7 @@ def _cmd_train(args) -> int:
         # SIGTERM and SIGINT stay pending, neither acted on alone nor lost to TensorFlow's
         # handler. First thing, before the imports below: threads they start inherit the mask.
         signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
-    from wavenet.tracking import FAST_FAIL_HTTP_ENV
+    from wavenet.edges.tracking import FAST_FAIL_HTTP_ENV
     from wavenet.train import train
     from wavenet.train.checks import parse_tf_config
 

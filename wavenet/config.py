@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from wavenet import storage
+from wavenet.edges import storage
 from wavenet.errors import ConfigError
 
 __all__ = [

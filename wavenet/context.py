@@ -26,7 +26,7 @@ __all__ = ["RunContext", "POD_MLFLOW_ENV"]
 # What KFP's MLflow integration and the user's tracking settings put in a step's environment,
 # and MLflow's basic-auth credentials (issue 10, Found 2): what a TFJob pod gets of the
 # caller's environment. The pods' template takes the credentials from a Secret by reference
-# (wavenet.tfjob.render_tfjob refuses them in clear).
+# (wavenet.edges.tfjob.render_tfjob refuses them in clear).
 POD_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
                   "MLFLOW_EXPERIMENT_NAME", "MLFLOW_TRACKING_INSECURE_TLS",
                   "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
@@ -40,7 +40,7 @@ class RunContext:
         tracking_uri: the resolved MLflow URI (:meth:`create` resolves it: the argument, else
             ``MLFLOW_TRACKING_URI``, else ./mlflow.db; an http(s) URI with credentials is refused).
         experiment: MLflow experiment (None: the config's name).
-        run_name: name of a new MLflow run (None: :func:`wavenet.tracking.run_name`).
+        run_name: name of a new MLflow run (None: :func:`wavenet.edges.tracking.run_name`).
         kfp_run_id: the Kubeflow Pipelines run, tagged on the MLflow run (``kfp.run_id``).
         init_model: warm start: a ``.keras`` path or MLflow model URI whose weights start a new run.
         progress: the chief's progress display: True or ``"auto"``, ``"bar"``, ``"lines"``,
@@ -75,7 +75,7 @@ class RunContext:
         Raises:
             TrackingError: an ``http(s)`` URI with credentials in it.
         """
-        from wavenet.tracking import resolve_tracking_uri  # mlflow: only when a run is made
+        from wavenet.edges.tracking import resolve_tracking_uri  # mlflow: only when a run is made
 
         given = {k: (v if v != "" else None) for k, v in settings.items()}
         return cls(resolve_tracking_uri(tracking_uri or None, environ), environ=environ, **given)

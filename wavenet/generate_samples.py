@@ -49,13 +49,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig, GenerateConfig
 from wavenet.context import RunContext
 from wavenet.data import labels as vocab
 from wavenet.data.audio import mu_law_decode
 from wavenet.data.dataset import local_shard_paths, parse_example
 from wavenet.data.manifest import read_manifest
+from wavenet.edges import registry, storage, tracking
 from wavenet.errors import ConfigError, DataError, one_line
 from wavenet.generate import FastGenerator
 from wavenet.memory import check_fits

@@ -26,9 +26,9 @@ import zipfile
 import keras
 from keras import ops
 
-from wavenet import storage
 from wavenet.config import AUTO_CLASSES, AudioConfig, ExperimentConfig, ModelConfig
 from wavenet.data.labels import check_vocabulary
+from wavenet.edges import storage
 from wavenet.errors import ConfigError, WavenetError, one_line
 from wavenet.memory import check_fits
 

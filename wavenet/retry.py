@@ -1,7 +1,7 @@
 """Bounded retries of calls to a service (MLflow, a bucket) that may be away for a while.
 
 A server restarting (a rollout, a pod rescheduled) refuses connections or answers 5xx for
-seconds to minutes. The edges (:mod:`wavenet.tracking`, :mod:`wavenet.storage`) decide
+seconds to minutes. The edges (:mod:`wavenet.edges.tracking`, :mod:`wavenet.edges.storage`) decide
 which failures are such outages; this module waits them out with exponential backoff
 within one total deadline, then gives up with the edge's
 :class:`~wavenet.errors.ServiceUnavailable`, whose exit status (138) the Training

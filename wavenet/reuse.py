@@ -28,10 +28,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.data.manifest import read_manifest
 from wavenet.decision import reuse_line
+from wavenet.edges import registry, storage, tracking
 from wavenet.train.outputs import MODEL_FILE, SUMMARY_FILE, TrainResult
 
 __all__ = ["NON_SEMANTIC_TRAIN", "train_key", "find_trained", "train_or_reuse"]

@@ -1,6 +1,6 @@
 """The champion, served: an MLflow ``python_function`` model that answers requests with music.
 
-Every model the project logs (:func:`wavenet.tracking.log_model`) is one MLflow model with two
+Every model the project logs (:func:`wavenet.edges.tracking.log_model`) is one MLflow model with two
 flavors: ``keras`` (the trained network, ``mlflow.keras.load_model``) and ``python_function``,
 whose loader is this module (``loader_module="wavenet.serving"``). The model carries this
 package as its ``code`` (MLflow puts it first on ``sys.path`` before importing the loader,
@@ -444,6 +444,6 @@ def _load_pyfunc(data_path: str) -> Any:
     """MLflow's loader-module entry point (``mlflow.pyfunc.load_model`` calls it with the
     flavor's ``data`` folder, mlflow/pyfunc/__init__.py ``load_model``); wraps bad requests in
     the exception MLflow's scoring server answers 400 to."""
-    from wavenet.tracking import served_model
+    from wavenet.edges.tracking import served_model
 
     return served_model(load(data_path), BadRequest, ServerBusy)

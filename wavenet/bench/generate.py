@@ -224,7 +224,7 @@ def _model_to_measure(cfg, model: str | None):
     if model is not None:
         import dataclasses
 
-        from wavenet.registry import load_wavenet
+        from wavenet.edges.registry import load_wavenet
 
         source, model = model, load_wavenet(model)
         return dataclasses.replace(cfg, model=model.config, audio=model.audio_config), source, model

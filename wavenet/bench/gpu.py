@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.run([sys.executable, "-m", "wavenet.bench.gpu", *(argv or sys.argv[1:])],
                                   env=env).returncode
     result = run(quick=args.quick, train_batch=args.train_batch)
-    from wavenet.storage import write_text_atomic
+    from wavenet.edges.storage import write_text_atomic
 
     write_text_atomic(args.out, json.dumps(result, indent=2, sort_keys=True))
     print(json.dumps(result, indent=2, sort_keys=True))

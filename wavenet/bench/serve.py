@@ -64,7 +64,7 @@ class _Server:
 
     def wait(self, timeout: float = 900.0) -> float:
         """Seconds from start until ``/ping`` answers."""
-        from wavenet.tracking import wait_until_healthy
+        from wavenet.edges.tracking import wait_until_healthy
 
         if not wait_until_healthy(self.url, timeout, lambda: self.proc.poll() is None):
             self.stop()
@@ -134,7 +134,7 @@ def _load_test(server: _Server, label: str | None, total: int, clients: int) -> 
 
 def _label(model: str) -> str | None:
     """The first label of the served model (its input example's), None if unconditioned."""
-    from wavenet.registry import input_example
+    from wavenet.edges.registry import input_example
 
     return (input_example(model).get("label") or [None])[0]
 

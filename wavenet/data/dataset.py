@@ -16,9 +16,9 @@ import tempfile
 
 import tensorflow as tf
 
-from wavenet import storage
 from wavenet.config import ExperimentConfig
 from wavenet.data.manifest import Manifest, Shard, check_digest, check_shard_file, data_root, read_manifest
+from wavenet.edges import storage
 from wavenet.errors import DataError, StorageError
 
 log = logging.getLogger("wavenet.data.dataset")

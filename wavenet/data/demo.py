@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from wavenet import storage
+from wavenet.edges import storage
 
 __all__ = ["GENRES", "make_demo_corpus", "synthesize"]
 

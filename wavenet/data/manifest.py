@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from wavenet import storage
 from wavenet.config import AudioConfig, DataConfig, ExperimentConfig
+from wavenet.edges import storage
 from wavenet.errors import ConfigError, DataError
 
 __all__ = [
@@ -473,7 +473,7 @@ def commit_manifest(data_dir: str, manifest: Manifest, generation: int) -> Manif
 
     The version file ``manifests/<UTC time>-<sha256[:12]>.json`` is written
     first, then ``manifest.json`` atomically: locally under the folder's lock
-    (:func:`wavenet.storage.folder_lock`); on ``gs://`` only if its generation is
+    (:func:`wavenet.edges.storage.folder_lock`); on ``gs://`` only if its generation is
     still ``generation`` (compare-and-swap), so of two writers that read the same
     manifest, one commits and the other learns it lost.
 

@@ -62,7 +62,6 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from wavenet import storage
 from wavenet.config import ExperimentConfig
 from wavenet.data.audio import (
     mu_law_encode,
@@ -83,6 +82,7 @@ from wavenet.data.manifest import (
     track_codes_path,
 )
 from wavenet.data.shards import LOCK_WAIT_S, Provenance, Writes, build_dataset, update_dataset
+from wavenet.edges import storage
 from wavenet.errors import DataError, WavenetError, one_line
 
 __all__ = [

@@ -32,7 +32,6 @@ from typing import BinaryIO
 import google_crc32c
 import numpy as np
 
-from wavenet import storage
 from wavenet.config import ExperimentConfig
 from wavenet.data.manifest import (
     KEEP_VERSIONS,
@@ -53,6 +52,7 @@ from wavenet.data.manifest import (
     track_codes_path,
     version_files,
 )
+from wavenet.edges import storage
 from wavenet.errors import Busy, DataError, StorageError
 
 log = logging.getLogger("wavenet.data.shards")
@@ -387,7 +387,7 @@ def update_dataset(dst: str, build: Callable[[Manifest | None, Writes], Manifest
     """Replace ``dst``'s manifest with ``build(live manifest, writes)``, one writer at a time.
 
     A local folder is locked for the whole read-build-commit-collect
-    (:func:`wavenet.storage.folder_lock`): a second writer waits for the first,
+    (:func:`wavenet.edges.storage.folder_lock`): a second writer waits for the first,
     then builds on top of its manifest, so both runs' tracks end up in it. A
     bucket is not locked: the commit is a compare-and-swap on ``manifest.json``'s
     generation; the loser removes what it wrote and builds again on the winner's

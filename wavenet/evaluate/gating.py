@@ -4,7 +4,7 @@ The new model and the registered model's ``champion`` are scored in one pass
 over the same validation windows (:func:`wavenet.evaluate.scoring.score_models`);
 the new model is registered and becomes champion only when it is better by
 ``evaluate.promotion_margin_bits`` (the first model becomes champion). The
-alias moves under the registry's gate lock (:func:`wavenet.registry.champion_lock`),
+alias moves under the registry's gate lock (:func:`wavenet.edges.registry.champion_lock`),
 compare-and-set: two gates at once never crown a model that was not compared
 against the champion it replaces.
 """
@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from wavenet import registry, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.data.manifest import audio_differences, read_manifest
+from wavenet.edges import registry, tracking
 from wavenet.errors import DataError, TrackingError
 from wavenet.evaluate.scoring import (
     CodeCounts,
@@ -88,7 +88,7 @@ def _promote(source: str, lock: registry.GateLock, tags: dict[str, str]) -> str:
     A version of the model already (a reused model, ``models:/NAME/V``) only gets the
     alias; anything else is registered as a new version, tagged with its training
     run's train key (:mod:`wavenet.reuse`) when it has one. The alias moves only if
-    the lock is still held right before (:meth:`wavenet.registry.GateLock.set_champion`).
+    the lock is still held right before (:meth:`wavenet.edges.registry.GateLock.set_champion`).
     """
     name = lock.name
     version = _version_of(source, name)

@@ -8,11 +8,11 @@ import os
 import tempfile
 from typing import Any
 
-from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig
 from wavenet.context import RunContext
 from wavenet.data.dataset import eval_shards
 from wavenet.data.manifest import Manifest, check_shards, read_manifest
+from wavenet.edges import registry, storage, tracking
 from wavenet.evaluate import gating
 from wavenet.evaluate.scoring import (
     CodeCounts,

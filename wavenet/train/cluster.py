@@ -1,7 +1,7 @@
 """Training as a Kubeflow TFJob: every pod runs :func:`~wavenet.train.launch.train_command`.
 
 :func:`train_on_cluster` renders the job (:func:`training_tfjob`, from the
-template of :mod:`wavenet.tfjob`), runs it to its end, and copies the model,
+template of :mod:`wavenet.edges.tfjob`), runs it to its end, and copies the model,
 config and summary back from the bucket. The Training Operator writes each
 pod's ``TF_CONFIG``; the config reaches the pods as ``cfg.to_yaml()`` in their
 arguments, so no file has to be in place before they start.
@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wavenet import storage, tfjob
 from wavenet.config import ExperimentConfig
 from wavenet.context import RunContext
+from wavenet.edges import storage, tfjob
 from wavenet.errors import ConfigError
 from wavenet.train.launch import POD_PROGRAM, train_command
 from wavenet.train.outputs import TrainResult, collect_run
@@ -52,7 +52,7 @@ def training_tfjob(cfg: ExperimentConfig, name: str, data: str, out: str, cluste
 
     Args:
         cfg: the experiment config (in the pods' arguments as YAML).
-        name: the job's name (:func:`wavenet.tfjob.job_name`).
+        name: the job's name (:func:`wavenet.edges.tfjob.job_name`).
         data: the shards, a gs:// prefix the pods can read.
         out: the run directory, a gs:// prefix.
         cluster: where the pods run.
@@ -85,10 +85,10 @@ def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings,
         local_dir: where ``model.keras``, ``config.yaml`` and ``train_summary.json`` are copied.
         labels: extra labels on the job and its pods.
         job_key: what makes two attempts the same job: the KFP run id and task name. The
-            job's name and run folder derive from it alone (:func:`wavenet.tfjob.stable_job_name`),
+            job's name and run folder derive from it alone (:func:`wavenet.edges.tfjob.stable_job_name`),
             so a retried step adopts the job still running or, after it failed or was deleted,
             creates it again on the same run folder and resumes from its checkpoint
-            (:func:`wavenet.tfjob.run_tfjob`). Empty: a new job (and folder) named after
+            (:func:`wavenet.edges.tfjob.run_tfjob`). Empty: a new job (and folder) named after
             ``ctx.run_name``, which carries the start time.
         log: where the job's progress and worker 0's log go.
 
@@ -97,7 +97,7 @@ def train_on_cluster(data: str, cfg: ExperimentConfig, cluster: ClusterSettings,
 
     Raises:
         ConfigError: ``run_root`` is not a bucket, no run name, or the warm-start model does not fit.
-        wavenet.tfjob.TFJobError: the job could not be created, failed or timed out.
+        wavenet.edges.tfjob.TFJobError: the job could not be created, failed or timed out.
         wavenet.errors.Interrupted: SIGTERM arrived while waiting (the job was deleted).
     """
     if not cluster.run_root.startswith("gs://"):

@@ -16,8 +16,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig
+from wavenet.edges import storage, tracking
 from wavenet.errors import ServiceUnavailable, TrackingError, TrackingUnavailable, one_line, redact
 from wavenet.model import WaveNet, build_model, save_model
 from wavenet.train.loop import LoopStats

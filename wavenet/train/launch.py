@@ -18,10 +18,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig, resolve_num_classes
 from wavenet.context import RunContext
 from wavenet.data.manifest import read_manifest
+from wavenet.edges import storage, tracking
 from wavenet.errors import ConfigError
 from wavenet.local_workers import WorkerError, run_local_workers
 from wavenet.memory import check_training

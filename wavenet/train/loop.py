@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from wavenet.edges.tracking import MetricsBuffer
 from wavenet.errors import WavenetError
-from wavenet.tracking import MetricsBuffer
 from wavenet.train.setup import Trainer
 from wavenet.train.stopping import StopSignals, TrainingStopped
 
@@ -90,7 +90,7 @@ class Callbacks:
 
 
 class MetricsReporter:
-    """Training metrics to MLflow (through a :class:`~wavenet.tracking.MetricsBuffer`).
+    """Training metrics to MLflow (through a :class:`~wavenet.edges.tracking.MetricsBuffer`).
 
     Every ``train.log_every`` steps and at the last step: the interval's mean
     ``train_bits_per_sample`` and ``grad_norm``, the ``learning_rate`` of its

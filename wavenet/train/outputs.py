@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from wavenet import storage
+from wavenet.edges import storage
 
 __all__ = ["RUN_ID_FILE", "PENDING_FILE", "SUMMARY_FILE", "MODEL_FILE", "CONFIG_FILE",
            "RUN_OUTPUTS", "TrainResult", "read_result", "collect_run"]

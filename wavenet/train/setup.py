@@ -19,11 +19,11 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from wavenet import storage
 from wavenet.checkpoints import CheckpointStore, MirroringManager
 from wavenet.config import ExperimentConfig, TrainConfig
 from wavenet.data.dataset import train_dataset
 from wavenet.data.manifest import Manifest
+from wavenet.edges import storage
 from wavenet.errors import ConfigError, one_line
 from wavenet.model import WaveNet, build_model
 from wavenet.train.checks import WorkerRole, check_batch

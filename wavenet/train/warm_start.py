@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wavenet import registry, storage, tracking
 from wavenet.config import ExperimentConfig, ModelConfig
 from wavenet.data import labels as vocab
 from wavenet.data.manifest import read_manifest
+from wavenet.edges import registry, storage, tracking
 from wavenet.errors import ConfigError
 from wavenet.model import WaveNet, load_model, save_model
 

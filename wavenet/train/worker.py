@@ -16,10 +16,10 @@ from typing import Any
 
 import tensorflow as tf
 
-from wavenet import storage, tracking
 from wavenet.config import ExperimentConfig, resolve_num_classes
 from wavenet.context import RunContext
 from wavenet.data.manifest import Manifest, read_manifest
+from wavenet.edges import storage, tracking
 from wavenet.errors import Interrupted, redact
 from wavenet.train.checks import check_data, worker_role
 from wavenet.train.export import TrackedRun, export_run

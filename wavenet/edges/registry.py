@@ -4,12 +4,12 @@ A model can be named three ways anywhere the CLI or a component takes one:
 
 * a ``.keras`` file (local or ``gs://``), saved by :func:`wavenet.model.save_model`;
 * an MLflow model URI, e.g. ``runs:/<run_id>/model`` (training logs its model
-  with :func:`wavenet.tracking.log_model`, ``name="model"``) or ``models:/m-<id>``;
+  with :func:`wavenet.edges.tracking.log_model`, ``name="model"``) or ``models:/m-<id>``;
 * a registry URI, ``models:/<name>/<version>`` or ``models:/<name>@champion``.
 
 The registered model's ``champion`` alias marks the model that generation and
 serving use; :mod:`wavenet.evaluate` moves it only when a new model is better.
-Runs, metrics, artifacts and logging models are :mod:`wavenet.tracking`'s;
+Runs, metrics, artifacts and logging models are :mod:`wavenet.edges.tracking`'s;
 together the two are the only core modules that import mlflow.
 """
 
@@ -32,8 +32,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from wavenet.errors import TrackingError, WavenetError, one_line
-from wavenet.tracking import (
+from wavenet.edges.tracking import (
     MLFLOW_SCHEMES,
     check_tracking_server,
     client,
@@ -42,13 +41,14 @@ from wavenet.tracking import (
     registry_version,
     store_uri,
 )
+from wavenet.errors import TrackingError, WavenetError, one_line
 
 if TYPE_CHECKING:  # TensorFlow loads only with a model: a gate lock or a download needs none
     from wavenet.model import WaveNet
 
 __all__ = [
     "CHAMPION",
-    "MLFLOW_SCHEMES",  # from wavenet.tracking, with is_mlflow_uri
+    "MLFLOW_SCHEMES",  # from wavenet.edges.tracking, with is_mlflow_uri
     "ModelRef",
     "is_mlflow_uri",
     "load_wavenet",
@@ -178,7 +178,7 @@ def _client(tracking_uri: str | None = None) -> MlflowClient:
 def get_champion(name: str, tracking_uri: str | None = None) -> ModelRef | None:
     """The version that the ``champion`` alias of registered model ``name`` points to, if any.
 
-    ``tracking_uri``: the store (here and below: :func:`wavenet.tracking.store_uri`).
+    ``tracking_uri``: the store (here and below: :func:`wavenet.edges.tracking.store_uri`).
     """
     client = _client(tracking_uri)
     try:
@@ -189,7 +189,7 @@ def get_champion(name: str, tracking_uri: str | None = None) -> ModelRef | None:
             return None
         if _model_absent_behind_auth(client, name, e):
             return None
-        from wavenet.tracking import credentials_error
+        from wavenet.edges.tracking import credentials_error
 
         refused = credentials_error(e, str(client.tracking_uri))
         if refused is not None:
@@ -207,7 +207,7 @@ def _model_absent_behind_auth(client: Any, name: str, e: BaseException) -> bool:
     validate_can_read_model_or_prompt_version: no model, no permission), so the first gate
     against the production server (k8s/mlflow.yaml) looked like a permission error.
     """
-    from wavenet.tracking import http_status
+    from wavenet.edges.tracking import http_status
 
     if http_status(e) != 403:
         return False
@@ -334,7 +334,7 @@ def _gone(e: MlflowException) -> bool:
     permission does not allow the call (mlflow/server/auth/__init__.py): to a holder,
     which may edit its own lock, a 403 also means that the lock is gone.
     """
-    from wavenet.tracking import http_status
+    from wavenet.edges.tracking import http_status
 
     return getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or http_status(e) in (403, 404)
 
@@ -480,7 +480,7 @@ def _remove_dead(client: MlflowClient, lock: str, seen: _Sighting) -> bool:
     Raises:
         TrackingError: this user may not delete it (another MLflow user's lock).
     """
-    from wavenet.tracking import http_status
+    from wavenet.edges.tracking import http_status
 
     try:
         client.delete_registered_model(lock)
@@ -593,7 +593,7 @@ def describe_model(uri: str, name: str, tracking_uri: str | None = None) -> Mode
     A ``.keras`` path, or a store that does not know the model, gives what it can
     (the URI alone); this never fails a caller that only wants a title.
     """
-    from wavenet.tracking import model_run_id
+    from wavenet.edges.tracking import model_run_id
 
     if not is_mlflow_uri(uri):
         return ModelInfo(uri=uri, run_id=None, run_name=None, version=None, champion=False)

@@ -76,8 +76,9 @@ class TFJobError(WavenetError):
 
 
 def default_template_path() -> Path:
-    """``k8s/tfjob-template.yaml`` next to the package in a source checkout."""
-    return Path(__file__).resolve().parents[1] / "k8s" / "tfjob-template.yaml"
+    """``k8s/tfjob-template.yaml`` beside the ``wavenet`` package in a source checkout (two
+    folders up from this file, ``wavenet/edges/tfjob.py``)."""
+    return Path(__file__).resolve().parents[2] / "k8s" / "tfjob-template.yaml"
 
 
 def load_template(path: str | Path | None = None) -> dict[str, Any]:

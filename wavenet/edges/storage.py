@@ -34,7 +34,7 @@ from typing import Any
 from wavenet import retry
 from wavenet.errors import Busy, StorageError, StorageUnavailable, one_line, redact
 
-log = logging.getLogger("wavenet.storage")
+log = logging.getLogger("wavenet.edges.storage")
 
 __all__ = [
     "is_gcs",

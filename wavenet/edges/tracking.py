@@ -2,7 +2,7 @@
 
 Every stage logs through here, so runs from a laptop and from a cluster share
 one experiment with identical param and metric names. Registered models and
-the champion alias are :mod:`wavenet.registry`'s; together the two are the only
+the champion alias are :mod:`wavenet.edges.registry`'s; together the two are the only
 core modules that import mlflow.
 
 Training logs metrics through :class:`MetricsBuffer`, which keeps whatever
@@ -47,7 +47,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from wavenet import storage
+from wavenet.edges import storage
 from wavenet.errors import Interrupted, TrackingError, TrackingUnavailable, has_userinfo, one_line, redact
 from wavenet.retry import with_retries
 
