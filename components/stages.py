@@ -261,7 +261,7 @@ def generate_samples(model: Input[Model], shards: Input[Dataset], config: Input[
     from components import runtime
 
     runtime.quiet_logs()  # before the library loads TensorFlow
-    from wavenet.generate_samples import generate_samples as _generate
+    from wavenet.generation.verb import generate_samples as _generate
 
     os.makedirs(samples.path, exist_ok=True)
     # As in evaluate_model: the training run's MLflow model when logged (the samples run

@@ -56,7 +56,7 @@ def main() -> None:
     a = ap.parse_args()
     from wavenet.context import RunContext
     from wavenet.evaluate import evaluate
-    from wavenet.generate_samples import generate_samples
+    from wavenet.generation.verb import generate_samples
     from wavenet.train import train
 
     os.makedirs(a.work, exist_ok=True)

@@ -318,7 +318,7 @@ def test_train_evaluate_and_generate_read_the_pinned_version_not_the_live_one(tm
 
     from wavenet.context import RunContext
     from wavenet.evaluate import evaluate
-    from wavenet.generate_samples import generate_samples
+    from wavenet.generation.verb import generate_samples
     from wavenet.train import train
 
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns

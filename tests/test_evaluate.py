@@ -265,7 +265,7 @@ def test_evaluate_and_generate_with_data_and_outputs_in_a_bucket(
     from pathlib import Path
 
     from wavenet.edges import storage
-    from wavenet.generate_samples import generate_samples
+    from wavenet.generation.verb import generate_samples
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", request.getfixturevalue("gcs_emulator"))
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")

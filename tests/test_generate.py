@@ -10,7 +10,7 @@ import pytest
 
 from wavenet.config import AudioConfig, ExperimentConfig, ModelConfig, preset
 from wavenet.errors import WavenetError
-from wavenet.generate import (
+from wavenet.generation.fast import (
     WEIGHT_PRECISIONS,
     FastGenerator,
     GenerateArgumentError,

@@ -18,7 +18,7 @@ from wavenet.context import RunContext
 from wavenet.data import labels as vocab
 from wavenet.errors import DataError
 from wavenet.evaluate import evaluate, gate, score_models, training_code_counts
-from wavenet.generate_samples import clip_labels
+from wavenet.generation.verb import clip_labels
 from wavenet.model import WaveNet, build_model, load_model, save_model
 from wavenet.train.warm_start import architecture_fits, load_init_weights
 

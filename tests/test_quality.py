@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from wavenet import quality
 from wavenet.data.audio import mu_law_decode, mu_law_encode
+from wavenet.generation import quality
 
 SR = 16000
 

@@ -13,7 +13,7 @@ from wavenet.cli import main
 from wavenet.context import RunContext
 from wavenet.edges import tracking
 from wavenet.evaluate import evaluate
-from wavenet.generate_samples import generate_samples, reference_clips
+from wavenet.generation.verb import generate_samples, reference_clips
 from wavenet.model import load_model
 
 

@@ -10,7 +10,7 @@ from conftest import EVAL_LABELS, tiny_config, train_briefly
 from wavenet.context import RunContext
 from wavenet.errors import ConfigError, DataError
 from wavenet.evaluate import evaluate
-from wavenet.generate_samples import clip_labels, generate_samples, prime_codes
+from wavenet.generation.verb import clip_labels, generate_samples, prime_codes
 
 
 def test_clip_labels_cycle_through_the_vocabulary():
@@ -34,7 +34,7 @@ def test_prime_codes_take_same_label_examples():
 
 def test_calibrate_labels_per_label_and_all_labels_only_where_needed():
     from wavenet.data.audio import mu_law_encode
-    from wavenet.generate_samples import calibrate_labels
+    from wavenet.generation.verb import calibrate_labels
 
     t = np.arange(8000) / 16000
     examples = [(mu_law_encode(0.3 * np.sin(2 * np.pi * f * t)), label)
@@ -153,7 +153,7 @@ def test_a_conditioned_model_gets_one_clip_per_label_whatever_num_clips_says(
 
 
 def test_checks_passed_counts_checks_overall_and_per_label_and_whole_clips():
-    from wavenet.generate_samples import checks_passed
+    from wavenet.generation.verb import checks_passed
 
     def clip(label, *verdicts):
         return {"label": label, "checks": [{"passed": v} for v in verdicts]}
@@ -183,8 +183,8 @@ def demo_shards(tmp_path_factory):
 def test_a_briefly_trained_models_noise_is_flagged_and_real_audio_of_each_label_is_not(
         demo_shards, tmp_path, monkeypatch, mlflow_db):
     from wavenet.data.audio import mu_law_decode
-    from wavenet.generate_samples import read_validation_codes
-    from wavenet.quality import CHECKS, analyze
+    from wavenet.generation.quality import CHECKS, analyze
+    from wavenet.generation.verb import read_validation_codes
 
     monkeypatch.chdir(tmp_path)
     # 1.5 s clips: the tiny preset cuts tracks into examples of at most 2 s (data.chunk_seconds).

@@ -20,7 +20,7 @@ import soundfile as sf
 from conftest import free_port, stop_process_group
 
 from wavenet.edges import registry, tracking
-from wavenet.generate import FastGenerator
+from wavenet.generation.fast import FastGenerator
 from wavenet.model import load_model
 from wavenet.serving import BadRequest, GenerationModel, ServeSettings
 

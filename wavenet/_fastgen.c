@@ -1,7 +1,7 @@
-/* The step kernel of wavenet.generate.FastGenerator (cached WaveNet generation,
+/* The step kernel of wavenet.generation.fast.FastGenerator (cached WaveNet generation,
  * Paine et al. 2016, arXiv:1611.09482), as a CPython extension.
  *
- * Python (wavenet/generate.py) packs the weights and lays out every buffer; this
+ * Python (wavenet/generation/fast.py) packs the weights and lays out every buffer; this
  * file only runs steps over them: one call advances B streams by n steps, either
  * feeding given codes (priming, teacher forcing) or sampling each next code by
  * inverse CDF from one uniform number per stream and step.
@@ -493,7 +493,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastgen", "Step kernel of the cached WaveNet generator (see wavenet.generate).",
+    PyModuleDef_HEAD_INIT, "_fastgen", "Step kernel of the cached WaveNet generator (see wavenet.generation.fast).",
     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__fastgen(void) {

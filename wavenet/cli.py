@@ -311,7 +311,7 @@ def _add_generate(sub) -> None:
 
 
 def _cmd_generate(args) -> int:
-    from wavenet.generate_samples import generate_samples
+    from wavenet.generation.verb import generate_samples
 
     evaluation = None
     if args.evaluation:

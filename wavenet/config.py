@@ -334,7 +334,7 @@ class GenerateConfig:
     prime_seconds: float = 0.0
     seed: int = 0
     # Seconds of training audio per label (in windows as long as a clip, spread
-    # over the label's tracks) that calibrate the sanity checks (wavenet.quality).
+    # over the label's tracks) that calibrate the sanity checks (wavenet.generation.quality).
     # 60 s: on a 31-track corpus it let 95% of held-out tracks' windows pass,
     # and costs about 3 s per label on one core; 8 windows at least.
     reference_seconds: float = 60.0

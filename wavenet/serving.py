@@ -93,7 +93,7 @@ class ServeSettings:
     ENV_PREFIX = "WAVENET_SERVE_"
 
     def __post_init__(self) -> None:
-        from wavenet.generate import WEIGHT_PRECISIONS
+        from wavenet.generation.fast import WEIGHT_PRECISIONS
 
         if self.weights not in WEIGHT_PRECISIONS:
             raise WavenetError(f"serving weights must be one of {', '.join(WEIGHT_PRECISIONS)}. "
@@ -331,7 +331,7 @@ class StreamBatcher:
     def _generator(self, streams: int):
         """The fast generator for ``streams`` streams, rounded up to a power of two (at most
         log2(max_batch) + 1 generators, each built once)."""
-        from wavenet.generate import FastGenerator
+        from wavenet.generation.fast import FastGenerator
 
         size = 1 << (streams - 1).bit_length()
         with self._lock:  # a generator's weights are read-only; each call has its own state
@@ -408,7 +408,7 @@ class GenerationModel:
         import pandas as pd
 
         from wavenet.data.audio import mu_law_decode
-        from wavenet.report import wav_bytes
+        from wavenet.generation.report import wav_bytes
 
         rows = _records(model_input)
         if not rows:

@@ -119,7 +119,7 @@ def agreement(model, data_dir: str, cfg, max_windows: int = 16, batch_size: int 
     import dataclasses
 
     from wavenet.data.dataset import validation_dataset
-    from wavenet.generate import FastGenerator
+    from wavenet.generation.fast import FastGenerator
     from wavenet.model import bits_per_sample
 
     mcfg = dataclasses.replace(cfg, model=model.config, audio=model.audio_config)
@@ -178,7 +178,7 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
     from wavenet.bench import machine, peak_rss_mb, pin_threads
 
     pin_threads(1)
-    from wavenet.generate import kernel_isa
+    from wavenet.generation.fast import kernel_isa
 
     cfg, source, model = _model_to_measure(cfg, model)
     mc = model.config
@@ -236,7 +236,7 @@ def _model_to_measure(cfg, model: str | None):
 def _fast_timers(model, labels, quick: bool, out: dict) -> dict[tuple[str, int], _Timer]:
     """A timer of the cached generator per (precision, batch); the weight bytes one stream
     reads per sample go into ``out``."""
-    from wavenet.generate import FastGenerator
+    from wavenet.generation.fast import FastGenerator
 
     # Each timed call lasts about call_s (first sized from a short warm-up call):
     # short enough that the best of several finds a quiet moment on a busy machine,
@@ -259,7 +259,7 @@ def _fast_timers(model, labels, quick: bool, out: dict) -> dict[tuple[str, int],
 
 def _naive_samples_per_s(model, lab, quick: bool) -> float:
     """Samples/s of the uncached generator (the full model per sample), one stream."""
-    from wavenet.generate import naive_generate
+    from wavenet.generation.fast import naive_generate
 
     naive_n = 2 if quick else 24
     naive_generate(model, 1, labels=lab, seed=0)  # traces the model once

@@ -82,7 +82,7 @@ def _install_cuda_wheels(wheels: str | None) -> None:
 # -- cached generation in TensorFlow (for GPUs) --------------------------------------
 
 class TFCachedGenerator:
-    """The cached generator of :mod:`wavenet.generate` as TensorFlow ops, for many streams on a GPU.
+    """The cached generator of :mod:`wavenet.generation.fast` as TensorFlow ops, for many streams on a GPU.
 
     The same algorithm (Paine et al. 2016) and ring-buffer layout as the CPU
     kernel: layer l keeps ``(kernel_size - 1) * dilation`` past inputs; tap j
@@ -165,7 +165,7 @@ class TFCachedGenerator:
         """An XLA-compiled function ``f(seed) -> (B, steps) int32`` sampling from silence (temperature 1)."""
         import tensorflow as tf
 
-        from wavenet.generate import silence_code
+        from wavenet.generation.fast import silence_code
 
         start = silence_code(self.config.quantization_channels)
 

@@ -7,7 +7,7 @@ busy a shared machine is), a fresh run of the preset trains for
 schedule (warm-up and cosine decay sized to those steps, as a run meant to
 stop there would be), through the real commands' library calls:
 :func:`wavenet.train.train`, :func:`wavenet.evaluate.evaluate` and
-:func:`wavenet.generate_samples.generate_samples` (one clip per label, checked
+:func:`wavenet.generation.verb.generate_samples` (one clip per label, checked
 against the label's training audio). Per budget it reports validation
 bits/sample (with the bigram baseline), the wall time, and the fraction of the
 calibrated checks the clips pass, overall and per label.
@@ -49,7 +49,7 @@ def _one_budget(data: str, cfg: ExperimentConfig, budget: int, work: str, uri: s
     """Train a fresh run for ``budget`` predicted samples, evaluate it, listen to it."""
     from wavenet.context import RunContext
     from wavenet.evaluate import evaluate
-    from wavenet.generate_samples import generate_samples
+    from wavenet.generation.verb import generate_samples
     from wavenet.train import train
 
     per_step = cfg.train.global_batch_size * cfg.train.window

@@ -2,8 +2,8 @@
 
 Not a speed benchmark: it prints the table docs/evaluation.md's "Sanity checks" section
 reports, through the same code path ``wavenet generate`` uses (shards ->
-training examples per label -> :func:`wavenet.generate_samples.calibrate_labels` ->
-:func:`wavenet.quality.analyze`)::
+training examples per label -> :func:`wavenet.generation.verb.calibrate_labels` ->
+:func:`wavenet.generation.quality.analyze`)::
 
     python -m wavenet.bench.sanity [--samples RUN/generate-samples/samples]
                                    [--music /usr/share/scummvm/drascula/audio]
@@ -81,7 +81,7 @@ def real_audio(src: str, work: str, name: str, folds: int = 5) -> tuple[dict[str
     Fold ``i`` of a label holds its tracks ``i, i + k, ...`` (sorted by path,
     ``k = min(folds, tracks)``); the checks are calibrated on the label's
     other tracks exactly as ``wavenet generate`` calibrates on a training
-    split (:func:`wavenet.generate_samples.calibrate_labels`), and every clip-long
+    split (:func:`wavenet.generation.verb.calibrate_labels`), and every clip-long
     window (non-overlapping) of the held-out tracks is checked. A label of
     one track cannot be held out and is left out.
 
@@ -92,8 +92,8 @@ def real_audio(src: str, work: str, name: str, folds: int = 5) -> tuple[dict[str
     from wavenet.config import preset
     from wavenet.data.audio import mu_law_decode
     from wavenet.data.preprocess import preprocess
-    from wavenet.generate_samples import calibrate_labels
-    from wavenet.quality import analyze
+    from wavenet.generation.quality import analyze
+    from wavenet.generation.verb import calibrate_labels
 
     cfg = preset("demo")
     sr, q = cfg.audio.sample_rate, cfg.audio.quantization_channels
@@ -169,7 +169,7 @@ def _sample_rows(samples_dir: str, all_cals: dict[str, dict], out: dict[str, Any
     against each demo label's calibration (``out["samples"]``, ``lines``)."""
     import soundfile as sf
 
-    from wavenet.quality import analyze
+    from wavenet.generation.quality import analyze
 
     summary = json.load(open(os.path.join(samples_dir, "samples.json")))
     demo = {c["label"]: c for k, c in all_cals["demo corpus"].items() if k is not None}
@@ -191,7 +191,7 @@ def _sample_rows(samples_dir: str, all_cals: dict[str, dict], out: dict[str, Any
 
 def _failure_case_rows(all_cals: dict[str, dict], out: dict[str, Any], lines: list[str]) -> None:
     """Each synthetic failure case against every label's calibration (``out["failures"]``, ``lines``)."""
-    from wavenet.quality import analyze
+    from wavenet.generation.quality import analyze
 
     lines += ["", "| failure case | " + " | ".join(f"{t}: {lab}" for t, cals in all_cals.items()
                                               for lab in [c["label"] for k, c in cals.items() if k is not None])

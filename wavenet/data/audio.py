@@ -4,7 +4,7 @@ mu-law companding (NumPy and TensorFlow versions that agree), PCM
 conversions, mono, resampling, silence trimming, peak normalisation, framing
 and frame RMS, power spectra and the mel filterbank. Each is tested against a
 plain NumPy reference (tests/test_audio.py); preprocessing chains them, the
-sanity checks of :mod:`wavenet.quality` measure with them.
+sanity checks of :mod:`wavenet.generation.quality` measure with them.
 
 mu-law follows the WaveNet paper (section 2.2, ITU-T G.711 companding):
 

@@ -373,7 +373,7 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # The numbers a person compares models on, in this order: the runs table's first columns and
 # the first charts of the comparison view below.
 # How a model scores, then how it sounds (the share of its clips' calibrated checks passed,
-# wavenet.generate_samples.checks_passed), then the baselines and the training curves.
+# wavenet.generation.verb.checks_passed), then the baselines and the training curves.
 KEY_METRICS = ("eval/bits_per_sample", "samples/checks_passed_fraction", "eval/baseline_bigram_bits",
                "eval/baseline_unigram_bits", "val_bits_per_sample", "train_bits_per_sample")
 # Bars compare one number per model; lines follow a metric over training steps.

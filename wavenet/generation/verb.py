@@ -1,9 +1,9 @@
 """The generate verb: sample clips, write WAVs and spectrograms, and a listening report.
 
 ``generate_samples`` draws ``generate.num_clips`` clips of ``generate.seconds``
-with the cached :class:`wavenet.generate.FastGenerator` (all clips in one
+with the cached :class:`wavenet.generation.fast.FastGenerator` (all clips in one
 batch), optionally primed with validation audio, one label per clip for a
-conditioned model. Each clip is measured with :mod:`wavenet.quality`, with
+conditioned model. Each clip is measured with :mod:`wavenet.generation.quality`, with
 data against the range training audio of its label spans; WAVs
 (16-bit PCM), spectrogram PNGs, ``report.html`` and ``samples.json`` go to
 the output folder and, as artifacts, to an MLflow run.
@@ -57,11 +57,11 @@ from wavenet.data.dataset import local_shard_paths, parse_example
 from wavenet.data.manifest import read_manifest
 from wavenet.edges import registry, storage, tracking
 from wavenet.errors import ConfigError, DataError, one_line
-from wavenet.generate import FastGenerator
+from wavenet.generation.fast import FastGenerator
+from wavenet.generation.quality import absolute_thresholds, analyze, calibrate
+from wavenet.generation.report import render_html, spectrogram_png, wav_bytes
 from wavenet.memory import check_fits
 from wavenet.model import WaveNet
-from wavenet.quality import absolute_thresholds, analyze, calibrate
-from wavenet.report import render_html, spectrogram_png, wav_bytes
 
 __all__ = ["REPORT_FILE", "SUMMARY_FILE", "ClipLabels", "clip_labels", "read_examples", "read_validation_codes",
            "prime_codes", "calibrate_labels", "checks_passed", "generate_samples"]
@@ -176,7 +176,7 @@ def prime_codes(examples: list[tuple[np.ndarray, int]], length: int,
 def calibrate_labels(examples: list[tuple[np.ndarray, int]], sample_rate: int, quantization_channels: int,
                      window: int, max_windows: int, names: list[str] | None = None,
                      wanted: list[int | None] | None = None) -> dict[int | None, dict[str, Any]]:
-    """Sanity-check ranges per label (:func:`wavenet.quality.calibrate`) from decoded examples.
+    """Sanity-check ranges per label (:func:`wavenet.generation.quality.calibrate`) from decoded examples.
 
     Args:
         examples: ``(codes, label)`` pairs (training examples).

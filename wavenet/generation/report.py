@@ -212,7 +212,7 @@ def render_html(title: str, clips: Sequence[Mapping[str, Any]], info: Mapping[st
         title: page title (the run name and registered version).
         clips: one mapping per clip with ``name``, ``wav`` (bytes), ``wav_file``
             and ``png`` (bytes), ``png_file`` (relative names), ``label``,
-            ``metrics`` (name -> number), ``checks`` (:func:`wavenet.quality.check_ranges`)
+            ``metrics`` (name -> number), ``checks`` (:func:`wavenet.generation.quality.check_ranges`)
             and ``warnings`` (strings).
         info: facts shown at the top (model, data, generator speed, ...).
         config_yaml: the experiment config, shown at the bottom.
@@ -220,7 +220,7 @@ def render_html(title: str, clips: Sequence[Mapping[str, Any]], info: Mapping[st
             the gate banner and the bits/sample against champion and baselines.
         references: label -> validation clip (``wav``, ``png``, ``wav_file``,
             ``seconds``, ``source``), shown above that label's clips; None: no data.
-        thresholds: the absolute checks' thresholds (:func:`wavenet.quality.absolute_thresholds`).
+        thresholds: the absolute checks' thresholds (:func:`wavenet.generation.quality.absolute_thresholds`).
 
     Returns:
         A self-contained HTML document.
