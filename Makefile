@@ -25,7 +25,7 @@ export UV_PYTHON_DOWNLOADS := never
 # and MLflow's sources again in every process: 23 s instead of 12 s to import them, paid by
 # each pipeline step, training worker and test subprocess.
 install: $(STAMP)
-$(STAMP): pyproject.toml uv.lock setup.py wavenet/_fastgen.c wavenet/_fastgen_kernels.h Makefile
+$(STAMP): pyproject.toml uv.lock setup.py wavenet/generation/_fastgen.c wavenet/generation/_fastgen_kernels.h Makefile
 	@test -x $(UV) && [ "$$($(UV) --version | cut -d' ' -f2)" = "$(UV_VERSION)" ] || \
 	  $(PYTHON) -m pip install -q --disable-pip-version-check --target .tools --upgrade "uv==$(UV_VERSION)"
 	@test -x $(PY) || $(UV) venv -q --python $(PYTHON) $(VENV)

@@ -31,7 +31,7 @@ ISAS = ["generic"] + (["avx2"] if kernel_isa() == "avx2" else [])
 @pytest.fixture(params=ISAS)
 def isa(request):
     """Run a test once per kernel build (the module-wide choice is restored after)."""
-    from wavenet import _fastgen
+    from wavenet.generation import _fastgen
 
     previous = _fastgen.set_isa(request.param)
     yield request.param
@@ -343,7 +343,7 @@ def test_reduced_precision_computes_with_its_documented_weights(kernel_size, num
 
 
 def test_int8_is_exact_integer_arithmetic_whatever_the_kernel_and_batch():
-    from wavenet import _fastgen
+    from wavenet.generation import _fastgen
 
     model = make_model(2, 0, stacks=2)
     codes = np.random.default_rng(5).integers(0, 256, (5, 60))

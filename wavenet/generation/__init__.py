@@ -6,7 +6,7 @@ The modules, in the order ``wavenet generate`` uses them:
   generate verb: clips, WAVs, spectrograms, ``samples.json`` and the report, logged to MLflow;
 * :mod:`~wavenet.generation.fast`: the cached generator
   (:class:`~wavenet.generation.fast.FastGenerator`, O(layers) per sample) over the C step kernel
-  ``wavenet._fastgen``;
+  ``wavenet.generation._fastgen``;
 * :mod:`~wavenet.generation.quality`: sanity checks of generated audio (cheap numbers that
   catch a broken model), calibrated on real audio;
 * :mod:`~wavenet.generation.report`: spectrogram images and the self-contained HTML report.

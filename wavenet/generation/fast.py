@@ -8,7 +8,7 @@ step per layer, O(layers) instead of O(receptive field).
 
 :class:`FastGenerator` copies a trained :class:`wavenet.model.WaveNet`'s
 weights (the model's own ``.config`` sizes everything, so the two cannot
-drift) into the layout of a compiled step kernel (``wavenet/_fastgen.c``): one
+drift) into the layout of a compiled step kernel (``wavenet/generation/_fastgen.c``): one
 call runs thousands of steps for a batch of streams with no per-operation
 framework overhead. The queues are ring buffers of ``(kernel_size - 1) *
 dilation`` past inputs per layer, zero at the start, which is exactly the Keras
@@ -78,9 +78,9 @@ def silence_code(quantization_channels: int) -> int:
 def _kernel():
     """The compiled step kernel (built by ``pip install`` / ``make install``)."""
     try:
-        from wavenet import _fastgen
+        from wavenet.generation import _fastgen
     except ImportError as e:
-        raise WavenetError("the generation kernel wavenet._fastgen is not built: run `make install` "
+        raise WavenetError("the generation kernel wavenet.generation._fastgen is not built: run `make install` "
                            f"(it needs a C compiler and Python's headers). Received: {e}") from None
     return _fastgen
 
