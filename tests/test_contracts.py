@@ -202,16 +202,18 @@ def imports_breaking_the_layers(root) -> list[str]:
     found = []
     for floor, forbidden in FORBIDDEN_IMPORTS.items():
         for path in sorted((root / floor).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names
-                          if n.split(".")[0] in forbidden]
+            found += [f"{path.relative_to(root)}:{line}: {n}" for line, n in absolute_imports(path)
+                      if n.split(".")[0] in forbidden]
     return found
+
+
+def absolute_imports(path):
+    """``(line, module)`` of every absolute import in the file at ``path``, inside functions too."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module
 
 
 def test_imports_point_down_the_floors():
@@ -243,15 +245,9 @@ def imports_past_the_edges(root) -> list[str]:
     found = []
     for path in sorted((root / "wavenet").rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            found += [f"{rel}:{node.lineno}: {n}" for n in names for client, edges in EDGE_IMPORTS.items()
-                      if (n == client or n.startswith(client + ".")) and rel not in edges]
+        found += [f"{rel}:{line}: {n}" for line, n in absolute_imports(path)
+                  for client, edges in EDGE_IMPORTS.items()
+                  if (n == client or n.startswith(client + ".")) and rel not in edges]
     return found
 
 
