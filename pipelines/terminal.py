@@ -47,6 +47,9 @@ HARMLESS: tuple[tuple[str, str], ...] = (
     (r"INFO mlflow\.system_metrics\.system_metrics_monitor: (Skip logging GPU metrics|Started monitoring"
      r"|Stopping system metrics monitoring|Successfully terminated)",
      "MLflow's CPU/memory sampler starting and stopping"),
+    (r"INFO mlflow\.store\.model_registry\.abstract_store: Waiting up to \d+ seconds for model version "
+     r"to finish creation",
+     "MLflow waiting for a version it just registered to be ready; 'Created version' follows"),
     (r"INFO\]: generated new fontManager$",
      "matplotlib building its font cache in a container's fresh home (/scratch)"),
     (r"INFO - Streamed logs:$", "kfp.local's header before a step's output"),
@@ -83,13 +86,17 @@ class TerminalFilter:
     def __init__(self, terminal: IO[str], log: IO[str]):
         self.terminal, self.log = terminal, log
         self._lock = threading.Lock()
-        self._threads: dict[int, _Thread] = {}
+        # Keyed by the thread itself, not threading.get_ident(): an ident is reused once its thread
+        # has ended, and kfp.local's ParallelFor pool threads end before the next steps' output
+        # threads start; keyed by ident, a new thread took over a finished task's label (seen:
+        # make run-containers printed train-model's lines as "[preprocess-partition-2]").
+        self._threads: dict[threading.Thread, _Thread] = {}
         self._labels: dict[str, int] = {}
         self._latest = ""  # the label of the task started last, in any thread
 
     def write(self, text: str) -> int:
         with self._lock:
-            state = self._threads.setdefault(threading.get_ident(), _Thread())
+            state = self._threads.setdefault(threading.current_thread(), _Thread())
             state.partial += text
             *lines, state.partial = state.partial.split("\n")
             for line in lines:

@@ -78,6 +78,8 @@ def test_the_known_harmless_warnings_leave_the_terminal_and_our_own_stay():
         "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)",
         "2026/11/28 05:27:24 INFO mlflow.store.db.utils: Creating initial MLflow database tables...",
         "[KFP Executor 2026-12-06 18:06:09,841 INFO]: generated new fontManager",
+        "2026/12/06 21:18:16 INFO mlflow.store.model_registry.abstract_store: Waiting up to 300 "
+        "seconds for model version to finish creation. Model name: wavenet, version 1",
         "warning: skipped drums/bad.wav: not decodable audio",
         "E0000 00:00:1795843616.735071    6738 coordination_service.cc:1] tasks have crashed",
     ]
@@ -113,6 +115,35 @@ def test_a_thread_that_ran_a_finished_task_labels_its_later_output_with_the_task
     worker.join()
     shown = out.getvalue().splitlines()
     assert "  [preprocess-partition] shard written" in shown
+    assert "  [train-model] train step 5/30" in shown, shown
+
+
+def test_a_new_thread_with_an_ended_threads_ident_does_not_take_over_its_label(monkeypatch):
+    """Thread idents are reused once a thread has ended: every thread here gets the same ident,
+    as a step's output thread can get that of a ParallelFor pool thread that ran a task."""
+    import threading
+
+    real, this = threading.get_ident, threading.get_ident()
+    monkeypatch.setattr(threading, "get_ident", lambda: 0 if real() == this else 1)
+    out, log = io.StringIO(), io.StringIO()
+    filt = TerminalFilter(out, log)
+
+    def pool():
+        filt.write("18:01:09.349 - INFO - Executing task 'preprocess-partition'\nshard written\n")
+
+    def output():
+        filt.write("train step 5/30\n")
+
+    for target in (pool, pool):
+        t = threading.Thread(target=target)
+        t.start()
+        t.join()
+    filt.write("18:01:28.445 - INFO - Executing task 'train-model'\n")
+    t = threading.Thread(target=output)
+    t.start()
+    t.join()
+    shown = out.getvalue().splitlines()
+    assert "  [preprocess-partition-2] shard written" in shown
     assert "  [train-model] train step 5/30" in shown, shown
 
 
