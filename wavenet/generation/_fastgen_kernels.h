@@ -99,6 +99,30 @@ static void FN(mv_bf16)(const fg_mat *m, const float *x, float *out) {
     }
 }
 
+/* The float tiles' shared steps: input pair p of each of MB rows times the four weight
+ * vectors of that pair (the f32 and bf16 tiles differ only in how they load them), then the
+ * 16 sums of each row added to its output. */
+static inline __attribute__((always_inline)) void FN(fma_pair)(
+        __m256 acc[4][2], const float *x, int64_t ldx, int64_t p, __m256 w00, __m256 w01,
+        __m256 w10, __m256 w11, const int MB) {
+    for (int r = 0; r < MB; r++) {
+        __m256 a = _mm256_broadcast_ss(x + r * ldx + 2 * p);
+        __m256 b = _mm256_broadcast_ss(x + r * ldx + 2 * p + 1);
+        acc[r][0] = _mm256_fmadd_ps(a, w00, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(a, w01, acc[r][1]);
+        acc[r][0] = _mm256_fmadd_ps(b, w10, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(b, w11, acc[r][1]);
+    }
+}
+
+static inline __attribute__((always_inline)) void FN(flush_rows)(
+        __m256 acc[4][2], float *out, int64_t ldo, int64_t j, const int MB) {
+    for (int r = 0; r < MB; r++) {
+        FN(add_out)(out + r * ldo + 16 * j, acc[r][0]);
+        FN(add_out)(out + r * ldo + 16 * j + 8, acc[r][1]);
+    }
+}
+
 /* Several streams at once: a tile of MB rows x 16 columns (column block j) stays
  * in registers (2 MB accumulators), so each weight loaded (and widened) serves MB
  * rows; the caller runs every tile of rows over one block before the next, so a
@@ -113,19 +137,9 @@ static inline __attribute__((always_inline)) void FN(tile_f32)(
         for (int64_t p = 0; p < P; p++, w += 32) {
             __m256 w00 = _mm256_loadu_ps(w), w01 = _mm256_loadu_ps(w + 8);
             __m256 w10 = _mm256_loadu_ps(w + 16), w11 = _mm256_loadu_ps(w + 24);
-            for (int r = 0; r < MB; r++) {
-                __m256 a = _mm256_broadcast_ss(x + r * ldx + 2 * p);
-                __m256 b = _mm256_broadcast_ss(x + r * ldx + 2 * p + 1);
-                acc[r][0] = _mm256_fmadd_ps(a, w00, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(a, w01, acc[r][1]);
-                acc[r][0] = _mm256_fmadd_ps(b, w10, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(b, w11, acc[r][1]);
-            }
+            FN(fma_pair)(acc, x, ldx, p, w00, w01, w10, w11, MB);
         }
-        for (int r = 0; r < MB; r++) {
-            FN(add_out)(out + r * ldo + 16 * j, acc[r][0]);
-            FN(add_out)(out + r * ldo + 16 * j + 8, acc[r][1]);
-        }
+        FN(flush_rows)(acc, out, ldo, j, MB);
     }
 }
 
@@ -140,19 +154,9 @@ static inline __attribute__((always_inline)) void FN(tile_bf16)(
             __m256i u0 = FN(ld8)(w), u1 = FN(ld8)(w + 8);
             __m256 w00 = FN(bf16_lo)(u0), w01 = FN(bf16_lo)(u1);
             __m256 w10 = FN(bf16_hi)(u0), w11 = FN(bf16_hi)(u1);
-            for (int r = 0; r < MB; r++) {
-                __m256 a = _mm256_broadcast_ss(x + r * ldx + 2 * p);
-                __m256 b = _mm256_broadcast_ss(x + r * ldx + 2 * p + 1);
-                acc[r][0] = _mm256_fmadd_ps(a, w00, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(a, w01, acc[r][1]);
-                acc[r][0] = _mm256_fmadd_ps(b, w10, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(b, w11, acc[r][1]);
-            }
+            FN(fma_pair)(acc, x, ldx, p, w00, w01, w10, w11, MB);
         }
-        for (int r = 0; r < MB; r++) {
-            FN(add_out)(out + r * ldo + 16 * j, acc[r][0]);
-            FN(add_out)(out + r * ldo + 16 * j + 8, acc[r][1]);
-        }
+        FN(flush_rows)(acc, out, ldo, j, MB);
     }
 }
 
