@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+from devtools.processes import stop_process
 from wavenet.edges.tracking import wait_until_healthy
 from wavenet.local_workers import free_ports
 
@@ -129,7 +130,7 @@ def start_ui(store: Path, port: int, log: Path) -> subprocess.Popen:
         return proc
     if proc.poll() is not None:
         raise RuntimeError(f"mlflow ui exited with {proc.returncode}; see {log}")
-    proc.terminate()
+    stop_process(proc)
     raise RuntimeError(f"mlflow ui did not answer on port {port} within 300 s; see {log}")
 
 
@@ -184,8 +185,7 @@ def take(store: Path, experiment: str, out: Path, binary: str) -> dict:
             chromium(binary, url, screenshot=out / f"{name}.png", budget_ms=budget_ms(name))
             (out / f"{name}.html").write_text(chromium(binary, url, budget_ms=budget_ms(name)))
     finally:
-        ui.terminate()
-        ui.wait(timeout=30)
+        stop_process(ui, timeout=30)
     table = runs_table((out / "experiment.html").read_text())
     return {"experiment_id": exp_id, "training_runs": len(runs), "pages": found,
             "screenshots": sorted(str(p) for p in out.glob("*.png")),

@@ -18,6 +18,7 @@ import yaml
 from conftest import free_port, give_to_containers, run_container
 
 from components.images import DEFAULT_REGISTRY, DEFAULT_TAG, image_name
+from devtools.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "docker" / "Dockerfile").read_text()
@@ -366,8 +367,7 @@ def registry(tmp_path):
                 time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
 
 
 @pytest.mark.slow
