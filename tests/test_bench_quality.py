@@ -30,3 +30,16 @@ def test_bench_quality_budgets_are_checked_in_one_line(capsys):
     assert main(["bench", "quality", "--budgets", "10,x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--budgets must be positive sample counts" in err[0]
+
+
+def test_default_budgets_bracket_the_presets_own_training():
+    from wavenet.bench.quality import default_budgets
+    from wavenet.config import preset
+
+    demo = preset("demo")
+    per_step = demo.train.global_batch_size * demo.train.window
+    steps = [b // per_step for b in default_budgets(demo)]
+    assert steps == [demo.train.steps // 4, demo.train.steps // 2, demo.train.steps, 2 * demo.train.steps]
+    assert all(b % per_step == 0 for b in default_budgets(demo))
+    longer = demo.with_overrides({"train.steps": 1000})
+    assert [b // per_step for b in default_budgets(longer)] == [250, 500, 1000, 2000]

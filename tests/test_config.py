@@ -129,9 +129,13 @@ def tiny_with(**model):
     return preset("tiny").with_overrides({f"model.{k}": v for k, v in model.items()})
 
 
-def test_the_demo_preset_is_conditioned_on_its_datas_labels():
-    assert preset("demo").model.num_classes == AUTO_CLASSES
-    assert resolve_config("demo", overrides=["model.num_classes=auto"]) == preset("demo")
+@pytest.mark.parametrize("name", ["demo", "large"])
+def test_the_demo_and_large_presets_are_conditioned_on_their_datas_labels(name):
+    assert preset(name).model.num_classes == AUTO_CLASSES
+    assert resolve_config(name, overrides=["model.num_classes=auto"]) == preset(name)
+    genres = resolve_num_classes(preset(name), ["drums", "organ", "strings"])
+    assert genres.model.num_classes == 3 and genres.model.conditioned
+    assert resolve_num_classes(preset(name), ["audio"]).model.num_classes == 0
 
 
 def test_a_model_is_never_built_with_num_classes_still_auto():
