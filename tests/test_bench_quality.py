@@ -43,3 +43,17 @@ def test_default_budgets_bracket_the_presets_own_training():
     assert all(b % per_step == 0 for b in default_budgets(demo))
     longer = demo.with_overrides({"train.steps": 1000})
     assert [b // per_step for b in default_budgets(longer)] == [250, 500, 1000, 2000]
+
+
+def test_the_table_of_an_unconditioned_run_has_no_empty_label_column():
+    from wavenet.bench.quality import table
+
+    row = {"budget_samples": 9_830_400, "steps": 600, "train_seconds": 225.0, "bits_per_sample": 5.86,
+           "bigram_bits": 6.46, "checks_passed_fraction": 2 / 3, "checks_passed_per_label": {}}
+    lines = table({"rows": [row]}).splitlines()
+    assert lines[0].endswith("| checks passed |") and lines[2] == "| 9,830,400 | 600 | 225 | 5.86 (6.46) | 67% |"
+    assert {line.count("|") for line in lines} == {6}
+    genres = dict(row, checks_passed_per_label={"drums": 1.0, "organ": 0.5})
+    lines = table({"rows": [genres]}).splitlines()
+    assert lines[0].endswith("| checks passed | drums | organ |") and lines[2].endswith("| 67% | 100% | 50% |")
+    assert {line.count("|") for line in lines} == {8}

@@ -89,15 +89,20 @@ def _one_budget(data: str, cfg: ExperimentConfig, budget: int, work: str, uri: s
 def table(result: dict[str, Any]) -> str:
     """The result as a Markdown table (docs/benchmarks.md's "Quality per compute")."""
     labels = sorted({lab for r in result["rows"] for lab in r["checks_passed_per_label"]})
-    head = ("| budget (samples) | steps | train s | val bits/sample (bigram) | checks passed | "
-            + " | ".join(labels) + " |")
-    lines = [head, "|---" * (5 + len(labels)) + "|"]
+
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    # One column per label of a conditioned model; an unconditioned one has none.
+    lines = [row(["budget (samples)", "steps", "train s", "val bits/sample (bigram)", "checks passed",
+                  *labels]),
+             "|---" * (5 + len(labels)) + "|"]
     for r in result["rows"]:
         frac = r["checks_passed_fraction"]
-        lines.append(f"| {r['budget_samples']:,} | {r['steps']} | {r['train_seconds']:.0f} | "
-                     f"{r['bits_per_sample']:.2f} ({r['bigram_bits']:.2f}) | "
-                     f"{'-' if frac is None else f'{frac:.0%}'} | "
-                     + " | ".join(f"{r['checks_passed_per_label'].get(lab, 0.0):.0%}" for lab in labels) + " |")
+        lines.append(row([f"{r['budget_samples']:,}", str(r["steps"]), f"{r['train_seconds']:.0f}",
+                          f"{r['bits_per_sample']:.2f} ({r['bigram_bits']:.2f})",
+                          "-" if frac is None else f"{frac:.0%}",
+                          *(f"{r['checks_passed_per_label'].get(lab, 0.0):.0%}" for lab in labels)]))
     return "\n".join(lines)
 
 
