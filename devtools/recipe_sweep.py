@@ -61,7 +61,7 @@ def main() -> None:
 
     os.makedirs(a.work, exist_ok=True)
     cfg = preset("demo").with_overrides(_parse(a.set))
-    per_step = cfg.train.global_batch_size * cfg.train.window
+    per_step = cfg.train.samples_per_step
     steps = max(1, round(a.budget / per_step))
     cfg = cfg.with_overrides({
         "train.steps": steps, "train.warmup_steps": min(cfg.train.warmup_steps, steps // 10),

@@ -321,6 +321,11 @@ class TrainConfig:
         _require(self.input_sharding in ("file", "batch"),
                  "train.input_sharding", self.input_sharding, "one of 'file', 'batch'")
 
+    @property
+    def samples_per_step(self) -> int:
+        """Predicted samples per update, all workers together (global batch x window)."""
+        return self.global_batch_size * self.window
+
 
 @dataclass(frozen=True)
 class GenerateConfig:

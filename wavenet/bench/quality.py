@@ -36,7 +36,7 @@ BUDGET_FRACTIONS = (0.25, 0.5, 1.0, 2.0)
 
 def default_budgets(cfg: ExperimentConfig) -> tuple[int, ...]:
     """:data:`BUDGET_FRACTIONS` of ``cfg``'s training, in predicted samples (whole steps)."""
-    per_step = cfg.train.global_batch_size * cfg.train.window
+    per_step = cfg.train.samples_per_step
     return tuple(max(1, round(f * cfg.train.steps)) * per_step for f in BUDGET_FRACTIONS)
 
 
@@ -58,7 +58,7 @@ def _one_budget(data: str, cfg: ExperimentConfig, budget: int, work: str, uri: s
     from wavenet.generation.verb import generate_samples
     from wavenet.train import train
 
-    per_step = cfg.train.global_batch_size * cfg.train.window
+    per_step = cfg.train.samples_per_step
     steps = max(1, round(budget / per_step))
     run_cfg = cfg.with_overrides({
         "train.steps": steps, "train.warmup_steps": min(cfg.train.warmup_steps, steps // 10),
@@ -123,7 +123,7 @@ def run(cfg: ExperimentConfig, quick: bool = False, data: str | None = None,
         "checks_passed_fraction", "clips_passed_fraction", "checks_passed_per_label",
         "failed" (per clip's label: the checks it failed)], "table"}``.
     """
-    per_step = cfg.train.global_batch_size * cfg.train.window
+    per_step = cfg.train.samples_per_step
     budgets = budgets or ((per_step, 2 * per_step) if quick else default_budgets(cfg))
     with tempfile.TemporaryDirectory(prefix="wavenet-bench-quality-") as work:
         shards = data or _demo_shards(work, cfg, 4.0 if quick else 60.0)

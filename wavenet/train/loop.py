@@ -155,7 +155,7 @@ def run_steps(trainer: Trainer, train_step: Callable[[Iterator, bool], tuple], i
     t = trainer.cfg.train
     step = trainer.start_step
     saved = step if trainer.resumed else -1
-    stats = LoopStats(samples_per_step=t.global_batch_size * t.window, step=step,
+    stats = LoopStats(samples_per_step=t.samples_per_step, step=step,
                       log_every=max(1, t.log_every))
     try:
         while step < t.steps:
