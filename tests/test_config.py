@@ -37,6 +37,19 @@ def test_receptive_field_is_derived():
         m.receptive_field = 5  # type: ignore[misc]
 
 
+def test_teacher_forced_flops_count_each_layer_on_the_positions_it_runs():
+    # Dilations 1, 2 (receptive field 4), one channel each, 2 codes, 4 predicted samples.
+    m = ModelConfig(stacks=1, layers_per_stack=2, residual_channels=1, gate_channels=1,
+                    skip_channels=1, quantization_channels=2)
+    head = 4 * (1 * 1 + 1 * 2)
+    first = (4 + 2) * (2 * 1 * 2 + 1) + 4 * 1  # runs on 2 more positions, which the second reads
+    last = 4 * (2 * 1 * 2) + 4 * 1  # skip-only: no residual 1x1
+    assert m.teacher_forced_flops(4) == 2 * (head + first + last)
+    demo = preset("demo").model
+    full = demo.flops_per_sample * (demo.receptive_field - 1 + 2048)  # every layer on every input
+    assert 1.35 < full / demo.teacher_forced_flops(2048) < 1.5
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"stacks": 0}, "model.stacks must be an integer >= 1. Received: model.stacks=0"),
     ({"kernel_size": 1}, "Received: model.kernel_size=1"),

@@ -83,6 +83,38 @@ def test_receptive_field_is_exact(cfg):
     assert np.any(model(near).numpy()[0, t] != base)
 
 
+KERNEL3 = dataclasses.replace(tiny(), model=dataclasses.replace(
+    tiny().model, stacks=2, layers_per_stack=3, kernel_size=3, num_classes=2))
+
+
+@pytest.mark.parametrize("cfg", [tiny(), KERNEL3], ids=["tiny", "kernel3-conditioned"])
+def test_logits_from_equals_the_full_forward_slice_and_its_gradients(cfg):
+    """The valid-convolution path that teacher forcing uses gives the full forward's values
+    and gradients for every position it returns; before a full receptive field it falls back."""
+    model = build_model(cfg)
+    rf = cfg.model.receptive_field
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (2, rf + 25))
+    inputs = {"codes": x, "labels": np.array([0, 1])} if cfg.model.conditioned else x
+    full = model(inputs).numpy()
+    for first in (0, rf - 2, rf - 1, rf + 3):
+        got = model.logits_from(inputs, first).numpy()
+        assert got.shape == full[:, first:].shape
+        np.testing.assert_allclose(got, full[:, first:], atol=2e-5)
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.nn.log_softmax(fn())[..., 5])
+        return [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+
+    for a, b in zip(grads(lambda: model.logits_from(inputs, rf - 1)),
+                    grads(lambda: model(inputs)[:, rf - 1:])):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    if cfg.model.conditioned:
+        with pytest.raises(ValueError, match="conditioned on labels"):
+            model.logits_from(x, rf - 1)
+
+
 def test_conditioning_changes_output_and_is_required():
     model = build_model(tiny(num_classes=3))
     x = np.random.default_rng(2).integers(0, 256, (2, 32))

@@ -251,6 +251,23 @@ class ModelConfig:
         head = s * s + s * q
         return 2 * (self.num_layers * per_layer + head)
 
+    def teacher_forced_flops(self, window: int) -> int:
+        """Multiply-adds x 2 of one forward pass over a crop that predicts ``window`` samples.
+
+        As :meth:`wavenet.model.WaveNet.logits_from` runs it: each layer on the positions
+        that the layers after it read (``window`` plus their receptive field), its skip
+        output and the head on the ``window`` predicted ones only.
+        """
+        r, g, s, q, k = (self.residual_channels, self.gate_channels, self.skip_channels,
+                         self.quantization_channels, self.kernel_size)
+        ahead = self.receptive_field - 1  # context that the layers from here on still read
+        total = window * (s * s + s * q)
+        for i, d in enumerate(self.dilations):
+            ahead -= (k - 1) * d
+            residual = g * r if i < self.num_layers - 1 else 0  # the last block has none
+            total += (window + ahead) * (k * r * 2 * g + residual) + window * g * s
+        return 2 * total
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -125,10 +125,18 @@ class ResidualBlock(keras.layers.Layer):
                 initializer=keras.initializers.RandomNormal(stddev=0.1))
         self.built = True
 
-    def call(self, x, labels=None):
+    def call(self, x, labels=None, valid: bool = False, skip_from: int = 0):
+        """``valid``: no zero padding; the output starts ``(kernel_size - 1) * dilation``
+        positions later than ``x`` (each position sees real input only), and the skip
+        output drops a further ``skip_from`` leading positions (see
+        :meth:`WaveNet.logits_from`)."""
         k, d, r, g = self.kernel_size, self.dilation, self.residual_channels, self.gate_channels
         # All taps in one matmul: concat delayed copies on channels, (B, T, k*r) @ (k*r, 2g).
-        taps = [_shift_right(x, (k - 1 - j) * d) for j in range(k)]
+        if valid:
+            # Tap j reads x[t - (k - 1 - j) * d] for the T - (k - 1) * d outputs that have it.
+            taps = [x[:, j * d:(j - k + 1) * d or None, :] for j in range(k)]
+        else:
+            taps = [_shift_right(x, (k - 1 - j) * d) for j in range(k)]
         stacked = ops.concatenate(taps, axis=-1)
         kernel = ops.reshape(ops.cast(self.filter_gate_kernel, x.dtype), (k * r, 2 * g))
         z = ops.matmul(stacked, kernel) + ops.cast(self.filter_gate_bias, x.dtype)  # (B, T, 2g)
@@ -139,8 +147,10 @@ class ResidualBlock(keras.layers.Layer):
                             ops.cast(labels, "int32"), axis=0)  # (B, 2g)
             z = z + cond[:, None, :]
         h = ops.tanh(z[..., :g]) * ops.sigmoid(z[..., g:])  # (B, T, g)
-        skip = ops.matmul(h, ops.cast(self.skip_kernel, x.dtype)) + ops.cast(
+        skip = ops.matmul(h[:, skip_from:, :], ops.cast(self.skip_kernel, x.dtype)) + ops.cast(
             self.skip_bias, x.dtype)
+        if valid:
+            x = x[:, (k - 1) * d:, :]
         if self.skip_only:
             return x, skip
         residual = ops.matmul(h, ops.cast(self.residual_kernel, x.dtype)) + ops.cast(
@@ -235,6 +245,39 @@ class WaveNet(keras.Model):
         h = self.head_hidden(ops.relu(skips))
         return self.head_logits(ops.relu(h))  # (B, T, Q)
 
+    def logits_from(self, inputs, first: int, training=False):
+        """``self(inputs)[:, first:]``, computing only what those positions read.
+
+        Teacher forcing predicts the positions after a receptive field of context
+        (:func:`bits_per_sample`), yet :meth:`call` runs every layer on every input
+        position and the head on all of them. When ``first >= receptive_field - 1``
+        no wanted position reads the zero padding, so each layer runs as a *valid*
+        convolution: a layer of dilation d drops the d positions that nothing after
+        it reads, each skip output and the head run on the wanted positions only.
+        For the demo preset (crop 4,095, 2,048 predicted) that is 1.4x fewer
+        multiply-adds; the values equal :meth:`call`'s (to float rounding).
+
+        Returns:
+            ``(B, T - first, Q)`` logits, as :meth:`call`'s slice.
+        """
+        codes, labels = _unpack(inputs)
+        total = self.receptive_field - 1
+        if first < total:
+            return self(inputs, training=training)[:, first:, :]
+        if self.config.conditioned and labels is None:
+            raise ValueError("this WaveNet is conditioned on labels: call it with "
+                             "{'codes': ..., 'labels': ...}. Received: codes only")
+        # Positions before first - total feed no wanted position.
+        x = self.embedding(ops.cast(codes[:, first - total:], "int32"))  # (B, T', R)
+        trimmed, skips = 0, None
+        for block in self.blocks:
+            trimmed += (block.kernel_size - 1) * block.dilation
+            x, skip = block(x, labels if self.config.conditioned else None, valid=True,
+                            skip_from=total - trimmed)
+            skips = skip if skips is None else skips + skip  # (B, T - first, S)
+        h = self.head_hidden(ops.relu(skips))
+        return self.head_logits(ops.relu(h))
+
     def get_config(self):
         return {
             "name": self.name,
@@ -307,7 +350,7 @@ def bits_per_sample(model: WaveNet, crop, labels=None, *, context: int | None = 
     context = model.receptive_field if context is None else context
     inputs, targets = split_crop(crop, context)
     x = {"codes": inputs, "labels": labels} if model.config.conditioned else inputs
-    logits = model(x, training=training)[:, context - 1:, :]  # (B, W, Q)
+    logits = model.logits_from(x, context - 1, training=training)  # (B, W, Q)
     nats = keras.losses.sparse_categorical_crossentropy(
         ops.cast(targets, "int32"), logits, from_logits=True)  # (B, W)
     return ops.mean(nats, axis=-1) / LN2

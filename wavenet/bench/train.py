@@ -14,10 +14,10 @@ of one output position (2 x multiply-adds of the dilated conv, residual and
 skip 1x1s of every layer, and the two head layers). Training costs about 3x
 the forward pass (forward, backward to activations, backward to weights).
 A crop of ``receptive_field + window`` codes predicts only ``window``
-samples, but the network runs on all ``receptive_field - 1 + window`` input
-positions: *useful* FLOPs count only the predicted samples
-(``3 * flops_per_sample`` per sample), *executed* FLOPs include the
-receptive-field overhead. The target is judged on useful FLOPs.
+samples, but each layer runs on more positions than that, the context its
+successors read (``ModelConfig.teacher_forced_flops``): *useful* FLOPs count
+only the predicted samples (``3 * flops_per_sample`` per sample), *executed*
+FLOPs include that overhead. The target is judged on useful FLOPs.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def run(cfg: ExperimentConfig, quick: bool = False) -> dict:
     gflops = matmul_gflops(512 if quick else 1024, seconds=0.3 if quick else 1.0)
     m = cfg.model
     useful = 3 * m.flops_per_sample
-    executed = useful * (m.receptive_field - 1 + cfg.train.window) / cfg.train.window
+    executed = 3 * m.teacher_forced_flops(cfg.train.window) / cfg.train.window
     one, two, plain, demo = _training_runs(cfg, quick, steps)
     sps1, sps2 = one["samples_per_s"], two["samples_per_s"]
     reached = sps1 * useful / (gflops * 1e9)
