@@ -580,14 +580,15 @@ def demo() -> ExperimentConfig:
         # lr 1e-2 against 2e-3 and 5e-3 at 300 steps: 3.98 bits/sample against 4.62 and 4.23
         # (bigram 5.85); 2e-2 at 1,000 steps was no better than 1e-2 (3.47 against 3.44).
         # 600 steps: the 10-minute budget of `make run` on the slower Zen 3 spent on training
-        # (300 steps: 3.98 bits/sample; 600: 3.59, and `make run` took 4 min 8 s on the AMD
-        # EPYC of docs/benchmarks.md, training 3 min 26 s; 1,000 steps: 3.44 and 56-67% of the
-        # checks by seed, too long for the Zen 3). Kept at batch 8 x 2048 after measuring the
+        # (300 steps: 3.98 bits/sample; 600: 3.57-3.59, and `make run` took 4 min 8 s after
+        # install on the AMD EPYC of docs/benchmarks.md, training 3 min 7 s since the valid
+        # forward; 700 steps: 3.51 and no more checks passed; 1,000 steps: 3.44 and 56-67% of
+        # the checks by seed, too long for the Zen 3). Kept at batch 8 x 2048 after measuring the
         # rest at the same 4.9 M samples (docs/benchmarks.md, third sitting): batch 4 reaches
         # better bits per second (3.49 at 1,200 steps in 276 s) but its drum clips turn to hiss
         # (spectral flatness 0.19-0.32 against at most 0.17); 9 layers per stack (128 ms) learn
         # faster and sound worse the same way; 64 channels cost 2.5x the time for the same bits;
-        # 4096-sample windows (batch 4) and a gradient clip of 5 score worse.
+        # 4096-sample windows (batch 4), batch 16 (300 steps) and a gradient clip of 5 score worse.
         train=TrainConfig(global_batch_size=8, window=2048, steps=600, learning_rate=1e-2,
                           warmup_steps=30, checkpoint_every=100, log_every=20, validate_every=200,
                           validation_batches=4),
