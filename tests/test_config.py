@@ -69,6 +69,9 @@ def test_train_validation():
         TrainConfig(precision="fp8")
     with pytest.raises(ConfigError, match=r"Received: train\.learning_rate=-1"):
         TrainConfig(learning_rate=-1)
+    with pytest.raises(ConfigError, match=r"train\.input_noise must be a number in \[0, 256\] "
+                                          r"\(code steps\). Received: train\.input_noise=-0.5"):
+        TrainConfig(input_noise=-0.5)
 
 
 def test_generate_weights_precision_is_validated():

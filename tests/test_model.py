@@ -158,6 +158,21 @@ def test_untrained_loss_is_about_eight_bits():
     assert np.all(np.abs(bits - 8.0) < 0.3)
 
 
+def test_read_codes_replace_the_inputs_and_the_targets_stay_the_crops():
+    cfg = tiny()
+    model = build_model(cfg)
+    rf = cfg.model.receptive_field
+    rng = np.random.default_rng(8)
+    crop = rng.integers(0, 256, (2, cfg.crop_length))
+    read = np.clip(crop + rng.integers(-3, 4, crop.shape), 0, 255)
+    np.testing.assert_allclose(bits_per_sample(model, crop, read=crop), bits_per_sample(model, crop))
+    logits = model(read[:, :-1]).numpy()[:, rf - 1:]
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(logp, crop[:, rf:, None], -1)[..., 0].mean(-1) / np.log(2)
+    np.testing.assert_allclose(bits_per_sample(model, crop, read=read), expected, rtol=1e-5)
+    assert np.all(np.abs(expected - bits_per_sample(model, crop).numpy()) > 1e-5)  # untrained: ~8 bits
+
+
 @pytest.mark.training
 def test_targets_are_shifted_inputs():
     """A periodic signal whose next code is fully determined: the loss must go near zero.

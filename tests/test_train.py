@@ -277,6 +277,22 @@ def test_warm_start_begins_from_the_given_models_weights(tiny_shards, tmp_path, 
                              "its model config differs")
 
 
+def test_injected_noise_is_reproducible_and_changes_what_the_network_learns(
+        tiny_shards, tmp_path, capsys, mlflow_db):
+    """train.input_noise perturbs the codes the network reads, the same way for the same seed."""
+    def weights(out, *extra):
+        rc = main(["train", str(tiny_shards), "--out", str(tmp_path / out), "--preset", "tiny",
+                   "--no-progress", "--tracking-uri", mlflow_db, "--steps", "3", *extra])
+        assert rc == 0
+        capsys.readouterr()
+        return load_model(str(tmp_path / out / "model.keras")).get_weights()
+
+    noisy = ["--set", "train.input_noise=2"]
+    a, b, clean = weights("a", *noisy), weights("b", *noisy), weights("clean")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert max(np.max(np.abs(x - y)) for x, y in zip(a, clean)) > 1e-4
+
+
 def test_workers_need_a_file_to_warm_start_from(tiny_shards, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
                                                 "task": {"type": "worker", "index": 0}}))

@@ -329,7 +329,7 @@ def split_crop(crop, context: int):
 
 
 def bits_per_sample(model: WaveNet, crop, labels=None, *, context: int | None = None,
-                    training: bool = False):
+                    training: bool = False, read=None):
     """Mean negative log-likelihood in bits per predicted sample, per example.
 
     The one definition of the objective: training minimises it, validation
@@ -343,12 +343,16 @@ def bits_per_sample(model: WaveNet, crop, labels=None, *, context: int | None = 
             receptive field. Evaluation passes the widest receptive field of
             the models it compares, so that all of them score the same samples.
         training: passed to the model.
+        read: codes the network reads in place of ``crop``'s (same shape; training's
+            injected noise): the targets stay ``crop``'s.
 
     Returns:
         (B,) float32 bits per sample over the W predicted positions.
     """
     context = model.receptive_field if context is None else context
     inputs, targets = split_crop(crop, context)
+    if read is not None:
+        inputs = read[:, :-1]
     x = {"codes": inputs, "labels": labels} if model.config.conditioned else inputs
     logits = model.logits_from(x, context - 1, training=training)  # (B, W, Q)
     nats = keras.losses.sparse_categorical_crossentropy(

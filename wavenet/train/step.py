@@ -40,9 +40,16 @@ def make_train_step(
     g = t.global_batch_size
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-    def forward_backward(crops, labels):
+    top = model.config.quantization_channels - 1
+
+    def forward_backward(crops, labels, seed):
+        read = None
+        if t.input_noise > 0:  # the same noise for the same step, replica and train.seed
+            noise = tf.random.stateless_normal(tf.shape(crops), seed, stddev=t.input_noise)
+            read = tf.cast(tf.clip_by_value(tf.round(tf.cast(crops, tf.float32) + noise), 0.0, top),
+                           crops.dtype)
         with tf.GradientTape() as tape:
-            bits = bits_per_sample(model, crops, labels, training=True)
+            bits = bits_per_sample(model, crops, labels, training=True, read=read)
             # Sum over this replica's examples / global batch: after the
             # all-reduce sum this is the mean over the global batch.
             loss = tf.nn.compute_average_loss(bits, global_batch_size=g)
@@ -53,7 +60,10 @@ def make_train_step(
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def replica_step(crops, labels, stop):
-        loss, grads = forward_backward(crops, labels)
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([tf.cast(optimizer.iterations, tf.int64),
+                         tf.cast(replica, tf.int64) + 65_536 * t.seed])
+        loss, grads = forward_backward(crops, labels, seed)
         # Dense gradients (the embedding's arrive as IndexedSlices): one fixed
         # all-reduce layout, and the same summation whatever the batch holds.
         grads = [tf.convert_to_tensor(gr) for gr in grads]
