@@ -233,17 +233,7 @@ class WaveNet(keras.Model):
         self.built = True
 
     def call(self, inputs, training=False):
-        codes, labels = _unpack(inputs)
-        if self.config.conditioned and labels is None:
-            raise ValueError("this WaveNet is conditioned on labels: call it with "
-                             "{'codes': ..., 'labels': ...}. Received: codes only")
-        x = self.embedding(ops.cast(codes, "int32"))  # (B, T, R)
-        skips = None
-        for block in self.blocks:
-            x, skip = block(x, labels if self.config.conditioned else None)
-            skips = skip if skips is None else skips + skip  # (B, T, S)
-        h = self.head_hidden(ops.relu(skips))
-        return self.head_logits(ops.relu(h))  # (B, T, Q)
+        return self._logits(*self._codes_and_labels(inputs))  # (B, T, Q)
 
     def logits_from(self, inputs, first: int, training=False):
         """``self(inputs)[:, first:]``, computing only what those positions read.
@@ -260,21 +250,32 @@ class WaveNet(keras.Model):
         Returns:
             ``(B, T - first, Q)`` logits, as :meth:`call`'s slice.
         """
-        codes, labels = _unpack(inputs)
-        total = self.receptive_field - 1
-        if first < total:
+        context = self.receptive_field - 1
+        if first < context:
             return self(inputs, training=training)[:, first:, :]
-        if self.config.conditioned and labels is None:
+        codes, labels = self._codes_and_labels(inputs)
+        # Positions before first - context feed no wanted position.
+        return self._logits(codes[:, first - context:], labels, valid=True)
+
+    def _codes_and_labels(self, inputs):
+        """``inputs`` unpacked; labels None unless the model is conditioned (then required)."""
+        codes, labels = _unpack(inputs)
+        if not self.config.conditioned:
+            return codes, None
+        if labels is None:
             raise ValueError("this WaveNet is conditioned on labels: call it with "
                              "{'codes': ..., 'labels': ...}. Received: codes only")
-        # Positions before first - total feed no wanted position.
-        x = self.embedding(ops.cast(codes[:, first - total:], "int32"))  # (B, T', R)
-        trimmed, skips = 0, None
+        return codes, labels
+
+    def _logits(self, codes, labels, valid: bool = False):
+        """The network on ``codes``: causal (every position) or, ``valid``, only the
+        positions a full receptive field in (:meth:`logits_from`)."""
+        x = self.embedding(ops.cast(codes, "int32"))  # (B, T, R)
+        ahead, skips = self.receptive_field - 1, None  # context the layers from here on read
         for block in self.blocks:
-            trimmed += (block.kernel_size - 1) * block.dilation
-            x, skip = block(x, labels if self.config.conditioned else None, valid=True,
-                            skip_from=total - trimmed)
-            skips = skip if skips is None else skips + skip  # (B, T - first, S)
+            ahead -= (block.kernel_size - 1) * block.dilation
+            x, skip = block(x, labels, valid=valid, skip_from=ahead if valid else 0)
+            skips = skip if skips is None else skips + skip  # (B, T', S)
         h = self.head_hidden(ops.relu(skips))
         return self.head_logits(ops.relu(h))
 
