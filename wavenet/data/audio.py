@@ -203,9 +203,11 @@ def frame_rms(x: np.ndarray, frame_length: int, hop: int | None = None) -> np.nd
     return np.sqrt(frame_power(x, frame_length, hop))
 
 
-# Frames per block when silence_bounds measures a long signal: the float64
-# frames of one block (about 8 MiB at 16 kHz), not of the whole signal.
-_FRAMES_PER_BLOCK = 6400
+# Frames per block when silence_bounds measures a long signal: 8 s of 10 ms frames.
+# frame_rms holds float64 copies of a block (the signal, its zero-padded copy, the
+# squares): 2.0 MiB at 16 kHz (tracemalloc); 6400 frames (64 s), the block until
+# 2026-12-07, took 15.7 MiB, more than the decoded block preprocessing budgets for.
+_FRAMES_PER_BLOCK = 800
 
 
 def silence_bounds(x: np.ndarray, sample_rate: int, threshold_db: float) -> tuple[int, int]:
@@ -257,7 +259,8 @@ def peak_gain(x: np.ndarray, peak_db: float) -> float:
     (NumPy 2 treats Python scalars as weak: NEP 50) and scaling a block at a
     time gives the same samples as scaling the whole signal.
     """
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    # max and -min, not max(abs(x)): the same number without a copy of the whole signal.
+    peak = max(float(np.max(x)), -float(np.min(x))) if x.size else 0.0
     return 1.0 if peak == 0.0 else float(10.0 ** (peak_db / 20.0) / peak)
 
 

@@ -13,7 +13,8 @@ of :mod:`wavenet.data.audio`: average each block's channels to mono, resample it
 frames whose RMS is below ``audio.silence_threshold_db`` dBFS, peak-normalise
 to ``audio.normalize_peak_db`` and mu-law encode to uint8. Memory per file is
 one decoded block (:data:`BLOCK_BYTES`) plus the track at the target rate
-(float32, then uint8 codes), whatever the file's channels and rate. This module handles
+(float32, twice while its blocks are joined, then uint8 codes), whatever the
+file's channels and rate. This module handles
 the files; the signal maths is all in :mod:`wavenet.data.audio`. The codes go to
 ``WORK/tracks/<sha256>-<audio>.npy`` (``<audio>``: 8 hex digits of a hash
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
@@ -172,6 +173,11 @@ class _Skip(Exception):
 # Bytes of decoded float32 per block: memory for decoding is about this much
 # whatever the file's channels, rate and length.
 BLOCK_BYTES = 1 << 22
+# Samples per block when _encode scales and mu-law encodes: mu_law_encode's float64
+# temporaries take about 36 bytes a sample (tracemalloc: 36 MiB for 2**20 samples,
+# what a block was until 2026-12-07: 65 s at 16 kHz, the long file's extra 39 MB),
+# so 2**17 samples (8 s at 16 kHz) take about 4.5 MiB, near BLOCK_BYTES.
+_ENCODE_SAMPLES = 1 << 17
 # libsndfile reports SF_COUNT_MAX (2**63 - 1) frames when a header leaves the length
 # unknown (a FLAC whose STREAMINFO total is 0); python-soundfile cannot read such a
 # file block by block (its position update seeks past the end and fails).
@@ -302,7 +308,8 @@ def _encode(mono: np.ndarray, config: ExperimentConfig) -> np.ndarray:
     The whole-signal statistics (loud frames, peak) are measured first; the
     scaling and mu-law then run a block at a time into the uint8 codes, which
     gives the same codes as ``mu_law_encode(peak_normalize(trim_silence(x)))``
-    with float64 temporaries of one block instead of the whole track.
+    with float64 temporaries of one block (:data:`_ENCODE_SAMPLES`, about
+    4.5 MiB) instead of the whole track.
     """
     audio = config.audio
     start, stop = silence_bounds(mono, audio.sample_rate, audio.silence_threshold_db)
@@ -314,7 +321,7 @@ def _encode(mono: np.ndarray, config: ExperimentConfig) -> np.ndarray:
     trimmed = mono[start:stop]
     gain = peak_gain(trimmed, audio.normalize_peak_db)
     codes = np.empty(trimmed.size, dtype=np.uint8)
-    step = BLOCK_BYTES // 4
+    step = _ENCODE_SAMPLES
     for i in range(0, trimmed.size, step):
         codes[i:i + step] = mu_law_encode((trimmed[i:i + step] * gain).astype(np.float32),
                                           audio.quantization_channels)
