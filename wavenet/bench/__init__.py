@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from wavenet.memory import peak_rss_bytes
+
 __all__ = ["pin_threads", "matmul_gflops", "calls_per_second", "peak_rss_mb", "machine"]
 
 
@@ -59,9 +61,16 @@ def calls_per_second(call, seconds: float) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (and of waited-for children), MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Peak resident memory of this process (and of waited-for children), MiB.
+
+    This process's own peak is VmHWM (:func:`wavenet.memory.peak_rss_bytes`), not
+    ``RUSAGE_SELF``'s ``ru_maxrss``, which also holds the peak of whatever process
+    exec replaced (the caller's, under Python's vfork-based ``subprocess``). A child's
+    ``ru_maxrss`` holds this process's VmHWM at the time it started, never more, so the
+    larger of the two is still this process's or a child's own peak.
+    """
+    own = peak_rss_bytes() / 1024.0
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB
     return max(own, kids) / 1024.0
 
 

@@ -7,7 +7,6 @@ The file names and :class:`~wavenet.train.outputs.TrainResult` are in
 from __future__ import annotations
 
 import json
-import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 from wavenet.config import ExperimentConfig
 from wavenet.edges import storage, tracking
 from wavenet.errors import ServiceUnavailable, TrackingError, TrackingUnavailable, one_line, redact
+from wavenet.memory import peak_rss_bytes
 from wavenet.model import WaveNet, build_model, save_model
 from wavenet.train.loop import LoopStats
 from wavenet.train.outputs import (
@@ -86,8 +86,9 @@ def _summary(trainer: Trainer, stats: LoopStats, final_val: float | None, wall: 
         "run_id": run.run_id,
         "model_path": model_path,
         "data_version": run.data_version,
-        # Linux reports ru_maxrss in KiB.
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        # This worker's own peak (VmHWM): ru_maxrss would also hold the launcher's, the
+        # process a worker replaces at exec under Python's vfork-based subprocess.
+        "peak_rss_mb": round(peak_rss_bytes() / (1 << 20), 1),
     }
 
 
