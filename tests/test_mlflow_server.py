@@ -123,6 +123,21 @@ def _cli(args, env_extra, timeout=600):
                           env=env, timeout=timeout)
 
 
+def test_a_wrong_database_password_fails_at_once_in_one_line(production, untrained_model_path, eval_data):
+    """A database store that refuses the password: one line at once (exit 2), not retried,
+    neither by us (it is an answer, not an outage) nor by MLflow (10 tries over 101 s)."""
+    secret = "not-the-db-password"
+    uri = f"postgresql://{DB_USER}:{secret}@127.0.0.1:{production.pg.port}/mlflow"
+    r = _cli(["evaluate", untrained_model_path, eval_data, "--preset", "tiny", "--tracking-uri", uri], {})
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and secret not in r.stderr + r.stdout, r.stderr[-3000:]
+    assert "retrying" not in r.stderr and "Operation will be retried" not in r.stderr, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, r.stderr[-3000:]
+    assert errors[0].startswith(f"error: cannot connect to MLflow's database at postgresql://{DB_USER}:***@"), errors
+    assert f'password authentication failed for user "{DB_USER}"' in errors[0], errors
+
+
 @pytest.mark.parametrize("who", ["anonymous", "wrong password"])
 def test_a_step_refused_by_the_server_fails_in_one_line_naming_it(production, who, untrained_model_path,
                                                                  eval_data):

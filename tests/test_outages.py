@@ -308,16 +308,42 @@ def test_a_tracking_uri_with_a_password_is_refused_without_printing_it(tiny_shar
 
 
 @pytest.mark.subprocess
-def test_a_database_uri_password_is_masked_in_errors(tiny_shards, tmp_path):
-    """A database URI has no other place for its password: it is used, and masked when shown."""
-    uri = f"postgresql://alice:{SECRET}@127.0.0.1:{free_port()}/mlflow"
+def test_a_database_that_does_not_answer_is_an_outage_with_its_password_masked(tiny_shards, tmp_path):
+    """A database URI has no other place for its password: it is used, and masked when shown.
+    A database server that does not answer is an outage like an HTTP server's: retried within
+    WAVENET_SERVICE_RETRY_S, then exit 138, not MLflow's own 10 tries over 101 s, then exit 2."""
+    uri = f"postgresql://alice:{SECRET}@127.0.0.1:{free_port()}/mlflow"  # nothing listens there
     assert redact(uri) == uri.replace(SECRET, "***")
     proc = subprocess.run(_wavenet("train", tiny_shards, "--out", tmp_path / "run", "--preset", "tiny",
                                    "--no-progress", "--tracking-uri", uri),
-                          capture_output=True, text=True, timeout=600, env=_env())
-    assert proc.returncode == 2 and SECRET not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+                          capture_output=True, text=True, timeout=600, env=_env(WAVENET_SERVICE_RETRY_S="1"))
+    assert proc.returncode == 138 and SECRET not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+    assert "retrying for up to 1 s (WAVENET_SERVICE_RETRY_S)" in proc.stderr
+    assert "Operation will be retried" not in proc.stderr  # MLflow's own retry never started
     [line] = _errors(proc.stderr)
-    assert f"cannot start a run on MLflow at {redact(uri)}" in line
+    assert f"cannot reach MLflow's database at {redact(uri)}" in line and "Connection refused" in line
+
+
+@pytest.mark.slow  # SQLite's busy wait, about 20 s
+def test_a_locked_database_store_is_an_outage_not_a_refusal(tmp_path, monkeypatch):
+    """Once a database store is open, MLflow reports a failed query (here SQLite's "database is
+    locked", after its 5 s busy wait) as TEMPORARILY_UNAVAILABLE: an outage, retried, then 138."""
+    import sqlite3
+
+    monkeypatch.setenv("WAVENET_SERVICE_RETRY_S", "0")
+    path = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{path}"
+    client = MlflowClient(uri)
+    client.search_experiments()  # the store exists
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(TrackingUnavailable, match=r"cannot reach MLflow's database .*database is locked"):
+            tracking._call(uri, "create an experiment", lambda: client.create_experiment("locked"))
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert client.create_experiment("unlocked")  # the same store, usable again
 
 
 def test_a_tfjob_never_carries_a_uri_with_credentials():

@@ -156,12 +156,32 @@ def resolve_tracking_uri(uri: str | None = None, environ: Mapping[str, str] | No
 _CONNECTION_FAILED = re.compile(r"^API request to \S+ failed with (timeout )?exception")
 
 
+# A database store (postgresql://, mysql://) that did not answer: SQLAlchemy raises the
+# driver's error (psycopg: 'connection to server at "H", port P failed: Connection refused';
+# a server restarting: "the database system is starting up", "terminating connection due to
+# administrator command"). A refused password or a missing database is an answer, not an outage.
+_DATABASE_UNREACHABLE = re.compile(
+    r"connection refused|connection reset|timeout expired|timed out|server closed the connection"
+    r"|the database system is (starting up|shutting down|in recovery mode|not yet accepting)"
+    r"|terminating connection|could not translate host name|name or service not known"
+    r"|temporary failure in name resolution|no route to host|network is unreachable"
+    r"|can't connect to mysql server|lost connection to mysql server", re.IGNORECASE)
+_NETWORK_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+def _is_network_database(uri: str) -> bool:
+    """A tracking URI of a database server (``postgresql+psycopg://...``, ``mysql://...``)."""
+    return uri.split(":", 1)[0].split("+", 1)[0].lower() in _NETWORK_DATABASES
+
+
 def _failed_status(e: BaseException) -> int | None:
     """The HTTP status a failed MLflow request answered with; 0 when no answer came (refused,
-    reset, timed out); None when ``e`` is not a failed request."""
+    reset, timed out; a database server's too); None when ``e`` is not a failed request."""
     if isinstance(e, urllib.error.HTTPError):
         return e.code
     if isinstance(e, (ConnectionError, TimeoutError, urllib.error.URLError)):
+        return 0
+    if type(e).__module__.startswith("sqlalchemy") and _DATABASE_UNREACHABLE.search(str(e)):
         return 0
     if not isinstance(e, MlflowException):
         return None
@@ -173,6 +193,10 @@ def _failed_status(e: BaseException) -> int | None:
         return int(m.group(1))
     if hasattr(e, "json"):  # RestException: the server's JSON error; its code maps to a status
         return e.get_http_status_code()
+    if getattr(e, "error_code", None) == "TEMPORARILY_UNAVAILABLE":
+        # A database store's lost connection (or SQLite's "database is locked"): MLflow turns
+        # SQLAlchemy's OperationalError into this (mlflow/store/db/utils.py, the session maker).
+        return e.get_http_status_code()  # 503
     return None  # raised by the client itself (bad argument, ...), not by a request
 
 
@@ -182,6 +206,9 @@ def _outage(e: BaseException, uri: str, what: str) -> TrackingUnavailable | None
     status = _failed_status(e)
     if status is None or 0 < status < 500 and status != 429:
         return None
+    if not _is_http(uri):  # a database store (SQLAlchemy's error, or MLflow's 503 for it)
+        return TrackingUnavailable(f"cannot reach MLflow's database at {redact(uri)} ({what}): "
+                                   f"{redact(one_line(e))}"[:500])
     if status == 0:
         reason = getattr(e, "reason", None) if isinstance(e, urllib.error.URLError) else None
         return TrackingUnavailable(f"cannot reach MLflow tracking server at {redact(uri)} ({what}): "
@@ -212,7 +239,15 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
     """Fail early, in one line, when an HTTP tracking server cannot be reached (after the retry
     budget: :class:`~wavenet.errors.TrackingUnavailable`), or refuses this process's credentials
     (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``; a server with MLflow's basic-auth app answers
-    401 to anonymous and wrong-password requests)."""
+    401 to anonymous and wrong-password requests). A database URI gets one connection the
+    same way: a server that does not answer is an outage (retried, then exit 138), a refused
+    password or a missing database one line (exit 2), each at once. MLflow itself, creating
+    its store, retries *any* failure 10 times over 101 s before it raises
+    (mlflow/store/db/utils.py, ``create_sqlalchemy_engine_with_retry``, not configurable),
+    so without this a wrong password took 101 s to report and an outage was never retried."""
+    if _is_network_database(uri):
+        _connect_database(uri, timeout)
+        return
     if not _is_http(uri):
         return
     _refuse_credentials_in(uri)
@@ -227,6 +262,30 @@ def check_tracking_server(uri: str, timeout: float = 5.0) -> None:
         refused = credentials_error(e, uri)
         if refused is not None:
             raise refused from None
+
+
+def _connect_database(uri: str, timeout: float) -> None:
+    """One connection to the database store (:func:`check_tracking_server`)."""
+    import sqlalchemy
+
+    def connect() -> None:
+        # connect_timeout: libpq's (psycopg) and PyMySQL's name for it; SQL Server's drivers
+        # take their own, so none is passed there.
+        args = {} if uri.lower().startswith("mssql") else {"connect_timeout": max(1, int(timeout))}
+        engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool, connect_args=args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+
+    try:
+        _call(uri, "connect", connect)
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - drivers raise many types; report one line
+        raise TrackingError(f"cannot connect to MLflow's database at {redact(uri)}: "
+                            f"{redact(one_line(e))}"[:500]) from None
 
 
 def wait_until_healthy(uri: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
