@@ -23,7 +23,7 @@ from wavenet.memory import (
 # One process: a training step (forward and backward, XLA as the trainer uses it on CPU)
 # and an evaluation pass, first with one crop, then with many. The peak resident size only
 # grows, so the second figure minus the first is what the extra crops' activations took at
-# the peak. The peak is /proc/self/status's VmHWM, this process's own: getrusage's ru_maxrss
+# the peak. The peak is VmHWM (wavenet.memory.peak_rss_bytes), this process's own: getrusage's ru_maxrss
 # also carries the high-water mark of the memory the process replaced at exec, which under
 # Python's vfork-based subprocess is the parent's (pytest's, 2 GB or more late in the suite),
 # and so read 0.48x, 0.18x, 0.04x and 0.0x of the estimate there (0.0x reproduced by a 2 GB parent).
@@ -32,6 +32,7 @@ import json, sys
 import tensorflow as tf
 from wavenet.config import ExperimentConfig
 from wavenet.model import bits_per_sample, build_model
+from wavenet.memory import peak_rss_bytes
 from wavenet.train.setup import resolve_jit_compile
 
 cfg = ExperimentConfig.from_yaml(sys.argv[1])
@@ -51,8 +52,7 @@ else:  # as wavenet.evaluate scores: a tf.function, forward only
 peaks = []
 for batch in (small, small, big):
     tf.nest.map_structure(lambda t: t.numpy(), fn(tf.random.uniform((batch, length), 0, 256, tf.int32)))
-    with open("/proc/self/status") as f:
-        peaks.append(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024)
+    peaks.append(peak_rss_bytes())
 print(json.dumps({"length": length, "peaks": peaks}))
 """
 
