@@ -76,22 +76,18 @@ def main() -> None:
         _table(names[label] if c.conditioned else "all", sd, _levels(codes[rf + 1:], q), bits)
     # Generation: the kernel fed one code at a time, sampling at temperature 1 (as
     # FastGenerator.generate does), recording each step's distribution.
-    streams = len(names) if c.conditioned else 1
-    gen = FastGenerator(model, streams)
-    buffers = gen._fresh(np.arange(streams) if c.conditioned else None)
-    cur = np.full((streams, 1), silence_code(q), np.int32)
+    count = len(names) if c.conditioned else 1
+    streams = FastGenerator(model, count).open_streams(np.arange(count) if c.conditioned else None)
+    cur = np.full(count, silence_code(q), np.int32)
     rng = np.random.default_rng(a.seed)
-    logits = np.zeros((streams, 1, q), np.float32)
     warm = min(rf, n // 2)
-    out, sds = np.zeros((streams, warm + n), np.int32), np.zeros((streams, warm + n))
+    out, sds = np.zeros((count, warm + n), np.int32), np.zeros((count, warm + n))
     for t in range(warm + n):
-        gen._feed(buffers, cur, t, logits)
-        p, sds[:, t] = _spread(logits[:, 0])
-        cur = (np.cumsum(p, axis=1) < rng.random(streams)[:, None]).sum(axis=1)[:, None]
-        cur = np.minimum(cur, q - 1).astype(np.int32)
-        out[:, t] = cur[:, 0]
+        p, sds[:, t] = _spread(streams.step(cur))
+        cur = np.minimum((np.cumsum(p, axis=1) < rng.random(count)[:, None]).sum(axis=1), q - 1)
+        out[:, t] = cur
     print(f"generation (the model reads its own samples; the first {warm} not counted):")
-    for i in range(streams):
+    for i in range(count):
         _table(names[i] if c.conditioned else "all", sds[i, warm:], _levels(out[i], q)[warm:])
 
 

@@ -76,6 +76,26 @@ def test_cached_steps_equal_full_forward_pass(kernel_size, num_classes, batch, s
     np.testing.assert_allclose(fast, ref, atol=1e-4, rtol=0)
 
 
+def test_streams_stepped_one_code_at_a_time_give_the_teacher_forced_logits():
+    model = make_model(2, 3, stacks=2)
+    codes = np.random.default_rng(4).integers(0, 256, (2, model.receptive_field + 9))
+    labels = np.array([2, 0])
+    gen = FastGenerator(model, 2)
+    streams = gen.open_streams(labels)
+    stepped = np.stack([streams.step(codes[:, t]) for t in range(codes.shape[1])], axis=1)
+    assert streams.position == codes.shape[1]
+    np.testing.assert_array_equal(stepped, gen.teacher_forced_logits(codes, labels))
+    # Each call's logits are the caller's to keep: the next step does not overwrite them.
+    again = gen.open_streams(labels)
+    first = again.step(codes[:, 0])
+    again.step(codes[:, 1])
+    np.testing.assert_array_equal(first, stepped[:, 0])
+    with pytest.raises(GenerateArgumentError, match=r"shape \(2,\). Received: shape \(2, 1\)"):
+        again.step(codes[:, :1])
+    with pytest.raises(GenerateArgumentError, match=r"\[0, 3\). Received: min 0, max 3"):
+        gen.open_streams(np.array([0, 3]))
+
+
 def test_tiny_preset_matches_and_labels_change_logits():
     cfg = preset("tiny")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=2))

@@ -52,8 +52,8 @@ import numpy as np
 from wavenet.errors import WavenetError
 
 __all__ = ["FastGenerator", "GenerateArgumentError", "WEIGHT_PRECISIONS", "effective_weights",
-           "kernel_isa", "naive_generate", "pack_matrix", "quantize_int8", "silence_code",
-           "to_bfloat16"]
+           "Streams", "kernel_isa", "naive_generate", "pack_matrix", "quantize_int8",
+           "silence_code", "to_bfloat16"]
 
 WEIGHT_PRECISIONS = ("float32", "bfloat16", "int8")
 
@@ -442,6 +442,15 @@ class FastGenerator:
         self._run(self._plan, self._wbuf, params, state, xq, t0, seq, logits_out, None, 1.0, None, 0)
 
     # -- public ----------------------------------------------------------------
+    def open_streams(self, labels: np.ndarray | None = None) -> "Streams":
+        """``batch_size`` fresh streams fed one code at a time by the caller (:class:`Streams`).
+
+        For samplers and measurements that need each step's distribution before the
+        next code is chosen (``devtools/prediction_spread.py``); :meth:`generate` runs
+        the same kernel with its own sampler, chunk by chunk.
+        """
+        return Streams(self, _check_labels(self.config, labels, self.batch_size))
+
     def teacher_forced_logits(self, codes: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """Per-step logits when fed ``codes`` one step at a time through the cached kernel.
 
@@ -533,6 +542,34 @@ class FastGenerator:
             if progress is not None:
                 progress(done)
         return out.astype(np.uint8)
+
+
+class Streams:
+    """Streams of a :class:`FastGenerator` advanced one code per call (:meth:`FastGenerator.open_streams`).
+
+    Example:
+        >>> streams = gen.open_streams(labels)
+        >>> logits = streams.step(np.full(gen.batch_size, silence_code(256)))  # (B, Q)
+        >>> logits = streams.step(my_sampler(logits))
+    """
+
+    def __init__(self, generator: FastGenerator, labels: np.ndarray | None):
+        self._gen = generator
+        self._buffers = generator._fresh(labels)
+        self._logits = np.zeros((generator.batch_size, 1, generator.config.quantization_channels),
+                                np.float32)
+        self.position = 0  # codes fed so far
+
+    def step(self, codes) -> np.ndarray:
+        """Feed one code per stream; returns (B, Q) float32 logits of each stream's next code."""
+        arr, nb = np.asarray(codes), self._gen.batch_size
+        if arr.shape != (nb,):
+            raise GenerateArgumentError(f"step takes one code per stream, shape ({nb},). "
+                                        f"Received: shape {arr.shape}")
+        seq = _check_codes("codes", arr[:, None], nb, self._gen.config.quantization_channels)
+        self._gen._feed(self._buffers, seq, self.position, self._logits)
+        self.position += 1
+        return self._logits[:, 0].copy()
 
 
 def _uniforms(seed: int | Sequence[int] | None, nb: int) -> Callable[[int], np.ndarray]:
