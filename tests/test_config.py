@@ -45,6 +45,8 @@ def test_teacher_forced_flops_count_each_layer_on_the_positions_it_runs():
     first = (4 + 2) * (2 * 1 * 2 + 1) + 4 * 1  # runs on 2 more positions, which the second reads
     last = 4 * (2 * 1 * 2) + 4 * 1  # skip-only: no residual 1x1
     assert m.teacher_forced_flops(4) == 2 * (head + first + last)
+    # One position of each layer, as generation runs it, is flops_per_sample.
+    assert m.flops_per_sample == 2 * ((2 * 1 * 2 + 1) + 1 + (2 * 1 * 2) + 1 + 1 * 1 + 1 * 2)
     demo = preset("demo").model
     full = demo.flops_per_sample * (demo.receptive_field - 1 + 2048)  # every layer on every input
     assert 1.35 < full / demo.teacher_forced_flops(2048) < 1.5

@@ -242,30 +242,37 @@ class ModelConfig:
         per_layer = k * r * 2 * g + 2 * g + g * r + r + g * s + s + classes * 2 * g
         return q * r + self.num_layers * per_layer + s * s + s + s * q + q
 
+    def _layer_macs(self, i: int) -> tuple[int, int]:
+        """Multiply-adds of layer ``i`` per position: (dilated conv + residual 1x1, skip 1x1).
+
+        The last layer has no residual 1x1 (nothing reads its residual output).
+        """
+        r, g, s, k = self.residual_channels, self.gate_channels, self.skip_channels, self.kernel_size
+        return k * r * 2 * g + (g * r if i < self.num_layers - 1 else 0), g * s
+
+    def _head_macs(self) -> int:
+        s = self.skip_channels
+        return s * s + s * self.quantization_channels
+
     @property
     def flops_per_sample(self) -> int:
         """Multiply-adds x 2 to produce one output sample's logits (inference)."""
-        r, g, s, q, k = (self.residual_channels, self.gate_channels, self.skip_channels,
-                         self.quantization_channels, self.kernel_size)
-        per_layer = k * r * 2 * g + g * r + g * s  # dilated conv, residual 1x1, skip 1x1
-        head = s * s + s * q
-        return 2 * (self.num_layers * per_layer + head)
+        return 2 * (sum(sum(self._layer_macs(i)) for i in range(self.num_layers)) + self._head_macs())
 
     def teacher_forced_flops(self, window: int) -> int:
         """Multiply-adds x 2 of one forward pass over a crop that predicts ``window`` samples.
 
         As :meth:`wavenet.model.WaveNet.logits_from` runs it: each layer on the positions
         that the layers after it read (``window`` plus their receptive field), its skip
-        output and the head on the ``window`` predicted ones only.
+        output and the head on the ``window`` predicted ones only. Per position, each layer
+        costs what one step of :attr:`flops_per_sample` does.
         """
-        r, g, s, q, k = (self.residual_channels, self.gate_channels, self.skip_channels,
-                         self.quantization_channels, self.kernel_size)
         ahead = self.receptive_field - 1  # context that the layers from here on still read
-        total = window * (s * s + s * q)
+        total = window * self._head_macs()
         for i, d in enumerate(self.dilations):
-            ahead -= (k - 1) * d
-            residual = g * r if i < self.num_layers - 1 else 0  # the last block has none
-            total += (window + ahead) * (k * r * 2 * g + residual) + window * g * s
+            ahead -= (self.kernel_size - 1) * d
+            layer, skip = self._layer_macs(i)
+            total += (window + ahead) * layer + window * skip
         return 2 * total
 
 
