@@ -442,7 +442,7 @@ class FastGenerator:
         self._run(self._plan, self._wbuf, params, state, xq, t0, seq, logits_out, None, 1.0, None, 0)
 
     # -- public ----------------------------------------------------------------
-    def open_streams(self, labels: np.ndarray | None = None) -> "Streams":
+    def open_streams(self, labels: np.ndarray | None = None) -> Streams:
         """``batch_size`` fresh streams fed one code at a time by the caller (:class:`Streams`).
 
         For samplers and measurements that need each step's distribution before the
