@@ -64,7 +64,7 @@ from wavenet.memory import check_fits
 from wavenet.model import WaveNet
 
 __all__ = ["REPORT_FILE", "SUMMARY_FILE", "ClipLabels", "clip_labels", "read_examples", "read_validation_codes",
-           "prime_codes", "calibrate_labels", "checks_passed", "generate_samples"]
+           "prime_codes", "calibrate_labels", "clip_calibrations", "checks_passed", "generate_samples"]
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "samples.json"
@@ -395,8 +395,8 @@ def _publish(local_dir: str, out_dir: str, written: list[str], staged: bool) -> 
         shutil.rmtree(local_dir, ignore_errors=True)
 
 
-def _calibrations(data_dir: str, g: GenerateConfig, sr: int, q: int, num_samples: int,
-                  vocabulary: list[str], label_ids: np.ndarray | None) -> dict[int | None, dict[str, Any]]:
+def clip_calibrations(data_dir: str, g: GenerateConfig, sr: int, q: int, num_samples: int,
+                      vocabulary: list[str], label_ids: np.ndarray | None) -> dict[int | None, dict[str, Any]]:
     """The sanity-check ranges for the clips' labels, from the data's training audio."""
     # The checks are calibrated on training audio: it spans every track of a
     # label, where validation may hold one track, whose range rejects most
@@ -607,7 +607,7 @@ def _draw(net: WaveNet, plan: _Plan, progress: bool, out_dir: str) -> _Drawn:
     if data_dir:
         if plan.prime_len:
             examples = read_validation_codes(data_dir, plan.prime_len * g.num_clips)
-        calibrations = _calibrations(data_dir, g, sr, q, plan.num_samples, plan.vocabulary, label_ids)
+        calibrations = clip_calibrations(data_dir, g, sr, q, plan.num_samples, plan.vocabulary, label_ids)
     prime = prime_codes(examples, plan.prime_len, label_ids, g.num_clips) if plan.prime_len else None
     codes, elapsed, wall = _sample(net, g, plan.num_samples, prime, plan.clip.model_ids, progress)
     local_dir, staged = _stage_dir(out_dir)
