@@ -16,6 +16,9 @@ Docker engine, or podman's Docker API socket (``podman system service``, started
 ``kfp.local.DockerRunner`` takes); :mod:`devtools.tfjob_containers` derives the same from a
 rendered TFJob's pod spec. :func:`run_step` runs one step's container to its end and returns
 its real exit status; :func:`owned_step_containers` makes ``kfp.local`` run its steps with it.
+Every container started with these arguments carries its starter's pid (:data:`OWNER_LABEL`):
+a process killed with SIGKILL cannot stop its detached containers, and
+:func:`remove_orphans` removes them on the next run.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from typing import Any
 from wavenet.errors import WavenetError
 
 __all__ = ["ContainerError", "SCRATCH", "USER", "docker_host", "client", "require_image",
-           "step_run_args", "run_step", "owned_step_containers"]
+           "step_run_args", "run_step", "owned_step_containers", "OWNER_LABEL", "owner_label",
+           "remove_orphans"]
 
 # The writable mount of every manifest (an emptyDir on a cluster, a tmpfs here).
 SCRATCH = "/scratch"
@@ -39,6 +43,10 @@ SCRATCH = "/scratch"
 USER = "1000:1000"
 # Where podman's Docker API listens (root, then rootless).
 PODMAN_SOCKETS = ("/run/podman/podman.sock",)
+
+
+# The pid of the process that started a container (on this machine: the same pid namespace).
+OWNER_LABEL = "org.wavenet-pipelines.owner-pid"
 
 
 class ContainerError(WavenetError):
@@ -104,8 +112,52 @@ def require_image(docker_client, image: str) -> None:
                              "(same IMAGE_REGISTRY and IMAGE_TAG)") from None
 
 
+def owner_label() -> dict[str, str]:
+    """The label that makes a container this process's (:func:`remove_orphans`)."""
+    return {OWNER_LABEL: str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_orphans(docker_client) -> list[str]:
+    """Remove the containers whose starting process (:data:`OWNER_LABEL`) is gone.
+
+    A test run stopped with SIGKILL (a timeout's kill, the OOM killer) cannot run its
+    fixtures' clean-up: its detached containers (an MLflow server, a step) keep running,
+    holding memory and ports, and a later container of the same name could not be created.
+    Containers of live processes (another run at the same time) are left alone; pids are not
+    reused while their process lives, so a live owner is never mistaken for a dead one.
+
+    Returns:
+        The names of the containers removed.
+    """
+    import docker
+
+    removed = []
+    for c in docker_client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+        pid = (c.labels or {}).get(OWNER_LABEL, "")
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            c.remove(force=True)
+            removed.append(c.name)
+        except docker.errors.APIError as e:
+            if not _vanished(e):  # another run removed it first
+                raise
+    return removed
+
+
 def step_run_args(environment: Mapping[str, str] | None = None, *, user: str = USER,
-                  scratch_size: str = "4g", network_mode: str = "host") -> dict[str, Any]:
+                  scratch_size: str = "4g", network_mode: str = "host",
+                  labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``containers.run`` arguments that run a container as our pods run on a cluster.
 
     Args:
@@ -115,6 +167,7 @@ def step_run_args(environment: Mapping[str, str] | None = None, *, user: str = U
         network_mode: ``host`` (this machine's network: loopback services, and everything
             else the machine reaches), or the name of a network such as
             :func:`internal_network`'s (only that network and the host's address on it).
+        labels: labels to add to :func:`owner_label`'s.
 
     Returns:
         Keyword arguments for ``docker``'s ``containers.run`` / ``kfp.local.DockerRunner``.
@@ -129,6 +182,7 @@ def step_run_args(environment: Mapping[str, str] | None = None, *, user: str = U
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "network_mode": network_mode,
+        "labels": {**owner_label(), **(labels or {})},
     }
     if environment:
         args["environment"] = dict(environment)

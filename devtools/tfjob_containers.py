@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from devtools.containers import ContainerError
+from devtools.containers import ContainerError, owner_label
 from wavenet.edges.tfjob import CONTAINER, GPU_RESOURCE
 from wavenet.local_workers import free_ports
 
@@ -214,6 +214,7 @@ def pod_run_args(job: Mapping[str, Any], index: int, addresses: list[str], pod_d
         "network_mode": "host",
         "name": f"{job['metadata']['name']}-worker-{index}",
         "detach": True,
+        "labels": owner_label(),
     }
     if c.get("workingDir"):
         args["working_dir"] = c["workingDir"]

@@ -436,12 +436,15 @@ def _unavailable(reason: str):
 @pytest.fixture(scope="session")
 def engine():
     """A Docker API client (Docker, or podman's socket from scripts/setup-containers.sh)."""
-    from devtools.containers import ContainerError, client
+    from devtools.containers import ContainerError, client, remove_orphans
 
     try:
         c = client()
     except ContainerError as e:
         _unavailable(str(e))
+    # Containers of an earlier run killed with SIGKILL (no teardown ran) go first.
+    for name in remove_orphans(c):
+        print(f"removed container {name}: the test run that started it is gone")
     yield c
     c.close()
 

@@ -1,6 +1,8 @@
 """`make run-containers`' steps: each container is ours until its output and real exit status
 are read (devtools.containers.run_step), whatever the speed of the step or the engine."""
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -59,7 +61,7 @@ def test_a_container_removed_under_a_step_is_never_a_success(engine, cpu_image):
         own = containers.client()  # a client of its own: the test's goes on in this thread
         try:
             result["status"] = containers.run_step(own, cpu_image, ["sleep", "600"], {},
-                                                   labels=label, **containers.step_run_args())
+                                                   **containers.step_run_args(labels=label))
         except containers.ContainerError as e:
             result["error"] = str(e)
         finally:
@@ -78,3 +80,28 @@ def test_a_container_removed_under_a_step_is_never_a_success(engine, cpu_image):
     # Whether the engine still had its status (killed: 137) or not (vanished): not a success.
     assert "vanished before its exit status was read" in result.get("error", "") \
         or result.get("status", 0) != 0, result
+
+
+def test_containers_of_a_killed_run_are_removed_and_a_live_runs_kept(engine, cpu_image):
+    """A run killed with SIGKILL leaves its detached containers; the next one removes them."""
+    tag = {"org.wavenet-pipelines.test": uuid.uuid4().hex}
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a process that has ended
+    gone.wait()
+    orphan_args = containers.step_run_args(labels=tag)
+    orphan_args["labels"][containers.OWNER_LABEL] = str(gone.pid)
+    started = []
+    try:
+        started.append(engine.containers.run(cpu_image, ["sleep", "600"], detach=True, **orphan_args))
+        started.append(engine.containers.run(cpu_image, ["sleep", "600"], detach=True,
+                                             **containers.step_run_args(labels=tag)))  # ours: alive
+        orphan, ours = started
+        removed = containers.remove_orphans(engine)
+        assert orphan.name in removed and ours.name not in removed
+        left = engine.containers.list(all=True, filters={"label": [f"{k}={v}" for k, v in tag.items()]})
+        assert [c.name for c in left] == [ours.name]
+    finally:
+        for c in started:
+            try:
+                c.remove(force=True)
+            except Exception:  # noqa: BLE001 - removed by the test already
+                pass

@@ -54,6 +54,7 @@ def test_worker_containers_follow_the_rendered_pod_spec(tmp_path):
     assert json.loads(args["environment"]["TF_CONFIG"])["task"] == {"type": "worker", "index": 1}
     assert args["user"] == "1000:1000" and args["read_only"] is True
     assert args["cap_drop"] == ["ALL"] and args["security_opt"] == ["no-new-privileges"]
+    assert args["labels"] == {"org.wavenet-pipelines.owner-pid": str(os.getpid())}  # remove_orphans
     # Every volumeMount of the spec: the Memory emptyDir is a tmpfs, the scratch one a fresh folder.
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert mounts == {"/dev/shm", "/scratch"}
