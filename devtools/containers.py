@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from wavenet.errors import WavenetError
+from wavenet.local_workers import pid_alive
 
 __all__ = ["ContainerError", "SCRATCH", "USER", "docker_host", "client", "require_image",
            "step_run_args", "run_step", "owned_step_containers", "OWNER_LABEL", "owner_label",
@@ -117,24 +118,14 @@ def owner_label() -> dict[str, str]:
     return {OWNER_LABEL: str(os.getpid())}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
 def remove_orphans(docker_client) -> list[str]:
     """Remove the containers whose starting process (:data:`OWNER_LABEL`) is gone.
 
     A test run stopped with SIGKILL (a timeout's kill, the OOM killer) cannot run its
     fixtures' clean-up: its detached containers (an MLflow server, a step) keep running,
     holding memory and ports, and a later container of the same name could not be created.
-    Containers of live processes (another run at the same time) are left alone; pids are not
-    reused while their process lives, so a live owner is never mistaken for a dead one.
+    Containers of live processes (another run at the same time) are left alone
+    (:func:`wavenet.local_workers.pid_alive`).
 
     Returns:
         The names of the containers removed.
@@ -144,7 +135,7 @@ def remove_orphans(docker_client) -> list[str]:
     removed = []
     for c in docker_client.containers.list(all=True, filters={"label": OWNER_LABEL}):
         pid = (c.labels or {}).get(OWNER_LABEL, "")
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         try:
             c.remove(force=True)

@@ -4,9 +4,9 @@ windows of validation audio, each code moved by Gaussian noise of so many mu-law
 
     .venv/bin/python -m devtools.noise_tolerance SHARDS [--sigmas 0,0.5,1,2,3] [--windows 6]
 
-Compare with the model's own spread (devtools/prediction_spread.py): a model whose next-sample distribution is that wide, with errors drawn independently at every
-step, would score about this. If the clips fail where this passes at the model's spread, the
-errors are not independent: the model continues its own sampled errors (an autoregressive
+Compare with the model's own spread (devtools/prediction_spread.py): a model whose next-sample
+distribution is that wide, with errors drawn independently at every step, would score about
+this. If the clips fail where this passes at the model's spread, the errors are not independent: the model continues its own sampled errors (an autoregressive
 model filters its sampling noise through what it predicts next), and the cure is still a
 better predictor. Clip length and calibration are the `demo` preset's generation settings
 (generate.seconds, generate.reference_seconds), as `wavenet generate` calibrates them.

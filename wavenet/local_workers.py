@@ -30,7 +30,7 @@ from typing import IO
 
 from wavenet.errors import WavenetError
 
-__all__ = ["WorkerError", "free_ports", "tf_config", "run_local_workers"]
+__all__ = ["WorkerError", "free_ports", "pid_alive", "tf_config", "run_local_workers"]
 
 _TAIL_BYTES = 16384
 _TAIL_LINES = 20
@@ -48,6 +48,21 @@ class WorkerError(WavenetError):
         super().__init__(message)
         self.worker = worker
         self.returncode = returncode
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine (this pid namespace) still runs.
+
+    A dead run's leftovers (preprocess work folders, containers) carry its pid; a pid is not
+    reused while its process lives, so a live owner is never taken for a dead one.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:

@@ -85,6 +85,7 @@ from wavenet.data.manifest import (
 from wavenet.data.shards import LOCK_WAIT_S, Provenance, Writes, build_dataset, update_dataset
 from wavenet.edges import storage
 from wavenet.errors import DataError, WavenetError, one_line
+from wavenet.local_workers import pid_alive
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -722,16 +723,6 @@ def _crash_partial(job: tuple) -> str:
 WORK_PREFIX = "wavenet-preprocess-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def sweep_stale_work_dirs(root: str | None = None) -> list[str]:
     """Remove work folders of preprocess runs that died (SIGKILL, OOM) without cleaning up.
 
@@ -742,7 +733,7 @@ def sweep_stale_work_dirs(root: str | None = None) -> list[str]:
     removed = []
     for name in sorted(os.listdir(root)):
         pid = name[len(WORK_PREFIX):].split("-", 1)[0] if name.startswith(WORK_PREFIX) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
             removed.append(os.path.join(root, name))
     if removed:
