@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    from wavenet.generation.fast import FastGenerator, silence_code
+    from wavenet.generation.fast import FastGenerator, sample_rows, silence_code
     from wavenet.generation.verb import read_validation_codes
     from wavenet.model import load_model
 
@@ -83,8 +83,9 @@ def main() -> None:
     warm = min(rf, n // 2)
     out, sds = np.zeros((count, warm + n), np.int32), np.zeros((count, warm + n))
     for t in range(warm + n):
-        p, sds[:, t] = _spread(streams.step(cur))
-        cur = np.minimum((np.cumsum(p, axis=1) < rng.random(count)[:, None]).sum(axis=1), q - 1)
+        logits = streams.step(cur)
+        sds[:, t] = _spread(logits)[1]
+        cur = sample_rows(logits, 1.0, rng.random(count))
         out[:, t] = cur
     print(f"generation (the model reads its own samples; the first {warm} not counted):")
     for i in range(count):

@@ -103,7 +103,8 @@ def test_train_refuses_a_batch_that_cannot_fit_in_one_line_before_tensorflow(tin
 
 @pytest.mark.subprocess
 def test_a_cluster_worker_refuses_its_share_of_the_batch_with_exit_2(tiny_shards, tmp_path):
-    tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}
+    tf_config = {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                 "task": {"type": "worker", "index": 1}}
     status, _, err, _ = cli("train", tiny_shards, "--out", tmp_path / "run", "--preset", "tiny", "--worker",
                             "--no-progress", *ABSURD_TRAIN, env={"TF_CONFIG": json.dumps(tf_config)})
     assert_one_line_error(status, err, "training 32768 crops of 2064 codes", "train.global_batch_size")

@@ -52,7 +52,7 @@ import numpy as np
 from wavenet.errors import WavenetError
 
 __all__ = ["FastGenerator", "GenerateArgumentError", "WEIGHT_PRECISIONS", "effective_weights",
-           "Streams", "kernel_isa", "naive_generate", "pack_matrix", "quantize_int8",
+           "Streams", "kernel_isa", "naive_generate", "pack_matrix", "quantize_int8", "sample_rows",
            "silence_code", "to_bfloat16"]
 
 WEIGHT_PRECISIONS = ("float32", "bfloat16", "int8")
@@ -591,8 +591,12 @@ def _uniforms(seed: int | Sequence[int] | None, nb: int) -> Callable[[int], np.n
     return lambda n: np.stack([r.random(n) for r in rngs], axis=1)
 
 
-def _sample_rows(logits: np.ndarray, inv_temp: float, uniforms: np.ndarray) -> np.ndarray:
-    """The kernel's sampler on (B, Q) logits with (B,) uniforms: (B,) int32 codes."""
+def sample_rows(logits: np.ndarray, inv_temp: float, uniforms: np.ndarray) -> np.ndarray:
+    """The kernel's sampler (the one :meth:`FastGenerator.generate` uses) on (B, Q) logits
+    at temperature ``1 / inv_temp`` with one uniform in [0, 1) per row: (B,) int32 codes.
+
+    For callers of :meth:`FastGenerator.open_streams` that sample as ``generate`` does.
+    """
     out = np.zeros(logits.shape[0], np.int32)
     _kernel().sample(np.ascontiguousarray(logits, dtype=np.float32), inv_temp,
                      np.ascontiguousarray(uniforms, dtype=np.float64), out)
@@ -628,7 +632,7 @@ def naive_generate(model, num_samples: int, *, batch_size: int = 1, prime: np.nd
         window = seq[:, -rf:]
         x = {"codes": window, "labels": lab} if c.conditioned else window
         logits = np.asarray(model(x, training=False)[:, -1, :], dtype=np.float32)
-        nxt = _sample_rows(logits, inv_temp, rng.random((1, batch_size))[0])
+        nxt = sample_rows(logits, inv_temp, rng.random((1, batch_size))[0])
         out[:, i] = nxt
         seq = np.concatenate([seq[:, -(rf - 1):] if rf > 1 else seq[:, :0], nxt[:, None]], axis=1)
     return out.astype(np.uint8)
