@@ -112,6 +112,21 @@ def test_streams_sampled_with_sample_rows_reproduce_generate():
     assert len(np.unique(expected)) > 5  # sampled audio, not a constant the two could share
 
 
+def test_closed_loop_decoding_is_sampling_at_k_0_and_deterministic_at_k_q():
+    """devtools/closed_loop.py: K=0 draws what generate draws; K=Q feeds back the rounded mean
+    whatever the seed (the predictor run deterministically)."""
+    from devtools.closed_loop import decode
+
+    model = make_model(2, 3, stacks=2)
+    labels, n = np.array([0, 2]), model.receptive_field + 30
+    gen = FastGenerator(model, 2)
+    plain = decode(gen.open_streams(labels), 2, n, 256, 0, "mean", "hard", seed=3)
+    np.testing.assert_array_equal(plain, gen.generate(n, labels=labels, seed=3))
+    fixed = [decode(gen.open_streams(labels), 2, n, 256, 256, "mean", "hard", seed=s) for s in (3, 4)]
+    np.testing.assert_array_equal(fixed[0], fixed[1])
+    assert not np.array_equal(fixed[0], plain)
+
+
 def test_tiny_preset_matches_and_labels_change_logits():
     cfg = preset("tiny")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=2))
