@@ -277,6 +277,8 @@ def run_manifest_mlflow(port: int, secrets: Mapping[str, Mapping[str, str]], fol
 DB_USER, DB_PASSWORD = "mlflow", "test-only-db-Pw-5521"
 ADMIN, ADMIN_PASSWORD = "admin", "test-only-Admin-Pw-8842"
 PIPELINE_USER, PIPELINE_PASSWORD = "pipeline", "test-only-Pipeline-Pw-3107"
+# Seconds a worker trusts a password it has verified (docs/mlflow.md: each check is a scrypt).
+AUTH_CACHE_TTL_S = 10
 
 
 def basic_auth_ini(database_uri: str) -> str:
@@ -285,7 +287,8 @@ def basic_auth_ini(database_uri: str) -> str:
             "default_permission = READ\n"
             f"database_uri = {database_uri}\n"
             f"admin_username = {ADMIN}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n")
 
 
 def secrets_for(pg: Postgres, admin_password: str = ADMIN_PASSWORD) -> dict[str, dict[str, str]]:
