@@ -75,29 +75,28 @@ def main() -> None:
     n = int(round(g.seconds * sr))
     vocabulary = list(read_manifest(a.data).labels)
     count = len(vocabulary) if c.conditioned else 1
-    labels = np.arange(count)
-    calibrations = clip_calibrations(a.data, g, sr, q, n, vocabulary, labels if c.conditioned else None)
+    labels = np.arange(count) if c.conditioned else None  # the model's and the calibrations' ids
+    calibrations = clip_calibrations(a.data, g, sr, q, n, vocabulary, labels)
+    names = vocabulary if c.conditioned else ["all"]
     gen = FastGenerator(net, count, weights=g.weights)
     for k in (float(x) for x in a.ks.split(",")):
         row: dict = {"k": k, "centre": a.centre, "rule": a.rule}
-        results: dict[int, list] = {i: [] for i in range(count)}
+        for name in names:
+            row[name] = {"checks_passed": [], "failed": {}, "tonal_flatness": []}
         for seed in (int(s) for s in a.seeds.split(",")):
-            codes = decode(gen.open_streams(labels if c.conditioned else None), count, n, q, k,
-                           a.centre, a.rule, seed).astype(np.uint8)
-            for i in range(count):
+            codes = decode(gen.open_streams(labels), count, n, q, k, a.centre, a.rule, seed).astype(np.uint8)
+            for i, name in enumerate(names):
                 checks = analyze(mu_law_decode(codes[i], q).astype(np.float64), sr, codes=codes[i],
-                                 calibration=calibrations[labels[i] if c.conditioned else None])["checks"]
-                results[i].append({x["name"]: (round(x["value"], 3), x["passed"]) for x in checks})
-        for i, per_seed in results.items():
-            name = vocabulary[i] if c.conditioned else "all"
-            passed = [sum(ok for _, ok in r.values()) / len(r) for r in per_seed]
-            failed: dict[str, int] = {}
-            for r in per_seed:
-                for check, (_, ok) in r.items():
-                    failed[check] = failed.get(check, 0) + (not ok)
-            row[name] = {"checks_passed": round(float(np.mean(passed)), 3),
-                         "failed": {f: v for f, v in failed.items() if v},
-                         "tonal_flatness": [r["noise"][0] for r in per_seed if "noise" in r]}
+                                 calibration=calibrations[None if labels is None else labels[i]])["checks"]
+                out = row[name]
+                out["checks_passed"].append(np.mean([x["passed"] for x in checks]))
+                for x in checks:
+                    if not x["passed"]:
+                        out["failed"][x["name"]] = out["failed"].get(x["name"], 0) + 1
+                    if x["name"] == "noise":
+                        out["tonal_flatness"].append(round(x["value"], 3))
+        for name in names:
+            row[name]["checks_passed"] = round(float(np.mean(row[name]["checks_passed"])), 3)
         print(json.dumps(row), flush=True)
 
 
