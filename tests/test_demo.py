@@ -24,6 +24,8 @@ def test_corpus_is_deterministic_and_has_the_genres(tmp_path):
     assert [os.path.relpath(p, tmp_path / "a") for p in a] == [os.path.relpath(p, tmp_path / "b") for p in b]
     assert digests(a) == digests(b)
     assert not set(digests(a)) & set(digests(c))
+    scores = [os.path.splitext(p)[0] + ".mid" for p in a]
+    assert digests(scores) == digests([os.path.splitext(p)[0] + ".mid" for p in b])
     for path in a:
         x, sr = sf.read(path)
         assert sr == 22050 and x.shape == (3 * 22050,)
@@ -49,5 +51,7 @@ def test_genres_sound_different():
 def test_default_corpus_length_and_cli(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "d"), "--seconds", "40", "--seed", "1"]) == 0
     assert "wrote 6 tracks" in capsys.readouterr().out
-    info = [sf.info(str(p)) for p in sorted((tmp_path / "d").rglob("*.*"))]
+    audio = sorted(p for p in (tmp_path / "d").rglob("*.*") if p.suffix != ".mid")
+    info = [sf.info(str(p)) for p in audio]
     assert len(info) == 6 and all(abs(i.duration - 20.0) < 1e-3 for i in info)
+    assert all(p.with_suffix(".mid").is_file() for p in audio)  # each track's score beside it

@@ -1,0 +1,190 @@
+"""A track's score: its note events, in samples, and what sounds at each sample.
+
+A :class:`Score` is what a MIDI file says about a recording, at the audio's sample
+rate: for each note its first sample, the sample after its note-off, its MIDI key
+and whether it is a percussion note (General MIDI channel 10, where the key names
+a drum: 36 kick, 38 snare, 42 closed hi-hat). The synthesised demo corpus knows
+its score (:func:`wavenet.data.demo.synthesize_with_score`).
+
+A WaveNet conditioned on a score (local conditioning, van den Oord et al. 2016,
+section 2.5; for music, Hawthorne et al. 2019, "Enabling Factorized Piano Music
+Modeling and Generation with the MAESTRO Dataset", which conditions a WaveNet on
+piano rolls) reads, at each sample, which notes sound and which have just begun.
+:func:`note_rows` gives that as one row id per sample into a table of the distinct
+rows: a score has few distinct sets of sounding notes, so the rows are cheap to
+store and to embed (the table times an embedding matrix, then a gather).
+
+Token ids: ``key`` for a pitched note, ``128 + key`` for a percussion note
+(:data:`NUM_TOKENS` in all). A row holds ``NUM_TOKENS`` "sounding" entries, then
+``NUM_TOKENS`` "onset" entries, set during a note's first ``onset`` samples.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from wavenet.errors import DataError
+
+__all__ = ["MIDI_EXTENSIONS", "NUM_TOKENS", "Score", "midi_bytes", "note_rows", "read_midi"]
+
+NUM_TOKENS = 256
+# A score beside its audio: TRACK.wav -> TRACK.mid (or .midi, as MAESTRO names them).
+MIDI_EXTENSIONS = (".mid", ".midi")
+# General MIDI's percussion channel (channel 10, 0-based 9).
+PERCUSSION_CHANNEL = 9
+# Written files: 120 beats a minute (the MIDI default tempo) at 9,600 ticks a beat, 19,200 ticks
+# a second (52 microseconds, under a sample at 16 kHz).
+_TEMPO_US, _TICKS_PER_BEAT = 500_000, 9_600
+_TICKS_PER_SECOND = _TICKS_PER_BEAT * 1_000_000 // _TEMPO_US
+
+
+@dataclass(frozen=True)
+class Score:
+    """Note events at one sample rate (arrays of equal length, one entry per note).
+
+    Attributes:
+        start: (N,) int64 first sample of each note.
+        end: (N,) int64 sample after the note-off (``end > start``).
+        key: (N,) int64 MIDI key, 0-127.
+        percussion: (N,) bool, a General MIDI percussion note (channel 10).
+    """
+
+    start: np.ndarray
+    end: np.ndarray
+    key: np.ndarray
+    percussion: np.ndarray
+
+    def __post_init__(self):
+        n = len(self.start)
+        for name in ("end", "key", "percussion"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Score.{name} has {len(getattr(self, name))} entries, start has "
+                                 f"{n}. Received: {name}={getattr(self, name)!r}")
+        if n and not (np.all(self.end > self.start) and np.all((self.key >= 0) & (self.key < 128))):
+            raise ValueError("every note needs end > start and a key in 0-127. Received: "
+                             f"start={self.start!r}, end={self.end!r}, key={self.key!r}")
+
+    @classmethod
+    def from_notes(cls, notes: list[tuple[int, int, int, bool]]) -> Score:
+        """From ``(start, end, key, percussion)`` tuples, in one order: by start, then
+        pitched before percussion, then key, then end."""
+        arr = sorted(notes, key=lambda n: (n[0], bool(n[3]), n[2], n[1]))
+        return cls(np.array([n[0] for n in arr], np.int64), np.array([n[1] for n in arr], np.int64),
+                   np.array([n[2] for n in arr], np.int64), np.array([n[3] for n in arr], bool))
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def token(self) -> np.ndarray:
+        """(N,) token id of each note: ``key``, or ``128 + key`` for percussion."""
+        return self.key + 128 * self.percussion.astype(np.int64)
+
+    def shifted(self, offset: int, length: int) -> Score:
+        """The notes moved by ``offset`` samples and cut to ``[0, length)``; notes outside dropped."""
+        start, end = self.start + offset, np.minimum(self.end + offset, length)
+        keep = (end > np.maximum(start, 0)) & (start < length)
+        return Score(np.maximum(start[keep], 0), end[keep], self.key[keep], self.percussion[keep])
+
+
+def note_rows(score: Score, length: int, onset: int) -> tuple[np.ndarray, np.ndarray]:
+    """What sounds at each of ``length`` samples, as row ids into a table of distinct rows.
+
+    Args:
+        score: the notes, in samples of the audio (:meth:`Score.shifted` for a window).
+        length: samples to describe, 0 .. length - 1.
+        onset: samples from a note's start during which its "onset" entry is set.
+
+    Returns:
+        ``(ids, table)``: ``ids`` (length,) int32, ``table`` (R, 2 * NUM_TOKENS) float32 of
+        0/1: ``table[ids[t], k]`` is 1 while token k sounds at sample t, and
+        ``table[ids[t], NUM_TOKENS + k]`` during its first ``onset`` samples. Row 0 is
+        silence (all zero), whether or not the score has any.
+    """
+    if onset < 1:
+        raise ValueError(f"onset must be at least one sample. Received: onset={onset!r}")
+    s = score.shifted(0, length)
+    # The set changes only at a note's start, the end of its onset and its end.
+    cuts = np.unique(np.concatenate([[0, length], s.start, np.minimum(s.start + onset, s.end), s.end]))
+    cuts = cuts[(cuts >= 0) & (cuts <= length)]
+    rows: dict[bytes, int] = {bytes(2 * NUM_TOKENS): 0}
+    table = [np.zeros(2 * NUM_TOKENS, np.float32)]
+    ids = np.zeros(length, np.int32)
+    tok = s.token
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        row = np.zeros(2 * NUM_TOKENS, np.uint8)
+        row[tok[(s.start <= a) & (s.end > a)]] = 1
+        row[NUM_TOKENS + tok[(s.start <= a) & (np.minimum(s.start + onset, s.end) > a)]] = 1
+        i = rows.setdefault(row.tobytes(), len(rows))
+        if i == len(table):
+            table.append(row.astype(np.float32))
+        ids[a:b] = i
+    return ids, np.stack(table)
+
+
+def midi_bytes(score: Score, sample_rate: int, velocity: int = 100) -> bytes:
+    """A standard MIDI file (type 0) of ``score``, whose samples are at ``sample_rate``.
+
+    Pitched notes on channel 1, percussion on channel 10; every note at ``velocity``
+    (a :class:`Score` has none). :func:`read_midi` at the same rate gives ``score``
+    back to within a sample (ticks are 52 microseconds).
+    """
+    import mido
+
+    events = []  # (tick, 0 note-off first / 1 note-on, message)
+    for s, e, k, p in zip(score.start, score.end, score.key, score.percussion):
+        ch = PERCUSSION_CHANNEL if p else 0
+        on, off = (round(int(x) * _TICKS_PER_SECOND / sample_rate) for x in (s, e))
+        events.append((on, 1, mido.Message("note_on", channel=ch, note=int(k), velocity=velocity)))
+        events.append((max(off, on + 1), 0, mido.Message("note_off", channel=ch, note=int(k), velocity=0)))
+    track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=_TEMPO_US, time=0)])
+    now = 0
+    for tick, _, msg in sorted(events, key=lambda x: (x[0], x[1])):
+        track.append(msg.copy(time=tick - now))
+        now = tick
+    buf = io.BytesIO()
+    mido.MidiFile(type=0, ticks_per_beat=_TICKS_PER_BEAT, tracks=[track]).save(file=buf)
+    return buf.getvalue()
+
+
+def read_midi(data: bytes, sample_rate: int, name: str = "MIDI file") -> Score:
+    """The notes of a standard MIDI file (any type, any tempo map) in samples at ``sample_rate``.
+
+    A note-off (or a note-on at velocity 0) ends the earliest sounding note of its channel
+    and key; notes still sounding at the end of the file end there. Channel 10 is percussion.
+
+    Raises:
+        DataError: ``data`` is not a MIDI file mido can read (the message names ``name``),
+            or a key is outside 0-127.
+    """
+    import mido
+
+    try:
+        mid = mido.MidiFile(file=io.BytesIO(data))
+        messages = list(mid)  # merged tracks, each message's time the delta in seconds
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise DataError(f"{name}: not a readable MIDI file ({e})") from None
+    now = 0.0
+    open_: dict[tuple[int, int], list[float]] = {}
+    notes: list[tuple[int, int, int, bool]] = []
+
+    def close(ch: int, key: int, start: float, end: float) -> None:
+        a = int(round(start * sample_rate))
+        notes.append((a, max(a + 1, int(round(end * sample_rate))), key, ch == PERCUSSION_CHANNEL))
+
+    for msg in messages:
+        now += msg.time
+        if msg.type not in ("note_on", "note_off"):
+            continue
+        key = (msg.channel, msg.note)
+        if msg.type == "note_on" and msg.velocity > 0:
+            open_.setdefault(key, []).append(now)
+        elif open_.get(key):
+            close(*key, open_[key].pop(0), now)
+    for (ch, k), starts in open_.items():
+        for start in starts:
+            close(ch, k, start, max(now, start))
+    return Score.from_notes(notes)
