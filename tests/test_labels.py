@@ -215,3 +215,7 @@ def test_training_records_the_data_vocabulary_and_refuses_too_few_classes(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert "has 2 labels (low, high) but model.num_classes=1" in err[0]
+    rc = main(["train", eval_data, "--out", str(tmp_path / "scored"), *common,
+               "--set", "model.score_channels=8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "carries no scores, but model.score_channels=8" in err[0]

@@ -1,5 +1,4 @@
-"""A track's score (wavenet.data.notes) and the demo corpus's, and devtools/notes_probe.py's
-two implementations of a score-conditioned WaveNet agreeing."""
+"""A track's score (wavenet.data.notes), the demo corpus's, and a WaveNet that plays one."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from wavenet.data.demo import GENRES, make_demo_corpus, synthesize, synthesize_with_score
-from wavenet.data.notes import NUM_TOKENS, Score, midi_bytes, note_rows, read_midi
+from wavenet.data.notes import NUM_TOKENS, Score, midi_bytes, note_rows, pack_scores, read_midi
 from wavenet.errors import DataError
 
 
@@ -121,34 +120,69 @@ def test_a_file_that_is_not_midi_is_refused_in_one_line_naming_it():
         read_midi(midi_bytes(Score.from_notes([(0, 9, 60, False)]), 8000)[:20], 8000)
 
 
-def test_probe_kernel_with_a_score_matches_the_network_and_without_one_generate():
-    """notes_probe: the kernel driven stretch by stretch with the score's biases gives the TF
-    network's teacher-forced logits; with an empty score it samples what generate samples."""
-    import tensorflow as tf
-
-    from devtools.notes_probe import NoteConditioned, generate, teacher_forced_logits
+def scored_model(num_classes=3):
     from tests.test_generate import make_model
-    from wavenet.generation.fast import FastGenerator
 
-    model = make_model(2, 3, stacks=2)
-    score = Score.from_notes([(3, 40, 60, False), (25, 70, 38, True), (50, 90, 67, False)])
-    rng = np.random.default_rng(0)
-    t, rf = 100, model.receptive_field
-    ids, table = note_rows(score, t + 1, onset=5)
-    nc = NoteConditioned(model, table, dim=8, seed=1)
-    nc.local.assign(nc.local.numpy() * 5)  # a score that moves the logits well past rounding
-    labels = np.array([1, 2])
-    codes = rng.integers(0, 256, (2, t + 1)).astype(np.int32)
-    row_ids = np.stack([ids, np.roll(ids, 17)])
+    model = make_model(2, num_classes, stacks=2, score_channels=5)
+    model.score_embedding.assign(model.score_embedding.numpy() * 10)  # scores that move the logits
+    return model
+
+
+SCORES = [Score.from_notes([(3, 40, 60, False), (25, 70, 38, True), (50, 90, 67, False)]),
+          Score.from_notes([(-4, 12, 48, False), (30, 31, 42, True)])]
+
+
+def test_a_scored_model_hears_a_note_from_its_first_sample_on():
+    """Logits at position t (predicting sample t + 1) change with a note only once it sounds."""
+    model = scored_model()
+    codes = np.random.default_rng(1).integers(0, 256, (1, 80))
+    x = {"codes": codes, "labels": np.array([1])}
+    base = model({**x, "notes": pack_scores([Score.from_notes([(5, 20, 60, False)])], 2)}).numpy()
+    more = model({**x, "notes": pack_scores([Score.from_notes([(5, 20, 60, False),
+                                                              (50, 60, 72, False)])])}).numpy()
+    changed = np.flatnonzero(np.abs(base - more).max(axis=(0, 2)) > 1e-6)
+    assert changed.min() == 49  # position 49 predicts sample 50
+    assert np.abs(base - more).max() > 0.1
+    with pytest.raises(ValueError, match="plays a score"):
+        model(x)
+
+
+def test_fast_generator_plays_the_score_as_the_network_does():
+    """Teacher forcing through the kernel, the score's biases set stretch by stretch, equals
+    the network; generation with a prime equals the reference generator's."""
+    from wavenet.generation.fast import FastGenerator, GenerateArgumentError, naive_generate
+
+    model = scored_model()
+    notes, labels = pack_scores(SCORES), np.array([0, 2])
+    codes = np.random.default_rng(2).integers(0, 256, (2, 100))
     gen = FastGenerator(model, 2)
-    kernel = teacher_forced_logits(gen, nc, codes[:, :-1], row_ids[:, 1:], labels)
-    net = nc.logits(tf.constant(codes[:, :-1]), tf.constant(labels), tf.constant(row_ids[:, 1:])).numpy()
-    np.testing.assert_allclose(kernel[:, rf - 1:], net, atol=2e-4, rtol=0)
-    plain = gen.teacher_forced_logits(codes[:, :-1], labels)
-    assert np.abs(kernel - plain).max() > 0.1  # the score does move them
+    fast = gen.teacher_forced_logits(codes, labels, notes)
+    net = model({"codes": codes, "labels": labels, "notes": notes}).numpy()
+    np.testing.assert_allclose(fast, net, atol=2e-4, rtol=0)
+    prime = np.random.default_rng(3).integers(0, 256, (2, 9))
+    a = gen.generate(60, prime=prime, labels=labels, seed=5, notes=notes)
+    b = naive_generate(model, 60, batch_size=2, prime=prime, labels=labels, seed=5, notes=notes)
+    np.testing.assert_array_equal(a[:, :30], b[:, :30])
+    assert (a == b).mean() > 0.95
+    silent = pack_scores([Score.from_notes([]), Score.from_notes([])])
+    assert not np.array_equal(a, gen.generate(60, prime=prime, labels=labels, seed=5, notes=silent))
+    for call, pattern in [(lambda: gen.generate(5, labels=labels), "plays a score"),
+                          (lambda: gen.open_streams(labels), "does not take a score"),
+                          (lambda: gen.generate(5, labels=labels, notes=notes[:1]), r"shape \(2, E, 3\)")]:
+        with pytest.raises(GenerateArgumentError, match=pattern):
+            call()
 
-    silent = np.zeros((2, t), np.int32)
-    np.testing.assert_array_equal(generate(gen, nc, silent, labels, seed=4),
-                                  gen.generate(t, labels=labels, seed=4))
-    assert not np.array_equal(generate(gen, nc, row_ids[:, :t], labels, seed=4),
-                              gen.generate(t, labels=labels, seed=4))
+
+def test_a_scored_model_round_trips_and_an_unscored_one_refuses_notes(tmp_path):
+    from tests.test_generate import make_model
+    from wavenet.generation.fast import FastGenerator, GenerateArgumentError
+    from wavenet.model import load_model, save_model
+
+    model = scored_model()
+    path = str(tmp_path / "m.keras")
+    save_model(model, path)
+    x = {"codes": np.random.default_rng(4).integers(0, 256, (2, 50)), "labels": np.array([0, 1]),
+         "notes": pack_scores(SCORES)}
+    np.testing.assert_array_equal(load_model(path)(x).numpy(), model(x).numpy())
+    with pytest.raises(GenerateArgumentError, match="plays no score"):
+        FastGenerator(make_model(2, 0), 2).generate(5, notes=pack_scores(SCORES))

@@ -72,6 +72,7 @@ UPPER_BOUNDS: dict[str, float] = {
     "model.gate_channels": 4096,
     "model.skip_channels": 8192,
     "model.num_classes": 100_000,
+    "model.score_channels": 4096,
     "train.global_batch_size": 65_536,
     "train.window": 1 << 22,
     "train.steps": 1_000_000_000,
@@ -98,6 +99,8 @@ UPPER_BOUNDS: dict[str, float] = {
 
 # model.num_classes: one class per label of the data (resolve_num_classes).
 AUTO_CLASSES = "auto"
+# Tokens of a score (wavenet.data.notes.NUM_TOKENS: 128 pitched keys, 128 percussion keys).
+SCORE_TOKENS = 256
 
 
 def _check_finite_and_bounded(section: Any, prefix: str) -> None:
@@ -199,6 +202,10 @@ class ModelConfig:
     # the data when it has two or more, else unconditioned; resolved against the
     # manifest by resolve_num_classes before a model is built.
     num_classes: int | str = 0
+    # 0: no score. >0: local conditioning on a score (paper section 2.5; wavenet.data.notes):
+    # at each sample, which notes sound and which began in the last 20 ms, embedded into this
+    # many channels and added inside every gate through a 1x1 of its own per layer.
+    score_channels: int = 0
 
     def __post_init__(self) -> None:
         _check_finite_and_bounded(self, "model")
@@ -214,6 +221,13 @@ class ModelConfig:
         _require((_is_int(self.num_classes) and self.num_classes >= 0)
                  or self.num_classes == AUTO_CLASSES,
                  "model.num_classes", self.num_classes, f"an integer >= 0 or {AUTO_CLASSES!r}")
+        _require(_is_int(self.score_channels) and self.score_channels >= 0,
+                 "model.score_channels", self.score_channels, "an integer >= 0")
+
+    @property
+    def scored(self) -> bool:
+        """Whether a score (notes) conditions the model (``score_channels > 0``)."""
+        return self.score_channels > 0
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -239,8 +253,9 @@ class ModelConfig:
         r, g, s, q, k = (self.residual_channels, self.gate_channels, self.skip_channels,
                          self.quantization_channels, self.kernel_size)
         classes = self.num_classes if self.conditioned else 0  # "auto": counted as none
-        per_layer = k * r * 2 * g + 2 * g + g * r + r + g * s + s + classes * 2 * g
-        return q * r + self.num_layers * per_layer + s * s + s + s * q + q
+        d = self.score_channels
+        per_layer = k * r * 2 * g + 2 * g + g * r + r + g * s + s + classes * 2 * g + d * 2 * g
+        return q * r + self.num_layers * per_layer + s * s + s + s * q + q + 2 * SCORE_TOKENS * d
 
     def _layer_macs(self, i: int) -> tuple[int, int]:
         """Multiply-adds of layer ``i`` per position: (dilated conv + residual 1x1, skip 1x1).
@@ -248,7 +263,8 @@ class ModelConfig:
         The last layer has no residual 1x1 (nothing reads its residual output).
         """
         r, g, s, k = self.residual_channels, self.gate_channels, self.skip_channels, self.kernel_size
-        return k * r * 2 * g + (g * r if i < self.num_layers - 1 else 0), g * s
+        return (k * r * 2 * g + self.score_channels * 2 * g + (g * r if i < self.num_layers - 1 else 0),
+                g * s)
 
     def _head_macs(self) -> int:
         s = self.skip_channels

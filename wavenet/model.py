@@ -9,7 +9,11 @@ block is skip-only: nothing follows it on the residual stream, so it has no
 residual weights.
 
 Global conditioning (paper section 2.5) adds a per-layer label embedding
-``V^T h`` inside both halves of every gate.
+``V^T h`` inside both halves of every gate. Local conditioning on a score (same
+section; ``model.score_channels``): at each position the embeddings of the notes
+that sound there, and of those that began in the last 20 ms, are summed into a
+vector ``y_t`` (:func:`score_vectors`), and every layer adds its own ``V_k y_t``
+inside the gate.
 
 Training objective: targets are the inputs shifted by one sample, and only
 positions whose whole receptive field lies inside the crop contribute.
@@ -26,8 +30,9 @@ import zipfile
 import keras
 from keras import ops
 
-from wavenet.config import AUTO_CLASSES, AudioConfig, ExperimentConfig, ModelConfig
+from wavenet.config import AUTO_CLASSES, SCORE_TOKENS, AudioConfig, ExperimentConfig, ModelConfig
 from wavenet.data.labels import check_vocabulary
+from wavenet.data.notes import onset_samples
 from wavenet.edges import storage
 from wavenet.errors import ConfigError, WavenetError, one_line
 from wavenet.memory import check_fits
@@ -38,6 +43,7 @@ __all__ = [
     "build_model",
     "split_crop",
     "bits_per_sample",
+    "score_vectors",
     "save_model",
     "load_model",
 ]
@@ -72,6 +78,7 @@ class ResidualBlock(keras.layers.Layer):
         skip_channels: channels of the skip output.
         kernel_size: taps of the dilated convolution (2 in the paper).
         num_classes: labels for global conditioning; 0 disables it.
+        score_channels: channels of the score's vectors (local conditioning); 0 disables it.
         skip_only: no residual output (the last block of a WaveNet, whose
             residual output nothing would read): no residual weights, and the
             input passes through unchanged.
@@ -79,6 +86,8 @@ class ResidualBlock(keras.layers.Layer):
     Call args:
         x: (B, T, residual_channels).
         labels: (B,) int labels, required when ``num_classes > 0``.
+        score: (B, T', score_channels) score vectors, required when ``score_channels > 0``;
+            right-aligned with ``x`` (the last position is the same), T' >= T.
 
     Returns:
         ``(residual_out, skip)``: (B, T, residual_channels), (B, T, skip_channels).
@@ -86,11 +95,12 @@ class ResidualBlock(keras.layers.Layer):
 
     def __init__(self, dilation: int, residual_channels: int, gate_channels: int,
                  skip_channels: int, kernel_size: int = 2, num_classes: int = 0,
-                 skip_only: bool = False, **kwargs):
+                 skip_only: bool = False, score_channels: int = 0, **kwargs):
         super().__init__(**kwargs)
         for name, v, lo in (("dilation", dilation, 1), ("residual_channels", residual_channels, 1),
                             ("gate_channels", gate_channels, 1), ("skip_channels", skip_channels, 1),
-                            ("kernel_size", kernel_size, 2), ("num_classes", num_classes, 0)):
+                            ("kernel_size", kernel_size, 2), ("num_classes", num_classes, 0),
+                            ("score_channels", score_channels, 0)):
             if not isinstance(v, int) or v < lo:
                 raise ValueError(f"`{name}` must be an integer >= {lo}. Received: {name}={v!r}")
         if not isinstance(skip_only, bool):
@@ -102,6 +112,7 @@ class ResidualBlock(keras.layers.Layer):
         self.kernel_size = kernel_size
         self.num_classes = num_classes
         self.skip_only = skip_only
+        self.score_channels = score_channels
 
     def build(self, input_shape=None):
         r, g, s, k = self.residual_channels, self.gate_channels, self.skip_channels, self.kernel_size
@@ -123,9 +134,13 @@ class ResidualBlock(keras.layers.Layer):
             self.condition_embedding = self.add_weight(
                 name="condition_embedding", shape=(self.num_classes, 2 * g),
                 initializer=keras.initializers.RandomNormal(stddev=0.1))
+        if self.score_channels:
+            self.score_kernel = self.add_weight(
+                name="score_kernel", shape=(self.score_channels, 2 * g),
+                initializer=keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(self.score_channels)))
         self.built = True
 
-    def call(self, x, labels=None, valid: bool = False, skip_from: int = 0):
+    def call(self, x, labels=None, valid: bool = False, skip_from: int = 0, score=None):
         """``valid``: no zero padding; the output starts ``(kernel_size - 1) * dilation``
         positions later than ``x`` (each position sees real input only), and the skip
         output drops a further ``skip_from`` leading positions (see
@@ -146,6 +161,11 @@ class ResidualBlock(keras.layers.Layer):
             cond = ops.take(ops.cast(self.condition_embedding, x.dtype),
                             ops.cast(labels, "int32"), axis=0)  # (B, 2g)
             z = z + cond[:, None, :]
+        if self.score_channels:
+            if score is None:
+                raise ValueError("this block plays a score: `score` is required. Received: None")
+            positions = ops.shape(z)[1]
+            z = z + ops.matmul(score[:, -positions:, :], ops.cast(self.score_kernel, x.dtype))
         h = ops.tanh(z[..., :g]) * ops.sigmoid(z[..., g:])  # (B, T, g)
         skip = ops.matmul(h[:, skip_from:, :], ops.cast(self.skip_kernel, x.dtype)) + ops.cast(
             self.skip_bias, x.dtype)
@@ -170,6 +190,7 @@ class ResidualBlock(keras.layers.Layer):
             "kernel_size": self.kernel_size,
             "num_classes": self.num_classes,
             "skip_only": self.skip_only,
+            "score_channels": self.score_channels,
         }
 
 
@@ -178,8 +199,11 @@ class WaveNet(keras.Model):
     """The full network, built from a :class:`ModelConfig`.
 
     Call with codes ``(B, T)`` int, or a dict ``{"codes": (B, T), "labels": (B,)}``
-    for a conditioned model. Returns float32 logits ``(B, T, quantization_channels)``;
-    position t holds the distribution of code t+1.
+    for a conditioned model, plus ``"notes"``: (B, E, 3) int ``(start, end, token)`` rows
+    (:func:`wavenet.data.notes.pack_scores`, token -1 for padding) in the samples of
+    ``codes`` for a model that plays a score (``score_channels > 0``): the logits that
+    predict sample t see the notes sounding at t. Returns float32 logits
+    ``(B, T, quantization_channels)``; position t holds the distribution of code t+1.
 
     The audio config travels with the model so a saved model alone can turn
     its codes back into sound at the right rate, and so does a conditioned
@@ -211,13 +235,14 @@ class WaveNet(keras.Model):
         self.blocks = [
             ResidualBlock(d, c.residual_channels, c.gate_channels, c.skip_channels,
                           kernel_size=c.kernel_size, num_classes=c.num_classes,
-                          skip_only=i == last, name=f"block_{i}")
+                          skip_only=i == last, score_channels=c.score_channels, name=f"block_{i}")
             for i, d in enumerate(c.dilations)
         ]
         self.head_hidden = keras.layers.Dense(c.skip_channels, name="head_hidden")
         # Logits stay float32 under mixed precision for a stable softmax.
         self.head_logits = keras.layers.Dense(c.quantization_channels, name="head_logits",
                                               dtype="float32")
+        self.onset = onset_samples(audio_config.sample_rate)
 
     @property
     def receptive_field(self) -> int:
@@ -230,10 +255,14 @@ class WaveNet(keras.Model):
             block.build((None, None, c.residual_channels))
         self.head_hidden.build((None, None, c.skip_channels))
         self.head_logits.build((None, None, c.skip_channels))
+        if c.scored:  # rows 0..255: a token sounds; 256..511: it began in the last 20 ms
+            self.score_embedding = self.add_weight(
+                name="score_embedding", shape=(2 * SCORE_TOKENS, c.score_channels),
+                initializer=keras.initializers.RandomNormal(stddev=0.1))
         self.built = True
 
     def call(self, inputs, training=False):
-        return self._logits(*self._codes_and_labels(inputs))  # (B, T, Q)
+        return self._logits(*self._inputs(inputs))  # (B, T, Q)
 
     def logits_from(self, inputs, first: int, training=False):
         """``self(inputs)[:, first:]``, computing only what those positions read.
@@ -253,28 +282,40 @@ class WaveNet(keras.Model):
         context = self.receptive_field - 1
         if first < context:
             return self(inputs, training=training)[:, first:, :]
-        codes, labels = self._codes_and_labels(inputs)
+        codes, labels, notes = self._inputs(inputs)
         # Positions before first - context feed no wanted position.
-        return self._logits(codes[:, first - context:], labels, valid=True)
+        return self._logits(codes[:, first - context:], labels, notes, valid=True, origin=first - context)
 
-    def _codes_and_labels(self, inputs):
-        """``inputs`` unpacked; labels None unless the model is conditioned (then required)."""
-        codes, labels = _unpack(inputs)
+    def _inputs(self, inputs):
+        """``inputs`` unpacked: labels None unless the model is conditioned, notes None
+        unless it plays a score (then each is required)."""
+        codes, labels, notes = _unpack(inputs)
         if not self.config.conditioned:
-            return codes, None
-        if labels is None:
+            labels = None
+        elif labels is None:
             raise ValueError("this WaveNet is conditioned on labels: call it with "
-                             "{'codes': ..., 'labels': ...}. Received: codes only")
-        return codes, labels
+                             "{'codes': ..., 'labels': ...}. Received: no labels")
+        if not self.config.scored:
+            notes = None
+        elif notes is None:
+            raise ValueError("this WaveNet plays a score: call it with {'codes': ..., 'notes': ...} "
+                             "(wavenet.data.notes.pack_scores). Received: no notes")
+        return codes, labels, notes
 
-    def _logits(self, codes, labels, valid: bool = False):
+    def _logits(self, codes, labels, notes=None, valid: bool = False, origin: int = 0):
         """The network on ``codes``: causal (every position) or, ``valid``, only the
-        positions a full receptive field in (:meth:`logits_from`)."""
+        positions a full receptive field in (:meth:`logits_from`). ``codes[:, 0]`` is
+        sample ``origin`` of the notes' time line."""
         x = self.embedding(ops.cast(codes, "int32"))  # (B, T, R)
+        score = None
+        if notes is not None:  # position t predicts sample origin + t + 1
+            positions = ops.arange(ops.shape(codes)[1], dtype="int32") + (origin + 1)
+            score = ops.cast(score_vectors(notes, positions, self.score_embedding, self.onset),
+                             x.dtype)  # (B, T, D)
         ahead, skips = self.receptive_field - 1, None  # context the layers from here on read
         for block in self.blocks:
             ahead -= (block.kernel_size - 1) * block.dilation
-            x, skip = block(x, labels, valid=valid, skip_from=ahead if valid else 0)
+            x, skip = block(x, labels, valid=valid, skip_from=ahead if valid else 0, score=score)
             skips = skip if skips is None else skips + skip  # (B, T', S)
         h = self.head_hidden(ops.relu(skips))
         return self.head_logits(ops.relu(h))
@@ -295,8 +336,34 @@ class WaveNet(keras.Model):
 
 def _unpack(inputs):
     if isinstance(inputs, dict):
-        return inputs["codes"], inputs.get("labels")
-    return inputs, None
+        return inputs["codes"], inputs.get("labels"), inputs.get("notes")
+    return inputs, None, None
+
+
+def score_vectors(notes, positions, embedding, onset: int):
+    """What a score says at some samples, embedded: (B, T, D).
+
+    At sample p: the sum of ``embedding[token]`` over the notes sounding there
+    (``start <= p < end``) and of ``embedding[256 + token]`` over those that began less
+    than ``onset`` samples before. The model and the fast generator both call this.
+
+    Args:
+        notes: (B, E, 3) int ``(start, end, token)``; token < 0 marks padding.
+        positions: (T,) int samples to describe.
+        embedding: (2 * 256, D) float.
+        onset: samples a note counts as beginning.
+    """
+    notes = ops.cast(notes, "int32")
+    t = ops.cast(positions, "int32")[None, :, None]  # (1, T, 1)
+    start, end, token = notes[:, None, :, 0], notes[:, None, :, 1], notes[..., 2]  # (B,1,E) x2, (B,E)
+    sounding = (start <= t) & (t < end) & (token >= 0)[:, None, :]  # (B, T, E)
+    beginning = sounding & (t < start + onset)
+    token = ops.maximum(token, 0)
+    emb = ops.cast(embedding, "float32")
+    sound = ops.take(emb[:SCORE_TOKENS], token, axis=0)  # (B, E, D)
+    attack = ops.take(emb[SCORE_TOKENS:], token, axis=0)
+    return (ops.matmul(ops.cast(sounding, "float32"), sound)
+            + ops.matmul(ops.cast(beginning, "float32"), attack))
 
 
 def build_model(config: ExperimentConfig, labels: list[str] | tuple[str, ...] | None = None) -> WaveNet:
@@ -330,7 +397,7 @@ def split_crop(crop, context: int):
 
 
 def bits_per_sample(model: WaveNet, crop, labels=None, *, context: int | None = None,
-                    training: bool = False, read=None):
+                    training: bool = False, read=None, notes=None):
     """Mean negative log-likelihood in bits per predicted sample, per example.
 
     The one definition of the objective: training minimises it, validation
@@ -346,6 +413,8 @@ def bits_per_sample(model: WaveNet, crop, labels=None, *, context: int | None = 
         training: passed to the model.
         read: codes the network reads in place of ``crop``'s (same shape; training's
             injected noise): the targets stay ``crop``'s.
+        notes: (B, E, 3) the crops' scores in the crops' samples, for a model that plays
+            one (ignored otherwise).
 
     Returns:
         (B,) float32 bits per sample over the W predicted positions.
@@ -354,7 +423,7 @@ def bits_per_sample(model: WaveNet, crop, labels=None, *, context: int | None = 
     inputs, targets = split_crop(crop, context)
     if read is not None:
         inputs = read[:, :-1]
-    x = {"codes": inputs, "labels": labels} if model.config.conditioned else inputs
+    x = {"codes": inputs, "labels": labels, "notes": notes}
     logits = model.logits_from(x, context - 1, training=training)  # (B, W, Q)
     nats = keras.losses.sparse_categorical_crossentropy(
         ops.cast(targets, "int32"), logits, from_logits=True)  # (B, W)

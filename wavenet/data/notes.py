@@ -26,11 +26,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wavenet.config import SCORE_TOKENS
 from wavenet.errors import DataError
 
-__all__ = ["MIDI_EXTENSIONS", "NUM_TOKENS", "Score", "midi_bytes", "note_rows", "read_midi"]
+__all__ = ["MIDI_EXTENSIONS", "NUM_TOKENS", "ONSET_SECONDS", "Score", "midi_bytes", "note_rows",
+           "onset_samples", "pack_scores", "read_midi"]
 
-NUM_TOKENS = 256
+NUM_TOKENS = SCORE_TOKENS
+# A note's "onset" entry is set for this long after it starts: the attack a model has to place.
+ONSET_SECONDS = 0.02
 # A score beside its audio: TRACK.wav -> TRACK.mid (or .midi, as MAESTRO names them).
 MIDI_EXTENSIONS = (".mid", ".midi")
 # General MIDI's percussion channel (channel 10, 0-based 9).
@@ -88,6 +92,32 @@ class Score:
         start, end = self.start + offset, np.minimum(self.end + offset, length)
         keep = (end > np.maximum(start, 0)) & (start < length)
         return Score(np.maximum(start[keep], 0), end[keep], self.key[keep], self.percussion[keep])
+
+
+def onset_samples(sample_rate: int) -> int:
+    """:data:`ONSET_SECONDS` in samples at ``sample_rate`` (at least one)."""
+    return max(1, int(round(ONSET_SECONDS * sample_rate)))
+
+
+def pack_scores(scores: list[Score], max_notes: int | None = None) -> np.ndarray:
+    """Scores as one (B, E, 3) int32 array of ``(start, end, token)`` rows, padded with token -1:
+    the form a score-conditioned :class:`wavenet.model.WaveNet` reads.
+
+    Args:
+        scores: one per stream, in the samples of that stream's codes.
+        max_notes: E; default the most notes of any score (at least 1).
+
+    Raises:
+        ValueError: a score has more than ``max_notes`` notes.
+    """
+    e = max([1, *(len(s) for s in scores)]) if max_notes is None else max_notes
+    out = np.zeros((len(scores), e, 3), np.int32)
+    out[:, :, 2] = -1
+    for b, s in enumerate(scores):
+        if len(s) > e:
+            raise ValueError(f"a score has {len(s)} notes, more than max_notes. Received: max_notes={e}")
+        out[b, :len(s)] = np.stack([s.start, s.end, s.token], axis=1)
+    return out
 
 
 def note_rows(score: Score, length: int, onset: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ of 0.0), which is fed but not returned.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -204,6 +204,24 @@ def _check_labels(config, labels, batch_size: int) -> np.ndarray | None:
     if arr.size and (arr.min() < 0 or arr.max() >= config.num_classes):
         raise GenerateArgumentError(f"labels must lie in [0, {config.num_classes}). "
                            f"Received: min {arr.min()}, max {arr.max()}")
+    return arr.astype(np.int64)
+
+
+def _check_notes(config, notes, batch_size: int) -> np.ndarray | None:
+    if not config.scored:
+        if notes is not None:
+            raise GenerateArgumentError("this model plays no score (model.score_channels=0): pass no notes. "
+                                        f"Received: notes with shape {np.shape(notes)}")
+        return None
+    if notes is None:
+        raise GenerateArgumentError(f"this model plays a score: notes of shape ({batch_size}, E, 3) are "
+                                    "required (wavenet.data.notes.pack_scores). Received: notes=None")
+    arr = np.asarray(notes)
+    if arr.ndim != 3 or arr.shape[0] != batch_size or arr.shape[2] != 3 or not np.issubdtype(arr.dtype, np.integer):
+        raise GenerateArgumentError(f"notes must be integers of shape ({batch_size}, E, 3). "
+                                    f"Received: shape {arr.shape}, dtype {arr.dtype}")
+    if arr.size and arr[..., 2].max() >= 2 * 128:
+        raise GenerateArgumentError(f"note tokens must be below 256. Received: max {arr[..., 2].max()}")
     return arr.astype(np.int64)
 
 
@@ -408,6 +426,10 @@ class FastGenerator:
         self._bfg = np.stack([_as_float32(bl.filter_gate_bias) for bl in model.blocks])  # (L, 2G)
         self._cond = (np.stack([_as_float32(bl.condition_embedding) for bl in model.blocks])
                       if c.conditioned else None)  # (L, C, 2G)
+        if c.scored:  # local conditioning: the score's vectors and each layer's 1x1 of them
+            self._score_embedding = _as_float32(model.score_embedding)  # (512, D)
+            self._score_kernels = np.stack([_as_float32(bl.score_kernel) for bl in model.blocks])  # (L, D, 2G)
+            self._onset = model.onset
         self._ldz = ldz
 
         dil, qoff, qtotal = _queue_offsets(c)
@@ -441,6 +463,36 @@ class FastGenerator:
         params, state, xq = buffers
         self._run(self._plan, self._wbuf, params, state, xq, t0, seq, logits_out, None, 1.0, None, 0)
 
+    def _pieces(self, params: np.ndarray, notes: np.ndarray | None, first: int, count: int
+                ) -> Iterator[tuple[int, int]]:
+        """Samples ``first .. first + count - 1`` as ``[a, b)`` pieces of at most a chunk.
+
+        With a score, a piece never spans a change of what it says (a note's start, the end
+        of its onset, its end), and before each piece is yielded the streams' gate biases in
+        ``params`` are set to what the score says at its first sample: local conditioning,
+        constant between changes, as per-stream biases that the kernel already reads.
+        """
+        cuts = {first, first + count}
+        if notes is not None:
+            live = notes[notes[..., 2] >= 0]
+            cuts.update(int(p) for p in np.concatenate([live[:, 0], np.minimum(live[:, 0] + self._onset,
+                                                                               live[:, 1]), live[:, 1]])
+                        if first < p < first + count)
+            from wavenet.model import score_vectors
+
+            g2 = self._bfg.shape[1]
+            view = params[self._params_base.size:].reshape(len(self._bfg), self.batch_size, self._ldz)
+            base = view[:, :, :g2].copy()
+        cuts = sorted(cuts)
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if notes is not None:
+                y = np.asarray(score_vectors(notes, np.array([a]), self._score_embedding, self._onset))
+                view[:, :, :g2] = base + np.einsum("bd,ldg->lbg", y[:, 0], self._score_kernels)
+            for x in range(a, b, self._chunk):
+                yield x, min(x + self._chunk, b)
+        if notes is not None:  # the biases without a score again, for the next pieces
+            view[:, :, :g2] = base
+
     # -- public ----------------------------------------------------------------
     def open_streams(self, labels: np.ndarray | None = None) -> Streams:
         """``batch_size`` fresh streams fed one code at a time by the caller (:class:`Streams`).
@@ -449,14 +501,19 @@ class FastGenerator:
         next code is chosen (``devtools/prediction_spread.py``); :meth:`generate` runs
         the same kernel with its own sampler, chunk by chunk.
         """
+        if self.config.scored:
+            raise GenerateArgumentError("open_streams does not take a score: this model plays one "
+                                        "(use generate or teacher_forced_logits with notes)")
         return Streams(self, _check_labels(self.config, labels, self.batch_size))
 
-    def teacher_forced_logits(self, codes: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    def teacher_forced_logits(self, codes: np.ndarray, labels: np.ndarray | None = None,
+                              notes: np.ndarray | None = None) -> np.ndarray:
         """Per-step logits when fed ``codes`` one step at a time through the cached kernel.
 
         Args:
             codes: (B, T) int codes, B = ``batch_size``.
             labels: (B,) int labels for a conditioned model, else None.
+            notes: (B, E, 3) scores in the samples of ``codes`` for a model that plays one.
 
         Returns:
             (B, T, Q) float32; position t holds the distribution of code t+1, as
@@ -464,9 +521,14 @@ class FastGenerator:
         """
         c = self.config
         lab = _check_labels(c, labels, self.batch_size)
+        score = _check_notes(c, notes, self.batch_size)
         seq = _check_codes("codes", codes, self.batch_size, c.quantization_channels)
         out = np.zeros((self.batch_size, seq.shape[1], c.quantization_channels), np.float32)
-        self._feed(self._fresh(lab), seq, 0, out)
+        buffers = self._fresh(lab)
+        for a, b in self._pieces(buffers[0], score, 1, seq.shape[1]):  # code t predicts sample t + 1
+            logits = np.zeros((self.batch_size, b - a, c.quantization_channels), np.float32)
+            self._feed(buffers, np.ascontiguousarray(seq[:, a - 1:b - 1]), a - 1, logits)
+            out[:, a - 1:b - 1] = logits
         return out
 
     def bits_per_sample(self, crops: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
@@ -498,7 +560,8 @@ class FastGenerator:
     def generate(self, num_samples: int, *, prime: np.ndarray | None = None,
                  labels: np.ndarray | None = None, temperature: float = 1.0,
                  seed: int | Sequence[int] | None = None,
-                 progress: Callable[[int], None] | None = None) -> np.ndarray:
+                 progress: Callable[[int], None] | None = None,
+                 notes: np.ndarray | None = None) -> np.ndarray:
         """Sample ``num_samples`` new codes per stream.
 
         Args:
@@ -512,6 +575,9 @@ class FastGenerator:
                 samples what it would alone (batch 1) with ``seed=seed[b]``, so requests
                 batched together (:mod:`wavenet.serving`) each get their own seed's audio.
             progress: called with the number of samples done so far, every chunk.
+            notes: (B, E, 3) scores, required for (only for) a model that plays one
+                (:func:`wavenet.data.notes.pack_scores`), in samples from the first new
+                one (0); a note may start before it, in the prime.
 
         Returns:
             (B, num_samples) uint8 codes.
@@ -519,6 +585,7 @@ class FastGenerator:
         c, nb = self.config, self.batch_size
         _check_common(num_samples, temperature)
         lab = _check_labels(c, labels, nb)
+        score = _check_notes(c, notes, nb)
         if prime is None:
             prime = np.full((nb, 1), silence_code(c.quantization_channels), np.int32)
         seq = _check_codes("prime", prime, nb, c.quantization_channels)
@@ -526,21 +593,20 @@ class FastGenerator:
         buffers = self._fresh(lab)
         params, state, xq = buffers
         out = np.zeros((nb, num_samples), np.int32)
-        # All but the last prime code only fill the queues: no head, no sampling.
-        if seq.shape[1] > 1:
-            self._feed(buffers, np.ascontiguousarray(seq[:, :-1]), 0, None)
+        # All but the last prime code only fill the queues: no head, no sampling. Prime code i
+        # is sample i - P; fed, it predicts sample i - P + 1.
+        p = seq.shape[1]
+        for a, b in self._pieces(params, score, 1 - p, p - 1):
+            self._feed(buffers, np.ascontiguousarray(seq[:, a + p - 1:b + p - 1]), a + p - 1, None)
         cur = seq[:, -1].copy()
-        t, done = seq.shape[1] - 1, 0
+        t = p - 1
         inv_temp = 1.0 / float(temperature)
-        while done < num_samples:
-            n = min(self._chunk, num_samples - done)
-            uniforms = draw(n)
-            self._run(self._plan, self._wbuf, params, state, xq, t, cur, None, uniforms, inv_temp,
-                      out, done)
-            t += n
-            done += n
+        for a, b in self._pieces(params, score, 0, num_samples):
+            self._run(self._plan, self._wbuf, params, state, xq, t, cur, None, draw(b - a), inv_temp,
+                      out, a)
+            t += b - a
             if progress is not None:
-                progress(done)
+                progress(b)
         return out.astype(np.uint8)
 
 
@@ -605,7 +671,7 @@ def sample_rows(logits: np.ndarray, inv_temp: float, uniforms: np.ndarray) -> np
 
 def naive_generate(model, num_samples: int, *, batch_size: int = 1, prime: np.ndarray | None = None,
                    labels: np.ndarray | None = None, temperature: float = 1.0,
-                   seed: int | None = None) -> np.ndarray:
+                   seed: int | None = None, notes: np.ndarray | None = None) -> np.ndarray:
     """Reference generator: the full Keras model on the last receptive field of codes, per sample.
 
     O(receptive field) work per sample; for tests and benchmarks only. Uses the
@@ -621,6 +687,7 @@ def naive_generate(model, num_samples: int, *, batch_size: int = 1, prime: np.nd
     c = model.config
     _check_common(num_samples, temperature)
     lab = _check_labels(c, labels, batch_size)
+    score = _check_notes(c, notes, batch_size)
     if prime is None:
         prime = np.full((batch_size, 1), silence_code(c.quantization_channels), np.int32)
     seq = _check_codes("prime", prime, batch_size, c.quantization_channels)
@@ -630,7 +697,9 @@ def naive_generate(model, num_samples: int, *, batch_size: int = 1, prime: np.nd
     out = np.zeros((batch_size, num_samples), np.int32)
     for i in range(num_samples):
         window = seq[:, -rf:]
-        x = {"codes": window, "labels": lab} if c.conditioned else window
+        x = {"codes": window, "labels": lab}
+        if score is not None:  # the window's first code is sample i - len(window)
+            x["notes"] = np.where(np.arange(3) < 2, score - (i - window.shape[1]), score)
         logits = np.asarray(model(x, training=False)[:, -1, :], dtype=np.float32)
         nxt = sample_rows(logits, inv_temp, rng.random((1, batch_size))[0])
         out[:, i] = nxt
