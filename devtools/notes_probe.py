@@ -67,12 +67,14 @@ def main() -> None:
     ap.add_argument("--no-notes", action="store_true", help="the control: the same network, no score")
     ap.add_argument("--seeds", default="0,1,2,3,4,5")
     ap.add_argument("--temperatures", default="1.0", help="one JSON line per temperature")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a demo preset override, as wavenet train's (e.g. train.input_noise=0)")
     a = ap.parse_args()
     import keras
     import soundfile as sf
     import tensorflow as tf
 
-    from wavenet.config import preset
+    from wavenet.config import resolve_config
     from wavenet.data.audio import mu_law_decode
     from wavenet.data.manifest import read_manifest
     from wavenet.data.notes import pack_scores
@@ -82,7 +84,7 @@ def main() -> None:
     from wavenet.model import WaveNet, bits_per_sample
     from wavenet.train.schedule import WarmupCosine
 
-    cfg = preset("demo")
+    cfg = resolve_config("demo", None, a.set)
     t_cfg, sr, q = cfg.train, cfg.audio.sample_rate, cfg.audio.quantization_channels
     genres = list(read_manifest(a.data).labels)
     scored = not a.no_notes
