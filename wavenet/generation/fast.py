@@ -40,6 +40,13 @@ produce the same codes up to float rounding at a CDF boundary.
 
 When no prime is given, every stream starts from one code of silence (mu-law
 of 0.0), which is fed but not returned.
+
+**A score** (``model.score_channels > 0``, :mod:`wavenet.data.notes`): the model
+adds ``V_k y_t`` inside every layer's gate, ``y_t`` what the score says at sample t.
+``y_t`` changes only where a note starts, ends its onset or ends, so the
+generator cuts the samples there and, before each stretch, sets every stream's
+gate biases (where the label's embedding already sits) to the bias plus ``V_k
+y_t``: the kernel runs unchanged, a stretch at a time.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from wavenet.config import SCORE_TOKENS
 from wavenet.errors import WavenetError
 
 __all__ = ["FastGenerator", "GenerateArgumentError", "WEIGHT_PRECISIONS", "effective_weights",
@@ -220,8 +228,8 @@ def _check_notes(config, notes, batch_size: int) -> np.ndarray | None:
     if arr.ndim != 3 or arr.shape[0] != batch_size or arr.shape[2] != 3 or not np.issubdtype(arr.dtype, np.integer):
         raise GenerateArgumentError(f"notes must be integers of shape ({batch_size}, E, 3). "
                                     f"Received: shape {arr.shape}, dtype {arr.dtype}")
-    if arr.size and arr[..., 2].max() >= 2 * 128:
-        raise GenerateArgumentError(f"note tokens must be below 256. Received: max {arr[..., 2].max()}")
+    if arr.size and arr[..., 2].max() >= SCORE_TOKENS:
+        raise GenerateArgumentError(f"note tokens must be below {SCORE_TOKENS}. Received: max {arr[..., 2].max()}")
     return arr.astype(np.int64)
 
 
@@ -525,6 +533,9 @@ class FastGenerator:
         seq = _check_codes("codes", codes, self.batch_size, c.quantization_channels)
         out = np.zeros((self.batch_size, seq.shape[1], c.quantization_channels), np.float32)
         buffers = self._fresh(lab)
+        if score is None:
+            self._feed(buffers, seq, 0, out)
+            return out
         for a, b in self._pieces(buffers[0], score, 1, seq.shape[1]):  # code t predicts sample t + 1
             logits = np.zeros((self.batch_size, b - a, c.quantization_channels), np.float32)
             self._feed(buffers, np.ascontiguousarray(seq[:, a - 1:b - 1]), a - 1, logits)
