@@ -486,16 +486,18 @@ class FastGenerator:
             cuts.update(int(p) for p in np.concatenate([live[:, 0], np.minimum(live[:, 0] + self._onset,
                                                                                live[:, 1]), live[:, 1]])
                         if first < p < first + count)
+        cuts = sorted(cuts)
+        if notes is not None:
             from wavenet.model import score_vectors
 
             g2 = self._bfg.shape[1]
             view = params[self._params_base.size:].reshape(len(self._bfg), self.batch_size, self._ldz)
             base = view[:, :, :g2].copy()
-        cuts = sorted(cuts)
-        for a, b in zip(cuts[:-1], cuts[1:]):
+            # What the score says at every stretch's first sample, in one call: (B, stretches, D).
+            y = np.asarray(score_vectors(notes, np.array(cuts[:-1]), self._score_embedding, self._onset))
+        for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             if notes is not None:
-                y = np.asarray(score_vectors(notes, np.array([a]), self._score_embedding, self._onset))
-                view[:, :, :g2] = base + np.einsum("bd,ldg->lbg", y[:, 0], self._score_kernels)
+                view[:, :, :g2] = base + np.einsum("bd,ldg->lbg", y[:, i], self._score_kernels)
             for x in range(a, b, self._chunk):
                 yield x, min(x + self._chunk, b)
         if notes is not None:  # the biases without a score again, for the next pieces
