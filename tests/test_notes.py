@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from wavenet.data.demo import GENRES, make_demo_corpus, synthesize, synthesize_with_score
-from wavenet.data.notes import NUM_TOKENS, Score, midi_bytes, note_rows, pack_scores, read_midi
+from wavenet.data.notes import NUM_TOKENS, Score, midi_bytes, pack_scores, read_midi
 from wavenet.errors import DataError
 
 
@@ -22,15 +22,19 @@ def reference_rows(score: Score, length: int, onset: int) -> np.ndarray:
     return out
 
 
-def test_note_rows_say_what_sounds_and_what_began_at_each_sample():
+def test_score_vectors_say_what_sounds_and_what_began_at_each_sample():
+    """wavenet.model.score_vectors, the model's and the generator's one definition, against a
+    sample-by-sample reference: with an identity embedding its vectors are the rows themselves."""
+    from wavenet.model import score_vectors
+
     score = Score.from_notes([(30, 40, 60, False), (5, 50, 64, False), (20, 22, 36, True),
                               (45, 90, 60, False)])
-    ids, table = note_rows(score, 70, onset=4)
-    np.testing.assert_array_equal(table[ids], reference_rows(score, 70, 4))
-    assert not table[0].any() and ids[0] == 0  # row 0 is silence
-    assert len(np.unique(table, axis=0)) == len(table)  # each distinct set once
-    assert table[ids[21], NUM_TOKENS + 128 + 36] == 1  # the drum's onset, a token of its own
-    assert table[ids[21], 36] == 0  # not the pitched key 36
+    rows = np.asarray(score_vectors(pack_scores([score, Score.from_notes([])], 6), np.arange(70),
+                                    np.eye(2 * NUM_TOKENS, dtype=np.float32), 4))
+    np.testing.assert_array_equal(rows[0], reference_rows(score, 70, 4))
+    assert not rows[1].any()  # padding rows say nothing
+    assert rows[0, 21, NUM_TOKENS + 128 + 36] == 1  # the drum's onset, a token of its own
+    assert rows[0, 21, 36] == 0  # not the pitched key 36
 
 
 def test_score_shifted_cuts_to_the_window_and_bad_notes_are_refused():

@@ -9,14 +9,12 @@ its score (:func:`wavenet.data.demo.synthesize_with_score`).
 A WaveNet conditioned on a score (local conditioning, van den Oord et al. 2016,
 section 2.5; for music, Hawthorne et al. 2019, "Enabling Factorized Piano Music
 Modeling and Generation with the MAESTRO Dataset", which conditions a WaveNet on
-piano rolls) reads, at each sample, which notes sound and which have just begun.
-:func:`note_rows` gives that as one row id per sample into a table of the distinct
-rows: a score has few distinct sets of sounding notes, so the rows are cheap to
-store and to embed (the table times an embedding matrix, then a gather).
+piano rolls) reads, at each sample, which notes sound and which have just begun
+(:func:`wavenet.model.score_vectors`), from the rows :func:`pack_scores` makes.
 
 Token ids: ``key`` for a pitched note, ``128 + key`` for a percussion note
-(:data:`NUM_TOKENS` in all). A row holds ``NUM_TOKENS`` "sounding" entries, then
-``NUM_TOKENS`` "onset" entries, set during a note's first ``onset`` samples.
+(:data:`NUM_TOKENS` in all); the model embeds each token sounding, and each
+token in its first :data:`ONSET_SECONDS`, with rows of their own.
 """
 
 from __future__ import annotations
@@ -29,14 +27,12 @@ import numpy as np
 from wavenet.config import SCORE_TOKENS
 from wavenet.errors import DataError
 
-__all__ = ["MIDI_EXTENSIONS", "NUM_TOKENS", "ONSET_SECONDS", "Score", "midi_bytes", "note_rows",
-           "onset_samples", "pack_scores", "read_midi"]
+__all__ = ["NUM_TOKENS", "ONSET_SECONDS", "Score", "midi_bytes", "onset_samples", "pack_scores",
+           "read_midi"]
 
 NUM_TOKENS = SCORE_TOKENS
 # A note's "onset" entry is set for this long after it starts: the attack a model has to place.
 ONSET_SECONDS = 0.02
-# A score beside its audio: TRACK.wav -> TRACK.mid (or .midi, as MAESTRO names them).
-MIDI_EXTENSIONS = (".mid", ".midi")
 # General MIDI's percussion channel (channel 10, 0-based 9).
 PERCUSSION_CHANNEL = 9
 # Written files: 120 beats a minute (the MIDI default tempo) at 9,600 ticks a beat, 19,200 ticks
@@ -118,41 +114,6 @@ def pack_scores(scores: list[Score], max_notes: int | None = None) -> np.ndarray
             raise ValueError(f"a score has {len(s)} notes, more than max_notes. Received: max_notes={e}")
         out[b, :len(s)] = np.stack([s.start, s.end, s.token], axis=1)
     return out
-
-
-def note_rows(score: Score, length: int, onset: int) -> tuple[np.ndarray, np.ndarray]:
-    """What sounds at each of ``length`` samples, as row ids into a table of distinct rows.
-
-    Args:
-        score: the notes, in samples of the audio (:meth:`Score.shifted` for a window).
-        length: samples to describe, 0 .. length - 1.
-        onset: samples from a note's start during which its "onset" entry is set.
-
-    Returns:
-        ``(ids, table)``: ``ids`` (length,) int32, ``table`` (R, 2 * NUM_TOKENS) float32 of
-        0/1: ``table[ids[t], k]`` is 1 while token k sounds at sample t, and
-        ``table[ids[t], NUM_TOKENS + k]`` during its first ``onset`` samples. Row 0 is
-        silence (all zero), whether or not the score has any.
-    """
-    if onset < 1:
-        raise ValueError(f"onset must be at least one sample. Received: onset={onset!r}")
-    s = score.shifted(0, length)
-    # The set changes only at a note's start, the end of its onset and its end.
-    cuts = np.unique(np.concatenate([[0, length], s.start, np.minimum(s.start + onset, s.end), s.end]))
-    cuts = cuts[(cuts >= 0) & (cuts <= length)]
-    rows: dict[bytes, int] = {bytes(2 * NUM_TOKENS): 0}
-    table = [np.zeros(2 * NUM_TOKENS, np.float32)]
-    ids = np.zeros(length, np.int32)
-    tok = s.token
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        row = np.zeros(2 * NUM_TOKENS, np.uint8)
-        row[tok[(s.start <= a) & (s.end > a)]] = 1
-        row[NUM_TOKENS + tok[(s.start <= a) & (np.minimum(s.start + onset, s.end) > a)]] = 1
-        i = rows.setdefault(row.tobytes(), len(rows))
-        if i == len(table):
-            table.append(row.astype(np.float32))
-        ids[a:b] = i
-    return ids, np.stack(table)
 
 
 def midi_bytes(score: Score, sample_rate: int, velocity: int = 100) -> bytes:
