@@ -83,6 +83,7 @@ def main() -> None:
     from wavenet.generation.verb import clip_calibrations
     from wavenet.model import WaveNet, bits_per_sample
     from wavenet.train.schedule import WarmupCosine
+    from wavenet.train.step import injected_noise
 
     cfg = resolve_config("demo", None, a.set)
     t_cfg, sr, q = cfg.train, cfg.audio.sample_rate, cfg.audio.quantization_channels
@@ -101,8 +102,7 @@ def main() -> None:
 
     @tf.function(jit_compile=True)
     def forward_backward(codes, labels, notes, seed):  # as wavenet.train.step's, in one process
-        noise = tf.random.stateless_normal(tf.shape(codes), seed, stddev=t_cfg.input_noise)
-        read = tf.cast(tf.clip_by_value(tf.round(tf.cast(codes, tf.float32) + noise), 0.0, q - 1.0), codes.dtype)
+        read = injected_noise(codes, seed, t_cfg.input_noise, q - 1) if t_cfg.input_noise > 0 else None
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(bits_per_sample(model, codes, labels, training=True, read=read, notes=notes))
         grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), t_cfg.gradient_clip_norm)

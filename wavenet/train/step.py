@@ -22,7 +22,7 @@ from wavenet.errors import DataError
 from wavenet.model import WaveNet, bits_per_sample
 from wavenet.train.setup import Trainer
 
-__all__ = ["make_train_step", "bits_fn", "Validation"]
+__all__ = ["make_train_step", "bits_fn", "injected_noise", "Validation"]
 
 
 def make_train_step(
@@ -45,9 +45,7 @@ def make_train_step(
     def forward_backward(crops, labels, seed):
         read = None
         if t.input_noise > 0:  # the same noise for the same step, replica and train.seed
-            noise = tf.random.stateless_normal(tf.shape(crops), seed, stddev=t.input_noise)
-            read = tf.cast(tf.clip_by_value(tf.round(tf.cast(crops, tf.float32) + noise), 0.0, top),
-                           crops.dtype)
+            read = injected_noise(crops, seed, t.input_noise, top)
         with tf.GradientTape() as tape:
             bits = bits_per_sample(model, crops, labels, training=True, read=read)
             # Sum over this replica's examples / global batch: after the
@@ -94,6 +92,13 @@ def make_train_step(
         return compiled_step(iterator, flags[bool(stop)])
 
     return train_step
+
+
+def injected_noise(codes: tf.Tensor, seed: tf.Tensor, stddev: float, top: int) -> tf.Tensor:
+    """``codes`` plus Gaussian noise of ``stddev`` code steps, rounded and kept in [0, top]:
+    what the network reads under ``train.input_noise`` (the targets stay ``codes``)."""
+    noise = tf.random.stateless_normal(tf.shape(codes), seed, stddev=stddev)
+    return tf.cast(tf.clip_by_value(tf.round(tf.cast(codes, tf.float32) + noise), 0.0, top), codes.dtype)
 
 
 def bits_fn(model: WaveNet) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
