@@ -32,6 +32,22 @@ def _centre(logits: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
     return (np.rint(mean) if how == "mean" else p.argmax(axis=1)).astype(np.int64), mean
 
 
+def new_tally() -> dict:
+    """One label's tally: the fraction of checks each clip passed, how often each check
+    failed, each clip's tonal flatness (the `noise` check's value)."""
+    return {"checks_passed": [], "failed": {}, "tonal_flatness": []}
+
+
+def add_checks(tally: dict, checks: list[dict]) -> None:
+    """Add one clip's calibrated checks (``analyze(...)["checks"]``) to ``tally``."""
+    tally["checks_passed"].append(float(np.mean([x["passed"] for x in checks])))
+    for x in checks:
+        if not x["passed"]:
+            tally["failed"][x["name"]] = tally["failed"].get(x["name"], 0) + 1
+        if x["name"] == "noise":
+            tally["tonal_flatness"].append(round(x["value"], 3))
+
+
 def decode(streams, count: int, n: int, q: int, k: float, how: str, rule: str, seed: int) -> np.ndarray:
     """(count, n) codes: each step's draw pulled to the centre by ``rule`` with parameter ``k``."""
     from wavenet.generation.fast import sample_rows, silence_code
@@ -82,19 +98,13 @@ def main() -> None:
     for k in (float(x) for x in a.ks.split(",")):
         row: dict = {"k": k, "centre": a.centre, "rule": a.rule}
         for name in names:
-            row[name] = {"checks_passed": [], "failed": {}, "tonal_flatness": []}
+            row[name] = new_tally()
         for seed in (int(s) for s in a.seeds.split(",")):
             codes = decode(gen.open_streams(labels), count, n, q, k, a.centre, a.rule, seed).astype(np.uint8)
             for i, name in enumerate(names):
                 checks = analyze(mu_law_decode(codes[i], q).astype(np.float64), sr, codes=codes[i],
                                  calibration=calibrations[None if labels is None else labels[i]])["checks"]
-                out = row[name]
-                out["checks_passed"].append(np.mean([x["passed"] for x in checks]))
-                for x in checks:
-                    if not x["passed"]:
-                        out["failed"][x["name"]] = out["failed"].get(x["name"], 0) + 1
-                    if x["name"] == "noise":
-                        out["tonal_flatness"].append(round(x["value"], 3))
+                add_checks(row[name], checks)
         for name in names:
             row[name]["checks_passed"] = round(float(np.mean(row[name]["checks_passed"])), 3)
         print(json.dumps(row), flush=True)

@@ -74,6 +74,7 @@ def main() -> None:
     import soundfile as sf
     import tensorflow as tf
 
+    from devtools.closed_loop import add_checks, new_tally
     from wavenet.config import resolve_config
     from wavenet.data.audio import mu_law_decode
     from wavenet.data.manifest import read_manifest
@@ -131,20 +132,15 @@ def main() -> None:
     notes = pack_scores([v[1].shifted(-start, n) for v in val]) if scored else None
     os.makedirs(a.out, exist_ok=True)
     for temperature in (float(x) for x in a.temperatures.split(",")):
-        tally = {name: {"checks_passed": [], "failed": {}, "tonal_flatness": []} for name in genres}
+        tally = {name: new_tally() for name in genres}
         for seed in (int(s) for s in a.seeds.split(",")):
             codes = gen.generate(n, labels=labels, temperature=temperature, seed=seed, notes=notes)
             for i, name in enumerate(genres):
                 audio = mu_law_decode(codes[i], q).astype(np.float64)
                 sf.write(os.path.join(a.out, f"{name}-{seed}-t{temperature}.wav"), audio, sr)
-                checks = analyze(audio, sr, codes=codes[i], calibration=calibrations[i])["checks"]
-                row = tally[name]
-                row["checks_passed"].append(round(float(np.mean([x["passed"] for x in checks])), 3))
-                for x in checks:
-                    if not x["passed"]:
-                        row["failed"][x["name"]] = row["failed"].get(x["name"], 0) + 1
-                    if x["name"] == "noise":
-                        row["tonal_flatness"].append(round(x["value"], 3))
+                add_checks(tally[name], analyze(audio, sr, codes=codes[i], calibration=calibrations[i])["checks"])
+        for row in tally.values():  # each clip's fraction, rounded
+            row["checks_passed"] = [round(v, 3) for v in row["checks_passed"]]
         print(json.dumps({"notes": scored, "steps": a.steps, "stacks": a.stacks, "layers": a.layers,
                           "tracks": a.tracks, "train_s": round(train_s), "val_bits": round(bits_val, 3),
                           "temperature": temperature, **tally}), flush=True)
