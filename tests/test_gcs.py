@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
@@ -89,3 +90,34 @@ def test_fan_out_with_a_bucket_work_dir(gcs):
     # A second fan-out over the same files finds them in DST and decodes nothing.
     again = [process_partition(files, f"{work}/again-{i}", CFG, src=src, dst=dst) for i, files in enumerate(parts)]
     assert merge_manifests(again, dst, CFG).summary.unchanged == 3
+
+
+def test_a_score_beside_a_track_in_a_bucket_reaches_its_examples(gcs, tmp_path):
+    import tensorflow as tf
+
+    from wavenet.data.notes import Score, midi_bytes, read_midi
+    from wavenet.data.preprocess import process_partition
+
+    src, dst = f"{gcs}/scored/src", f"{gcs}/scored/out"
+    buf = io.BytesIO()
+    sf.write(buf, 0.4 * np.sin(np.arange(24000) * 0.05), 16000, format="WAV", subtype="PCM_16")
+    storage.write_bytes_atomic(f"{src}/keys/a.wav", buf.getvalue())
+    mid = midi_bytes(Score.from_notes([(0, 8000, 60, False), (4000, 20000, 64, False)]), 16000)
+    storage.write_bytes_atomic(f"{src}/keys/a.Mid", mid)
+    m = preprocess(src, dst, CFG, processes=1, progress=False)
+    (t,) = m.files
+    rows = read_midi(mid, 16000).shifted(0, t.samples)  # a tone from its first sample: nothing trimmed
+    want = np.stack([rows.start, rows.end, rows.token], axis=1)
+    assert (m.summary.scored_tracks, t.notes) == (1, 2) and check_dataset(dst) == []
+    assert np.array_equal(np.load(io.BytesIO(storage.read_bytes(f"{dst}/{t.score}"))), want)
+    spec = {"notes": tf.io.VarLenFeature(tf.int64)}
+    got = []
+    for s in m.shards_of("train") + m.shards_of("validation"):
+        storage.download_file(f"{dst}/{s.path}", str(tmp_path / "shard"))
+        for r in tf.data.TFRecordDataset(str(tmp_path / "shard")):
+            got.append(tf.sparse.to_dense(tf.io.parse_single_example(r, spec)["notes"]).numpy().reshape(-1, 3))
+    assert got and all(len(g) for g in got)  # every example of the track carries its notes
+    # A partition step, given the audio's path only, finds the score in the bucket too.
+    part = process_partition([f"{src}/keys/a.wav"], f"{gcs}/scored/work", CFG, src=src)
+    (record,) = json.loads(storage.read_text(part))["records"]
+    assert (record["sha256"], record["score_sha256"]) == (t.sha256, t.score_sha256)

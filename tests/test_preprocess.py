@@ -21,7 +21,7 @@ from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.data.audio import mu_law_decode, mu_law_encode, peak_normalize, resample, to_mono, trim_silence
 from wavenet.data.demo import make_demo_corpus
-from wavenet.data.manifest import read_manifest, split_ranges
+from wavenet.data.manifest import read_manifest, split_ranges, track_id
 from wavenet.data.preprocess import (
     assign_splits,
     check_dataset,
@@ -189,7 +189,10 @@ def test_rerun_processes_only_new_files(tmp_path):
     assert (again["summary"]["processed"], again["summary"]["unchanged"]) == (0, 3)
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in first["shards"]]
     write(os.path.join(src, "organ", "extra.wav"), tone(1.5, 22050, 262), 22050)
-    shutil.copy(os.path.join(src, "drums", "drums-00.wav"), os.path.join(src, "drums", "copy.wav"))
+    # A copy with its score: the same track (a copy of the audio alone, without the score,
+    # would be another track: a track's id covers its score).
+    for ext in ("wav", "mid"):
+        shutil.copy(os.path.join(src, "drums", f"drums-00.{ext}"), os.path.join(src, "drums", f"copy.{ext}"))
     third = preprocess(src, dst, CFG, processes=2, progress=False).to_dict()
     s = third["summary"]
     assert (s["processed"], s["unchanged"], s["tracks"]) == (1, 3, 4)
@@ -523,8 +526,10 @@ def test_manifest_records_codes_histogram_and_checksums(tmp_path):
         assert f["split"] == "tail" and f["validation_start"] == f["samples"] - tail
         assert f["duration_in_s"] == pytest.approx(4.0, abs=1e-3)
         assert 0 < f["duration_out_s"] < f["duration_in_s"]  # silence trimmed at both ends
-        with open(f["path"], "rb") as fh:
-            assert hashlib.sha256(fh.read()).hexdigest() == f["sha256"]
+        # The demo's tracks have scores: the id covers the audio and its MIDI file.
+        with open(f["path"], "rb") as fh, open(f["path"].rsplit(".", 1)[0] + ".mid", "rb") as mid:
+            assert f["score_sha256"] == hashlib.sha256(mid.read()).hexdigest()
+            assert track_id(hashlib.sha256(fh.read()).hexdigest(), f["score_sha256"]) == f["sha256"]
     with pytest.raises(DataError, match="not a folder"):
         list_audio(os.path.join(src, "drums", "drums-00.wav"))
 
@@ -538,8 +543,9 @@ def test_a_new_audio_config_reprocesses_everything(tmp_path):
     assert (m["summary"]["processed"], m["summary"]["tracks"]) == (3, 3)
     assert m["audio"]["sample_rate"] == 8000
     assert all(f["samples"] == pytest.approx(f["duration_out_s"] * 8000, abs=1) for f in m["files"])
-    # The 8 kHz codes, and the 16 kHz ones the earlier (kept) manifest version still names.
-    assert len(os.listdir(os.path.join(dst, "tracks"))) == 6 and check_dataset(dst) == []
+    # The 8 kHz codes and scores, and the 16 kHz ones the earlier (kept) manifest version still names.
+    assert len(os.listdir(os.path.join(dst, "tracks"))) == 12 and check_dataset(dst) == []
+    assert all(f["score"] == f["codes"][:-len(".npy")] + ".score.npy" for f in m["files"])
 
 
 UNREADABLE = textwrap.dedent("""

@@ -132,7 +132,8 @@ def _cmd_preprocess(args) -> int:
                           wait_s=LOCK_WAIT_S if args.wait is None else args.wait)
     s = manifest.summary
     print(f"{s.processed} processed, {s.unchanged} unchanged, {s.skipped} skipped -> {args.dst} "
-          f"({s.tracks} tracks, {s.labels} labels; this version: {manifest.uri})")
+          f"({s.tracks} tracks, {s.scored_tracks} with a score, {s.labels} labels; "
+          f"this version: {manifest.uri})")
     return 0
 
 

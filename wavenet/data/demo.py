@@ -249,7 +249,7 @@ def make_demo_corpus(dst: str, seconds_per_genre: float = 60.0, seed: int = 0,
             higher index adds new tracks beside earlier ones (new tracks arriving).
 
     Each track's score goes beside it as a standard MIDI file, ``<genre>-NN.mid``
-    (:func:`wavenet.data.notes.midi_bytes`; preprocessing ignores it for now).
+    (:func:`wavenet.data.notes.midi_bytes`), which preprocessing reads as the track's score.
 
     Returns:
         The paths of the audio written, sorted.

@@ -52,6 +52,8 @@ __all__ = [
     "check_shard_file",
     "check_shards",
     "track_codes_path",
+    "track_score_path",
+    "track_id",
     "shards_version",
     "read_manifest",
     "data_root",
@@ -95,11 +97,18 @@ class Part:
 
 @dataclass(frozen=True)
 class Track:
-    """One source file that became codes, and where its chunks went."""
+    """One source file that became codes, and where its chunks went.
+
+    ``sha256`` is the track's id, the key of everything about it (its files, the
+    "unchanged" check of a later run): the sha256 of the audio file's bytes for a
+    track without a score, and for a track with a score (a MIDI file beside it)
+    the sha256 of ``"<audio sha256>:<score_sha256>"`` (:func:`track_id`), so that
+    a new score makes a new track as new audio does.
+    """
 
     path: str  # the source file
     relpath: str  # relative to SRC (decides the split)
-    sha256: str  # of the source file's bytes: the track's id
+    sha256: str  # the track's id: its audio's sha256, or track_id(audio, score) with a score
     label: str  # the parent folder's name
     label_id: int  # index in Manifest.labels
     split: str  # train, validation, or tail (head in train, tail from validation_start in validation)
@@ -115,6 +124,11 @@ class Track:
     shards: tuple[str, ...]  # paths of the shards holding its chunks
     validation_start: int | None = None  # where a held-out tail starts (split "tail")
     parts: tuple[Part, ...] = ()  # its ranges per split, as written to the shards
+    # Its notes, when a MIDI file lay beside the audio: (notes, 3) int64 rows (start, end, token)
+    # in the samples of its codes, at tracks/<sha256>-<audio>.score.npy (relative to the data folder).
+    score: str | None = None
+    score_sha256: str | None = None  # of the MIDI file's bytes
+    notes: int = 0  # rows in the score file
 
     def ranges(self) -> list[tuple[str, int, int]]:
         """``(split, start, end)`` sample ranges of the track (:func:`split_ranges`)."""
@@ -157,6 +171,7 @@ class Summary:
     merge_seconds: float
     tail_tracks: int = 0  # tracks with a held-out tail (counted in both splits' tracks)
     labels_without_validation: tuple[str, ...] = ()
+    scored_tracks: int = 0  # tracks with a score (notes in their examples)
 
 
 @dataclass(frozen=True)
@@ -276,6 +291,10 @@ def _check_paths(m: Manifest, where: str) -> Manifest:
     for i, t in enumerate(m.files):
         check_relpath(t.codes, f"files[{i}].codes", where)
         check_digest(t.sha256, f"files[{i}].sha256", where)
+        if t.score is not None:
+            check_relpath(t.score, f"files[{i}].score", where)
+        if t.score_sha256 is not None:
+            check_digest(t.score_sha256, f"files[{i}].score_sha256", where)
         for j, path in enumerate(t.shards):
             check_relpath(path, f"files[{i}].shards[{j}]", where)
     return m
@@ -375,6 +394,19 @@ def track_codes_path(digest: str, config: ExperimentConfig) -> str:
     """
     audio = json.dumps(config.to_dict()["audio"], sort_keys=True)
     return f"{TRACKS}/{digest}-{hashlib.sha256(audio.encode()).hexdigest()[:8]}.npy"
+
+
+def track_score_path(digest: str, config: ExperimentConfig) -> str:
+    """``tracks/<sha256>-<audio>.score.npy``: a scored track's notes, beside its codes."""
+    return track_codes_path(digest, config)[:-len(".npy")] + ".score.npy"
+
+
+def track_id(audio_sha256: str, score_sha256: str | None = None) -> str:
+    """A track's id (:attr:`Track.sha256`): the audio's sha256 alone, or with a score
+    the sha256 of the ASCII text ``"<audio sha256>:<score sha256>"``."""
+    if score_sha256 is None:
+        return audio_sha256
+    return hashlib.sha256(f"{audio_sha256}:{score_sha256}".encode("ascii")).hexdigest()
 
 
 def shards_version(shards: tuple[Shard, ...] | list[Shard]) -> str:

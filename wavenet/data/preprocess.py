@@ -5,7 +5,7 @@
 can run the same four steps with one pod per partition.
 
 Per track (``process_partition``, no TensorFlow import): sha256 the file
-(the track's id), check its header (a file longer than
+(with its score's, below: the track's id), check its header (a file longer than
 ``data.max_track_seconds`` is skipped with that reason before it is decoded),
 decode it with soundfile (libsndfile) a block at a time, then the pure steps
 of :mod:`wavenet.data.audio`: average each block's channels to mono, resample it to
@@ -19,6 +19,15 @@ the files; the signal maths is all in :mod:`wavenet.data.audio`. The codes go to
 ``WORK/tracks/<sha256>-<audio>.npy`` (``<audio>``: 8 hex digits of a hash
 of the audio config, so codes made with other settings never collide); the outcome of every file (or the one-line
 reason it was skipped) goes to a partial manifest.
+
+A track's score: when ``DIR/NAME.mid`` or ``DIR/NAME.midi`` (any case of the
+extension) lies beside ``DIR/NAME.EXT``, it is read (at most
+:data:`MAX_SCORE_BYTES`) with :func:`wavenet.data.notes.read_midi` at
+``audio.sample_rate``, moved by the silence trimmed from the audio's start and
+cut to the codes, and saved beside them as ``WORK/tracks/<sha256>-<audio>.score.npy``
+((notes, 3) int64 rows ``start, end, token``). The track's id then covers both
+files (:func:`wavenet.data.manifest.track_id`). A score that cannot be read
+skips its track with a one-line reason naming the MIDI file.
 
 ``merge_manifests`` then, in one process and as the one writer of ``DST``
 (:func:`wavenet.data.shards.update_dataset`: a lock, or a compare-and-swap on a
@@ -47,6 +56,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import posixpath
 import shutil
 import signal
 import stat
@@ -54,7 +64,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -81,14 +91,28 @@ from wavenet.data.manifest import (
     check_relpath,
     read_manifest,
     track_codes_path,
+    track_id,
+    track_score_path,
 )
-from wavenet.data.shards import LOCK_WAIT_S, Provenance, Writes, build_dataset, update_dataset
+from wavenet.data.notes import read_midi
+from wavenet.data.shards import (
+    LOCK_WAIT_S,
+    Provenance,
+    Writes,
+    build_dataset,
+    read_score_rows,
+    save_npy,
+    update_dataset,
+)
 from wavenet.edges import storage
 from wavenet.errors import DataError, WavenetError, one_line
 from wavenet.local_workers import pid_alive
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "SCORE_EXTENSIONS",
+    "MAX_SCORE_BYTES",
+    "find_scores",
     "list_audio",
     "partition",
     "process_partition",
@@ -105,6 +129,11 @@ log = logging.getLogger("wavenet.data.preprocess")
 # Extensions of formats libsndfile decodes (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF).
 # Other files under SRC (covers, notes) are ignored, not counted as skipped.
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+# A track's score: DIR/NAME.mid or DIR/NAME.midi beside DIR/NAME.EXT (any case of the extension).
+SCORE_EXTENSIONS = (".mid", ".midi")
+# The largest score read. A MIDI file of an hour of dense piano is well under 1 MiB; a larger
+# one is more likely a misnamed file than a score, and is refused before it is read whole.
+MAX_SCORE_BYTES = 8 << 20
 
 
 # -- splits ------------------------------------------------------------------------
@@ -137,6 +166,46 @@ def list_audio(src: str) -> list[str]:
     if not storage.is_gcs(src) and not os.path.isdir(src):
         raise DataError(f"{src} is not a folder (preprocess reads a folder or gs://bucket/prefix)")
     return sorted(p for p in storage.list_files(src) if p.lower().endswith(AUDIO_EXTENSIONS))
+
+
+def _stem(path: str) -> str:
+    """``DIR/NAME`` of ``DIR/NAME.EXT`` (local paths normalised, so listings of one folder agree)."""
+    stem = posixpath.splitext(path)[0] if storage.is_gcs(path) else os.path.splitext(path)[0]
+    return stem if storage.is_gcs(path) else os.path.normpath(stem)
+
+
+def find_scores(audio: Iterable[str], listing: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The score files beside each audio file, from a listing of their folder(s).
+
+    Args:
+        audio: audio paths or ``gs://`` URIs.
+        listing: paths of the same form (from :func:`wavenet.edges.storage.list_files`):
+            ``DIR/NAME.mid`` or ``.midi`` (any case) is the score of ``DIR/NAME.EXT``.
+
+    Returns:
+        ``{audio path: its score paths, sorted}`` for the audio files that have any (more
+        than one is ambiguous; :func:`process_partition` then skips the track).
+    """
+    by_stem: dict[str, list[str]] = {}
+    for p in listing:
+        if p.lower().endswith(SCORE_EXTENSIONS):
+            by_stem.setdefault(_stem(p), []).append(p)
+    return {a: tuple(sorted(by_stem[_stem(a)])) for a in audio if _stem(a) in by_stem}
+
+
+def _scores_of_files(files: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """:func:`find_scores` for files given without a listing: each of their folders listed once."""
+    listing: list[str] = []
+    for folder in sorted({(posixpath.dirname(p) if storage.is_gcs(p) else os.path.dirname(p) or ".")
+                          for p in files}):
+        try:
+            # Recursive (storage has one listing call); only the folder's own files can match.
+            listing.extend(storage.list_files(folder))
+        except WavenetError:  # no credentials, endpoint down: no file can be read; stop the run
+            raise
+        except Exception as e:  # google-cloud-storage errors, an unreadable folder
+            log.warning("cannot list %s for scores (its tracks go without one): %s", folder, one_line(e))
+    return find_scores(files, listing)
 
 
 def partition(files: Sequence[str], n: int) -> list[list[str]]:
@@ -303,8 +372,9 @@ def _decode(fd: int, config: ExperimentConfig) -> tuple[np.ndarray, dict[str, An
     return mono, info
 
 
-def _encode(mono: np.ndarray, config: ExperimentConfig) -> np.ndarray:
-    """Mono at ``audio.sample_rate`` -> codes: trim silence, peak-normalise, mu-law (:mod:`wavenet.data.audio`).
+def _encode(mono: np.ndarray, config: ExperimentConfig) -> tuple[np.ndarray, int]:
+    """Mono at ``audio.sample_rate`` -> (codes, the sample of ``mono`` they start at): trim
+    silence, peak-normalise, mu-law (:mod:`wavenet.data.audio`).
 
     The whole-signal statistics (loud frames, peak) are measured first; the
     scaling and mu-law then run a block at a time into the uint8 codes, which
@@ -326,25 +396,67 @@ def _encode(mono: np.ndarray, config: ExperimentConfig) -> np.ndarray:
     for i in range(0, trimmed.size, step):
         codes[i:i + step] = mu_law_encode((trimmed[i:i + step] * gain).astype(np.float32),
                                           audio.quantization_channels)
-    return codes
+    return codes, int(start)
+
+
+def _score_path(path: str, scores: Mapping[str, tuple[str, ...]]) -> str | None:
+    found = scores.get(path, ())
+    if len(found) > 1:
+        raise _Skip(f"more than one score beside it ({', '.join(found)}): keep one")
+    return found[0] if found else None
+
+
+def _read_score(path: str) -> tuple[bytes, str]:
+    """A score file's bytes (at most :data:`MAX_SCORE_BYTES`) and their sha256."""
+    try:
+        with _opened(path) as fd:
+            data = os.read(fd, MAX_SCORE_BYTES + 1)
+    except _Skip as e:
+        raise _Skip(f"its score {path}: {e}") from None
+    except OSError as e:
+        raise _Skip(f"its score {path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_SCORE_BYTES:
+        raise _Skip(f"its score {path} is larger than {MAX_SCORE_BYTES >> 20} MiB "
+                    f"(MAX_SCORE_BYTES): not read")
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _parse_score(data: bytes, path: str, config: ExperimentConfig):
+    try:
+        return read_midi(data, config.audio.sample_rate, name=path)
+    except DataError as e:
+        raise _Skip(one_line(e, with_type=False)) from None
+    except Exception as e:  # whatever else a malformed file raises in mido or Score
+        raise _Skip(f"{path}: not a readable MIDI file ({one_line(e)})") from None
 
 
 def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConfig,
-                  known: frozenset[str]) -> dict[str, Any]:
+                  known: frozenset[str], scores: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
     record: dict[str, Any] = {"path": path, "relpath": relpath}
     try:
+        score_path = _score_path(path, scores)
         with _opened(path) as fd:
             digest = _sha256(fd)
+            if score_path is not None:
+                # Read before the "unchanged" check: the track's id covers the score.
+                score_data, score_sha = _read_score(score_path)
+                digest = track_id(digest, score_sha)
+                record["score_sha256"] = score_sha
             record["sha256"] = digest
             if digest in known:
                 return {**record, "status": "unchanged"}
+            score = _parse_score(score_data, score_path, config) if score_path is not None else None
             mono, info = _decode(fd, config)
-        codes = _encode(mono, config)
+        codes, trim_start = _encode(mono, config)
         del mono
-        buf = io.BytesIO()
-        np.save(buf, codes, allow_pickle=False)
         rel_codes = track_codes_path(digest, config)
-        storage.write_bytes_atomic(storage.join(work_dir, rel_codes), buf.getvalue())
+        save_npy(storage.join(work_dir, rel_codes), codes)
+        if score is not None:
+            # In the codes' samples: the silence trimmed from the start moves every note back.
+            score = score.shifted(-trim_start, int(codes.size))
+            rows = np.stack([score.start, score.end, score.token], axis=1).astype(np.int64).reshape(-1, 3)
+            record.update(score=track_score_path(digest, config), notes=int(len(rows)))
+            save_npy(storage.join(work_dir, record["score"]), rows)
         frames_in = info.pop("frames_in")
         record.update(info)
         record.update({
@@ -369,21 +481,24 @@ def _known_tracks(dst: str, manifest: Manifest | None, config: ExperimentConfig)
         return {}
     present = {p.rsplit("/", 1)[-1] for p in storage.list_files(storage.join(dst, TRACKS))}
     return {t.sha256: t for t in manifest.files
-            if t.codes.rsplit("/", 1)[-1] in present and t.codes == track_codes_path(t.sha256, config)}
+            if t.codes.rsplit("/", 1)[-1] in present and t.codes == track_codes_path(t.sha256, config)
+            and (t.score is None or (t.score.rsplit("/", 1)[-1] in present
+                                     and t.score == track_score_path(t.sha256, config)))}
 
 
 def known_tracks(dst: str, config: ExperimentConfig) -> dict[str, Track]:
     """Tracks of the manifest in ``dst`` whose codes are still under ``dst/tracks``, by sha256.
 
-    Only tracks whose codes were made with ``config.audio`` count (codes made
-    with other settings must be made again).
+    Only tracks whose codes (and score, if any) were made with ``config.audio``
+    and are still there count (others must be made again).
     """
     return _known_tracks(dst, read_manifest(dst, missing_ok=True), config)
 
 
 def process_partition(files: Sequence[str], work_dir: str, config: ExperimentConfig,
                       src: str | None = None, dst: str | None = None,
-                      known: Iterable[str] | None = None) -> str:
+                      known: Iterable[str] | None = None,
+                      scores: Mapping[str, tuple[str, ...]] | None = None) -> str:
     """Process ``files`` into ``work_dir``; return the path of the partial manifest.
 
     Args:
@@ -396,6 +511,10 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
         dst: an earlier output folder: files whose content is already there are
             reported ``unchanged`` instead of being decoded again.
         known: sha256 ids to treat as already processed (instead of reading ``dst``).
+        scores: each file's score files (:func:`find_scores`), found by the caller from
+            the listing it already made (:func:`preprocess`); a file missing from it has
+            none. Default None: each folder of ``files`` is listed once here, for
+            callers that have only the audio paths (a pipeline's partition step).
 
     Returns:
         Path of a JSON file ``{"src": ..., "records": [...]}``, one record per
@@ -404,7 +523,11 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
     if known is None:
         known = known_tracks(dst, config).keys() if dst is not None else ()
     known_set = frozenset(known)
-    records = [_process_file(p, _relpath(p, src), work_dir, config, known_set) for p in files]
+    # One listing per folder rather than a request per file and extension case (.mid, .MID,
+    # .Mid, ... on a case-sensitive store): a bucket answers a listing as fast as one lookup.
+    if scores is None:
+        scores = _scores_of_files(files)
+    records = [_process_file(p, _relpath(p, src), work_dir, config, known_set, scores) for p in files]
     tag = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()[:16]
     out = storage.join(work_dir, "partials", f"partial-{tag}.json")
     storage.write_text_atomic(out, json.dumps({"src": src, "records": records}))
@@ -525,13 +648,20 @@ def _read_partial(path: str) -> dict[str, Any]:
             check_digest(r.get("sha256"), f"records[{i}].sha256", path)
         if r["status"] == "processed":
             check_relpath(r.get("codes"), f"records[{i}].codes", path)
+            if r.get("score") is not None:
+                check_relpath(r["score"], f"records[{i}].score", path)
+                check_digest(r.get("score_sha256"), f"records[{i}].score_sha256", path)
+                if not isinstance(r.get("notes"), int) or r["notes"] < 0:
+                    raise DataError(f"{path}: records[{i}].notes must be a count of notes. "
+                                    f"Received: {r.get('notes')!r}")
     return part
 
 
-def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, list[Skipped], int]:
-    """Partial records -> (new track entries, their codes in the work dirs, skipped, unchanged)."""
+def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, dict, list[Skipped], int]:
+    """Partial records -> (new track entries, their codes and scores in the work dirs, skipped, unchanged)."""
     new: dict[str, dict[str, Any]] = {}
     new_codes: dict[str, str] = {}
+    new_scores: dict[str, str] = {}
     skipped: list[Skipped] = []
     unchanged = 0
     for r, work_dir in records:
@@ -556,7 +686,9 @@ def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, 
             entry.update(split=None, label_id=-1, chunks=0, shards=(), validation_start=None, parts=())
             new[r["sha256"]] = entry
             new_codes[r["sha256"]] = storage.join(work_dir, r["codes"])
-    return new, new_codes, skipped, unchanged
+            if r.get("score") is not None:
+                new_scores[r["sha256"]] = storage.join(work_dir, r["score"])
+    return new, new_codes, new_scores, skipped, unchanged
 
 
 def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentConfig,
@@ -604,7 +736,7 @@ def _merge(old: Manifest | None, records: list, src: str | None, dst: str, confi
         log.warning("%d track(s) of %s were made with another audio config or lost their codes: "
                     "they are dropped (and re-made if their files are in SRC)",
                     len(old.files) - len(old_tracks), dst)
-    new, new_codes, skipped, unchanged = _classify(records, old_tracks)
+    new, new_codes, new_scores, skipped, unchanged = _classify(records, old_tracks)
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
     if not old_tracks and not new:
@@ -626,12 +758,15 @@ def _merge(old: Manifest | None, records: list, src: str | None, dst: str, confi
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read {path}: {e}: remove {dst} and preprocess again") from None
 
+    def notes(t: Track) -> np.ndarray:
+        return read_score_rows(new_scores.get(t.sha256) or storage.join(dst, t.score))
+
     # Labels keep their ids: the old vocabulary in its order, new labels appended (sorted).
     known = tuple(old.labels) if old is not None else ()
     labels = known + tuple(sorted({t.label for t in tracks} - set(known)))
     return build_dataset(dst, config, tracks, codes, writes, new=new_codes.keys(), labels=labels,
                          provenance=Provenance(src=src, skipped=skipped, processed=len(new),
-                                               unchanged=unchanged, started=started))
+                                               unchanged=unchanged, started=started), notes=notes)
 
 
 # -- the whole run ---------------------------------------------------------------------
@@ -796,7 +931,7 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
         StorageError: ``dst``'s file system is full (nothing changed there).
     """
     storage.require_folder(dst, "output folder")
-    files = list_audio(src)
+    files, scores = _list_sources(src)
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {src}")
     known = frozenset(known_tracks(dst, config))
@@ -804,20 +939,32 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
     n = n or _cores()
     n = max(1, min(n, len(files)))
     # Several small partitions per worker: balanced load and a live progress bar.
-    parts = partition(files, n * 8 if n > 1 else len(files))
+    # Each partition carries its own files' scores: an empty mapping says "no score", so the
+    # workers never list SRC again.
+    parts = [(part, {p: scores[p] for p in part if p in scores})
+             for part in partition(files, n * 8 if n > 1 else len(files))]
     sweep_stale_work_dirs()
     with _sigterm_as_exit():
         return _run(files, parts, n, config, src, known, progress,
                     lambda partials: merge_manifests(partials, dst, config, src=src, wait_s=wait_s))
 
 
-def _run(files: list[str], parts: list, n: int, config: ExperimentConfig, src: str,
+def _list_sources(src: str) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """:func:`list_audio` and :func:`find_scores` from one listing of ``src``."""
+    if not storage.is_gcs(src) and not os.path.isdir(src):
+        raise DataError(f"{src} is not a folder (preprocess reads a folder or gs://bucket/prefix)")
+    listing = list(storage.list_files(src))
+    files = sorted(p for p in listing if p.lower().endswith(AUDIO_EXTENSIONS))
+    return files, find_scores(files, listing)
+
+
+def _run(files: list[str], parts: list[tuple[list[str], dict]], n: int, config: ExperimentConfig, src: str,
          known: frozenset, progress: bool, merge: Callable[[list[str]], Manifest]) -> Manifest:
     work_dir = tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-")
     try:
         bar = tqdm(total=len(files), unit="file", desc="preprocess", disable=not progress)
         partials: list[str] = []
-        jobs = [(part, work_dir, config, src, None, known) for part in parts]
+        jobs = [(part, work_dir, config, src, None, known, scores) for part, scores in parts]
         if n == 1:
             for job in jobs:
                 partials.append(process_partition(*job))
@@ -850,4 +997,6 @@ def check_dataset(dst: str) -> list[str]:
     for t in manifest.files:
         if not storage.exists(storage.join(dst, t.codes)):
             problems.append(f"missing track codes {storage.join(dst, t.codes)}")
+        if t.score is not None and not storage.exists(storage.join(dst, t.score)):
+            problems.append(f"missing track score {storage.join(dst, t.score)}")
     return problems

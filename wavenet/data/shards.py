@@ -5,6 +5,14 @@ A shard is a TFRecord file of examples, one per track chunk:
     codes  bytes   uint8 mu-law codes of the chunk
     label  int64   index of the track's label in the manifest's vocabulary
     track  bytes   the track's id (content hash)
+    notes  int64s  only for a track with a score: its notes that sound in the chunk
+                   ``[a, b)`` (``start < b and end > a``), flattened ``(start - a, end - a,
+                   token)`` rows in the Score's order (by start); ``start`` is negative for a
+                   note that began before the chunk, ``end`` may lie past its end. Read it
+                   with ``tf.io.VarLenFeature(tf.int64)`` and reshape to ``(-1, 3)``.
+
+Examples of tracks without a score have no ``notes`` feature at all, so their
+shards are byte for byte what they were before scores existed.
 
 Shards live in ``DATA/train/*.tfrecord`` and ``DATA/validation/*.tfrecord``
 next to ``DATA/manifest.json`` and the tracks' codes in ``DATA/tracks/``.
@@ -69,6 +77,8 @@ __all__ = [
     "write_dataset",
     "dataset_from_codes",
     "collect_garbage",
+    "read_score_rows",
+    "save_npy",
 ]
 
 
@@ -106,23 +116,34 @@ def _int64_feature(value: int) -> bytes:
     return _field(3, _field(1, _varint(value & 0xFFFFFFFFFFFFFFFF)))
 
 
-def serialize_example(codes: np.ndarray, label: int, track: str) -> bytes:
+def _int64_list_feature(values: np.ndarray) -> bytes:
+    # As _int64_feature, with any number of values in one packed field (none: an empty
+    # Int64List, which TensorFlow parses as a list of length 0).
+    packed = b"".join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in np.asarray(values).ravel())
+    return _field(3, _field(1, packed) if packed else b"")
+
+
+def serialize_example(codes: np.ndarray, label: int, track: str, notes: np.ndarray | None = None) -> bytes:
     """One chunk of a track as a serialized ``tf.train.Example`` (no TensorFlow needed).
 
     Args:
         codes: uint8 mu-law codes, shape (T,).
         label: index of the track's label in the manifest's vocabulary.
         track: the track's id (content hash).
+        notes: for a track with a score, (n, 3) int64 ``(start, end, token)`` rows relative
+            to the chunk's first sample (see the module's docstring); None: no ``notes`` feature.
 
     Returns:
         The protobuf wire bytes of an Example with features ``codes`` (bytes),
-        ``label`` (int64) and ``track`` (bytes).
+        ``label`` (int64), ``track`` (bytes) and, given ``notes``, ``notes`` (int64 list).
     """
     features = {
         "codes": _bytes_feature(np.ascontiguousarray(codes, dtype=np.uint8).tobytes()),
         "label": _int64_feature(int(label)),
         "track": _bytes_feature(track.encode("utf-8")),
     }
+    if notes is not None:
+        features["notes"] = _int64_list_feature(notes)
     # Example.features (field 1) -> Features.feature (field 1, a map: entries
     # with key = field 1, value = field 2).
     entries = b"".join(_field(1, _field(1, k.encode()) + _field(2, v)) for k, v in features.items())
@@ -181,9 +202,9 @@ class ShardSet:
         # Greedy balance: every chunk goes to the shard with the fewest samples so far.
         self._heap = [(0, i) for i in range(n)]
 
-    def add(self, codes: np.ndarray, label: int, track: str) -> int:
+    def add(self, codes: np.ndarray, label: int, track: str, notes: np.ndarray | None = None) -> int:
         samples, i = heapq.heappop(self._heap)
-        self.writers[i].write(serialize_example(codes, label, track))
+        self.writers[i].write(serialize_example(codes, label, track, notes))
         self.samples[i] += int(codes.size)
         heapq.heappush(self._heap, (samples + int(codes.size), i))
         return i
@@ -241,7 +262,8 @@ def _code_stats(hist: np.ndarray) -> CodeStats:
 def _named(manifest: Manifest, dst: str) -> set[str]:
     """Every file a manifest names, as paths under ``dst``."""
     return {_norm(storage.join(dst, p)) for p in
-            [*(s.path for s in manifest.shards), *(t.codes for t in manifest.files)]}
+            [*(s.path for s in manifest.shards), *(t.codes for t in manifest.files),
+             *(t.score for t in manifest.files if t.score is not None)]}
 
 
 def _norm(p: str) -> str:
@@ -302,15 +324,41 @@ def collect_garbage(dst: str) -> None:
         storage.remove(path)
 
 
-def _save_codes(dst: str, track: Track, codes: np.ndarray) -> None:
+def save_npy(path: str, array: np.ndarray) -> None:
+    """``array`` as a .npy file at ``path`` (atomically: the old file or the new, never half)."""
     buf = io.BytesIO()
-    np.save(buf, codes, allow_pickle=False)
-    storage.write_bytes_atomic(storage.join(dst, track.codes), buf.getvalue())
+    np.save(buf, array, allow_pickle=False)
+    storage.write_bytes_atomic(path, buf.getvalue())
+
+
+def read_score_rows(path: str) -> np.ndarray:
+    """A track's score file (``Track.score``): (notes, 3) int64 ``(start, end, token)`` rows.
+
+    Raises:
+        DataError: the file is unreadable or not such an array (one line naming it).
+    """
+    try:
+        rows = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    if rows.dtype != np.int64 or rows.ndim != 2 or rows.shape[1] != 3:
+        raise DataError(f"{path} is not a score (an (N, 3) int64 array of start, end, token). "
+                        f"Received: {rows.dtype} {rows.shape}")
+    return rows
+
+
+def _chunk_notes(rows: np.ndarray | None, a: int, b: int) -> np.ndarray | None:
+    """The rows sounding in ``[a, b)`` (``start < b and end > a``), relative to ``a``."""
+    if rows is None:
+        return None
+    inside = rows[(rows[:, 0] < b) & (rows[:, 1] > a)]
+    return inside - np.array([a, a, 0], dtype=np.int64)
 
 
 def _write_shards(dst: str, config: ExperimentConfig, tracks: list[Track],
                   codes: Callable[[Track], np.ndarray], new: Collection[str],
-                  label_ids: dict[str, int], writes: Writes
+                  label_ids: dict[str, int], writes: Writes,
+                  notes: Callable[[Track], np.ndarray] | None = None,
                   ) -> tuple[list[Track], list[Shard], dict[str, CodeStats]]:
     """Every track's chunks into ``data.num_shards`` balanced shards per split (one pass)."""
     chunk = max(config.crop_length, int(round(config.data.chunk_seconds * config.audio.sample_rate)))
@@ -326,16 +374,21 @@ def _write_shards(dst: str, config: ExperimentConfig, tracks: list[Track],
             if c.size != t.samples:
                 raise DataError(f"{storage.join(dst, t.codes)} holds {c.size} codes, the manifest "
                                 f"says {t.samples}: remove {dst} and preprocess again")
+            rows = _track_notes(dst, t, notes)
             if t.sha256 in new:  # before any shard is in place: the old manifest stays valid
                 writes.paths.append(storage.join(dst, t.codes))
-                _save_codes(dst, t, c)
+                save_npy(storage.join(dst, t.codes), c)
+                if rows is not None:
+                    writes.paths.append(storage.join(dst, t.score))
+                    save_npy(storage.join(dst, t.score), rows)
             # A whole track is one part; a held-out tail's track is two (head: train, tail: validation).
             parts, where = [], set()
             for split, a, b in t.ranges():
                 hists[split] += np.bincount(c[a:b], minlength=hists[split].size)
                 bounds = chunk_bounds(b - a, chunk, config.crop_length)
                 parts.append(Part(split=split, start=a, end=b, chunks=len(bounds)))
-                where |= {(split, sets[split].add(c[a + x:a + y], label_ids[t.label], t.sha256))
+                where |= {(split, sets[split].add(c[a + x:a + y], label_ids[t.label], t.sha256,
+                                                  _chunk_notes(rows, a + x, a + y)))
                           for x, y in bounds}
             placed.append((t, tuple(parts), where))
         shards = [sh for s in SPLITS for sh in sets[s].finish()]
@@ -352,6 +405,17 @@ def _write_shards(dst: str, config: ExperimentConfig, tracks: list[Track],
     return done, shards, {s: _code_stats(hists[s]) for s in SPLITS}
 
 
+def _track_notes(dst: str, t: Track, notes: Callable[[Track], np.ndarray] | None) -> np.ndarray | None:
+    """A scored track's note rows (from ``notes``, else from ``dst/<t.score>``), checked; None without a score."""
+    if t.score is None:
+        return None
+    rows = notes(t) if notes is not None else read_score_rows(storage.join(dst, t.score))
+    if len(rows) != t.notes:
+        raise DataError(f"{storage.join(dst, t.score)} holds {len(rows)} notes, the manifest says "
+                        f"{t.notes}: remove {dst} and preprocess again")
+    return rows
+
+
 def _summary(tracks: list[Track], labels: int, skipped: int, processed: int, unchanged: int,
              sample_rate: int, started: float) -> Summary:
     in_split = {s: [(t, p) for t in tracks for p in t.parts if p.split == s] for s in SPLITS}
@@ -366,7 +430,8 @@ def _summary(tracks: list[Track], labels: int, skipped: int, processed: int, unc
                    validation_seconds=round(samples["validation"] / sample_rate, 3),
                    merge_seconds=round(time.time() - started, 3),
                    tail_tracks=sum(t.split == "tail" for t in tracks),
-                   labels_without_validation=tuple(uncovered))
+                   labels_without_validation=tuple(uncovered),
+                   scored_tracks=sum(t.score is not None for t in tracks))
 
 
 @dataclass
@@ -436,8 +501,10 @@ def _bytes_needed(tracks: Sequence[Track], new: Collection[str]) -> int:
     """About what :func:`build_dataset` writes: every code once in a shard, new codes once more."""
     # Per example ~40 bytes of TFRecord framing and Example fields; per track ~2 kB of
     # manifest in the version file and again in manifest.json.
-    shards = sum(t.samples + 40 * max(1, t.samples // 16000) for t in tracks)
-    return shards + sum(t.samples + 128 for t in tracks if t.sha256 in new) + 4096 * len(tracks)
+    # A note takes up to 3 varints of 10 bytes in each example it sounds in, 24 bytes in its score file.
+    shards = sum(t.samples + 40 * max(1, t.samples // 16000) + 60 * t.notes for t in tracks)
+    return (shards + sum(t.samples + 128 + 24 * t.notes for t in tracks if t.sha256 in new)
+            + 4096 * len(tracks))
 
 
 def _check_space(dst: str, need: int) -> None:
@@ -481,11 +548,14 @@ class Provenance:
     started: float | None = None
 
 
+# Five for what the dataset holds (dst, config, tracks, their codes) and how it is written, then
+# params: keywords for which tracks are new, the label order, the provenance and the scores.
 def build_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
                   codes: Callable[[Track], np.ndarray], writes: Writes, *, new: Collection[str] = (),
                   labels: Sequence[str] | None = None,
-                  provenance: Provenance = Provenance()) -> Manifest:
-    """Write a dataset's files (codes of new tracks, balanced shards per split); return its manifest.
+                  provenance: Provenance = Provenance(),
+                  notes: Callable[[Track], np.ndarray] | None = None) -> Manifest:
+    """Write a dataset's files (codes and scores of new tracks, balanced shards per split); return its manifest.
 
     The one writer of shards: preprocessing, test fixtures and the benchmarks all
     write their data through it, inside :func:`update_dataset` (which commits the
@@ -500,10 +570,13 @@ def build_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
             ``shards`` are filled in here).
         codes: a track's uint8 codes (from its source or from ``dst``).
         writes: collects the files written (removed again if the manifest is not committed).
-        new: sha256s of tracks whose codes are written to ``dst/<track.codes>`` here.
+        new: sha256s of tracks whose codes (and score) are written to ``dst/<track.codes>``
+            (``dst/<track.score>``) here.
         labels: the label vocabulary, in id order (default: the tracks' labels, sorted).
         provenance: where the audio came from, what was skipped, processed and
             unchanged, and when the run started (recorded).
+        notes: a scored track's (notes, 3) int64 rows (default: read from ``dst/<track.score>``);
+            each example of such a track gets the rows that sound in it (``notes`` feature).
 
     Returns:
         The manifest to commit (not written yet).
@@ -519,7 +592,7 @@ def build_dataset(dst: str, config: ExperimentConfig, tracks: Sequence[Track],
     new = frozenset(new)
     writes.need = _bytes_needed(ordered, new)
     _check_space(dst, writes.need)
-    done, shards, stats = _write_shards(dst, config, ordered, codes, new, label_ids, writes)
+    done, shards, stats = _write_shards(dst, config, ordered, codes, new, label_ids, writes, notes)
     return Manifest(
         version=MANIFEST_VERSION, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         src=src, audio=config.audio, data=config.data, crop_length=config.crop_length,
