@@ -245,6 +245,8 @@ def test_persistent_shards_uri_reuses_earlier_preprocessing(local_root, tmp_path
     assert first.metadata["data_dir"].startswith(os.path.join(store, "manifests") + "/")
     assert data_root(first.metadata["data_dir"]) == store
     assert first.metadata["summary.processed"] == 3
+    # The partition steps get audio paths only, and find each track's .mid beside it.
+    assert first.metadata["summary.scored_tracks"] == 3
     second = data_stages(source_uri=str(audio), shards_uri=store, demo_seconds=0.0).outputs["Output"]
     assert second.metadata["summary.processed"] == 0 and second.metadata["summary.unchanged"] == 3
     assert second.metadata["data_version"] == first.metadata["data_version"]

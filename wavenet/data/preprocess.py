@@ -193,19 +193,29 @@ def find_scores(audio: Iterable[str], listing: Iterable[str]) -> dict[str, tuple
     return {a: tuple(sorted(by_stem[_stem(a)])) for a in audio if _stem(a) in by_stem}
 
 
-def _scores_of_files(files: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """:func:`find_scores` for files given without a listing: each of their folders listed once."""
+def _folder(path: str) -> str:
+    return posixpath.dirname(path) if storage.is_gcs(path) else (os.path.dirname(path) or ".")
+
+
+def _scores_of_files(files: Sequence[str]) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """:func:`find_scores` for files given without a listing: each of their folders listed once.
+
+    Returns:
+        The scores, and ``{audio path: reason}`` for files whose folder could not be listed
+        (skipped: without the listing, a track with a score would be taken for one without).
+    """
     listing: list[str] = []
-    for folder in sorted({(posixpath.dirname(p) if storage.is_gcs(p) else os.path.dirname(p) or ".")
-                          for p in files}):
+    unlisted: dict[str, str] = {}
+    for folder in sorted({_folder(p) for p in files}):
         try:
             # Recursive (storage has one listing call); only the folder's own files can match.
             listing.extend(storage.list_files(folder))
         except WavenetError:  # no credentials, endpoint down: no file can be read; stop the run
             raise
-        except Exception as e:  # google-cloud-storage errors, an unreadable folder
-            log.warning("cannot list %s for scores (its tracks go without one): %s", folder, one_line(e))
-    return find_scores(files, listing)
+        except Exception as e:  # google-cloud-storage errors (Forbidden, ...)
+            unlisted.update({p: f"cannot list its folder {folder} for a score: {one_line(e)}"
+                             for p in files if _folder(p) == folder})
+    return find_scores(files, listing), unlisted
 
 
 def partition(files: Sequence[str], n: int) -> list[list[str]]:
@@ -525,9 +535,12 @@ def process_partition(files: Sequence[str], work_dir: str, config: ExperimentCon
     known_set = frozenset(known)
     # One listing per folder rather than a request per file and extension case (.mid, .MID,
     # .Mid, ... on a case-sensitive store): a bucket answers a listing as fast as one lookup.
+    unlisted: dict[str, str] = {}
     if scores is None:
-        scores = _scores_of_files(files)
-    records = [_process_file(p, _relpath(p, src), work_dir, config, known_set, scores) for p in files]
+        scores, unlisted = _scores_of_files(files)
+    records = [{"path": p, "relpath": _relpath(p, src), "status": "skipped", "reason": unlisted[p]}
+               if p in unlisted else _process_file(p, _relpath(p, src), work_dir, config, known_set, scores)
+               for p in files]
     tag = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()[:16]
     out = storage.join(work_dir, "partials", f"partial-{tag}.json")
     storage.write_text_atomic(out, json.dumps({"src": src, "records": records}))
