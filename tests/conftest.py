@@ -392,7 +392,7 @@ def train_briefly(data_dir, config, steps: int = 60, seed: int = 0):
         return loss
 
     ds = train_dataset(data_dir, config, config.train.global_batch_size, seed=seed)
-    for crops, labels in ds.take(steps):
+    for crops, labels, _ in ds.take(steps):
         step(crops, labels)
     return model
 

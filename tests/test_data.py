@@ -28,8 +28,9 @@ def test_examples_written_without_tensorflow_parse_with_it():
         assert ex.features.feature["codes"].bytes_list.value[0] == codes.astype(np.uint8).tobytes()
         assert list(ex.features.feature["label"].int64_list.value) == [label]
         assert ex.features.feature["track"].bytes_list.value[0].decode() == track
-    parsed_codes, parsed_label = parse_example(tf.constant(serialize_example(codes, 3, "t")))
+    parsed_codes, parsed_label, parsed_notes = parse_example(tf.constant(serialize_example(codes, 3, "t")))
     assert parsed_codes.dtype == tf.int32 and parsed_label.numpy() == 3
+    assert parsed_notes.shape == (0, 3)  # a track without a score
     np.testing.assert_array_equal(parsed_codes.numpy(), codes)
 
 
@@ -106,8 +107,9 @@ def test_train_batches_are_crops_of_training_tracks_with_their_labels(data_dir):
     tracks = track_codes(data_dir, "train")
     ds = train_dataset(data_dir, CFG, batch_size=4, seed=3)
     batches = list(ds.take(6))
-    for crops, labels in batches:
+    for crops, labels, notes in batches:
         assert crops.shape == (4, CFG.crop_length) and crops.dtype == tf.int32
+        assert notes.shape == (4, 0, 3)  # the model plays no score
         for crop, label in zip(crops.numpy(), labels.numpy()):
             # Every crop is a contiguous piece of one training track, labelled as that track.
             hits = [lab for codes, lab in tracks.values()
@@ -181,7 +183,7 @@ def test_a_window_longer_than_every_example_is_refused(data_dir):
     with pytest.raises(DataError, match="no training example of at least"):
         train_dataset(data_dir, too_long, batch_size=2)
     fits = CFG.with_overrides({"train.window": longest - CFG.model.receptive_field})
-    crops, _ = next(iter(train_dataset(data_dir, fits, batch_size=1)))
+    crops, _, _ = next(iter(train_dataset(data_dir, fits, batch_size=1)))
     assert crops.shape == (1, longest)
 
 

@@ -105,7 +105,7 @@ def check_both_kept(results: dict, dst: str, cache_dir: str) -> None:
         pinned = read_manifest(uri)
         assert ("alpha" if me == "a" else "beta") in pinned.labels
         assert all(storage.exists(storage.join(dst, s.path)) for s in pinned.shards)
-    crops, labels = next(iter(train_dataset(dst, CFG, batch_size=4, cache_dir=cache_dir)))
+    crops, labels, _ = next(iter(train_dataset(dst, CFG, batch_size=4, cache_dir=cache_dir)))
     assert crops.shape == (4, CFG.crop_length)
 
 

@@ -102,7 +102,7 @@ def independent_baselines(data_dir, config, receptive_field):
 
     def read(split):
         ds = tf.data.TFRecordDataset(shard_paths(data_dir, split)).map(parse_example)
-        return [(c, int(lab)) for c, lab in ds.as_numpy_iterator()]
+        return [(c, int(lab)) for c, lab, _ in ds.as_numpy_iterator()]
 
     counts = count_codes([c for c, _ in read("train")], Q)
     w, rf = config.evaluate.window, receptive_field
@@ -239,7 +239,7 @@ def test_a_test_folder_is_scored_whole_with_split_all(trained_model_path, tmp_pa
     # Every window of every example, counted here from the shards.
     rf, w = result["receptive_field"], cfg.evaluate.window
     examples = [(c, int(lab)) for split in ("train", "validation") for path in shard_paths(str(tmp_path / "shards"), split)
-                for c, lab in tf.data.TFRecordDataset(path).map(parse_example).as_numpy_iterator()]
+                for c, lab, _ in tf.data.TFRecordDataset(path).map(parse_example).as_numpy_iterator()]
     per_label = {}
     for codes, label in examples:
         per_label[EVAL_LABELS[label]] = per_label.get(EVAL_LABELS[label], 0) + (len(codes) - rf) // w * w

@@ -51,7 +51,7 @@ def test_preprocess_bucket_to_bucket_and_train_from_it(gcs, tmp_path):
     assert check_dataset(dst) == []
 
     cache = str(tmp_path / "cache")
-    crops, labels = next(iter(train_dataset(dst, CFG, batch_size=4, cache_dir=cache)))
+    crops, labels, _ = next(iter(train_dataset(dst, CFG, batch_size=4, cache_dir=cache)))
     assert crops.shape == (4, CFG.crop_length) and crops.dtype == tf.int32
     assert set(labels.numpy().tolist()) <= set(range(3))
     val = list(validation_dataset(dst, CFG, batch_size=4, window=256, cache_dir=cache))

@@ -447,7 +447,7 @@ def test_cached_bits_agree_with_keras_on_a_trained_model(trained_model_path, eva
     from wavenet.model import bits_per_sample, load_model
 
     model = load_model(trained_model_path)
-    crops, labels = next(iter(validation_dataset(eval_data, tiny_config(), 8, window=512)))
+    crops, labels, _ = next(iter(validation_dataset(eval_data, tiny_config(), 8, window=512)))
     crops, labels = crops.numpy(), labels.numpy()
     keras_bits = float(np.mean(bits_per_sample(model, crops, labels)))
     assert keras_bits < 7.0  # a trained model (uniform is 8 bits)

@@ -218,4 +218,4 @@ def test_training_records_the_data_vocabulary_and_refuses_too_few_classes(
     rc = main(["train", eval_data, "--out", str(tmp_path / "scored"), *common,
                "--set", "model.score_channels=8"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "carries no scores, but model.score_channels=8" in err[0]
+    assert rc == 2 and len(err) == 1 and "model.score_channels=8 plays a score, but no track" in err[0]

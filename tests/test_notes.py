@@ -37,6 +37,34 @@ def test_score_vectors_say_what_sounds_and_what_began_at_each_sample():
     assert rows[0, 21, 36] == 0  # not the pitched key 36
 
 
+def test_each_crop_hears_what_its_samples_of_the_example_hear():
+    """wavenet.data.dataset.crop_scores: a crop's rows say, at each of its samples, what the
+    example's score says at that sample (notes begun before the crop keep their onset), and a
+    crop with more notes than its rows keeps the first ones."""
+    import tensorflow as tf
+
+    from wavenet.data.dataset import crop_scores
+    from wavenet.model import score_vectors
+
+    score = Score.from_notes([(0, 300, 60, False), (95, 120, 36, True), (98, 99, 42, True),
+                              (150, 400, 64, False), (390, 410, 38, True), (500, 520, 67, False)])
+    example = pack_scores([score])[0]
+    starts, length, onset = np.array([0, 96, 100, 380, 420, 450]), 64, 6
+    crops = crop_scores(tf.constant(example), tf.constant(starts, tf.int32), length, 8).numpy()
+    assert crops.shape == (6, 8, 3)
+    table = np.eye(2 * NUM_TOKENS, dtype=np.float32)
+    heard = np.asarray(score_vectors(crops, np.arange(length), table, onset))
+    for k, s in enumerate(starts):
+        whole = np.asarray(score_vectors(example[None], s + np.arange(length), table, onset))[0]
+        np.testing.assert_array_equal(heard[k], whole, err_msg=f"crop at {s}")
+    assert (crops[4, :, 2] == -1).all() and crops[5, 0, 2] == 67  # nothing in 420-484; 500 in 450-514
+    assert crops[1, :3, 2].tolist() == [60, 128 + 36, 128 + 42] and crops[1, 1, 0] == -1  # began before
+    few = crop_scores(tf.constant(example), tf.constant([90], tf.int32), 100, 2).numpy()[0]
+    assert few[:, 2].tolist() == [60, 128 + 36]  # three notes sound in 90-190: the first two kept
+    assert crop_scores(tf.zeros([0, 3], tf.int32), tf.constant([0, 5], tf.int32), 10, 4).numpy()[
+        :, :, 2].tolist() == [[-1] * 4] * 2  # a track without a score
+
+
 def test_score_shifted_cuts_to_the_window_and_bad_notes_are_refused():
     score = Score.from_notes([(0, 10, 60, False), (8, 30, 62, False), (40, 50, 64, True)])
     s = score.shifted(-9, 25)
@@ -190,3 +218,70 @@ def test_a_scored_model_round_trips_and_an_unscored_one_refuses_notes(tmp_path):
     np.testing.assert_array_equal(load_model(path)(x).numpy(), model(x).numpy())
     with pytest.raises(GenerateArgumentError, match="plays no score"):
         FastGenerator(make_model(2, 0), 2).generate(5, notes=pack_scores(SCORES))
+
+
+def _examples_with_scores(data: str, split: str) -> list[tuple[int, np.ndarray]]:
+    import tensorflow as tf
+
+    from wavenet.data.dataset import parse_example, shard_paths
+
+    ds = tf.data.TFRecordDataset(shard_paths(data, split)).map(parse_example)
+    return [(int(lab), notes) for _, lab, notes in ds.as_numpy_iterator()]
+
+
+@pytest.mark.training
+def test_a_scored_corpus_trains_and_its_clips_play_its_scores(tmp_path, capsys, mlflow_db):
+    """From the MIDI beside each track to clips that play it: preprocessing reads the scores,
+    a model that plays them trains and validates on them, evaluation scores it, and each clip
+    plays the score of an example of its label (written beside it as MIDI), or a given file."""
+    import json
+    import math
+
+    from wavenet.cli import main
+    from wavenet.data.manifest import read_manifest
+
+    sr, src, data = 8000, tmp_path / "src", str(tmp_path / "data")
+    make_demo_corpus(str(src), seconds_per_genre=6.0, sample_rate=sr, genres=("drums", "organ"))
+    common = ["--preset", "tiny", "--set", f"audio.sample_rate={sr}"]
+    assert main(["preprocess", str(src), data, *common]) == 0
+    assert all(t.score for t in read_manifest(data).files)
+    scored = [*common, "--set", "model.score_channels=4", "--set", "model.num_classes=2",
+              "--tracking-uri", mlflow_db]
+    capsys.readouterr()
+    assert main(["train", data, "--out", str(tmp_path / "run"), *scored, "--no-progress", "--steps", "4"]) == 0
+    assert math.isfinite(json.loads(capsys.readouterr().out)["val_bits_per_sample"])
+    model = str(tmp_path / "run" / "model.keras")
+    assert main(["evaluate", model, data, *scored]) == 0
+    capsys.readouterr()
+
+    assert main(["generate", model, "--out", str(tmp_path / "clips"), "--data", data, *scored,
+                 "--no-progress", "--seconds", "0.5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    n = result["num_samples"]
+    examples = _examples_with_scores(data, "validation") + _examples_with_scores(data, "train")
+    assert {c["label"] for c in result["clips"]} == {"drums", "organ"}
+    for clip in result["clips"]:
+        assert clip["score"]["source"].split(" of ")[1].startswith(clip["label"] + "/")
+        with open(clip["score"]["mid"], "rb") as f:
+            played = read_midi(f.read(), sr)
+        assert len(played) == clip["score"]["notes"] > 0
+        got = np.stack([played.start, played.end, played.token], axis=1)
+        # The notes of an example of the clip's label, cut to the clip (within a sample: MIDI ticks).
+        cut = [Score(r[:, 0], r[:, 1], r[:, 2] % 128, r[:, 2] >= 128).shifted(0, n)
+               for lab, r in examples if lab == clip["label_id"] and len(r)]
+        assert any(len(c) == len(played) and np.abs(
+            np.stack([c.start, c.end, c.token], axis=1) - got).max() <= 1 for c in cut), clip["name"]
+
+    mid = tmp_path / "tune.mid"
+    mid.write_bytes(midi_bytes(Score.from_notes([(800, 2400, 60, False), (1600, 1700, 36, True)]), sr))
+    assert main(["generate", model, "--out", str(tmp_path / "tune"), "--score", str(mid), *scored,
+                 "--no-progress", "--seconds", "0.5"]) == 0
+    for clip in json.loads(capsys.readouterr().out)["clips"]:
+        with open(clip["score"]["mid"], "rb") as f:
+            played = read_midi(f.read(), sr)
+        assert played.start.tolist() == [0, 800] and played.end.tolist() == [1600, 900]
+        assert played.percussion.tolist() == [False, True] and clip["score"]["source"] == str(mid)
+
+    assert main(["generate", model, "--out", str(tmp_path / "none"), *scored, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this model plays a score: pass the data folder" in err[0]

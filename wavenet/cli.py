@@ -40,7 +40,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 # They are applied after every --set, so a flag wins over a --set of the same field.
 FLAG_FIELDS = {"steps": "train.steps", "seconds": "generate.seconds",
                "temperature": "generate.temperature", "clips": "generate.num_clips",
-               "seed": "generate.seed", "weights": "generate.weights"}
+               "seed": "generate.seed", "weights": "generate.weights", "score": "generate.score"}
 
 
 def _config(args: argparse.Namespace):
@@ -308,6 +308,9 @@ def _add_generate(sub) -> None:
     everyday.add_argument("--seed", default=None, help="sampling seed, >= 0 (generate.seed)")
     everyday.add_argument("--weights", default=None, choices=["float32", "bfloat16", "int8"],
                           help="generator weight precision (generate.weights)")
+    everyday.add_argument("--score", default=None, metavar="FILE.mid",
+                          help="a MIDI file every clip plays, for a model that plays a score "
+                          "(generate.score; default: validation tracks' scores, with --data)")
     p.set_defaults(func=_cmd_generate)
 
 

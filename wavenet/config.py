@@ -396,9 +396,15 @@ class GenerateConfig:
     # model on trained demo and large models, and the fastest at batch 1 (6x
     # float32 for large), where generation is slowest; docs/generation.md.
     weights: str = "int8"
+    # For a model that plays a score (model.score_channels > 0): a MIDI file (local or gs://)
+    # every clip plays from its first note. Empty: each clip plays the score of a validation
+    # example of its label (from its first sample; the data folder is then needed).
+    score: str = ""
 
     def __post_init__(self) -> None:
         _check_finite_and_bounded(self, "generate")
+        _require(isinstance(self.score, str), "generate.score", self.score,
+                 "a MIDI file's path or gs:// URI (or empty)")
         _require(self.weights in ("float32", "bfloat16", "int8"), "generate.weights", self.weights,
                  "one of 'float32', 'bfloat16', 'int8'")
         _require(_is_number(self.reference_seconds) and self.reference_seconds > 0,

@@ -126,12 +126,13 @@ def agreement(model, data_dir: str, cfg, max_windows: int = 16, batch_size: int 
     keras_bits: list[np.ndarray] = []
     cached: dict[str, list[np.ndarray]] = {p: [] for p in PRECISIONS}
     seen = 0
-    for crops, labels in validation_dataset(data_dir, mcfg, batch_size):
-        crops, labels = crops.numpy()[:max_windows - seen], labels.numpy()[:max_windows - seen]
+    for crops, labels, notes in validation_dataset(data_dir, mcfg, batch_size):
+        crops, labels, notes = (x.numpy()[:max_windows - seen] for x in (crops, labels, notes))
         lab = labels if model.config.conditioned else None
-        keras_bits.append(np.asarray(bits_per_sample(model, crops, lab), np.float64))
+        notes = notes if model.config.scored else None
+        keras_bits.append(np.asarray(bits_per_sample(model, crops, lab, notes=notes), np.float64))
         for p in PRECISIONS:
-            cached[p].append(FastGenerator(model, crops.shape[0], weights=p).bits_per_sample(crops, lab))
+            cached[p].append(FastGenerator(model, crops.shape[0], weights=p).bits_per_sample(crops, lab, notes))
         seen += crops.shape[0]
         if seen >= max_windows:
             break

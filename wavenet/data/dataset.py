@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from wavenet.config import ExperimentConfig
 from wavenet.data.manifest import Manifest, Shard, check_digest, check_shard_file, data_root, read_manifest
+from wavenet.data.notes import crop_notes
 from wavenet.edges import storage
 from wavenet.errors import DataError, StorageError
 
@@ -25,6 +26,7 @@ log = logging.getLogger("wavenet.data.dataset")
 
 __all__ = [
     "parse_example",
+    "crop_scores",
     "shard_paths",
     "local_shard_paths",
     "verify_shards",
@@ -40,24 +42,60 @@ __all__ = [
 EVAL_SPLITS = ("validation", "all")
 
 
+_FEATURES = {
+    "codes": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.int64),
+    # A scored track's notes in the example's samples (wavenet.data.shards); absent: no score.
+    "notes": tf.io.VarLenFeature(tf.int64),
+}
+
+
 def parse_example(record):
-    """A serialized example -> ``(codes int32 (T,), label int32 ())``."""
-    parsed = tf.io.parse_single_example(record, {
-        "codes": tf.io.FixedLenFeature([], tf.string),
-        "label": tf.io.FixedLenFeature([], tf.int64),
-        "track": tf.io.FixedLenFeature([], tf.string),
-    })
-    codes = tf.cast(tf.io.decode_raw(parsed["codes"], tf.uint8), tf.int32)
-    return codes, tf.cast(parsed["label"], tf.int32)
+    """A serialized example -> ``(codes int32 (T,), label int32 (), notes int32 (N, 3))``.
+
+    ``notes``: the track's ``(start, end, token)`` rows in the example's samples (start
+    negative for a note begun before it); (0, 3) for a track without a score.
+    """
+    codes, label, notes = _parse_uint8(record)
+    return tf.cast(codes, tf.int32), label, notes
 
 
 def _parse_uint8(record):
-    parsed = tf.io.parse_single_example(record, {
-        "codes": tf.io.FixedLenFeature([], tf.string),
-        "label": tf.io.FixedLenFeature([], tf.int64),
-    })
+    parsed = tf.io.parse_single_example(record, _FEATURES)
+    notes = tf.reshape(tf.cast(tf.sparse.to_dense(parsed["notes"]), tf.int32), [-1, 3])
     # Codes stay uint8 until cropped: a 30 s chunk is 480 kB, not 1.9 MB.
-    return tf.io.decode_raw(parsed["codes"], tf.uint8), tf.cast(parsed["label"], tf.int32)
+    return tf.io.decode_raw(parsed["codes"], tf.uint8), tf.cast(parsed["label"], tf.int32), notes
+
+
+def crop_scores(notes, starts, length: int, max_notes: int):
+    """The notes each crop of an example hears: ``(K, max_notes, 3)`` int32 rows in the crop's samples.
+
+    Args:
+        notes: (N, 3) int32 ``(start, end, token)`` rows of the example, by start.
+        starts: (K,) int32 first sample of each crop in the example.
+        length: samples per crop.
+        max_notes: E, rows per crop (:func:`wavenet.data.notes.crop_notes`): the notes
+            sounding in a crop come first, in the example's order, then padding rows
+            (token -1); a crop with more notes keeps its first E.
+    """
+    pad = tf.tile(tf.constant([[0, 0, -1]], tf.int32), [max_notes, 1])
+    notes = tf.concat([notes, pad], axis=0)  # at least E rows, so every crop can take E
+    n = tf.shape(notes)[0]
+    start = notes[None, :, 0] - starts[:, None]  # (K, N + E)
+    end = notes[None, :, 1] - starts[:, None]
+    heard = (start < length) & (end > 0) & (notes[None, :, 2] >= 0)
+    # The heard rows first, each group in the example's order; then the first E.
+    order = tf.where(heard, 0, n) + tf.range(n)[None, :]
+    pick = tf.argsort(order, axis=1, stable=True)[:, :max_notes]  # (K, E)
+    kept = tf.gather(heard, pick, batch_dims=1)
+    token = tf.where(kept, tf.gather(notes[:, 2], pick), -1)
+    start = tf.where(kept, tf.gather(start, pick, batch_dims=1), 0)
+    end = tf.where(kept, tf.gather(end, pick, batch_dims=1), 0)
+    return tf.stack([start, end, token], axis=-1)
+
+
+def _no_scores(k):
+    return tf.zeros([k, 0, 3], tf.int32)
 
 
 def shard_paths(data_dir: str, split: str, manifest: Manifest | None = None) -> list[str]:
@@ -217,7 +255,9 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
         manifest: the folder's manifest when already read (else it is read here).
 
     Returns:
-        A dataset of ``(crops (B, receptive_field + window) int32, labels (B,) int32)``.
+        A dataset of ``(crops (B, receptive_field + window) int32, labels (B,) int32,
+        notes (B, E, 3) int32)``: each crop's score (:func:`crop_scores`) for a model that
+        plays one (``model.score_channels > 0``), else E = 0.
 
     Raises:
         DataError: no training shards, or fewer shards than input pipelines.
@@ -234,10 +274,11 @@ def train_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), block_length=1,
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(_parse_uint8, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.filter(lambda codes, label: tf.shape(codes)[0] >= crop)
+    ds = ds.filter(lambda codes, label, notes: tf.shape(codes)[0] >= crop)
     # One int64 per example from a seeded stream: crops are reproducible without global state.
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed + 2)))
-    ds = ds.flat_map(_random_crops(crop, seed))
+    max_notes = crop_notes(crop, config.audio.sample_rate) if config.model.scored else 0
+    ds = ds.flat_map(_random_crops(crop, seed, max_notes))
     ds = ds.shuffle(1024, seed=seed + 1).batch(batch_size, drop_remainder=True)
     options = tf.data.Options()
     # Sharding is done above by file; tell tf.distribute not to shard again.
@@ -264,10 +305,11 @@ def _training_shards(data_dir: str, manifest: Manifest, num_pipelines: int, crop
     return shards
 
 
-def _random_crops(crop: int, seed: int):
-    """``((codes, label), crop_seed) -> max(1, len // crop)`` crops at stateless random offsets."""
+def _random_crops(crop: int, seed: int, max_notes: int):
+    """``((codes, label, notes), crop_seed) -> max(1, len // crop)`` crops at stateless random
+    offsets, each with its ``max_notes`` rows of score (none when 0)."""
     def random_crops(example, crop_seed):
-        codes, label = example
+        codes, label, notes = example
         n = tf.shape(codes)[0]
         k = tf.maximum(1, n // crop)
         starts = tf.random.stateless_uniform(
@@ -275,7 +317,8 @@ def _random_crops(crop: int, seed: int):
             maxval=n - crop + 1, dtype=tf.int32)
         idx = starts[:, None] + tf.range(crop)[None, :]
         crops = tf.cast(tf.gather(codes, idx), tf.int32)
-        return tf.data.Dataset.from_tensor_slices((crops, tf.fill([k], label)))
+        scores = crop_scores(notes, starts, crop, max_notes) if max_notes else _no_scores(k)
+        return tf.data.Dataset.from_tensor_slices((crops, tf.fill([k], label), scores))
 
     return random_crops
 
@@ -299,7 +342,8 @@ def eval_shards(manifest: Manifest, data_dir: str, split: str) -> list[Shard]:
 
 def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
                        window: int | None = None, cache_dir: str | None = None,
-                       split: str = "validation", manifest: Manifest | None = None):
+                       split: str = "validation", manifest: Manifest | None = None,
+                       scores: bool | None = None):
     """Deterministic, finite batches covering the validation split (or every example).
 
     Each example is cut into consecutive, non-overlapping windows of
@@ -317,9 +361,11 @@ def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
         split: ``"validation"``, or ``"all"`` for the examples of both splits
             (a test folder preprocessed on its own).
         manifest: the folder's manifest when already read (else it is read here).
+        scores: whether the crops carry their scores (default: ``config.model.scored``).
 
     Returns:
-        A dataset of ``(crops (B, receptive_field + window) int32, labels (B,) int32)``.
+        A dataset of ``(crops (B, receptive_field + window) int32, labels (B,) int32,
+        notes (B, E, 3) int32)`` (E = 0 without scores; :func:`train_dataset`).
     """
     manifest = manifest or read_manifest(data_dir)
     shards = eval_shards(manifest, data_dir, split)
@@ -332,13 +378,16 @@ def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
                         f"receptive_field + window = {rf} + {window} codes (longest {longest}): use a "
                         f"smaller window")
     files = _localise(data_dir, shards, cache_dir)
+    scored = config.model.scored if scores is None else scores
+    max_notes = crop_notes(rf + window, config.audio.sample_rate) if scored else 0
 
-    def windows(codes, label):
+    def windows(codes, label, notes):
         n = tf.maximum(0, (tf.shape(codes)[0] - rf) // window)
         starts = tf.range(n) * window
         idx = starts[:, None] + tf.range(rf + window)[None, :]
         crops = tf.cast(tf.gather(codes, idx), tf.int32)
-        return tf.data.Dataset.from_tensor_slices((crops, tf.fill([n], label)))
+        heard = crop_scores(notes, starts, rf + window, max_notes) if scored else _no_scores(n)
+        return tf.data.Dataset.from_tensor_slices((crops, tf.fill([n], label), heard))
 
     ds = tf.data.TFRecordDataset(files).map(_parse_uint8).flat_map(windows)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from wavenet.config import AudioConfig, DataConfig, ExperimentConfig
+from wavenet.config import AudioConfig, DataConfig, ExperimentConfig, ModelConfig
 from wavenet.edges import storage
 from wavenet.errors import ConfigError, DataError
 
@@ -51,6 +51,7 @@ __all__ = [
     "file_sha256",
     "check_shard_file",
     "check_shards",
+    "check_scores",
     "track_codes_path",
     "track_score_path",
     "track_id",
@@ -342,6 +343,18 @@ def check_audio(data_dir: str, manifest: Manifest, audio: AudioConfig, prefix: s
         raise DataError(f"{prefix}.{name}={value} but {manifest_file(data_dir)} was made with "
                         f"audio.{name}={made}: use --set audio.{name}={made} or "
                         f"preprocess again with {value}")
+
+
+def check_scores(model: ModelConfig, manifest: Manifest, what: str = "model", data_dir: str = "DATA") -> None:
+    """One-line DataError when ``model`` plays a score and no track of the data has one.
+
+    Such a model would learn (or be scored) hearing silence where its notes should
+    be. A data folder with some scored tracks is fine: the others are heard without.
+    """
+    if model.scored and not any(t.score for t in manifest.files):
+        raise DataError(f"{what}: model.score_channels={model.score_channels} plays a score, but no "
+                        f"track of {data_dir} has one: put each track's MIDI file beside it "
+                        "(TRACK.mid) and preprocess again, or use model.score_channels=0")
 
 
 def audio_differences(manifest: Manifest, audio: AudioConfig) -> list[tuple[str, Any, Any]]:

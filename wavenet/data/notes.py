@@ -27,8 +27,8 @@ import numpy as np
 from wavenet.config import SCORE_TOKENS
 from wavenet.errors import DataError
 
-__all__ = ["NUM_TOKENS", "ONSET_SECONDS", "Score", "midi_bytes", "onset_samples", "pack_scores",
-           "read_midi"]
+__all__ = ["NUM_TOKENS", "ONSET_SECONDS", "NOTES_PER_SECOND", "Score", "crop_notes", "midi_bytes",
+           "onset_samples", "pack_scores", "read_midi"]
 
 NUM_TOKENS = SCORE_TOKENS
 # A note's "onset" entry is set for this long after it starts: the attack a model has to place.
@@ -93,6 +93,17 @@ class Score:
 def onset_samples(sample_rate: int) -> int:
     """:data:`ONSET_SECONDS` in samples at ``sample_rate`` (at least one)."""
     return max(1, int(round(ONSET_SECONDS * sample_rate)))
+
+
+# The most notes a crop's score holds, per second of the crop (at least MIN_CROP_NOTES): far
+# above what music plays (a drummer's sixteenths at 200 bpm and a chord of ten: about 25 a
+# second); a crop of a denser score keeps its first notes and drops the rest.
+NOTES_PER_SECOND, MIN_CROP_NOTES = 64, 32
+
+
+def crop_notes(length: int, sample_rate: int) -> int:
+    """E, the notes a crop of ``length`` samples carries (:data:`NOTES_PER_SECOND`)."""
+    return max(MIN_CROP_NOTES, -(-NOTES_PER_SECOND * int(length) // int(sample_rate)))
 
 
 def pack_scores(scores: list[Score], max_notes: int | None = None) -> np.ndarray:

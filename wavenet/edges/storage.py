@@ -166,12 +166,17 @@ def _blob(uri: str):
         return _client().bucket(bucket).blob(name)
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, limit: int | None = None) -> bytes:
+    """The bytes of ``path``; with ``limit``, at most ``limit + 1`` of them (more than ``limit``
+    read means the file is larger: the caller refuses it without holding all of it)."""
     if is_gcs(path):
         with _gcs(path):
-            return _blob(path).download_as_bytes(**_call_kwargs())
+            # Blob.download_as_bytes(start, end): an inclusive byte range
+            # (https://cloud.google.com/python/docs/reference/storage/latest/google.cloud.storage.blob.Blob).
+            span = {} if limit is None else {"start": 0, "end": limit}
+            return _blob(path).download_as_bytes(**span, **_call_kwargs())
     with open(path, "rb") as f:
-        return f.read()
+        return f.read() if limit is None else f.read(limit + 1)
 
 
 def read_text(path: str) -> str:

@@ -29,7 +29,7 @@ import tensorflow as tf
 from wavenet.config import ExperimentConfig
 from wavenet.data import labels as vocab
 from wavenet.data.dataset import local_shard_paths, parse_example, validation_dataset
-from wavenet.data.manifest import Manifest, check_audio, read_manifest
+from wavenet.data.manifest import Manifest, check_audio, check_scores, read_manifest
 from wavenet.errors import DataError, one_line
 from wavenet.memory import check_evaluation
 from wavenet.model import bits_per_sample
@@ -144,7 +144,7 @@ def training_code_counts(data_dir: str, quantization_channels: int,
         raise DataError(f"{data_dir} has no {' or '.join(splits)} shards with examples (baselines need them)")
     ds = tf.data.TFRecordDataset(files).map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
     try:
-        return count_codes((codes for codes, _ in ds.as_numpy_iterator()), quantization_channels)
+        return count_codes((codes for codes, _, _ in ds.as_numpy_iterator()), quantization_channels)
     except tf.errors.OpError as e:
         raise DataError(f"cannot read training shards of {data_dir}: "
                         f"{one_line(e, with_type=False)}") from None
@@ -153,12 +153,13 @@ def training_code_counts(data_dir: str, quantization_channels: int,
 # -- model scores -----------------------------------------------------------------
 
 def _bits_fn(model, context: int):
-    """A compiled ``(crops, labels) -> (B,)`` bits per sample of the last ``window`` codes.
+    """A compiled ``(crops, labels, notes) -> (B,)`` bits per sample of the last ``window`` codes.
 
     Crops carry ``context >= receptive_field`` codes in front of the scored
     window, so models with different receptive fields score the same samples.
     """
-    return tf.function(lambda crops, labels: bits_per_sample(model, crops, labels, context=context),
+    return tf.function(lambda crops, labels, notes: bits_per_sample(model, crops, labels, context=context,
+                                                                    notes=notes),
                        reduce_retracing=True)
 
 
@@ -171,6 +172,7 @@ def check_model_fits_data(model, manifest: Manifest, what: str, data_dir: str = 
     ``allow_missing`` (then its entry is :data:`wavenet.data.labels.MISSING`).
     """
     check_audio(data_dir, manifest, model.audio_config, prefix=f"{what}: audio")
+    check_scores(model.config, manifest, what, data_dir)
     if not model.config.conditioned:
         return None
     return vocab.model_ids(manifest.labels, model.labels, model.config.num_classes, what,
@@ -219,13 +221,14 @@ def score_models(models: Sequence, data_dir: str, config: ExperimentConfig,
         manifest = read_manifest(data_dir)
         label_maps = [check_model_fits_data(m, manifest, "the model", data_dir) for m in models]
     fns = [_bits_fn(m, context) for m in models]
-    ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size, split=split)
+    ds = validation_dataset(data_dir, ecfg, batch_size or config.evaluate.batch_size, split=split,
+                            scores=any(m.config.scored for m in models))
     per_label: dict[int, dict[str, Any]] = {}
-    for crops, labels in ds:
+    for crops, labels, notes in ds:
         lab = labels.numpy()
         base = _baseline_window_bits(crops.numpy(), context, window, log2_probs,
                                      counts.quantization_channels)
-        _tally(per_label, lab, _model_window_bits(fns, label_maps, crops, lab, window), base, window)
+        _tally(per_label, lab, _model_window_bits(fns, label_maps, crops, lab, notes, window), base, window)
     if not per_label:
         raise DataError(f"no {split} example in {data_dir} is long enough to score: each needs "
                         f"receptive_field + evaluate.window = {context} + {window} codes")
@@ -255,7 +258,7 @@ def _baseline_window_bits(crops: np.ndarray, context: int, window: int,
 
 
 def _model_window_bits(fns: Sequence, label_maps: Sequence[np.ndarray | None], crops,
-                       lab: np.ndarray, window: int) -> list[np.ndarray]:
+                       lab: np.ndarray, notes, window: int) -> list[np.ndarray]:
     """Summed bits per window of each model: a (B,) float64 array per model.
 
     In float64 so that thousands of windows add up exactly; each model sees its
@@ -264,7 +267,7 @@ def _model_window_bits(fns: Sequence, label_maps: Sequence[np.ndarray | None], c
     model_bits = []
     for fn, ids in zip(fns, label_maps, strict=True):
         seen = lab if ids is None else ids[lab]
-        bits = fn(crops, np.maximum(seen, 0).astype(np.int32)).numpy().astype(np.float64) * window
+        bits = fn(crops, np.maximum(seen, 0).astype(np.int32), notes).numpy().astype(np.float64) * window
         model_bits.append(np.where(seen >= 0, bits, np.nan))
     return model_bits
 

@@ -544,7 +544,8 @@ class FastGenerator:
             out[:, a - 1:b - 1] = logits
         return out
 
-    def bits_per_sample(self, crops: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    def bits_per_sample(self, crops: np.ndarray, labels: np.ndarray | None = None,
+                        notes: np.ndarray | None = None) -> np.ndarray:
         """Teacher-forced negative log-likelihood of crops, in bits per predicted sample.
 
         The cached counterpart of :func:`wavenet.model.bits_per_sample`: a crop of
@@ -554,6 +555,7 @@ class FastGenerator:
         Args:
             crops: (B, receptive_field + W) int codes, W >= 1.
             labels: (B,) int labels for a conditioned model, else None.
+            notes: (B, E, 3) the crops' scores in their samples, for a model that plays one.
 
         Returns:
             (B,) float64 mean bits per predicted sample.
@@ -563,7 +565,7 @@ class FastGenerator:
         if crops.shape[1] <= rf:
             raise GenerateArgumentError(f"crops must hold receptive_field + W codes with W >= 1 "
                                         f"(receptive_field={rf}). Received: shape {crops.shape}")
-        logits = self.teacher_forced_logits(crops[:, :-1], labels)[:, rf - 1:].astype(np.float64)
+        logits = self.teacher_forced_logits(crops[:, :-1], labels, notes)[:, rf - 1:].astype(np.float64)
         targets = crops[:, rf:]
         m = logits.max(axis=-1, keepdims=True)
         log_z = m[..., 0] + np.log(np.exp(logits - m).sum(axis=-1))

@@ -16,7 +16,9 @@ samples.json), "sample_rate", "num_samples" (per clip), "prime_samples",
 "generation_seconds", "wall_seconds" (set-up of the generator included),
 "clips": [{"index", "name", "label", "label_id", "wav", "png", "metrics",
 "checks" (calibrated: value, range, passed), "reference" (the label whose
-audio calibrated them, or "all labels"), "warnings"}], "warnings" (every
+audio calibrated them, or "all labels"), "warnings", "score" (for a model that plays
+a score: {"source", "notes", "mid"}, the notes it played, also written as MIDI beside
+the clip; else None)}], "warnings" (every
 clip's, prefixed with the clip name), "reference" ({label: calibration}: the
 ranges, percentiles, tolerances and how much audio), "thresholds" (of the
 checks that need no data), "title" (the training run's name and the
@@ -55,6 +57,7 @@ from wavenet.data import labels as vocab
 from wavenet.data.audio import mu_law_decode
 from wavenet.data.dataset import local_shard_paths, parse_example
 from wavenet.data.manifest import read_manifest
+from wavenet.data.notes import Score, midi_bytes, pack_scores, read_midi
 from wavenet.edges import registry, storage, tracking
 from wavenet.errors import ConfigError, DataError, one_line
 from wavenet.generation.fast import FastGenerator
@@ -131,7 +134,7 @@ def read_examples(data_dir: str, split: str, max_samples_per_label: int | None =
     wanted = max(1, len(read_manifest(data_dir).labels))
     out, totals = [], {}
     try:
-        for codes, label in tf.data.TFRecordDataset(files).map(parse_example).as_numpy_iterator():
+        for codes, label, _ in tf.data.TFRecordDataset(files).map(parse_example).as_numpy_iterator():
             label = int(label)
             if max_samples_per_label is not None and totals.get(label, 0) >= max_samples_per_label:
                 if len(totals) >= wanted and min(totals.values()) >= max_samples_per_label:
@@ -149,6 +152,120 @@ def read_validation_codes(data_dir: str, max_samples_per_label: int | None = Non
                           ) -> list[tuple[np.ndarray, int]]:
     """Validation examples ``(codes uint8, label)`` (see :func:`read_examples`)."""
     return read_examples(data_dir, "validation", max_samples_per_label)
+
+
+# The most bytes of a MIDI file generate.score reads (a score is kilobytes; the cap keeps a
+# mistaken path to a large file from filling memory).
+MAX_SCORE_BYTES = 8 << 20
+
+
+class ClipScores(NamedTuple):
+    """What each clip of a model that plays a score plays."""
+
+    notes: np.ndarray  # (num_clips, E, 3) pack_scores rows, in samples from the first new one
+    scores: list[Score]  # per clip, the notes of the generated samples alone (written as MIDI)
+    prime: np.ndarray | None  # (num_clips, P) the codes that led to the score's first sample
+    sources: list[str]  # per clip, where its score came from
+
+
+def read_scored_examples(data_dir: str, split: str, length: int, wanted: list[int] | None, per_label: int
+                         ) -> dict[int, list[tuple[np.ndarray, np.ndarray, str]]]:
+    """Examples of ``split`` with a score and at least ``length`` codes, in shard order.
+
+    Returns:
+        ``{label: [(codes uint8, notes (N, 3), track id)]}``, up to ``per_label`` for each
+        ``wanted`` label; ``wanted`` None: examples of any label, under the key -1.
+    """
+    files = local_shard_paths(data_dir, split)
+    out: dict[int, list] = {-1: []} if wanted is None else {label: [] for label in wanted}
+
+    def with_track(record):
+        track = tf.io.parse_single_example(record, {"track": tf.io.FixedLenFeature([], tf.string)})
+        return (*parse_example(record), track["track"])
+
+    try:
+        for codes, label, notes, track in tf.data.TFRecordDataset(files).map(with_track).as_numpy_iterator():
+            pool = out.get(-1 if wanted is None else int(label))
+            if pool is not None and len(pool) < per_label and len(notes) and len(codes) >= length:
+                pool.append((codes.astype(np.uint8), notes, track.decode()))
+            if all(len(v) >= per_label for v in out.values()):
+                break
+    except tf.errors.OpError as e:
+        raise DataError(f"cannot read {split} shards of {data_dir}: "
+                        f"{one_line(e, with_type=False)}") from None
+    return out
+
+
+def _score_of(rows: np.ndarray, offset: int, length: int) -> Score:
+    """``(start, end, token)`` rows moved by ``-offset`` and cut to those heard in ``[-offset, length)``
+    (a note may begin before 0, in the prime)."""
+    start, end, token = (rows[:, i].astype(np.int64) - (offset if i < 2 else 0) for i in range(3))
+    keep = (end > -offset) & (start < length)
+    return Score(start[keep], end[keep], token[keep] % 128, token[keep] >= 128)
+
+
+def clip_scores(net: WaveNet, g: GenerateConfig, data_dir: str | None, num_samples: int, prime_len: int,
+                label_ids: np.ndarray | None, vocabulary: list[str] | None) -> ClipScores:
+    """The score of every clip: ``generate.score`` for all, else an example of the clip's label
+    each (different examples while there are), primed with its own first codes.
+
+    The examples are validation audio, or training audio for a label whose validation examples
+    are all shorter than a clip (a held-out tail is often a few seconds).
+
+    Raises:
+        ConfigError: neither a score file nor a data folder.
+        DataError: the score file is unreadable, too large or silent, or a label has no
+            scored example of ``prime + clip`` codes.
+    """
+    sr, n = net.audio_config.sample_rate, g.num_clips
+    if g.score:
+        if not storage.exists(g.score):  # an outage raises StorageUnavailable (retryable) instead
+            raise DataError(f"generate.score: no such file: {g.score}")
+        try:
+            data = storage.read_bytes(g.score, limit=MAX_SCORE_BYTES)
+        except OSError as e:
+            raise DataError(f"generate.score: cannot read {g.score}: {e.strerror or e}") from None
+        if len(data) > MAX_SCORE_BYTES:
+            raise DataError(f"generate.score: {g.score} is larger than {MAX_SCORE_BYTES >> 20} MiB: "
+                            "not a score")
+        score = read_midi(data, sr, g.score)
+        if not len(score):
+            raise DataError(f"{g.score}: the MIDI file has no notes to play")
+        played = score.shifted(-int(score.start.min()), num_samples)
+        return ClipScores(pack_scores([played] * n), [played] * n, None, [g.score] * n)
+    if not data_dir:
+        raise ConfigError("this model plays a score: pass the data folder (--data; each clip plays a "
+                          "validation track's score) or a MIDI file (--score FILE.mid, generate.score)")
+    length = prime_len + num_samples
+    wanted = None if label_ids is None else sorted(set(label_ids.tolist()))
+    found = read_scored_examples(data_dir, "validation", length, wanted, n)
+    short = [k for k, pool in found.items() if not pool]
+    if short:
+        found.update({k: v for k, v in read_scored_examples(
+            data_dir, "train", length, None if label_ids is None else short, n).items()
+                      if k in short})
+    split_of = {k: "training" if k in short else "validation" for k in found}
+    tracks = {t.sha256: t.relpath for t in read_manifest(data_dir).files}
+    rows, scores, prime, sources = [], [], [], []
+    used: dict[int, int] = {}
+    for i in range(n):
+        key = -1 if label_ids is None else int(label_ids[i])
+        pool = found[key]
+        if not pool:
+            name = "any label" if key < 0 else (vocabulary[key] if vocabulary and key < len(vocabulary)
+                                                 else str(key))
+            raise DataError(f"{data_dir}: no example of {name} has a score and the "
+                            f"{length} codes a clip needs (generate.prime_seconds + generate.seconds): "
+                            "generate shorter clips or pass --score FILE.mid")
+        codes, notes, track = pool[used.get(key, 0) % len(pool)]
+        used[key] = used.get(key, 0) + 1
+        heard = _score_of(notes, prime_len, num_samples)
+        rows.append(heard)
+        scores.append(heard.shifted(0, num_samples))
+        prime.append(codes[:prime_len])
+        sources.append(f"{split_of[key]} example of {tracks.get(track, track[:12])}")
+    return ClipScores(pack_scores(rows), scores, np.stack(prime).astype(np.int32) if prime_len else None,
+                      sources)
 
 
 def prime_codes(examples: list[tuple[np.ndarray, int]], length: int,
@@ -231,7 +348,8 @@ def _check_generation_memory(net: WaveNet, g: GenerateConfig, num_samples: int) 
 
 
 def _sample(net: WaveNet, g: GenerateConfig, num_samples: int, prime: np.ndarray | None,
-            labels: np.ndarray | None, progress: bool) -> tuple[np.ndarray, float, float]:
+            labels: np.ndarray | None, progress: bool,
+            notes: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """All clips in one batch of the cached generator.
 
     Returns:
@@ -250,7 +368,7 @@ def _sample(net: WaveNet, g: GenerateConfig, num_samples: int, prime: np.ndarray
             seen[0] = done
 
         start = time.perf_counter()
-        codes = generator.generate(num_samples, prime=prime, labels=labels,
+        codes = generator.generate(num_samples, prime=prime, labels=labels, notes=notes,
                                    temperature=g.temperature, seed=g.seed, progress=on_progress)
         end = time.perf_counter()
         return codes, end - start, end - wall_start
@@ -258,9 +376,10 @@ def _sample(net: WaveNet, g: GenerateConfig, num_samples: int, prime: np.ndarray
 
 def _write_clips(codes: np.ndarray, local_dir: str, out_dir: str, sr: int, q: int,
                  label_ids: np.ndarray | None, label_names: list[str | None],
-                 calibrations: dict[int | None, dict[str, Any]]
+                 calibrations: dict[int | None, dict[str, Any]], scores: ClipScores | None = None
                  ) -> tuple[list[dict], list[dict], list[str], list[str]]:
-    """Each clip's WAV and PNG, checked: ``(clips, report clips, warnings, file names)``."""
+    """Each clip's WAV and PNG (and the score it played, as MIDI), checked: ``(clips, report
+    clips, warnings, file names)``."""
     clips, report_clips, all_warnings, written = [], [], [], []
     for i in range(len(codes)):
         name = f"clip-{i:02d}" + (f"-{_slug(label_names[i])}" if label_names[i] is not None else "")
@@ -270,6 +389,12 @@ def _write_clips(codes: np.ndarray, local_dir: str, out_dir: str, sr: int, q: in
         storage.write_bytes_atomic(os.path.join(local_dir, name + ".wav"), wav)
         storage.write_bytes_atomic(os.path.join(local_dir, name + ".png"), png)
         written += [name + ".wav", name + ".png"]
+        played = None
+        if scores is not None:
+            storage.write_bytes_atomic(os.path.join(local_dir, name + ".mid"), midi_bytes(scores.scores[i], sr))
+            written.append(name + ".mid")
+            played = {"source": scores.sources[i], "notes": len(scores.scores[i]),
+                      "mid": storage.join(out_dir, name + ".mid")}
         label_id = None if label_ids is None else int(label_ids[i])
         # The clip's label's range; all labels together for an unconditioned
         # model or a label without training audio.
@@ -281,7 +406,7 @@ def _write_clips(codes: np.ndarray, local_dir: str, out_dir: str, sr: int, q: in
                       "wav": storage.join(out_dir, name + ".wav"),
                       "png": storage.join(out_dir, name + ".png"),
                       "metrics": quality["metrics"], "checks": quality["checks"],
-                      "reference": reference_name, "warnings": quality["warnings"]})
+                      "reference": reference_name, "warnings": quality["warnings"], "score": played})
         report_clips.append({"name": name, "label": label_names[i], "wav": wav,
                              "wav_file": name + ".wav", "png": png, "png_file": name + ".png",
                              "metrics": quality["metrics"], "checks": quality["checks"],
@@ -366,7 +491,10 @@ def _report_info(result: dict[str, Any], g: GenerateConfig, net: WaveNet) -> dic
             "primed with (s)": result["prime_samples"] / sr, "temperature": g.temperature,
             "seed": g.seed, "receptive field": net.receptive_field,
             "generator": f"FastGenerator, {g.weights} weights, "
-                         f"{result['samples_per_second']:.0f} samples/s ({g.num_clips} streams)"}
+                         f"{result['samples_per_second']:.0f} samples/s ({g.num_clips} streams)",
+            **({"scores played": "; ".join(
+                f"{c['name']}: {c['score']['source']} ({c['score']['notes']} notes; {c['name']}.mid)"
+                for c in result["clips"] if c["score"])} if net.config.scored else {})}
 
 
 def _write_outputs(local_dir: str, html: str, result: dict[str, Any]) -> None:
@@ -601,18 +729,24 @@ def _draw(net: WaveNet, plan: _Plan, progress: bool, out_dir: str) -> _Drawn:
     """Calibrate and prime from the data, sample every clip, write clips and references."""
     g, data_dir = plan.config.generate, plan.data_dir
     sr, q = net.audio_config.sample_rate, net.config.quantization_channels
-    examples, calibrations = [], {}
+    calibrations: dict[int | None, dict[str, Any]] = {}
     # Data ids index the data (calibration, priming, references); the model sees its own ids.
     label_ids = plan.clip.data_ids
+    # A model that plays a score plays a validation example's (primed with the codes before it) or
+    # generate.score's.
+    scores = (clip_scores(net, g, data_dir, plan.num_samples, plan.prime_len, label_ids, plan.vocabulary)
+              if net.config.scored else None)
+    prime = None if scores is None else scores.prime
     if data_dir:
-        if plan.prime_len:
+        if plan.prime_len and prime is None:
             examples = read_validation_codes(data_dir, plan.prime_len * g.num_clips)
+            prime = prime_codes(examples, plan.prime_len, label_ids, g.num_clips)
         calibrations = clip_calibrations(data_dir, g, sr, q, plan.num_samples, plan.vocabulary, label_ids)
-    prime = prime_codes(examples, plan.prime_len, label_ids, g.num_clips) if plan.prime_len else None
-    codes, elapsed, wall = _sample(net, g, plan.num_samples, prime, plan.clip.model_ids, progress)
+    codes, elapsed, wall = _sample(net, g, plan.num_samples, prime, plan.clip.model_ids, progress,
+                                   None if scores is None else scores.notes)
     local_dir, staged = _stage_dir(out_dir)
     clips, report_clips, all_warnings, written = _write_clips(
-        codes, local_dir, out_dir, sr, q, label_ids, plan.clip.names, calibrations)
+        codes, local_dir, out_dir, sr, q, label_ids, plan.clip.names, calibrations, scores)
     ref_summaries, references, ref_files = (_write_references(
         data_dir, plan.vocabulary, label_ids, g.seconds, sr, q, local_dir, out_dir) if data_dir else ([], None, []))
     written += ref_files + [REPORT_FILE, SUMMARY_FILE]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from wavenet.config import ExperimentConfig
-from wavenet.data.manifest import Manifest, check_audio, check_shards
+from wavenet.data.manifest import Manifest, check_audio, check_scores, check_shards
 from wavenet.errors import ConfigError, DataError
 
 __all__ = ["WorkerRole", "parse_tf_config", "worker_role", "check_data", "check_batch"]
@@ -65,16 +65,13 @@ def worker_role(tf_config: Mapping[str, Any] | None) -> WorkerRole:
 def check_data(data_dir: str, manifest: Manifest, cfg: ExperimentConfig, workers: int) -> bool:
     """Fail in one line before training; returns whether a validation split exists.
 
-    Checks the audio settings against the manifest's, that the model asks for no
-    score (the shards carry none yet), that a conditioned model
+    Checks the audio settings against the manifest's, that a model that plays a
+    score has scored tracks to learn from, that a conditioned model
     has a label id for every label of the data, and every shard against
     its sha256 (local shards; bucket shards when fetched), before any run starts.
     """
     check_audio(data_dir, manifest, cfg.audio)
-    if cfg.model.scored:
-        raise DataError(f"{data_dir} carries no scores, but model.score_channels={cfg.model.score_channels} "
-                        "asks for one (preprocessing does not read MIDI files yet): train with "
-                        "model.score_channels=0; devtools/notes_probe.py trains on the demo's scores")
+    check_scores(cfg.model, manifest, "train", data_dir)
     n, labels = cfg.model.num_classes, manifest.labels
     if cfg.model.conditioned and len(labels) > n:
         raise DataError(f"{data_dir} has {len(labels)} labels ({', '.join(labels)}) but model.num_classes="

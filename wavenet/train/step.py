@@ -42,12 +42,12 @@ def make_train_step(
 
     top = model.config.quantization_channels - 1
 
-    def forward_backward(crops, labels, seed):
+    def forward_backward(crops, labels, notes, seed):
         read = None
         if t.input_noise > 0:  # the same noise for the same step, replica and train.seed
             read = injected_noise(crops, seed, t.input_noise, top)
         with tf.GradientTape() as tape:
-            bits = bits_per_sample(model, crops, labels, training=True, read=read)
+            bits = bits_per_sample(model, crops, labels, training=True, read=read, notes=notes)
             # Sum over this replica's examples / global batch: after the
             # all-reduce sum this is the mean over the global batch.
             loss = tf.nn.compute_average_loss(bits, global_batch_size=g)
@@ -57,11 +57,11 @@ def make_train_step(
     if trainer.jit:
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
-    def replica_step(crops, labels, stop):
+    def replica_step(crops, labels, notes, stop):
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
         seed = tf.stack([tf.cast(optimizer.iterations, tf.int64),
                          tf.cast(replica, tf.int64) + 65_536 * t.seed])
-        loss, grads = forward_backward(crops, labels, seed)
+        loss, grads = forward_backward(crops, labels, notes, seed)
         # Dense gradients (the embedding's arrive as IndexedSlices): one fixed
         # all-reduce layout, and the same summation whatever the batch holds.
         grads = [tf.convert_to_tensor(gr) for gr in grads]
@@ -81,8 +81,8 @@ def make_train_step(
 
     @tf.function
     def compiled_step(iterator, stop):
-        crops, labels = next(iterator)
-        results = trainer.strategy.run(replica_step, args=(crops, labels, stop))
+        crops, labels, notes = next(iterator)
+        results = trainer.strategy.run(replica_step, args=(crops, labels, notes, stop))
         return tuple(trainer.strategy.experimental_local_results(r)[0] for r in results)
 
     # The flag as one of two ready tensors: a Python value would retrace the step.
@@ -101,9 +101,9 @@ def injected_noise(codes: tf.Tensor, seed: tf.Tensor, stddev: float, top: int) -
     return tf.cast(tf.clip_by_value(tf.round(tf.cast(codes, tf.float32) + noise), 0.0, top), codes.dtype)
 
 
-def bits_fn(model: WaveNet) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """A compiled ``(crops, labels) -> (B,)`` bits per sample of ``model``."""
-    return tf.function(lambda crops, labels: bits_per_sample(model, crops, labels),
+def bits_fn(model: WaveNet) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
+    """A compiled ``(crops, labels, notes) -> (B,)`` bits per sample of ``model``."""
+    return tf.function(lambda crops, labels, notes: bits_per_sample(model, crops, labels, notes=notes),
                        reduce_retracing=True)
 
 
@@ -132,13 +132,13 @@ class Validation:
         return validation_dataset(self.data, self.cfg, t.global_batch_size, window=t.window,
                                   manifest=self.manifest)
 
-    def __call__(self, fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> float | None:
+    def __call__(self, fn: Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]) -> float | None:
         """Score with ``fn`` (from :func:`bits_fn`); None without a validation split."""
         if not self.available:
             return None
         total, count = 0.0, 0
-        for crops, labels in self._dataset().take(self.cfg.train.validation_batches or -1):
-            bits = fn(crops, labels).numpy()
+        for crops, labels, notes in self._dataset().take(self.cfg.train.validation_batches or -1):
+            bits = fn(crops, labels, notes).numpy()
             total += float(bits.sum())
             count += len(bits)
         return total / count if count else None
