@@ -175,7 +175,7 @@ def test_a_partition_job_given_audio_paths_only_finds_the_scores(scored, tmp_pat
     assert "score" not in records["drums/plain.wav"]
 
 
-def test_a_changed_score_makes_a_new_track_as_changed_audio_does(tmp_path, capsys):
+def test_a_changed_score_replaces_its_track_and_a_copy_of_the_audio_is_skipped(tmp_path, capsys):
     src, dst = str(tmp_path / "src"), str(tmp_path / "out")
     write_wav(f"{src}/keys/a.wav", 2.0, 330, seed=1)
     write_wav(f"{src}/keys/b.wav", 2.0, 220, seed=2)
@@ -183,23 +183,23 @@ def test_a_changed_score_makes_a_new_track_as_changed_audio_does(tmp_path, capsy
     assert main(["preprocess", src, dst, "--preset", "tiny", "--no-progress", "--processes", "1"]) == 0
     assert "2 processed, 0 unchanged, 0 skipped" in capsys.readouterr().out
     first = read_manifest(dst)
-    # Only the score changes (a note moves): a new track id, the audio decoded again.
+    # Only the score changes (a note moves): a new track id, the audio decoded again, and the
+    # new entry takes the old one's place and split (the audio is the same; its notes were fixed).
     write_bytes(f"{src}/keys/a.mid", midi_bytes(Score.from_notes([(0, 8000, 49, False)]), SR))
+    # A copy of the audio under another name, without a score: the same audio, skipped.
+    shutil.copy(f"{src}/keys/a.wav", f"{src}/keys/copy.wav")
     assert main(["preprocess", src, dst, "--preset", "tiny", "--no-progress", "--processes", "1"]) == 0
     out = capsys.readouterr().out
-    assert "1 processed, 1 unchanged, 0 skipped" in out and "(3 tracks, 2 with a score, 1 labels;" in out
+    assert "1 processed, 1 unchanged, 1 skipped" in out and "(2 tracks, 1 with a score, 1 labels;" in out
     second = read_manifest(dst)
     old = {t.relpath: t for t in first.files}["keys/a.wav"]
-    by_sha = {t.sha256: t for t in second.files}
-    # As for a file whose audio changed: the old entry stays (a data folder never loses a
-    # track), with its split and its score; the new one has the new score.
-    assert old.sha256 in by_sha and by_sha[old.sha256].split == old.split
-    assert by_sha[old.sha256].score_sha256 == old.score_sha256
-    new = [t for t in second.files if t.relpath == "keys/a.wav" and t.sha256 != old.sha256]
-    assert len(new) == 1 and new[0].notes == 1 and new[0].score_sha256 != old.score_sha256
-    assert np.load(os.path.join(dst, new[0].score)).tolist() == [[0, 8000, 49]]
-    # Both scores stay in the data folder while a manifest names them; a third run changes nothing.
-    assert os.path.exists(os.path.join(dst, old.score)) and os.path.exists(os.path.join(dst, new[0].score))
+    new = {t.relpath: t for t in second.files}["keys/a.wav"]
+    assert new.sha256 != old.sha256 and new.audio_id == old.audio_id and new.split == old.split
+    assert new.notes == 1 and np.load(os.path.join(dst, new.score)).tolist() == [[0, 8000, 49]]
+    assert [s.reason for s in second.skipped] == [f"same audio as {src}/keys/a.wav"]
+    # The old score is no longer named by the live manifest (kept versions may still name it).
+    assert old.sha256 not in {t.sha256 for t in second.files}
+    # A third run changes nothing.
     third = preprocess(src, dst, preset("tiny"), processes=1, progress=False)
     assert (third.summary.processed, third.summary.unchanged) == (0, 2)
     assert [s.sha256 for s in third.shards] == [s.sha256 for s in second.shards]

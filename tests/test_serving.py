@@ -131,6 +131,17 @@ def test_a_bad_row_is_refused_in_one_line(model, rows, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+def test_a_model_that_plays_a_score_is_refused_in_one_line():
+    from test_generate import make_model
+
+    from wavenet.errors import WavenetError
+
+    with pytest.raises(WavenetError) as e:
+        GenerationModel(make_model(score_channels=4), ServeSettings())
+    assert "plays a score (model.score_channels=4) and serving takes no scores" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_serving_settings_travel_with_the_model_and_yield_to_the_environment(model, tmp_path):
     from wavenet.errors import WavenetError
     from wavenet.serving import load, write_settings

@@ -385,6 +385,11 @@ class GenerationModel:
     """
 
     def __init__(self, model, settings: ServeSettings):
+        if model.config.scored:
+            # A request would need a score to play; the request schema (module docstring) has none.
+            raise WavenetError(f"this model plays a score (model.score_channels={model.config.score_channels}) "
+                               "and serving takes no scores: serve a model trained with "
+                               "model.score_channels=0, or play scores with `wavenet generate --score`")
         self.model = model
         self.settings = settings
         self._rows = _Rows(model, settings)

@@ -104,7 +104,9 @@ class Track:
     "unchanged" check of a later run): the sha256 of the audio file's bytes for a
     track without a score, and for a track with a score (a MIDI file beside it)
     the sha256 of ``"<audio sha256>:<score_sha256>"`` (:func:`track_id`), so that
-    a new score makes a new track as new audio does.
+    a later run sees a changed score. ``audio_sha256`` keeps the audio's own sha256
+    for a scored track: the same audio is one track whatever its score (a copy is
+    skipped, a new score of the same file replaces its entry).
     """
 
     path: str  # the source file
@@ -130,6 +132,12 @@ class Track:
     score: str | None = None
     score_sha256: str | None = None  # of the MIDI file's bytes
     notes: int = 0  # rows in the score file
+    audio_sha256: str | None = None  # of the audio file's bytes, for a scored track (else sha256 is)
+
+    @property
+    def audio_id(self) -> str:
+        """The sha256 of the track's audio file."""
+        return self.audio_sha256 or self.sha256
 
     def ranges(self) -> list[tuple[str, int, int]]:
         """``(split, start, end)`` sample ranges of the track (:func:`split_ranges`)."""
@@ -296,6 +304,8 @@ def _check_paths(m: Manifest, where: str) -> Manifest:
             check_relpath(t.score, f"files[{i}].score", where)
         if t.score_sha256 is not None:
             check_digest(t.score_sha256, f"files[{i}].score_sha256", where)
+        if t.audio_sha256 is not None:
+            check_digest(t.audio_sha256, f"files[{i}].audio_sha256", where)
         for j, path in enumerate(t.shards):
             check_relpath(path, f"files[{i}].shards[{j}]", where)
     return m

@@ -26,8 +26,9 @@ extension) lies beside ``DIR/NAME.EXT``, it is read (at most
 ``audio.sample_rate``, moved by the silence trimmed from the audio's start and
 cut to the codes, and saved beside them as ``WORK/tracks/<sha256>-<audio>.score.npy``
 ((notes, 3) int64 rows ``start, end, token``). The track's id then covers both
-files (:func:`wavenet.data.manifest.track_id`). A score that cannot be read
-skips its track with a one-line reason naming the MIDI file.
+files (:func:`wavenet.data.manifest.track_id`); the merge still counts one audio
+file as one track (a new score replaces its entry, :func:`_classify`). A score
+that cannot be read skips its track with a one-line reason naming the MIDI file.
 
 ``merge_manifests`` then, in one process and as the one writer of ``DST``
 (:func:`wavenet.data.shards.update_dataset`: a lock, or a compare-and-swap on a
@@ -67,7 +68,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -450,8 +451,8 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
             if score_path is not None:
                 # Read before the "unchanged" check: the track's id covers the score.
                 score_data, score_sha = _read_score(score_path)
+                record["audio_sha256"], record["score_sha256"] = digest, score_sha
                 digest = track_id(digest, score_sha)
-                record["score_sha256"] = score_sha
             record["sha256"] = digest
             if digest in known:
                 return {**record, "status": "unchanged"}
@@ -664,21 +665,42 @@ def _read_partial(path: str) -> dict[str, Any]:
             if r.get("score") is not None:
                 check_relpath(r["score"], f"records[{i}].score", path)
                 check_digest(r.get("score_sha256"), f"records[{i}].score_sha256", path)
+                check_digest(r.get("audio_sha256"), f"records[{i}].audio_sha256", path)
                 if not isinstance(r.get("notes"), int) or r["notes"] < 0:
                     raise DataError(f"{path}: records[{i}].notes must be a count of notes. "
                                     f"Received: {r.get('notes')!r}")
     return part
 
 
-def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, dict, list[Skipped], int]:
-    """Partial records -> (new track entries, their codes and scores in the work dirs, skipped, unchanged)."""
+class _Classified(NamedTuple):
+    """What the partial records hold, against the tracks ``DST`` already has."""
+
+    new: dict[str, dict[str, Any]]  # new track entries by id
+    codes: dict[str, str]  # their codes in the work dirs
+    scores: dict[str, str]  # their scores in the work dirs
+    skipped: list[Skipped]
+    unchanged: int
+    replaced: dict[str, str]  # old track id -> the new id of the same audio file with a new score
+
+
+def _classify(records: list, old_tracks: dict[str, Track]) -> _Classified:
+    """Partial records -> new tracks, skipped files, unchanged ones, and old tracks replaced.
+
+    One audio file is one track: a copy of it (same audio bytes, any score) is skipped, and
+    the same file with a new score replaces its old entry, keeping its split (its notes were
+    corrected; its audio, hence the split's content, is the same).
+    """
     new: dict[str, dict[str, Any]] = {}
     new_codes: dict[str, str] = {}
     new_scores: dict[str, str] = {}
     skipped: list[Skipped] = []
     unchanged = 0
+    replaced: dict[str, str] = {}
+    old_audio = {t.audio_id: t for t in old_tracks.values()}
+    new_audio: dict[str, str] = {}
     for r, work_dir in records:
         status = r["status"]
+        audio = r.get("audio_sha256") or r.get("sha256")
         if status == "skipped":
             skipped.append(Skipped(r["path"], r["reason"]))
         elif status == "unchanged" and r["sha256"] in old_tracks:
@@ -694,14 +716,24 @@ def _classify(records: list, old_tracks: dict[str, Track]) -> tuple[dict, dict, 
             first_path = (old_tracks[r["sha256"]].path if r["sha256"] in old_tracks
                           else new[r["sha256"]]["path"])
             skipped.append(Skipped(r["path"], f"same content as {first_path}"))
+        elif audio in new_audio:
+            skipped.append(Skipped(r["path"], f"same audio as {new_audio[audio]}"))
+        elif audio in old_audio and (old_audio[audio].relpath != r["relpath"]
+                                     or old_audio[audio].sha256 in replaced):
+            skipped.append(Skipped(r["path"], f"same audio as {old_audio[audio].path}"))
         else:
             entry = {k: v for k, v in r.items() if k != "status"}
             entry.update(split=None, label_id=-1, chunks=0, shards=(), validation_start=None, parts=())
+            if audio in old_audio:  # the same file, a new score: it takes the old entry's place
+                old = old_audio[audio]
+                replaced[old.sha256] = r["sha256"]
+                entry.update(split=old.split, validation_start=old.validation_start)
             new[r["sha256"]] = entry
+            new_audio[audio] = r["path"]
             new_codes[r["sha256"]] = storage.join(work_dir, r["codes"])
             if r.get("score") is not None:
                 new_scores[r["sha256"]] = storage.join(work_dir, r["score"])
-    return new, new_codes, new_scores, skipped, unchanged
+    return _Classified(new, new_codes, new_scores, skipped, unchanged, replaced)
 
 
 def merge_manifests(partial_paths: Sequence[str], dst: str, config: ExperimentConfig,
@@ -749,9 +781,13 @@ def _merge(old: Manifest | None, records: list, src: str | None, dst: str, confi
         log.warning("%d track(s) of %s were made with another audio config or lost their codes: "
                     "they are dropped (and re-made if their files are in SRC)",
                     len(old.files) - len(old_tracks), dst)
-    new, new_codes, new_scores, skipped, unchanged = _classify(records, old_tracks)
+    new, new_codes, new_scores, skipped, unchanged, replaced = _classify(records, old_tracks)
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
+    for old_id, new_id in replaced.items():
+        log.warning("%s has a new score: its track %s is replaced by %s", new[new_id]["path"],
+                    old_id[:12], new_id[:12])
+        del old_tracks[old_id]
     if not old_tracks and not new:
         where = src if src is not None else "the input"
         first = f" (e.g. {skipped[0].path}: {skipped[0].reason})" if skipped else ""
