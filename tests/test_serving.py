@@ -131,15 +131,35 @@ def test_a_bad_row_is_refused_in_one_line(model, rows, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
-def test_a_model_that_plays_a_score_is_refused_in_one_line():
+def test_a_model_that_plays_a_score_plays_each_rows_score(model):
+    """A row's score (a base64 MIDI file) is what its clip plays, from its first note: the clip
+    is the fast generator's with that score; a row without one, or one for a model that plays
+    none, is refused in one line."""
     from test_generate import make_model
 
-    from wavenet.errors import WavenetError
+    from wavenet.data.audio import mu_law_decode
+    from wavenet.data.notes import Score, midi_bytes, pack_scores
 
-    with pytest.raises(WavenetError) as e:
-        GenerationModel(make_model(score_channels=4), ServeSettings())
-    assert "plays a score (model.score_channels=4) and serving takes no scores" in str(e.value)
-    assert "\n" not in str(e.value)
+    scored = make_model(score_channels=4)
+    sr = scored.audio_config.sample_rate
+    tune = Score.from_notes([(4000, 6000, 60, False), (5000, 5200, 36, True)])
+    row = {"seconds": 0.1, "seed": 3, "score": base64.b64encode(midi_bytes(tune, sr)).decode()}
+    served = GenerationModel(scored, ServeSettings())
+    got = served.predict([row, {**row, "seed": 4}])
+    want = FastGenerator(scored, 1, weights=ServeSettings().weights).generate(
+        round(0.1 * sr), seed=[3], notes=pack_scores([tune.shifted(-4000, round(0.1 * sr))]))
+    audio, _ = sf.read(io.BytesIO(base64.b64decode(got["audio"][0])), dtype="float32")
+    np.testing.assert_allclose(audio, mu_law_decode(want[0], 256), atol=2 / 32767)  # 16-bit PCM
+    silent = FastGenerator(scored, 1, weights=ServeSettings().weights).generate(
+        round(0.1 * sr), seed=[3], notes=pack_scores([Score.from_notes([])]))
+    assert not np.array_equal(want, silent)  # the score is heard
+    for bad, message in [({"seconds": 0.1}, "row 0: this model plays a score: give score"),
+                         ({**row, "score": "bm90IG1pZGk="}, "row 0: score: not a readable MIDI file")]:
+        with pytest.raises(BadRequest) as e:
+            served.predict([bad])
+        assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    with pytest.raises(BadRequest, match="row 0: this model plays no score: give no score"):
+        GenerationModel(model, ServeSettings()).predict([{**row, "label": model.labels[0]}])
 
 
 def test_serving_settings_travel_with_the_model_and_yield_to_the_environment(model, tmp_path):

@@ -18,6 +18,8 @@ seconds     double   clip length, in (0, ``max_seconds``]
 temperature double   softmax temperature in [``min_temperature``, ``max_temperature``]; 1.0
 seed        long     the clip's random seed, an integer in [0, 2**53); the same seed, the same clip
 prime       string   optional base64 audio file (WAV, FLAC, OGG) to continue from
+score       string   base64 standard MIDI file the clip plays from its first note: required by
+                     (and only for) a model that plays a score (``model.score_channels > 0``)
 ========== ======== ==========================================================================
 
 The answer has one row per request row: ``audio`` (a base64 16-bit PCM mono WAV file: JSON
@@ -54,7 +56,9 @@ __all__ = ["ServeSettings", "SETTINGS_FILE", "BadRequest", "ServerBusy", "Clip",
            "GenerationModel", "INPUT_COLUMNS", "OUTPUT_COLUMNS", "input_example", "write_settings"]
 
 SETTINGS_FILE = "serving.json"
-INPUT_COLUMNS = ("label", "seconds", "temperature", "seed", "prime")
+INPUT_COLUMNS = ("label", "seconds", "temperature", "seed", "prime", "score")
+# The largest score a row may carry (decoded): a MIDI file of an hour of dense piano is under 1 MiB.
+MAX_SCORE_BYTES = 1 << 20
 OUTPUT_COLUMNS = ("audio", "sample_rate", "seconds")
 
 
@@ -143,6 +147,12 @@ def input_example(model) -> dict[str, list[Any]]:
     row: dict[str, list[Any]] = {"seconds": [1.0], "temperature": [1.0], "seed": [0]}
     if model.config.conditioned:
         row = {"label": [model.labels[0] if model.labels else "0"], **row}
+    if model.config.scored:  # middle C for half a second
+        from wavenet.data.notes import Score, midi_bytes
+
+        sr = model.audio_config.sample_rate
+        tune = midi_bytes(Score.from_notes([(0, sr // 2, 60, False)]), sr)
+        row["score"] = [base64.b64encode(tune).decode("ascii")]
     return row
 
 
@@ -157,6 +167,7 @@ class Clip:
     temperature: float
     seed: int
     prime: np.ndarray | None  # (P,) int32 codes, the last receptive_field of the prime
+    score: Any = None  # the wavenet.data.notes.Score it plays (a model that plays one)
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     codes: np.ndarray | None = None
     error: BaseException | None = None
@@ -193,6 +204,7 @@ class _Rows:
         self.quantization_channels = model.config.quantization_channels
         self.receptive_field = model.config.receptive_field
         self.conditioned = model.config.conditioned
+        self.scored = model.config.scored
         names = model.labels if model.labels is not None else \
             tuple(str(i) for i in range(model.config.num_classes))
         self.label_ids = {name: i for i, name in enumerate(names)}
@@ -211,8 +223,37 @@ class _Rows:
         # Below 2**53: JSON numbers may arrive as doubles.
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**53:
             raise BadRequest(f"row {i}: seed must be an integer in [0, 2**53). Received: seed={seed!r}")
-        return Clip(label=self._label(row.get("label"), i), samples=round(seconds * self.sample_rate),
-                    temperature=temperature, seed=int(seed), prime=self._prime(row.get("prime"), i))
+        samples = round(seconds * self.sample_rate)
+        return Clip(label=self._label(row.get("label"), i), samples=samples,
+                    temperature=temperature, seed=int(seed), prime=self._prime(row.get("prime"), i),
+                    score=self._score(row.get("score"), i, samples))
+
+    def _score(self, score: Any, i: int, samples: int):
+        """The row's score as a :class:`wavenet.data.notes.Score` from its first note, cut to the clip."""
+        given = not (_missing(score) or score == "")
+        if given != self.scored:
+            raise BadRequest(f"row {i}: this model plays a score: give score, a base64 MIDI file"
+                             if self.scored else f"row {i}: this model plays no score: give no score")
+        if not given:
+            return None
+        from wavenet.data.notes import read_midi
+        from wavenet.errors import DataError
+
+        try:
+            data = base64.b64decode(str(score), validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"row {i}: score must be a MIDI file in base64. "
+                             f"Received: {str(score)[:16]!r}...") from None
+        if len(data) > MAX_SCORE_BYTES:
+            raise BadRequest(f"row {i}: score must be at most {MAX_SCORE_BYTES >> 20} MiB. "
+                             f"Received: {len(data)} bytes")
+        try:
+            notes = read_midi(data, self.sample_rate, f"row {i}: score")
+        except DataError as e:
+            raise BadRequest(str(e)) from None
+        if not len(notes):
+            raise BadRequest(f"row {i}: score has no notes to play")
+        return notes.shifted(-int(notes.start.min()), samples)
 
     def _label(self, label: Any, i: int) -> int | None:
         if not self.conditioned:
@@ -349,7 +390,12 @@ class StreamBatcher:
         prime = None
         if group[0].prime is not None:
             prime = np.stack([c.prime for c in group] + [group[0].prime] * pad)
-        codes = gen.generate(max(c.samples for c in group), prime=prime, labels=labels,
+        notes = None
+        if self.model.config.scored:
+            from wavenet.data.notes import Score, pack_scores
+
+            notes = pack_scores([c.score for c in group] + [Score.from_notes([])] * pad)
+        codes = gen.generate(max(c.samples for c in group), prime=prime, labels=labels, notes=notes,
                              temperature=group[0].temperature,
                              seed=[c.seed for c in group] + [0] * pad)
         for b, clip in enumerate(group):
@@ -385,11 +431,6 @@ class GenerationModel:
     """
 
     def __init__(self, model, settings: ServeSettings):
-        if model.config.scored:
-            # A request would need a score to play; the request schema (module docstring) has none.
-            raise WavenetError(f"this model plays a score (model.score_channels={model.config.score_channels}) "
-                               "and serving takes no scores: serve a model trained with "
-                               "model.score_channels=0, or play scores with `wavenet generate --score`")
         self.model = model
         self.settings = settings
         self._rows = _Rows(model, settings)
