@@ -10,7 +10,7 @@ Artifacts between stages:
 ``list_partitions`` -> audio (Dataset) + partitions (JSON lists of file names) + config ->
 ``preprocess_partition`` (one per partition, in a ParallelFor) -> partial (Dataset) ->
 ``merge_shards`` (Collected partials) -> shards (Dataset) + data version + the config
-resolved against the data's labels (``model.num_classes: auto``) ->
+resolved against the data (``model.num_classes``/``score_channels: auto``) ->
 ``train_model`` (or the registered model of an identical earlier run) -> model (Model) +
 metrics -> ``evaluate_model`` -> promoted (bool) + metrics + evaluation ->
 ``generate_samples`` (model, evaluation) -> samples (Artifact) + report (HTML).
@@ -116,7 +116,8 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
     version this run committed (``SHARDS_URI/manifests/<version>.json``): later steps
     read exactly this run's data, whatever another run commits to ``shards_uri`` meanwhile.
     ``data_config`` is the config resolved against the data (``model.num_classes: auto``
-    becomes the number of labels: the first step that knows them), for every later step.
+    becomes the number of labels, ``model.score_channels: auto`` a width when the tracks
+    have scores: this is the first step that knows them), for every later step.
 
     Returns:
         The data version: a digest of the shards' sha256s.
@@ -125,7 +126,7 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
     import os
 
     from components import runtime
-    from wavenet.config import resolve_num_classes
+    from wavenet.config import resolve_auto
     from wavenet.data.preprocess import merge_manifests
     from wavenet.edges import storage
 
@@ -134,7 +135,7 @@ def merge_shards(partials: Input[list[Dataset]], config: Input[Artifact], shards
     cfg = runtime.load_config(config.path)
     manifest = merge_manifests(paths, shards_uri or shards.path, cfg)
     os.makedirs(os.path.dirname(data_config.path), exist_ok=True)
-    storage.write_text_atomic(data_config.path, resolve_num_classes(cfg, manifest.labels).to_yaml())
+    storage.write_text_atomic(data_config.path, resolve_auto(cfg, manifest.labels, manifest.scored).to_yaml())
     if shards_uri:
         # A copy of the manifest keeps lineage in the artifact store.
         storage.write_text_atomic(os.path.join(shards.path, "manifest.json"),

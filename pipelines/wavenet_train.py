@@ -175,7 +175,7 @@ def wavenet_train(
     """
     merged = _preprocess_and_merge(_list(source_uri, preset, overrides_yaml, partitions, demo_seconds),
                                    shards_uri)
-    # From here on, the config as the data resolved it (model.num_classes: auto -> the labels).
+    # From here on, the config as the data resolved it (model.num_classes and score_channels: auto -> the labels, the scores).
     config = merged.outputs["data_config"]
 
     trained = train_model(

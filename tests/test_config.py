@@ -11,7 +11,7 @@ from wavenet.config import (
     load_config,
     preset,
     resolve_config,
-    resolve_num_classes,
+    resolve_auto,
 )
 from wavenet.errors import ConfigError
 
@@ -132,15 +132,29 @@ def test_flat_params():
 def test_num_classes_auto_is_one_class_per_label_from_two_labels_on():
     cfg = preset("tiny").with_overrides({"model.num_classes": "auto"})
     assert cfg.model.num_classes == AUTO_CLASSES and not cfg.model.conditioned
-    three = resolve_num_classes(cfg, ["drums", "organ", "strings"])
+    three = resolve_auto(cfg, ["drums", "organ", "strings"])
     assert three.model.num_classes == 3 and three.model.conditioned
     assert three.train == cfg.train  # only the model's classes change
     # One label (or none) has nothing to tell apart: unconditioned.
-    assert resolve_num_classes(cfg, ["music"]).model.num_classes == 0
-    assert resolve_num_classes(cfg, []).model.num_classes == 0
+    assert resolve_auto(cfg, ["music"]).model.num_classes == 0
+    assert resolve_auto(cfg, []).model.num_classes == 0
     # A number the user chose stays, whatever the data.
-    assert resolve_num_classes(tiny_with(num_classes=5), ["a", "b"]).model.num_classes == 5
-    assert resolve_num_classes(tiny_with(num_classes=0), ["a", "b"]).model.num_classes == 0
+    assert resolve_auto(tiny_with(num_classes=5), ["a", "b"]).model.num_classes == 5
+    assert resolve_auto(tiny_with(num_classes=0), ["a", "b"]).model.num_classes == 0
+
+
+def test_score_channels_auto_plays_the_score_when_the_data_has_one():
+    from wavenet.config import AUTO_SCORE_CHANNELS
+
+    cfg = preset("tiny").with_overrides({"model.score_channels": "auto"})
+    assert cfg.model.score_channels == AUTO_CLASSES and not cfg.model.scored
+    assert cfg.model.num_params == preset("tiny").model.num_params  # "auto" counts as none
+    scored = resolve_auto(cfg, ["a"], scored=True)
+    assert scored.model.score_channels == AUTO_SCORE_CHANNELS and scored.model.scored
+    assert resolve_auto(cfg, ["a"], scored=False).model.score_channels == 0
+    assert resolve_auto(tiny_with(score_channels=8), ["a"], scored=False).model.score_channels == 8
+    with pytest.raises(ConfigError, match="model.score_channels must be an integer >= 0 or 'auto'"):
+        tiny_with(score_channels="some")
 
 
 def tiny_with(**model):
@@ -151,9 +165,9 @@ def tiny_with(**model):
 def test_the_demo_and_large_presets_are_conditioned_on_their_datas_labels(name):
     assert preset(name).model.num_classes == AUTO_CLASSES
     assert resolve_config(name, overrides=["model.num_classes=auto"]) == preset(name)
-    genres = resolve_num_classes(preset(name), ["drums", "organ", "strings"])
+    genres = resolve_auto(preset(name), ["drums", "organ", "strings"])
     assert genres.model.num_classes == 3 and genres.model.conditioned
-    assert resolve_num_classes(preset(name), ["audio"]).model.num_classes == 0
+    assert resolve_auto(preset(name), ["audio"]).model.num_classes == 0
 
 
 def test_a_model_is_never_built_with_num_classes_still_auto():

@@ -38,7 +38,8 @@ __all__ = [
     "overrides_from_yaml",
     "resolve_config",
     "AUTO_CLASSES",
-    "resolve_num_classes",
+    "resolve_auto",
+    "AUTO_SCORE_CHANNELS",
 ]
 
 
@@ -97,8 +98,12 @@ UPPER_BOUNDS: dict[str, float] = {
 }
 
 
-# model.num_classes: one class per label of the data (resolve_num_classes).
+# model.num_classes: one class per label of the data; model.score_channels: AUTO_SCORE_CHANNELS
+# when the data has scores (resolve_auto).
 AUTO_CLASSES = "auto"
+# What model.score_channels: auto becomes for data with scores: the width measured for the demo
+# (docs/benchmarks.md, eighth sitting: 32 channels of score beside 32 residual ones).
+AUTO_SCORE_CHANNELS = 32
 # Tokens of a score (wavenet.data.notes.NUM_TOKENS: 128 pitched keys, 128 percussion keys).
 SCORE_TOKENS = 256
 
@@ -200,12 +205,14 @@ class ModelConfig:
     # 0: unconditioned. >0: a label embedding is added inside every gate
     # (global conditioning, paper section 2.5). "auto": one class per label of
     # the data when it has two or more, else unconditioned; resolved against the
-    # manifest by resolve_num_classes before a model is built.
+    # manifest by resolve_auto before a model is built.
     num_classes: int | str = 0
     # 0: no score. >0: local conditioning on a score (paper section 2.5; wavenet.data.notes):
     # at each sample, which notes sound and which began in the last 20 ms, embedded into this
-    # many channels and added inside every gate through a 1x1 of its own per layer.
-    score_channels: int = 0
+    # many channels and added inside every gate through a 1x1 of its own per layer. "auto":
+    # AUTO_SCORE_CHANNELS when a track of the data has a score (a MIDI file beside it), else 0;
+    # resolved against the manifest by resolve_auto before a model is built.
+    score_channels: int | str = 0
 
     def __post_init__(self) -> None:
         _check_finite_and_bounded(self, "model")
@@ -221,13 +228,18 @@ class ModelConfig:
         _require((_is_int(self.num_classes) and self.num_classes >= 0)
                  or self.num_classes == AUTO_CLASSES,
                  "model.num_classes", self.num_classes, f"an integer >= 0 or {AUTO_CLASSES!r}")
-        _require(_is_int(self.score_channels) and self.score_channels >= 0,
-                 "model.score_channels", self.score_channels, "an integer >= 0")
+        _require((_is_int(self.score_channels) and self.score_channels >= 0)
+                 or self.score_channels == AUTO_CLASSES,
+                 "model.score_channels", self.score_channels, f"an integer >= 0 or {AUTO_CLASSES!r}")
 
     @property
     def scored(self) -> bool:
-        """Whether a score (notes) conditions the model (``score_channels > 0``)."""
-        return self.score_channels > 0
+        """Whether a score (notes) conditions the model (False while ``score_channels`` is "auto")."""
+        return _is_int(self.score_channels) and self.score_channels > 0
+
+    @property
+    def _score_width(self) -> int:
+        return self.score_channels if self.scored else 0  # "auto": counted as none
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -253,7 +265,7 @@ class ModelConfig:
         r, g, s, q, k = (self.residual_channels, self.gate_channels, self.skip_channels,
                          self.quantization_channels, self.kernel_size)
         classes = self.num_classes if self.conditioned else 0  # "auto": counted as none
-        d = self.score_channels
+        d = self._score_width
         per_layer = k * r * 2 * g + 2 * g + g * r + r + g * s + s + classes * 2 * g + d * 2 * g
         return q * r + self.num_layers * per_layer + s * s + s + s * q + q + 2 * SCORE_TOKENS * d
 
@@ -263,7 +275,7 @@ class ModelConfig:
         The last layer has no residual 1x1 (nothing reads its residual output).
         """
         r, g, s, k = self.residual_channels, self.gate_channels, self.skip_channels, self.kernel_size
-        return (k * r * 2 * g + self.score_channels * 2 * g + (g * r if i < self.num_layers - 1 else 0),
+        return (k * r * 2 * g + self._score_width * 2 * g + (g * r if i < self.num_layers - 1 else 0),
                 g * s)
 
     def _head_macs(self) -> int:
@@ -796,22 +808,27 @@ def resolve_config(preset_name: str | None = None, config_file: str | None = Non
     return cfg
 
 
-def resolve_num_classes(cfg: ExperimentConfig, labels: Sequence[str]) -> ExperimentConfig:
-    """``model.num_classes: auto`` resolved against the data's labels (other values kept).
+def resolve_auto(cfg: ExperimentConfig, labels: Sequence[str], scored: bool = False) -> ExperimentConfig:
+    """``model.num_classes: auto`` and ``model.score_channels: auto`` resolved against the data
+    (other values kept).
 
     Global conditioning (paper section 2.5) needs at least two labels to tell
     apart: with two or more, one class per label; with one (or none), the model
     stays unconditioned (``num_classes: 0``), since a single label's embedding
-    would only duplicate the gates' biases.
+    would only duplicate the gates' biases. Local conditioning on a score needs
+    scores: :data:`AUTO_SCORE_CHANNELS` when a track of the data has one, else 0.
 
     Args:
-        cfg: the config, possibly with ``model.num_classes == "auto"``.
+        cfg: the config, possibly with ``"auto"`` values.
         labels: the manifest's labels (id order).
+        scored: whether a track of the data has a score (``Manifest.scored``).
 
     Returns:
-        ``cfg`` itself when nothing is to resolve, else a copy with an integer ``num_classes``.
+        ``cfg`` itself when nothing is to resolve, else a copy with integers.
     """
-    if cfg.model.num_classes != AUTO_CLASSES:
+    m = cfg.model
+    if AUTO_CLASSES not in (m.num_classes, m.score_channels):
         return cfg
-    n = len(labels) if len(labels) >= 2 else 0
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=n))
+    n = (len(labels) if len(labels) >= 2 else 0) if m.num_classes == AUTO_CLASSES else m.num_classes
+    d = (AUTO_SCORE_CHANNELS if scored else 0) if m.score_channels == AUTO_CLASSES else m.score_channels
+    return dataclasses.replace(cfg, model=dataclasses.replace(m, num_classes=n, score_channels=d))

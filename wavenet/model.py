@@ -221,10 +221,11 @@ class WaveNet(keras.Model):
             audio_config = AudioConfig(quantization_channels=model_config.quantization_channels)
         elif isinstance(audio_config, dict):
             audio_config = AudioConfig(**audio_config)
-        if model_config.num_classes == AUTO_CLASSES:
-            raise ConfigError("model.num_classes is 'auto': resolve it against the data's labels "
-                              "(wavenet.config.resolve_num_classes) before building a model. "
-                              f"Received: model.num_classes={model_config.num_classes!r}")
+        for name in ("num_classes", "score_channels"):
+            if getattr(model_config, name) == AUTO_CLASSES:
+                raise ConfigError(f"model.{name} is 'auto': resolve it against the data "
+                                  "(wavenet.config.resolve_auto) before building a model. "
+                                  f"Received: model.{name}={getattr(model_config, name)!r}")
         self.config = model_config
         self.audio_config = audio_config
         self.labels = check_vocabulary(labels, model_config.num_classes)

@@ -219,7 +219,7 @@ def run(cfg, quick: bool = False, model: str | None = None, data: str | None = N
 def _model_to_measure(cfg, model: str | None):
     """``(cfg, source, model)``: the trained model at ``model`` (``cfg`` takes its
     architecture), or random weights of ``cfg.model`` (source None)."""
-    from wavenet.config import resolve_num_classes
+    from wavenet.config import resolve_auto
     from wavenet.model import build_model
 
     if model is not None:
@@ -231,7 +231,7 @@ def _model_to_measure(cfg, model: str | None):
         return dataclasses.replace(cfg, model=model.config, audio=model.audio_config), source, model
     # No data: a preset's num_classes "auto" has no labels to count, and a speed benchmark
     # needs none (conditioning adds one embedding row per layer, read once per clip).
-    return cfg, None, build_model(resolve_num_classes(cfg, []))
+    return cfg, None, build_model(resolve_auto(cfg, []))
 
 
 def _fast_timers(model, labels, quick: bool, out: dict) -> dict[tuple[str, int], _Timer]:

@@ -294,12 +294,12 @@ def _generate_figures(cfg, streams: tuple[int, ...], gen_steps: int, start: floa
     time budget since ``start`` lasts."""
     import tensorflow as tf
 
-    from wavenet.config import resolve_num_classes
+    from wavenet.config import resolve_auto
     from wavenet.model import build_model
 
     # Random weights and no data: "auto" classes resolve to an unconditioned model (a label's
     # embedding only adds a bias per stream, no work per sample), as `wavenet bench generate`.
-    keras_model = build_model(resolve_num_classes(cfg, []))
+    keras_model = build_model(resolve_auto(cfg, []))
     gen = TFCachedGenerator(keras_model, "bfloat16")
     flops = cfg.model.flops_per_sample
     figures: dict = {"dtype": "bfloat16", "steps_per_call": gen_steps, "streams": {}}

@@ -206,6 +206,11 @@ class Manifest:
     sha256: str = field(default="", compare=False)
     uri: str = field(default="", compare=False)  # the version file it was read from or committed as
 
+    @property
+    def scored(self) -> bool:
+        """Whether a track has a score (a MIDI file lay beside it)."""
+        return any(t.score for t in self.files)
+
     def shards_of(self, split: str) -> list[Shard]:
         """The shards of ``split`` that hold examples, in manifest order."""
         return [s for s in self.shards if s.split == split and s.examples > 0]
@@ -361,7 +366,7 @@ def check_scores(model: ModelConfig, manifest: Manifest, what: str = "model", da
     Such a model would learn (or be scored) hearing silence where its notes should
     be. A data folder with some scored tracks is fine: the others are heard without.
     """
-    if model.scored and not any(t.score for t in manifest.files):
+    if model.scored and not manifest.scored:
         raise DataError(f"{what}: model.score_channels={model.score_channels} plays a score, but no "
                         f"track of {data_dir} has one: put each track's MIDI file beside it "
                         "(TRACK.mid) and preprocess again, or use model.score_channels=0")

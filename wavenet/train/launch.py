@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from wavenet.config import ExperimentConfig, resolve_num_classes
+from wavenet.config import ExperimentConfig, resolve_auto
 from wavenet.context import RunContext
 from wavenet.data.manifest import read_manifest
 from wavenet.edges import storage, tracking
@@ -154,7 +154,7 @@ def train(data: str, out: str, cfg: ExperimentConfig, ctx: RunContext | None = N
     manifest = read_manifest(data)
     # The data decides model.num_classes "auto": resolved once, here, so every local worker,
     # the saved config and the MLflow params carry the number.
-    cfg = resolve_num_classes(cfg, manifest.labels)
+    cfg = resolve_auto(cfg, manifest.labels, manifest.scored)
     check_batch(cfg, workers)
     check_training(cfg, workers, environ=ctx.environ)  # every local worker runs on this machine
     check_data(data, manifest, cfg, workers)

@@ -16,7 +16,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from wavenet.config import ExperimentConfig, resolve_num_classes
+from wavenet.config import ExperimentConfig, resolve_auto
 from wavenet.context import RunContext
 from wavenet.data.manifest import Manifest, read_manifest
 from wavenet.edges import storage, tracking
@@ -151,7 +151,7 @@ def train_worker(data: str, out: str, cfg: ExperimentConfig, ctx: RunContext, *,
     """
     role = worker_role(tf_config)
     manifest = read_manifest(data)  # read once: the checks, the input and the run's tags use it
-    cfg = resolve_num_classes(cfg, manifest.labels)  # a TFJob pod gets the config as given
+    cfg = resolve_auto(cfg, manifest.labels, manifest.scored)  # a TFJob pod gets the config as given
     has_validation = check_data(data, manifest, cfg, role.workers)
     strategy = make_strategy(tf_config, ctx.threads)
     # From here to the end a stop is recorded and acted on where all workers agree (two stop
