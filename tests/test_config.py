@@ -10,8 +10,8 @@ from wavenet.config import (
     TrainConfig,
     load_config,
     preset,
-    resolve_config,
     resolve_auto,
+    resolve_config,
 )
 from wavenet.errors import ConfigError
 
@@ -170,8 +170,10 @@ def test_the_demo_and_large_presets_are_conditioned_on_their_datas_labels(name):
     assert resolve_auto(preset(name), ["audio"]).model.num_classes == 0
 
 
-def test_a_model_is_never_built_with_num_classes_still_auto():
+def test_a_model_is_never_built_with_num_classes_or_score_channels_still_auto():
     from wavenet.model import build_model
 
     with pytest.raises(ConfigError, match="model.num_classes is 'auto': resolve it"):
         build_model(preset("demo"))
+    with pytest.raises(ConfigError, match="model.score_channels is 'auto': resolve it"):
+        build_model(preset("demo").with_overrides({"model.num_classes": 0}))

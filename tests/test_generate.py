@@ -425,7 +425,7 @@ def test_generation_at_each_precision_matches_naive_on_its_weights(precision):
 
 
 def test_weight_bytes_per_sample_shrink_with_precision():
-    model = build_model(preset("demo").with_overrides({"model.num_classes": 0}))
+    model = build_model(preset("demo").with_overrides({"model.num_classes": 0, "model.score_channels": 0}))
     sizes = {p: FastGenerator(model, 1, weights=p).weight_bytes for p in WEIGHT_PRECISIONS}
     params = preset("demo").model.flops_per_sample // 2  # one multiply-add per weight read
     assert sizes["float32"] == 4 * params  # demo's widths are multiples of 16: no padding

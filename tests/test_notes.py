@@ -285,3 +285,16 @@ def test_a_scored_corpus_trains_and_its_clips_play_its_scores(tmp_path, capsys, 
     assert main(["generate", model, "--out", str(tmp_path / "none"), *scored, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "this model plays a score: pass the data folder" in err[0]
+
+    # A label whose tracks have no score: refused from the manifest, before any shard is read.
+    import shutil
+
+    shutil.copytree(src, tmp_path / "src2")
+    for f in (tmp_path / "src2" / "organ").glob("*.mid"):
+        f.unlink()
+    assert main(["preprocess", str(tmp_path / "src2"), str(tmp_path / "data2"), *common]) == 0
+    capsys.readouterr()
+    assert main(["generate", model, "--out", str(tmp_path / "no-organ"), "--data", str(tmp_path / "data2"),
+                 *scored, "--no-progress", "--seconds", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no track of organ has a score to play" in err[0]

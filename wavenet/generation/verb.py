@@ -238,6 +238,12 @@ def clip_scores(net: WaveNet, g: GenerateConfig, data_dir: str | None, num_sampl
                           "validation track's score) or a MIDI file (--score FILE.mid, generate.score)")
     length = prime_len + num_samples
     wanted = None if label_ids is None else sorted(set(label_ids.tolist()))
+    manifest = read_manifest(data_dir)
+    have = {t.label for t in manifest.files if t.score}
+    for key in wanted or []:  # before reading any shard
+        name = vocabulary[key] if vocabulary and key < len(vocabulary) else str(key)
+        if name not in have:
+            raise DataError(f"{data_dir}: no track of {name} has a score to play: pass --score FILE.mid")
     found = read_scored_examples(data_dir, "validation", length, wanted, n)
     short = [k for k, pool in found.items() if not pool]
     if short:
@@ -245,7 +251,7 @@ def clip_scores(net: WaveNet, g: GenerateConfig, data_dir: str | None, num_sampl
             data_dir, "train", length, None if label_ids is None else short, n).items()
                       if k in short})
     split_of = {k: "training" if k in short else "validation" for k in found}
-    tracks = {t.sha256: t.relpath for t in read_manifest(data_dir).files}
+    tracks = {t.sha256: t.relpath for t in manifest.files}
     rows, scores, prime, sources = [], [], [], []
     used: dict[int, int] = {}
     for i in range(n):
