@@ -14,8 +14,8 @@ import soundfile as sf
 from wavenet.cli import main
 from wavenet.config import preset
 from wavenet.data.manifest import read_manifest, track_id
-from wavenet.data.notes import Score, midi_bytes, read_midi
-from wavenet.data.preprocess import MAX_SCORE_BYTES, preprocess, process_partition
+from wavenet.data.notes import MAX_MIDI_BYTES, Score, midi_bytes, read_midi
+from wavenet.data.preprocess import preprocess, process_partition
 from wavenet.data.shards import chunk_bounds
 
 SR = 16000
@@ -89,7 +89,7 @@ def scored(tmp_path_factory):
         # Another spelling of the extension: .MIDI is a score too.
         "other": write_bytes(f"{src}/keys/other.MIDI", midi_bytes(Score.from_notes(OTHER_NOTES), SR)),
         "bad": write_bytes(f"{src}/drums/bad.mid", b"MThd not really a MIDI file"),
-        "big": write_bytes(f"{src}/drums/big.mid", b"\0" * (MAX_SCORE_BYTES + 1)),
+        "big": write_bytes(f"{src}/drums/big.mid", b"\0" * (MAX_MIDI_BYTES + 1)),
     }
     write_bytes(f"{src}/drums/twice.mid", mids["lead"])
     write_bytes(f"{src}/drums/twice.midi", mids["other"])
@@ -160,7 +160,7 @@ def test_a_bad_score_skips_its_track_with_one_line_naming_it(scored):
     assert all("\n" not in r for r in reasons.values())
     assert reasons[f"{src}/drums/bad.wav"].startswith(f"{src}/drums/bad.mid: not a readable MIDI file")
     assert reasons[f"{src}/drums/big.wav"] == (f"its score {src}/drums/big.mid is larger than "
-                                               f"{MAX_SCORE_BYTES >> 20} MiB (MAX_SCORE_BYTES): not read")
+                                               f"{MAX_MIDI_BYTES >> 20} MiB (MAX_MIDI_BYTES): not read")
     assert reasons[f"{src}/drums/twice.wav"] == (f"more than one score beside it ({src}/drums/twice.mid, "
                                                  f"{src}/drums/twice.midi): keep one")
 

@@ -57,8 +57,7 @@ __all__ = ["ServeSettings", "SETTINGS_FILE", "BadRequest", "ServerBusy", "Clip",
 
 SETTINGS_FILE = "serving.json"
 INPUT_COLUMNS = ("label", "seconds", "temperature", "seed", "prime", "score")
-# The largest score a row may carry (decoded): a MIDI file of an hour of dense piano is under 1 MiB.
-MAX_SCORE_BYTES = 1 << 20
+
 OUTPUT_COLUMNS = ("audio", "sample_rate", "seconds")
 
 
@@ -236,7 +235,7 @@ class _Rows:
                              if self.scored else f"row {i}: this model plays no score: give no score")
         if not given:
             return None
-        from wavenet.data.notes import read_midi
+        from wavenet.data.notes import MAX_MIDI_BYTES, read_midi
         from wavenet.errors import DataError
 
         try:
@@ -244,8 +243,8 @@ class _Rows:
         except (binascii.Error, ValueError):
             raise BadRequest(f"row {i}: score must be a MIDI file in base64. "
                              f"Received: {str(score)[:16]!r}...") from None
-        if len(data) > MAX_SCORE_BYTES:
-            raise BadRequest(f"row {i}: score must be at most {MAX_SCORE_BYTES >> 20} MiB. "
+        if len(data) > MAX_MIDI_BYTES:
+            raise BadRequest(f"row {i}: score must be at most {MAX_MIDI_BYTES >> 20} MiB. "
                              f"Received: {len(data)} bytes")
         try:
             notes = read_midi(data, self.sample_rate, f"row {i}: score")

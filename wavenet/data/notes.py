@@ -27,12 +27,18 @@ import numpy as np
 from wavenet.config import SCORE_TOKENS
 from wavenet.errors import DataError
 
-__all__ = ["NUM_TOKENS", "ONSET_SECONDS", "NOTES_PER_SECOND", "Score", "crop_notes", "midi_bytes",
+__all__ = ["NUM_TOKENS", "ONSET_SECONDS", "NOTES_PER_SECOND", "MAX_MIDI_BYTES", "Score", "crop_notes", "midi_bytes",
            "onset_samples", "pack_scores", "read_midi"]
 
 NUM_TOKENS = SCORE_TOKENS
 # A note's "onset" entry is set for this long after it starts: the attack a model has to place.
 ONSET_SECONDS = 0.02
+# The largest MIDI file read as a score (preprocessing, `generate.score`, a served request's
+# score). An hour of dense piano is about 300 kB (10 notes a second, about 8 bytes a note);
+# mido holds every message as an object: a 2 MB file of 200,000 notes took 367 MB (tracemalloc
+# peak) and 23 s to read on the AMD EPYC of docs/benchmarks.md, so a cap of 1 MiB keeps a
+# mistaken or hostile file to about 190 MB and 12 s.
+MAX_MIDI_BYTES = 1 << 20
 # General MIDI's percussion channel (channel 10, 0-based 9).
 PERCUSSION_CHANNEL = 9
 # Written files: 120 beats a minute (the MIDI default tempo) at 9,600 ticks a beat, 19,200 ticks

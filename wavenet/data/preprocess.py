@@ -22,7 +22,7 @@ reason it was skipped) goes to a partial manifest.
 
 A track's score: when ``DIR/NAME.mid`` or ``DIR/NAME.midi`` (any case of the
 extension) lies beside ``DIR/NAME.EXT``, it is read (at most
-:data:`MAX_SCORE_BYTES`) with :func:`wavenet.data.notes.read_midi` at
+:data:`MAX_MIDI_BYTES`) with :func:`wavenet.data.notes.read_midi` at
 ``audio.sample_rate``, moved by the silence trimmed from the audio's start and
 cut to the codes, and saved beside them as ``WORK/tracks/<sha256>-<audio>.score.npy``
 ((notes, 3) int64 rows ``start, end, token``). The track's id then covers both
@@ -95,7 +95,7 @@ from wavenet.data.manifest import (
     track_id,
     track_score_path,
 )
-from wavenet.data.notes import read_midi
+from wavenet.data.notes import MAX_MIDI_BYTES, read_midi
 from wavenet.data.shards import (
     LOCK_WAIT_S,
     Provenance,
@@ -112,7 +112,6 @@ from wavenet.local_workers import pid_alive
 __all__ = [
     "AUDIO_EXTENSIONS",
     "SCORE_EXTENSIONS",
-    "MAX_SCORE_BYTES",
     "find_scores",
     "list_audio",
     "partition",
@@ -132,9 +131,6 @@ log = logging.getLogger("wavenet.data.preprocess")
 AUDIO_EXTENSIONS = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 # A track's score: DIR/NAME.mid or DIR/NAME.midi beside DIR/NAME.EXT (any case of the extension).
 SCORE_EXTENSIONS = (".mid", ".midi")
-# The largest score read. A MIDI file of an hour of dense piano is well under 1 MiB; a larger
-# one is more likely a misnamed file than a score, and is refused before it is read whole.
-MAX_SCORE_BYTES = 8 << 20
 
 
 # -- splits ------------------------------------------------------------------------
@@ -418,17 +414,17 @@ def _score_path(path: str, scores: Mapping[str, tuple[str, ...]]) -> str | None:
 
 
 def _read_score(path: str) -> tuple[bytes, str]:
-    """A score file's bytes (at most :data:`MAX_SCORE_BYTES`) and their sha256."""
+    """A score file's bytes (at most :data:`MAX_MIDI_BYTES`) and their sha256."""
     try:
         with _opened(path) as fd:
-            data = os.read(fd, MAX_SCORE_BYTES + 1)
+            data = os.read(fd, MAX_MIDI_BYTES + 1)
     except _Skip as e:
         raise _Skip(f"its score {path}: {e}") from None
     except OSError as e:
         raise _Skip(f"its score {path}: cannot read: {e.strerror or e}") from None
-    if len(data) > MAX_SCORE_BYTES:
-        raise _Skip(f"its score {path} is larger than {MAX_SCORE_BYTES >> 20} MiB "
-                    f"(MAX_SCORE_BYTES): not read")
+    if len(data) > MAX_MIDI_BYTES:
+        raise _Skip(f"its score {path} is larger than {MAX_MIDI_BYTES >> 20} MiB "
+                    f"(MAX_MIDI_BYTES): not read")
     return data, hashlib.sha256(data).hexdigest()
 
 

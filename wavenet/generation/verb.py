@@ -57,7 +57,7 @@ from wavenet.data import labels as vocab
 from wavenet.data.audio import mu_law_decode
 from wavenet.data.dataset import local_shard_paths, parse_example
 from wavenet.data.manifest import read_manifest
-from wavenet.data.notes import Score, midi_bytes, pack_scores, read_midi
+from wavenet.data.notes import MAX_MIDI_BYTES, Score, midi_bytes, pack_scores, read_midi
 from wavenet.edges import registry, storage, tracking
 from wavenet.errors import ConfigError, DataError, one_line
 from wavenet.generation.fast import FastGenerator
@@ -154,11 +154,6 @@ def read_validation_codes(data_dir: str, max_samples_per_label: int | None = Non
     return read_examples(data_dir, "validation", max_samples_per_label)
 
 
-# The most bytes of a MIDI file generate.score reads (a score is kilobytes; the cap keeps a
-# mistaken path to a large file from filling memory).
-MAX_SCORE_BYTES = 8 << 20
-
-
 class ClipScores(NamedTuple):
     """What each clip of a model that plays a score plays."""
 
@@ -222,11 +217,11 @@ def clip_scores(net: WaveNet, g: GenerateConfig, data_dir: str | None, num_sampl
         if not storage.exists(g.score):  # an outage raises StorageUnavailable (retryable) instead
             raise DataError(f"generate.score: no such file: {g.score}")
         try:
-            data = storage.read_bytes(g.score, limit=MAX_SCORE_BYTES)
+            data = storage.read_bytes(g.score, limit=MAX_MIDI_BYTES)
         except OSError as e:
             raise DataError(f"generate.score: cannot read {g.score}: {e.strerror or e}") from None
-        if len(data) > MAX_SCORE_BYTES:
-            raise DataError(f"generate.score: {g.score} is larger than {MAX_SCORE_BYTES >> 20} MiB: "
+        if len(data) > MAX_MIDI_BYTES:
+            raise DataError(f"generate.score: {g.score} is larger than {MAX_MIDI_BYTES >> 20} MiB: "
                             "not a score")
         score = read_midi(data, sr, g.score)
         if not len(score):
