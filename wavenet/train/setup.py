@@ -257,7 +257,7 @@ def distributed_batches(trainer: Trainer, data: str, manifest: Manifest) -> Iter
         per_pipeline = g // ctx.num_input_pipelines
         lo = ctx.input_pipeline_id * per_pipeline
         ds = train_dataset(data, cfg, g, input_context=None, seed=data_seed, manifest=manifest)
-        ds = ds.map(lambda c, lab: (c[lo:lo + per_pipeline], lab[lo:lo + per_pipeline]))
+        ds = ds.map(lambda *batch: tuple(x[lo:lo + per_pipeline] for x in batch))  # crops, labels, notes
         if per_pipeline != per_replica:
             ds = ds.unbatch().batch(per_replica, drop_remainder=True)
         return ds
