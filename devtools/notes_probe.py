@@ -11,8 +11,10 @@ noise, clipping, the one loss :func:`wavenet.model.bits_per_sample`) and the arc
 here, with ``model.score_channels=--dim``, and generates one clip per genre from the validation
 track's score with :class:`FastGenerator`, judged by the calibrated checks of SHARDS (`make
 run`'s demo shards: the same synthesiser, so the same references). ``--no-notes`` trains the same
-network without a score: the control. It synthesises its corpus itself because preprocessing and
-the shards do not carry scores yet.
+network without a score: the control. It synthesises its corpus itself, in memory, so that one
+process can sweep many tracks and seeds quickly; the product's own path for scores (MIDI beside
+each track, preprocessing, the shards, `wavenet train` and `generate`) is what `make run` runs
+(docs/data.md, "A model that plays a score").
 """
 
 from __future__ import annotations
