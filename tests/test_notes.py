@@ -267,7 +267,7 @@ def test_a_scored_corpus_trains_and_its_clips_play_its_scores(tmp_path, capsys, 
         assert len(played) == clip["score"]["notes"] > 0
         got = np.stack([played.start, played.end, played.token], axis=1)
         # The notes of an example of the clip's label, cut to the clip (within a sample: MIDI ticks).
-        cut = [Score(r[:, 0], r[:, 1], r[:, 2] % 128, r[:, 2] >= 128).shifted(0, n)
+        cut = [Score.from_rows(r).shifted(0, n)
                for lab, r in examples if lab == clip["label_id"] and len(r)]
         assert any(len(c) == len(played) and np.abs(
             np.stack([c.start, c.end, c.token], axis=1) - got).max() <= 1 for c in cut), clip["name"]

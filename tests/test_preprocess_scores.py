@@ -67,10 +67,6 @@ def shard_examples(dst: str, manifest) -> list[tuple[dict, np.ndarray | None]]:
     return out
 
 
-def rows_of(score: Score) -> np.ndarray:
-    return np.stack([score.start, score.end, score.token], axis=1).astype(np.int64).reshape(-1, 3)
-
-
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """A folder of scored, unscored and badly scored tracks, preprocessed once."""
@@ -107,7 +103,7 @@ def test_a_scored_track_has_its_notes_in_every_example_cut_at_the_example_bounds
     expected = {}
     for rel, trim in trims.items():
         t = tracks[rel]
-        expected[t.sha256] = rows_of(read_midi(mid_of[rel], SR).shifted(-trim, t.samples))
+        expected[t.sha256] = read_midi(mid_of[rel], SR).shifted(-trim, t.samples).rows
         saved = np.load(os.path.join(dst, t.score))
         assert saved.dtype == np.int64 and np.array_equal(saved, expected[t.sha256]) and t.notes == len(saved)
     # The note inside the leading silence is gone; the one that began in it starts at 0.

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from wavenet.errors import WavenetError
+from wavenet.errors import DataError, WavenetError
 
 __all__ = ["ServeSettings", "SETTINGS_FILE", "BadRequest", "ServerBusy", "Clip", "StreamBatcher",
            "GenerationModel", "INPUT_COLUMNS", "OUTPUT_COLUMNS", "input_example", "write_settings"]
@@ -236,7 +236,6 @@ class _Rows:
         if not given:
             return None
         from wavenet.data.notes import MAX_MIDI_BYTES, read_midi
-        from wavenet.errors import DataError
 
         try:
             data = base64.b64decode(str(score), validate=True)
@@ -252,7 +251,7 @@ class _Rows:
             raise BadRequest(str(e)) from None
         if not len(notes):
             raise BadRequest(f"row {i}: score has no notes to play")
-        return notes.shifted(-int(notes.start.min()), samples)
+        return notes.from_first_note(samples)
 
     def _label(self, label: Any, i: int) -> int | None:
         if not self.conditioned:

@@ -76,8 +76,11 @@ def crop_scores(notes, starts, length: int, max_notes: int):
         length: samples per crop.
         max_notes: E, rows per crop (:func:`wavenet.data.notes.crop_notes`): the notes
             sounding in a crop come first, in the example's order, then padding rows
-            (token -1); a crop with more notes keeps its first E.
+            (token -1); a crop with more notes keeps its first E. 0: no rows (a model
+            that plays no score).
     """
+    if max_notes == 0:
+        return tf.zeros([tf.shape(starts)[0], 0, 3], tf.int32)
     pad = tf.tile(tf.constant([[0, 0, -1]], tf.int32), [max_notes, 1])
     notes = tf.concat([notes, pad], axis=0)  # at least E rows, so every crop can take E
     n = tf.shape(notes)[0]
@@ -92,10 +95,6 @@ def crop_scores(notes, starts, length: int, max_notes: int):
     start = tf.where(kept, tf.gather(start, pick, batch_dims=1), 0)
     end = tf.where(kept, tf.gather(end, pick, batch_dims=1), 0)
     return tf.stack([start, end, token], axis=-1)
-
-
-def _no_scores(k):
-    return tf.zeros([k, 0, 3], tf.int32)
 
 
 def shard_paths(data_dir: str, split: str, manifest: Manifest | None = None) -> list[str]:
@@ -317,8 +316,8 @@ def _random_crops(crop: int, seed: int, max_notes: int):
             maxval=n - crop + 1, dtype=tf.int32)
         idx = starts[:, None] + tf.range(crop)[None, :]
         crops = tf.cast(tf.gather(codes, idx), tf.int32)
-        scores = crop_scores(notes, starts, crop, max_notes) if max_notes else _no_scores(k)
-        return tf.data.Dataset.from_tensor_slices((crops, tf.fill([k], label), scores))
+        return tf.data.Dataset.from_tensor_slices((crops, tf.fill([k], label),
+                                                   crop_scores(notes, starts, crop, max_notes)))
 
     return random_crops
 
@@ -386,8 +385,8 @@ def validation_dataset(data_dir: str, config: ExperimentConfig, batch_size: int,
         starts = tf.range(n) * window
         idx = starts[:, None] + tf.range(rf + window)[None, :]
         crops = tf.cast(tf.gather(codes, idx), tf.int32)
-        heard = crop_scores(notes, starts, rf + window, max_notes) if scored else _no_scores(n)
-        return tf.data.Dataset.from_tensor_slices((crops, tf.fill([n], label), heard))
+        return tf.data.Dataset.from_tensor_slices(
+            (crops, tf.fill([n], label), crop_scores(notes, starts, rf + window, max_notes)))
 
     ds = tf.data.TFRecordDataset(files).map(_parse_uint8).flat_map(windows)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -89,6 +89,22 @@ class Score:
         """(N,) token id of each note: ``key``, or ``128 + key`` for percussion."""
         return self.key + 128 * self.percussion.astype(np.int64)
 
+    @property
+    def rows(self) -> np.ndarray:
+        """(N, 3) int64 ``(start, end, token)`` rows: how the data folder and the shards hold a score."""
+        return np.stack([self.start, self.end, self.token], axis=1).astype(np.int64).reshape(-1, 3)
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray) -> Score:
+        """The score of :attr:`rows` (the same order)."""
+        rows = np.asarray(rows, np.int64).reshape(-1, 3)
+        return cls(rows[:, 0], rows[:, 1], rows[:, 2] % 128, rows[:, 2] >= 128)
+
+    def from_first_note(self, length: int) -> Score:
+        """The notes moved so that the first begins at sample 0, cut to ``length``: a MIDI
+        file played from its first note (``generate --score``, a served request's score)."""
+        return self.shifted(-int(self.start.min()), length) if len(self) else self
+
     def shifted(self, offset: int, length: int) -> Score:
         """The notes moved by ``offset`` samples and cut to ``[0, length)``; notes outside dropped."""
         start, end = self.start + offset, np.minimum(self.end + offset, length)
@@ -129,7 +145,7 @@ def pack_scores(scores: list[Score], max_notes: int | None = None) -> np.ndarray
     for b, s in enumerate(scores):
         if len(s) > e:
             raise ValueError(f"a score has {len(s)} notes, more than max_notes. Received: max_notes={e}")
-        out[b, :len(s)] = np.stack([s.start, s.end, s.token], axis=1)
+        out[b, :len(s)] = s.rows
     return out
 
 

@@ -160,9 +160,18 @@ def list_audio(src: str) -> list[str]:
     Raises:
         DataError: ``src`` is a local path that is not a folder.
     """
+    return _audio_in(_listing(src))
+
+
+def _listing(src: str) -> list[str]:
+    """Every file under ``src``; a one-line DataError when a local ``src`` is not a folder."""
     if not storage.is_gcs(src) and not os.path.isdir(src):
         raise DataError(f"{src} is not a folder (preprocess reads a folder or gs://bucket/prefix)")
-    return sorted(p for p in storage.list_files(src) if p.lower().endswith(AUDIO_EXTENSIONS))
+    return list(storage.list_files(src))
+
+
+def _audio_in(listing: Iterable[str]) -> list[str]:
+    return sorted(p for p in listing if p.lower().endswith(AUDIO_EXTENSIONS))
 
 
 def _stem(path: str) -> str:
@@ -461,9 +470,8 @@ def _process_file(path: str, relpath: str, work_dir: str, config: ExperimentConf
         if score is not None:
             # In the codes' samples: the silence trimmed from the start moves every note back.
             score = score.shifted(-trim_start, int(codes.size))
-            rows = np.stack([score.start, score.end, score.token], axis=1).astype(np.int64).reshape(-1, 3)
-            record.update(score=track_score_path(digest, config), notes=int(len(rows)))
-            save_npy(storage.join(work_dir, record["score"]), rows)
+            record.update(score=track_score_path(digest, config), notes=len(score))
+            save_npy(storage.join(work_dir, record["score"]), score.rows)
         frames_in = info.pop("frames_in")
         record.update(info)
         record.update({
@@ -996,10 +1004,8 @@ def preprocess(src: str, dst: str, config: ExperimentConfig, processes: int | No
 
 def _list_sources(src: str) -> tuple[list[str], dict[str, tuple[str, ...]]]:
     """:func:`list_audio` and :func:`find_scores` from one listing of ``src``."""
-    if not storage.is_gcs(src) and not os.path.isdir(src):
-        raise DataError(f"{src} is not a folder (preprocess reads a folder or gs://bucket/prefix)")
-    listing = list(storage.list_files(src))
-    files = sorted(p for p in listing if p.lower().endswith(AUDIO_EXTENSIONS))
+    listing = _listing(src)
+    files = _audio_in(listing)
     return files, find_scores(files, listing)
 
 

@@ -194,9 +194,8 @@ def read_scored_examples(data_dir: str, split: str, length: int, wanted: list[in
 def _score_of(rows: np.ndarray, offset: int, length: int) -> Score:
     """``(start, end, token)`` rows moved by ``-offset`` and cut to those heard in ``[-offset, length)``
     (a note may begin before 0, in the prime)."""
-    start, end, token = (rows[:, i].astype(np.int64) - (offset if i < 2 else 0) for i in range(3))
-    keep = (end > -offset) & (start < length)
-    return Score(start[keep], end[keep], token[keep] % 128, token[keep] >= 128)
+    moved = np.asarray(rows, np.int64) - np.array([offset, offset, 0])
+    return Score.from_rows(moved[(moved[:, 1] > -offset) & (moved[:, 0] < length)])
 
 
 def clip_scores(net: WaveNet, g: GenerateConfig, data_dir: str | None, num_samples: int, prime_len: int,
@@ -226,7 +225,7 @@ def clip_scores(net: WaveNet, g: GenerateConfig, data_dir: str | None, num_sampl
         score = read_midi(data, sr, g.score)
         if not len(score):
             raise DataError(f"{g.score}: the MIDI file has no notes to play")
-        played = score.shifted(-int(score.start.min()), num_samples)
+        played = score.from_first_note(num_samples)
         return ClipScores(pack_scores([played] * n), [played] * n, None, [g.score] * n)
     if not data_dir:
         raise ConfigError("this model plays a score: pass the data folder (--data; each clip plays a "
@@ -234,11 +233,15 @@ def clip_scores(net: WaveNet, g: GenerateConfig, data_dir: str | None, num_sampl
     length = prime_len + num_samples
     wanted = None if label_ids is None else sorted(set(label_ids.tolist()))
     manifest = read_manifest(data_dir)
+
+    def name(key: int) -> str:
+        return "any label" if key < 0 else (vocabulary[key] if vocabulary and key < len(vocabulary)
+                                             else str(key))
+
     have = {t.label for t in manifest.files if t.score}
     for key in wanted or []:  # before reading any shard
-        name = vocabulary[key] if vocabulary and key < len(vocabulary) else str(key)
-        if name not in have:
-            raise DataError(f"{data_dir}: no track of {name} has a score to play: pass --score FILE.mid")
+        if name(key) not in have:
+            raise DataError(f"{data_dir}: no track of {name(key)} has a score to play: pass --score FILE.mid")
     found = read_scored_examples(data_dir, "validation", length, wanted, n)
     short = [k for k, pool in found.items() if not pool]
     if short:
@@ -253,9 +256,7 @@ def clip_scores(net: WaveNet, g: GenerateConfig, data_dir: str | None, num_sampl
         key = -1 if label_ids is None else int(label_ids[i])
         pool = found[key]
         if not pool:
-            name = "any label" if key < 0 else (vocabulary[key] if vocabulary and key < len(vocabulary)
-                                                 else str(key))
-            raise DataError(f"{data_dir}: no example of {name} has a score and the "
+            raise DataError(f"{data_dir}: no example of {name(key)} has a score and the "
                             f"{length} codes a clip needs (generate.prime_seconds + generate.seconds): "
                             "generate shorter clips or pass --score FILE.mid")
         codes, notes, track = pool[used.get(key, 0) % len(pool)]
