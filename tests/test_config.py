@@ -157,6 +157,20 @@ def test_score_channels_auto_plays_the_score_when_the_data_has_one():
         tiny_with(score_channels="some")
 
 
+def test_score_lag_is_a_flag_that_only_a_scored_model_uses():
+    from tests.test_generate import make_model
+
+    lagged = resolve_auto(tiny_with(score_channels="auto", score_lag=True), ["a"], scored=True).model
+    assert lagged.lagged and lagged.num_params == resolve_auto(
+        tiny_with(score_channels="auto"), ["a"], scored=True).model.num_params + 2 * 256 * lagged.score_channels
+    unscored = resolve_auto(tiny_with(score_channels="auto", score_lag=True), ["a"], scored=False).model
+    assert not unscored.lagged  # data without scores: the model it was before
+    with_lag = make_model(2, 0, score_channels=4, score_lag=True).count_params()
+    assert with_lag == make_model(2, 0, score_channels=4).count_params() + 2 * 256 * 4
+    with pytest.raises(ConfigError, match="model.score_lag must be true or false. Received: model.score_lag=1"):
+        tiny_with(score_lag=1)
+
+
 def tiny_with(**model):
     return preset("tiny").with_overrides({f"model.{k}": v for k, v in model.items()})
 

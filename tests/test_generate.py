@@ -39,7 +39,8 @@ def isa(request):
     _fastgen.set_isa(previous)
 
 
-def make_model(kernel_size=2, num_classes=0, q=256, stacks=1, layers=4, seed=0, score_channels=0):
+def make_model(kernel_size=2, num_classes=0, q=256, stacks=1, layers=4, seed=0, score_channels=0,
+               score_lag=False):
     """A small WaveNet with random (not zero) biases, so every weight matters."""
     base = preset("tiny")
     cfg = ExperimentConfig(
@@ -47,7 +48,7 @@ def make_model(kernel_size=2, num_classes=0, q=256, stacks=1, layers=4, seed=0, 
         model=ModelConfig(stacks=stacks, layers_per_stack=layers, kernel_size=kernel_size,
                           residual_channels=8, gate_channels=6, skip_channels=12,
                           quantization_channels=q, num_classes=num_classes,
-                          score_channels=score_channels),
+                          score_channels=score_channels, score_lag=score_lag),
         train=base.train)
     keras.utils.set_random_seed(seed)  # the kernels' initialisers
     model = build_model(cfg)

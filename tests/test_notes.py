@@ -205,6 +205,80 @@ def test_fast_generator_plays_the_score_as_the_network_does():
             call()
 
 
+def lagged_model():
+    """A scored model with score_lag whose receptive field (127) holds the periods of
+    LAG_SCORES' notes at 16 kHz (C6: 15 samples, C5: 30, C7: 7)."""
+    from tests.test_generate import make_model
+
+    model = make_model(2, 3, stacks=2, layers=6, score_channels=5, score_lag=True)
+    model.score_embedding.assign(model.score_embedding.numpy() * 10)
+    model.lag_embedding.assign(model.lag_embedding.numpy() * 10)  # lags that move the logits
+    return model
+
+
+LAG_SCORES = [Score.from_notes([(3, 60, 84, False), (20, 45, 38, True), (40, 90, 72, False)]),
+              Score.from_notes([(-4, 70, 96, False), (30, 31, 42, True), (50, 51, 72, False)])]
+
+
+def test_the_lag_hears_the_codes_a_period_back_of_the_latest_pitched_note():
+    """lag_vectors at each sample: the codes P and P + 1 samples back, P the period of the
+    pitched note begun last (percussion has none), nothing before the codes or past reach."""
+    from wavenet.model import lag_vectors, note_periods
+
+    sr = 16000
+    notes = pack_scores([Score.from_notes([(-5, 8, 96, False), (10, 50, 84, False), (20, 30, 38, True),
+                                           (30, 40, 72, False), (30, 40, 60, False)])])
+    period = np.asarray(note_periods(notes, np.arange(60), sr))[0]
+    c7, c6, c5, c4 = (int(sr // (440 * 2 ** ((k - 69) / 12))) for k in (96, 84, 72, 60))
+    assert (c7, c6, c5, c4) == (7, 15, 30, 61)
+    # C7 began before the codes; C6 from 10 (the snare has no pitch); C4 and C5 both begin
+    # at 30: the lower (first in the score's order) wins; after them C6 again.
+    np.testing.assert_array_equal(period, [c7] * 8 + [0] * 2 + [c6] * 20 + [c4] * 10 + [c6] * 10 + [0] * 10)
+    emb = np.random.default_rng(0).normal(size=(2, 256, 4)).astype("float32")
+    codes = np.random.default_rng(1).integers(0, 256, (1, 80))
+    got = np.asarray(lag_vectors(codes, notes, emb, sr, reach=61))[0]  # (80, 4)
+    for t in range(80):  # position t predicts sample t + 1
+        p = period[t + 1] if t + 1 < 60 else 0
+        want = sum(emb[k, codes[0, t + 1 - p - k]] for k in (0, 1)
+                   if p > 0 and t + 1 - p - k >= 0 and p + k <= 61)
+        np.testing.assert_allclose(got[t], want if np.ndim(want) else np.zeros(4), atol=1e-6,
+                                   err_msg=f"position {t}")
+    # C4's period (61) is at reach: only its first tap (61 back) is heard.
+    np.testing.assert_allclose(got[35], emb[0, codes[0, 36 - 61]] if 36 - 61 >= 0 else 0.0, atol=1e-6)
+
+
+def test_a_lagged_model_generates_and_teacher_forces_as_the_network_does(tmp_path):
+    """With score_lag, the kernel's per-sample biases (the codes a period back) give the
+    network's logits, generation with a prime equals the reference generator's, and the
+    model round-trips; the lag changes what is generated."""
+    from wavenet.generation.fast import FastGenerator, naive_generate
+    from wavenet.model import load_model, save_model
+
+    model = lagged_model()
+    notes, labels = pack_scores(LAG_SCORES), np.array([0, 2])
+    codes = np.random.default_rng(2).integers(0, 256, (2, 100))
+    gen = FastGenerator(model, 2)
+    net = model({"codes": codes, "labels": labels, "notes": notes}).numpy()
+    np.testing.assert_allclose(gen.teacher_forced_logits(codes, labels, notes), net, atol=2e-4, rtol=0)
+    first = model.receptive_field - 1  # the valid path's score comes from every code
+    crop = np.random.default_rng(6).integers(0, 256, (2, first + 40))
+    x = {"codes": crop, "labels": labels, "notes": notes}
+    np.testing.assert_allclose(model.logits_from(x, first + 5).numpy(), model(x).numpy()[:, first + 5:],
+                               atol=2e-4, rtol=0)
+    prime = np.random.default_rng(3).integers(0, 256, (2, 9))
+    a = gen.generate(80, prime=prime, labels=labels, seed=5, notes=notes)
+    b = naive_generate(model, 80, batch_size=2, prime=prime, labels=labels, seed=5, notes=notes)
+    np.testing.assert_array_equal(a[:, :30], b[:, :30])
+    assert (a == b).mean() > 0.95
+    model.lag_embedding.assign(np.zeros(model.lag_embedding.shape, "float32"))
+    assert not np.array_equal(a, FastGenerator(model, 2).generate(80, prime=prime, labels=labels, seed=5,
+                                                                  notes=notes))
+    path = str(tmp_path / "m.keras")
+    save_model(model, path)
+    np.testing.assert_array_equal(load_model(path)({"codes": codes, "labels": labels, "notes": notes}).numpy(),
+                                  model({"codes": codes, "labels": labels, "notes": notes}).numpy())
+
+
 def test_a_scored_model_round_trips_and_an_unscored_one_refuses_notes(tmp_path):
     from tests.test_generate import make_model
     from wavenet.generation.fast import FastGenerator, GenerateArgumentError

@@ -213,6 +213,14 @@ class ModelConfig:
     # AUTO_SCORE_CHANNELS when a track of the data has a score (a MIDI file beside it), else 0;
     # resolved against the manifest by resolve_auto before a model is built.
     score_channels: int | str = 0
+    # For a model that plays a score: each layer also hears the codes one period back (of
+    # the most recently begun pitched note sounding at the predicted sample, and one sample
+    # further back), embedded into score_channels and added to the score's vectors: the
+    # long-term (pitch) predictor of speech codecs (Atal and Schroeder, CELP), the delay
+    # line of Karplus and Strong's plucked string: copying it continues a note's waveform.
+    # Off in every preset: measured with and without (docs/benchmarks.md, tenth sitting), it
+    # has not yet made the demo's clips pass more checks.
+    score_lag: bool = False
 
     def __post_init__(self) -> None:
         _check_finite_and_bounded(self, "model")
@@ -231,6 +239,12 @@ class ModelConfig:
         _require((_is_int(self.score_channels) and self.score_channels >= 0)
                  or self.score_channels == AUTO_CLASSES,
                  "model.score_channels", self.score_channels, f"an integer >= 0 or {AUTO_CLASSES!r}")
+        _require(isinstance(self.score_lag, bool), "model.score_lag", self.score_lag, "true or false")
+
+    @property
+    def lagged(self) -> bool:
+        """Whether each layer hears the codes a period back (``score_lag`` on a scored model)."""
+        return self.score_lag and self.scored
 
     @property
     def scored(self) -> bool:
@@ -267,7 +281,8 @@ class ModelConfig:
         classes = self.num_classes if self.conditioned else 0  # "auto": counted as none
         d = self._score_width
         per_layer = k * r * 2 * g + 2 * g + g * r + r + g * s + s + classes * 2 * g + d * 2 * g
-        return q * r + self.num_layers * per_layer + s * s + s + s * q + q + 2 * SCORE_TOKENS * d
+        lag = 2 * q * d if self.lagged else 0
+        return q * r + self.num_layers * per_layer + s * s + s + s * q + q + 2 * SCORE_TOKENS * d + lag
 
     def _layer_macs(self, i: int) -> tuple[int, int]:
         """Multiply-adds of layer ``i`` per position: (dilated conv + residual 1x1, skip 1x1).

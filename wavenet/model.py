@@ -260,6 +260,10 @@ class WaveNet(keras.Model):
             self.score_embedding = self.add_weight(
                 name="score_embedding", shape=(2 * SCORE_TOKENS, c.score_channels),
                 initializer=keras.initializers.RandomNormal(stddev=0.1))
+        if c.lagged:  # [k, code]: the code k + 1 samples further back than a period sounded
+            self.lag_embedding = self.add_weight(
+                name="lag_embedding", shape=(2, c.quantization_channels, c.score_channels),
+                initializer=keras.initializers.RandomNormal(stddev=0.1))
         self.built = True
 
     def call(self, inputs, training=False):
@@ -284,8 +288,10 @@ class WaveNet(keras.Model):
         if first < context:
             return self(inputs, training=training)[:, first:, :]
         codes, labels, notes = self._inputs(inputs)
-        # Positions before first - context feed no wanted position.
-        return self._logits(codes[:, first - context:], labels, notes, valid=True, origin=first - context)
+        # Positions before first - context feed no wanted position (but their codes may be a
+        # period back of one that does: the score's vectors come from all of them).
+        score = None if notes is None else self._score(codes, notes)[:, first - context:]
+        return self._logits(codes[:, first - context:], labels, score=score, valid=True)
 
     def _inputs(self, inputs):
         """``inputs`` unpacked: labels None unless the model is conditioned, notes None
@@ -303,16 +309,27 @@ class WaveNet(keras.Model):
                              "(wavenet.data.notes.pack_scores). Received: no notes")
         return codes, labels, notes
 
-    def _logits(self, codes, labels, notes=None, valid: bool = False, origin: int = 0):
+    def _score(self, codes, notes):
+        """(B, T, D): what the score says at each position of ``codes`` (position t predicts
+        sample t + 1, ``codes[:, 0]`` being sample 0 of the notes' time line), plus, for a
+        model with ``score_lag``, the codes a period back (:func:`lag_vectors`)."""
+        positions = ops.arange(ops.shape(codes)[1], dtype="int32") + 1
+        score = score_vectors(notes, positions, self.score_embedding, self.onset)
+        if self.config.lagged:
+            score = score + lag_vectors(codes, notes, self.lag_embedding, self.audio_config.sample_rate,
+                                        self.receptive_field)
+        return score
+
+    def _logits(self, codes, labels, notes=None, valid: bool = False, score=None):
         """The network on ``codes``: causal (every position) or, ``valid``, only the
-        positions a full receptive field in (:meth:`logits_from`). ``codes[:, 0]`` is
-        sample ``origin`` of the notes' time line."""
+        positions a full receptive field in (:meth:`logits_from`), with ``score`` (from
+        :meth:`_score`) in place of the notes'. ``codes[:, 0]`` is sample 0 of the notes'
+        time line."""
         x = self.embedding(ops.cast(codes, "int32"))  # (B, T, R)
-        score = None
-        if notes is not None:  # position t predicts sample origin + t + 1
-            positions = ops.arange(ops.shape(codes)[1], dtype="int32") + (origin + 1)
-            score = ops.cast(score_vectors(notes, positions, self.score_embedding, self.onset),
-                             x.dtype)  # (B, T, D)
+        if score is None and notes is not None:
+            score = self._score(codes, notes)
+        if score is not None:
+            score = ops.cast(score, x.dtype)  # (B, T, D)
         ahead, skips = self.receptive_field - 1, None  # context the layers from here on read
         for block in self.blocks:
             ahead -= (block.kernel_size - 1) * block.dilation
@@ -365,6 +382,46 @@ def score_vectors(notes, positions, embedding, onset: int):
     attack = ops.take(emb[SCORE_TOKENS:], token, axis=0)
     return (ops.matmul(ops.cast(sounding, "float32"), sound)
             + ops.matmul(ops.cast(beginning, "float32"), attack))
+
+
+def note_periods(notes, positions, sample_rate: int):
+    """(B, T) int32: the period, in whole samples, of the pitched note heard at each of
+    ``positions``: of the most recently begun pitched note sounding there (of simultaneous
+    ones, the first in ``notes``' order: :func:`wavenet.data.notes.pack_scores` puts the
+    lowest first); 0 where none sounds. ``floor(sample_rate / f0)``, f0 in equal temperament
+    (A4 = 440 Hz)."""
+    notes = ops.cast(notes, "int32")
+    t = ops.cast(positions, "int32")[None, :, None]  # (1, T, 1)
+    start, end, token = notes[:, None, :, 0], notes[:, None, :, 1], notes[..., 2]
+    pitched = ((token >= 0) & (token < SCORE_TOKENS // 2))[:, None, :]  # percussion: 128 + key
+    on = (start <= t) & (t < end) & pitched  # (B, T, E)
+    # (B, T): the latest start, the first of ties; a note may start before the codes (< 0).
+    pick = ops.argmax(ops.where(on, start, -(2**30)), axis=-1)
+    key = ops.take_along_axis(ops.cast(token, "float32"), ops.cast(pick, "int32"), axis=1)
+    f0 = 440.0 * ops.power(2.0, (key - 69.0) / 12.0)
+    period = ops.cast(ops.floor(float(sample_rate) / f0), "int32")
+    return ops.where(ops.any(on, axis=-1), ops.maximum(period, 1), 0)
+
+
+def lag_vectors(codes, notes, embedding, sample_rate: int, reach: int):
+    """(B, T, D): at each position t of ``codes`` (predicting sample t + 1, ``codes[:, 0]``
+    being sample 0), ``embedding[k, codes[t + 1 - P - k]]`` summed over k = 0, 1, where P is
+    :func:`note_periods` at sample t + 1; nothing where no pitched note sounds, where
+    ``P + k`` exceeds ``reach`` (the receptive field: what one prediction reads, so that a
+    crop of it, a generator's window and its whole past agree), or where the code lies
+    before ``codes``."""
+    length = ops.shape(codes)[1]
+    positions = ops.arange(length, dtype="int32") + 1  # the predicted samples, indices into codes
+    period = note_periods(notes, positions, sample_rate)  # (B, T)
+    codes = ops.cast(codes, "int32")
+    emb = ops.cast(embedding, "float32")
+    out = 0.0
+    for k in range(2):
+        back = positions[None, :] - period - k  # (B, T)
+        heard = ops.cast((period > 0) & (period + k <= reach) & (back >= 0), "float32")[..., None]
+        code = ops.take_along_axis(codes, ops.clip(back, 0, length - 1), axis=1)
+        out = out + ops.take(emb[k], code, axis=0) * heard
+    return out
 
 
 def build_model(config: ExperimentConfig, labels: list[str] | tuple[str, ...] | None = None) -> WaveNet:

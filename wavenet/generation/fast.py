@@ -438,6 +438,10 @@ class FastGenerator:
             self._score_embedding = _as_float32(model.score_embedding)  # (512, D)
             self._score_kernels = np.stack([_as_float32(bl.score_kernel) for bl in model.blocks])  # (L, D, 2G)
             self._onset = model.onset
+            self._sample_rate = model.audio_config.sample_rate
+        self._lag = None
+        if c.lagged:  # what each code a period (+ k) back adds to each layer's gates: (2, Q, L, 2G)
+            self._lag = np.einsum("kqd,ldg->kqlg", _as_float32(model.lag_embedding), self._score_kernels)
         self._ldz = ldz
 
         dil, qoff, qtotal = _queue_offsets(c)
@@ -471,7 +475,8 @@ class FastGenerator:
         params, state, xq = buffers
         self._run(self._plan, self._wbuf, params, state, xq, t0, seq, logits_out, None, 1.0, None, 0)
 
-    def _pieces(self, params: np.ndarray, notes: np.ndarray | None, first: int, count: int
+    def _pieces(self, params: np.ndarray, notes: np.ndarray | None, first: int, count: int,
+                codes_at: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
                 ) -> Iterator[tuple[int, int]]:
         """Samples ``first .. first + count - 1`` as ``[a, b)`` pieces of at most a chunk.
 
@@ -479,13 +484,25 @@ class FastGenerator:
         of its onset, its end), and before each piece is yielded the streams' gate biases in
         ``params`` are set to what the score says at its first sample: local conditioning,
         constant between changes, as per-stream biases that the kernel already reads.
+        For a model with ``score_lag``, each sample where a pitched note sounds is a piece
+        of its own, whose biases also hold the codes a period back
+        (:func:`wavenet.model.lag_vectors`): ``codes_at(samples)`` gives the (B,) codes of
+        the (B,) samples, and whether each is known (not before the stream's first code);
+        a caller that generates has written a piece's codes before the next piece is made.
         """
         cuts = {first, first + count}
+        period = None
         if notes is not None:
             live = notes[notes[..., 2] >= 0]
-            cuts.update(int(p) for p in np.concatenate([live[:, 0], np.minimum(live[:, 0] + self._onset,
-                                                                               live[:, 1]), live[:, 1]])
+            ages = [np.minimum(live[:, 0] + self._onset, live[:, 1])]
+            cuts.update(int(p) for p in np.concatenate([live[:, 0], *ages, live[:, 1]])
                         if first < p < first + count)
+            if self._lag is not None:
+                from wavenet.model import note_periods
+
+                period = np.asarray(note_periods(notes, np.arange(first, first + count), self._sample_rate))
+                lagged = first + np.flatnonzero(period.any(axis=0))
+                cuts.update(int(p) for p in np.concatenate([lagged, lagged + 1]) if first < p < first + count)
         cuts = sorted(cuts)
         if notes is not None:
             from wavenet.model import score_vectors
@@ -497,7 +514,14 @@ class FastGenerator:
             y = np.asarray(score_vectors(notes, np.array(cuts[:-1]), self._score_embedding, self._onset))
         for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             if notes is not None:
-                view[:, :, :g2] = base + np.einsum("bd,ldg->lbg", y[:, i], self._score_kernels)
+                biases = base + np.einsum("bd,ldg->lbg", y[:, i], self._score_kernels)
+                if period is not None and period[:, a - first].any():  # a piece of one sample
+                    p = period[:, a - first]
+                    for k in range(2):
+                        code, known = codes_at(a - p - k)
+                        heard = (p > 0) & (p + k <= self.config.receptive_field) & known
+                        biases += (self._lag[k][code, :, :] * heard[:, None, None]).transpose(1, 0, 2)
+                view[:, :, :g2] = biases
             for x in range(a, b, self._chunk):
                 yield x, min(x + self._chunk, b)
         if notes is not None:  # the biases without a score again, for the next pieces
@@ -538,7 +562,7 @@ class FastGenerator:
         if score is None:
             self._feed(buffers, seq, 0, out)
             return out
-        for a, b in self._pieces(buffers[0], score, 1, seq.shape[1]):  # code t predicts sample t + 1
+        for a, b in self._pieces(buffers[0], score, 1, seq.shape[1], _timeline(seq)):  # code t: sample t
             logits = np.zeros((self.batch_size, b - a, c.quantization_channels), np.float32)
             self._feed(buffers, np.ascontiguousarray(seq[:, a - 1:b - 1]), a - 1, logits)
             out[:, a - 1:b - 1] = logits
@@ -611,12 +635,13 @@ class FastGenerator:
         # All but the last prime code only fill the queues: no head, no sampling. Prime code i
         # is sample i - P; fed, it predicts sample i - P + 1.
         p = seq.shape[1]
-        for a, b in self._pieces(params, score, 1 - p, p - 1):
+        codes_at = _timeline(seq, out)  # prime code i is sample i - p, out[:, j] sample j
+        for a, b in self._pieces(params, score, 1 - p, p - 1, codes_at):
             self._feed(buffers, np.ascontiguousarray(seq[:, a + p - 1:b + p - 1]), a + p - 1, None)
         cur = seq[:, -1].copy()
         t = p - 1
         inv_temp = 1.0 / float(temperature)
-        for a, b in self._pieces(params, score, 0, num_samples):
+        for a, b in self._pieces(params, score, 0, num_samples, codes_at):
             self._run(self._plan, self._wbuf, params, state, xq, t, cur, None, draw(b - a), inv_temp,
                       out, a)
             t += b - a
@@ -651,6 +676,25 @@ class Streams:
         self._gen._feed(self._buffers, seq, self.position, self._logits)
         self.position += 1
         return self._logits[:, 0].copy()
+
+
+def _timeline(before: np.ndarray, after: np.ndarray | None = None
+              ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``codes_at`` for :meth:`FastGenerator._pieces`: samples ``-P .. -1`` are ``before``'s
+    P codes and samples ``0 ..`` are ``after``'s; with no ``after``, ``before``'s code i is
+    sample i."""
+    rows = np.arange(before.shape[0])
+    shift = 0 if after is None else before.shape[1]
+
+    def codes_at(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        i = samples + shift
+        known = i >= 0
+        if after is None:
+            return before[rows, np.clip(i, 0, before.shape[1] - 1)], known
+        past = before[rows, np.clip(i, 0, before.shape[1] - 1)]
+        return np.where(samples < 0, past, after[rows, np.clip(samples, 0, after.shape[1] - 1)]), known
+
+    return codes_at
 
 
 def _uniforms(seed: int | Sequence[int] | None, nb: int) -> Callable[[int], np.ndarray]:
