@@ -175,6 +175,30 @@ def test_missing_or_foreign_manifest_is_a_data_error(tmp_path):
         read_manifest(str(tmp_path))
 
 
+def test_manifest_versions_one_and_two_are_read_and_others_refused_in_one_line(data_dir):
+    """Version 2 adds scores; a version 1 manifest (none) still reads. A newer version asks
+    for a newer wavenet, an unknown older one for a fresh folder."""
+    import json
+
+    from wavenet.data.manifest import MANIFEST, MANIFEST_VERSION, Manifest
+
+    d = json.loads(open(os.path.join(data_dir, MANIFEST)).read())
+    assert d["version"] == MANIFEST_VERSION == 2
+    for t in d["files"]:
+        for key in ("score", "score_sha256", "notes", "audio_sha256"):
+            t.pop(key, None)
+    d["summary"].pop("scored_tracks", None)
+    old = Manifest.from_dict(dict(d, version=1))
+    assert old.version == 1 and not old.scored
+    assert [f.sha256 for f in old.files] == [f.sha256 for f in read_manifest(data_dir).files]
+    for version, advice in [(3, "upgrade wavenet-pipelines to read it"), (0, "preprocess into a fresh folder"),
+                            ("2", "preprocess into a fresh folder")]:
+        with pytest.raises(DataError, match=f"is a version {version!r} manifest; this wavenet reads "
+                                            f"versions 1 to 2: {advice}") as e:
+            Manifest.from_dict(dict(d, version=version))
+        assert "\n" not in str(e.value)
+
+
 def test_a_window_longer_than_every_example_is_refused(data_dir):
     m = read_manifest(data_dir)
     longest = max(-(-(p.end - p.start) // p.chunks) for f in m.files for p in f.parts

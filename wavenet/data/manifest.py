@@ -70,7 +70,11 @@ MANIFESTS = "manifests"
 # Manifest versions kept (and every file they name): a run pinned to its version keeps
 # its data while up to this many later runs commit theirs.
 KEEP_VERSIONS = 10
-MANIFEST_VERSION = 1
+# What preprocess writes. 2: tracks may have a score (score, score_sha256, notes,
+# audio_sha256; Summary.scored_tracks); a version 1 manifest is a version 2 one without scores,
+# so both are read. An older wavenet refuses a version 2 manifest by its version, in one line.
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SPLITS = ("train", "validation")
 TRACKS = "tracks"
 
@@ -248,9 +252,13 @@ class Manifest:
         if not isinstance(d, Mapping) or not isinstance(d.get("shards"), list):
             raise DataError(f"{where} has no 'shards' list: not a manifest written by "
                             "`wavenet preprocess`")
-        if d.get("version") != MANIFEST_VERSION:
-            raise DataError(f"{where} is a version {d.get('version')!r} manifest; this wavenet reads "
-                            f"version {MANIFEST_VERSION}: preprocess into a fresh folder")
+        version = d.get("version")
+        if version not in READABLE_VERSIONS:
+            newer = isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION
+            raise DataError(f"{where} is a version {version!r} manifest; this wavenet reads versions "
+                            f"{READABLE_VERSIONS[0]} to {MANIFEST_VERSION}: "
+                            + ("upgrade wavenet-pipelines to read it" if newer
+                               else "preprocess into a fresh folder"))
         try:
             m = cls(
                 version=d["version"], created=d["created"], src=d["src"],
@@ -266,7 +274,7 @@ class Manifest:
                 summary=Summary(**dict(d["summary"], labels_without_validation=tuple(
                     d["summary"].get("labels_without_validation", ())))), sha256=sha256, uri=uri)
         except (KeyError, TypeError, ValueError, ConfigError) as e:
-            raise DataError(f"{where} is not a complete version {MANIFEST_VERSION} manifest "
+            raise DataError(f"{where} is not a complete version {version} manifest "
                             f"({type(e).__name__}: {e}): preprocess into a fresh folder") from None
         return _check_paths(m, where)
 
