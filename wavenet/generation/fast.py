@@ -494,8 +494,8 @@ class FastGenerator:
         period = None
         if notes is not None:
             live = notes[notes[..., 2] >= 0]
-            ages = [np.minimum(live[:, 0] + self._onset, live[:, 1])]
-            cuts.update(int(p) for p in np.concatenate([live[:, 0], *ages, live[:, 1]])
+            cuts.update(int(p) for p in np.concatenate([live[:, 0], np.minimum(live[:, 0] + self._onset,
+                                                                               live[:, 1]), live[:, 1]])
                         if first < p < first + count)
             if self._lag is not None:
                 from wavenet.model import note_periods
