@@ -289,8 +289,8 @@ class WaveNet(keras.Model):
             return self(inputs, training=training)[:, first:, :]
         codes, labels, notes = self._inputs(inputs)
         # Positions before first - context feed no wanted position (but their codes may be a
-        # period back of one that does: the score's vectors come from all of them).
-        score = None if notes is None else self._score(codes, notes)[:, first - context:]
+        # period back of one that does: the lag reads them).
+        score = None if notes is None else self._score(codes, notes, first - context)
         return self._logits(codes[:, first - context:], labels, score=score, valid=True)
 
     def _inputs(self, inputs):
@@ -309,15 +309,15 @@ class WaveNet(keras.Model):
                              "(wavenet.data.notes.pack_scores). Received: no notes")
         return codes, labels, notes
 
-    def _score(self, codes, notes):
-        """(B, T, D): what the score says at each position of ``codes`` (position t predicts
-        sample t + 1, ``codes[:, 0]`` being sample 0 of the notes' time line), plus, for a
-        model with ``score_lag``, the codes a period back (:func:`lag_vectors`)."""
-        positions = ops.arange(ops.shape(codes)[1], dtype="int32") + 1
+    def _score(self, codes, notes, first: int = 0):
+        """(B, T - first, D): what the score says at positions ``first ..`` of ``codes``
+        (position t predicts sample t + 1, ``codes[:, 0]`` being sample 0 of the notes' time
+        line), plus, for a model with ``score_lag``, the codes a period back (:func:`lag_vectors`)."""
+        positions = ops.arange(first, ops.shape(codes)[1], dtype="int32") + 1
         score = score_vectors(notes, positions, self.score_embedding, self.onset)
         if self.config.lagged:
             score = score + lag_vectors(codes, notes, self.lag_embedding, self.audio_config.sample_rate,
-                                        self.receptive_field)
+                                        self.receptive_field, first)
         return score
 
     def _logits(self, codes, labels, notes=None, valid: bool = False, score=None):
@@ -403,21 +403,21 @@ def note_periods(notes, positions, sample_rate: int):
     return ops.where(ops.any(on, axis=-1), ops.maximum(period, 1), 0)
 
 
-def lag_vectors(codes, notes, embedding, sample_rate: int, reach: int):
-    """(B, T, D): at each position t of ``codes`` (predicting sample t + 1, ``codes[:, 0]``
-    being sample 0), ``embedding[k, codes[t + 1 - P - k]]`` summed over k = 0, 1, where P is
-    :func:`note_periods` at sample t + 1; nothing where no pitched note sounds, where
+def lag_vectors(codes, notes, embedding, sample_rate: int, reach: int, first: int = 0):
+    """(B, T - first, D): at each position t >= ``first`` of ``codes`` (predicting sample
+    t + 1, ``codes[:, 0]`` being sample 0), ``embedding[k, codes[t + 1 - P - k]]`` summed
+    over k = 0, 1, where P is :func:`note_periods` at sample t + 1; nothing where no pitched note sounds, where
     ``P + k`` exceeds ``reach`` (the receptive field: what one prediction reads, so that a
     crop of it, a generator's window and its whole past agree), or where the code lies
     before ``codes``."""
     length = ops.shape(codes)[1]
-    positions = ops.arange(length, dtype="int32") + 1  # the predicted samples, indices into codes
-    period = note_periods(notes, positions, sample_rate)  # (B, T)
+    positions = ops.arange(first, length, dtype="int32") + 1  # the predicted samples, indices into codes
+    period = note_periods(notes, positions, sample_rate)  # (B, T - first)
     codes = ops.cast(codes, "int32")
     emb = ops.cast(embedding, "float32")
     out = 0.0
     for k in range(2):
-        back = positions[None, :] - period - k  # (B, T)
+        back = positions[None, :] - period - k  # (B, T - first)
         heard = ops.cast((period > 0) & (period + k <= reach) & (back >= 0), "float32")[..., None]
         code = ops.take_along_axis(codes, ops.clip(back, 0, length - 1), axis=1)
         out = out + ops.take(emb[k], code, axis=0) * heard

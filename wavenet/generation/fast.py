@@ -688,11 +688,10 @@ def _timeline(before: np.ndarray, after: np.ndarray | None = None
 
     def codes_at(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         i = samples + shift
-        known = i >= 0
-        if after is None:
-            return before[rows, np.clip(i, 0, before.shape[1] - 1)], known
         past = before[rows, np.clip(i, 0, before.shape[1] - 1)]
-        return np.where(samples < 0, past, after[rows, np.clip(samples, 0, after.shape[1] - 1)]), known
+        if after is not None:
+            past = np.where(samples < 0, past, after[rows, np.clip(samples, 0, after.shape[1] - 1)])
+        return past, i >= 0
 
     return codes_at
 
