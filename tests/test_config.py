@@ -191,3 +191,14 @@ def test_a_model_is_never_built_with_num_classes_or_score_channels_still_auto():
         build_model(preset("demo"))
     with pytest.raises(ConfigError, match="model.score_channels is 'auto': resolve it"):
         build_model(preset("demo").with_overrides({"model.num_classes": 0}))
+
+
+@pytest.mark.parametrize("value", [1.0, -0.5, "high"])
+def test_sustain_is_a_fraction_below_one(value):
+    from wavenet.config import GenerateConfig
+
+    with pytest.raises(ConfigError, match=r"generate\.sustain must be a number in \[0, 1\)"):
+        GenerateConfig(sustain=value)
+    assert GenerateConfig().sustain == 0.0  # plain sampling unless a preset says otherwise
+    assert preset("demo").generate.sustain == 0.9
+    assert preset("large").generate.sustain == 0.0

@@ -162,6 +162,42 @@ def test_a_model_that_plays_a_score_plays_each_rows_score(model):
         GenerationModel(model, ServeSettings()).predict([{**row, "label": model.labels[0]}])
 
 
+def test_a_row_may_ask_for_the_delay_line_that_sustains_its_lone_notes(model):
+    """sustain (ServeSettings.sustain when the row gives none) is the generator's: the clip
+    equals FastGenerator.generate(..., sustain=...) and differs from plain sampling; a sustain
+    outside [0, 1) is refused in one line."""
+    from test_generate import make_model
+
+    from wavenet.data.audio import mu_law_decode
+    from wavenet.data.notes import Score, midi_bytes, pack_scores
+
+    scored = make_model(score_channels=4)
+    sr, n = scored.audio_config.sample_rate, 1600
+    tune = Score.from_notes([(0, 4000, 72, False)])
+    row = {"seconds": n / sr, "seed": 3, "score": base64.b64encode(midi_bytes(tune, sr)).decode()}
+    gen = FastGenerator(scored, 1, weights=ServeSettings().weights)
+    notes = pack_scores([tune.shifted(0, n)])
+    held, plain = (gen.generate(n, seed=[3], notes=notes, sustain=v)[0] for v in (0.9, 0.0))
+    assert not np.array_equal(held, plain)
+
+    def served(settings, extra):
+        got = GenerationModel(scored, settings).predict([{**row, **extra}])["audio"][0]
+        return sf.read(io.BytesIO(base64.b64decode(got)), dtype="float32")[0]
+
+    for settings, extra in [(ServeSettings(), {"sustain": 0.9}), (ServeSettings(sustain=0.9), {})]:
+        np.testing.assert_allclose(served(settings, extra), mu_law_decode(held, 256), atol=2 / 32767)
+    np.testing.assert_allclose(served(ServeSettings(), {}), mu_law_decode(plain, 256), atol=2 / 32767)
+    for bad in (1.0, -0.1, "x"):
+        with pytest.raises(BadRequest) as e:
+            GenerationModel(scored, ServeSettings()).predict([{**row, "sustain": bad}])
+        assert str(e.value).startswith("row 0: sustain must") and "\n" not in str(e.value)
+    from wavenet.errors import WavenetError
+
+    with pytest.raises(WavenetError, match=r"serving sustain must be a number in \[0, 1\)"):
+        ServeSettings(sustain=1.0)
+
+
+
 def test_serving_settings_travel_with_the_model_and_yield_to_the_environment(model, tmp_path):
     from wavenet.errors import WavenetError
     from wavenet.serving import load, write_settings

@@ -39,7 +39,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 # Flags that are shorthands for one config field each (`train --steps`, `generate --seconds`, ...).
 # They are applied after every --set, so a flag wins over a --set of the same field.
 FLAG_FIELDS = {"steps": "train.steps", "seconds": "generate.seconds",
-               "temperature": "generate.temperature", "clips": "generate.num_clips",
+               "temperature": "generate.temperature", "sustain": "generate.sustain",
+               "clips": "generate.num_clips",
                "seed": "generate.seed", "weights": "generate.weights", "score": "generate.score"}
 
 
@@ -304,6 +305,8 @@ def _add_generate(sub) -> None:
     everyday.add_argument("--seconds", default=None, help="seconds per clip (generate.seconds)")
     everyday.add_argument("--temperature", default=None,
                           help="softmax temperature, > 0 (generate.temperature)")
+    everyday.add_argument("--sustain", default=None,
+                          help="delay line for a score's lone pitched notes, in [0, 1) (generate.sustain)")
     everyday.add_argument("--clips", default=None, help="number of clips (generate.num_clips)")
     everyday.add_argument("--seed", default=None, help="sampling seed, >= 0 (generate.seed)")
     everyday.add_argument("--weights", default=None, choices=["float32", "bfloat16", "int8"],

@@ -17,6 +17,9 @@ label       string   the model's label name (its vocabulary); absent for an unco
 seconds     double   clip length, in (0, ``max_seconds``]
 temperature double   softmax temperature in [``min_temperature``, ``max_temperature``]; 1.0
 seed        long     the clip's random seed, an integer in [0, 2**53); the same seed, the same clip
+sustain     double   for a model that plays a score: lambda in [0, 1) of the delay line that
+                     sustains its lone pitched notes (``generate.sustain``,
+                     :mod:`wavenet.generation.sustain`); default ``ServeSettings.sustain``
 prime       string   optional base64 audio file (WAV, FLAC, OGG) to continue from
 score       string   base64 standard MIDI file the clip plays from its first note: required by
                      (and only for) a model that plays a score (``model.score_channels > 0``)
@@ -56,7 +59,7 @@ __all__ = ["ServeSettings", "SETTINGS_FILE", "BadRequest", "ServerBusy", "Clip",
            "GenerationModel", "INPUT_COLUMNS", "OUTPUT_COLUMNS", "input_example", "write_settings"]
 
 SETTINGS_FILE = "serving.json"
-INPUT_COLUMNS = ("label", "seconds", "temperature", "seed", "prime", "score")
+INPUT_COLUMNS = ("label", "seconds", "temperature", "seed", "prime", "score", "sustain")
 
 OUTPUT_COLUMNS = ("audio", "sample_rate", "seconds")
 
@@ -86,6 +89,8 @@ class ServeSettings:
     min_temperature: float = 0.05
     max_temperature: float = 5.0
     max_prime_seconds: float = 30.0
+    # A row's sustain when it gives none (0: plain sampling; the demo preset generates with 0.9).
+    sustain: float = 0.0
     max_rows: int = 64          # rows in one request
     max_batch: int = 4          # streams generated together
     max_wait_ms: float = 50.0   # how long a batch waits for more requests after its first
@@ -106,6 +111,8 @@ class ServeSettings:
             value = getattr(self, f)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise WavenetError(f"serving {f} must be a positive number. Received: {f}={value!r}")
+        if not (isinstance(self.sustain, (int, float)) and 0 <= self.sustain < 1):
+            raise WavenetError(f"serving sustain must be a number in [0, 1). Received: sustain={self.sustain!r}")
         if self.max_wait_ms < 0 or self.threads < 0:
             raise WavenetError(f"serving max_wait_ms and threads must be >= 0. Received: "
                                f"max_wait_ms={self.max_wait_ms!r}, threads={self.threads!r}")
@@ -167,14 +174,16 @@ class Clip:
     seed: int
     prime: np.ndarray | None  # (P,) int32 codes, the last receptive_field of the prime
     score: Any = None  # the wavenet.data.notes.Score it plays (a model that plays one)
+    sustain: float = 0.0
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
     codes: np.ndarray | None = None
     error: BaseException | None = None
 
     @property
-    def key(self) -> tuple[float, int]:
-        """Clips with one key run in one batch (the kernel takes one temperature and prime length)."""
-        return self.temperature, 0 if self.prime is None else len(self.prime)
+    def key(self) -> tuple[float, int, float]:
+        """Clips with one key run in one batch (the kernel takes one temperature, prime length
+        and sustain)."""
+        return self.temperature, 0 if self.prime is None else len(self.prime), self.sustain
 
 
 def _missing(value: Any) -> bool:
@@ -223,9 +232,13 @@ class _Rows:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**53:
             raise BadRequest(f"row {i}: seed must be an integer in [0, 2**53). Received: seed={seed!r}")
         samples = round(seconds * self.sample_rate)
+        sustain = _number(row, "sustain", s.sustain, 0.0, 1.0, i)
+        if sustain >= 1.0:
+            raise BadRequest(f"row {i}: sustain must lie in [0, 1). Received: sustain={sustain!r}")
         return Clip(label=self._label(row.get("label"), i), samples=samples,
                     temperature=temperature, seed=int(seed), prime=self._prime(row.get("prime"), i),
-                    score=self._score(row.get("score"), i, samples))
+                    score=self._score(row.get("score"), i, samples),
+                    sustain=sustain if self.scored else 0.0)
 
     def _score(self, score: Any, i: int, samples: int):
         """The row's score as a :class:`wavenet.data.notes.Score` from its first note, cut to the clip."""
@@ -394,7 +407,7 @@ class StreamBatcher:
 
             notes = pack_scores([c.score for c in group] + [Score.from_notes([])] * pad)
         codes = gen.generate(max(c.samples for c in group), prime=prime, labels=labels, notes=notes,
-                             temperature=group[0].temperature,
+                             temperature=group[0].temperature, sustain=group[0].sustain,
                              seed=[c.seed for c in group] + [0] * pad)
         for b, clip in enumerate(group):
             clip.codes = codes[b, :clip.samples]

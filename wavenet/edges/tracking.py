@@ -882,7 +882,7 @@ def model_signature(quantization_channels: int, conditioned: bool) -> Any:
 
 def serving_signature() -> Any:
     """The signature of the served model (:mod:`wavenet.serving`): rows of label, seconds,
-    temperature, seed, an optional prime and score -> rows of a base64 WAV, its rate and length.
+    temperature, seed, an optional prime, score and sustain -> rows of a base64 WAV, its rate and length.
 
     Every input column is optional to MLflow, and the numbers are of any type: the model itself
     checks each row and says in one line what is wrong (a missing ``seconds``, a string for a
@@ -895,7 +895,8 @@ def serving_signature() -> Any:
 
     inputs = [ColSpec("string", "label", required=False), ColSpec(AnyType(), "seconds", required=False),
               ColSpec(AnyType(), "temperature", required=False), ColSpec(AnyType(), "seed", required=False),
-              ColSpec("string", "prime", required=False), ColSpec("string", "score", required=False)]
+              ColSpec("string", "prime", required=False), ColSpec("string", "score", required=False),
+              ColSpec(AnyType(), "sustain", required=False)]
     outputs = [ColSpec("string", "audio"), ColSpec("long", "sample_rate"), ColSpec("double", "seconds")]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 

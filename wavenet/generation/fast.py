@@ -439,6 +439,8 @@ class FastGenerator:
             self._score_kernels = np.stack([_as_float32(bl.score_kernel) for bl in model.blocks])  # (L, D, 2G)
             self._onset = model.onset
             self._sample_rate = model.audio_config.sample_rate
+        # One step's logits when generate samples outside the kernel (sustain).
+        self._step_logits = np.zeros((nb, 1, c.quantization_channels), np.float32)
         self._lag = None
         if c.lagged:  # what each code a period (+ k) back adds to each layer's gates: (2, Q, L, 2G)
             self._lag = np.einsum("kqd,ldg->kqlg", _as_float32(model.lag_embedding), self._score_kernels)
@@ -600,7 +602,7 @@ class FastGenerator:
                  labels: np.ndarray | None = None, temperature: float = 1.0,
                  seed: int | Sequence[int] | None = None,
                  progress: Callable[[int], None] | None = None,
-                 notes: np.ndarray | None = None) -> np.ndarray:
+                 notes: np.ndarray | None = None, sustain: float = 0.0) -> np.ndarray:
         """Sample ``num_samples`` new codes per stream.
 
         Args:
@@ -617,6 +619,10 @@ class FastGenerator:
             notes: (B, E, 3) scores, required for (only for) a model that plays one
                 (:func:`wavenet.data.notes.pack_scores`), in samples from the first new
                 one (0); a note may start before it, in the prime.
+            sustain: lambda in [0, 1) of the delay line that sustains the score's lone pitched
+                notes (:mod:`wavenet.generation.sustain`; ``generate.sustain``): where it
+                applies, each code is drawn from the network's distribution mixed with a
+                narrow one around the waveform a period back. 0: plain sampling.
 
         Returns:
             (B, num_samples) uint8 codes.
@@ -625,6 +631,9 @@ class FastGenerator:
         _check_common(num_samples, temperature)
         lab = _check_labels(c, labels, nb)
         score = _check_notes(c, notes, nb)
+        if (isinstance(sustain, bool) or not isinstance(sustain, (int, float, np.floating))
+                or not 0.0 <= sustain < 1.0):
+            raise GenerateArgumentError(f"sustain must be a number in [0, 1). Received: {sustain!r}")
         if prime is None:
             prime = np.full((nb, 1), silence_code(c.quantization_channels), np.int32)
         seq = _check_codes("prime", prime, nb, c.quantization_channels)
@@ -641,13 +650,67 @@ class FastGenerator:
         cur = seq[:, -1].copy()
         t = p - 1
         inv_temp = 1.0 / float(temperature)
+        held = None if score is None or sustain == 0 else _Sustain(seq, num_samples, score,
+                                                                  self._sample_rate, c.quantization_channels)
         for a, b in self._pieces(params, score, 0, num_samples, codes_at):
-            self._run(self._plan, self._wbuf, params, state, xq, t, cur, None, draw(b - a), inv_temp,
-                      out, a)
-            t += b - a
+            for x, y, lone in ([(a, b, False)] if held is None else held.runs(a, b)):
+                if not lone:
+                    self._run(self._plan, self._wbuf, params, state, xq, t, cur, None, draw(y - x),
+                              inv_temp, out, x)
+                else:  # one sample: the network's logits, mixed with the delay line's, sampled here
+                    self._feed(buffers, cur[:, None], t, self._step_logits)
+                    cur[:] = sample_rows(held.logits(self._step_logits[:, 0], x, sustain), inv_temp,
+                                         draw(1)[0])
+                    out[:, x] = cur
+                t += y - x
+                if held is not None:
+                    held.record(out, x, y)
             if progress is not None:
                 progress(b)
         return out.astype(np.uint8)
+
+
+class _Sustain:
+    """What :meth:`FastGenerator.generate` needs for ``sustain``: where the delay line applies and
+    the amplitudes generated so far (:mod:`wavenet.generation.sustain`)."""
+
+    def __init__(self, prime: np.ndarray, num_samples: int, notes: np.ndarray, sample_rate: int,
+                 quantization_channels: int):
+        from wavenet.generation import sustain
+
+        self._s = sustain
+        self._p = prime.shape[1]
+        self.levels = sustain.code_levels(quantization_channels)
+        self.periods = sustain.sustain_periods(notes, 0, num_samples, sample_rate)  # (B, n)
+        # The period (and one sample) must lie in what the streams hold: the prime and the clip.
+        behind = np.arange(num_samples)[None, :] - np.floor(self.periods) - 1
+        self.periods[behind < -self._p] = 0.0
+        self.history = np.zeros((prime.shape[0], self._p + num_samples))  # column p + s: sample s
+        self.history[:, :self._p] = self.levels[prime]
+
+    def runs(self, a: int, b: int) -> Iterator[tuple[int, int, bool]]:
+        """``[a, b)`` as ``(x, y, lone)``: stretches where no stream's delay line applies, and
+        single samples where one does."""
+        active = self.periods[:, a:b].any(axis=0)
+        x = a
+        while x < b:
+            if active[x - a]:
+                yield x, x + 1, True
+                x += 1
+            else:
+                y = x + 1
+                while y < b and not active[y - a]:
+                    y += 1
+                yield x, y, False
+                x = y
+
+    def logits(self, network: np.ndarray, sample: int, weight: float) -> np.ndarray:
+        periods = self.periods[:, sample]
+        centres = self._s.centre_codes(self.history, self._p + sample, periods, self.levels)
+        return self._s.sustained_logits(network, centres, np.where(periods > 0, weight, 0.0))
+
+    def record(self, out: np.ndarray, a: int, b: int) -> None:
+        self.history[:, self._p + a:self._p + b] = self.levels[out[:, a:b]]
 
 
 class Streams:

@@ -371,7 +371,8 @@ def _sample(net: WaveNet, g: GenerateConfig, num_samples: int, prime: np.ndarray
 
         start = time.perf_counter()
         codes = generator.generate(num_samples, prime=prime, labels=labels, notes=notes,
-                                   temperature=g.temperature, seed=g.seed, progress=on_progress)
+                                   temperature=g.temperature, seed=g.seed, progress=on_progress,
+                                   sustain=g.sustain if notes is not None else 0.0)
         end = time.perf_counter()
         return codes, end - start, end - wall_start
 
@@ -491,6 +492,7 @@ def _report_info(result: dict[str, Any], g: GenerateConfig, net: WaveNet) -> dic
             "MLflow run (samples)": result["run_id"], "clips": g.num_clips,
             "seconds per clip": result["num_samples"] / sr, "sample rate": sr,
             "primed with (s)": result["prime_samples"] / sr, "temperature": g.temperature,
+            **({"sustain (delay line)": g.sustain} if net.config.scored else {}),
             "seed": g.seed, "receptive field": net.receptive_field,
             "generator": f"FastGenerator, {g.weights} weights, "
                          f"{result['samples_per_second']:.0f} samples/s ({g.num_clips} streams)",
@@ -769,7 +771,8 @@ def _result(net: WaveNet, plan: _Plan, drawn: _Drawn, out_dir: str, info: regist
         "summary": storage.join(out_dir, SUMMARY_FILE),
         "sample_rate": net.audio_config.sample_rate, "num_samples": num_samples,
         "prime_samples": plan.prime_len,
-        "temperature": g.temperature, "seed": g.seed, "weights": g.weights,
+        "temperature": g.temperature, "sustain": g.sustain if net.config.scored else 0.0,
+        "seed": g.seed, "weights": g.weights,
         "samples_per_second": num_samples * g.num_clips / elapsed if elapsed > 0 else float("inf"),
         "generation_seconds": elapsed, "wall_seconds": drawn.wall, "clips": drawn.clips,
         "warnings": drawn.warnings,
