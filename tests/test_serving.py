@@ -170,6 +170,7 @@ def test_a_row_may_ask_for_the_delay_line_that_sustains_its_lone_notes(model):
 
     from wavenet.data.audio import mu_law_decode
     from wavenet.data.notes import Score, midi_bytes, pack_scores
+    from wavenet.errors import WavenetError
 
     scored = make_model(score_channels=4)
     sr, n = scored.audio_config.sample_rate, 1600
@@ -191,8 +192,6 @@ def test_a_row_may_ask_for_the_delay_line_that_sustains_its_lone_notes(model):
         with pytest.raises(BadRequest) as e:
             GenerationModel(scored, ServeSettings()).predict([{**row, "sustain": bad}])
         assert str(e.value).startswith("row 0: sustain must") and "\n" not in str(e.value)
-    from wavenet.errors import WavenetError
-
     with pytest.raises(WavenetError, match=r"serving sustain must be a number in \[0, 1\)"):
         ServeSettings(sustain=1.0)
 

@@ -32,7 +32,7 @@ from keras import ops
 
 from wavenet.config import AUTO_CLASSES, SCORE_TOKENS, AudioConfig, ExperimentConfig, ModelConfig
 from wavenet.data.labels import check_vocabulary
-from wavenet.data.notes import onset_samples
+from wavenet.data.notes import key_hz, onset_samples
 from wavenet.edges import storage
 from wavenet.errors import ConfigError, WavenetError, one_line
 from wavenet.memory import check_fits
@@ -398,8 +398,7 @@ def note_periods(notes, positions, sample_rate: int):
     # (B, T): the latest start, the first of ties; a note may start before the codes (< 0).
     pick = ops.argmax(ops.where(on, start, -(2**30)), axis=-1)
     key = ops.take_along_axis(ops.cast(token, "float32"), ops.cast(pick, "int32"), axis=1)
-    f0 = 440.0 * ops.power(2.0, (key - 69.0) / 12.0)
-    period = ops.cast(ops.floor(float(sample_rate) / f0), "int32")
+    period = ops.cast(ops.floor(float(sample_rate) / key_hz(key)), "int32")
     return ops.where(ops.any(on, axis=-1), ops.maximum(period, 1), 0)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from wavenet.data.notes import Score, midi_bytes
+from wavenet.data.notes import Score, key_hz, midi_bytes
 from wavenet.edges import storage
 
 __all__ = ["GENRES", "make_demo_corpus", "synthesize", "synthesize_with_score"]
@@ -41,10 +41,6 @@ MAJOR = (0, 2, 4, 5, 7, 9, 11)
 MINOR_PENTATONIC = (0, 3, 5, 7, 10)
 # General MIDI percussion keys (channel 10) of the drum kit's three sounds.
 KICK, SNARE, CLOSED_HAT = 36, 38, 42
-
-
-def _hz(midi: float) -> float:
-    return 440.0 * 2.0 ** ((midi - 69) / 12.0)
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,7 @@ def _add_note(out: np.ndarray, sr: int, onset: float, dur: float, key: int, amp:
     into ``out``, and append it to ``notes``."""
     harmonics, decay, attack = timbre.harmonics, timbre.decay, timbre.attack
     release, vibrato, bright_decay = timbre.release, timbre.vibrato, timbre.bright_decay
-    freq = _hz(key)
+    freq = key_hz(key)
     start = int(onset * sr)
     n = min(int((dur + release) * sr), out.size - start)
     if n <= 0:
@@ -138,7 +134,7 @@ def _organ(rng: np.random.Generator, seconds: float, sr: int, notes: list[_Note]
             midi = tonic + 12 + 12 * (d // 7) + MAJOR[d % 7]
             _add_note(out, sr, b * bar + half * bar / 2, bar / 2, midi, 0.35,
                       _Timbre((1.0, 0.3, 0.1), decay=0.3, attack=0.04, release=0.1,
-                              vibrato=0.004 * _hz(midi) / 5), notes)
+                              vibrato=0.004 * key_hz(midi) / 5), notes)
     return out
 
 

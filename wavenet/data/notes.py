@@ -27,8 +27,8 @@ import numpy as np
 from wavenet.config import SCORE_TOKENS
 from wavenet.errors import DataError
 
-__all__ = ["NUM_TOKENS", "ONSET_SECONDS", "NOTES_PER_SECOND", "MAX_MIDI_BYTES", "Score", "crop_notes", "midi_bytes",
-           "onset_samples", "pack_scores", "read_midi"]
+__all__ = ["NUM_TOKENS", "ONSET_SECONDS", "NOTES_PER_SECOND", "MAX_MIDI_BYTES", "Score", "crop_notes", "key_hz",
+           "midi_bytes", "onset_samples", "pack_scores", "read_midi"]
 
 NUM_TOKENS = SCORE_TOKENS
 # A note's "onset" entry is set for this long after it starts: the attack a model has to place.
@@ -110,6 +110,12 @@ class Score:
         start, end = self.start + offset, np.minimum(self.end + offset, length)
         keep = (end > np.maximum(start, 0)) & (start < length)
         return Score(np.maximum(start[keep], 0), end[keep], self.key[keep], self.percussion[keep])
+
+
+def key_hz(key):
+    """The frequency (Hz) of MIDI ``key`` in equal temperament, A4 (key 69) = 440 Hz: for a
+    number, a NumPy array or a Keras tensor alike."""
+    return 440.0 * 2.0 ** ((key - 69.0) / 12.0)
 
 
 def onset_samples(sample_rate: int) -> int:

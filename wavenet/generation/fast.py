@@ -246,12 +246,14 @@ def _check_codes(name: str, codes, batch_size: int, q: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def _check_common(num_samples, temperature) -> None:
+def _check_common(num_samples, temperature, sustain=0.0) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 0:
         raise GenerateArgumentError(f"num_samples must be an integer >= 0. Received: {num_samples!r}")
     if (isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating))
             or not math.isfinite(temperature) or temperature <= 0):
         raise GenerateArgumentError(f"temperature must be a positive finite number. Received: {temperature!r}")
+    if isinstance(sustain, bool) or not isinstance(sustain, (int, float, np.floating)) or not 0.0 <= sustain < 1.0:
+        raise GenerateArgumentError(f"sustain must be a number in [0, 1). Received: {sustain!r}")
 
 
 # -- the generator's buffers: weights, parameters and state, laid out for the kernel ---
@@ -628,12 +630,9 @@ class FastGenerator:
             (B, num_samples) uint8 codes.
         """
         c, nb = self.config, self.batch_size
-        _check_common(num_samples, temperature)
+        _check_common(num_samples, temperature, sustain)
         lab = _check_labels(c, labels, nb)
         score = _check_notes(c, notes, nb)
-        if (isinstance(sustain, bool) or not isinstance(sustain, (int, float, np.floating))
-                or not 0.0 <= sustain < 1.0):
-            raise GenerateArgumentError(f"sustain must be a number in [0, 1). Received: {sustain!r}")
         if prime is None:
             prime = np.full((nb, 1), silence_code(c.quantization_channels), np.int32)
         seq = _check_codes("prime", prime, nb, c.quantization_channels)

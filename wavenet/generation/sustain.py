@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from wavenet.config import SCORE_TOKENS
+from wavenet.data.notes import key_hz
 
 __all__ = ["ATTACK_SECONDS", "DECAY", "WIDTH", "centre_codes", "code_levels", "sustain_periods", "sustained_logits"]
 
@@ -65,7 +66,7 @@ def sustain_periods(notes: np.ndarray, first: int, count: int, sample_rate: int)
     lone = (pitched.sum(axis=-1) == 1) & ~np.any(hit, axis=-1)  # (B, T)
     key = np.where(pitched, token, 0).sum(axis=-1)  # the lone note's key where lone
     began = np.where(pitched, start, 0).sum(axis=-1)
-    period = sample_rate / (440.0 * 2.0 ** ((key - 69.0) / 12.0))
+    period = sample_rate / key_hz(key)
     heard = lone & (began <= s[..., 0] - np.floor(period) - 1)  # a whole period (and one) of it
     return np.where(heard, period, 0.0)
 

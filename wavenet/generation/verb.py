@@ -372,7 +372,7 @@ def _sample(net: WaveNet, g: GenerateConfig, num_samples: int, prime: np.ndarray
         start = time.perf_counter()
         codes = generator.generate(num_samples, prime=prime, labels=labels, notes=notes,
                                    temperature=g.temperature, seed=g.seed, progress=on_progress,
-                                   sustain=g.sustain if notes is not None else 0.0)
+                                   sustain=g.sustain)  # without a score, the generator has nothing to sustain
         end = time.perf_counter()
         return codes, end - start, end - wall_start
 
